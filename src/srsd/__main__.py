@@ -1,0 +1,4 @@
+# Allows `python -m srsd`.
+from srsd.cli import main
+
+raise SystemExit(main())

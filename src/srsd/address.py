@@ -1,0 +1,67 @@
+# Mail address bytes: splitting at the last "@", and RFC 5322 quoted local parts.
+"""Pure helpers for the byte form of mail addresses as Postfix hands them over.
+
+Postfix gives canonical maps the *external* form of an address: a local part that is
+not a dot-atom arrives quoted (``"a b"@example.org``). srsd unquotes such a local part
+before it builds or reads an SRS address and quotes the result again, so that Postfix
+can parse the answer (see ``shared/spec/srs.md``, "Quoted local parts"). An unquoted
+input is never quoted on output: those bytes stay identical to postsrsd's.
+"""
+
+from __future__ import annotations
+
+# RFC 5322 atext, plus every byte >= 0x80 (RFC 6531: UTF-8 local parts are atoms).
+_ATEXT = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+) | frozenset(range(0x80, 0x100))
+_QUOTE = 0x22  # "
+_BACKSLASH = 0x5C  # \
+
+
+def split(address: bytes) -> tuple[bytes, bytes] | None:
+    """Split ``address`` at its last ``@`` into (local part, domain); None without ``@``."""
+    at = address.rfind(b"@")
+    if at < 0:
+        return None
+    return address[:at], address[at + 1 :]
+
+
+def is_dot_atom(local: bytes) -> bool:
+    """True if ``local`` is a dot-atom: atext runs joined by single dots."""
+    if not local:
+        return False
+    return all(atom and _ATEXT.issuperset(atom) for atom in local.split(b"."))
+
+
+def unquote(local: bytes) -> bytes | None:
+    """Return the content of a well-formed quoted-string, escapes resolved; else None.
+
+    ``"a b"`` gives ``a b``; ``"a\\"b"`` gives ``a"b``. A local part with stray quotes
+    (``a"b``, ``"a"b"``) is not a quoted-string and gives None: it is plain bytes.
+    """
+    if len(local) < 2 or local[0] != _QUOTE or local[-1] != _QUOTE:
+        return None
+    inner = local[1:-1]
+    if _BACKSLASH not in inner:
+        return None if _QUOTE in inner else inner
+    out = bytearray()
+    escaped = False
+    for byte in inner:
+        if escaped:
+            out.append(byte)
+            escaped = False
+        elif byte == _BACKSLASH:
+            escaped = True
+        elif byte == _QUOTE:
+            return None
+        else:
+            out.append(byte)
+    return None if escaped else bytes(out)
+
+
+def quote(local: bytes) -> bytes:
+    """Quote ``local`` as a whole unless it is a dot-atom (backslash before ``"`` and ``\\``)."""
+    if is_dot_atom(local):
+        return local
+    escaped = local.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return b'"' + escaped + b'"'

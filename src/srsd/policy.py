@@ -1,0 +1,150 @@
+# The rewrite policy: which senders get an SRS address, which recipients get decoded. Pure.
+"""Decide, for one lookup, what srsd answers and why.
+
+The policy sits between a wire codec and the SRS codec. :meth:`Policy.forward` takes a
+sender as Postfix's ``sender_canonical_maps`` sends it; :meth:`Policy.reverse` takes a
+recipient as ``recipient_canonical_maps`` (and smtpd's RCPT check) sends it. Both return a
+:class:`Decision`: the new address, or the :class:`Outcome` that says why there is none.
+Nothing here reads a clock, a file or a socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from srsd import address, codec
+
+
+class Outcome(enum.Enum):
+    """Why a lookup ended as it did; the values double as metric and log labels."""
+
+    REWRITTEN = "rewritten"
+    NULL_SENDER = "null sender"
+    NO_DOMAIN = "no domain"
+    LOCAL = "local"
+    EXCLUDED = "excluded"
+    ALREADY_SRS = "already SRS"
+    NOT_SRS = "not SRS"
+    MALFORMED = "malformed"
+    BAD_HASH = "bad hash"
+    EXPIRED = "expired"
+
+
+#: Outcomes that are routine on every mail host: logged at debug level only.
+QUIET = frozenset({Outcome.NULL_SENDER, Outcome.NO_DOMAIN, Outcome.LOCAL, Outcome.NOT_SRS})
+
+_NULL_SENDERS = frozenset({b"", b"<>", b'""'})
+_ERROR_OUTCOMES: dict[type[codec.SRSError], Outcome] = {
+    codec.NotSRS: Outcome.NOT_SRS,
+    codec.Malformed: Outcome.MALFORMED,
+    codec.BadHash: Outcome.BAD_HASH,
+    codec.Expired: Outcome.EXPIRED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one lookup: ``value`` when rewritten, else None and a ``reason``."""
+
+    outcome: Outcome
+    value: bytes | None = None
+    reason: str = ""
+
+    @property
+    def quiet(self) -> bool:
+        """True for routine outcomes that are not worth a log line at info level."""
+        return self.outcome in QUIET
+
+
+_REWRITTEN_REASON = "rewritten"
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+def is_domain_name(name: str, *, min_labels: int = 1) -> bool:
+    """True for an ASCII host name: LDH labels, at least ``min_labels``, no trailing dot."""
+    if len(name) > 253 or not name.isascii():
+        return False
+    labels = name.lower().split(".")
+    return len(labels) >= min_labels and all(_LABEL.match(label) for label in labels)
+
+
+class DomainSet:
+    """Domains matched ASCII case-insensitively: ``example.com`` matches exactly that
+    domain, ``.example.com`` every subdomain of it but not the apex."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        exact: set[bytes] = set()
+        suffixes: set[bytes] = set()
+        for entry in entries:
+            name = entry.strip().lower()
+            if not is_domain_name(name.removeprefix(".")):
+                raise ValueError(f"not a domain name: {entry!r}")
+            (suffixes if name.startswith(".") else exact).add(name.encode("ascii"))
+        self._exact = frozenset(exact)
+        self._suffixes = frozenset(suffixes)
+
+    def __contains__(self, domain: object) -> bool:
+        if not isinstance(domain, bytes):
+            return False
+        name = domain.lower()
+        if name in self._exact:
+            return True
+        if self._suffixes:
+            dot = name.find(b".", 1)
+            while dot > 0:
+                if name[dot:] in self._suffixes:
+                    return True
+                dot = name.find(b".", dot + 1)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._suffixes)
+
+    def entries(self) -> list[str]:
+        """The configured entries, sorted, as given (lower-cased)."""
+        return sorted(e.decode("ascii") for e in self._exact | self._suffixes)
+
+
+class Policy:
+    """What to do with a sender or recipient, given the codec and the exclusion list."""
+
+    def __init__(self, srs: codec.Codec, excluded: DomainSet | None = None) -> None:
+        self.codec = srs
+        self.excluded = excluded if excluded is not None else DomainSet(())
+        self._own_domain = srs.domain.lower()
+
+    def forward(self, sender: bytes, now: float) -> Decision:
+        """Decide on a sender from ``sender_canonical_maps``."""
+        if sender in _NULL_SENDERS:
+            return Decision(Outcome.NULL_SENDER, reason="null sender")
+        parts = address.split(sender)
+        if parts is None or not parts[1]:
+            return Decision(Outcome.NO_DOMAIN, reason="no domain")
+        domain = parts[1].lower()
+        if domain == self._own_domain:
+            return Decision(Outcome.LOCAL, reason="local domain")
+        if domain in self.excluded:
+            return Decision(Outcome.EXCLUDED, reason="excluded domain")
+        local = address.unquote(parts[0]) or parts[0]
+        if codec.srs_tag(local) is not None:
+            try:
+                self.codec.reverse(sender, now)
+            except codec.SRSError:
+                pass  # someone else's SRS address (or an expired one of ours): wrap it
+            else:
+                return Decision(Outcome.ALREADY_SRS, reason="already rewritten")
+        try:
+            return Decision(Outcome.REWRITTEN, self.codec.forward(sender, now), _REWRITTEN_REASON)
+        except codec.SRSError as err:
+            return Decision(_ERROR_OUTCOMES[type(err)], reason=err.reason)
+
+    def reverse(self, recipient: bytes, now: float) -> Decision:
+        """Decide on a recipient from ``recipient_canonical_maps``: decode it if it is ours."""
+        try:
+            original = self.codec.reverse(recipient, now)
+        except codec.SRSError as err:
+            return Decision(_ERROR_OUTCOMES[type(err)], reason=err.reason)
+        return Decision(Outcome.REWRITTEN, original, _REWRITTEN_REASON)
