@@ -168,12 +168,13 @@ class Codec:
         if user is None:
             user = local
         tag = srs_tag(user)
-        if tag == 1:
-            _old_hash, hop, opaque = _srs1_fields(user)
-            srs_local = b"=".join((b"SRS1" + self.separator + self._sign(hop, opaque), hop, opaque))
-        elif tag == 0:
-            opaque = user[4:]  # keeps the sender's own separator: "==" is right
-            srs_local = b"=".join((b"SRS1" + self.separator + self._sign(host, opaque), host, opaque))
+        if tag is not None:
+            if tag == 1:  # bounces go straight to the first hop: keep it, re-sign
+                _old_hash, hop, opaque = _srs1_fields(user)
+            else:  # someone's SRS0: opaque keeps its separator, so "==" is right
+                hop, opaque = host, user[4:]
+            srs_hash = self._sign(hop, opaque)
+            srs_local = b"=".join((b"SRS1" + self.separator + srs_hash, hop, opaque))
         else:
             stamp = day_stamp(now)
             srs_hash = self._sign(stamp, host, user)

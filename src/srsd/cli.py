@@ -1,0 +1,140 @@
+# The `srsd` command line: encode, decode, keygen and serve, with the shared settings flags.
+"""Command-line entry point.
+
+``srsd encode`` / ``srsd decode`` rewrite addresses given as arguments, or one per line
+on standard input (streamed, raw bytes allowed), printing exactly one line per input: the
+result, or the input unchanged when it is not rewritten (the reason goes to stderr), as
+Postfix does with a "not found". Exit status: 0 when every input was rewritten, 1 when
+any was not, 2 on usage or configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from srsd import __version__, settings
+from srsd.logs import show
+from srsd.policy import Decision
+
+EXIT_OK, EXIT_NOT_REWRITTEN, EXIT_USAGE = 0, 1, 2
+# Settings flags every command takes; the server-only ones come with `serve`.
+_COMMON_KEYS = (
+    "domain", "secrets_file", "exclude_domains", "exclude_file", "separator", "hash_length",
+    "hash_min", "max_age", "hash_alphabet", "state_dir",
+)  # fmt: skip
+_SERVE_KEYS = tuple(f.key for f in settings.FIELDS if f.key not in _COMMON_KEYS)
+_REPEATABLE = {"exclude_domains", "listen"}
+_CHOICES = {"hash_alphabet": ("base64url", "base64"), "separator": ("=", "+", "-")}
+DecideFn = Callable[[bytes, float], Decision]
+
+
+def _add_settings(parser: argparse.ArgumentParser, keys: Iterable[str]) -> None:
+    for key in keys:
+        f = settings.FIELD_BY_KEY[key]
+        flag = f.flag or "--" + key.replace("_", "-")
+        kwargs: dict[str, object] = {"dest": key, "help": f.help, "default": None}
+        if key in _REPEATABLE:
+            kwargs["action"] = "append"
+        if key in _CHOICES:
+            kwargs["choices"] = _CHOICES[key]
+        if f.key == "syslog":
+            kwargs.update(action="store_const", const="yes")
+        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``srsd`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file "
+                        f"(default: {settings.DEFAULT_CONFIG} when it exists)")  # fmt: skip
+    _add_settings(common, _COMMON_KEYS)
+
+    parser = argparse.ArgumentParser(prog="srsd", description="Sender Rewriting Scheme daemon "
+                                     "for Postfix (tcp_table), compatible with postsrsd.")
+    parser.add_argument("--version", action="version", version=f"srsd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (("encode", "rewrite senders into SRS addresses"),
+                       ("decode", "decode SRS addresses back to the original sender")):
+        sub = commands.add_parser(name, parents=[common], help=text, description=text +
+                                  "; with no ADDRESS, read one per line from stdin")
+        sub.add_argument("addresses", nargs="*", metavar="ADDRESS")
+    keygen = commands.add_parser("keygen", help="write a new random secret to PATH (mode 0600)")
+    keygen.add_argument("path", type=Path, metavar="PATH")
+    keygen.add_argument("--force", action="store_true", help="replace an existing file")
+    serve = commands.add_parser("serve", parents=[common], help="run the tcp_table server",
+                                description="Answer Postfix's sender_canonical_maps (forward) "
+                                "and recipient_canonical_maps (reverse) over tcp_table.")
+    _add_settings(serve, _SERVE_KEYS)
+    serve.add_argument("--check", action="store_true",
+                       help="validate the configuration and exit")  # fmt: skip
+    return parser
+
+
+def cli_values(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given on the command line, by key (absent ones left out)."""
+    return {f.key: getattr(args, f.key) for f in settings.FIELDS
+            if getattr(args, f.key, None) is not None}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``srsd`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "keygen":
+        return _keygen(args.path, args.force)
+    try:
+        loaded = settings.load(cli_values(args), config=args.config,
+                               create_secret=args.command == "serve" and not args.check)
+    except settings.ConfigError as err:
+        print(f"srsd: configuration error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        from srsd import server  # noqa: PLC0415  (trio is only needed to serve)
+
+        return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config),
+                          check=args.check)
+    for warning in loaded.warnings:
+        print(f"srsd: warning: {warning}", file=sys.stderr)
+    policy = loaded.policy()
+    decide = policy.forward if args.command == "encode" else policy.reverse
+    inputs = [os.fsencode(a) for a in args.addresses] or _stdin_lines()
+    return _rewrite_all(inputs, decide, args.command)
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    for line in sys.stdin.buffer:
+        yield line.removesuffix(b"\n").removesuffix(b"\r")
+
+
+def _rewrite_all(inputs: Iterable[bytes], decide: DecideFn, command: str) -> int:
+    out = sys.stdout.buffer
+    status = EXIT_OK
+    for item in inputs:
+        decision = decide(item, time.time())
+        if decision.value is None:
+            status = EXIT_NOT_REWRITTEN
+            reason = decision.reason
+            print(f"srsd {command}: {show(item)}: not rewritten: {reason}", file=sys.stderr)
+            out.write(item + b"\n")
+        else:
+            out.write(decision.value + b"\n")
+        out.flush()  # one answer per line as it comes: usable as a co-process
+    return status
+
+
+def _keygen(path: Path, force: bool) -> int:
+    if path.exists() and not force:
+        print(f"srsd keygen: {path} exists; use --force to replace it", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings.write_new_secret(path, force=force)
+    except OSError as err:
+        print(f"srsd keygen: cannot write {path}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"srsd keygen: wrote a new secret to {path} (mode 0600)", file=sys.stderr)
+    return EXIT_OK
+

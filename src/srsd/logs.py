@@ -1,0 +1,39 @@
+# Logging set-up: plain lines to stderr, optionally syslog (mail facility); safe rendering of bytes.
+"""srsd logs one line per decision. Addresses are attacker-controlled bytes, so they are
+rendered with :func:`show`, which escapes every control and non-UTF-8 byte: no address can
+forge a log line. Secrets are never logged."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+LOGGER = logging.getLogger("srsd")
+SYSLOG_SOCKET = Path("/dev/log")
+_FORMAT = "%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s"
+
+
+def setup(level: str = "info", *, syslog: bool = False) -> None:
+    """Send srsd's log to stderr (and syslog's mail facility when ``syslog``)."""
+    LOGGER.handlers.clear()
+    LOGGER.propagate = False
+    LOGGER.setLevel(level.upper())
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter(_FORMAT))
+    LOGGER.addHandler(stderr)
+    if syslog:
+        handler = logging.handlers.SysLogHandler(
+            address=str(SYSLOG_SOCKET), facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter("srsd[%(process)d]: %(message)s"))
+        LOGGER.addHandler(handler)
+
+
+def show(value: bytes, limit: int = 512) -> str:
+    """Render address bytes for a log line: printable, one line, at most ``limit`` chars."""
+    text = value.decode("utf-8", "backslashreplace")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,390 @@
+# Settings: defaults < TOML file < environment (postsrsd names too) < command line, validated once.
+"""Load, merge and validate srsd's configuration into one immutable :class:`Settings`.
+
+Every setting has a TOML key, an environment name (postsrsd 1.x names where postsrsd had
+one, so ``/etc/default/postsrsd`` keeps working) and a command-line flag; :data:`FIELDS`
+is the table. Sources apply in order, the later winning: built-in defaults, the TOML
+file (``--config PATH``, else ``/etc/srsd/srsd.toml`` when it exists), the environment,
+the command line. Any invalid value raises :class:`ConfigError` naming the key and the
+source it came from. The secrets file and the exclusion file are read here too, so a
+:class:`Settings` object is complete: nothing later can fail for want of configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any
+
+from srsd.codec import MAX_HASH_LENGTH, SEPARATORS, Alphabet, Codec
+from srsd.policy import DomainSet, Policy, is_domain_name
+
+DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
+SECRETS_NAME = "secrets"
+_LIST_SPLIT = re.compile(r"[,;\s]+")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key and its source."""
+
+
+# -- value parsers: raw value (TOML-typed, or a string from env/CLI) -> typed value ---------
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    return raw.strip()
+
+
+def _int_in(low: int, high: int) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        try:
+            value = raw if isinstance(raw, int) else int(_text(raw))
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: object) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected a number of seconds, got {raw!r}")
+    try:
+        value = float(raw) if isinstance(raw, int | float) else float(_text(raw))
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 86400 * 7:
+        raise ValueError(f"must be more than 0 and at most a week, got {value:g}")
+    return value
+
+
+def _bool(raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = _text(raw).lower()
+    if word in {"1", "yes", "true", "on"}:
+        return True
+    if word in {"0", "no", "false", "off", ""}:
+        return False
+    raise ValueError(f"expected yes or no, got {raw!r}")
+
+
+def _separator(raw: object) -> str:
+    value = _text(raw)
+    if len(value) != 1 or value.encode()[0] not in SEPARATORS:
+        raise ValueError(f"must be one of = + -, got {raw!r}")
+    return value
+
+
+def _alphabet(raw: object) -> Alphabet:
+    value = _text(raw).lower()
+    try:
+        return Alphabet(value)
+    except ValueError:
+        raise ValueError(f"must be base64url or base64, got {raw!r}") from None
+
+
+def _domain(raw: object) -> str:
+    value = _text(raw).lower()
+    if not is_domain_name(value, min_labels=2):
+        raise ValueError(f"not a fully qualified domain name: {raw!r}")
+    return value
+
+
+def _optional_path(raw: object) -> Path | None:
+    value = _text(raw)
+    return Path(value) if value else None
+
+
+def _words(raw: object) -> tuple[str, ...]:
+    """A TOML list of strings, or one string split on commas, semicolons and white space."""
+    if isinstance(raw, list):
+        items = [_text(item) for item in raw]
+    else:
+        items = _LIST_SPLIT.split(_text(raw))
+    return tuple(item for item in items if item)
+
+
+def _domains(raw: object) -> tuple[str, ...]:
+    names = _words(raw)
+    for name in names:
+        if not is_domain_name(name.lower().removeprefix(".")):
+            raise ValueError(f"not a domain name: {name!r}")
+    return names
+
+
+def _listen(raw: object) -> tuple[str, ...]:
+    hosts = tuple(h.removeprefix("[").removesuffix("]") for h in _words(raw))
+    if not hosts:
+        raise ValueError("needs at least one address")
+    return hosts
+
+
+def _log_level(raw: object) -> str:
+    value = _text(raw).lower()
+    if value not in {"debug", "info", "warning", "error"}:
+        raise ValueError(f"must be debug, info, warning or error, got {raw!r}")
+    return value
+
+
+def _user(raw: object) -> str | None:
+    return _text(raw) or None
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: its TOML key, environment names, command-line flag and parser."""
+
+    key: str
+    parse: Callable[[object], Any]
+    default: Any
+    env: tuple[str, ...] = ()
+    flag: str | None = None
+    help: str = ""
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("domain", _domain, None, ("SRS_DOMAIN",), "--domain", "the SRS domain (required)"),
+    Field("secrets_file", _optional_path, None, ("SRS_SECRET",), "--secret-file",
+          "secrets file, one secret per line, the first signs (default: STATE_DIR/secrets)"),
+    Field("exclude_domains", _domains, (), ("SRS_EXCLUDE_DOMAINS",), "--exclude",
+          "domain never rewritten; .example.com covers subdomains (repeatable)"),
+    Field("exclude_file", _optional_path, None, ("SRS_EXCLUDE_DOMAINS_FILE",), "--exclude-file",
+          "file of excluded domains, one per line, # comments"),
+    Field("separator", _separator, "=", ("SRS_SEPARATOR",), "--separator",
+          "first separator after SRS0/SRS1: = + or -"),
+    Field("hash_length", _int_in(1, MAX_HASH_LENGTH), 4, ("SRS_HASHLENGTH",), "--hash-length",
+          "hash characters in new addresses"),
+    Field("hash_min", _int_in(1, MAX_HASH_LENGTH), 4, ("SRS_HASHMIN",), "--hash-min",
+          "fewest hash characters accepted on decoding"),
+    Field("max_age", _int_in(1, 365), 21, ("SRS_MAX_AGE",), "--max-age",
+          "days an SRS address stays valid"),
+    Field("hash_alphabet", _alphabet, Alphabet.BASE64URL, ("SRS_HASH_ALPHABET",),
+          "--hash-alphabet", "spelling of new hashes: base64url or base64 (both decode)"),
+    Field("state_dir", _optional_path, None, ("SRS_STATE_DIR", "STATE_DIRECTORY"), "--state-dir",
+          "directory for the generated secret"),
+    Field("listen", _listen, ("127.0.0.1",), ("SRS_LISTEN_ADDR",), "--listen",
+          "address to listen on (repeatable)"),
+    Field("forward_port", _int_in(0, 65535), 10001, ("SRS_FORWARD_PORT",), "--forward-port",
+          "tcp_table port for sender_canonical_maps (0: off)"),
+    Field("reverse_port", _int_in(0, 65535), 10002, ("SRS_REVERSE_PORT",), "--reverse-port",
+          "tcp_table port for recipient_canonical_maps (0: off)"),
+    Field("idle_timeout", _seconds, 1800.0, ("SRS_TIMEOUT",), "--timeout",
+          "seconds a connection may stay idle"),
+    Field("max_connections", _int_in(1, 100_000), 1000, ("SRS_MAX_CONNECTIONS",),
+          "--max-connections", "concurrent connections; more are closed at once"),
+    Field("max_request", _int_in(256, 65536), 4096, ("SRS_MAX_REQUEST",), "--max-request",
+          "longest request line in bytes"),
+    Field("shutdown_grace", _seconds, 10.0, ("SRS_SHUTDOWN_GRACE",), "--shutdown-grace",
+          "seconds to finish requests in flight on SIGTERM"),
+    Field("log_level", _log_level, "info", ("SRS_LOG_LEVEL",), "--log-level",
+          "debug, info, warning or error"),
+    Field("syslog", _bool, False, ("SRS_SYSLOG",), "--syslog", "also log to syslog (mail)"),
+    Field("run_as", _user, None, ("RUN_AS",), "--run-as",
+          "user to switch to after binding when started as root"),
+)  # fmt: skip
+FIELD_BY_KEY = {f.key: f for f in FIELDS}
+#: postsrsd variables that have no meaning for srsd: ignored, with a warning.
+IGNORED_ENV = ("CHROOT", "SRS_PID_FILE", "SRS_EXTRA_OPTIONS")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration, with the secrets and exclusions already loaded."""
+
+    domain: str
+    secrets_file: Path
+    exclude_domains: tuple[str, ...]
+    exclude_file: Path | None
+    separator: str
+    hash_length: int
+    hash_min: int
+    max_age: int
+    hash_alphabet: Alphabet
+    state_dir: Path
+    listen: tuple[str, ...]
+    forward_port: int
+    reverse_port: int
+    idle_timeout: float
+    max_connections: int
+    max_request: int
+    shutdown_grace: float
+    log_level: str
+    syslog: bool
+    run_as: str | None
+    secrets: tuple[bytes, ...] = field(repr=False)
+    excluded: DomainSet = field(repr=False)
+    config_file: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    def codec(self) -> Codec:
+        """The SRS codec these settings describe."""
+        return Codec(
+            self.secrets,
+            self.domain.encode("ascii"),
+            hash_length=self.hash_length,
+            hash_min=self.hash_min,
+            separator=self.separator.encode("ascii"),
+            max_age=self.max_age,
+            alphabet=self.hash_alphabet,
+        )
+
+    def policy(self) -> Policy:
+        """The rewrite policy these settings describe."""
+        return Policy(self.codec(), self.excluded)
+
+
+def default_state_dir() -> Path:
+    """Where srsd keeps its generated secret when no ``state_dir`` is configured."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/srsd")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "srsd"
+
+
+def load(
+    cli: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config: Path | None = None,
+    *,
+    create_secret: bool = False,
+) -> Settings:
+    """Merge every source into :class:`Settings`; raise :class:`ConfigError` when invalid.
+
+    ``cli`` maps setting keys to raw command-line values (None means not given).
+    ``config`` is an explicit TOML path (it must exist); without it the default file is
+    read when present. With ``create_secret`` a missing secrets file at the default
+    location is generated (the newcomer path of ``srsd serve``).
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {f.key: f.default for f in FIELDS}
+    sources: dict[str, str] = {f.key: "default" for f in FIELDS}
+    warnings: list[str] = []
+
+    def apply(key: str, raw: object, source: str) -> None:
+        try:
+            values[key] = FIELD_BY_KEY[key].parse(raw)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err} (from {source})") from None
+        sources[key] = source
+
+    config_file = config if config is not None else (
+        DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    )  # fmt: skip
+    if config_file is not None:
+        for key, raw in _read_toml(config_file).items():
+            if key not in FIELD_BY_KEY:
+                raise ConfigError(f"{key}: unknown setting (from config file {config_file})")
+            apply(key, raw, f"config file {config_file}")
+    for f in FIELDS:
+        for name in f.env:
+            if name in environ:
+                apply(f.key, environ[name], f"environment {name}")
+                break
+    warnings += [f"environment {name} is not used by srsd; ignored"
+                 for name in IGNORED_ENV if environ.get(name)]  # fmt: skip
+    for key, raw in (cli or {}).items():
+        if raw is not None:
+            apply(key, raw, f"command line {FIELD_BY_KEY[key].flag}")
+
+    if values["domain"] is None:
+        raise ConfigError("domain: the SRS domain is not set (--domain, SRS_DOMAIN or domain =)")
+    if values["hash_min"] > values["hash_length"]:
+        raise ConfigError(
+            f"hash_min: {values['hash_min']} is more than hash_length {values['hash_length']} "
+            f"(from {sources['hash_min']})"
+        )
+    state_dir = values["state_dir"] or default_state_dir()
+    secrets_file = values["secrets_file"]
+    if secrets_file is None:
+        secrets_file = state_dir / SECRETS_NAME
+        if create_secret and not secrets_file.exists():
+            write_new_secret(secrets_file)
+            warnings.append(f"created a new secret in {secrets_file}")
+    secrets, secret_warning = read_secrets(secrets_file, sources["secrets_file"])
+    warnings += secret_warning
+    excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
+    return Settings(
+        **{**values, "state_dir": state_dir, "secrets_file": secrets_file},
+        secrets=secrets,
+        excluded=excluded,
+        config_file=config_file,
+        warnings=tuple(warnings),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+
+
+def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...], list[str]]:
+    """Read a secrets file as postsrsd does: one secret per line, the line's bytes without
+    its ending, blank lines skipped. Returns the secrets and any warnings."""
+    try:
+        data = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise ConfigError(
+            f"secrets_file: cannot read {path}: {err.strerror} (from {source}); "
+            f"create one with: srsd keygen {path}"
+        ) from None
+    secrets = tuple(line for line in data.splitlines() if line)
+    if not secrets:
+        raise ConfigError(f"secrets_file: {path} holds no secret (from {source})")
+    warnings = []
+    if mode & 0o044:
+        warnings.append(f"secrets file {path} is readable by group or others (mode "
+                        f"{mode & 0o777:04o}); chmod 600 it")  # fmt: skip
+    return secrets, warnings
+
+
+def write_new_secret(path: Path, *, force: bool = False) -> None:
+    """Create ``path`` with one new random secret, mode 0600 (never overwrite unless forced)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    line = token_urlsafe(24).encode("ascii") + b"\n"  # 32 base64url characters
+    if force:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(line)
+        tmp.replace(path)
+    else:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(line)
+
+
+def _load_exclusions(names: tuple[str, ...], path: Path | None) -> DomainSet:
+    entries = list(names)
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+            raise ConfigError(f"exclude_file: cannot read {path}: {reason}") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            name = line.split("#", 1)[0].strip()
+            if not name:
+                continue
+            if not is_domain_name(name.lower().removeprefix(".")):
+                raise ConfigError(f"exclude_file: {path} line {number}: not a domain name: "
+                                  f"{name!r}")  # fmt: skip
+            entries.append(name)
+    return DomainSet(entries)

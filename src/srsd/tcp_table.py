@@ -1,0 +1,331 @@
+# Postfix's tcp_table wire format, sans-IO: parse request lines, build reply lines.
+"""Speak Postfix's ``tcp_table(5)`` protocol without doing any I/O.
+
+Postfix, configured with ``sender_canonical_maps = tcp:127.0.0.1:10001``, opens a TCP
+connection, keeps it, and sends one request at a time, waiting for each reply::
+
+    get SP key LF                          e.g.  b"get alice@example.org\\n"
+
+The key is %-encoded: Postfix sends ``%``, white space, control bytes, DEL and every byte
+>= 0x80 as ``%XX`` (upper-case hex; either case is accepted here). The server answers with
+one line::
+
+    NNN SP text LF                         e.g.  b"200 SRS0=abcd=JM=example.org=alice@fw.test\\n"
+
+``200`` means found (``text`` is the new value), ``500`` not found (``text`` is a reason,
+ignored by Postfix; the connection stays open), ``400`` a temporary error (Postfix hangs up
+and the mail is deferred). The text is %-encoded the same way; a bad ``%`` escape anywhere
+makes Postfix treat the whole reply as a temporary error. A reply is at most
+:data:`MAX_REPLY` bytes, LF included, and ``200`` with an empty value is a configuration
+error to Postfix.
+
+This module is the protocol and nothing else, in the style of h11: a
+:class:`RequestReader` is fed the bytes a socket produced and hands back events
+(:class:`Request`, :class:`BadRequest`, :class:`TooLong`); :func:`found`,
+:func:`not_found`, :func:`temporary_failure` and :func:`reply_for` return the bytes to send.
+The caller owns the socket::
+
+    reader = RequestReader()
+    while not reader.closed:
+        data = await stream.receive_some()
+        events = reader.feed(data) if data else reader.feed_eof()
+        for event in events:
+            if isinstance(event, Request):
+                await stream.send_all(reply_for(policy.forward(event.key, now)))
+            else:  # BadRequest keeps the connection, TooLong closes it (reader.closed)
+                await stream.send_all(not_found(event.reason))
+
+Precise rules implemented here:
+
+* A request line ends at LF; one CR right before the LF is dropped too. Its length is
+  counted *without* that ending (LF or CR LF): at most ``max_line`` bytes are accepted. A
+  longer line is :class:`TooLong` as soon as the buffered part proves it, without waiting
+  for the LF, and the reader is then closed. The reader never buffers more than
+  ``max_line + 1`` bytes (a full line plus a CR whose LF is still to come).
+* The line must start with exactly ``get`` and one space; everything after that space is
+  the key, extra spaces included (``get  a@b`` has the key ``b" a@b"``, as in postsrsd).
+  An empty key, another command, a bad ``%`` escape or a NUL byte (raw or ``%00``: a NUL
+  is never part of an address) make a :class:`BadRequest`, and the reader carries on.
+  Other raw bytes in the key are taken as they are.
+* A last line without LF before EOF is still a request (postsrsd answers it too).
+* Replies encode every byte <= 0x20, >= 0x7F and ``%`` as ``%XX`` with upper-case hex,
+  like Postfix's own ``hex_quote``, and end in a bare LF (Postfix would keep a CR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from srsd.policy import Decision, Outcome
+
+__all__ = [
+    "MAX_REPLY",
+    "MAX_REQUEST",
+    "BadRequest",
+    "Event",
+    "Request",
+    "RequestReader",
+    "TooLong",
+    "encode_reply",
+    "found",
+    "not_found",
+    "reply_for",
+    "temporary_failure",
+]
+
+#: Default limit on a request line, in bytes, its LF or CR LF ending not counted.
+MAX_REQUEST: int = 4096
+#: Postfix's bound on a reply line, in bytes, the LF included.
+MAX_REPLY: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A well-formed ``get KEY`` line; ``key`` is %-decoded, never empty, never has NUL."""
+
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A malformed line: answer ``500 <reason>`` and keep reading the connection."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooLong:
+    """A line over the limit: answer ``500 <reason>`` and close; the reader is closed."""
+
+    reason: str
+
+
+Event = Request | BadRequest | TooLong
+
+_TOO_LONG = TooLong("Request too long")
+_BAD_COMMAND = BadRequest("Invalid request, expected 'get KEY'")
+_EMPTY_KEY = BadRequest("Empty key in request")
+_BAD_ESCAPE = BadRequest("Invalid %-escape in request")
+_NUL_KEY = BadRequest("NUL byte in request")
+
+_HEX = "0123456789abcdefABCDEF"
+# Every two-hex-digit pair, in any case, to the byte it stands for; "00" left out (NUL).
+_UNHEX: dict[bytes, bytes] = {
+    (h + lo).encode(): bytes((int(h + lo, 16),)) for h in _HEX for lo in _HEX if h + lo != "00"
+}
+
+
+def _parse(line: bytes) -> Event:
+    """The event for one line, its LF / CR LF ending already removed."""
+    if line[:4] != b"get ":
+        return _BAD_COMMAND
+    key = line[4:]
+    if not key:
+        return _EMPTY_KEY
+    if b"\0" in key:
+        return _NUL_KEY
+    if b"%" not in key:
+        return Request(key)
+    parts = key.split(b"%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        byte = _UNHEX.get(part[:2])
+        if byte is None:
+            return _NUL_KEY if part[:2] == b"00" else _BAD_ESCAPE
+        out.append(byte)
+        out.append(part[2:])
+    return Request(b"".join(out))
+
+
+class RequestReader:
+    """Turn the bytes of one tcp_table connection into events, whatever their chunking.
+
+    Feeding a stream in one piece or one byte at a time gives the same events.
+    """
+
+    __slots__ = ("_buf", "_closed", "_max_line")
+
+    def __init__(self, max_line: int = MAX_REQUEST) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self._max_line = max_line
+        self._buf = bytearray()
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes of an incomplete line are held (at most ``max_line + 1``)."""
+        return len(self._buf)
+
+    @property
+    def closed(self) -> bool:
+        """True after :class:`TooLong` or EOF: :meth:`feed` then returns ``[]``."""
+        return self._closed
+
+    def feed(self, data: bytes | bytearray) -> list[Event]:
+        """Take the next bytes received; return an event for each line they complete.
+
+        Events come in line order (several requests in one chunk are all returned). The
+        bytes after the last LF are kept for the next call. A :class:`TooLong` is the last
+        event ever returned: the reader closes and forgets its buffer.
+        """
+        if self._closed:
+            return []
+        if type(data) is not bytes:
+            data = bytes(data)
+        end = data.find(b"\n")
+        if end < 0:
+            return self._hold(data)
+        limit = self._max_line
+        events: list[Event] = []
+        start = 0
+        if self._buf:
+            self._buf += data[:end]
+            line = bytes(self._buf)
+            self._buf.clear()
+        else:
+            line = data[:end]
+        while True:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if len(line) > limit:
+                self._close()
+                events.append(_TOO_LONG)
+                return events
+            events.append(_parse(line))
+            start = end + 1
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            line = data[start:end]
+        if start < len(data):
+            events.extend(self._hold(data[start:]))
+        return events
+
+    def feed_eof(self) -> list[Event]:
+        """The peer closed its side: return the event for a last line without LF, if any.
+
+        The reader is closed afterwards.
+        """
+        if self._closed:
+            return []
+        line = bytes(self._buf)
+        self._close()
+        if not line:
+            return []
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        # _hold() keeps max_line + 1 bytes only when the last one is a CR: no check needed.
+        return [_parse(line)]
+
+    def _hold(self, data: bytes) -> list[Event]:
+        """Buffer the start of a line (no LF in ``data``); TooLong once it cannot fit."""
+        buf = self._buf
+        buf += data
+        size = len(buf)
+        if size > self._max_line and (size > self._max_line + 1 or buf[-1] != 0x0D):
+            self._close()
+            return [_TOO_LONG]
+        return []
+
+    def _close(self) -> None:
+        self._closed = True
+        self._buf = bytearray()
+
+
+# Bytes sent as they are in a reply text; everything else becomes %XX.
+_SAFE = bytes(c for c in range(0x21, 0x7F) if c != 0x25)
+_ESCAPE: list[bytes] = [bytes((c,)) if c in _SAFE else b"%%%02X" % c for c in range(256)]
+# Up to this many distinct bytes to escape, bytes.replace passes beat a per-byte join.
+_FEW = 4
+_MAX_TEXT = MAX_REPLY - 5  # room for "NNN " and LF
+
+_FOUND = b"200 "
+_NOT_FOUND = b"500 "
+_TEMPORARY = b"400 "
+
+
+def _quote(text: bytes) -> bytes:
+    """``text`` with every byte <= 0x20, >= 0x7F and ``%`` written as upper-case ``%XX``."""
+    special = text.translate(None, _SAFE)
+    if not special:
+        return text
+    distinct = set(special)
+    if len(distinct) > _FEW:
+        return b"".join([_ESCAPE[c] for c in text])
+    if 0x25 in distinct:  # first, or it would re-escape the other escapes
+        text = text.replace(b"%", b"%25")
+        distinct.discard(0x25)
+    for c in distinct:
+        text = text.replace(bytes((c,)), _ESCAPE[c])
+    return text
+
+
+def encode_reply(code: int, text: bytes) -> bytes:
+    """The reply line ``NNN SP %-encoded-text LF``.
+
+    The low-level builder: it does not shorten anything and raises :class:`ValueError`
+    for a code outside 100..999 or a line longer than :data:`MAX_REPLY`. Prefer
+    :func:`found`, :func:`not_found` and :func:`temporary_failure`, which never raise.
+    """
+    if not 100 <= code <= 999:
+        raise ValueError(f"reply code must have three digits: {code}")
+    quoted = _quote(text)
+    if len(quoted) > _MAX_TEXT:
+        raise ValueError(f"reply longer than {MAX_REPLY} bytes")
+    return b"%d %s\n" % (code, quoted)
+
+
+def _with_reason(prefix: bytes, reason: str) -> bytes:
+    """``prefix`` and the encoded reason, cut so that the line fits :data:`MAX_REPLY`."""
+    text = reason.encode("utf-8", "backslashreplace")
+    if len(text) > _MAX_TEXT:
+        text = text[:_MAX_TEXT]  # each byte encodes to one or more: this is enough
+    quoted = _quote(text)
+    if len(quoted) > _MAX_TEXT:
+        cut = quoted.rfind(b"%", _MAX_TEXT - 2, _MAX_TEXT)  # an escape that would not fit
+        quoted = quoted[: cut if cut >= 0 else _MAX_TEXT]
+    return prefix + quoted + b"\n"
+
+
+def not_found(reason: str) -> bytes:
+    """``500 <reason>``: no rewrite; Postfix tries its next map and keeps the connection.
+
+    A reason too long for one reply line is cut (never inside a ``%XX`` escape).
+    """
+    return _with_reason(_NOT_FOUND, reason)
+
+
+def temporary_failure(reason: str) -> bytes:
+    """``400 <reason>``: cannot decide now; Postfix hangs up and defers the mail.
+
+    A reason too long for one reply line is cut (never inside a ``%XX`` escape).
+    """
+    return _with_reason(_TEMPORARY, reason)
+
+
+_EMPTY_VALUE = not_found("Empty rewrite result")
+_VALUE_TOO_LONG = not_found("Rewritten address too long for tcp_table")
+
+
+def found(value: bytes) -> bytes:
+    """``200 <value>``: Postfix uses ``value`` instead of the key.
+
+    Postfix refuses ``200`` with an empty value and replies over :data:`MAX_REPLY` bytes, so
+    an empty value, or one whose encoded reply would be too long, gives a ``500`` instead.
+    """
+    if not value:
+        return _EMPTY_VALUE
+    if len(value) > _MAX_TEXT:
+        return _VALUE_TOO_LONG
+    quoted = _quote(value)
+    if len(quoted) > _MAX_TEXT:
+        return _VALUE_TOO_LONG
+    return _FOUND + quoted + b"\n"
+
+
+def reply_for(decision: Decision) -> bytes:
+    """The reply for a policy decision: :func:`found` for a rewrite, else :func:`not_found`."""
+    if decision.outcome is Outcome.REWRITTEN and decision.value is not None:
+        return found(decision.value)
+    return not_found(decision.reason)
