@@ -24,6 +24,10 @@ def setup(level: str = "info", *, syslog: bool = False) -> None:
     stderr.setFormatter(logging.Formatter(_FORMAT))
     LOGGER.addHandler(stderr)
     if syslog:
+        if not SYSLOG_SOCKET.exists():  # no syslog daemon (a container): stderr still works
+            LOGGER.warning("syslog requested but %s does not exist: logging to stderr only",
+                           SYSLOG_SOCKET)  # fmt: skip
+            return
         handler = logging.handlers.SysLogHandler(
             address=str(SYSLOG_SOCKET), facility=logging.handlers.SysLogHandler.LOG_MAIL
         )
