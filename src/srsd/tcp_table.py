@@ -117,14 +117,15 @@ _UNHEX: dict[bytes, bytes] = {
 
 def _parse(line: bytes) -> Event:
     """The event for one line, its LF / CR LF ending already removed."""
-    if line[:4] != b"get ":
+    # Membership tests with an int (``0 in key``) are the cheapest scans bytes offer.
+    command, _, key = line.partition(b" ")
+    if command != b"get":
         return _BAD_COMMAND
-    key = line[4:]
     if not key:
         return _EMPTY_KEY
-    if b"\0" in key:
+    if 0 in key:
         return _NUL_KEY
-    if b"%" not in key:
+    if 0x25 not in key:
         return Request(key)
     parts = key.split(b"%")
     out = [parts[0]]
@@ -167,39 +168,34 @@ class RequestReader:
 
         Events come in line order (several requests in one chunk are all returned). The
         bytes after the last LF are kept for the next call. A :class:`TooLong` is the last
-        event ever returned: the reader closes and forgets its buffer.
+        event ever returned: the reader closes and forgets its buffer. An empty ``data``
+        is not EOF (call :meth:`feed_eof`); a ``bytearray`` is accepted and copied.
         """
         if self._closed:
             return []
         if type(data) is not bytes:
             data = bytes(data)
-        end = data.find(b"\n")
-        if end < 0:
-            return self._hold(data)
+        lines = data.split(b"\n")  # one pass over the chunk, however many lines it holds
+        rest = lines.pop()  # the start of the next line, or b""
+        if not lines:
+            return self._hold(rest) if rest else []
         limit = self._max_line
-        events: list[Event] = []
-        start = 0
         if self._buf:
-            self._buf += data[:end]
-            line = bytes(self._buf)
+            if len(self._buf) + len(lines[0]) > limit + 1:
+                self._close()
+                return [_TOO_LONG]
+            lines[0] = b"".join((self._buf, lines[0]))
             self._buf.clear()
-        else:
-            line = data[:end]
-        while True:
-            if line[-1:] == b"\r":
-                line = line[:-1]
+        events: list[Event] = []
+        for raw in lines:
+            line = raw[:-1] if 0x0D in raw and raw[-1] == 0x0D else raw
             if len(line) > limit:
                 self._close()
                 events.append(_TOO_LONG)
                 return events
             events.append(_parse(line))
-            start = end + 1
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            line = data[start:end]
-        if start < len(data):
-            events.extend(self._hold(data[start:]))
+        if rest:
+            events.extend(self._hold(rest))
         return events
 
     def feed_eof(self) -> list[Event]:
@@ -213,19 +209,23 @@ class RequestReader:
         self._close()
         if not line:
             return []
-        if line[-1:] == b"\r":
+        if line[-1] == 0x0D:
             line = line[:-1]
         # _hold() keeps max_line + 1 bytes only when the last one is a CR: no check needed.
         return [_parse(line)]
 
     def _hold(self, data: bytes) -> list[Event]:
-        """Buffer the start of a line (no LF in ``data``); TooLong once it cannot fit."""
-        buf = self._buf
-        buf += data
-        size = len(buf)
-        if size > self._max_line and (size > self._max_line + 1 or buf[-1] != 0x0D):
+        """Buffer the start of a line (non-empty, no LF); TooLong once it cannot fit.
+
+        The partial line may reach ``max_line + 1`` bytes only if its last byte is a CR,
+        which an LF may yet turn into a line ending.
+        """
+        size = len(self._buf) + len(data)
+        limit = self._max_line
+        if size > limit and (size > limit + 1 or data[-1] != 0x0D):
             self._close()
             return [_TOO_LONG]
+        self._buf += data
         return []
 
     def _close(self) -> None:
@@ -276,7 +276,14 @@ def encode_reply(code: int, text: bytes) -> bytes:
     return b"%d %s\n" % (code, quoted)
 
 
-def _with_reason(prefix: bytes, reason: str) -> bytes:
+# Replies with a reason, by reason: the reasons are a small fixed set of strings, and the
+# reverse map answers "500 Not an SRS address." to nearly every inbound RCPT.
+_NOT_FOUND_CACHE: dict[str, bytes] = {}
+_TEMPORARY_CACHE: dict[str, bytes] = {}
+_CACHE_SIZE = 256
+
+
+def _with_reason(prefix: bytes, reason: str, cache: dict[str, bytes]) -> bytes:
     """``prefix`` and the encoded reason, cut so that the line fits :data:`MAX_REPLY`."""
     text = reason.encode("utf-8", "backslashreplace")
     if len(text) > _MAX_TEXT:
@@ -285,7 +292,10 @@ def _with_reason(prefix: bytes, reason: str) -> bytes:
     if len(quoted) > _MAX_TEXT:
         cut = quoted.rfind(b"%", _MAX_TEXT - 2, _MAX_TEXT)  # an escape that would not fit
         quoted = quoted[: cut if cut >= 0 else _MAX_TEXT]
-    return prefix + quoted + b"\n"
+    reply = prefix + quoted + b"\n"
+    if len(cache) < _CACHE_SIZE:
+        cache[reason] = reply
+    return reply
 
 
 def not_found(reason: str) -> bytes:
@@ -293,7 +303,10 @@ def not_found(reason: str) -> bytes:
 
     A reason too long for one reply line is cut (never inside a ``%XX`` escape).
     """
-    return _with_reason(_NOT_FOUND, reason)
+    reply = _NOT_FOUND_CACHE.get(reason)
+    if reply is None:
+        reply = _with_reason(_NOT_FOUND, reason, _NOT_FOUND_CACHE)
+    return reply
 
 
 def temporary_failure(reason: str) -> bytes:
@@ -301,7 +314,10 @@ def temporary_failure(reason: str) -> bytes:
 
     A reason too long for one reply line is cut (never inside a ``%XX`` escape).
     """
-    return _with_reason(_TEMPORARY, reason)
+    reply = _TEMPORARY_CACHE.get(reason)
+    if reply is None:
+        reply = _with_reason(_TEMPORARY, reason, _TEMPORARY_CACHE)
+    return reply
 
 
 _EMPTY_VALUE = not_found("Empty rewrite result")
