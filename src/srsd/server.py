@@ -1,13 +1,16 @@
 # The trio server: tcp_table listeners, one task per connection, limits, signals and reload.
-"""``srsd serve``: answer Postfix's canonical-map lookups over tcp_table.
+"""``srsd serve``: answer Postfix's canonical-map lookups over tcp_table and socketmap.
 
-Data flows one way: bytes in, :class:`srsd.tcp_table.RequestReader`, the
-:class:`srsd.policy.Policy`, :mod:`srsd.tcp_table` replies, bytes out. This module only
-moves bytes and owns connections, time-outs and shutdown:
+Data flows one way: bytes in, the wire decoder (:mod:`srsd.tcp_table` or
+:mod:`srsd.socketmap`), the :class:`srsd.policy.Policy`, the wire encoder, bytes out. A
+tcp_table endpoint serves one map, chosen by its port; a socketmap endpoint (TCP or a unix
+socket) serves both, chosen by the map name in each request. This module only moves bytes
+and owns connections, time-outs and shutdown:
 
 * every listener feeds one nursery of connection tasks, at most ``max_connections`` at
   once; a connection over the limit is closed at once and counted;
-* a connection is closed after ``idle_timeout`` seconds without a complete request, and
+* a connection is closed after ``idle_timeout`` (socketmap: ``keep_alive``) seconds
+  without a complete request, and
   when a reply cannot be sent within :data:`SEND_TIMEOUT` (a client that does not read
   gets back-pressure, never an unbounded buffer);
 * SIGTERM/SIGINT stop accepting, let replies in flight finish within ``shutdown_grace``
@@ -19,20 +22,26 @@ from __future__ import annotations
 
 import enum
 import errno
+import grp
 import logging
 import os
 import pwd
 import signal
+import socket
+import stat
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol as TypingProtocol
 
 import trio
 
-from srsd import tcp_table
+from srsd import socketmap, tcp_table
 from srsd.logs import LOGGER, setup, show
 from srsd.policy import Decision, Policy
-from srsd.settings import ConfigError, Settings
+from srsd.settings import ConfigError, InetEndpoint, Settings, UnixEndpoint, parse_endpoint
 
 #: Bytes read from a connection at once; whole lines in it are answered in one write.
 RECEIVE_SIZE = 16384
@@ -45,10 +54,50 @@ _ACCEPT_RETRY_DELAY = 0.1
 
 
 class Role(enum.Enum):
-    """Which map an endpoint serves."""
+    """Which map a lookup is for."""
 
     FORWARD = "forward"  # sender_canonical_maps
     REVERSE = "reverse"  # recipient_canonical_maps
+
+
+class Wire(enum.Enum):
+    """The protocol an endpoint speaks."""
+
+    TCP_TABLE = "tcp_table"
+    SOCKETMAP = "socketmap"
+
+
+#: socketmap map names, as in ``socketmap:inet:127.0.0.1:10003:forward``.
+MAP_NAMES = {b"forward": Role.FORWARD, b"reverse": Role.REVERSE}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One listening socket: its protocol, its map (tcp_table only) and where it is."""
+
+    wire: Wire
+    role: Role | None  # None for socketmap: each request names its map
+    listener: trio.SocketListener
+    where: str
+    unix_path: Path | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port bound (0 for a unix socket)."""
+        return 0 if self.unix_path else int(self.listener.socket.getsockname()[1])
+
+    def __str__(self) -> str:
+        name = self.role.value if self.role else "forward+reverse"
+        return f"{self.wire.value} {name} on {self.where}"
+
+
+class _Reader(TypingProtocol):
+    """What a sans-IO request reader offers the connection loop."""
+
+    @property
+    def closed(self) -> bool: ...
+    def feed(self, data: bytes | bytearray) -> Sequence[object]: ...
+    def feed_eof(self) -> Sequence[object]: ...
 
 
 class StartError(Exception):
@@ -72,56 +121,56 @@ class Server:
 
     # -- start-up -----------------------------------------------------------------------------
 
-    async def bind(self) -> list[tuple[Role, trio.SocketListener]]:
+    async def bind(self) -> list[Endpoint]:
         """Open every configured listener; raise :class:`StartError` with one clear line."""
-        listeners: list[tuple[Role, trio.SocketListener]] = []
-        ports = ((Role.FORWARD, self.settings.forward_port),
-                 (Role.REVERSE, self.settings.reverse_port))  # fmt: skip
+        endpoints: list[Endpoint] = []
         try:
-            for role, port in ports:
-                if port == 0:
-                    continue
-                for host in self.settings.listen:
-                    try:
-                        opened = await trio.open_tcp_listeners(port, host=host)
-                    except OSError as err:
-                        reason = err.strerror or str(err)
-                        raise StartError(f"cannot listen on {_endpoint(host, port)} for "
-                                         f"{role.value}: {reason}") from None  # fmt: skip
-                    listeners += [(role, listener) for listener in opened]
+            for role, port in ((Role.FORWARD, self.settings.forward_port),
+                               (Role.REVERSE, self.settings.reverse_port)):  # fmt: skip
+                for host in self.settings.listen if port else ():
+                    opened = await _tcp_listeners(host, port, f"tcp_table {role.value}")
+                    endpoints += [Endpoint(Wire.TCP_TABLE, role, x, _where(x)) for x in opened]
+            spec = parse_endpoint(self.settings.socketmap)
+            if isinstance(spec, InetEndpoint):
+                opened = await _tcp_listeners(spec.host, spec.port, "socketmap")
+                endpoints += [Endpoint(Wire.SOCKETMAP, None, x, _where(x)) for x in opened]
+            elif isinstance(spec, UnixEndpoint):
+                listener = await _unix_listener(spec.path, self.settings)
+                endpoints.append(
+                    Endpoint(Wire.SOCKETMAP, None, listener, f"unix:{spec.path}", spec.path)
+                )
         except BaseException:
-            for _, listener in listeners:
-                await listener.aclose()
+            await _close_all(endpoints)
             raise
-        if not listeners:
-            raise StartError("nothing to serve: forward_port and reverse_port are both 0")
-        return listeners
+        if not endpoints:
+            raise StartError("nothing to serve: both tcp_table ports are 0 and socketmap is off")
+        return endpoints
 
     # -- main loop ------------------------------------------------------------------------------
 
     async def serve(
         self,
-        listeners: list[tuple[Role, trio.SocketListener]],
+        endpoints: list[Endpoint],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation), then drain and return."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as connections:
-                with trio.CancelScope() as accepting:
-                    async with trio.open_nursery() as loops:
-                        for role, listener in listeners:
-                            loops.start_soon(self._accept_loop, listener, role, connections)
-                        loops.start_soon(self._watch_signals, signals, accepting)
-                        task_status.started()
-                await self._drain(listeners, connections)
+                try:
+                    with trio.CancelScope() as accepting:
+                        async with trio.open_nursery() as loops:
+                            for endpoint in endpoints:
+                                loops.start_soon(self._accept_loop, endpoint, connections)
+                            loops.start_soon(self._watch_signals, signals, accepting)
+                            task_status.started()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._drain(endpoints, connections)
 
-    async def _drain(
-        self, listeners: list[tuple[Role, trio.SocketListener]], connections: trio.Nursery
-    ) -> None:
+    async def _drain(self, endpoints: list[Endpoint], connections: trio.Nursery) -> None:
         self._stopping = True
-        for _, listener in listeners:
-            await listener.aclose()
+        await _close_all(endpoints)
         for wait in list(self._idle_waits):
             wait.cancel()  # idle connections close now; replies in flight may finish
         connections.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
@@ -159,12 +208,10 @@ class Server:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _accept_loop(
-        self, listener: trio.SocketListener, role: Role, connections: trio.Nursery
-    ) -> None:
+    async def _accept_loop(self, endpoint: Endpoint, connections: trio.Nursery) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                stream = await endpoint.listener.accept()
             except OSError as err:
                 if err.errno not in _ACCEPT_RETRY_ERRNOS:
                     raise
@@ -177,7 +224,7 @@ class Server:
                 await stream.aclose()
                 continue
             self.open_connections += 1  # counted here, so a burst cannot overshoot the limit
-            connections.start_soon(self._connection, stream, role)
+            connections.start_soon(self._connection, stream, endpoint)
 
     def _log_limit(self) -> None:
         now = time.monotonic()
@@ -187,9 +234,15 @@ class Server:
                            "(%d refused so far)", self.settings.max_connections,
                            self.rejected_connections)  # fmt: skip
 
-    async def _connection(self, stream: trio.SocketStream, role: Role) -> None:
-        reader = tcp_table.RequestReader(self.settings.max_request)
-        deadline = trio.current_time() + self.settings.idle_timeout
+    async def _connection(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
+        reader: _Reader
+        if endpoint.wire is Wire.TCP_TABLE:
+            reader = tcp_table.RequestReader(self.settings.max_request)
+            idle = self.settings.idle_timeout
+        else:
+            reader = socketmap.RequestReader(self.settings.max_request)
+            idle = self.settings.keep_alive
+        deadline = trio.current_time() + idle
         try:
             async with stream:
                 while not self._stopping:
@@ -203,14 +256,14 @@ class Server:
                         break  # idle for too long, or shutting down
                     events = reader.feed(data) if data else reader.feed_eof()
                     if events:
-                        replies = b"".join([self._answer(role, event) for event in events])
+                        replies = b"".join([self._answer(endpoint, event) for event in events])
                         with trio.move_on_after(SEND_TIMEOUT) as sending:
                             await stream.send_all(replies)
                         if sending.cancelled_caught:
-                            LOGGER.warning("%s client did not read its replies for %g s: "
-                                           "closing", role.value, SEND_TIMEOUT)  # fmt: skip
+                            LOGGER.warning("%s client did not read its replies for %g s: closing",
+                                           endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
                             break
-                        deadline = trio.current_time() + self.settings.idle_timeout
+                        deadline = trio.current_time() + idle
                     if not data or reader.closed:
                         break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -218,22 +271,48 @@ class Server:
         finally:
             self.open_connections -= 1
 
-    def _answer(self, role: Role, event: tcp_table.Event) -> bytes:
-        if isinstance(event, tcp_table.Request):
-            try:
-                if role is Role.FORWARD:
-                    decision = self.policy.forward(event.key, time.time())
-                else:
-                    decision = self.policy.reverse(event.key, time.time())
-            except Exception:
-                self.lookups[(role.value, "error")] += 1
-                LOGGER.exception("%s %s: internal error", role.value, show(event.key))
-                return tcp_table.temporary_failure("srsd internal error")
-            self._record(role, event.key, decision)
-            return tcp_table.reply_for(decision)
-        self.lookups[(role.value, "bad request")] += 1
-        LOGGER.info("%s: bad request: %s", role.value, event.reason)
-        return tcp_table.not_found(event.reason)
+    def _answer(self, endpoint: Endpoint, event: object) -> bytes:
+        """The reply bytes for one event of ``endpoint``'s reader."""
+        if endpoint.wire is Wire.TCP_TABLE:
+            if isinstance(event, tcp_table.Request) and endpoint.role is not None:
+                decision = self._decide(endpoint.role, event.key)
+                if decision is None:
+                    return tcp_table.temporary_failure("srsd internal error")
+                return tcp_table.reply_for(decision)
+            reason = getattr(event, "reason", "Invalid request")
+            self._bad_request(endpoint, reason)
+            return tcp_table.not_found(reason)
+        if isinstance(event, socketmap.Request):
+            role = MAP_NAMES.get(event.name)
+            if role is None:  # a configuration error on the Postfix side, never the sender's
+                self._bad_request(endpoint, f"unknown map name {show(event.name)!r}")
+                return socketmap.permanent_failure("Unknown map name")
+            decision = self._decide(role, event.key)
+            if decision is None:
+                return socketmap.temporary_failure("srsd internal error")
+            return socketmap.reply_for(decision)
+        reason = getattr(event, "reason", "Invalid request")
+        self._bad_request(endpoint, reason)
+        return socketmap.permanent_failure(reason)
+
+    def _decide(self, role: Role, key: bytes) -> Decision | None:
+        """The policy's decision, logged and counted; None when srsd itself failed."""
+        try:
+            if role is Role.FORWARD:
+                decision = self.policy.forward(key, time.time())
+            else:
+                decision = self.policy.reverse(key, time.time())
+        except Exception:
+            self.lookups[(role.value, "error")] += 1
+            LOGGER.exception("%s <%s>: internal error", role.value, show(key))
+            return None
+        self._record(role, key, decision)
+        return decision
+
+    def _bad_request(self, endpoint: Endpoint, reason: str) -> None:
+        name = endpoint.role.value if endpoint.role else endpoint.wire.value
+        self.lookups[(name, "bad request")] += 1
+        LOGGER.info("%s: bad request: %s", name, reason)
 
     def _record(self, role: Role, key: bytes, decision: Decision) -> None:
         self.lookups[(role.value, decision.outcome.value)] += 1
@@ -247,8 +326,63 @@ class Server:
                            decision.reason)  # fmt: skip
 
 
-def _endpoint(host: str, port: int) -> str:
+def _where(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return _host_port(str(host), int(port))
+
+
+def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _tcp_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = _host_port(host, port)
+        raise StartError(f"cannot listen on {where} for {what}: {reason}") from None
+
+
+async def _unix_listener(path: Path, settings: Settings) -> trio.SocketListener:
+    """Bind a unix socket at ``path``, replacing a stale socket file but never a live one."""
+    try:
+        existing = path.lstat()
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise StartError(f"cannot listen on unix:{path}: it exists and is not a socket")
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # nobody answers: a stale socket from a crash
+        else:
+            raise StartError(f"cannot listen on unix:{path}: another server is answering there")
+        finally:
+            probe.close()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(str(path))
+        os.chmod(path, settings.socketmap_mode)
+        if settings.socketmap_owner:
+            user, _, group = settings.socketmap_owner.partition(":")
+            gid = grp.getgrnam(group).gr_gid if group else -1
+            os.chown(path, pwd.getpwnam(user).pw_uid, gid)
+        sock.listen(socket.SOMAXCONN)
+    except (OSError, KeyError) as err:
+        sock.close()
+        reason = err.strerror if isinstance(err, OSError) else f"no such user or group {err}"
+        raise StartError(f"cannot listen on unix:{path}: {reason}") from None
+    return trio.SocketListener(sock)
+
+
+async def _close_all(endpoints: list[Endpoint]) -> None:
+    for endpoint in endpoints:
+        await endpoint.listener.aclose()
+        if endpoint.unix_path is not None:
+            endpoint.unix_path.unlink(missing_ok=True)
 
 
 def drop_privileges(user: str) -> None:
@@ -278,21 +412,14 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
 async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
     server = Server(settings, reload)
     try:
-        listeners = await server.bind()
+        endpoints = await server.bind()
         if settings.run_as and os.geteuid() == 0:
             drop_privileges(settings.run_as)
     except (StartError, OSError) as err:
         LOGGER.error("cannot start: %s", err)
         return 1
-    where = ", ".join(f"{role.value} on {_endpoint(*_sockname(lst))}" for role, lst in listeners)
-    LOGGER.info("srsd ready: %s; SRS domain %s, %d secret(s)", where, settings.domain,
-                len(settings.secrets))  # fmt: skip
-    await server.serve(listeners)
-    served = sum(server.lookups.values())
-    LOGGER.info("stopped after %d lookup(s)", served)
+    LOGGER.info("srsd ready: %s; SRS domain %s, %d secret(s)",
+                ", ".join(map(str, endpoints)), settings.domain, len(settings.secrets))  # fmt: skip
+    await server.serve(endpoints)
+    LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.values()))
     return 0
-
-
-def _sockname(listener: trio.SocketListener) -> tuple[str, int]:
-    host, port = listener.socket.getsockname()[:2]
-    return str(host), int(port)

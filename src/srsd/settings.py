@@ -142,6 +142,64 @@ def _user(raw: object) -> str | None:
     return _text(raw) or None
 
 
+def _owner(raw: object) -> str | None:
+    value = _text(raw)
+    if value and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", value):
+        raise ValueError(f"expected USER or USER:GROUP, got {raw!r}")
+    return value or None
+
+
+def _mode(raw: object) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        try:
+            value = int(_text(raw), 8)
+        except ValueError:
+            raise ValueError(f"expected an octal file mode such as 0660, got {raw!r}") from None
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"expected a file mode between 0000 and 0777, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class InetEndpoint:
+    """``inet:HOST:PORT``: a TCP listener."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UnixEndpoint:
+    """``unix:PATH``: a unix-domain socket listener."""
+
+    path: Path
+
+
+def parse_endpoint(spec: str) -> InetEndpoint | UnixEndpoint | None:
+    """Parse ``inet:HOST:PORT`` (``inet:[::1]:PORT`` for IPv6) or ``unix:PATH``; "" is off."""
+    kind, _, rest = spec.partition(":")
+    if not spec:
+        return None
+    if kind == "unix" and rest.startswith("/"):
+        if len(rest.encode()) > 107:  # sun_path holds 108 bytes with the NUL
+            raise ValueError(f"unix socket path too long: {rest!r}")
+        return UnixEndpoint(Path(rest))
+    if kind == "inet":
+        host, _, port = rest.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return InetEndpoint(host, int(port))
+    raise ValueError(f"expected inet:HOST:PORT or unix:/PATH, got {spec!r}")
+
+
+def _endpoint(raw: object) -> str:
+    value = _text(raw)
+    parse_endpoint(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Field:
     """One setting: its TOML key, environment names, command-line flag and parser."""
@@ -180,6 +238,14 @@ FIELDS: tuple[Field, ...] = (
           "tcp_table port for sender_canonical_maps (0: off)"),
     Field("reverse_port", _int_in(0, 65535), 10002, ("SRS_REVERSE_PORT",), "--reverse-port",
           "tcp_table port for recipient_canonical_maps (0: off)"),
+    Field("socketmap", _endpoint, "", ("SRS_SOCKETMAP",), "--socketmap",
+          "socketmap endpoint, inet:HOST:PORT or unix:/PATH (default: off)"),
+    Field("socketmap_mode", _mode, 0o666, ("SRS_SOCKETMAP_MODE",), "--socketmap-mode",
+          "file mode of a unix socketmap socket, octal"),
+    Field("socketmap_owner", _owner, None, ("SRS_SOCKETMAP_OWNER",), "--socketmap-owner",
+          "USER or USER:GROUP owning a unix socketmap socket"),
+    Field("keep_alive", _seconds, 30.0, ("SRS_KEEP_ALIVE",), "--keep-alive",
+          "seconds a socketmap connection may stay idle"),
     Field("idle_timeout", _seconds, 1800.0, ("SRS_TIMEOUT",), "--timeout",
           "seconds a connection may stay idle"),
     Field("max_connections", _int_in(1, 100_000), 1000, ("SRS_MAX_CONNECTIONS",),
@@ -216,6 +282,10 @@ class Settings:
     listen: tuple[str, ...]
     forward_port: int
     reverse_port: int
+    socketmap: str
+    socketmap_mode: int
+    socketmap_owner: str | None
+    keep_alive: float
     idle_timeout: float
     max_connections: int
     max_request: int
@@ -245,11 +315,13 @@ class Settings:
         return Policy(self.codec(), self.excluded)
 
 
-def default_state_dir() -> Path:
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """Where srsd keeps its generated secret when no ``state_dir`` is configured."""
     if os.geteuid() == 0:
         return Path("/var/lib/srsd")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    environ = os.environ if environ is None else environ
+    home = environ.get("HOME") or str(Path.home())
+    base = environ.get("XDG_STATE_HOME") or str(Path(home) / ".local" / "state")
     return Path(base) / "srsd"
 
 
@@ -305,7 +377,7 @@ def load(
             f"hash_min: {values['hash_min']} is more than hash_length {values['hash_length']} "
             f"(from {sources['hash_min']})"
         )
-    state_dir = values["state_dir"] or default_state_dir()
+    state_dir = values["state_dir"] or default_state_dir(environ)
     secrets_file = values["secrets_file"]
     if secrets_file is None:
         secrets_file = state_dir / SECRETS_NAME
