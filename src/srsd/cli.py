@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -77,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_values(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line, by key (absent ones left out)."""
-    return {f.key: getattr(args, f.key) for f in settings.FIELDS
-            if getattr(args, f.key, None) is not None}  # fmt: skip
+    values = {f.key: getattr(args, f.key) for f in settings.FIELDS
+              if getattr(args, f.key, None) is not None}  # fmt: skip
+    for key in _REPEATABLE & values.keys():  # --exclude a.com --exclude b.com,c.com
+        values[key] = " ".join(values[key])
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           check=args.check)
     for warning in loaded.warnings:
         print(f"srsd: warning: {warning}", file=sys.stderr)
+    if any(b"\n" in a or b"\r" in a for a in map(os.fsencode, args.addresses)):
+        print("srsd: an ADDRESS argument contains a line break", file=sys.stderr)
+        return EXIT_USAGE
+    # Die quietly like cat(1) when the reader of our output goes away (`| head -1`).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     policy = loaded.policy()
     decide = policy.forward if args.command == "encode" else policy.reverse
     inputs = [os.fsencode(a) for a in args.addresses] or _stdin_lines()

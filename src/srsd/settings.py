@@ -108,12 +108,11 @@ def _optional_path(raw: object) -> Path | None:
 
 
 def _words(raw: object) -> tuple[str, ...]:
-    """A TOML list of strings, or one string split on commas, semicolons and white space."""
+    """A TOML list of strings, or one string split on commas, semicolons and white space
+    (as postsrsd splits ``SRS_EXCLUDE_DOMAINS``; repeated flags arrive joined)."""
     if isinstance(raw, list):
-        items = [_text(item) for item in raw]
-    else:
-        items = _LIST_SPLIT.split(_text(raw))
-    return tuple(item for item in items if item)
+        return tuple(item for item in map(_text, raw) if item)
+    return tuple(word for word in _LIST_SPLIT.split(_text(raw)) if word)
 
 
 def _domains(raw: object) -> tuple[str, ...]:
@@ -261,6 +260,7 @@ FIELDS: tuple[Field, ...] = (
           "user to switch to after binding when started as root"),
 )  # fmt: skip
 FIELD_BY_KEY = {f.key: f for f in FIELDS}
+_ZERO_MEANS_UNSET = frozenset({"SRS_HASHLENGTH", "SRS_HASHMIN"})
 #: postsrsd variables that have no meaning for srsd: ignored, with a warning.
 IGNORED_ENV = ("CHROOT", "SRS_PID_FILE", "SRS_EXTRA_OPTIONS")
 
@@ -361,8 +361,10 @@ def load(
             apply(key, raw, f"config file {config_file}")
     for f in FIELDS:
         for name in f.env:
-            if name in environ:
-                apply(f.key, environ[name], f"environment {name}")
+            raw_env = environ.get(name, "").strip()
+            # An empty variable is unset; postsrsd ignores hash lengths of 0, so do we.
+            if raw_env and not (raw_env == "0" and name in _ZERO_MEANS_UNSET):
+                apply(f.key, raw_env, f"environment {name}")
                 break
     warnings += [f"environment {name} is not used by srsd; ignored"
                  for name in IGNORED_ENV if environ.get(name)]  # fmt: skip
@@ -372,6 +374,8 @@ def load(
 
     if values["domain"] is None:
         raise ConfigError("domain: the SRS domain is not set (--domain, SRS_DOMAIN or domain =)")
+    if values["hash_min"] > values["hash_length"] and sources["hash_min"] == "default":
+        values["hash_min"] = values["hash_length"]  # a shorter hash_length lowers the default
     if values["hash_min"] > values["hash_length"]:
         raise ConfigError(
             f"hash_min: {values['hash_min']} is more than hash_length {values['hash_length']} "
@@ -402,7 +406,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as err:
         raise ConfigError(f"config file {path}: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # TOML must be UTF-8
         raise ConfigError(f"config file {path}: {err}") from None
 
 
