@@ -47,6 +47,9 @@ from srsd.settings import ConfigError, InetEndpoint, Settings, UnixEndpoint, par
 RECEIVE_SIZE = 16384
 #: Seconds a reply may take to be sent (Postfix's own read time-out is 100 s).
 SEND_TIMEOUT = 100.0
+#: After a protocol error, how long and how much input to discard before closing.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
 #: At most one "connection limit reached" line per this many seconds.
 LIMIT_LOG_INTERVAL = 10.0
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -264,7 +267,10 @@ class Server:
                                            endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
                             break
                         deadline = trio.current_time() + idle
-                    if not data or reader.closed:
+                    if not data:
+                        break
+                    if reader.closed:  # a protocol error: the client may still be sending
+                        await _linger(stream)
                         break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client reset or closed the connection: nothing to answer
@@ -324,6 +330,24 @@ class Server:
             else:
                 LOGGER.log(level, "%s <%s> not rewritten: %s", role.value, show(key),
                            decision.reason)  # fmt: skip
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Close after a protocol error without losing the reply just sent.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the reply still in flight (Postfix would then retry and finally defer the mail). So:
+    half-close, then read and discard what the client still sends, bounded in bytes and
+    time, and only then close.
+    """
+    await stream.send_eof()
+    discarded = 0
+    with trio.move_on_after(LINGER_SECONDS):
+        while discarded < LINGER_BYTES:
+            chunk = await stream.receive_some(RECEIVE_SIZE)
+            if not chunk:
+                break
+            discarded += len(chunk)
 
 
 def _where(listener: trio.SocketListener) -> str:

@@ -1,0 +1,271 @@
+# Mail through a throw-away Postfix whose canonical maps are srsd: forward, bounce, forgery.
+"""A full mail flow through a real Postfix 3.x instance with srsd as its SRS maps.
+
+Postfix (own config, queue and log under a pytest temp dir, smtpd on a free loopback port)
+is configured the way a forwarding host runs postsrsd/srsd::
+
+    sender_canonical_maps      = tcp:127.0.0.1:FORWARD    (envelope_sender)
+    recipient_canonical_maps   = tcp:127.0.0.1:REVERSE    (envelope_recipient, header_recipient)
+    virtual_alias_maps         = bob@forwarder.test -> carol@dest.test
+    transport_maps             = dest.test, origin.test -> smtp:[127.0.0.1]:SINK
+
+Messages are sent with smtplib to Postfix's smtpd and arrive at an aiosmtpd sink. Nothing
+leaves loopback: every other destination goes to Postfix's ``error`` transport.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from tests.postfix.conftest import (
+    SRS_DOMAIN,
+    PostfixPrograms,
+    expected_srs0_candidates,
+    tamper_hash,
+)
+from tests.postfix.instance import PostfixInstance
+from tests.postfix.smtp_sink import Delivery, SmtpSink
+from tests.server_process import SrsdProcess
+
+pytestmark = pytest.mark.postfix
+
+SMTP_TIMEOUT = 20.0
+# Delivery to the sink takes milliseconds; after this long the queue is flushed once.
+FIRST_WAIT = 3.0
+DELIVERY_TIMEOUT = 20.0
+# How long a bounce to a forged SRS address is given to (wrongly) show up at the sink: short
+# when smtpd refused it (it never entered the queue), longer when Postfix accepted it.
+FORGERY_WAIT_REFUSED = 1.0
+FORGERY_WAIT_ACCEPTED = 5.0
+# Warnings in the mail log that mean the maps misbehaved (dropped connection, bad reply...).
+MAP_TROUBLE = re.compile(
+    r"warning: .*(TCP map|tcp:127\.0\.0\.1|lookup error|map lookup problem|"
+    r"[Tt]emporary lookup failure|map nesting|non-address result|multi-valued)"
+)
+
+
+@dataclass
+class MailFlow:
+    """The running srsd, sink and Postfix, plus what has been sent through them."""
+
+    srsd: SrsdProcess
+    sink: SmtpSink
+    postfix: PostfixInstance
+    forwarded: dict[str, Delivery] = field(default_factory=dict)
+
+    def diagnostics(self) -> str:
+        deliveries = "\n".join(
+            f"  MAIL FROM:<{d.mail_from}> RCPT TO:{list(d.rcpt_tos)} {d.mail_options}"
+            for d in self.sink.deliveries
+        )
+        return (
+            f"\n--- sink deliveries ---\n{deliveries or '  (none)'}\n"
+            f"--- postqueue -p ---\n{self.postfix.queue()}\n"
+            f"{self.postfix.diagnostics()}\n"
+            f"--- srsd log ---\n{self.srsd.log()}"
+        )
+
+    def send(
+        self, sender: str, recipient: str, *, token: str, utf8: bool = False
+    ) -> tuple[int, bytes] | None:
+        """Send one message; None when accepted, else the (code, text) of the refusal."""
+        message = (
+            f"From: {'MAILER-DAEMON@origin.test' if sender == '' else sender}\r\n"
+            f"To: {recipient}\r\n"
+            f"Subject: srsd mail-flow test {token}\r\n"
+            f"Date: {formatdate()}\r\n"
+            f"Message-ID: <{token}@client.test>\r\n"
+            f"X-Test-Token: {token}\r\n"
+            "\r\n"
+            f"token {token}\r\n"
+        ).encode()
+        options = ["SMTPUTF8"] if utf8 else []
+        with smtplib.SMTP("127.0.0.1", self.postfix.smtpd_port, timeout=SMTP_TIMEOUT) as smtp:
+            smtp.ehlo("client.test")
+            if utf8:
+                assert smtp.has_extn("smtputf8"), "Postfix does not offer SMTPUTF8"
+            code, text = smtp.mail(sender, options)
+            if code != 250:
+                return code, text
+            code, text = smtp.rcpt(recipient)
+            if code not in (250, 251):
+                smtp.rset()
+                return code, text
+            code, text = smtp.data(message)
+            if code != 250:
+                return code, text
+        return None
+
+    def wait_for_token(self, token: str, timeout: float = DELIVERY_TIMEOUT) -> Delivery:
+        """The delivery carrying ``token``; flush the queue once if it is slow; bounded."""
+        match = self.sink.wait_for(lambda d: token in d.text(), min(FIRST_WAIT, timeout))
+        if match is None:
+            self.postfix.flush()
+            match = self.sink.wait_for(lambda d: token in d.text(), timeout - FIRST_WAIT)
+        if match is None:
+            pytest.fail(
+                f"no delivery with token {token} within {timeout} s" + self.diagnostics(),
+                pytrace=False,
+            )
+        return match
+
+    def assert_no_map_trouble(self, log_offset: int) -> None:
+        trouble = [line for line in self.postfix.log()[log_offset:].splitlines()
+                   if MAP_TROUBLE.search(line)]  # fmt: skip
+        report = "\n".join(trouble)
+        assert not trouble, f"Postfix had trouble with the srsd maps:\n{report}{self.diagnostics()}"
+
+    def forward(self, sender: str, *, utf8: bool = False) -> Delivery:
+        """Mail ``sender`` → bob@forwarder.test (cached per sender): the delivery to carol."""
+        if sender not in self.forwarded:
+            token = uuid.uuid4().hex
+            refused = self.send(sender, f"bob@{SRS_DOMAIN}", token=token, utf8=utf8)
+            assert refused is None, f"Postfix refused the mail: {refused}" + self.diagnostics()
+            self.forwarded[sender] = self.wait_for_token(token)
+        return self.forwarded[sender]
+
+
+@pytest.fixture(scope="module")
+def flow(
+    postfix_programs: PostfixPrograms,
+    tmp_path_factory: pytest.TempPathFactory,
+    srsd_server: SrsdProcess,
+) -> Iterator[MailFlow]:
+    """srsd + SMTP sink + Postfix, started once for the module and always stopped."""
+    root: Path = tmp_path_factory.mktemp("postfix")
+    with ExitStack() as stack:
+        sink = stack.enter_context(SmtpSink())
+        relay = f"smtp:[127.0.0.1]:{sink.port}"
+        main_cf = {
+            "sender_canonical_maps": f"tcp:127.0.0.1:{srsd_server.forward_port}",
+            "sender_canonical_classes": "envelope_sender",
+            "recipient_canonical_maps": f"tcp:127.0.0.1:{srsd_server.reverse_port}",
+            "recipient_canonical_classes": "envelope_recipient, header_recipient",
+            "virtual_alias_domains": SRS_DOMAIN,
+            "virtual_alias_maps": f"inline:{{ bob@{SRS_DOMAIN}=carol@dest.test }}",
+            "transport_maps": f"inline:{{ dest.test={relay}, origin.test={relay} }}",
+        }
+        instance = PostfixInstance(root / "instance", main_cf=main_cf)
+        stack.enter_context(instance)
+        yield MailFlow(srsd=srsd_server, sink=sink, postfix=instance)
+    assert not instance.master_running(), "Postfix master still running after stop"
+
+
+@pytest.fixture
+def log_offset(flow: MailFlow) -> int:
+    return len(flow.postfix.log())
+
+
+def _headers(delivery: Delivery) -> str:
+    return delivery.text().split("\r\n\r\n", 1)[0]
+
+
+# -- 1. forward -------------------------------------------------------------------------
+
+
+def test_forwarded_mail_gets_srs0_envelope_sender(flow: MailFlow, log_offset: int) -> None:
+    start = time.time()
+    delivery = flow.forward("alice@origin.test")
+    context = flow.diagnostics
+    assert delivery.rcpt_tos == ("carol@dest.test",), context()
+    assert delivery.mail_from in expected_srs0_candidates("alice", "origin.test", start), (
+        f"envelope sender {delivery.mail_from!r} is not "
+        f"SRS0=HHHH=TT=origin.test=alice@{SRS_DOMAIN}" + context()
+    )
+    # Only the envelope is rewritten (sender_canonical_classes = envelope_sender).
+    assert "From: alice@origin.test" in _headers(delivery), context()
+    flow.assert_no_map_trouble(log_offset)
+
+
+# -- 2. the bounce comes home --------------------------------------------------------------
+
+
+def test_bounce_to_srs_address_reaches_original_sender(flow: MailFlow, log_offset: int) -> None:
+    srs_address = flow.forward("alice@origin.test").mail_from
+    token = uuid.uuid4().hex
+    refused = flow.send("", srs_address, token=token)
+    assert refused is None, f"bounce to {srs_address} refused: {refused}" + flow.diagnostics()
+    delivery = flow.wait_for_token(token)
+    assert delivery.rcpt_tos == ("alice@origin.test",), flow.diagnostics()
+    assert delivery.mail_from == "", flow.diagnostics()
+    # header_recipient: the To: header of a locally submitted bounce is reversed too.
+    assert "To: alice@origin.test" in _headers(delivery), flow.diagnostics()
+    flow.assert_no_map_trouble(log_offset)
+
+
+# -- 3. a forged bounce goes nowhere ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("forgery", ["hash", "local-part"])
+def test_bounce_to_tampered_srs_address_is_not_delivered(
+    flow: MailFlow, log_offset: int, forgery: str, record_property: Callable[[str, object], None]
+) -> None:
+    genuine = flow.forward("alice@origin.test").mail_from
+    forged = tamper_hash(genuine) if forgery == "hash" else genuine.replace("=alice@", "=mallory@")
+    assert forged != genuine
+    token = uuid.uuid4().hex
+    refused = flow.send("", forged, token=token)
+    if refused is None:
+        flow.postfix.flush()
+    wait = FORGERY_WAIT_REFUSED if refused else FORGERY_WAIT_ACCEPTED
+    wrongly = flow.sink.wait_for(lambda d: token in d.text(), wait)
+    queue = flow.postfix.queue()
+    reaction = (
+        f"RCPT TO:<{forged}> refused: {refused[0]} {refused[1].decode(errors='replace')}"
+        if refused
+        else f"accepted at SMTP; queue afterwards: {queue.strip()}"
+    )
+    record_property("postfix_reaction", reaction)
+    print(f"[{forgery}] Postfix's reaction to a bounce to a forged SRS address: {reaction}")
+    assert wrongly is None, (
+        f"bounce to forged {forged} was delivered: {wrongly}" + flow.diagnostics()
+    )
+    assert not any("alice@origin.test" in d.rcpt_tos and token in d.text()
+                   for d in flow.sink.deliveries), flow.diagnostics()  # fmt: skip
+    if refused is not None:
+        # Unknown user in a virtual alias domain: a permanent refusal, never a 4xx.
+        assert refused[0] == 550, reaction + flow.diagnostics()
+    flow.assert_no_map_trouble(log_offset)
+
+
+# -- 4. quoted and UTF-8 senders ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sender", "local", "utf8"),
+    [
+        pytest.param('"a b"@origin.test', "a b", False, id="quoted"),
+        pytest.param("jörg@origin.test", "jörg", True, id="utf8"),
+    ],
+)
+def test_round_trip_of_unusual_sender(
+    flow: MailFlow, log_offset: int, sender: str, local: str, utf8: bool
+) -> None:
+    start = time.time()
+    delivery = flow.forward(sender, utf8=utf8)
+    context = flow.diagnostics
+    assert delivery.rcpt_tos == ("carol@dest.test",), context()
+    expected = expected_srs0_candidates(local, "origin.test", start, quoted=True)
+    assert delivery.mail_from in expected, (
+        f"envelope sender {delivery.mail_from!r}, expected one of {sorted(expected)}" + context()
+    )
+    assert delivery.smtp_utf8 == utf8, context()
+
+    token = uuid.uuid4().hex
+    refused = flow.send("", delivery.mail_from, token=token, utf8=utf8)
+    assert refused is None, f"bounce to {delivery.mail_from} refused: {refused}" + context()
+    bounce = flow.wait_for_token(token)
+    assert bounce.rcpt_tos == (sender,), context()
+    assert bounce.mail_from == "", context()
+    assert bounce.smtp_utf8 == utf8, context()
+    flow.assert_no_map_trouble(log_offset)
