@@ -6,7 +6,7 @@ With ``sender_canonical_maps = socketmap:inet:127.0.0.1:10003:forward`` (or
 netstring, ``LENGTH:PAYLOAD,`` with LENGTH in decimal, whose payload is the map name, a
 space and the key, raw (no %-encoding)::
 
-    b"22:forward alice@example.org,"
+    b"25:forward alice@example.org,"
 
 The server answers with one netstring whose payload is ``OK <value>``, ``NOTFOUND <text>``,
 ``TEMP <text>``, ``TIMEOUT <text>`` or ``PERM <text>``. To Postfix's canonical maps
@@ -18,11 +18,12 @@ controls. ``OK`` with an empty value counts as not found, and a reply payload ov
 :class:`RequestReader` turns received bytes into events (:class:`Request`,
 :class:`BadFraming`, :class:`TooBig`); the functions below build reply bytes. Rules:
 
-* LENGTH is one or more ASCII digits (leading zeros allowed); it may not exceed
-  ``max_length``, and a length over the limit is refused as soon as its digits prove it,
-  so the reader never holds more than the bound. Anything else before ``:``, or a payload
-  not followed by ``,``, is :class:`BadFraming`. Both close the reader: the framing can no
-  longer be trusted.
+* LENGTH is one or more ASCII digits, no more than ``max_length`` has (leading zeros are
+  allowed within that width); it may not exceed ``max_length``, and a length over the
+  limit is :class:`TooBig` as soon as its digits prove it, so the reader never holds more
+  than the bound plus its framing, however the bytes are split. Anything else before
+  ``:`` (more digits too), or a payload not followed by ``,``, is :class:`BadFraming`.
+  Both close the reader: the framing can no longer be trusted.
 * The payload splits at its first space into the map name and the key; the key may be
   empty and may hold spaces.
 """
@@ -37,8 +38,6 @@ from srsd.policy import Decision, Outcome
 MAX_REQUEST = 4096
 #: Postfix's bound on a reply payload, in bytes (socketmap_table(5)).
 MAX_REPLY = 100_000
-#: Digits a length may have beyond which no bound below MAX_REPLY can hold.
-_MAX_DIGITS = len(str(MAX_REPLY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +73,13 @@ _DIGITS = frozenset(b"0123456789")
 class RequestReader:
     """Turn the bytes of one socketmap connection into events, whatever their chunking."""
 
-    __slots__ = ("_buf", "_closed", "_max_length")
+    __slots__ = ("_buf", "_closed", "_max_digits", "_max_length")
 
     def __init__(self, max_length: int = MAX_REQUEST) -> None:
         if not 1 <= max_length <= MAX_REPLY:
             raise ValueError(f"max_length must be 1..{MAX_REPLY}")
         self._max_length = max_length
+        self._max_digits = len(str(max_length))
         self._buf = bytearray()
         self._closed = False
 
@@ -102,19 +102,20 @@ class RequestReader:
         buf = self._buf
         start = 0
         while start < len(buf):
-            colon = buf.find(b":", start, start + _MAX_DIGITS + 2)
-            digits = bytes(buf[start : colon if colon >= 0 else len(buf)])
-            if not _DIGITS.issuperset(digits):
-                return self._fail(events, _BAD_LENGTH)
-            if digits and int(digits) > self._max_length:
-                return self._fail(events, _TOO_BIG)
-            if colon < 0:
-                if len(digits) > _MAX_DIGITS:
+            # Digit by digit, so that the verdict does not depend on how the bytes were split.
+            length, colon = 0, start
+            while colon < len(buf) and buf[colon] in _DIGITS:
+                length = length * 10 + buf[colon] - 0x30
+                colon += 1
+                if length > self._max_length:
+                    return self._fail(events, _TOO_BIG)
+                if colon - start > self._max_digits:
                     return self._fail(events, _BAD_LENGTH)
+            if colon == len(buf):
                 break  # the length is not complete yet
-            if not digits:
+            if colon == start or buf[colon] != 0x3A:  # ":"
                 return self._fail(events, _BAD_LENGTH)
-            end = colon + 1 + int(digits)
+            end = colon + 1 + length
             if len(buf) <= end:
                 break  # payload or comma still to come
             if buf[end] != 0x2C:  # ","
