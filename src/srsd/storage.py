@@ -1,0 +1,558 @@
+# Envelope stores: SQLite (one file, default) and Redis (a fleet), behind one async interface.
+"""Where the database mode keeps ``key -> original sender`` (see :mod:`srsd.envelope`).
+
+One small interface, :class:`EnvelopeStore`, two implementations:
+
+* :class:`SQLiteStore` - a file in the state directory; the default. Single host.
+* :class:`RedisStore` - one Redis shared by every MX host of a fleet, so that any host
+  decodes a bounce minted by any other. Compatible with postsrsd 2.x: same keys, same
+  values, so srsd and postsrsd hosts can share it during a migration.
+
+Both store the record ``KEY@1`` (the alias address; postsrsd 2.x's record name) with the
+original sender as the value, bytes exactly as Postfix gave them, for ``lifetime`` seconds
+(:func:`srsd.envelope.lifetime`: the SRS maximum age plus a margin).
+
+The trio event loop never blocks on storage: SQLite and redis-py are synchronous and run
+in worker threads (``trio.to_thread.run_sync``). Every failure of a backend - refused or
+lost connection, time-out, locked, read-only or full disk, corrupt file, unexpected reply -
+is raised as :class:`StorageError` and nothing else, so the caller has one thing to map to
+a temporary failure (``400``/``TEMP``: Postfix defers and retries, no mail is lost). Both
+stores recover by themselves: SQLite reopens its file after an error, redis-py reconnects.
+
+The clock is a parameter (``now``, Unix seconds) for SQLite, which stores the expiry time
+in each row; Redis expires keys by its own clock and ignores ``now``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
+
+import trio
+
+from srsd.envelope import ALIAS_DOMAIN
+
+if TYPE_CHECKING:
+    import redis
+
+T = TypeVar("T")
+LOG = logging.getLogger("srsd.storage")
+
+#: File name of the default SQLite database inside the state directory.
+DEFAULT_SQLITE_NAME = "envelopes.sqlite"
+#: Prefix of every Redis key, as postsrsd 2.x writes them: ``PostSRSd/KEY@1``.
+REDIS_PREFIX = b"PostSRSd/"
+DEFAULT_REDIS_PORT = 6379
+_KEY_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_MAX_KEY = 64
+
+
+class StorageError(Exception):
+    """The envelope store failed; the lookup should fail temporarily (and be retried)."""
+
+
+def record_name(key: bytes) -> bytes:
+    """The name a key is stored under: the alias address ``KEY@1``, as in postsrsd 2.x."""
+    if not 0 < len(key) <= _MAX_KEY or not _KEY_BYTES.issuperset(key):
+        raise ValueError(f"not an envelope key: {key!r}")
+    return key + b"@" + ALIAS_DOMAIN
+
+
+class EnvelopeStore(Protocol):
+    """The storage interface of the database mode. Every method raises only StorageError."""
+
+    #: Where the data lives, for logs (never contains a password).
+    description: str
+
+    async def put(self, key: bytes, sender: bytes, now: float) -> None:
+        """Store ``sender`` under ``key`` until ``now + lifetime``; idempotent (refreshes)."""
+        ...
+
+    async def get(self, key: bytes, now: float) -> bytes | None:
+        """The sender stored under ``key``, or None if there is none or it has expired."""
+        ...
+
+    async def expire(self, now: float) -> int:
+        """Delete entries expired at ``now``; return how many (0 where storage does it)."""
+        ...
+
+    async def check(self) -> None:
+        """Open or connect now and raise StorageError if the store is not usable."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection; the store is unusable afterwards."""
+        ...
+
+
+class Outage:
+    """Log a storage outage once: its first failure and its end, nothing in between.
+
+    Call :meth:`failed` with each StorageError and :meth:`succeeded` after each successful
+    operation; :attr:`down` says whether the store is failing now and :attr:`failures`
+    counts every failure (a metric). One tracker per store, shared by every caller.
+    """
+
+    def __init__(self, description: str, logger: logging.Logger = LOG) -> None:
+        self.description = description
+        self.logger = logger
+        self.down = False
+        self.failures = 0
+        self._since = 0.0
+
+    def failed(self, err: StorageError) -> None:
+        """Count a failure; log a warning if it starts an outage."""
+        self.failures += 1
+        if not self.down:
+            self.down = True
+            self._since = time.monotonic()
+            self.logger.warning(
+                "envelope database unavailable, lookups fail temporarily until it is back: %s",
+                err,
+            )
+
+    def succeeded(self) -> None:
+        """Note a success; log the end of an outage if there was one."""
+        if self.down:
+            self.down = False
+            self.logger.warning(
+                "envelope database %s is back after %.1f s",
+                self.description,
+                time.monotonic() - self._since,
+            )
+
+
+async def expire_periodically(
+    store: EnvelopeStore,
+    outage: Outage,
+    *,
+    interval: float = 3600.0,
+    clock: Callable[[], float] = time.time,
+) -> NoReturn:
+    """Run ``store.expire(clock())`` now and then every ``interval`` seconds, forever.
+
+    Start it in the server's nursery (``nursery.start_soon(expire_periodically, store,
+    outage)``); cancel the nursery to stop it. A failure is reported to ``outage`` and
+    retried at the next interval; lookups are never held up for long (see
+    :meth:`SQLiteStore.expire`). For Redis it costs nothing: ``expire`` returns at once.
+    """
+    while True:
+        try:
+            removed = await store.expire(clock())
+        except StorageError as err:
+            outage.failed(err)
+        else:
+            outage.succeeded()
+            if removed:
+                outage.logger.info("envelope database: %d expired entries removed", removed)
+        await trio.sleep(interval)
+
+
+# -- SQLite -----------------------------------------------------------------------------------
+
+# postsrsd 2.x's schema, so either daemon can take over the other's file, except that the
+# value is declared BLOB (senders are bytes; postsrsd declares TEXT, and a TEXT column keeps
+# the BLOBs srsd writes, so srsd can use postsrsd's file too). The key keeps postsrsd's
+# "UNIQUE ON CONFLICT REPLACE": postsrsd's plain INSERT of a known sender relies on it.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    k TEXT NOT NULL UNIQUE ON CONFLICT REPLACE,
+    v BLOB NOT NULL,
+    lt INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ltidx ON kv (lt);
+"""
+_PUT = (
+    "INSERT INTO kv (k, v, lt) VALUES (?, ?, ?)"
+    " ON CONFLICT (k) DO UPDATE SET v = excluded.v, lt = excluded.lt"
+)
+_GET = "SELECT v FROM kv WHERE k = ? AND lt > ?"
+_EXPIRE = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE lt <= ? LIMIT ?)"
+
+
+def _is_readonly(err: Exception) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_READONLY
+
+
+class SQLiteStore:
+    """Envelope store in one SQLite file (WAL mode), for a single host.
+
+    * Table ``kv(k, v, lt)`` with an index on ``lt``, as postsrsd 2.x: ``k`` is ``KEY@1``,
+      ``v`` the sender (BLOB), ``lt`` the Unix time the entry expires.
+    * Writes are upserts that refresh the value and the expiry time (idempotent).
+      ``synchronous=FULL``: an entry is on disk before its SRS address leaves.
+    * Reads ignore expired rows, so an entry is gone on time even before :meth:`expire`.
+    * :meth:`expire` deletes in batches of ``batch_size`` rows, each its own short
+      transaction, so lookups queued behind it wait for one batch at most.
+    * One connection, used by one worker thread at a time (a ``CapacityLimiter(1)``; the OS
+      thread may change between calls, hence ``check_same_thread=False``). Another process
+      holding a lock makes an operation wait up to ``busy_timeout`` seconds, then fail.
+    * After any error the connection is closed and the next operation opens the file
+      again: a file that was unwritable (or missing, or locked) works again as soon as the
+      condition is gone, without a restart. The connection is opened lazily.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        lifetime: float,
+        *,
+        busy_timeout: float = 2.0,
+        batch_size: int = 1000,
+    ) -> None:
+        if lifetime <= 0 or busy_timeout < 0 or batch_size < 1:
+            raise ValueError("lifetime and batch_size must be positive, busy_timeout >= 0")
+        self.path = Path(path)
+        self.lifetime = lifetime
+        self.busy_timeout = busy_timeout
+        self.batch_size = batch_size
+        self.description = f"sqlite:{self.path}"
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._closed = False
+
+    # -- worker-thread side ----------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # autocommit: every statement is its own transaction
+            check_same_thread=False,
+        )
+        try:
+            conn.text_factory = bytes  # values postsrsd wrote as TEXT come back as bytes
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
+            ).fetchone()
+            if exists is None:  # only then: a read-only file still serves lookups
+                conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection: nothing to do
+                conn.close()
+
+    def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        retried = False
+        while True:
+            try:
+                return op(self._open())
+            except Exception as err:
+                self._drop()
+                # SQLite opens a file it may not write read-only, silently; such a
+                # connection, kept from an outage, fails every write after it: open again.
+                if not retried and _is_readonly(err):
+                    retried = True
+                    continue
+                raise StorageError(f"{self.description}: {err}") from err
+
+    # -- trio side ---------------------------------------------------------------------------
+
+    async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StorageError(f"{self.description}: store is closed")
+        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
+
+    async def put(self, key: bytes, sender: bytes, now: float) -> None:
+        """Store ``sender`` under ``key`` until ``now + lifetime`` (insert or refresh)."""
+        name = record_name(key).decode("ascii")
+        expires = math.floor(now + self.lifetime)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(_PUT, (name, sender, expires))
+
+        await self._run(op)
+
+    async def get(self, key: bytes, now: float) -> bytes | None:
+        """The sender stored under ``key``, or None if missing or expired at ``now``."""
+        name = record_name(key).decode("ascii")
+
+        def op(conn: sqlite3.Connection) -> object:
+            row = conn.execute(_GET, (name, math.floor(now))).fetchone()
+            return None if row is None else row[0]
+
+        value = await self._run(op)
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            raise StorageError(f"{self.description}: unexpected value type {type(value)}")
+        return value or None
+
+    async def expire(self, now: float) -> int:
+        """Delete rows expired at ``now``, one batch per transaction; return the count."""
+        cutoff = math.floor(now)
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(_EXPIRE, (cutoff, self.batch_size)).rowcount
+
+        total = 0
+        while True:
+            deleted = await self._run(op)
+            total += deleted
+            if deleted < self.batch_size:
+                return total
+            await trio.lowlevel.checkpoint()
+
+    async def count(self) -> int:
+        """Rows in the table, expired or not (for metrics and tests)."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT count(*) FROM kv").fetchone()
+            return int(row[0])
+
+        return await self._run(op)
+
+    async def check(self) -> None:
+        """Open the file (creating the table if needed) and raise StorageError if unusable."""
+        await self._run(lambda conn: conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall())
+
+    async def aclose(self) -> None:
+        """Close the connection (after any operation in flight)."""
+        async with self._limiter:
+            self._closed = True
+            await trio.to_thread.run_sync(self._drop)
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+def _redis_client(target: RedisTarget, timeout: float, max_connections: int) -> redis.Redis:
+    """A redis-py client for ``target``; imported here: redis-py is an optional dependency."""
+    try:
+        import redis  # noqa: PLC0415
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+        from redis.retry import Retry  # noqa: PLC0415
+    except ImportError:
+        raise ValueError(
+            "a redis envelope database needs the Python package 'redis' (redis-py): "
+            "pip install 'srsd[redis]', or apt install python3-redis"
+        ) from None
+    return redis.Redis(
+        host=target.host or "localhost",  # ignored for a unix socket
+        port=target.port,
+        unix_socket_path=target.unix_path,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        socket_keepalive=True,  # TCP only, as postsrsd 2.0.5+
+        # One immediate retry, on a broken connection only (a stale pooled connection
+        # after a Redis restart); a time-out is not retried, so it costs one time-out.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        max_connections=max_connections,
+    )
+
+
+class RedisStore:
+    """Envelope store in Redis, shared by a fleet; keys and values as postsrsd 2.x.
+
+    * Key ``PostSRSd/KEY@1``, value the sender bytes, written with ``SET ... EX lifetime``
+      (idempotent: a rewrite refreshes the expiry); read with ``GET``. Redis expires keys
+      itself, so :meth:`expire` does nothing and ``now`` is not used.
+    * redis-py's synchronous client runs in worker threads (at most ``max_threads`` at a
+      time, each with its own pooled connection), so the trio loop never waits on Redis.
+    * Connect and read time-outs (``timeout``, 2 s) bound every operation during an outage
+      (an unresponsive server costs one time-out); a refused connection fails at once.
+      A broken connection is retried once at once, which covers pooled connections that
+      went stale while Redis restarted: the first operation after a restart succeeds.
+    * Commands used: ``GET``, ``SET``, ``PING`` (and ``SELECT`` for a database other than 0),
+      so a Redis ACL user can be this narrow:
+      ``ACL SETUSER srsd on >PASSWORD ~PostSRSd/* -@all +get +set +ping +select``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        lifetime: float,
+        *,
+        timeout: float = 2.0,
+        max_threads: int = 8,
+    ) -> None:
+        if lifetime <= 0 or timeout <= 0 or max_threads < 1:
+            raise ValueError("lifetime, timeout and max_threads must be positive")
+        target = parse_redis_url(url)
+        self._client = _redis_client(target, timeout, max_threads)
+        self.lifetime = lifetime
+        self.description = target.description
+        self._ttl = max(1, math.ceil(lifetime))
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._closed = False
+
+    def _call(self, op: Callable[[redis.Redis], T]) -> T:
+        try:
+            return op(self._client)
+        except Exception as err:
+            raise StorageError(f"{self.description}: {err}") from err
+
+    async def _run(self, op: Callable[[redis.Redis], T]) -> T:
+        if self._closed:
+            raise StorageError(f"{self.description}: store is closed")
+        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
+
+    async def put(self, key: bytes, sender: bytes, now: float) -> None:
+        """``SET PostSRSd/KEY@1 sender EX lifetime`` (``now`` unused: Redis keeps time)."""
+        name = REDIS_PREFIX + record_name(key)
+        await self._run(lambda client: client.set(name, sender, ex=self._ttl))
+
+    async def get(self, key: bytes, now: float) -> bytes | None:
+        """``GET PostSRSd/KEY@1``: the sender, or None once Redis has expired it."""
+        name = REDIS_PREFIX + record_name(key)
+        value: object = await self._run(lambda client: client.get(name))
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            raise StorageError(f"{self.description}: unexpected reply {type(value)}")
+        return value or None
+
+    async def expire(self, now: float) -> int:
+        """Nothing to do: Redis deletes expired keys itself. Returns 0."""
+        return 0
+
+    async def check(self) -> None:
+        """``PING`` the server; raise StorageError if it does not answer."""
+        await self._run(lambda client: client.ping())
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        self._closed = True
+        await trio.to_thread.run_sync(self._call, lambda client: client.close())
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+class RedisTarget:
+    """A parsed Redis URL: TCP ``host``/``port`` or ``unix_path``, ``db``, credentials."""
+
+    def __init__(
+        self,
+        *,
+        host: str | None = None,
+        port: int = DEFAULT_REDIS_PORT,
+        unix_path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.unix_path = unix_path
+        self.db = db
+        self.username = username
+        self.password = password
+
+    @property
+    def description(self) -> str:
+        """The target as a URL for logs, with any password left out."""
+        user = f"{self.username}@" if self.username else ""
+        if self.unix_path is not None:
+            return f"redis+unix://{user}{self.unix_path}?db={self.db}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"redis://{user}{host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse a Redis location; raise ValueError (naming the problem) if it is not one.
+
+    Accepted: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` (port 6379, db 0 by default),
+    ``redis+unix://[[USER]:PASSWORD@]/PATH[?db=DB]`` (also spelt ``unix://``), and
+    postsrsd 2.x's own forms ``redis:HOST:PORT`` and ``redis:/PATH`` (a unix socket).
+    """
+    url = url.strip()
+    scheme, colon, rest = url.partition(":")
+    scheme = scheme.lower()
+    if not colon or scheme not in {"redis", "redis+unix", "unix"}:
+        raise ValueError(f"not a redis URL: {url!r}")
+    if scheme == "redis" and not rest.startswith("//"):
+        return _parse_postsrsd_redis(url, rest)
+    parts = urllib.parse.urlsplit(url)
+    if parts.fragment:
+        raise ValueError(f"a fragment makes no sense in a redis URL: {url!r}")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = set(query) - {"db"}
+    if unknown:
+        raise ValueError(f"unknown redis URL parameter {sorted(unknown)[0]!r} in {url!r}")
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    password = urllib.parse.unquote(parts.password) if parts.password else None
+    db_text = query.get("db", [""])[-1]
+    if scheme == "redis":
+        path_db = parts.path.strip("/")
+        if path_db and db_text:
+            raise ValueError(f"database given twice in {url!r}")
+        db_text = db_text or path_db
+    db = _parse_int(db_text or "0", "database number", url, low=0, high=1 << 16)
+    if scheme != "redis":
+        if not parts.path.startswith("/") or parts.hostname:
+            raise ValueError(f"expected redis+unix:///absolute/path in {url!r}")
+        return RedisTarget(unix_path=parts.path, db=db, username=username, password=password)
+    try:
+        port = parts.port or DEFAULT_REDIS_PORT
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    return RedisTarget(host=parts.hostname, port=port, db=db, username=username, password=password)
+
+
+def _parse_postsrsd_redis(url: str, rest: str) -> RedisTarget:
+    # postsrsd's endpoint_for_redis: a "/" or no ":" means a unix socket path.
+    if "/" in rest or ":" not in rest:
+        if not rest:
+            raise ValueError(f"no host or socket path in {url!r}")
+        return RedisTarget(unix_path=rest)
+    host, _, port_text = rest.rpartition(":")
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    port = _parse_int(port_text, "port", url, low=1, high=65535)
+    return RedisTarget(host=host.strip("[]"), port=port)
+
+
+def _parse_int(text: str, what: str, url: str, *, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f"bad {what} {text!r} in {url!r}")
+    return int(text)
+
+
+def open_store(url: str, state_dir: Path, lifetime: float) -> EnvelopeStore:
+    """The store for setting ``envelope_database``; raise ValueError for a bad value.
+
+    ``""`` means the default, ``sqlite:`` + ``state_dir/envelopes.sqlite``;
+    ``sqlite:PATH`` a SQLite file (a relative PATH is taken inside ``state_dir``);
+    the Redis forms are those of :func:`parse_redis_url`. Nothing is opened yet: call
+    :meth:`EnvelopeStore.check` to find out at startup whether the store works.
+    """
+    text = url.strip()
+    if not text:
+        return SQLiteStore(state_dir / DEFAULT_SQLITE_NAME, lifetime)
+    scheme = text.partition(":")[0].lower()
+    if scheme == "sqlite":
+        rest = text[len("sqlite:") :].strip()
+        path = Path(rest) if rest else Path(DEFAULT_SQLITE_NAME)
+        return SQLiteStore(state_dir / path, lifetime)  # an absolute path stays absolute
+    if scheme in {"redis", "redis+unix", "unix"}:
+        return RedisStore(text, lifetime)
+    raise ValueError(
+        f"unknown envelope database {url!r}: expected sqlite:PATH, redis://HOST:PORT/DB "
+        "or redis+unix:///PATH"
+    )
