@@ -31,6 +31,8 @@ class Outcome(enum.Enum):
     MALFORMED = "malformed"
     BAD_HASH = "bad hash"
     EXPIRED = "expired"
+    UNKNOWN_ALIAS = "unknown alias"  # a database-mode address whose entry is gone
+    ERROR = "error"  # srsd cannot decide now (storage down, internal error): defer
 
 
 #: Outcomes that are routine on every mail host: logged at debug level only.

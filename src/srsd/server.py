@@ -39,9 +39,12 @@ from typing import Protocol as TypingProtocol
 import trio
 
 from srsd import socketmap, tcp_table
+from srsd.aliases import EnvelopeDatabase
+from srsd.envelope import EnvelopeMode, lifetime
 from srsd.logs import LOGGER, setup, show
-from srsd.policy import Decision, Policy
+from srsd.policy import Decision, Outcome, Policy
 from srsd.settings import ConfigError, InetEndpoint, Settings, UnixEndpoint, parse_endpoint
+from srsd.storage import StorageError, expire_periodically, open_store
 
 #: Bytes read from a connection at once; whole lines in it are answered in one write.
 RECEIVE_SIZE = 16384
@@ -52,6 +55,8 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 #: At most one "connection limit reached" line per this many seconds.
 LIMIT_LOG_INTERVAL = 10.0
+_INTERNAL_ERROR = Decision(Outcome.ERROR, reason="srsd internal error")
+_EMBEDDED = EnvelopeMode.EMBEDDED
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_RETRY_DELAY = 0.1
 
@@ -113,6 +118,10 @@ class Server:
     def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
         self.settings = settings
         self.policy: Policy = settings.policy()
+        store = open_store(settings.envelope_database, settings.state_dir,
+                           lifetime(settings.max_age))  # fmt: skip
+        self.envelopes = EnvelopeDatabase(store, settings.original_envelope,
+                                          settings.envelope_write_limit)  # fmt: skip
         self._reload = reload
         self.open_connections = 0
         self.rejected_connections = 0
@@ -166,10 +175,36 @@ class Server:
                             for endpoint in endpoints:
                                 loops.start_soon(self._accept_loop, endpoint, connections)
                             loops.start_soon(self._watch_signals, signals, accepting)
+                            if self.envelopes.mode is not EnvelopeMode.EMBEDDED:
+                                loops.start_soon(expire_periodically, self.envelopes.store,
+                                                 self.envelopes.outage)  # fmt: skip
                             task_status.started()
                 finally:
                     with trio.CancelScope(shield=True):
                         await self._drain(endpoints, connections)
+            with trio.CancelScope(shield=True):
+                await self.envelopes.store.aclose()
+
+    async def check_storage(self) -> None:
+        """At start, in database modes: say at once whether the envelope database works.
+
+        A failure is logged and srsd starts anyway: lookups that need the database answer
+        "temporary failure" (Postfix defers) until it works, the rest are served.
+        """
+        if self.envelopes.mode is EnvelopeMode.EMBEDDED:
+            return
+        try:
+            self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            LOGGER.warning("cannot create state directory %s: %s", self.settings.state_dir,
+                           err.strerror)  # fmt: skip
+        try:
+            await self.envelopes.store.check()
+        except StorageError as err:
+            self.envelopes.outage.failed(err)
+        else:
+            LOGGER.info("envelope database %s, mode %s", self.envelopes.store.description,
+                        self.envelopes.mode.value)  # fmt: skip
 
     async def _drain(self, endpoints: list[Endpoint], connections: trio.Nursery) -> None:
         self._stopping = True
@@ -203,7 +238,10 @@ class Server:
             old.listen, old.forward_port, old.reverse_port
         ):  # fmt: skip
             LOGGER.warning("listen addresses and ports changed: restart srsd to apply them")
+        if (new.envelope_database, new.state_dir) != (old.envelope_database, old.state_dir):
+            LOGGER.warning("envelope_database changed: restart srsd to apply it")
         self.settings, self.policy = new, new.policy()
+        self.envelopes.configure(new.original_envelope, new.envelope_write_limit)
         self.reloads["ok"] += 1
         LOGGER.info("configuration reloaded: %d secret(s), %d excluded domain(s)",
                     len(new.secrets), len(new.excluded))  # fmt: skip
@@ -259,7 +297,7 @@ class Server:
                         break  # idle for too long, or shutting down
                     events = reader.feed(data) if data else reader.feed_eof()
                     if events:
-                        replies = b"".join([self._answer(endpoint, event) for event in events])
+                        replies = b"".join([await self._answer(endpoint, e) for e in events])
                         with trio.move_on_after(SEND_TIMEOUT) as sending:
                             await stream.send_all(replies)
                         if sending.cancelled_caught:
@@ -277,14 +315,11 @@ class Server:
         finally:
             self.open_connections -= 1
 
-    def _answer(self, endpoint: Endpoint, event: object) -> bytes:
+    async def _answer(self, endpoint: Endpoint, event: object) -> bytes:
         """The reply bytes for one event of ``endpoint``'s reader."""
         if endpoint.wire is Wire.TCP_TABLE:
             if isinstance(event, tcp_table.Request) and endpoint.role is not None:
-                decision = self._decide(endpoint.role, event.key)
-                if decision is None:
-                    return tcp_table.temporary_failure("srsd internal error")
-                return tcp_table.reply_for(decision)
+                return tcp_table.reply_for(await self._decide(endpoint.role, event.key))
             reason = getattr(event, "reason", "Invalid request")
             self._bad_request(endpoint, reason)
             return tcp_table.not_found(reason)
@@ -293,25 +328,26 @@ class Server:
             if role is None:  # a configuration error on the Postfix side, never the sender's
                 self._bad_request(endpoint, f"unknown map name {show(event.name)!r}")
                 return socketmap.permanent_failure("Unknown map name")
-            decision = self._decide(role, event.key)
-            if decision is None:
-                return socketmap.temporary_failure("srsd internal error")
-            return socketmap.reply_for(decision)
+            return socketmap.reply_for(await self._decide(role, event.key))
         reason = getattr(event, "reason", "Invalid request")
         self._bad_request(endpoint, reason)
         return socketmap.permanent_failure(reason)
 
-    def _decide(self, role: Role, key: bytes) -> Decision | None:
-        """The policy's decision, logged and counted; None when srsd itself failed."""
+    async def _decide(self, role: Role, key: bytes) -> Decision:
+        """The decision for one lookup, through the envelope database when it applies."""
+        now = time.time()
         try:
             if role is Role.FORWARD:
-                decision = self.policy.forward(key, time.time())
+                decision = self.policy.forward(key, now)
+                if decision.value is not None and self.envelopes.mode is not _EMBEDDED:
+                    decision = await self.envelopes.forward(self.policy, key, decision, now)
             else:
-                decision = self.policy.reverse(key, time.time())
+                decision = self.policy.reverse(key, now)
+                if decision.value is not None:
+                    decision = await self.envelopes.reverse(decision, now)
         except Exception:
-            self.lookups[(role.value, "error")] += 1
             LOGGER.exception("%s <%s>: internal error", role.value, show(key))
-            return None
+            decision = _INTERNAL_ERROR
         self._record(role, key, decision)
         return decision
 
@@ -442,6 +478,7 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
     except (StartError, OSError) as err:
         LOGGER.error("cannot start: %s", err)
         return 1
+    await server.check_storage()
     LOGGER.info("srsd ready: %s; SRS domain %s, %d secret(s)",
                 ", ".join(map(str, endpoints)), settings.domain, len(settings.secrets))  # fmt: skip
     await server.serve(endpoints)

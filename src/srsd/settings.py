@@ -22,6 +22,7 @@ from secrets import token_urlsafe
 from typing import Any
 
 from srsd.codec import MAX_HASH_LENGTH, SEPARATORS, Alphabet, Codec
+from srsd.envelope import EnvelopeMode
 from srsd.policy import DomainSet, Policy, is_domain_name
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
@@ -130,6 +131,22 @@ def _listen(raw: object) -> tuple[str, ...]:
     return hosts
 
 
+def _envelope_mode(raw: object) -> EnvelopeMode:
+    value = _text(raw).lower()
+    try:
+        return EnvelopeMode(value)
+    except ValueError:
+        raise ValueError(f"must be embedded, database or auto, got {raw!r}") from None
+
+
+def _database_url(raw: object) -> str:
+    value = _text(raw)
+    scheme = value.partition(":")[0].lower()
+    if value and scheme not in {"sqlite", "redis", "redis+unix", "unix"}:
+        raise ValueError(f"expected sqlite:PATH or redis://HOST:PORT/DB, got {raw!r}")
+    return value
+
+
 def _log_level(raw: object) -> str:
     value = _text(raw).lower()
     if value not in {"debug", "info", "warning", "error"}:
@@ -229,6 +246,13 @@ FIELDS: tuple[Field, ...] = (
           "days an SRS address stays valid"),
     Field("hash_alphabet", _alphabet, Alphabet.BASE64URL, ("SRS_HASH_ALPHABET",),
           "--hash-alphabet", "spelling of new hashes: base64url or base64 (both decode)"),
+    Field("original_envelope", _envelope_mode, EnvelopeMode.EMBEDDED, ("SRS_ORIGINAL_ENVELOPE",),
+          "--original-envelope", "embedded, database (always) or auto (when over 64 octets)"),
+    Field("envelope_database", _database_url, "", ("SRS_ENVELOPE_DATABASE",),
+          "--envelope-database", "sqlite:PATH or redis://HOST:PORT/DB (default: SQLite in "
+          "STATE_DIR)"),
+    Field("envelope_write_limit", _int_in(0, 10_000_000), 6000, ("SRS_ENVELOPE_WRITE_LIMIT",),
+          "--envelope-write-limit", "new database entries per minute at most (0: no cap)"),
     Field("state_dir", _optional_path, None, ("SRS_STATE_DIR", "STATE_DIRECTORY"), "--state-dir",
           "directory for the generated secret"),
     Field("listen", _listen, ("127.0.0.1",), ("SRS_LISTEN_ADDR",), "--listen",
@@ -278,6 +302,9 @@ class Settings:
     hash_min: int
     max_age: int
     hash_alphabet: Alphabet
+    original_envelope: EnvelopeMode
+    envelope_database: str
+    envelope_write_limit: int
     state_dir: Path
     listen: tuple[str, ...]
     forward_port: int
@@ -391,6 +418,14 @@ def load(
     secrets, secret_warning = read_secrets(secrets_file, sources["secrets_file"])
     warnings += secret_warning
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
+    if values["envelope_database"]:
+        from srsd import storage  # noqa: PLC0415  (trio and redis-py: for the server only)
+
+        try:
+            storage.open_store(values["envelope_database"], state_dir, 1.0)  # opens nothing
+        except ValueError as err:
+            raise ConfigError(f"envelope_database: {err} (from "
+                              f"{sources['envelope_database']})") from None  # fmt: skip
     return Settings(
         **{**values, "state_dir": state_dir, "secrets_file": secrets_file},
         secrets=secrets,

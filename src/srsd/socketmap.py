@@ -174,7 +174,10 @@ def permanent_failure(reason: str) -> bytes:
 
 
 def reply_for(decision: Decision) -> bytes:
-    """The reply for a policy decision: ``OK`` for a rewrite, else ``NOTFOUND``."""
+    """The reply for a policy decision: ``OK`` for a rewrite, ``TEMP`` when srsd cannot
+    decide (:attr:`Outcome.ERROR`), else ``NOTFOUND``."""
     if decision.outcome is Outcome.REWRITTEN and decision.value is not None:
         return ok(decision.value)
+    if decision.outcome is Outcome.ERROR:
+        return temporary_failure(decision.reason)
     return not_found(decision.reason)

@@ -341,7 +341,10 @@ def found(value: bytes) -> bytes:
 
 
 def reply_for(decision: Decision) -> bytes:
-    """The reply for a policy decision: :func:`found` for a rewrite, else :func:`not_found`."""
+    """The reply for a policy decision: :func:`found` for a rewrite, :func:`temporary_failure`
+    when srsd cannot decide (:attr:`Outcome.ERROR`), else :func:`not_found`."""
     if decision.outcome is Outcome.REWRITTEN and decision.value is not None:
         return found(decision.value)
+    if decision.outcome is Outcome.ERROR:
+        return temporary_failure(decision.reason)
     return not_found(decision.reason)

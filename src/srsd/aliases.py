@@ -1,0 +1,98 @@
+# Envelope database mode at lookup time: alias long senders, resolve aliases, flood cap, outages.
+"""Put the envelope database between the policy and the wire (``original_envelope``).
+
+The policy decides as usual; this module then, for a sender that :func:`envelope.use_database`
+says should be aliased, stores it under its key and answers the SRS address of the alias
+instead, and for a decoded address that is an alias, looks the original sender up. It owns
+the three things around the store that must be shared by every connection:
+
+* :class:`~srsd.envelope.RecentWrites`: a sender written in the last hour is not written
+  again (writes are idempotent and only refresh the lifetime);
+* :class:`~srsd.envelope.WriteLimiter`: the flood cap. When it is reached the sender gets
+  the embedded form instead (the mail still leaves signed, nothing is deferred or lost), one
+  warning is logged per flood and :attr:`EnvelopeDatabase.refused` counts;
+* :class:`~srsd.storage.Outage`: a storage failure is logged once per outage and turns the
+  lookup into :attr:`Outcome.ERROR`, which the wire codecs send as ``400`` / ``TEMP``, so
+  Postfix defers the mail and retries; the store recovers by itself.
+
+Reverse resolves aliases whatever the mode, so switching modes loses no bounce in flight.
+"""
+
+from __future__ import annotations
+
+from srsd.envelope import (
+    EnvelopeMode,
+    RecentWrites,
+    WriteLimiter,
+    alias_address,
+    alias_key,
+    key_of,
+    use_database,
+)
+from srsd.logs import LOGGER
+from srsd.policy import Decision, Outcome, Policy
+from srsd.storage import EnvelopeStore, Outage, StorageError
+
+UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
+UNKNOWN = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")
+
+
+class EnvelopeDatabase:
+    """The envelope database as the server uses it: one per process, shared by connections."""
+
+    def __init__(self, store: EnvelopeStore, mode: EnvelopeMode, writes_per_minute: int) -> None:
+        self.store = store
+        self.mode = mode
+        self.outage = Outage(store.description)
+        self.limiter = WriteLimiter(writes_per_minute)
+        self.recent = RecentWrites()
+
+    @property
+    def refused(self) -> int:
+        """Writes refused by the flood cap so far (those senders got the embedded form)."""
+        return self.limiter.refused
+
+    def configure(self, mode: EnvelopeMode, writes_per_minute: int) -> None:
+        """Apply a reloaded mode and flood cap (the store itself needs a restart)."""
+        self.mode = mode
+        if writes_per_minute != self.limiter.max_per_minute:
+            self.limiter = WriteLimiter(writes_per_minute)
+
+    async def forward(self, policy: Policy, sender: bytes, embedded: Decision,
+                      now: float) -> Decision:  # fmt: skip
+        """``embedded`` (the policy's decision for ``sender``), or its database form."""
+        if embedded.value is None or not use_database(self.mode, sender, embedded.value):
+            return embedded
+        key = alias_key(sender)
+        if not self.recent.fresh(key, now):
+            flooding = self.limiter.refusing
+            if not self.limiter.allow(now):
+                if not flooding:
+                    LOGGER.warning("envelope database write cap (%d per minute) reached: new "
+                                   "senders get the embedded SRS form until the rate drops",
+                                   self.limiter.max_per_minute)  # fmt: skip
+                return embedded
+            try:
+                await self.store.put(key, sender, now)
+            except StorageError as err:
+                self.outage.failed(err)
+                return UNAVAILABLE
+            self.outage.succeeded()
+            self.recent.note(key, now)
+        return Decision(Outcome.REWRITTEN, policy.codec.forward(alias_address(key), now),
+                        "rewritten through the envelope database")  # fmt: skip
+
+    async def reverse(self, decoded: Decision, now: float) -> Decision:
+        """``decoded`` (the policy's decision), with an alias replaced by the stored sender."""
+        key = None if decoded.value is None else key_of(decoded.value)
+        if key is None:
+            return decoded
+        try:
+            original = await self.store.get(key, now)
+        except StorageError as err:
+            self.outage.failed(err)
+            return UNAVAILABLE
+        self.outage.succeeded()
+        if original is None:
+            return UNKNOWN
+        return Decision(Outcome.REWRITTEN, original, "resolved through the envelope database")
