@@ -18,6 +18,7 @@ import pytest
 
 from srsd import settings
 from srsd.codec import Alphabet, BadHash, Codec, Expired, day_stamp
+from srsd.envelope import EnvelopeMode
 from srsd.policy import DomainSet, Outcome
 from srsd.settings import ConfigError
 
@@ -736,6 +737,9 @@ hash_length = 6
 hash_min = 5
 max_age = 14
 hash_alphabet = "base64"              # postsrsd 1.x spelling
+original_envelope = "auto"            # long senders through the envelope database
+envelope_database = "sqlite:{dir}/state/envelopes.sqlite"
+envelope_write_limit = 600
 state_dir = "{dir}/state"
 
 listen = ["127.0.0.1", "[::1]"]
@@ -769,6 +773,9 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert (s.separator, s.hash_length, s.hash_min, s.max_age) == ("+", 6, 5, 14)
     assert s.hash_alphabet is Alphabet.BASE64
     assert s.state_dir == tmp_path / "state"
+    assert s.original_envelope is EnvelopeMode.AUTO
+    assert s.envelope_database == f"sqlite:{tmp_path}/state/envelopes.sqlite"
+    assert s.envelope_write_limit == 600
     assert s.listen == ("127.0.0.1", "::1")
     assert (s.forward_port, s.reverse_port) == (20001, 20002)
     assert s.socketmap == "inet:[::1]:20003"
@@ -786,3 +793,21 @@ def test_full_toml_example_covers_every_setting() -> None:
     keys = {line.split("=", 1)[0].strip() for line in FULL_TOML.splitlines()
             if "=" in line and not line.startswith((" ", "#"))}  # fmt: skip
     assert keys == set(settings.FIELD_BY_KEY)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("mysql://db/srs", "expected sqlite:PATH or redis://"),
+     ("redis://127.0.0.1:99999/0", "bad port")],
+)  # fmt: skip
+def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
+    error = config_error(cli={**base_cli(secret), "envelope_database": value}, environ={})
+    assert error.startswith("envelope_database:")
+    assert message in error
+    assert error.endswith("(from command line --envelope-database)")
+
+
+def test_bad_original_envelope(secret: Path) -> None:
+    error = config_error(cli=base_cli(secret), environ={"SRS_ORIGINAL_ENVELOPE": "sometimes"})
+    assert error == ("original_envelope: must be embedded, database or auto, got 'sometimes' "
+                     "(from environment SRS_ORIGINAL_ENVELOPE)")  # fmt: skip
