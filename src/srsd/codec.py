@@ -172,6 +172,8 @@ class Codec:
             if tag == 1:  # bounces go straight to the first hop: keep it, re-sign
                 _old_hash, hop, opaque = _srs1_fields(user)
             else:  # someone's SRS0: opaque keeps its separator, so "==" is right
+                if not host:  # an SRS1 without a first hop could never be decoded
+                    raise Malformed("No host in sender address")
                 hop, opaque = host, user[4:]
             srs_hash = self._sign(hop, opaque)
             srs_local = b"=".join((b"SRS1" + self.separator + srs_hash, hop, opaque))
