@@ -231,6 +231,10 @@ class Server:
             self.reloads["failed"] += 1
             LOGGER.error("reload failed, keeping the previous configuration: %s", err)
             return False
+        except Exception:  # a bug must not take the daemon (and all mail) down with it
+            self.reloads["failed"] += 1
+            LOGGER.exception("reload failed, keeping the previous configuration")
+            return False
         for warning in new.warnings:
             LOGGER.warning("%s", warning)
         old = self.settings

@@ -181,3 +181,23 @@ def reply_for(decision: Decision) -> bytes:
     if decision.outcome is Outcome.ERROR:
         return temporary_failure(decision.reason)
     return not_found(decision.reason)
+
+
+def parse_netstring(data: bytes) -> tuple[bytes, bytes] | None:
+    """Split one netstring off ``data``: (payload, rest), None if incomplete; ValueError if
+    malformed. For clients (``srsd health``, tests) reading srsd's replies."""
+    most = len(str(MAX_REPLY))  # digits of the longest reply Postfix accepts
+    colon = data.find(b":", 0, most + 1)
+    if colon < 0:
+        if len(data) > most or not _DIGITS.issuperset(data):
+            raise ValueError("malformed netstring length")
+        return None
+    digits = data[:colon]
+    if not digits or not _DIGITS.issuperset(digits):
+        raise ValueError("malformed netstring length")
+    end = colon + 1 + int(digits)
+    if len(data) <= end:
+        return None
+    if data[end] != 0x2C:
+        raise ValueError("netstring not terminated by a comma")
+    return data[colon + 1 : end], data[end + 1 :]

@@ -67,8 +67,10 @@ __all__ = [
     "RequestReader",
     "TooLong",
     "encode_reply",
+    "encode_request",
     "found",
     "not_found",
+    "parse_reply",
     "reply_for",
     "temporary_failure",
 ]
@@ -348,3 +350,29 @@ def reply_for(decision: Decision) -> bytes:
     if decision.outcome is Outcome.ERROR:
         return temporary_failure(decision.reason)
     return not_found(decision.reason)
+
+
+# -- the client side (``srsd health``, tests): what Postfix sends and how it reads a reply --
+
+
+def encode_request(key: bytes) -> bytes:
+    """The request line Postfix sends for ``key``: ``get`` + %-encoded key + LF."""
+    return b"get " + _quote(key) + b"\n"
+
+
+def parse_reply(line: bytes) -> tuple[int, bytes]:
+    """Read a reply line as Postfix does: (status code, %-decoded text); ValueError if bad."""
+    line = line.removesuffix(b"\n")
+    if len(line) < 4 or not line[:3].isdigit() or line[3:4] != b" ":
+        raise ValueError(f"malformed tcp_table reply: {line[:80]!r}")
+    text = line[4:]
+    if 0x25 in text:
+        parts = text.split(b"%")
+        out = [parts[0]]
+        for part in parts[1:]:
+            byte = _UNHEX.get(part[:2])
+            if byte is None:
+                raise ValueError(f"bad %-escape in tcp_table reply: {line[:80]!r}")
+            out += (byte, part[2:])
+        text = b"".join(out)
+    return int(line[:3]), text

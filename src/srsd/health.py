@@ -1,0 +1,130 @@
+# `srsd health`: a forward + reverse round trip against the running endpoints, one line out.
+"""Check a running srsd the way Postfix uses it, for Docker, Nagios and Kubernetes probes.
+
+The endpoints come from the same settings as ``srsd serve`` (so the check finds what the
+server listens on): for each configured protocol, a probe sender is rewritten through the
+forward map and the answer decoded through the reverse map; the check passes when the round
+trip gives the probe back. A wildcard listen address is probed on loopback. Plain blocking
+sockets with a time-out: this runs once and exits.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from srsd import socketmap, tcp_table
+from srsd.settings import Settings, UnixEndpoint, parse_endpoint
+
+PROBE = b"srsd-health-probe@health.invalid"
+# A server listening on a wildcard address is probed on loopback.
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}  # noqa: S104
+_REPLY_LIMIT = 200_000
+
+Address = tuple[str, int] | str  # (host, port) or a unix socket path
+
+
+class ProbeError(Exception):
+    """The endpoint did not answer as a healthy srsd would."""
+
+
+def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
+    """Probe every configured endpoint; return (healthy, one line saying what was seen)."""
+    started = time.monotonic()
+    results: list[str] = []
+    healthy = True
+    host = _WILDCARDS.get(settings.listen[0], settings.listen[0])
+    probes: list[tuple[str, Callable[[], str]]] = []
+    if settings.forward_port or settings.reverse_port:
+        probes.append((f"tcp_table {_show(host, settings.forward_port, settings.reverse_port)}",
+                       lambda: _tcp_table(host, settings, timeout)))  # fmt: skip
+    spec = parse_endpoint(settings.socketmap)
+    if spec is not None:
+        target: Address = (
+            spec.path.as_posix() if isinstance(spec, UnixEndpoint)
+            else (_WILDCARDS.get(spec.host, spec.host), spec.port)
+        )  # fmt: skip
+        probes.append((f"socketmap {settings.socketmap}", lambda: _socketmap(target, timeout)))
+    for name, probe in probes:
+        try:
+            results.append(f"{name}: {probe()}")
+        except (OSError, ProbeError, ValueError) as err:
+            healthy = False
+            results.append(f"{name}: {err}")
+    elapsed = (time.monotonic() - started) * 1000
+    verdict = "OK" if healthy else "CRITICAL"
+    return healthy, f"srsd {verdict}: {'; '.join(results)} ({elapsed:.0f} ms)"
+
+
+def _show(host: str, forward: int, reverse: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{forward or '-'}/{reverse or '-'}"
+
+
+def _tcp_table(host: str, settings: Settings, timeout: float) -> str:
+    if settings.forward_port:
+        code, srs = _tcp_lookup((host, settings.forward_port), PROBE, timeout)
+        if code != 200 or not srs.upper().startswith((b"SRS0", b'"SRS0')):
+            raise ProbeError(f"forward answered {code} {srs[:80]!r}")
+        if not settings.reverse_port:
+            return "forward ok"
+    else:
+        srs = b"not-an-srs-address@health.invalid"
+    code, original = _tcp_lookup((host, settings.reverse_port), srs, timeout)
+    if not settings.forward_port:
+        if code != 500:
+            raise ProbeError(f"reverse answered {code} for a non-SRS address")
+        return "reverse ok"
+    if code != 200 or original != PROBE:
+        raise ProbeError(f"reverse answered {code} {original[:80]!r}")
+    return "round trip ok"
+
+
+def _socketmap(target: Address, timeout: float) -> str:
+    with _connect(target, timeout) as sock:
+        status, srs = _socketmap_lookup(sock, b"forward " + PROBE)
+        if status != b"OK":
+            raise ProbeError(f"forward answered {status.decode(errors='replace')} {srs[:80]!r}")
+        status, original = _socketmap_lookup(sock, b"reverse " + srs)
+        if status != b"OK" or original != PROBE:
+            raise ProbeError(f"reverse answered {status.decode(errors='replace')} "
+                             f"{original[:80]!r}")  # fmt: skip
+    return "round trip ok"
+
+
+def _connect(target: Address, timeout: float) -> socket.socket:
+    if isinstance(target, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection(target, timeout=timeout)
+
+
+def _tcp_lookup(target: tuple[str, int], key: bytes, timeout: float) -> tuple[int, bytes]:
+    with _connect(target, timeout) as sock:
+        sock.sendall(tcp_table.encode_request(key))
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(8192)
+            if not chunk or len(reply) > _REPLY_LIMIT:
+                raise ProbeError("connection closed without a complete reply")
+            reply += chunk
+    return tcp_table.parse_reply(reply)
+
+
+def _socketmap_lookup(sock: socket.socket, payload: bytes) -> tuple[bytes, bytes]:
+    sock.sendall(socketmap.netstring(payload))
+    data = b""
+    while (parsed := socketmap.parse_netstring(data)) is None:
+        chunk = sock.recv(8192)
+        if not chunk or len(data) > _REPLY_LIMIT:
+            raise ProbeError("connection closed without a complete reply")
+        data += chunk
+    status, _, value = parsed[0].partition(b" ")
+    return status, value

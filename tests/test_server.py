@@ -1,0 +1,932 @@
+# In-process tests of the trio tcp_table server: replies, framing, limits, time-outs, signals.
+"""``srsd.server.Server`` run inside the test's own trio loop on free loopback ports.
+
+Each test binds a real :class:`Server` (``bind`` then ``nursery.start(serve)``), talks to it
+over TCP with ``trio.open_tcp_stream`` and looks at its counters and log records. Every wait
+is bounded by :data:`TIMEOUT`; nothing sleeps to synchronise (pauses only pace a client).
+The expected SRS addresses are computed here from the secret (HMAC-SHA1, base64url), not
+with srsd's codec. Real child processes (signals from outside, exit codes, start-up
+failures) are in ``test_serve_process.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import termios
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from srsd import settings as srsd_settings
+from srsd.codec import Codec
+from srsd.logs import LOGGER
+from srsd.policy import Decision
+from srsd.server import Endpoint, Role, Server, StartError
+from srsd.settings import Settings
+from tests.ports import free_port
+
+SECRET = b"in-process-secret-7f3a9c0d"
+NEW_SECRET = b"in-process-rotated-secret-41b2"
+DOMAIN = "forwarder.test"
+TIMEOUT = 10.0  # the bound on every wait in this file
+DAY = 86400
+B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+# A reply as Postfix accepts it: code, one space, text of printable non-space bytes with every
+# "%" starting an upper-case %XX escape, a bare LF.
+WELL_FORMED = re.compile(rb"[245]\d\d (?:[!-$&-~]|%[0-9A-F]{2})*\n")
+BRIEF_SHAPE = re.compile(rb"^[245]\d\d [^\s]*\n$")
+TOO_LONG = b"500 Request%20too%20long\n"
+
+
+# -- an independent SRS oracle -------------------------------------------------------------
+
+
+def srs0(user: bytes, host: bytes, when: float, secret: bytes = SECRET) -> bytes:
+    """The SRS0 address srsd must give ``user@host`` on the day of ``when``."""
+    day = int(when // DAY)
+    stamp = bytes((B32[(day >> 5) & 31], B32[day & 31]))
+    mac = hmac.new(secret, (stamp + host + user).lower(), hashlib.sha1).digest()
+    tag = base64.urlsafe_b64encode(mac)[:4]
+    return b"=".join((b"SRS0=" + tag, stamp, host, user)) + b"@" + DOMAIN.encode()
+
+
+def forward_replies(user: bytes, host: bytes, t0: float, t1: float,
+                    secret: bytes = SECRET) -> set[bytes]:  # fmt: skip
+    """The 200 reply for ``user@host`` asked between ``t0`` and ``t1`` (a day may turn)."""
+    return {b"200 " + srs0(user, host, t, secret) + b"\n" for t in (t0, t1)}
+
+
+def unquote(text: bytes) -> bytes:
+    """Undo the %XX encoding of a reply text."""
+    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
+
+
+def check_reply(reply: bytes) -> bytes:
+    assert WELL_FORMED.fullmatch(reply), reply
+    assert BRIEF_SHAPE.match(reply), reply
+    assert b"\r" not in reply
+    return reply
+
+
+# -- a running server -----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Never read /etc/srsd/srsd.toml, whatever the machine has."""
+    monkeypatch.setattr(srsd_settings, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
+
+
+def make_settings(tmp_path: Path, forward_port: int, reverse_port: int, *,
+                  config: Path | None = None, **overrides: Any) -> Settings:  # fmt: skip
+    secrets = tmp_path / "secrets"
+    if not secrets.exists():
+        secrets.write_bytes(SECRET + b"\n")
+        secrets.chmod(0o600)
+    cli = {
+        "domain": DOMAIN,
+        "secrets_file": str(secrets),
+        "listen": ["127.0.0.1"],
+        "forward_port": forward_port,
+        "reverse_port": reverse_port,
+        "exclude_domains": ["excluded.example"],
+        "state_dir": str(tmp_path / "state"),
+        **overrides,
+    }
+    return srsd_settings.load(cli=cli, environ={}, config=config)
+
+
+class Client:
+    """One tcp_table connection, every operation bounded by :data:`TIMEOUT`."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def send(self, data: bytes) -> None:
+        with trio.fail_after(TIMEOUT):
+            await self.stream.send_all(data)
+
+    async def line(self) -> bytes:
+        """The next reply line, LF included (EOFError if the server closes first)."""
+        with trio.fail_after(TIMEOUT):
+            while (end := self.buffer.find(b"\n")) < 0:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise EOFError(f"EOF after {bytes(self.buffer)!r}")
+                self.buffer += data
+        reply = bytes(self.buffer[: end + 1])
+        del self.buffer[: end + 1]
+        return check_reply(reply)
+
+    async def lines(self, count: int) -> list[bytes]:
+        return [await self.line() for _ in range(count)]
+
+    async def ask(self, key: bytes) -> bytes:
+        await self.send(b"get " + key + b"\n")
+        return await self.line()
+
+    async def rest(self, *, reset_ok: bool = False) -> bytes:
+        """Everything up to EOF (a reset ends it too when ``reset_ok``)."""
+        with trio.fail_after(TIMEOUT):
+            try:
+                while data := await self.stream.receive_some(65536):
+                    self.buffer += data
+            except trio.BrokenResourceError:
+                if not reset_ok:
+                    raise
+        rest = bytes(self.buffer)
+        self.buffer.clear()
+        return rest
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass
+class Running:
+    server: Server
+    settings: Settings
+    endpoints: list[Endpoint]
+    forward: int
+    reverse: int
+
+    async def connect(self, role: Role = Role.FORWARD, host: str = "127.0.0.1") -> Client:
+        port = self.forward if role is Role.FORWARD else self.reverse
+        with trio.fail_after(TIMEOUT):
+            return Client(await trio.open_tcp_stream(host, port))
+
+
+async def start(tmp_path: Path, server_class: type[Server] = Server, *,
+                reload_from_files: bool = False, config: Path | None = None,
+                **overrides: Any) -> tuple[Server, list[Endpoint]]:  # fmt: skip
+    """A bound server on two free ports (retried if another process takes them first)."""
+    for _ in range(5):
+        port = free_port("127.0.0.1", count=2)
+        settings = make_settings(tmp_path, port, port + 1, config=config, **overrides)
+
+        def reload(port: int = port, settings: Settings = settings) -> Settings:
+            if reload_from_files:
+                return make_settings(tmp_path, port, port + 1, config=config, **overrides)
+            return settings
+
+        server = server_class(settings, reload)
+        try:
+            return server, await server.bind()
+        except StartError:
+            continue
+    raise RuntimeError("could not bind a test server")
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, server_class: type[Server] = Server,
+                  **kwargs: Any) -> AsyncIterator[Running]:  # fmt: skip
+    server, endpoints = await start(tmp_path, server_class, **kwargs)
+    settings = server.settings
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, endpoints)
+        try:
+            yield Running(server, settings, endpoints, settings.forward_port,
+                          settings.reverse_port)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Poll ``predicate`` until true, failing after :data:`TIMEOUT`."""
+    with trio.move_on_after(TIMEOUT):
+        while not predicate():
+            await trio.sleep(0.01)
+        return
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class CapturedLog(logging.Handler):
+    """Every srsd log record, at debug level too."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(self.format(r) for r in self.records)
+
+    def messages(self, level: int | None = None) -> list[str]:
+        return [r.getMessage() for r in self.records if level is None or r.levelno == level]
+
+
+@pytest.fixture
+def log() -> Iterable[CapturedLog]:
+    handler = CapturedLog()
+    old_level = LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(old_level)
+    assert SECRET.decode() not in handler.text()
+    assert NEW_SECRET.decode() not in handler.text()
+
+
+@pytest.fixture
+def quiet_log() -> Iterable[None]:
+    """srsd logs warnings and errors only (no handler, pytest's included, keeps records)."""
+    old_level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(old_level)
+
+
+# -- every reply path ------------------------------------------------------------------------
+
+
+async def test_forward_reply_paths(tmp_path: Path, log: CapturedLog) -> None:
+    async with serving(tmp_path) as srv:
+        c = await srv.connect(Role.FORWARD)
+        t0 = time.time()
+        assert await c.ask(b"alice@example.org") in forward_replies(
+            b"alice", b"example.org", t0, time.time())
+        ours = srs0(b"bob", b"example.net", time.time())
+        cases = [
+            (b'""', b"500 null%20sender\n"),
+            (b"<>", b"500 null%20sender\n"),
+            (b"alice", b"500 no%20domain\n"),
+            (b"alice@", b"500 no%20domain\n"),
+            (b"bob@forwarder.test", b"500 local%20domain\n"),
+            (b"bob@FORWARDER.Test", b"500 local%20domain\n"),
+            (b"carol@excluded.example", b"500 excluded%20domain\n"),
+            (b"carol@EXCLUDED.example", b"500 excluded%20domain\n"),
+            # our own SRS address, reached under another domain: not wrapped again
+            (ours.replace(b"@forwarder.test", b"@other.example"), b"500 already%20rewritten\n"),
+            (b"SRS1=xx@other.example", b"500 No%20host%20in%20SRS1%20address.\n"),
+            (b"SRS1=xx=hop.example@other.example", b"500 No%20user%20in%20SRS1%20address.\n"),
+        ]
+        for key, expected in cases:
+            assert await c.ask(key) == expected, key
+        # someone else's SRS0 becomes an SRS1 pointing at its host
+        foreign = await c.ask(b"SRS0=abcd=AA=orig.example=user@hop.example")
+        assert foreign.startswith(b"200 SRS1=")
+        assert foreign.endswith(b"=hop.example==abcd=AA=orig.example=user@forwarder.test\n")
+        lookups = srv.server.lookups
+        assert lookups[("forward", "rewritten")] == 2
+        assert lookups[("forward", "null sender")] == 2
+        assert lookups[("forward", "malformed")] == 2
+        assert sum(lookups.values()) == len(cases) + 2
+
+
+async def test_reverse_reply_paths(tmp_path: Path, log: CapturedLog) -> None:
+    now = time.time()
+    async with serving(tmp_path) as srv:
+        c = await srv.connect(Role.REVERSE)
+        good = srs0(b"alice", b"example.org", now)
+        assert await c.ask(good) == b"200 alice@example.org\n"
+        # smtpd asks lower-cased: the hash still matches
+        assert await c.ask(good.lower()) == b"200 alice@example.org\n"
+        wrapped = Codec([SECRET], DOMAIN.encode()).forward(
+            b"SRS0=abcd=AA=orig.example=user@hop.example", now)
+        assert await c.ask(wrapped) == b"200 SRS0=abcd=AA=orig.example=user@hop.example\n"
+        cases = [
+            (b"alice@example.org", b"500 Not%20an%20SRS%20address.\n"),
+            (srs0(b"alice", b"example.org", now, b"someone-else"),
+             b"500 Hash%20invalid%20in%20SRS%20address.\n"),
+            (srs0(b"alice", b"example.org", now - 30 * DAY),
+             b"500 Time%20stamp%20out%20of%20date.\n"),
+            (b"SRS0=abcd@forwarder.test", b"500 No%20timestamp%20in%20SRS0%20address.\n"),
+            (b"SRS0=abcd=!!=example.org=alice@forwarder.test",
+             b"500 Bad%20time%20stamp%20in%20SRS0%20address.\n"),
+            (b"SRS0=ab=AA=example.org=alice@forwarder.test",
+             b"500 Hash%20too%20short%20in%20SRS%20address.\n"),
+        ]  # fmt: skip
+        for key, expected in cases:
+            assert await c.ask(key) == expected, key
+        lookups = srv.server.lookups
+        assert lookups[("reverse", "rewritten")] == 3
+        assert lookups[("reverse", "not SRS")] == 1
+        assert lookups[("reverse", "bad hash")] == 2
+        assert lookups[("reverse", "expired")] == 1
+        assert lookups[("reverse", "malformed")] == 2
+
+
+async def test_bad_requests_answer_500_and_keep_the_connection(tmp_path: Path) -> None:
+    bad = [
+        (b"put alice@example.org alice", b"500 Invalid%20request,%20expected%20'get%20KEY'\n"),
+        (b"GET alice@example.org", b"500 Invalid%20request,%20expected%20'get%20KEY'\n"),
+        (b"", b"500 Invalid%20request,%20expected%20'get%20KEY'\n"),
+        (b"get", b"500 Empty%20key%20in%20request\n"),
+        (b"get ", b"500 Empty%20key%20in%20request\n"),
+        (b"get a%zz@example.org", b"500 Invalid%20%25-escape%20in%20request\n"),
+        (b"get a%4@example.org", b"500 Invalid%20%25-escape%20in%20request\n"),
+        (b"get a%00b@example.org", b"500 NUL%20byte%20in%20request\n"),
+        (b"get a\0b@example.org", b"500 NUL%20byte%20in%20request\n"),
+    ]
+    async with serving(tmp_path) as srv:
+        for role in Role:
+            c = await srv.connect(role)
+            for line, expected in bad:
+                await c.send(line + b"\n")
+                assert await c.line() == expected, line
+                # the same connection answers the next request
+                reply = await c.ask(b"alice@example.org")
+                assert reply.startswith(b"200 " if role is Role.FORWARD else b"500 Not")
+            await c.aclose()
+        assert srv.server.lookups[("forward", "bad request")] == len(bad)
+        assert srv.server.lookups[("reverse", "bad request")] == len(bad)
+
+
+class ExplodingPolicy:
+    """A policy with a bug: every lookup raises."""
+
+    def forward(self, sender: bytes, now: float) -> Decision:
+        raise RuntimeError("policy bug")
+
+    def reverse(self, recipient: bytes, now: float) -> Decision:
+        raise KeyError("policy bug")
+
+
+async def test_internal_error_is_a_temporary_failure(tmp_path: Path, log: CapturedLog) -> None:
+    async with serving(tmp_path) as srv:
+        srv.server.policy = ExplodingPolicy()  # type: ignore[assignment]
+        for role in Role:
+            c = await srv.connect(role)
+            assert await c.ask(b"alice@example.org") == b"400 srsd%20internal%20error\n"
+            # the server keeps going: the next request is answered too
+            assert await c.ask(b"bob@example.org") == b"400 srsd%20internal%20error\n"
+            assert srv.server.lookups[(role.value, "error")] == 2
+        errors = [r for r in log.records if r.levelno == logging.ERROR]
+        assert len(errors) == 4
+        assert errors[0].getMessage() == "forward <alice@example.org>: internal error"
+        assert errors[0].exc_info is not None  # the traceback is logged
+        assert "RuntimeError: policy bug" in log.text()
+
+
+async def test_replies_are_always_well_formed(tmp_path: Path) -> None:
+    """Random keys, raw and %-encoded, SRS-looking or not: every reply is one valid line."""
+    rng = random.Random(20240521)
+    safe = set(range(0x21, 0x7F)) - {0x25}
+    pieces = [b"SRS0=", b"SRS1=", b"srs0+", b"SRS0-", b"=", b"==", b"@", b"%", b'"', b"\\",
+              b"example.org", b"forwarder.test", b"\xc3\xa9", b"\xff", b"\r", b" "]  # fmt: skip
+    keys = []
+    for _ in range(1500):
+        raw = b"".join(rng.choice(pieces) if rng.random() < 0.3 else bytes((rng.randrange(1, 256),))
+                       for _ in range(rng.randrange(1, 40)))  # fmt: skip
+        hexes = ("%02X", "%02x")
+        keys.append(b"".join(bytes((b,)) if b in safe else (rng.choice(hexes) % b).encode()
+                             for b in raw))  # fmt: skip
+        keys.append(raw.replace(b"\n", b""))  # raw bytes are taken as they are
+    async with serving(tmp_path) as srv:
+        for role in Role:
+            c = await srv.connect(role)
+            await c.send(b"".join(b"get " + key + b"\n" for key in keys))
+            replies = await c.lines(len(keys))  # check_reply() checks each
+            assert {r[:1] for r in replies} <= {b"2", b"5"}
+            assert c.buffer == b""
+
+
+# -- framing -----------------------------------------------------------------------------------
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
+    count = 600
+    keys = [b"user%d@example.org" % i if i % 3 else b"user%d" % i for i in range(count)]
+    async with serving(tmp_path) as srv:
+        c = await srv.connect(Role.FORWARD)
+        t0 = time.time()
+        await c.send(b"".join(b"get " + key + b"\n" for key in keys))
+        replies = await c.lines(count)
+        t1 = time.time()
+        for i, reply in enumerate(replies):
+            if i % 3:
+                assert reply in forward_replies(b"user%d" % i, b"example.org", t0, t1), i
+            else:
+                assert reply == b"500 no%20domain\n", i
+        assert sum(srv.server.lookups.values()) == count
+
+
+class Recorder:
+    """The accepted stream, with every receive_some() size noted."""
+
+    def __init__(self, stream: trio.SocketStream, sizes: list[int]) -> None:
+        self._stream = stream
+        self._sizes = sizes
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self._stream.receive_some(max_bytes)
+        self._sizes.append(len(data))
+        return data
+
+    async def send_all(self, data: bytes) -> None:
+        await self._stream.send_all(data)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> Recorder:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class ObservedServer(Server):
+    """A server that notes, per accepted connection, its socket, TCP_NODELAY and the
+    receive sizes."""
+
+    def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
+        super().__init__(settings, reload)
+        self.sockets: list[trio.socket.SocketType] = []
+        self.nodelay: list[int] = []
+        self.received: list[int] = []
+
+    async def _connection(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
+        self.sockets.append(stream.socket)
+        self.nodelay.append(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        await super()._connection(Recorder(stream, self.received), endpoint)  # type: ignore[arg-type]
+
+
+async def test_requests_dribbled_one_byte_at_a_time(tmp_path: Path) -> None:
+    payload = b"get alice@example.org\r\nput x\nget a%40b@example.org\nget bob\n"
+    async with serving(tmp_path, ObservedServer) as srv:
+        c = await srv.connect(Role.FORWARD)
+        t0 = time.time()
+        for i in range(len(payload)):
+            await c.send(payload[i : i + 1])
+            await trio.sleep(0.001)  # paces the client, so that the server sees small reads
+        replies = await c.lines(4)
+        t1 = time.time()
+        assert replies[0] in forward_replies(b"alice", b"example.org", t0, t1)
+        assert replies[1].startswith(b"500 Invalid%20request")
+        assert replies[2] in forward_replies(b"a@b", b"example.org", t0, t1)
+        assert replies[3] == b"500 no%20domain\n"
+        server = srv.server
+        assert isinstance(server, ObservedServer)
+        # the server really did get the bytes in small pieces
+        assert sum(server.received) == len(payload)
+        assert len(server.received) >= len(payload) // 4
+
+
+async def test_crlf_line_endings(tmp_path: Path) -> None:
+    async with serving(tmp_path) as srv:
+        c = await srv.connect(Role.FORWARD)
+        t0 = time.time()
+        await c.send(b"get alice@example.org\r\nget bob\r\nput x\r\n")
+        first, second, third = await c.lines(3)
+        assert first in forward_replies(b"alice", b"example.org", t0, time.time())
+        assert second == b"500 no%20domain\n"
+        assert third.startswith(b"500 Invalid%20request")
+        # a CR inside a key is part of the key, and comes back escaped
+        t0 = time.time()
+        reply = await c.ask(b"a\rb@example.org")
+        assert reply in {r.replace(b"\r", b"%0D") for r in
+                         forward_replies(b"a\rb", b"example.org", t0, time.time())}  # fmt: skip
+
+
+async def test_last_request_without_newline_is_answered_at_eof(tmp_path: Path) -> None:
+    async with serving(tmp_path) as srv:
+        for tail in (b"get bob@example.net", b"get bob@example.net\r"):
+            c = await srv.connect(Role.FORWARD)
+            t0 = time.time()
+            await c.send(b"get alice@example.org\n" + tail)
+            with trio.fail_after(TIMEOUT):
+                await c.stream.send_eof()
+            first, second = await c.lines(2)
+            t1 = time.time()
+            assert first in forward_replies(b"alice", b"example.org", t0, t1)
+            assert second in forward_replies(b"bob", b"example.net", t0, t1)
+            assert await c.rest() == b""  # and then the server closes
+            await c.aclose()
+
+
+async def test_too_long_line_is_refused_without_waiting_for_its_newline(tmp_path: Path) -> None:
+    async with serving(tmp_path) as srv:
+        # 10 KB and no LF at all: the reply comes, then EOF
+        c = await srv.connect(Role.FORWARD)
+        await c.send(b"get " + b"a" * 10_000)
+        assert await c.line() == TOO_LONG
+        assert await c.rest() == b""
+        # a good request in the same write is answered first
+        c = await srv.connect(Role.REVERSE)
+        await c.send(b"get alice@example.org\nget " + b"b" * 10_000)
+        assert await c.lines(2) == [b"500 Not%20an%20SRS%20address.\n", TOO_LONG]
+        assert await c.rest() == b""
+        assert srv.server.lookups[("reverse", "bad request")] == 1
+        # the server does not read a megabyte first: the reply comes while the client is
+        # still sending, and is not lost to a reset when the client goes on sending
+        c = await srv.connect(Role.FORWARD)
+        async with trio.open_nursery() as nursery:
+
+            async def flood() -> None:
+                await c.stream.send_all(b"get " + b"c" * 1_000_000)
+                await c.stream.send_eof()
+
+            nursery.start_soon(flood)
+            assert await c.line() == TOO_LONG
+            assert await c.rest() == b""
+
+
+async def test_line_limit_boundary(tmp_path: Path) -> None:
+    async with serving(tmp_path, max_request=256) as srv:
+        c = await srv.connect(Role.REVERSE)
+        key = b"x" * (256 - len(b"get ") - len(b"@example.org")) + b"@example.org"
+        assert len(b"get " + key) == 256
+        assert await c.ask(key) == b"500 Not%20an%20SRS%20address.\n"
+        await c.send(b"get " + key + b"\r\n")  # the CR LF ending is not counted
+        assert await c.line() == b"500 Not%20an%20SRS%20address.\n"
+        await c.send(b"get x" + key + b"\n")
+        assert await c.line() == TOO_LONG
+        assert await c.rest() == b""
+
+
+# -- time-outs --------------------------------------------------------------------------------
+
+
+async def test_idle_connection_is_closed(tmp_path: Path) -> None:
+    async with serving(tmp_path, idle_timeout=0.5) as srv:
+        idle = await srv.connect(Role.FORWARD)  # never sends anything
+        used = await srv.connect(Role.REVERSE)
+        assert await used.ask(b"alice@example.org") == b"500 Not%20an%20SRS%20address.\n"
+        assert await idle.rest() == b""
+        assert await used.rest() == b""
+        await wait_for(lambda: srv.server.open_connections == 0, "both connections to close")
+
+
+async def test_requests_keep_a_connection_open(tmp_path: Path) -> None:
+    async with serving(tmp_path, idle_timeout=1.0) as srv:
+        c = await srv.connect(Role.REVERSE)
+        for _ in range(8):  # 1.6 s in all, longer than the idle time-out
+            assert await c.ask(b"alice@example.org") == b"500 Not%20an%20SRS%20address.\n"
+            await trio.sleep(0.2)
+        assert await c.ask(b"alice@example.org") == b"500 Not%20an%20SRS%20address.\n"
+
+
+async def test_client_that_never_sends_a_newline_is_closed(tmp_path: Path) -> None:
+    sent = 0
+    async with serving(tmp_path, idle_timeout=0.5) as srv:
+        c = await srv.connect(Role.FORWARD)
+        async with trio.open_nursery() as nursery:
+
+            async def trickle() -> None:
+                nonlocal sent
+                await c.send(b"get alice@")
+                try:
+                    while True:  # a byte every 20 ms, never a LF
+                        await c.stream.send_all(b"x")
+                        sent += 1
+                        await trio.sleep(0.02)
+                except trio.BrokenResourceError:
+                    pass
+
+            nursery.start_soon(trickle)
+            assert await c.rest(reset_ok=True) == b""  # closed, and nothing answered
+            nursery.cancel_scope.cancel()
+        # closed by the idle time-out, long before the line limit could have been reached
+        assert sent < srv.settings.max_request
+        assert sum(srv.server.lookups.values()) == 0
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+async def test_many_concurrent_connections(tmp_path: Path) -> None:
+    count, per_connection = 200, 5
+    all_open = trio.Event()
+    connected = 0
+    peak = 0
+    now = time.time()
+    async with serving(tmp_path) as srv:
+
+        async def client(i: int) -> None:
+            nonlocal connected, peak
+            role = Role.FORWARD if i % 2 else Role.REVERSE
+            c = await srv.connect(role)
+            for j in range(per_connection):
+                user, host = b"u%d.%d" % (i, j), b"h%d.example" % i
+                if role is Role.FORWARD:
+                    t0 = time.time()
+                    assert await c.ask(user + b"@" + host) in forward_replies(
+                        user, host, t0, time.time())
+                else:
+                    decoded = await c.ask(srs0(user, host, now))
+                    assert decoded == b"200 " + user + b"@" + host + b"\n"
+                if j == 0:
+                    connected += 1
+                    if connected == count:
+                        peak = srv.server.open_connections
+                        all_open.set()
+                    with trio.fail_after(TIMEOUT):
+                        await all_open.wait()  # every connection is open at the same time
+            await c.aclose()
+
+        with trio.fail_after(TIMEOUT * 3):
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(client, i)
+        assert peak == count
+        assert srv.server.rejected_connections == 0
+        assert sum(srv.server.lookups.values()) == count * per_connection
+        assert srv.server.lookups[("forward", "rewritten")] == count * per_connection // 2
+        assert srv.server.lookups[("reverse", "rewritten")] == count * per_connection // 2
+
+
+async def test_connection_limit(tmp_path: Path, log: CapturedLog) -> None:
+    async with serving(tmp_path, max_connections=3) as srv:
+        server = srv.server
+        first = [await srv.connect(Role.FORWARD), await srv.connect(Role.REVERSE),
+                 await srv.connect(Role.FORWARD)]  # fmt: skip
+        for c in first:
+            assert (await c.ask(b"bob")).startswith(b"500 ")  # accepted and served
+        assert server.open_connections == 3
+        # the limit covers both ports; over it, a connection is closed at once, unanswered
+        for n, role in enumerate((Role.REVERSE, Role.FORWARD), 1):
+            extra = await srv.connect(role)
+            assert await extra.rest() == b""
+            assert server.rejected_connections == n
+            await extra.aclose()
+        limit_lines = [m for m in log.messages(logging.WARNING) if "connection limit" in m]
+        assert limit_lines == ["connection limit (3) reached: closing new connections "
+                               "(1 refused so far)"]  # once, not per connection
+        for c in first:  # the first three still work
+            assert (await c.ask(b"bob")).startswith(b"500 ")
+        for c in first[:2]:
+            await c.aclose()
+        await wait_for(lambda: server.open_connections == 1, "two connections to close")
+        again = [await srv.connect(Role.REVERSE), await srv.connect(Role.FORWARD)]
+        for c in again:
+            assert (await c.ask(b"bob")).startswith(b"500 ")
+        assert server.rejected_connections == 2
+        extra = await srv.connect(Role.FORWARD)
+        assert await extra.rest() == b""
+        assert server.rejected_connections == 3
+        assert (await first[2].ask(b"bob")).startswith(b"500 ")
+
+
+async def test_accepted_sockets_have_tcp_nodelay(tmp_path: Path) -> None:
+    async with serving(tmp_path, ObservedServer) as srv:
+        for role in Role:
+            c = await srv.connect(role)
+            assert (await c.ask(b"bob")).startswith(b"500 ")
+        server = srv.server
+        assert isinstance(server, ObservedServer)
+        assert len(server.nodelay) == 2
+        assert all(server.nodelay), server.nodelay
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+async def test_ipv6_listener_alongside_ipv4(tmp_path: Path) -> None:
+    async with serving(tmp_path, listen=["127.0.0.1", "::1"]) as srv:
+        families = {(e.role, e.listener.socket.family) for e in srv.endpoints}
+        assert families == {(role, family) for role in Role
+                            for family in (socket.AF_INET, socket.AF_INET6)}  # fmt: skip
+        now = time.time()
+        for host in ("::1", "127.0.0.1"):
+            forward = await srv.connect(Role.FORWARD, host)
+            reverse = await srv.connect(Role.REVERSE, host)
+            t0 = time.time()
+            assert await forward.ask(b"alice@example.org") in forward_replies(
+                b"alice", b"example.org", t0, time.time())
+            assert await reverse.ask(srs0(b"bob", b"example.net", now)) == b"200 bob@example.net\n"
+            await forward.aclose()
+            await reverse.aclose()
+
+
+async def until_steady(value: Callable[[], int]) -> int:
+    """Poll ``value`` until it has not changed for 0.4 s (bounded by :data:`TIMEOUT`)."""
+    last, steady = -1, 0
+    with trio.fail_after(TIMEOUT):
+        while steady < 20:
+            await trio.sleep(0.02)
+            now = value()
+            steady = steady + 1 if now == last else 0
+            last = now
+    return last
+
+
+async def connect_small_window(port: int) -> trio.socket.SocketType:
+    """A client socket whose receive buffer is small, so that back-pressure comes early."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    with trio.fail_after(TIMEOUT):
+        await sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def unread(sock: trio.socket.SocketType, request: int) -> int:
+    """Bytes in a socket's receive (FIONREAD) or send (TIOCOUTQ) queue (Linux)."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0])
+
+
+async def send_until_closed(sock: trio.socket.SocketType, payload: bytes) -> None:
+    view = memoryview(payload)
+    sent = 0
+    try:
+        while sent < len(payload):
+            sent += await sock.send(view[sent : sent + 65536])
+    except OSError:
+        pass  # the server closed the connection
+
+
+async def test_client_that_does_not_read_gets_back_pressure(tmp_path: Path,
+                                                            quiet_log: None) -> None:  # fmt: skip
+    count = 60_000
+    payload = b"".join(b"get u%06d@example.org\n" % i for i in range(count))
+    async with serving(tmp_path, ObservedServer) as srv:
+        server = srv.server
+        assert isinstance(server, ObservedServer)
+        sock = await connect_small_window(srv.forward)
+        async with trio.open_nursery() as nursery:
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                nursery.start_soon(send_until_closed, sock, payload)
+                # the server answers until the socket buffers are full, then stops reading
+                answered = await until_steady(lambda: sum(server.lookups.values()))
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            assert 0 < answered < count // 4
+            # every reply is in the kernel's socket buffers (server's send queue, client's
+            # receive queue), but for part of the batch being sent
+            reply_size = len(b"200 SRS0=abcd=AA=example.org=u000000@forwarder.test\n")
+            batch = (16384 // len(b"get u000000@example.org\n") + 1) * reply_size
+            queued = unread(sock, termios.FIONREAD) + unread(server.sockets[0], termios.TIOCOUTQ)
+            assert answered * reply_size - batch <= queued <= answered * reply_size
+            # what is pending sits in socket buffers, not in the server's memory
+            assert grown < 1_000_000, f"memory grew by {grown} bytes"
+            # once the client reads, every request is answered, in order
+            replies, lines = bytearray(), 0
+            with trio.fail_after(TIMEOUT * 3):
+                while lines < count:
+                    data = await sock.recv(1 << 16)
+                    assert data, "EOF before every reply came"
+                    replies += data
+                    lines += data.count(b"\n")
+        sock.close()
+    got = bytes(replies).splitlines()
+    assert len(got) == count
+    assert all(line.startswith(b"200 SRS0=") for line in got)
+    assert all(line.endswith(b"=example.org=u%06d@forwarder.test" % i)
+               for i, line in enumerate(got))  # fmt: skip
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+async def test_log_lines(tmp_path: Path, log: CapturedLog) -> None:
+    forged = srs0(b"eve", b"example.org", time.time(), b"forged")
+    async with serving(tmp_path) as srv:
+        forward = await srv.connect(Role.FORWARD)
+        reverse = await srv.connect(Role.REVERSE)
+        rewritten = (await forward.ask(b"alice@example.org"))[4:-1].decode()
+        for key in (b'""', b"bob", b"bob@forwarder.test"):  # quiet: debug only
+            await forward.ask(key)
+        await forward.ask(b"carol@excluded.example")
+        await reverse.ask(b"dave@example.org")  # not SRS: quiet
+        await reverse.ask(rewritten.encode())
+        await reverse.ask(forged)
+        newline = await forward.ask(b"a%0Ab@x.test")
+    assert newline.endswith(b"=x.test=a%0Ab@forwarder.test\n")
+    shown = unquote(newline[4:-1]).decode().replace("\n", "\\n")
+    assert log.messages(logging.INFO) == [
+        f"forward <alice@example.org> rewritten as <{rewritten}>",
+        "forward <carol@excluded.example> not rewritten: excluded domain",
+        f"reverse <{rewritten}> rewritten as <alice@example.org>",
+        f"reverse <{forged.decode()}> not rewritten: Hash invalid in SRS address.",
+        f"forward <a\\nb@x.test> rewritten as <{shown}>",
+    ]
+    assert log.messages(logging.DEBUG) == [
+        'forward <""> not rewritten: null sender',
+        "forward <bob> not rewritten: no domain",
+        "forward <bob@forwarder.test> not rewritten: local domain",
+        "reverse <dave@example.org> not rewritten: Not an SRS address.",
+    ]
+    # a LF in an address cannot start a log line of its own
+    lines = log.text().splitlines()
+    assert len(lines) == len(log.records)
+    assert not [line for line in lines if line.startswith("b@")]
+
+
+# -- signals and reload (the signal path in this process; exit codes are in test_serve_process) --
+
+
+async def test_sighup_rotates_secrets_for_open_connections(tmp_path: Path,
+                                                           log: CapturedLog) -> None:  # fmt: skip
+    async with serving(tmp_path, reload_from_files=True) as srv:
+        forward = await srv.connect(Role.FORWARD)
+        reverse = await srv.connect(Role.REVERSE)
+        t0 = time.time()
+        old = await forward.ask(b"alice@example.org")
+        assert old in forward_replies(b"alice", b"example.org", t0, time.time())
+        (tmp_path / "secrets").write_bytes(NEW_SECRET + b"\n" + SECRET + b"\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: srv.server.reloads["ok"] == 1, "the reload")
+        assert "configuration reloaded: 2 secret(s), 1 excluded domain(s)" in log.messages()
+        # the connections opened before the reload use the new secrets
+        t0 = time.time()
+        assert await forward.ask(b"alice@example.org") in forward_replies(
+            b"alice", b"example.org", t0, time.time(), NEW_SECRET)
+        assert await reverse.ask(old[4:-1]) == b"200 alice@example.org\n"
+
+
+async def test_failed_reload_keeps_the_configuration(tmp_path: Path, log: CapturedLog) -> None:
+    config = tmp_path / "srsd.toml"
+    config.write_text("max_age = 21\n")
+    async with serving(tmp_path, reload_from_files=True, config=config) as srv:
+        c = await srv.connect(Role.FORWARD)
+        (tmp_path / "secrets").write_bytes(NEW_SECRET + b"\n")
+        # a config file that is not UTF-8 (say, an editor's Latin-1 comment)
+        config.write_bytes(b"# r\xe9glages\nmax_age = 21\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: srv.server.reloads["failed"] == 1, "the failed reload")
+        failed = [m for m in log.messages(logging.ERROR) if m.startswith("reload failed")]
+        assert len(failed) == 1
+        assert str(config) in failed[0]
+        t0 = time.time()
+        assert await c.ask(b"alice@example.org") in forward_replies(
+            b"alice", b"example.org", t0, time.time())  # still the old secret
+        config.write_text("max_age = 21\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: srv.server.reloads["ok"] == 1, "the reload")
+        t0 = time.time()
+        assert await c.ask(b"alice@example.org") in forward_replies(
+            b"alice", b"example.org", t0, time.time(), NEW_SECRET)
+
+
+async def test_reload_warns_when_ports_change(tmp_path: Path, log: CapturedLog) -> None:
+    async with serving(tmp_path) as srv:
+        moved = make_settings(tmp_path, srv.forward + 10, srv.reverse)
+        srv.server._reload = lambda: moved
+        assert srv.server.reload()
+        assert ("listen addresses and ports changed: restart srsd to apply them"
+                in log.messages(logging.WARNING))  # fmt: skip
+        c = await srv.connect(Role.FORWARD)  # still listening where it was
+        assert (await c.ask(b"bob")).startswith(b"500 ")
+
+
+async def test_sigterm_drains_and_stops(tmp_path: Path, log: CapturedLog) -> None:
+    server, endpoints = await start(tmp_path, shutdown_grace=3600.0)
+    port = server.settings.forward_port
+    # far shorter than the grace period: serve() returns once its connections are done
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, endpoints)
+            idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
+            assert (await idle.ask(b"bob")).startswith(b"500 ")
+            # a client that pipelines and does not read holds a reply in flight
+            stuck = await connect_small_window(port)
+            nursery.start_soon(send_until_closed, stuck, b"get alice@example.org\n" * 100_000)
+            answered = await until_steady(lambda: sum(server.lookups.values()))
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await idle.rest() == b""  # an idle connection is closed at once
+            await wait_for(lambda: server.open_connections == 1, "the idle connection to close")
+            with pytest.raises(OSError):  # the listener is closed
+                await trio.open_tcp_stream("127.0.0.1", port)
+            assert server.open_connections == 1  # the reply in flight has its grace period
+            received = bytearray()
+            try:
+                while data := await stuck.recv(1 << 16):
+                    received += data
+            except ConnectionResetError:
+                pass  # closed with requests unread: the kernel resets
+            stuck.close()
+    assert server.open_connections == 0
+    assert "SIGTERM received: stopping" in log.messages(logging.INFO)
+    replies = bytes(received).split(b"\n")[:-1]
+    assert 0 < len(replies) <= sum(server.lookups.values())
+    assert answered <= sum(server.lookups.values())
+    assert len(set(replies)) == 1
+    assert replies[0].startswith(b"200 SRS0=")
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
