@@ -5,7 +5,8 @@
 on standard input (streamed, raw bytes allowed), printing exactly one line per input: the
 result, or the input unchanged when it is not rewritten (the reason goes to stderr), as
 Postfix does with a "not found". Exit status: 0 when every input was rewritten, 1 when
-any was not, 2 on usage or configuration errors.
+any was not, 2 on usage or configuration errors. ``srsd health`` exits 0 when the running
+server answers a forward + reverse round trip, 1 when it does not.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(serve, _SERVE_KEYS)
     serve.add_argument("--check", action="store_true",
                        help="validate the configuration and exit")  # fmt: skip
+    health = commands.add_parser(
+        "health", parents=[common], help="probe the running server: forward + reverse",
+        description="Connect to the endpoints the settings name, rewrite a probe address and "
+        "decode it back; print one line; exit 0 when healthy, 1 when not.",
+    )  # fmt: skip
+    _add_settings(health, _SERVE_KEYS)
+    health.add_argument("--probe-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds to wait for each answer (default 5)")  # fmt: skip
     return parser
 
 
@@ -92,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keygen(args.path, args.force)
     try:
         loaded = settings.load(cli_values(args), config=args.config,
-                               create_secret=args.command == "serve" and not args.check)
+                               create_secret=args.command == "serve" and not args.check,
+                               need_secrets=args.command != "health")  # fmt: skip
     except settings.ConfigError as err:
         print(f"srsd: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -101,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config),
                           check=args.check)
+    if args.command == "health":
+        from srsd import health  # noqa: PLC0415  (not needed by the other commands)
+
+        healthy, line = health.check(loaded, args.probe_timeout)
+        print(line)
+        return EXIT_OK if healthy else EXIT_NOT_REWRITTEN
     for warning in loaded.warnings:
         print(f"srsd: warning: {warning}", file=sys.stderr)
     if any(b"\n" in a or b"\r" in a for a in map(os.fsencode, args.addresses)):

@@ -358,13 +358,15 @@ def load(
     config: Path | None = None,
     *,
     create_secret: bool = False,
+    need_secrets: bool = True,
 ) -> Settings:
     """Merge every source into :class:`Settings`; raise :class:`ConfigError` when invalid.
 
     ``cli`` maps setting keys to raw command-line values (None means not given).
     ``config`` is an explicit TOML path (it must exist); without it the default file is
     read when present. With ``create_secret`` a missing secrets file at the default
-    location is generated (the newcomer path of ``srsd serve``).
+    location is generated (the newcomer path of ``srsd serve``). Without ``need_secrets``
+    the secrets file is not read at all (``srsd health`` may run as another user).
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {f.key: f.default for f in FIELDS}
@@ -415,8 +417,11 @@ def load(
         if create_secret and not secrets_file.exists():
             write_new_secret(secrets_file)
             warnings.append(f"created a new secret in {secrets_file}")
-    secrets, secret_warning = read_secrets(secrets_file, sources["secrets_file"])
-    warnings += secret_warning
+    if need_secrets:
+        secrets, secret_warning = read_secrets(secrets_file, sources["secrets_file"])
+        warnings += secret_warning
+    else:  # `srsd health` only needs to know where the endpoints are
+        secrets = ()
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
     if values["envelope_database"]:
         from srsd import storage  # noqa: PLC0415  (trio and redis-py: for the server only)
