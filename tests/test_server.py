@@ -293,9 +293,9 @@ async def test_forward_reply_paths(tmp_path: Path, log: CapturedLog) -> None:
         assert foreign.startswith(b"200 SRS1=")
         assert foreign.endswith(b"=hop.example==abcd=AA=orig.example=user@forwarder.test\n")
         lookups = srv.server.lookups
-        assert lookups[("forward", "rewritten")] == 2
-        assert lookups[("forward", "null sender")] == 2
-        assert lookups[("forward", "malformed")] == 2
+        assert lookups[("tcp_table", "forward", "rewritten")] == 2
+        assert lookups[("tcp_table", "forward", "null sender")] == 2
+        assert lookups[("tcp_table", "forward", "malformed")] == 2
         assert sum(lookups.values()) == len(cases) + 2
 
 
@@ -325,11 +325,11 @@ async def test_reverse_reply_paths(tmp_path: Path, log: CapturedLog) -> None:
         for key, expected in cases:
             assert await c.ask(key) == expected, key
         lookups = srv.server.lookups
-        assert lookups[("reverse", "rewritten")] == 3
-        assert lookups[("reverse", "not SRS")] == 1
-        assert lookups[("reverse", "bad hash")] == 2
-        assert lookups[("reverse", "expired")] == 1
-        assert lookups[("reverse", "malformed")] == 2
+        assert lookups[("tcp_table", "reverse", "rewritten")] == 3
+        assert lookups[("tcp_table", "reverse", "not SRS")] == 1
+        assert lookups[("tcp_table", "reverse", "bad hash")] == 2
+        assert lookups[("tcp_table", "reverse", "expired")] == 1
+        assert lookups[("tcp_table", "reverse", "malformed")] == 2
 
 
 async def test_bad_requests_answer_500_and_keep_the_connection(tmp_path: Path) -> None:
@@ -354,8 +354,8 @@ async def test_bad_requests_answer_500_and_keep_the_connection(tmp_path: Path) -
                 reply = await c.ask(b"alice@example.org")
                 assert reply.startswith(b"200 " if role is Role.FORWARD else b"500 Not")
             await c.aclose()
-        assert srv.server.lookups[("forward", "bad request")] == len(bad)
-        assert srv.server.lookups[("reverse", "bad request")] == len(bad)
+        assert srv.server.lookups[("tcp_table", "forward", "bad request")] == len(bad)
+        assert srv.server.lookups[("tcp_table", "reverse", "bad request")] == len(bad)
 
 
 class ExplodingPolicy:
@@ -376,7 +376,7 @@ async def test_internal_error_is_a_temporary_failure(tmp_path: Path, log: Captur
             assert await c.ask(b"alice@example.org") == b"400 srsd%20internal%20error\n"
             # the server keeps going: the next request is answered too
             assert await c.ask(b"bob@example.org") == b"400 srsd%20internal%20error\n"
-            assert srv.server.lookups[(role.value, "error")] == 2
+            assert srv.server.lookups[("tcp_table", role.value, "error")] == 2
         errors = [r for r in log.records if r.levelno == logging.ERROR]
         assert len(errors) == 4
         assert errors[0].getMessage() == "forward <alice@example.org>: internal error"
@@ -533,7 +533,7 @@ async def test_too_long_line_is_refused_without_waiting_for_its_newline(tmp_path
         await c.send(b"get alice@example.org\nget " + b"b" * 10_000)
         assert await c.lines(2) == [b"500 Not%20an%20SRS%20address.\n", TOO_LONG]
         assert await c.rest() == b""
-        assert srv.server.lookups[("reverse", "bad request")] == 1
+        assert srv.server.lookups[("tcp_table", "reverse", "bad request")] == 1
         # the server does not read a megabyte first: the reply comes while the client is
         # still sending, and is not lost to a reset when the client goes on sending
         c = await srv.connect(Role.FORWARD)
@@ -648,8 +648,8 @@ async def test_many_concurrent_connections(tmp_path: Path) -> None:
         assert peak == count
         assert srv.server.rejected_connections == 0
         assert sum(srv.server.lookups.values()) == count * per_connection
-        assert srv.server.lookups[("forward", "rewritten")] == count * per_connection // 2
-        assert srv.server.lookups[("reverse", "rewritten")] == count * per_connection // 2
+        assert srv.server.lookups[("tcp_table", "forward", "rewritten")] == count * per_connection // 2
+        assert srv.server.lookups[("tcp_table", "reverse", "rewritten")] == count * per_connection // 2
 
 
 async def test_connection_limit(tmp_path: Path, log: CapturedLog) -> None:

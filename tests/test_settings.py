@@ -754,8 +754,11 @@ max_connections = 200
 max_request = 1024
 shutdown_grace = 2.5
 log_level = "debug"
+log_format = "json"
 syslog = true
+metrics_listen = "127.0.0.1:9187"
 run_as = "srsd"
+allow_root = true
 """
 
 

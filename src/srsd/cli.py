@@ -31,7 +31,8 @@ _COMMON_KEYS = (
 )  # fmt: skip
 _SERVE_KEYS = tuple(f.key for f in settings.FIELDS if f.key not in _COMMON_KEYS)
 _REPEATABLE = {"exclude_domains", "listen"}
-_CHOICES = {"hash_alphabet": ("base64url", "base64"), "separator": ("=", "+", "-")}
+_CHOICES = {"hash_alphabet": ("base64url", "base64"), "separator": ("=", "+", "-"),
+            "log_format": ("plain", "json")}  # fmt: skip
 DecideFn = Callable[[bytes, float], Decision]
 
 
@@ -44,7 +45,7 @@ def _add_settings(parser: argparse.ArgumentParser, keys: Iterable[str]) -> None:
             kwargs["action"] = "append"
         if key in _CHOICES:
             kwargs["choices"] = _CHOICES[key]
-        if f.key == "syslog":
+        if f.key in {"syslog", "allow_root"}:
             kwargs.update(action="store_const", const="yes")
         parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
 

@@ -5,9 +5,11 @@ forge a log line. Secrets are never logged."""
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 LOGGER = logging.getLogger("srsd")
@@ -15,13 +17,30 @@ SYSLOG_SOCKET = Path("/dev/log")
 _FORMAT = "%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s"
 
 
-def setup(level: str = "info", *, syslog: bool = False) -> None:
-    """Send srsd's log to stderr (and syslog's mail facility when ``syslog``)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, pid, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a single line of JSON."""
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup(level: str = "info", *, syslog: bool = False, json_lines: bool = False) -> None:
+    """Send srsd's log to stderr (and syslog's mail facility when ``syslog``); plain
+    syslog-style lines, or one JSON object per line with ``json_lines``."""
     LOGGER.handlers.clear()
     LOGGER.propagate = False
     LOGGER.setLevel(level.upper())
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter(_FORMAT))
+    stderr.setFormatter(JsonFormatter() if json_lines else logging.Formatter(_FORMAT))
     LOGGER.addHandler(stderr)
     if syslog:
         if not SYSLOG_SOCKET.exists():  # no syslog daemon (a container): stderr still works

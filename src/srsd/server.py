@@ -38,10 +38,11 @@ from typing import Protocol as TypingProtocol
 
 import trio
 
-from srsd import socketmap, tcp_table
+from srsd import socketmap, systemd, tcp_table
 from srsd.aliases import EnvelopeDatabase
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.logs import LOGGER, setup, show
+from srsd.metrics import Latency, registry_for, serve_http
 from srsd.policy import Decision, Outcome, Policy
 from srsd.settings import ConfigError, InetEndpoint, Settings, UnixEndpoint, parse_endpoint
 from srsd.storage import StorageError, expire_periodically, open_store
@@ -50,6 +51,10 @@ from srsd.storage import StorageError, expire_periodically, open_store
 RECEIVE_SIZE = 16384
 #: Seconds a reply may take to be sent (Postfix's own read time-out is 100 s).
 SEND_TIMEOUT = 100.0
+#: Seconds between systemd STATUS= updates (when running under systemd).
+STATUS_INTERVAL = 30.0
+#: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
+ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "metrics")
 #: After a protocol error, how long and how much input to discard before closing.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
@@ -123,20 +128,46 @@ class Server:
         self.envelopes = EnvelopeDatabase(store, settings.original_envelope,
                                           settings.envelope_write_limit)  # fmt: skip
         self._reload = reload
+        self.notifier = systemd.Notifier(os.environ)
+        self.metrics_listeners: list[trio.SocketListener] = []
         self.open_connections = 0
         self.rejected_connections = 0
-        self.lookups: Counter[tuple[str, str]] = Counter()
+        #: Answers given, by (protocol, map, outcome): the metrics read these.
+        self.lookups: Counter[tuple[str, str, str]] = Counter()
+        self.latency = Latency()
         self.reloads: Counter[str] = Counter()
         self._stopping = False
         self._idle_waits: set[trio.CancelScope] = set()
         self._last_limit_log = -LIMIT_LOG_INTERVAL
 
+    @property
+    def database_errors(self) -> int:
+        """Envelope database failures so far (a metric)."""
+        return self.envelopes.outage.failures
+
+    @property
+    def database_writes_refused(self) -> int:
+        """Envelope database writes refused by the flood cap so far (a metric)."""
+        return self.envelopes.refused
+
     # -- start-up -----------------------------------------------------------------------------
 
     async def bind(self) -> list[Endpoint]:
-        """Open every configured listener; raise :class:`StartError` with one clear line."""
+        """Open every configured listener (or adopt systemd's); raise :class:`StartError`
+        with one clear line."""
+        try:
+            passed = systemd.listen_fds(os.environ, os.getpid())
+        except ValueError as err:
+            raise StartError(f"socket activation: {err}") from None
+        if passed:
+            systemd.unset_listen_env(os.environ)
+            return self._adopt(passed)
         endpoints: list[Endpoint] = []
         try:
+            if self.settings.metrics_listen:
+                m_host, _, m_port = self.settings.metrics_listen.rpartition(":")
+                m_host = m_host.removeprefix("[").removesuffix("]")
+                self.metrics_listeners = await _tcp_listeners(m_host, int(m_port), "metrics")
             for role, port in ((Role.FORWARD, self.settings.forward_port),
                                (Role.REVERSE, self.settings.reverse_port)):  # fmt: skip
                 for host in self.settings.listen if port else ():
@@ -153,9 +184,34 @@ class Server:
                 )
         except BaseException:
             await _close_all(endpoints)
+            for listener in self.metrics_listeners:
+                await listener.aclose()
             raise
         if not endpoints:
             raise StartError("nothing to serve: both tcp_table ports are 0 and socketmap is off")
+        return endpoints
+
+    def _adopt(self, passed: list[systemd.PassedSocket]) -> list[Endpoint]:
+        """Endpoints from the sockets systemd passed, by their FileDescriptorName=."""
+        endpoints: list[Endpoint] = []
+        for item in passed:
+            if item.name not in ACTIVATION_NAMES:
+                raise StartError(f"socket activation: socket {item.fd} is named {item.name!r}; "
+                                 f"name it one of {', '.join(ACTIVATION_NAMES)} with "
+                                 "FileDescriptorName=")  # fmt: skip
+            sock = socket.socket(fileno=item.fd)
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            if item.name == "metrics":
+                self.metrics_listeners.append(listener)
+                continue
+            unix = sock.family == socket.AF_UNIX
+            where = f"unix:{sock.getsockname()}" if unix else _where(listener)
+            if item.name == "socketmap":
+                endpoints.append(Endpoint(Wire.SOCKETMAP, None, listener, where))
+            else:
+                endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), listener, where))
+        if not endpoints:
+            raise StartError("socket activation passed no forward, reverse or socketmap socket")
         return endpoints
 
     # -- main loop ------------------------------------------------------------------------------
@@ -178,6 +234,12 @@ class Server:
                             if self.envelopes.mode is not EnvelopeMode.EMBEDDED:
                                 loops.start_soon(expire_periodically, self.envelopes.store,
                                                  self.envelopes.outage)  # fmt: skip
+                            registry = registry_for(self)
+                            for listener in self.metrics_listeners:
+                                loops.start_soon(serve_http, listener, registry)
+                            if self.notifier.enabled:
+                                loops.start_soon(self._report_status)
+                            self.notifier.notify("READY=1", self.status())
                             task_status.started()
                 finally:
                     with trio.CancelScope(shield=True):
@@ -208,7 +270,10 @@ class Server:
 
     async def _drain(self, endpoints: list[Endpoint], connections: trio.Nursery) -> None:
         self._stopping = True
+        self.notifier.notify("STOPPING=1")
         await _close_all(endpoints)
+        for listener in self.metrics_listeners:
+            await listener.aclose()
         for wait in list(self._idle_waits):
             wait.cancel()  # idle connections close now; replies in flight may finish
         connections.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
@@ -217,11 +282,25 @@ class Server:
                              accepting: trio.CancelScope) -> None:  # fmt: skip
         async for signum in signals:
             if signum == signal.SIGHUP:
+                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
                 self.reload()
+                self.notifier.notify("READY=1", self.status())
             else:
                 LOGGER.info("%s received: stopping", signal.Signals(signum).name)
                 accepting.cancel()
                 return
+
+    def status(self) -> str:
+        """A systemd ``STATUS=`` line with the counts that matter."""
+        return (f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
+                f"connections open, {self.rejected_connections} refused (limit), "
+                f"{self.reloads['failed']} failed reloads")  # fmt: skip
+
+    async def _report_status(self) -> None:
+        while True:
+            await trio.sleep(STATUS_INTERVAL)
+            self.notifier.notify(self.status())
 
     def reload(self) -> bool:
         """Re-read settings, secrets and exclusions; keep the old ones if anything is wrong."""
@@ -323,7 +402,9 @@ class Server:
         """The reply bytes for one event of ``endpoint``'s reader."""
         if endpoint.wire is Wire.TCP_TABLE:
             if isinstance(event, tcp_table.Request) and endpoint.role is not None:
-                return tcp_table.reply_for(await self._decide(endpoint.role, event.key))
+                return tcp_table.reply_for(
+                    await self._decide(Wire.TCP_TABLE, endpoint.role, event.key)
+                )
             reason = getattr(event, "reason", "Invalid request")
             self._bad_request(endpoint, reason)
             return tcp_table.not_found(reason)
@@ -332,13 +413,14 @@ class Server:
             if role is None:  # a configuration error on the Postfix side, never the sender's
                 self._bad_request(endpoint, f"unknown map name {show(event.name)!r}")
                 return socketmap.permanent_failure("Unknown map name")
-            return socketmap.reply_for(await self._decide(role, event.key))
+            return socketmap.reply_for(await self._decide(Wire.SOCKETMAP, role, event.key))
         reason = getattr(event, "reason", "Invalid request")
         self._bad_request(endpoint, reason)
         return socketmap.permanent_failure(reason)
 
-    async def _decide(self, role: Role, key: bytes) -> Decision:
+    async def _decide(self, wire: Wire, role: Role, key: bytes) -> Decision:
         """The decision for one lookup, through the envelope database when it applies."""
+        started = time.perf_counter()
         now = time.time()
         try:
             if role is Role.FORWARD:
@@ -352,16 +434,17 @@ class Server:
         except Exception:
             LOGGER.exception("%s <%s>: internal error", role.value, show(key))
             decision = _INTERNAL_ERROR
-        self._record(role, key, decision)
+        self.latency.observe(role.value, time.perf_counter() - started)
+        self._record(wire, role, key, decision)
         return decision
 
     def _bad_request(self, endpoint: Endpoint, reason: str) -> None:
-        name = endpoint.role.value if endpoint.role else endpoint.wire.value
-        self.lookups[(name, "bad request")] += 1
-        LOGGER.info("%s: bad request: %s", name, reason)
+        name = endpoint.role.value if endpoint.role else "-"
+        self.lookups[(endpoint.wire.value, name, "bad request")] += 1
+        LOGGER.info("%s %s: bad request: %s", endpoint.wire.value, name, reason)
 
-    def _record(self, role: Role, key: bytes, decision: Decision) -> None:
-        self.lookups[(role.value, decision.outcome.value)] += 1
+    def _record(self, wire: Wire, role: Role, key: bytes, decision: Decision) -> None:
+        self.lookups[(wire.value, role.value, decision.outcome.value)] += 1
         level = logging.DEBUG if decision.quiet else logging.INFO
         if LOGGER.isEnabledFor(level):
             if decision.value is not None:
@@ -449,20 +532,51 @@ async def _close_all(endpoints: list[Endpoint]) -> None:
             endpoint.unix_path.unlink(missing_ok=True)
 
 
-def drop_privileges(user: str) -> None:
-    """As root, switch to ``user``: supplementary groups, then group, then user."""
+def drop_privileges(user: str, state_dir: Path) -> None:
+    """As root, switch to ``user``: supplementary groups, then group, then user.
+
+    srsd's own state directory (the generated secret, the SQLite database) is handed to
+    ``user`` first, so that reloads and database writes keep working afterwards.
+    """
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise StartError(f"run_as: no such user: {user!r}") from None
+    _hand_over(state_dir, entry.pw_uid, entry.pw_gid)
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
 
 
+def _hand_over(state_dir: Path, uid: int, gid: int) -> None:
+    """Give root's state directory and the files directly in it to ``uid``/``gid``."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if state_dir.stat().st_uid != 0:
+            return  # not ours to change: whoever owns it set it up
+        os.chown(state_dir, uid, gid)
+        for entry in state_dir.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                os.chown(entry, uid, gid)
+    except OSError as err:
+        LOGGER.warning("cannot hand %s over to uid %d: %s", state_dir, uid, err.strerror)
+
+
+def leave_root(settings: Settings) -> None:
+    """Started as root: drop to ``run_as``, or refuse unless ``allow_root`` says otherwise."""
+    if os.geteuid() != 0:
+        return
+    if settings.run_as:
+        drop_privileges(settings.run_as, settings.state_dir)
+        LOGGER.info("running as %s (uid %d)", settings.run_as, os.getuid())
+    elif not settings.allow_root:
+        raise StartError("refusing to serve as root: set run_as (RUN_AS, --run-as) to an "
+                         "unprivileged user, or allow_root (--allow-root) to insist")  # fmt: skip
+
+
 def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = False) -> int:
     """Run ``srsd serve`` with loaded settings; returns the process exit status."""
-    setup(settings.log_level, syslog=settings.syslog)
+    setup(settings.log_level, syslog=settings.syslog, json_lines=settings.log_format == "json")
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:
@@ -477,8 +591,7 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
     server = Server(settings, reload)
     try:
         endpoints = await server.bind()
-        if settings.run_as and os.geteuid() == 0:
-            drop_privileges(settings.run_as)
+        leave_root(settings)
     except (StartError, OSError) as err:
         LOGGER.error("cannot start: %s", err)
         return 1

@@ -24,6 +24,7 @@ from typing import Any
 from srsd.codec import MAX_HASH_LENGTH, SEPARATORS, Alphabet, Codec
 from srsd.envelope import EnvelopeMode
 from srsd.policy import DomainSet, Policy, is_domain_name
+from srsd.systemd import SECRETS_CREDENTIAL, credential
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
@@ -144,6 +145,22 @@ def _database_url(raw: object) -> str:
     scheme = value.partition(":")[0].lower()
     if value and scheme not in {"sqlite", "redis", "redis+unix", "unix"}:
         raise ValueError(f"expected sqlite:PATH or redis://HOST:PORT/DB, got {raw!r}")
+    return value
+
+
+def _host_port(raw: object) -> str:
+    value = _text(raw)
+    if value:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9187), got {raw!r}")
+    return value
+
+
+def _log_format(raw: object) -> str:
+    value = _text(raw).lower()
+    if value not in {"plain", "json"}:
+        raise ValueError(f"must be plain or json, got {raw!r}")
     return value
 
 
@@ -279,9 +296,15 @@ FIELDS: tuple[Field, ...] = (
           "seconds to finish requests in flight on SIGTERM"),
     Field("log_level", _log_level, "info", ("SRS_LOG_LEVEL",), "--log-level",
           "debug, info, warning or error"),
+    Field("log_format", _log_format, "plain", ("SRS_LOG_FORMAT",), "--log-format",
+          "plain or json (one JSON object per line)"),
     Field("syslog", _bool, False, ("SRS_SYSLOG",), "--syslog", "also log to syslog (mail)"),
+    Field("metrics_listen", _host_port, "", ("SRS_METRICS_LISTEN",), "--metrics-listen",
+          "HOST:PORT for Prometheus metrics at /metrics (default: off)"),
     Field("run_as", _user, None, ("RUN_AS",), "--run-as",
           "user to switch to after binding when started as root"),
+    Field("allow_root", _bool, False, ("SRS_ALLOW_ROOT",), "--allow-root",
+          "serve as root when started as root without run_as"),
 )  # fmt: skip
 FIELD_BY_KEY = {f.key: f for f in FIELDS}
 _ZERO_MEANS_UNSET = frozenset({"SRS_HASHLENGTH", "SRS_HASHMIN"})
@@ -318,8 +341,11 @@ class Settings:
     max_request: int
     shutdown_grace: float
     log_level: str
+    log_format: str
     syslog: bool
+    metrics_listen: str
     run_as: str | None
+    allow_root: bool
     secrets: tuple[bytes, ...] = field(repr=False)
     excluded: DomainSet = field(repr=False)
     config_file: Path | None = None
@@ -412,8 +438,8 @@ def load(
         )
     state_dir = values["state_dir"] or default_state_dir(environ)
     secrets_file = values["secrets_file"]
-    if secrets_file is None:
-        secrets_file = state_dir / SECRETS_NAME
+    if secrets_file is None:  # systemd's LoadCredential=srsd-secrets:PATH, else the state dir
+        secrets_file = credential(SECRETS_CREDENTIAL, environ) or state_dir / SECRETS_NAME
         if create_secret and not secrets_file.exists():
             write_new_secret(secrets_file)
             warnings.append(f"created a new secret in {secrets_file}")

@@ -1,0 +1,153 @@
+# Prometheus metrics: cheap counters kept by the server, exposed over a small trio HTTP endpoint.
+"""Metrics in the Prometheus text format (``metrics_listen = "127.0.0.1:9187"``).
+
+The server counts into plain Python structures on the hot path (a ``Counter`` increment and
+a histogram bucket per lookup); :class:`ServerCollector` turns them into metric families
+only when scraped, so metrics cost nothing measurable per lookup. Exposed:
+
+* ``srsd_lookups_total{map, protocol, outcome}``: every answer given, by outcome
+  (rewritten, local, excluded, null sender, not SRS, bad hash, expired, malformed, error,
+  bad request, ...);
+* ``srsd_lookup_duration_seconds{map}``: time from request to decision, a histogram;
+* ``srsd_connections_open``, ``srsd_connections_rejected_total`` (over the limit);
+* ``srsd_reloads_total{result}`` (ok / failed);
+* ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterator
+from typing import Protocol
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+#: Upper bounds of the latency buckets, in seconds.
+BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
+#: Bounds on one HTTP request to the metrics endpoint.
+HTTP_HEAD_LIMIT = 8192
+HTTP_TIMEOUT = 5.0
+
+
+class Latency:
+    """A histogram kept as bucket counts per map, observed on the hot path."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Count one lookup of map ``name`` that took ``seconds``."""
+        counts = self.counts.get(name)
+        if counts is None:
+            counts = self.counts[name] = [0] * (len(BUCKETS) + 1)
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sums[name] = self.sums.get(name, 0.0) + seconds
+
+
+class ServerState(Protocol):
+    """What the collector reads from the running server."""
+
+    lookups: Counter[tuple[str, str, str]]
+    latency: Latency
+    open_connections: int
+    rejected_connections: int
+    reloads: Counter[str]
+
+    @property
+    def database_errors(self) -> int: ...
+    @property
+    def database_writes_refused(self) -> int: ...
+
+
+class ServerCollector(Collector):
+    """Builds srsd's metric families from the server's counters at scrape time."""
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        """The current value of every srsd metric."""
+        s = self.server
+        lookups = CounterMetricFamily("srsd_lookups", "Lookups answered, by outcome",
+                                      labels=["map", "protocol", "outcome"])  # fmt: skip
+        for (protocol, name, outcome), count in sorted(s.lookups.items()):
+            lookups.add_metric([name, protocol, outcome], count)
+        yield lookups
+        latency = HistogramMetricFamily(
+            "srsd_lookup_duration_seconds", "Time from request to decision", labels=["map"]
+        )
+        for name, counts in sorted(s.latency.counts.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric([name], buckets, s.latency.sums[name])
+        yield latency
+        yield GaugeMetricFamily("srsd_connections_open", "Connections open now",
+                                value=s.open_connections)  # fmt: skip
+        yield CounterMetricFamily("srsd_connections_rejected", "Connections closed at once "
+                                  "because the connection limit was reached",
+                                  value=s.rejected_connections)  # fmt: skip
+        reloads = CounterMetricFamily("srsd_reloads", "Configuration reloads (SIGHUP)",
+                                      labels=["result"])  # fmt: skip
+        for result in ("ok", "failed"):
+            reloads.add_metric([result], s.reloads[result])
+        yield reloads
+        yield CounterMetricFamily("srsd_database_errors", "Envelope database failures",
+                                  value=s.database_errors)  # fmt: skip
+        yield CounterMetricFamily("srsd_database_writes_refused", "Envelope database writes "
+                                  "refused by the flood cap", value=s.database_writes_refused)
+
+
+def registry_for(server: ServerState) -> CollectorRegistry:
+    """A registry holding only srsd's metrics for ``server``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server))
+    return registry
+
+
+async def serve_http(listener: trio.SocketListener, registry: CollectorRegistry) -> None:
+    """Answer ``GET /metrics`` on ``listener`` until cancelled, one request per connection."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(_handle, stream, registry)
+
+
+async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
+    async with stream:
+        with trio.move_on_after(HTTP_TIMEOUT):
+            head = b""
+            while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                chunk = await stream.receive_some(HTTP_HEAD_LIMIT)
+                if not chunk or len(head) > HTTP_HEAD_LIMIT:
+                    return
+                head += chunk
+            method, _, rest = head.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                await stream.send_all(_response(b"405 Method Not Allowed", b"text/plain",
+                                                 b"GET only\n"))  # fmt: skip
+            elif path == b"/metrics":
+                body = generate_latest(registry)
+                if method == b"HEAD":
+                    body = b""
+                await stream.send_all(_response(b"200 OK", CONTENT_TYPE_LATEST.encode(), body))
+            else:
+                await stream.send_all(_response(b"404 Not Found", b"text/plain",
+                                                 b"srsd: metrics are at /metrics\n"))  # fmt: skip
+
+
+def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type +
+            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)  # fmt: skip
