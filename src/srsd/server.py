@@ -20,6 +20,7 @@ and owns connections, time-outs and shutdown:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import grp
@@ -93,6 +94,7 @@ class Endpoint:
     listener: trio.SocketListener
     where: str
     unix_path: Path | None = None
+    unix_inode: int = 0  # of the socket file we created: removed on exit only if still ours
 
     @property
     def port(self) -> int:
@@ -179,9 +181,8 @@ class Server:
                 endpoints += [Endpoint(Wire.SOCKETMAP, None, x, _where(x)) for x in opened]
             elif isinstance(spec, UnixEndpoint):
                 listener = await _unix_listener(spec.path, self.settings)
-                endpoints.append(
-                    Endpoint(Wire.SOCKETMAP, None, listener, f"unix:{spec.path}", spec.path)
-                )
+                endpoints.append(Endpoint(Wire.SOCKETMAP, None, listener, f"unix:{spec.path}",
+                                          spec.path, spec.path.lstat().st_ino))  # fmt: skip
         except BaseException:
             await _close_all(endpoints)
             for listener in self.metrics_listeners:
@@ -503,8 +504,11 @@ async def _unix_listener(path: Path, settings: Settings) -> trio.SocketListener:
         probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await probe.connect(str(path))
-        except OSError:
+        except (ConnectionRefusedError, FileNotFoundError):
             path.unlink(missing_ok=True)  # nobody answers: a stale socket from a crash
+        except OSError as err:  # e.g. no permission: we cannot tell, so leave it alone
+            raise StartError(f"cannot listen on unix:{path}: it exists and cannot be probed: "
+                             f"{err.strerror}") from None  # fmt: skip
         else:
             raise StartError(f"cannot listen on unix:{path}: another server is answering there")
         finally:
@@ -528,8 +532,11 @@ async def _unix_listener(path: Path, settings: Settings) -> trio.SocketListener:
 async def _close_all(endpoints: list[Endpoint]) -> None:
     for endpoint in endpoints:
         await endpoint.listener.aclose()
-        if endpoint.unix_path is not None:
-            endpoint.unix_path.unlink(missing_ok=True)
+        path = endpoint.unix_path
+        if path is not None:
+            with contextlib.suppress(OSError):  # remove our socket file, and only ours
+                if path.lstat().st_ino == endpoint.unix_inode:
+                    path.unlink()
 
 
 def drop_privileges(user: str, state_dir: Path) -> None:
