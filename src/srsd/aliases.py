@@ -7,7 +7,9 @@ instead, and for a decoded address that is an alias, looks the original sender u
 the three things around the store that must be shared by every connection:
 
 * :class:`~srsd.envelope.RecentWrites`: a sender written in the last hour is not written
-  again (writes are idempotent and only refresh the lifetime);
+  again (writes are idempotent and only refresh the lifetime). It is forgotten after any
+  storage failure: a store that failed may have lost entries (a Redis restarted without
+  persistence comes back empty), and an alias handed out unwritten bounces into nothing;
 * :class:`~srsd.envelope.WriteLimiter`: the flood cap. When it is reached the sender gets
   the embedded form instead (the mail still leaves signed, nothing is deferred or lost), one
   warning is logged per flood and :attr:`EnvelopeDatabase.refused` counts;
@@ -46,6 +48,7 @@ class EnvelopeDatabase:
         self.outage = Outage(store.description)
         self.limiter = WriteLimiter(writes_per_minute)
         self.recent = RecentWrites()
+        self._failures_seen = 0  # outage.failures when ``recent`` was last trusted
 
     @property
     def refused(self) -> int:
@@ -64,6 +67,9 @@ class EnvelopeDatabase:
         if embedded.value is None or not use_database(self.mode, sender, embedded.value):
             return embedded
         key = alias_key(sender)
+        if self.outage.failures != self._failures_seen:  # the store failed since: re-write
+            self._failures_seen = self.outage.failures
+            self.recent = RecentWrites(self.recent.capacity, self.recent.refresh_after)
         if not self.recent.fresh(key, now):
             flooding = self.limiter.refusing
             if not self.limiter.allow(now):

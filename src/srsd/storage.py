@@ -141,7 +141,7 @@ async def expire_periodically(
     Start it in the server's nursery (``nursery.start_soon(expire_periodically, store,
     outage)``); cancel the nursery to stop it. A failure is reported to ``outage`` and
     retried at the next interval; lookups are never held up for long (see
-    :meth:`SQLiteStore.expire`). For Redis it costs nothing: ``expire`` returns at once.
+    :meth:`SQLiteStore.expire`). For Redis it costs one ``PING`` (see :meth:`RedisStore.expire`).
     """
     while True:
         try:
@@ -369,7 +369,7 @@ class RedisStore:
 
     * Key ``PostSRSd/KEY@1``, value the sender bytes, written with ``SET ... EX lifetime``
       (idempotent: a rewrite refreshes the expiry); read with ``GET``. Redis expires keys
-      itself, so :meth:`expire` does nothing and ``now`` is not used.
+      itself, so :meth:`expire` deletes nothing (it only pings) and ``now`` is not used.
     * redis-py's synchronous client runs in worker threads (at most ``max_threads`` at a
       time, each with its own pooled connection), so the trio loop never waits on Redis.
     * Connect and read time-outs (``timeout``, 2 s) bound every operation during an outage
@@ -426,7 +426,13 @@ class RedisStore:
         return value or None
 
     async def expire(self, now: float) -> int:
-        """Nothing to do: Redis deletes expired keys itself. Returns 0."""
+        """``PING`` only (Redis deletes expired keys itself); returns 0.
+
+        Not a no-op: :func:`expire_periodically` reports each expiry's success or failure
+        to the outage tracker, and a no-op "success" while Redis is down would log the end
+        of an outage that is still going on (and then its start again at the next lookup).
+        """
+        await self.check()
         return 0
 
     async def check(self) -> None:
