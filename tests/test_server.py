@@ -648,8 +648,9 @@ async def test_many_concurrent_connections(tmp_path: Path) -> None:
         assert peak == count
         assert srv.server.rejected_connections == 0
         assert sum(srv.server.lookups.values()) == count * per_connection
-        assert srv.server.lookups[("tcp_table", "forward", "rewritten")] == count * per_connection // 2
-        assert srv.server.lookups[("tcp_table", "reverse", "rewritten")] == count * per_connection // 2
+        half = count * per_connection // 2
+        assert srv.server.lookups[("tcp_table", "forward", "rewritten")] == half
+        assert srv.server.lookups[("tcp_table", "reverse", "rewritten")] == half
 
 
 async def test_connection_limit(tmp_path: Path, log: CapturedLog) -> None:

@@ -64,9 +64,14 @@ class ServerState(Protocol):
     reloads: Counter[str]
 
     @property
-    def database_errors(self) -> int: ...
+    def database_errors(self) -> int:
+        """Envelope database failures so far."""
+        ...
+
     @property
-    def database_writes_refused(self) -> int: ...
+    def database_writes_refused(self) -> int:
+        """Envelope database writes refused by the flood cap so far."""
+        ...
 
 
 class ServerCollector(Collector):
