@@ -246,6 +246,11 @@ def test_embedded_mode_never_touches_a_database(tmp_path: Path) -> None:
             assert address in embedded(sender, t0), address
             assert srsd.decode(address) == sender
         assert len(local_part(srsd.rewrite(long_sender(1)))) > 64  # stays embedded
+        # A validly signed alias bounce (from an earlier database mode elsewhere): a clean
+        # miss, without creating a database file and without a temporary failure.
+        alias = next(iter(aliased(b"never-forwarded@origin.test", time.time())))
+        assert srsd.reverse(alias).startswith(b"500 "), srsd.context()
+        assert srsd.sm(b"reverse", alias).startswith(b"NOTFOUND "), srsd.context()
     state = tmp_path / "state"
     found = sorted(p.name for p in state.iterdir()) if state.exists() else []
     assert not [name for name in found if name.startswith(DB_NAME)], found

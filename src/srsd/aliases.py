@@ -33,7 +33,7 @@ from srsd.envelope import (
 )
 from srsd.logs import LOGGER
 from srsd.policy import Decision, Outcome, Policy
-from srsd.storage import EnvelopeStore, Outage, StorageError
+from srsd.storage import EnvelopeStore, Outage, SQLiteStore, StorageError
 
 UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
 UNKNOWN = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")
@@ -49,6 +49,12 @@ class EnvelopeDatabase:
         self.limiter = WriteLimiter(writes_per_minute)
         self.recent = RecentWrites()
         self._failures_seen = 0  # outage.failures when ``recent`` was last trusted
+
+    def _no_database_yet(self) -> bool:
+        """In embedded mode, a SQLite file that does not exist holds no alias: say so,
+        rather than create the file (a stateless srsd writes nothing) or fail."""
+        return (self.mode is EnvelopeMode.EMBEDDED and isinstance(self.store, SQLiteStore)
+                and not self.store.path.exists())  # fmt: skip
 
     @property
     def refused(self) -> int:
@@ -93,6 +99,8 @@ class EnvelopeDatabase:
         key = None if decoded.value is None else key_of(decoded.value)
         if key is None:
             return decoded
+        if self._no_database_yet():
+            return UNKNOWN  # embedded mode, and no database was ever written here
         try:
             original = await self.store.get(key, now)
         except StorageError as err:
