@@ -48,8 +48,10 @@ from srsd.policy import Decision, Outcome, Policy
 from srsd.settings import ConfigError, InetEndpoint, Settings, UnixEndpoint, parse_endpoint
 from srsd.storage import StorageError, expire_periodically, open_store
 
-#: Bytes read from a connection at once; whole lines in it are answered in one write.
+#: Bytes read from a connection at once; the requests in it are answered in order.
 RECEIVE_SIZE = 16384
+#: Replies decided and sent at once: between two batches other connections are served.
+REPLY_BATCH = 64
 #: Seconds a reply may take to be sent (Postfix's own read time-out is 100 s).
 SEND_TIMEOUT = 100.0
 #: Seconds between systemd STATUS= updates (when running under systemd).
@@ -163,7 +165,11 @@ class Server:
             raise StartError(f"socket activation: {err}") from None
         if passed:
             systemd.unset_listen_env(os.environ)
-            return self._adopt(passed)
+            adopted = self._adopt(passed)
+            LOGGER.info("socket-activated: adopted %s from systemd; the listen addresses "
+                        "and ports in the settings are not used",
+                        ", ".join(p.name for p in passed))  # fmt: skip
+            return adopted
         endpoints: list[Endpoint] = []
         try:
             if self.settings.metrics_listen:
@@ -381,12 +387,7 @@ class Server:
                         break  # idle for too long, or shutting down
                     events = reader.feed(data) if data else reader.feed_eof()
                     if events:
-                        replies = b"".join([await self._answer(endpoint, e) for e in events])
-                        with trio.move_on_after(SEND_TIMEOUT) as sending:
-                            await stream.send_all(replies)
-                        if sending.cancelled_caught:
-                            LOGGER.warning("%s client did not read its replies for %g s: closing",
-                                           endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
+                        if not await self._reply(stream, endpoint, events):
                             break
                         deadline = trio.current_time() + idle
                     if not data:
@@ -398,6 +399,25 @@ class Server:
             pass  # the client reset or closed the connection: nothing to answer
         finally:
             self.open_connections -= 1
+
+    async def _reply(self, stream: trio.SocketStream, endpoint: Endpoint,
+                     events: Sequence[object]) -> bool:  # fmt: skip
+        """Answer ``events`` in order, :data:`REPLY_BATCH` at a time; False if not read.
+
+        Each batch is sent before the next is decided: ``send_all`` is a checkpoint, so one
+        chunk of many short requests (16384 blank lines) cannot hold the event loop, and the
+        replies waiting for a client that does not read stay one batch in size.
+        """
+        for start in range(0, len(events), REPLY_BATCH):
+            batch = events[start : start + REPLY_BATCH]
+            replies = b"".join([await self._answer(endpoint, e) for e in batch])
+            with trio.move_on_after(SEND_TIMEOUT) as sending:
+                await stream.send_all(replies)
+            if sending.cancelled_caught:
+                LOGGER.warning("%s client did not read its replies for %g s: closing",
+                               endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
+                return False
+        return True
 
     async def _answer(self, endpoint: Endpoint, event: object) -> bytes:
         """The reply bytes for one event of ``endpoint``'s reader."""

@@ -12,6 +12,7 @@ source it came from. The secrets file and the exclusion file are read here too, 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tomllib
@@ -28,6 +29,8 @@ from srsd.systemd import SECRETS_CREDENTIAL, credential
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
+#: The largest settings, secrets or exclusion file read, in bytes.
+MAX_FILE_SIZE = 16 << 20
 _LIST_SPLIT = re.compile(r"[,;\s]+")
 
 
@@ -406,9 +409,7 @@ def load(
             raise ConfigError(f"{key}: {err} (from {source})") from None
         sources[key] = source
 
-    config_file = config if config is not None else (
-        DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
-    )  # fmt: skip
+    config_file = config if config is not None else _default_config()
     if config_file is not None:
         for key, raw in _read_toml(config_file).items():
             if key not in FIELD_BY_KEY:
@@ -438,11 +439,9 @@ def load(
         )
     state_dir = values["state_dir"] or default_state_dir(environ)
     secrets_file = values["secrets_file"]
-    if secrets_file is None:  # systemd's LoadCredential=srsd-secrets:PATH, else the state dir
-        secrets_file = credential(SECRETS_CREDENTIAL, environ) or state_dir / SECRETS_NAME
-        if create_secret and not secrets_file.exists():
-            write_new_secret(secrets_file)
-            warnings.append(f"created a new secret in {secrets_file}")
+    if secrets_file is None:
+        secrets_file = _default_secrets_file(state_dir, environ, sources, warnings,
+                                              create=create_secret)  # fmt: skip
     if need_secrets:
         secrets, secret_warning = read_secrets(secrets_file, sources["secrets_file"])
         warnings += secret_warning
@@ -466,21 +465,68 @@ def load(
     )
 
 
+def _default_secrets_file(state_dir: Path, environ: Mapping[str, str], sources: dict[str, str],
+                          warnings: list[str], *, create: bool) -> Path:  # fmt: skip
+    """systemd's credential (``LoadCredential=srsd-secrets:PATH``), else STATE_DIR/secrets,
+    generated there when ``create`` and missing (a credential is never generated)."""
+    found = credential(SECRETS_CREDENTIAL, environ)
+    if found is not None:
+        sources["secrets_file"] = f"systemd credential {SECRETS_CREDENTIAL}"
+        return found
+    path = state_dir / SECRETS_NAME
+    if create and not path.exists():
+        try:
+            write_new_secret(path)
+        except OSError as err:  # e.g. a read-only state directory
+            raise ConfigError(f"secrets_file: cannot create {path}: {err.strerror}") from None
+        warnings.append(f"created a new secret in {path}")
+    return path
+
+
+def _default_config() -> Path | None:
+    """The default TOML file when it exists; ConfigError when it cannot be looked for
+    (``/etc/srsd`` not searchable by this user): say so rather than run without it."""
+    try:
+        return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    except OSError as err:
+        raise ConfigError(f"config file {DEFAULT_CONFIG}: {err.strerror}") from None
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(_read_file(path).decode("utf-8"))
     except OSError as err:
         raise ConfigError(f"config file {path}: {err.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # TOML must be UTF-8
         raise ConfigError(f"config file {path}: {err}") from None
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of ``path``, read without ever blocking; :class:`OSError` when unreadable.
+
+    Settings files are read again on SIGHUP, in the server's only thread: a FIFO put in
+    their place must not stop it (a plain open waits for a writer), nor a device that never
+    ends (``/dev/zero``). So: open and read non-blocking (a FIFO without data is EAGAIN or
+    empty), and at most :data:`MAX_FILE_SIZE` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_SIZE:
+                raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...], list[str]]:
     """Read a secrets file as postsrsd does: one secret per line, the line's bytes without
     its ending, blank lines skipped. Returns the secrets and any warnings."""
     try:
-        data = path.read_bytes()
+        data = _read_file(path)
         mode = path.stat().st_mode
     except OSError as err:
         raise ConfigError(
@@ -517,7 +563,7 @@ def _load_exclusions(names: tuple[str, ...], path: Path | None) -> DomainSet:
     entries = list(names)
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_file(path).decode("utf-8")
         except (OSError, UnicodeDecodeError) as err:
             reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
             raise ConfigError(f"exclude_file: cannot read {path}: {reason}") from None

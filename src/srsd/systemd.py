@@ -64,12 +64,19 @@ def unset_listen_env(environ: dict[str, str] | os._Environ[str]) -> None:
 
 
 def credential(name: str, environ: Mapping[str, str]) -> Path | None:
-    """The path of credential ``name`` when systemd provides it, else None."""
+    """The path of credential ``name`` when systemd provides it, else None.
+
+    A credential that cannot even be looked at (the directory is not ours) is returned all
+    the same: reading it then fails with one line saying why, never a traceback.
+    """
     directory = environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
     path = Path(directory) / name
-    return path if path.is_file() else None
+    try:
+        return path if path.is_file() else None
+    except OSError:
+        return path
 
 
 class Notifier:

@@ -1,0 +1,914 @@
+# Operations, for real: socket activation, sd_notify, credentials, run_as, metrics, health, logs.
+"""srsd as a service manager, a container runtime and a monitoring system see it.
+
+Every test runs real ``srsd`` processes: under ``systemd-socket-activate`` (Debian's
+``systemd`` package) for socket activation, with ``NOTIFY_SOCKET`` pointing at a datagram
+socket the test binds for sd_notify, with ``CREDENTIALS_DIRECTORY`` for credentials, as root
+with ``--run-as nobody`` for the privilege drop (the serving process's ``/proc/PID/status``
+is read), with ``--metrics-listen`` scraped over HTTP and parsed with prometheus_client's
+own parser, and ``srsd health`` as a subprocess. Nothing is mocked. Every listener is on
+loopback below port 32768, every wait is bounded by :data:`TIMEOUT`, every process started
+is stopped. Expected SRS addresses come from :class:`srsd.codec.Codec` and the secret the
+test wrote, for the time before and after each lookup (a day may turn in between).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pwd
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import srsd
+from srsd import socketmap, tcp_table
+from srsd.codec import Codec
+from tests.ports import free_port
+from tests.server_process import lookup
+
+TIMEOUT = 10.0  # the bound on every wait in this file
+SRC = Path(srsd.__file__).resolve().parents[1]
+DOMAIN = "forwarder.test"
+SECRET = b"operations-secret-0123456789"
+ALICE = b"alice@example.org"
+INSTALL_HINT = "install Debian's systemd package: apt-get install systemd"
+
+
+def need_tool(name: str) -> str:
+    """The path of a systemd tool; a failure (never a silent skip) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: {INSTALL_HINT}")
+    return path
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the privilege tests need root: run the suite as root (see README.md)")
+
+
+def child_env(home: Path, *, allow_root: bool = True, **extra: str) -> dict[str, str]:
+    """A clean environment: nothing of this machine's SRS_* leaks into the child."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "PYTHONPATH": str(SRC),  # the srsd this test process imported
+    }
+    if allow_root:  # CI runs as root; the privilege tests say otherwise
+        env["SRS_ALLOW_ROOT"] = "yes"
+    env.update(extra)
+    return env
+
+
+def write_secret(path: Path, *secrets: bytes) -> Path:
+    path.write_bytes(b"".join(s + b"\n" for s in secrets or (SECRET,)))
+    path.chmod(0o600)
+    return path
+
+
+def empty_config(workdir: Path) -> Path:
+    config = workdir / "srsd.toml"
+    config.write_text("# no settings\n", encoding="utf-8")
+    config.chmod(0o644)
+    return config
+
+
+def serve_args(workdir: Path, *extra: str, secret: Path | None = None) -> list[str]:
+    """``python -m srsd serve`` with an empty config, the test domain and a state dir."""
+    args = [sys.executable, "-m", "srsd", "serve", "--config", str(empty_config(workdir)),
+            "--domain", DOMAIN, "--state-dir", str(workdir / "state")]  # fmt: skip
+    if secret is not None:
+        args += ["--secret-file", str(secret)]
+    return [*args, *extra]
+
+
+def signed(sender: bytes, t0: float, t1: float, secret: bytes = SECRET) -> set[bytes]:
+    """The SRS address ``sender`` gets with ``secret`` signing, between t0 and t1."""
+    codec = Codec([secret], DOMAIN.encode())
+    return {codec.forward(sender, t) for t in (t0, t1)}
+
+
+def forward_ok(port: int, secret: bytes = SECRET, sender: bytes = ALICE) -> bytes:
+    """A forward lookup that must be rewritten with ``secret``; returns the SRS address."""
+    t0 = time.time()
+    reply = lookup(port, sender, timeout=TIMEOUT)
+    assert reply.startswith(b"200 "), reply
+    assert reply[4:] in signed(sender, t0, time.time(), secret), reply
+    return reply[4:]
+
+
+def forge(srs: bytes) -> bytes:
+    """``srs`` with its first hash character changed: a bad hash."""
+    changed = b"A" if srs[5:6] != b"A" else b"B"
+    return srs[:5] + changed + srs[6:]
+
+
+def poll(predicate: object, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def bindable(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (a bind succeeds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict (Uid, Gid, Groups, ...)."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+class Daemon:
+    """A child process (srsd, or systemd-socket-activate exec'ing srsd) logging to a file."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], workdir: Path,
+                 *, umask: int = -1) -> None:  # fmt: skip
+        self.argv = list(argv)
+        self.env = env
+        self.workdir = workdir
+        self.log_path = workdir / f"daemon-{uuid.uuid4().hex[:8]}.log"
+        self.umask = umask
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Daemon:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                cwd=self.workdir, umask=self.umask,
+            )  # fmt: skip
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
+        """Wait until ``text`` appears ``count`` times; fail early if the process exits."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            if self.proc.poll() is not None and self.log().count(text) < count:
+                pytest.fail(f"exited ({self.proc.returncode}) before logging {text!r}:\n"
+                            f"{self.log()}")  # fmt: skip
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {text!r} in the log:\n{self.log()}")
+            time.sleep(0.02)
+
+    def wait_exit(self, timeout: float = TIMEOUT) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"still running after {timeout} s:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        """SIGTERM, a bounded wait, SIGKILL if needed; returns the exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(TIMEOUT)
+        return self.proc.returncode
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.stop()
+
+
+class NotifySocket:
+    """The receiving end of sd_notify: a unix datagram socket, with the sender's credentials."""
+
+    def __init__(self, address: str) -> None:
+        """``address``: a path, or ``@name`` for the abstract namespace (as NOTIFY_SOCKET)."""
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    def receive(self, timeout: float = TIMEOUT) -> tuple[list[str], int]:
+        """The next datagram's ``KEY=value`` lines and the sending process's pid."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            pytest.fail(f"no sd_notify message within {timeout} s")
+        data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        pid = 0
+        for level, kind, cdata in ancdata:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+                pid = struct.unpack("3i", cdata[:12])[0]
+        return data.decode().split("\n"), pid
+
+    def nothing_more(self, wait: float = 0.2) -> bool:
+        ready, _, _ = select.select([self.sock], [], [], wait)
+        return not ready
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def socketmap_query(address: str | tuple[str, int], *requests: bytes) -> list[bytes]:
+    """Send socketmap requests (``b"forward alice@..."``) on one connection; the replies."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(address)
+        replies = []
+        data = b""
+        for request in requests:
+            sock.sendall(socketmap.netstring(request))
+            while (parsed := socketmap.parse_netstring(data)) is None:
+                chunk = sock.recv(8192)
+                assert chunk, "connection closed without a reply"
+                data += chunk
+            reply, data = parsed
+            replies.append(reply)
+    return replies
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[str, str]:
+    """GET the metrics endpoint; (content type, body)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT) as reply:
+        return reply.headers["Content-Type"], reply.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a scrape by (name, labels), parsed by prometheus_client itself."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def labels(**items: str) -> frozenset[tuple[str, str]]:
+    return frozenset(items.items())
+
+
+# -- socket activation ------------------------------------------------------------------------
+
+
+def activation_argv(listen: Sequence[str], names: Sequence[str], env: dict[str, str],
+                    command: Sequence[str]) -> list[str]:  # fmt: skip
+    """systemd-socket-activate listening on ``listen`` with ``names``, exec'ing ``command``.
+
+    It passes its children only TERM, PATH, USER and HOME of its own environment, so the
+    rest goes through ``-E NAME=VALUE``.
+    """
+    argv = [need_tool("systemd-socket-activate")]
+    for address in listen:
+        argv += ["-l", address]
+    argv.append("--fdname=" + ":".join(names))
+    for name, value in env.items():
+        if name not in {"PATH", "HOME"}:
+            argv += ["-E", f"{name}={value}"]
+    return [*argv, "--", *command]
+
+
+def test_socket_activation_tcp_table(tmp_path: Path) -> None:
+    passed = free_port(count=2)
+    configured = free_port(count=2)
+    while configured in (passed - 1, passed, passed + 1):
+        configured = free_port(count=2)
+    env = child_env(tmp_path)
+    command = serve_args(tmp_path, "--forward-port", str(configured), "--reverse-port",
+                         str(configured + 1), secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    argv = activation_argv([f"127.0.0.1:{passed}", f"127.0.0.1:{passed + 1}"],
+                           ["forward", "reverse"], env, command)  # fmt: skip
+    with Daemon(argv, env, tmp_path) as daemon:
+        daemon.wait_log(f"Listening on 127.0.0.1:{passed + 1} as 4.")
+        srs = forward_ok(passed)  # the first connection makes it exec srsd, which answers it
+        daemon.wait_log("srsd ready: ")
+        assert lookup(passed + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
+        assert (f"srsd ready: tcp_table forward on 127.0.0.1:{passed}, tcp_table reverse on "
+                f"127.0.0.1:{passed + 1}; SRS domain {DOMAIN}, 1 secret(s)") in daemon.log()
+        # srsd adopted the passed sockets and bound nothing by itself
+        assert bindable(configured)
+        assert bindable(configured + 1)
+        fds = {os.readlink(p) for p in Path(f"/proc/{daemon.pid}/fd").iterdir()}
+        assert sum(fd.startswith("socket:") for fd in fds) >= 2
+        daemon.signal(signal.SIGHUP)  # a reload keeps the passed sockets, binds nothing
+        daemon.wait_log("configuration reloaded")
+        forward_ok(passed)
+        assert bindable(configured)
+        assert daemon.stop() == 0
+    assert "stopped after 3 lookup(s)" in daemon.log()
+
+
+def test_socket_activation_unix_socketmap_and_metrics(tmp_path: Path) -> None:
+    unix = tmp_path / "passed.sock"
+    own_unix = tmp_path / "configured.sock"
+    metrics = free_port()
+    own_metrics = free_port()
+    env = child_env(tmp_path)
+    command = serve_args(tmp_path, "--forward-port", "0", "--reverse-port", "0",
+                         "--socketmap", f"unix:{own_unix}",
+                         "--metrics-listen", f"127.0.0.1:{own_metrics}",
+                         secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    argv = activation_argv([str(unix), f"127.0.0.1:{metrics}"], ["socketmap", "metrics"],
+                           env, command)  # fmt: skip
+    with Daemon(argv, env, tmp_path) as daemon:
+        daemon.wait_log(f"Listening on 127.0.0.1:{metrics} as 4.")
+        t0 = time.time()
+        (reply,) = socketmap_query(str(unix), b"forward " + ALICE)
+        assert reply.startswith(b"OK "), reply
+        assert reply[3:] in signed(ALICE, t0, time.time())
+        assert socketmap_query(str(unix), b"reverse " + reply[3:]) == [b"OK " + ALICE]
+        daemon.wait_log("srsd ready: ")
+        assert f"srsd ready: socketmap forward+reverse on unix:{unix}; " in daemon.log()
+        values = samples(scrape(metrics)[1])  # the metrics socket was passed too
+        key = labels(map="forward", protocol="socketmap", outcome="rewritten")
+        assert values[("srsd_lookups_total", key)] == 1
+        assert not own_unix.exists()
+        assert bindable(own_metrics)
+        assert daemon.stop() == 0
+    assert unix.exists(), "srsd removed a socket it did not create (systemd owns it)"
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    ("forward:bogus", "cannot start: socket activation: socket 4 is named 'bogus'; name it one "
+                      "of forward, reverse, socketmap, metrics with FileDescriptorName="),
+    ("metrics:metrics", "cannot start: socket activation passed no forward, reverse or "
+                        "socketmap socket"),
+], ids=["unknown name", "no map socket"])  # fmt: skip
+def test_socket_activation_with_wrong_names_fails_clearly(tmp_path: Path, names: str,
+                                                           message: str) -> None:  # fmt: skip
+    port = free_port(count=2)
+    env = child_env(tmp_path)
+    command = serve_args(tmp_path, secret=write_secret(tmp_path / "secret"))
+    argv = activation_argv([f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"], names.split(":"),
+                           env, command)  # fmt: skip
+    with Daemon(argv, env, tmp_path) as daemon:
+        daemon.wait_log(f"Listening on 127.0.0.1:{port + 1} as 4.")
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as trigger:
+            assert daemon.wait_exit() == 1
+            with suppress(OSError):
+                assert trigger.recv(100) == b""  # closed, never answered
+    lines = [line for line in daemon.log().splitlines() if " srsd[" in line]
+    assert len(lines) == 1, daemon.log()
+    assert lines[0].endswith(message)
+
+
+# -- sd_notify --------------------------------------------------------------------------------
+
+
+def assert_status(line: str, lookups: int, failed_reloads: int = 0) -> None:
+    assert re.fullmatch(rf"STATUS={lookups} lookups, \d+ connections open, 0 refused "
+                        rf"\(limit\), {failed_reloads} failed reloads", line), line  # fmt: skip
+
+
+def test_sd_notify_ready_reload_status_stopping(tmp_path: Path) -> None:
+    notify = NotifySocket(str(tmp_path / "notify"))
+    port = free_port(count=2)
+    env = child_env(tmp_path, NOTIFY_SOCKET=notify.address)
+    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    config = Path(args[args.index("--config") + 1])
+    try:
+        with Daemon(args, env, tmp_path) as daemon:
+            lines, sender = notify.receive()  # the first message srsd sends at all
+            for p in (port, port + 1):  # READY=1 means: the ports accept connections now
+                socket.create_connection(("127.0.0.1", p), timeout=1).close()
+            assert lines[0] == "READY=1"
+            assert_status(lines[1], 0)
+            assert len(lines) == 2
+            assert sender == daemon.pid, "NotifyAccess=main: only the main process may notify"
+            srs = forward_ok(port)
+            assert lookup(port + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
+
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            daemon.signal(signal.SIGHUP)
+            lines, _ = notify.receive()
+            after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert lines[0] == "RELOADING=1"
+            assert lines[1].startswith("MONOTONIC_USEC=")
+            assert before <= int(lines[1].removeprefix("MONOTONIC_USEC=")) <= after
+            lines, _ = notify.receive()
+            assert lines[0] == "READY=1"
+            assert_status(lines[1], 2)
+
+            config.write_text("this is = not TOML [\n")  # a failed reload is READY=1 too
+            daemon.signal(signal.SIGHUP)
+            assert notify.receive()[0][0] == "RELOADING=1"
+            lines, _ = notify.receive()
+            assert lines[0] == "READY=1"
+            assert_status(lines[1], 2, failed_reloads=1)
+            daemon.wait_log("reload failed")
+            forward_ok(port)  # still serving with the previous configuration
+
+            daemon.signal(signal.SIGTERM)
+            assert notify.receive()[0] == ["STOPPING=1"]
+            assert daemon.wait_exit() == 0
+            assert notify.nothing_more()
+    finally:
+        notify.close()
+
+
+def test_sd_notify_abstract_socket_and_unreachable_socket(tmp_path: Path) -> None:
+    notify = NotifySocket(f"@srsd-test-{uuid.uuid4().hex}")
+    port = free_port(count=2)
+    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    try:
+        with Daemon(args, child_env(tmp_path, NOTIFY_SOCKET=notify.address), tmp_path) as d:
+            lines, sender = notify.receive()
+            assert lines[0] == "READY=1"
+            assert sender == d.pid
+            d.signal(signal.SIGTERM)
+            assert notify.receive()[0] == ["STOPPING=1"]
+            assert d.wait_exit() == 0
+    finally:
+        notify.close()
+    # nobody listening at NOTIFY_SOCKET: srsd serves anyway
+    gone = str(tmp_path / "no-such-notify-socket")
+    with Daemon(args, child_env(tmp_path, NOTIFY_SOCKET=gone), tmp_path) as daemon:
+        daemon.wait_log("srsd ready: ")
+        forward_ok(port)
+        assert daemon.stop() == 0
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+def test_secrets_from_systemd_credentials(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o500)
+    old = b"old-credential-secret-55aa"
+    secret = b"credential-secret-0f1e2d3c"
+    write_secret(credentials / "srsd-secrets", secret, old)
+    (credentials / "srsd-secrets").chmod(0o400)  # as systemd leaves it
+    port = free_port(count=2)
+    env = child_env(tmp_path, CREDENTIALS_DIRECTORY=str(credentials))
+    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1))
+    state = tmp_path / "state"
+
+    check = subprocess.run([*args, "--check"], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=TIMEOUT)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert f"2 secret(s) from {credentials / 'srsd-secrets'}," in check.stdout
+    with Daemon(args, env, tmp_path) as daemon:
+        daemon.wait_log("srsd ready: ")
+        srs = forward_ok(port, secret)
+        assert lookup(port + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
+        by_old = Codec([old], DOMAIN.encode()).forward(ALICE, time.time())
+        assert lookup(port + 1, by_old, timeout=TIMEOUT) == b"200 " + ALICE
+        assert daemon.stop() == 0
+    assert not (state / "secrets").exists(), "a secret was generated despite the credential"
+
+    # an explicit secrets file wins over the credential
+    own = write_secret(tmp_path / "own-secret")
+    check = subprocess.run([*args, "--check", "--secret-file", str(own)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert f"1 secret(s) from {own}," in check.stdout, check.stderr
+    # a credentials directory without srsd-secrets: the state directory, as without systemd
+    (credentials / "srsd-secrets").chmod(0o600)
+    (credentials / "srsd-secrets").unlink()
+    check = subprocess.run([*args, "--check"], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=TIMEOUT)  # fmt: skip
+    assert check.returncode == 2
+    assert f"cannot read {state / 'secrets'}" in check.stderr
+
+
+# -- privilege drop ---------------------------------------------------------------------------
+
+
+@contextmanager
+def world_traversable_dir() -> Iterator[Path]:
+    """A directory every user may traverse (pytest's tmp_path is root-only), then removed."""
+    path = Path(tempfile.mkdtemp(prefix="srsd-priv-", dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    with world_traversable_dir() as path:
+        yield path
+
+
+def test_run_as_drops_every_privilege(world_dir: Path) -> None:
+    need_root()
+    nobody = pwd.getpwnam("nobody")
+    port = free_port(count=2)
+    env = child_env(world_dir, allow_root=False)
+    args = serve_args(world_dir, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      "--run-as", "nobody")  # fmt: skip (no secret: srsd generates one)
+    state = world_dir / "state"
+    with Daemon(args, env, world_dir) as daemon:
+        daemon.wait_log("srsd ready: ")
+        status = proc_status(daemon.pid)
+        assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
+        assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
+        assert status["Groups"] == ""
+        assert status["CapEff"] == "0000000000000000"
+        assert f"running as nobody (uid {nobody.pw_uid})" in daemon.log()
+        # the generated secret was handed over with the state directory
+        secrets = state / "secrets"
+        for path in (state, secrets):
+            assert (path.stat().st_uid, path.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+        first = secrets.read_bytes().strip()
+        srs = forward_ok(port, first)
+        assert lookup(port + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
+        # SIGHUP as nobody re-reads the secret: rotate it (the file keeps its owner)
+        rotated = b"rotated-after-the-drop-77"
+        with secrets.open("r+b") as f:
+            f.write(rotated + b"\n" + first + b"\n")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded: 2 secret(s)")
+        forward_ok(port, rotated)
+        assert lookup(port + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
+        assert daemon.stop() == 0
+    assert "reload failed" not in daemon.log()
+    assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.parametrize(("env_extra", "expected"), [
+    ({}, "cannot start: refusing to serve as root: set run_as (RUN_AS, --run-as) to an "
+         "unprivileged user, or allow_root (--allow-root) to insist"),
+    ({"RUN_AS": "no-such-user-for-srsd"},
+     "cannot start: run_as: no such user: 'no-such-user-for-srsd'"),
+], ids=["no run_as", "unknown user"])  # fmt: skip
+def test_root_without_a_usable_run_as_is_refused(world_dir: Path, env_extra: dict[str, str],
+                                                 expected: str) -> None:  # fmt: skip
+    need_root()
+    port = free_port(count=2)
+    args = serve_args(world_dir, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      secret=write_secret(world_dir / "secret"))  # fmt: skip
+    env = child_env(world_dir, allow_root=False, **env_extra)
+    started = time.monotonic()
+    with Daemon(args, env, world_dir) as daemon:
+        assert daemon.wait_exit() == 1
+    assert time.monotonic() - started < TIMEOUT
+    lines = daemon.log().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"ERROR: {expected}")
+    assert bindable(port)
+    assert bindable(port + 1)
+
+
+def test_allow_root_serves_as_root(world_dir: Path) -> None:
+    need_root()
+    port = free_port(count=2)
+    args = serve_args(world_dir, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      "--allow-root", secret=write_secret(world_dir / "secret"))  # fmt: skip
+    with Daemon(args, child_env(world_dir, allow_root=False), world_dir) as daemon:
+        daemon.wait_log("srsd ready: ")
+        assert proc_status(daemon.pid)["Uid"].split() == ["0"] * 4
+        forward_ok(port)
+        assert daemon.stop() == 0
+    assert "running as" not in daemon.log()
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_metrics_count_what_happened(tmp_path: Path) -> None:
+    port = free_port(count=2)
+    metrics = free_port()
+    sm = free_port()
+    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      "--socketmap", f"inet:127.0.0.1:{sm}", "--max-connections", "2",
+                      "--metrics-listen", f"127.0.0.1:{metrics}",
+                      secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    config = Path(args[args.index("--config") + 1])
+
+    def value(name: str, **label: str) -> float:
+        return samples(scrape(metrics)[1])[(name, labels(**label))]
+
+    with Daemon(args, child_env(tmp_path), tmp_path) as daemon:
+        daemon.wait_log("srsd ready: ")
+        content_type, body = scrape(metrics)
+        assert content_type.startswith("text/plain; version=")  # the Prometheus text format
+        start = samples(body)
+        assert not [k for k in start if k[0] == "srsd_lookups_total"]
+        assert start[("srsd_connections_open", labels())] == 0
+
+        srs = forward_ok(port)  # forward, rewritten
+        assert lookup(port, b"<>", timeout=TIMEOUT).startswith(b"500 ")  # null sender
+        assert lookup(port + 1, ALICE, timeout=TIMEOUT).startswith(b"500 ")  # not SRS
+        assert lookup(port + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE  # reverse, rewritten
+        assert lookup(port + 1, forge(srs), timeout=TIMEOUT).startswith(b"500 ")  # bad hash
+        assert lookup(port, b"", timeout=TIMEOUT).startswith(b"500 ")  # "get ": bad request
+        replies = socketmap_query(("127.0.0.1", sm), b"forward " + ALICE, b"nosuchmap x")
+        assert replies[0].startswith(b"OK ")
+        assert replies[1].startswith(b"PERM ")  # unknown map name: a bad request
+        poll(lambda: value("srsd_connections_open") == 0, "the connections to close")
+
+        # the connection limit: two held connections, the third is closed at once
+        held = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in "ab"]
+        try:
+            for conn in held:  # a lookup on each: both are accepted and counted
+                conn.sendall(tcp_table.encode_request(ALICE))
+                assert conn.recv(1000).startswith(b"200 ")
+            assert value("srsd_connections_open") == 2
+            with socket.create_connection(("127.0.0.1", port + 1), timeout=TIMEOUT) as third:
+                assert third.recv(100) == b""
+        finally:
+            for conn in held:
+                conn.close()
+        poll(lambda: value("srsd_connections_open") == 0, "the held connections to close")
+
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded")
+        config.write_text("not = [valid TOML\n")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reload failed")
+
+        content_type, body = scrape(metrics)
+        values = samples(body)
+        lookups = {dict(k[1])["map"] + " " + dict(k[1])["protocol"] + " " +
+                   dict(k[1])["outcome"]: v
+                   for k, v in values.items() if k[0] == "srsd_lookups_total"}  # fmt: skip
+        assert lookups == {
+            "forward tcp_table rewritten": 3,  # one, then one on each held connection
+            "forward tcp_table null sender": 1,
+            "forward tcp_table bad request": 1,
+            "reverse tcp_table not SRS": 1,
+            "reverse tcp_table rewritten": 1,
+            "reverse tcp_table bad hash": 1,
+            "forward socketmap rewritten": 1,
+            "- socketmap bad request": 1,
+        }
+        assert values[("srsd_connections_rejected_total", labels())] == 1
+        assert values[("srsd_connections_open", labels())] == 0
+        assert values[("srsd_reloads_total", labels(result="ok"))] == 1
+        assert values[("srsd_reloads_total", labels(result="failed"))] == 1
+        assert values[("srsd_database_errors_total", labels())] == 0
+        assert values[("srsd_database_writes_refused_total", labels())] == 0
+        # the latency histogram counts every decision (bad requests are not decisions)
+        decided = {"forward": 5, "reverse": 3}
+        for name, count in decided.items():
+            assert values[("srsd_lookup_duration_seconds_count", labels(map=name))] == count
+            buckets = sorted(
+                ((float(dict(k[1])["le"]), v) for k, v in values.items()
+                 if k[0] == "srsd_lookup_duration_seconds_bucket" and
+                 dict(k[1])["map"] == name),
+            )  # fmt: skip
+            assert buckets[-1] == (float("inf"), count)
+            assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
+            assert 0 < values[("srsd_lookup_duration_seconds_sum", labels(map=name))] < count
+        assert sum(lookups.values()) - 2 == sum(decided.values())
+
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            scrape(metrics, "/other")
+        assert missing.value.code == 404
+        assert "srsd_lookups_total" in scrape(metrics, "/metrics?name=x")[1]
+        post = urllib.request.Request(f"http://127.0.0.1:{metrics}/metrics", data=b"x")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(post, timeout=TIMEOUT)
+        assert refused.value.code == 405
+        assert daemon.stop() == 0
+
+
+# -- srsd health ------------------------------------------------------------------------------
+
+
+def health(workdir: Path, *args: str, timeout: float = TIMEOUT) -> tuple[int, list[str], float]:
+    """``srsd health`` with the secrets file unreadable (it never needs it)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "srsd", "health", "--config", str(empty_config(workdir)),
+         "--domain", DOMAIN, "--secret-file", "/nonexistent/secrets", *args],
+        env=child_env(workdir), cwd=workdir, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.stderr == ""
+    return done.returncode, done.stdout.splitlines(), time.monotonic() - started
+
+
+@contextmanager
+def serving(workdir: Path, *args: str) -> Iterator[Daemon]:
+    secret = write_secret(workdir / "secret")
+    with Daemon(serve_args(workdir, *args, secret=secret), child_env(workdir), workdir) as d:
+        d.wait_log("srsd ready: ")
+        yield d
+
+
+def test_health_against_live_servers(tmp_path: Path) -> None:
+    port = free_port(count=2)
+    sm = free_port()
+    unix = tmp_path / "srsd.sock"
+    tcp = ("--forward-port", str(port), "--reverse-port", str(port + 1))
+    off = ("--forward-port", "0", "--reverse-port", "0")
+    with serving(tmp_path, *tcp, "--socketmap", f"inet:127.0.0.1:{sm}"), \
+            serving(tmp_path, *off, "--socketmap", f"unix:{unix}"):  # fmt: skip
+        cases = {
+            "tcp_table only": ((*tcp,), f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: "
+                                        "round trip ok ("),
+            "tcp_table and socketmap": (
+                (*tcp, "--socketmap", f"inet:127.0.0.1:{sm}"),
+                f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip ok; socketmap "
+                f"inet:127.0.0.1:{sm}: round trip ok ("),
+            "socketmap inet only": ((*off, "--socketmap", f"inet:127.0.0.1:{sm}"),
+                                    f"srsd OK: socketmap inet:127.0.0.1:{sm}: round trip ok ("),
+            "socketmap unix only": ((*off, "--socketmap", f"unix:{unix}"),
+                                    f"srsd OK: socketmap unix:{unix}: round trip ok ("),
+            "forward only": (("--forward-port", str(port), "--reverse-port", "0"),
+                             f"srsd OK: tcp_table 127.0.0.1:{port}/-: forward ok ("),
+            "reverse only": (("--forward-port", "0", "--reverse-port", str(port + 1)),
+                             f"srsd OK: tcp_table 127.0.0.1:-/{port + 1}: reverse ok ("),
+            # a server listening on 0.0.0.0 (the container) is probed on loopback
+            "wildcard listen": (("--listen", "0.0.0.0", *tcp),
+                                f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip"),
+        }  # fmt: skip
+        for name, (args, start) in cases.items():
+            status, lines, _ = health(tmp_path, *args)
+            assert (status, len(lines)) == (0, 1), (name, lines)
+            assert lines[0].startswith(start), (name, lines)
+            assert lines[0].endswith(" ms)"), (name, lines)
+
+
+def test_health_against_dead_endpoints(tmp_path: Path) -> None:
+    dead = free_port(count=2)
+    status, lines, took = health(tmp_path, "--forward-port", str(dead), "--reverse-port",
+                                 str(dead + 1))  # fmt: skip
+    assert (status, len(lines)) == (1, 1), lines
+    assert lines[0].startswith(f"srsd CRITICAL: tcp_table 127.0.0.1:{dead}/{dead + 1}: ")
+    assert "refused" in lines[0]
+    assert took < 5
+
+    status, lines, took = health(tmp_path, "--forward-port", "0", "--reverse-port", "0",
+                                 "--socketmap", f"unix:{tmp_path / 'gone.sock'}")  # fmt: skip
+    assert (status, len(lines)) == (1, 1), lines
+    assert lines[0].startswith(f"srsd CRITICAL: socketmap unix:{tmp_path / 'gone.sock'}: ")
+
+    # a port that accepts and never answers: the probe time-out bounds the check
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        silent.bind(("127.0.0.1", free_port()))
+        silent.listen()
+        mute = silent.getsockname()[1]
+        status, lines, took = health(tmp_path, "--forward-port", str(mute), "--reverse-port",
+                                     "0", "--probe-timeout", "0.5")  # fmt: skip
+    finally:
+        silent.close()
+    assert (status, len(lines)) == (1, 1), lines
+    assert lines[0].startswith(f"srsd CRITICAL: tcp_table 127.0.0.1:{mute}/-: timed out")
+    assert took < 5
+
+
+# -- JSON logs --------------------------------------------------------------------------------
+
+
+def test_json_log_lines(tmp_path: Path) -> None:
+    port = free_port(count=2)
+    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
+                      "--log-format", "json")  # fmt: skip (no secret: one is generated)
+    env = child_env(tmp_path, CHROOT="/var/spool/postsrsd")  # a postsrsd variable: a warning
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    with Daemon(args, env, tmp_path) as daemon:
+        daemon.wait_log('"srsd ready: ')
+        secret = (tmp_path / "state" / "secrets").read_bytes().strip()
+        srs = forward_ok(port, secret)
+        assert lookup(port + 1, forge(srs), timeout=TIMEOUT).startswith(b"500 ")
+        evil = b"line\nbreak\x1b[31m@example.org"  # an attacker's bytes, %-encoded on the wire
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+            conn.sendall(tcp_table.encode_request(evil))
+            assert conn.recv(1000).startswith(b"200 ")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded")
+        assert daemon.stop() == 0
+    ended = datetime.now(UTC) + timedelta(seconds=1)
+    entries = [json.loads(line) for line in daemon.log().splitlines()]  # every line is JSON
+    for entry in entries:
+        assert {"time", "level", "pid", "message"} <= entry.keys(), entry
+        assert entry["level"] in {"debug", "info", "warning", "error"}
+        assert entry["pid"] == daemon.pid
+        when = datetime.fromisoformat(entry["time"])
+        assert when.utcoffset() == timedelta(0)
+        assert started <= when <= ended
+    messages = [e["message"] for e in entries]
+    levels = {e["message"]: e["level"] for e in entries}
+    assert levels["environment CHROOT is not used by srsd; ignored"] == "warning"
+    assert levels[f"created a new secret in {tmp_path / 'state' / 'secrets'}"] == "warning"
+    assert levels[f"forward <{ALICE.decode()}> rewritten as <{srs.decode()}>"] == "info"
+    assert levels[f"reverse <{forge(srs).decode()}> not rewritten: Hash invalid in SRS "
+                  "address."] == "info"
+    assert any(m.startswith("forward <line\\nbreak\\x1b[31m@example.org> rewritten as <")
+               for m in messages), messages  # fmt: skip
+    assert any(m.startswith("configuration reloaded: ") for m in messages)
+    assert messages[-2:] == ["SIGTERM received: stopping", "stopped after 3 lookup(s)"]
+
+
+# -- the container image, without a container engine -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTAINERFILE = ROOT / "packaging" / "container" / "Containerfile"
+
+
+def containerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in CONTAINERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        word, _, rest = (pending + line).partition(" ")
+        instructions.append((word.upper(), rest.strip()))
+        pending = ""
+    return instructions
+
+
+def test_container_image_instructions_work(tmp_path: Path) -> None:
+    """What the image would run, run here: ENTRYPOINT with the image's ENV plus what
+    `docker run -e` adds, and the HEALTHCHECK command against it. Only the listen address
+    differs: the image's 0.0.0.0 becomes 127.0.0.1 for the server (tests stay on loopback),
+    while the health check keeps 0.0.0.0 and so probes loopback, as in the container."""
+    instructions = containerfile()
+
+    def only(name: str) -> str:
+        (value,) = [rest for word, rest in instructions if word == name]
+        return value
+
+    assert only("FROM") == "python:3.12-slim"
+    assert only("USER") == "srsd:srsd"  # never root
+    assert any("--uid 10025" in rest for word, rest in instructions if word == "RUN")
+    image_env: dict[str, str] = {}
+    for word, rest in instructions:
+        if word == "ENV":
+            image_env.update(item.split("=", 1) for item in shlex.split(rest))
+    assert image_env["SRS_SECRET"] == "/run/secrets/srsd-secrets"
+    assert image_env["SRS_LISTEN_ADDR"] == "0.0.0.0"
+    assert only("EXPOSE").split() == ["10001", "10002"]
+    entrypoint = json.loads(only("ENTRYPOINT"))
+    assert entrypoint == ["srsd", "serve"]
+    options, _, command = only("HEALTHCHECK").partition(" CMD ")
+    healthcheck = json.loads(command)
+    assert healthcheck[:2] == ["srsd", "health"]
+    readme = (ROOT / "README.md").read_text()
+    for shown in ("-p 127.0.0.1:10001:10001", "-p 127.0.0.1:10002:10002",
+                  ":/run/secrets/srsd-secrets:ro", "chown 10025 "):  # fmt: skip
+        assert shown in readme, f"README's docker run example lacks {shown}"
+
+    port = free_port(count=2)
+    run_env = {
+        **image_env, **child_env(tmp_path),
+        "SRS_SECRET": str(write_secret(tmp_path / "srsd-secrets")),  # the mounted secret
+        "SRS_STATE_DIR": str(tmp_path / "state"), "SRS_DOMAIN": DOMAIN,  # docker run -e ...
+        "SRS_FORWARD_PORT": str(port), "SRS_REVERSE_PORT": str(port + 1),
+    }  # fmt: skip
+    config = str(empty_config(tmp_path))
+    server_argv = [sys.executable, "-m", *entrypoint, "--config", config]
+    with Daemon(server_argv, {**run_env, "SRS_LISTEN_ADDR": "127.0.0.1"}, tmp_path) as daemon:
+        daemon.wait_log("srsd ready: ")
+        srs = forward_ok(port)
+        check = subprocess.run([sys.executable, "-m", *healthcheck, "--config", config],
+                               env=run_env, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=TIMEOUT)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout.startswith(f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: ")
+        assert "--timeout=" in options
+        daemon.signal(signal.SIGHUP)  # docker kill -s HUP
+        daemon.wait_log("configuration reloaded")
+        assert lookup(port + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
+        assert daemon.stop() == 0  # docker stop
