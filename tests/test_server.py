@@ -428,28 +428,19 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
 
 
 class Recorder:
-    """The accepted stream, with every receive_some() size noted."""
+    """The accepted socket, with every recv() size noted (trio waits on its fileno())."""
 
-    def __init__(self, stream: trio.SocketStream, sizes: list[int]) -> None:
-        self._stream = stream
+    def __init__(self, sock: socket.socket, sizes: list[int]) -> None:
+        self._sock = sock
         self._sizes = sizes
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        data = await self._stream.receive_some(max_bytes)
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
         self._sizes.append(len(data))
         return data
 
-    async def send_all(self, data: bytes) -> None:
-        await self._stream.send_all(data)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def __aenter__(self) -> Recorder:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    def __getattr__(self, name: str) -> object:  # send, fileno, shutdown, close, ...
+        return getattr(self._sock, name)
 
 
 class ObservedServer(Server):
@@ -458,14 +449,14 @@ class ObservedServer(Server):
 
     def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
         super().__init__(settings, reload)
-        self.sockets: list[trio.socket.SocketType] = []
+        self.sockets: list[socket.socket] = []
         self.nodelay: list[int] = []
         self.received: list[int] = []
 
-    async def _connection(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
-        self.sockets.append(stream.socket)
-        self.nodelay.append(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        await super()._connection(Recorder(stream, self.received), endpoint)  # type: ignore[arg-type]
+    async def _connection(self, conn: socket.socket, endpoint: Endpoint) -> None:
+        self.sockets.append(conn)
+        self.nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        await super()._connection(Recorder(conn, self.received), endpoint)  # type: ignore[arg-type]
 
 
 async def test_requests_dribbled_one_byte_at_a_time(tmp_path: Path) -> None:
@@ -708,7 +699,7 @@ def _ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 async def test_ipv6_listener_alongside_ipv4(tmp_path: Path) -> None:
     async with serving(tmp_path, listen=["127.0.0.1", "::1"]) as srv:
-        families = {(e.role, e.listener.socket.family) for e in srv.endpoints}
+        families = {(e.role, e.sock.family) for e in srv.endpoints}
         assert families == {(role, family) for role in Role
                             for family in (socket.AF_INET, socket.AF_INET6)}  # fmt: skip
         now = time.time()

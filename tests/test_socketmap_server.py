@@ -307,7 +307,7 @@ async def test_socketmap_off_by_default(tmp_path: Path) -> None:
         assert all(e.wire is Wire.TCP_TABLE for e in endpoints)
     finally:
         for e in endpoints:
-            await e.listener.aclose()
+            e.sock.close()
 
 
 async def test_inet_port_in_use_is_a_start_error(tmp_path: Path) -> None:

@@ -58,6 +58,17 @@ SEND_TIMEOUT = 100.0
 STATUS_INTERVAL = 30.0
 #: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
 ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "metrics")
+#: Unsent reply bytes the kernel may hold per connection (TCP_NOTSENT_LOWAT).
+NOTSENT_LOWAT = 16384
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # 25 on Linux
+#: Longest pause between two sweeps for idle connections, in seconds.
+SWEEP_INTERVAL = 1.0
+#: Seconds to wait for an answer when probing an existing unix socket file.
+PROBE_TIMEOUT = 1.0
+#: Accepts in a row before the accept loop lets other tasks run.
+ACCEPT_BATCH = 16
+#: Reads in a row that found data at once before a connection lets other tasks run.
+READ_BATCH = 8
 #: After a protocol error, how long and how much input to discard before closing.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
@@ -93,7 +104,7 @@ class Endpoint:
 
     wire: Wire
     role: Role | None  # None for socketmap: each request names its map
-    listener: trio.SocketListener
+    sock: socket.socket  # listening, non-blocking
     where: str
     unix_path: Path | None = None
     unix_inode: int = 0  # of the socket file we created: removed on exit only if still ours
@@ -101,11 +112,23 @@ class Endpoint:
     @property
     def port(self) -> int:
         """The TCP port bound (0 for a unix socket)."""
-        return 0 if self.unix_path else int(self.listener.socket.getsockname()[1])
+        return 0 if self.sock.family == socket.AF_UNIX else int(self.sock.getsockname()[1])
 
     def __str__(self) -> str:
         name = self.role.value if self.role else "forward+reverse"
         return f"{self.wire.value} {name} on {self.where}"
+
+
+class _Tracked:
+    """One connection as the idle sweeper and shutdown see it."""
+
+    __slots__ = ("last", "limit", "scope", "waiting")
+
+    def __init__(self, limit: float, now: float) -> None:
+        self.limit = limit  # seconds allowed without a complete request
+        self.last = now  # trio time of the last complete request (or of the connect)
+        self.scope = trio.CancelScope()
+        self.waiting = False  # in wait_readable: nothing in flight
 
 
 class _Reader(TypingProtocol):
@@ -141,7 +164,7 @@ class Server:
         self.latency = Latency()
         self.reloads: Counter[str] = Counter()
         self._stopping = False
-        self._idle_waits: set[trio.CancelScope] = set()
+        self._tracked: set[_Tracked] = set()
         self._last_limit_log = -LIMIT_LOG_INTERVAL
 
     @property
@@ -175,19 +198,22 @@ class Server:
             if self.settings.metrics_listen:
                 m_host, _, m_port = self.settings.metrics_listen.rpartition(":")
                 m_host = m_host.removeprefix("[").removesuffix("]")
-                self.metrics_listeners = await _tcp_listeners(m_host, int(m_port), "metrics")
+                self.metrics_listeners = [
+                    trio.SocketListener(trio.socket.from_stdlib_socket(x))
+                    for x in await _tcp_sockets(m_host, int(m_port), "metrics")
+                ]
             for role, port in ((Role.FORWARD, self.settings.forward_port),
                                (Role.REVERSE, self.settings.reverse_port)):  # fmt: skip
                 for host in self.settings.listen if port else ():
-                    opened = await _tcp_listeners(host, port, f"tcp_table {role.value}")
+                    opened = await _tcp_sockets(host, port, f"tcp_table {role.value}")
                     endpoints += [Endpoint(Wire.TCP_TABLE, role, x, _where(x)) for x in opened]
             spec = parse_endpoint(self.settings.socketmap)
             if isinstance(spec, InetEndpoint):
-                opened = await _tcp_listeners(spec.host, spec.port, "socketmap")
+                opened = await _tcp_sockets(spec.host, spec.port, "socketmap")
                 endpoints += [Endpoint(Wire.SOCKETMAP, None, x, _where(x)) for x in opened]
             elif isinstance(spec, UnixEndpoint):
-                listener = await _unix_listener(spec.path, self.settings)
-                endpoints.append(Endpoint(Wire.SOCKETMAP, None, listener, f"unix:{spec.path}",
+                listening = _unix_socket(spec.path, self.settings)
+                endpoints.append(Endpoint(Wire.SOCKETMAP, None, listening, f"unix:{spec.path}",
                                           spec.path, spec.path.lstat().st_ino))  # fmt: skip
         except BaseException:
             await _close_all(endpoints)
@@ -207,16 +233,17 @@ class Server:
                                  f"name it one of {', '.join(ACTIVATION_NAMES)} with "
                                  "FileDescriptorName=")  # fmt: skip
             sock = socket.socket(fileno=item.fd)
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
             if item.name == "metrics":
-                self.metrics_listeners.append(listener)
+                tsock = trio.socket.from_stdlib_socket(sock)
+                self.metrics_listeners.append(trio.SocketListener(tsock))
                 continue
+            sock.setblocking(False)
             unix = sock.family == socket.AF_UNIX
-            where = f"unix:{sock.getsockname()}" if unix else _where(listener)
+            where = f"unix:{sock.getsockname()}" if unix else _where(sock)
             if item.name == "socketmap":
-                endpoints.append(Endpoint(Wire.SOCKETMAP, None, listener, where))
+                endpoints.append(Endpoint(Wire.SOCKETMAP, None, sock, where))
             else:
-                endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), listener, where))
+                endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), sock, where))
         if not endpoints:
             raise StartError("socket activation passed no forward, reverse or socketmap socket")
         return endpoints
@@ -238,6 +265,7 @@ class Server:
                             for endpoint in endpoints:
                                 loops.start_soon(self._accept_loop, endpoint, connections)
                             loops.start_soon(self._watch_signals, signals, accepting)
+                            loops.start_soon(self._sweep_idle)
                             if self.envelopes.mode is not EnvelopeMode.EMBEDDED:
                                 loops.start_soon(expire_periodically, self.envelopes.store,
                                                  self.envelopes.outage)  # fmt: skip
@@ -281,8 +309,9 @@ class Server:
         await _close_all(endpoints)
         for listener in self.metrics_listeners:
             await listener.aclose()
-        for wait in list(self._idle_waits):
-            wait.cancel()  # idle connections close now; replies in flight may finish
+        for tracked in list(self._tracked):
+            if tracked.waiting:
+                tracked.scope.cancel()  # idle connections close now; replies in flight finish
         connections.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
 
     async def _watch_signals(self, signals: AsyncIterator[int],
@@ -340,9 +369,15 @@ class Server:
     # -- connections -------------------------------------------------------------------------
 
     async def _accept_loop(self, endpoint: Endpoint, connections: trio.Nursery) -> None:
+        listening = endpoint.sock
+        tcp = listening.family != socket.AF_UNIX
+        accepted = 0
         while True:
             try:
-                stream = await endpoint.listener.accept()
+                conn, _ = listening.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listening)
+                continue
             except OSError as err:
                 if err.errno not in _ACCEPT_RETRY_ERRNOS:
                     raise
@@ -352,10 +387,19 @@ class Server:
             if self.open_connections >= self.settings.max_connections:
                 self.rejected_connections += 1
                 self._log_limit()
-                await stream.aclose()
-                continue
-            self.open_connections += 1  # counted here, so a burst cannot overshoot the limit
-            connections.start_soon(self._connection, stream, endpoint)
+                conn.close()
+            else:
+                conn.setblocking(False)
+                if tcp:  # one small reply per request: never wait for Nagle; and keep
+                    # at most NOTSENT_LOWAT unsent bytes in the kernel, so a client that
+                    # does not read feels back-pressure early (as trio's streams do)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    conn.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+                self.open_connections += 1  # counted here: a burst cannot overshoot the limit
+                connections.start_soon(self._connection, conn, endpoint)
+            accepted += 1
+            if accepted % ACCEPT_BATCH == 0:
+                await trio.lowlevel.checkpoint()  # a flood of connects must not hold the loop
 
     def _log_limit(self) -> None:
         now = time.monotonic()
@@ -365,59 +409,91 @@ class Server:
                            "(%d refused so far)", self.settings.max_connections,
                            self.rejected_connections)  # fmt: skip
 
-    async def _connection(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
-        reader: _Reader
+    async def _connection(self, conn: socket.socket, endpoint: Endpoint) -> None:
+        """Serve one connection: read, answer every complete request, repeat.
+
+        The socket is non-blocking and used directly: a read or write that can be done at
+        once costs no trip through the scheduler, and only a connection with nothing to
+        read waits in :func:`trio.lowlevel.wait_readable`. The whole connection runs in
+        one cancel scope, which the idle sweeper cancels when no complete request arrived
+        for the connection's time-out, and shutdown cancels while the connection waits.
+        """
         if endpoint.wire is Wire.TCP_TABLE:
-            reader = tcp_table.RequestReader(self.settings.max_request)
-            idle = self.settings.idle_timeout
+            reader: _Reader = tcp_table.RequestReader(self.settings.max_request)
+            limit = self.settings.idle_timeout
         else:
             reader = socketmap.RequestReader(self.settings.max_request)
-            idle = self.settings.keep_alive
-        deadline = trio.current_time() + idle
+            limit = self.settings.keep_alive
+        tracked = _Tracked(limit, trio.current_time())
+        self._tracked.add(tracked)
         try:
-            async with stream:
-                while not self._stopping:
-                    with trio.CancelScope(deadline=deadline) as wait:
-                        self._idle_waits.add(wait)
-                        try:
-                            data = await stream.receive_some(RECEIVE_SIZE)
-                        finally:
-                            self._idle_waits.discard(wait)
-                    if wait.cancelled_caught:
-                        break  # idle for too long, or shutting down
-                    events = reader.feed(data) if data else reader.feed_eof()
-                    if events:
-                        if not await self._reply(stream, endpoint, events):
-                            break
-                        deadline = trio.current_time() + idle
-                    if not data:
-                        break
-                    if reader.closed:  # a protocol error: the client may still be sending
-                        await _linger(stream)
-                        break
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with tracked.scope:
+                await self._converse(conn, endpoint, reader, tracked)
+        except OSError:
             pass  # the client reset or closed the connection: nothing to answer
         finally:
+            self._tracked.discard(tracked)
+            conn.close()
             self.open_connections -= 1
 
-    async def _reply(self, stream: trio.SocketStream, endpoint: Endpoint,
+    async def _converse(self, conn: socket.socket, endpoint: Endpoint, reader: _Reader,
+                        tracked: _Tracked) -> None:  # fmt: skip
+        ready = 0  # reads in a row that did not wait
+        while not self._stopping:
+            try:
+                data = conn.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                tracked.waiting = True
+                try:
+                    await trio.lowlevel.wait_readable(conn)
+                finally:
+                    tracked.waiting = False
+                ready = 0
+                continue
+            events = reader.feed(data) if data else reader.feed_eof()
+            if events:
+                if not await self._reply(conn, endpoint, events):
+                    return
+                tracked.last = trio.current_time()
+            if not data:
+                return
+            if reader.closed:  # a protocol error: the client may still be sending
+                await _linger(conn)
+                return
+            ready += 1
+            if ready == READ_BATCH:  # a client that never lets us wait must share the loop
+                ready = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _reply(self, conn: socket.socket, endpoint: Endpoint,
                      events: Sequence[object]) -> bool:  # fmt: skip
         """Answer ``events`` in order, :data:`REPLY_BATCH` at a time; False if not read.
 
-        Each batch is sent before the next is decided: ``send_all`` is a checkpoint, so one
-        chunk of many short requests (16384 blank lines) cannot hold the event loop, and the
-        replies waiting for a client that does not read stay one batch in size.
+        Between two batches other connections are served, so one chunk of many short
+        requests (16384 blank lines) cannot hold the event loop, and the replies waiting
+        for a client that does not read stay one batch in size.
         """
         for start in range(0, len(events), REPLY_BATCH):
+            if start:
+                await trio.lowlevel.checkpoint()
             batch = events[start : start + REPLY_BATCH]
             replies = b"".join([await self._answer(endpoint, e) for e in batch])
-            with trio.move_on_after(SEND_TIMEOUT) as sending:
-                await stream.send_all(replies)
-            if sending.cancelled_caught:
+            if not await _send(conn, replies):
                 LOGGER.warning("%s client did not read its replies for %g s: closing",
                                endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
                 return False
         return True
+
+    async def _sweep_idle(self) -> None:
+        """Close connections that sent no complete request within their time-out."""
+        interval = min(SWEEP_INTERVAL, self.settings.idle_timeout / 4,
+                       self.settings.keep_alive / 4)  # fmt: skip
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for tracked in list(self._tracked):
+                if now - tracked.last > tracked.limit:
+                    tracked.scope.cancel()
 
     async def _answer(self, endpoint: Endpoint, event: object) -> bytes:
         """The reply bytes for one event of ``endpoint``'s reader."""
@@ -476,7 +552,26 @@ class Server:
                            decision.reason)  # fmt: skip
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+async def _send(conn: socket.socket, data: bytes) -> bool:
+    """Send all of ``data``: at once when the socket takes it, else waiting for room up to
+    :data:`SEND_TIMEOUT` seconds. False when the client did not read in that time."""
+    try:
+        sent = conn.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return True
+    view = memoryview(data)[sent:]
+    with trio.move_on_after(SEND_TIMEOUT):
+        while view:
+            await trio.lowlevel.wait_writable(conn)
+            with contextlib.suppress(BlockingIOError):  # woken, but the room went again
+                view = view[conn.send(view) :]
+        return True
+    return False
+
+
+async def _linger(conn: socket.socket) -> None:
     """Close after a protocol error without losing the reply just sent.
 
     Closing a socket with unread input makes the kernel send a reset, which can destroy
@@ -484,18 +579,22 @@ async def _linger(stream: trio.SocketStream) -> None:
     half-close, then read and discard what the client still sends, bounded in bytes and
     time, and only then close.
     """
-    await stream.send_eof()
+    conn.shutdown(socket.SHUT_WR)
     discarded = 0
     with trio.move_on_after(LINGER_SECONDS):
         while discarded < LINGER_BYTES:
-            chunk = await stream.receive_some(RECEIVE_SIZE)
+            try:
+                chunk = conn.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(conn)
+                continue
             if not chunk:
                 break
             discarded += len(chunk)
 
 
-def _where(listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
+def _where(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
     return _host_port(str(host), int(port))
 
 
@@ -503,16 +602,21 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _tcp_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
+async def _tcp_sockets(host: str, port: int, what: str) -> list[socket.socket]:
+    """Listening, non-blocking TCP sockets for ``host`` (trio resolves and binds them)."""
     try:
-        return await trio.open_tcp_listeners(port, host=host)
+        listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as err:
         reason = err.strerror or str(err)
         where = _host_port(host, port)
         raise StartError(f"cannot listen on {where} for {what}: {reason}") from None
+    socks = [socket.socket(fileno=listener.socket.detach()) for listener in listeners]
+    for sock in socks:
+        sock.setblocking(False)
+    return socks
 
 
-async def _unix_listener(path: Path, settings: Settings) -> trio.SocketListener:
+def _unix_socket(path: Path, settings: Settings) -> socket.socket:
     """Bind a unix socket at ``path``, replacing a stale socket file but never a live one."""
     try:
         existing = path.lstat()
@@ -521,37 +625,39 @@ async def _unix_listener(path: Path, settings: Settings) -> trio.SocketListener:
     if existing is not None:
         if not stat.S_ISSOCK(existing.st_mode):
             raise StartError(f"cannot listen on unix:{path}: it exists and is not a socket")
-        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            await probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)  # nobody answers: a stale socket from a crash
-        except OSError as err:  # e.g. no permission: we cannot tell, so leave it alone
-            raise StartError(f"cannot listen on unix:{path}: it exists and cannot be probed: "
-                             f"{err.strerror}") from None  # fmt: skip
-        else:
-            raise StartError(f"cannot listen on unix:{path}: another server is answering there")
-        finally:
-            probe.close()
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(PROBE_TIMEOUT)
+            try:
+                probe.connect(str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # nobody answers: a stale socket from a crash
+            except OSError as err:  # e.g. no permission: we cannot tell, so leave it alone
+                raise StartError(f"cannot listen on unix:{path}: it exists and cannot be "
+                                 f"probed: {err.strerror or err}") from None  # fmt: skip
+            else:
+                raise StartError(f"cannot listen on unix:{path}: another server is answering "
+                                 "there")  # fmt: skip
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await sock.bind(str(path))
+        sock.bind(str(path))
         os.chmod(path, settings.socketmap_mode)
         if settings.socketmap_owner:
             user, _, group = settings.socketmap_owner.partition(":")
             gid = grp.getgrnam(group).gr_gid if group else -1
             os.chown(path, pwd.getpwnam(user).pw_uid, gid)
         sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
     except (OSError, KeyError) as err:
         sock.close()
         reason = err.strerror if isinstance(err, OSError) else f"no such user or group {err}"
         raise StartError(f"cannot listen on unix:{path}: {reason}") from None
-    return trio.SocketListener(sock)
+    return sock
 
 
 async def _close_all(endpoints: list[Endpoint]) -> None:
     for endpoint in endpoints:
-        await endpoint.listener.aclose()
+        trio.lowlevel.notify_closing(endpoint.sock)  # wakes an accept loop still waiting
+        endpoint.sock.close()
         path = endpoint.unix_path
         if path is not None:
             with contextlib.suppress(OSError):  # remove our socket file, and only ours
