@@ -261,9 +261,9 @@ def _pads(secret: bytes) -> tuple[Any, Any]:
     """SHA-1 objects that have absorbed the secret's inner and outer HMAC pads."""
     # HMAC-SHA1 is what the SRS format is (and HMAC-SHA1 is not broken): S324 does not apply.
     sha1 = hashlib.sha1
-    key = sha1(secret).digest() if len(secret) > _SHA1_BLOCK else secret  # noqa: S324
+    key = sha1(secret).digest() if len(secret) > _SHA1_BLOCK else secret
     key = key.ljust(_SHA1_BLOCK, b"\0")
-    return sha1(key.translate(_IPAD)), sha1(key.translate(_OPAD))  # noqa: S324
+    return sha1(key.translate(_IPAD)), sha1(key.translate(_OPAD))
 
 
 def _hash(pads: tuple[Any, Any], message: bytes, size: int) -> bytes:
