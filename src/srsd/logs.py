@@ -36,6 +36,11 @@ class JsonFormatter(logging.Formatter):
 def setup(level: str = "info", *, syslog: bool = False, json_lines: bool = False) -> None:
     """Send srsd's log to stderr (and syslog's mail facility when ``syslog``); plain
     syslog-style lines, or one JSON object per line with ``json_lines``."""
+    # A log line per lookup is on the hot path: skip what no srsd format uses (the caller's
+    # file and line, thread and process names); the pid stays.
+    logging._srcfile = None  # the switch the logging docs name for this
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     LOGGER.handlers.clear()
     LOGGER.propagate = False
     LOGGER.setLevel(level.upper())
