@@ -17,6 +17,7 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
 from __future__ import annotations
 
 import bisect
+import errno
 from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
@@ -36,6 +37,11 @@ BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0
 #: Bounds on one HTTP request to the metrics endpoint.
 HTTP_HEAD_LIMIT = 8192
 HTTP_TIMEOUT = 5.0
+#: Metrics connections served at once; more are closed at once (a scraper needs one).
+HTTP_CONNECTIONS = 8
+#: accept() errors that mean "out of descriptors or memory for now": wait, then retry.
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY_DELAY = 0.1
 
 
 class Latency:
@@ -122,11 +128,35 @@ def registry_for(server: ServerState) -> CollectorRegistry:
 
 
 async def serve_http(listener: trio.SocketListener, registry: CollectorRegistry) -> None:
-    """Answer ``GET /metrics`` on ``listener`` until cancelled, one request per connection."""
+    """Answer ``GET /metrics`` on ``listener`` until cancelled, one request per connection.
+
+    At most :data:`HTTP_CONNECTIONS` at once: the endpoint must not let anyone spend the
+    descriptors the lookups need. When descriptors run out anyway, accepting waits and
+    retries, as the lookup listeners do: a scrape never takes srsd down.
+    """
+    active = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal active
+        try:
+            await _handle(stream, registry)
+        finally:
+            active -= 1
+
     async with trio.open_nursery() as nursery:
         while True:
-            stream = await listener.accept()
-            nursery.start_soon(_handle, stream, registry)
+            try:
+                stream = await listener.accept()
+            except OSError as err:
+                if err.errno not in _ACCEPT_RETRY_ERRNOS:
+                    raise
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            if active >= HTTP_CONNECTIONS:
+                await stream.aclose()
+                continue
+            active += 1
+            nursery.start_soon(handle, stream)
 
 
 async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
