@@ -38,7 +38,7 @@ from srsd import settings as srsd_settings
 from srsd.codec import Codec
 from srsd.logs import LOGGER
 from srsd.policy import Decision
-from srsd.server import Endpoint, Role, Server, StartError
+from srsd.server import BAD_REQUEST_LOG_RATE, Endpoint, Role, Server, StartError
 from srsd.settings import Settings
 from tests.ports import free_port
 
@@ -922,3 +922,21 @@ async def test_sigterm_drains_and_stops(tmp_path: Path, log: CapturedLog) -> Non
     assert replies[0].startswith(b"200 SRS0=")
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_bad_request_log_lines_are_rate_limited(tmp_path: Path, log: CapturedLog) -> None:
+    # Garbage comes as fast as a client sends it; the log gets a few lines a second and
+    # one line counting the rest, while every bad request is still answered and counted.
+    count = 500
+    async with serving(tmp_path) as srv:
+        c = await srv.connect(Role.FORWARD)
+        await c.send(b"bogus\n" * count)
+        refusal = b"500 Invalid%20request,%20expected%20'get%20KEY'\n"
+        assert await c.lines(count) == [refusal] * count
+        await trio.sleep(1.1)
+        await c.send(b"bogus\n")
+        await c.lines(1)
+        assert srv.server.lookups[("tcp_table", "forward", "bad request")] == count + 1
+    logged = [m for m in log.messages() if "bad request: Invalid request" in m]
+    assert len(logged) == BAD_REQUEST_LOG_RATE + 1
+    assert f"{count - BAD_REQUEST_LOG_RATE} more bad requests not logged" in log.messages()

@@ -72,6 +72,8 @@ READ_BATCH = 8
 #: After a protocol error, how long and how much input to discard before closing.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
+#: Bad-request log lines per second at most (the rest are counted in one line).
+BAD_REQUEST_LOG_RATE = 10
 #: At most one "connection limit reached" line per this many seconds.
 LIMIT_LOG_INTERVAL = 10.0
 _INTERNAL_ERROR = Decision(Outcome.ERROR, reason="srsd internal error")
@@ -166,6 +168,7 @@ class Server:
         self._stopping = False
         self._tracked: set[_Tracked] = set()
         self._last_limit_log = -LIMIT_LOG_INTERVAL
+        self._bad_since, self._bad_logged, self._bad_unlogged = 0.0, 0, 0
 
     @property
     def database_errors(self) -> int:
@@ -538,7 +541,17 @@ class Server:
     def _bad_request(self, endpoint: Endpoint, reason: str) -> None:
         name = endpoint.role.value if endpoint.role else "-"
         self.lookups[(endpoint.wire.value, name, "bad request")] += 1
-        LOGGER.info("%s %s: bad request: %s", endpoint.wire.value, name, reason)
+        # Garbage arrives as fast as a client can send it: log a few lines a second.
+        now = time.monotonic()
+        if now - self._bad_since >= 1.0:
+            if self._bad_unlogged:
+                LOGGER.info("%d more bad requests not logged", self._bad_unlogged)
+            self._bad_since, self._bad_logged, self._bad_unlogged = now, 0, 0
+        if self._bad_logged < BAD_REQUEST_LOG_RATE:
+            self._bad_logged += 1
+            LOGGER.info("%s %s: bad request: %s", endpoint.wire.value, name, reason)
+        else:
+            self._bad_unlogged += 1
 
     def _record(self, wire: Wire, role: Role, key: bytes, decision: Decision) -> None:
         self.lookups[(wire.value, role.value, decision.outcome.value)] += 1
