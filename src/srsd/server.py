@@ -455,6 +455,7 @@ class Server:
                 continue
             events = reader.feed(data) if data else reader.feed_eof()
             if events:
+                tracked.last = trio.current_time()  # a request came: not idle while answered
                 if not await self._reply(conn, endpoint, events):
                     return
                 tracked.last = trio.current_time()
