@@ -1,4 +1,4 @@
-# Lint and type gates as tests: ruff over src, tests and fuzz, mypy --strict over src.
+# Lint and type gates as tests: ruff over src, tests, fuzz and bench; mypy --strict over src.
 """The project's static checks run with the suite, so CI fails when they fail."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_is_clean() -> None:
-    result = _run("ruff", "check", "--no-cache", "src", "tests", "fuzz")
+    result = _run("ruff", "check", "--no-cache", "src", "tests", "fuzz", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
