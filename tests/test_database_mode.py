@@ -23,15 +23,12 @@ Every wait is bounded (:data:`TIMEOUT`), every process started here is stopped.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
 import re
-import shutil
 import socket
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +41,7 @@ from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode
 from srsd.policy import Decision, Outcome, Policy
 from srsd.storage import RedisStore, StorageError
+from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer
 from tests.server_process import SECRET, SrsdProcess, lookup
@@ -385,30 +383,6 @@ def test_aliases_survive_restarts_and_decode_in_every_mode(tmp_path: Path) -> No
 
 
 # -- SQLite outage -----------------------------------------------------------------------------
-
-
-def _chattr(flag: str, *paths: Path) -> None:
-    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True,
-                   timeout=TIMEOUT)  # fmt: skip
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """``chattr +i`` on ``paths`` (this stops root too, even through open descriptors).
-
-    Never on SQLite's ``-shm`` file: it is memory-mapped, and a write to the mapping of an
-    immutable file kills the process with SIGBUS. The flag is always removed again.
-    """
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr not installed")
-    try:
-        _chattr("+i", *paths)
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"chattr +i not possible here: {err.stderr.decode().strip()}")
-    try:
-        yield
-    finally:
-        _chattr("-i", *paths)
 
 
 def timed(call: Callable[..., bytes], *args: bytes) -> tuple[bytes, float]:

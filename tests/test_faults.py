@@ -30,14 +30,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from srsd.codec import Codec
 from srsd.metrics import HTTP_CONNECTIONS
+from tests.immutable import immutable
 from tests.server_process import SECRET, SrsdProcess, lookup
 from tests.test_abuse import LineConn, Target
 from tests.test_serve_process import (
@@ -56,29 +55,6 @@ from tests.test_serve_process import (
 DOMAIN = b"forwarder.test"
 LONG_SENDER = b"a-rather-long-mailing-list-bounce-address.with-a-tracking-id@origin.test"
 RELOAD_FAILED = "ERROR: reload failed, keeping the previous configuration: "
-
-
-def need_chattr() -> None:
-    if os.geteuid() != 0 or shutil.which("chattr") is None:
-        pytest.skip("needs root and chattr")
-
-
-@contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """``chattr +i`` on ``paths`` (read-only even for root), always undone."""
-    need_chattr()
-    done: list[Path] = []
-    try:
-        for path in paths:
-            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True,
-                                    text=True, timeout=TIMEOUT)  # fmt: skip
-            if result.returncode != 0:
-                pytest.skip(f"chattr +i not possible here: {result.stderr.strip()}")
-            done.append(path)
-        yield
-    finally:
-        for path in done:
-            subprocess.run(["chattr", "-i", str(path)], timeout=TIMEOUT, check=True)
 
 
 def newcomer(workdir: Path, *extra: str) -> SrsdProcess:

@@ -7,11 +7,8 @@ trio loop, and must heal by itself once the condition is gone."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +31,7 @@ from srsd.storage import (
     open_store,
     parse_redis_url,
 )
+from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer
 
@@ -281,33 +279,6 @@ async def test_sqlite_locked_by_another_process_fails_fast_and_heals(tmp_path: P
     await s.put(key(1), b"x@y", NOW)
     assert await s.get(key(1), NOW) == b"x@y"
     await s.aclose()
-
-
-def _chattr(flag: str, *paths: Path) -> None:
-    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True, timeout=10)
-
-
-@contextlib.contextmanager
-def immutable(*paths: Path) -> Iterator[None]:
-    """Make ``paths`` immutable (``chattr +i``), which stops even root; undo on exit.
-
-    chmod does not stop root (CAP_DAC_OVERRIDE), and it never stops writes through a file
-    descriptor that is already open. The immutable flag does both: the kernel refuses any
-    write to the inode, also through open descriptors, also for root. Needs
-    CAP_LINUX_IMMUTABLE and a file system that has the flag (ext4, xfs, btrfs; not tmpfs).
-    Never put it on SQLite's ``-shm`` file: SQLite maps that file into memory, and a write
-    to the mapping of an immutable file kills the process with SIGBUS.
-    """
-    if shutil.which("chattr") is None:
-        pytest.skip("chattr not installed")
-    try:
-        _chattr("+i", *paths)
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"chattr +i not possible here: {err.stderr.decode().strip()}")
-    try:
-        yield
-    finally:
-        _chattr("-i", *paths)
 
 
 async def test_sqlite_unwritable_file_then_recovery(tmp_path: Path) -> None:
