@@ -49,7 +49,14 @@ from srsd.envelope import EnvelopeMode, lifetime
 from srsd.logs import LOGGER, setup, show
 from srsd.metrics import Latency, registry_for, serve_http
 from srsd.policy import Decision, Outcome, Policy
-from srsd.settings import ConfigError, InetEndpoint, Settings, UnixEndpoint, parse_endpoint
+from srsd.settings import (
+    ConfigError,
+    InetEndpoint,
+    Settings,
+    UnixEndpoint,
+    metrics_endpoint,
+    parse_endpoint,
+)
 from srsd.storage import StorageError, expire_periodically, open_store
 
 #: Bytes read from a connection at once; the requests in it are answered in order.
@@ -202,12 +209,11 @@ class Server:
             return adopted
         endpoints: list[Endpoint] = []
         try:
-            if self.settings.metrics_listen:
-                m_host, _, m_port = self.settings.metrics_listen.rpartition(":")
-                m_host = m_host.removeprefix("[").removesuffix("]")
+            metrics = metrics_endpoint(self.settings.metrics_listen)
+            if metrics is not None:
                 self.metrics_listeners = [
                     trio.SocketListener(trio.socket.from_stdlib_socket(x))
-                    for x in await _tcp_sockets(m_host, int(m_port), "metrics")
+                    for x in await _tcp_sockets(metrics.host, metrics.port, "metrics")
                 ]
             for role, port in ((Role.FORWARD, self.settings.forward_port),
                                (Role.REVERSE, self.settings.reverse_port)):  # fmt: skip
@@ -223,7 +229,7 @@ class Server:
                 endpoints.append(Endpoint(Wire.SOCKETMAP, None, listening, f"unix:{spec.path}",
                                           spec.path, spec.path.lstat().st_ino))  # fmt: skip
         except BaseException:
-            await _close_all(endpoints)
+            _close_all(endpoints)
             for listener in self.metrics_listeners:
                 await listener.aclose()
             raise
@@ -313,7 +319,7 @@ class Server:
     async def _drain(self, endpoints: list[Endpoint], connections: trio.Nursery) -> None:
         self._stopping = True
         self.notifier.notify("STOPPING=1")
-        await _close_all(endpoints)
+        _close_all(endpoints)
         for listener in self.metrics_listeners:
             await listener.aclose()
         for tracked in list(self._tracked):
@@ -672,7 +678,7 @@ def _unix_socket(path: Path, settings: Settings) -> socket.socket:
     return sock
 
 
-async def _close_all(endpoints: list[Endpoint]) -> None:
+def _close_all(endpoints: list[Endpoint]) -> None:
     for endpoint in endpoints:
         trio.lowlevel.notify_closing(endpoint.sock)  # wakes an accept loop still waiting
         endpoint.sock.close()

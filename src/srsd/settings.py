@@ -153,10 +153,10 @@ def _database_url(raw: object) -> str:
 
 def _host_port(raw: object) -> str:
     value = _text(raw)
-    if value:
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9187), got {raw!r}")
+    try:
+        metrics_endpoint(value)
+    except ValueError:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9187), got {raw!r}") from None
     return value
 
 
@@ -228,6 +228,14 @@ def parse_endpoint(spec: str) -> InetEndpoint | UnixEndpoint | None:
         if host and port.isdigit() and 0 < int(port) < 65536:
             return InetEndpoint(host, int(port))
     raise ValueError(f"expected inet:HOST:PORT or unix:/PATH, got {spec!r}")
+
+
+def metrics_endpoint(spec: str) -> InetEndpoint | None:
+    """Parse ``metrics_listen`` (``HOST:PORT``, ``[::1]:PORT``); "" is off."""
+    endpoint = parse_endpoint(f"inet:{spec}") if spec else None
+    if endpoint is not None and not isinstance(endpoint, InetEndpoint):
+        raise ValueError(f"expected HOST:PORT, got {spec!r}")
+    return endpoint
 
 
 def _endpoint(raw: object) -> str:
@@ -547,16 +555,13 @@ def write_new_secret(path: Path, *, force: bool = False) -> None:
     """Create ``path`` with one new random secret, mode 0600 (never overwrite unless forced)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     line = token_urlsafe(24).encode("ascii") + b"\n"  # 32 base64url characters
+    # Forced: write beside it and rename over it, so the file is never seen half-written.
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(line)
     if force:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(line)
-        tmp.replace(path)
-    else:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(line)
+        target.replace(path)
 
 
 def _load_exclusions(names: tuple[str, ...], path: Path | None) -> DomainSet:
