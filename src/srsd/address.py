@@ -59,6 +59,13 @@ def unquote(local: bytes) -> bytes | None:
     return None if escaped else bytes(out)
 
 
+def plain_local(local: bytes) -> tuple[bytes, bool]:
+    """The local part as SRS works on it: (content, True) for a well-formed quoted-string,
+    else (``local`` unchanged, False)."""
+    inner = unquote(local)
+    return (local, False) if inner is None else (inner, True)
+
+
 def quote(local: bytes) -> bytes:
     """Quote ``local`` as a whole unless it is a dot-atom (backslash before ``"`` and ``\\``)."""
     if is_dot_atom(local):

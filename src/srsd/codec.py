@@ -169,10 +169,7 @@ class Codec:
         if parts is None:
             raise Malformed("No at sign in sender address")
         local, host = parts
-        user = address.unquote(local)
-        quoted = user is not None
-        if user is None:
-            user = local
+        user, quoted = address.plain_local(local)
         tag = srs_tag(user)
         if tag is not None:
             if tag == 1:  # bounces go straight to the first hop: keep it, re-sign
@@ -201,11 +198,7 @@ class Codec:
         :class:`Malformed`, :class:`BadHash` or :class:`Expired`.
         """
         parts = address.split(srs_address)
-        local = srs_address if parts is None else parts[0]
-        user = address.unquote(local)
-        quoted = user is not None
-        if user is None:
-            user = local
+        user, quoted = address.plain_local(srs_address if parts is None else parts[0])
         tag = srs_tag(user)
         if tag is None:
             raise NotSRS("Not an SRS address.")

@@ -122,8 +122,7 @@ def is_srs_sender(sender: bytes) -> bool:
     parts = address.split(sender)
     if parts is None:
         return False
-    local = address.unquote(parts[0]) or parts[0]
-    return codec.srs_tag(local) is not None
+    return codec.srs_tag(address.plain_local(parts[0])[0]) is not None
 
 
 def use_database(mode: EnvelopeMode, sender: bytes, embedded: bytes) -> bool:

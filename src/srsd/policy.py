@@ -130,8 +130,7 @@ class Policy:
             return Decision(Outcome.LOCAL, reason="local domain")
         if domain in self.excluded:
             return Decision(Outcome.EXCLUDED, reason="excluded domain")
-        local = address.unquote(parts[0]) or parts[0]
-        if codec.srs_tag(local) is not None:
+        if codec.srs_tag(address.plain_local(parts[0])[0]) is not None:
             try:
                 self.codec.reverse(sender, now)
             except codec.SRSError:
