@@ -624,3 +624,17 @@ async def test_redis_background_expiry_fails_while_redis_is_down(tmp_path: Path)
     finally:
         await store.aclose()
         redis.stop()
+
+
+def test_reloading_the_flood_cap_keeps_the_refused_count(tmp_path: Path) -> None:
+    # srsd_database_writes_refused_total is a Prometheus counter: a reload must not reset it.
+    from srsd.aliases import EnvelopeDatabase
+    from srsd.envelope import EnvelopeMode
+    from srsd.storage import SQLiteStore
+
+    envelopes = EnvelopeDatabase(SQLiteStore(tmp_path / "db.sqlite", 60.0), EnvelopeMode.AUTO, 1)
+    assert envelopes.limiter.allow(0.0)
+    assert not envelopes.limiter.allow(0.0)
+    envelopes.configure(EnvelopeMode.AUTO, 5)
+    assert envelopes.limiter.max_per_minute == 5
+    assert envelopes.refused == 1

@@ -65,7 +65,9 @@ class EnvelopeDatabase:
         """Apply a reloaded mode and flood cap (the store itself needs a restart)."""
         self.mode = mode
         if writes_per_minute != self.limiter.max_per_minute:
+            refused = self.limiter.refused  # a metric counter: it must not go back to 0
             self.limiter = WriteLimiter(writes_per_minute)
+            self.limiter.refused = refused
 
     async def forward(self, policy: Policy, sender: bytes, embedded: Decision,
                       now: float) -> Decision:  # fmt: skip
