@@ -174,15 +174,16 @@ async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> Non
                 await stream.send_all(_response(b"405 Method Not Allowed", b"text/plain",
                                                  b"GET only\n"))  # fmt: skip
             elif path == b"/metrics":
-                body = generate_latest(registry)
-                if method == b"HEAD":
-                    body = b""
-                await stream.send_all(_response(b"200 OK", CONTENT_TYPE_LATEST.encode(), body))
+                await stream.send_all(_response(b"200 OK", CONTENT_TYPE_LATEST.encode(),
+                                                generate_latest(registry),
+                                                head=method == b"HEAD"))  # fmt: skip
             else:
                 await stream.send_all(_response(b"404 Not Found", b"text/plain",
                                                  b"srsd: metrics are at /metrics\n"))  # fmt: skip
 
 
-def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
+def _response(status: bytes, content_type: bytes, body: bytes, *, head: bool = False) -> bytes:
+    """An HTTP/1.1 response; for HEAD the headers of GET without the body."""
     return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type +
-            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)  # fmt: skip
+            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) +
+            (b"" if head else body))  # fmt: skip
