@@ -287,3 +287,22 @@ def test_pysrs_stamp_check_loops_32_times_longer_per_character(pysrs: types.Modu
     assert counts[3] >= 32**3 // 1024 - 1
     assert counts[4] >= 31 * counts[3]
     assert counts[5] >= 31 * counts[4]
+
+
+def test_pysrs_rejects_the_base64url_spelling(pysrs: types.ModuleType) -> None:
+    """srsd's default hash spelling (base64url, postsrsd >= 2.2.6's) is not pysrs's: an
+    address whose hash holds ``-`` or ``_`` does not decode in pysrs (README), while srsd
+    decodes both spellings."""
+    theirs = make_pysrs(pysrs)
+    url = Codec(SECRETS, DOMAIN)  # the default alphabet
+    spelled_apart = 0
+    for _, sender in sender_corpus():
+        if excluded(sender):
+            continue
+        address = url.forward(sender, NOW)
+        if address == make_codec().forward(sender, NOW):
+            continue  # no "+" or "/" in this hash: both spellings agree
+        spelled_apart += 1
+        assert attempt(theirs.reverse, address.decode()) == "<AssertionError>"  # type: ignore[attr-defined]
+        assert url.reverse(address, NOW) == expected_reverse(sender)
+    assert spelled_apart > 0
