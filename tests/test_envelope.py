@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from srsd import envelope
 from srsd.codec import Alphabet, Codec, Expired
-from srsd.envelope import (
+from srsd.envelope.keys import (
     EnvelopeMode,
     RecentWrites,
     WriteLimiter,
