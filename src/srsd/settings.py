@@ -457,10 +457,10 @@ def load(
         secrets = ()
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
     if values["envelope_database"]:
-        from srsd import storage  # noqa: PLC0415  (trio and redis-py: for the server only)
+        from srsd.envelope import store  # noqa: PLC0415  (trio and redis-py: for the server only)
 
         try:
-            storage.open_store(values["envelope_database"], state_dir, 1.0)  # opens nothing
+            store.open_store(values["envelope_database"], state_dir, 1.0)  # opens nothing
         except ValueError as err:
             raise ConfigError(f"envelope_database: {err} (from "
                               f"{sources['envelope_database']})") from None  # fmt: skip
