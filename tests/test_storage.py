@@ -20,7 +20,7 @@ import trio
 
 from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode, alias_address, alias_key, key_of, use_database
-from srsd.storage import (
+from srsd.envelope.store import (
     DEFAULT_SQLITE_NAME,
     EnvelopeStore,
     Outage,

@@ -44,8 +44,9 @@ from typing import Protocol as TypingProtocol
 import trio
 
 from srsd import socketmap, systemd, tcp_table
-from srsd.aliases import EnvelopeDatabase
 from srsd.envelope import EnvelopeMode, lifetime
+from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.logs import LOGGER, setup, show
 from srsd.metrics import Latency, registry_for, serve_http
 from srsd.policy import Decision, Outcome, Policy
@@ -57,7 +58,6 @@ from srsd.settings import (
     metrics_endpoint,
     parse_endpoint,
 )
-from srsd.storage import StorageError, expire_periodically, open_store
 
 #: Bytes read from a connection at once; the requests in it are answered in order.
 RECEIVE_SIZE = 16384

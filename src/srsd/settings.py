@@ -396,6 +396,7 @@ def load(
     *,
     create_secret: bool = False,
     need_secrets: bool = True,
+    need_domain: bool = True,
 ) -> Settings:
     """Merge every source into :class:`Settings`; raise :class:`ConfigError` when invalid.
 
@@ -403,7 +404,8 @@ def load(
     ``config`` is an explicit TOML path (it must exist); without it the default file is
     read when present. With ``create_secret`` a missing secrets file at the default
     location is generated (the newcomer path of ``srsd serve``). Without ``need_secrets``
-    the secrets file is not read at all (``srsd health`` may run as another user).
+    the secrets file is not read at all (``srsd health`` may run as another user); without
+    ``need_domain`` an unset domain is no error (it is then empty: a health probe needs none).
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {f.key: f.default for f in FIELDS}
@@ -436,6 +438,8 @@ def load(
         if raw is not None:
             apply(key, raw, f"command line {FIELD_BY_KEY[key].flag}")
 
+    if values["domain"] is None and not need_domain:
+        values["domain"] = ""
     if values["domain"] is None:
         raise ConfigError("domain: the SRS domain is not set (--domain, SRS_DOMAIN or domain =)")
     if values["hash_min"] > values["hash_length"] and sources["hash_min"] == "default":
@@ -457,10 +461,10 @@ def load(
         secrets = ()
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
     if values["envelope_database"]:
-        from srsd import storage  # noqa: PLC0415  (trio and redis-py: for the server only)
+        from srsd.envelope import store  # noqa: PLC0415  (trio and redis-py: for the server only)
 
         try:
-            storage.open_store(values["envelope_database"], state_dir, 1.0)  # opens nothing
+            store.open_store(values["envelope_database"], state_dir, 1.0)  # opens nothing
         except ValueError as err:
             raise ConfigError(f"envelope_database: {err} (from "
                               f"{sources['envelope_database']})") from None  # fmt: skip

@@ -1,5 +1,5 @@
 # Envelope stores: SQLite (one file, default) and Redis (a fleet), behind one async interface.
-"""Where the database mode keeps ``key -> original sender`` (see :mod:`srsd.envelope`).
+"""Where the database mode keeps ``key -> original sender`` (see :mod:`srsd.envelope.keys`).
 
 One small interface, :class:`EnvelopeStore`, two implementations:
 
@@ -10,7 +10,7 @@ One small interface, :class:`EnvelopeStore`, two implementations:
 
 Both store the record ``KEY@1`` (the alias address; postsrsd 2.x's record name) with the
 original sender as the value, bytes exactly as Postfix gave them, for ``lifetime`` seconds
-(:func:`srsd.envelope.lifetime`: the SRS maximum age plus a margin).
+(:func:`srsd.envelope.keys.lifetime`: the SRS maximum age plus a margin).
 
 The trio event loop never blocks on storage: SQLite and redis-py are synchronous and run
 in worker threads (``trio.to_thread.run_sync``). Every failure of a backend - refused or
@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
 
 import trio
 
-from srsd.envelope import ALIAS_DOMAIN
+from srsd.envelope.keys import ALIAS_DOMAIN
 
 if TYPE_CHECKING:
     import redis
 
 T = TypeVar("T")
-LOG = logging.getLogger("srsd.storage")
+LOG = logging.getLogger("srsd.envelope.store")
 
 #: File name of the default SQLite database inside the state directory.
 DEFAULT_SQLITE_NAME = "envelopes.sqlite"

@@ -18,7 +18,7 @@ so that a fleet of MX hosts can share one Redis with postsrsd 2.x hosts:
 * the key of a sender is ``base32hex(SHA1(sender))``: the SHA-1 digest of the sender bytes
   *exactly as given* (no case folding, no unquoting), written in RFC 4648's "extended hex"
   alphabet ``0-9A-V``, upper case, 20 bytes giving 32 characters without padding;
-* the sender is stored under that key (``KEY@1`` in the database; see :mod:`srsd.storage`)
+* the sender is stored under that key (``KEY@1`` in the database; see :mod:`srsd.envelope.store`)
   for the maximum age of an SRS address plus a margin;
 * the SRS codec forwards the *alias address* ``KEY@1`` instead of the sender, giving
   ``SRS0=HHHH=TT=1=KEY@srs-domain``: a local part of 43 octets plus the hash length, so at
@@ -40,7 +40,7 @@ the SRS maximum age), and random senders can fill the database (upstream warns a
 :class:`WriteLimiter` caps the rate of writes, and :class:`RecentWrites` keeps repeated
 senders from costing a write each.
 
-Nothing here does I/O or reads a clock; :mod:`srsd.storage` holds the stores.
+Nothing here does I/O or reads a clock; :mod:`srsd.envelope.store` holds the stores.
 """
 
 from __future__ import annotations
