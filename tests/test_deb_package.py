@@ -3,7 +3,7 @@
 (``tests.roots``: python3, postfix, sudo and git on debootstrap's minbase, nothing else).
 
 1. ``packaging/debian/build.sh`` builds the .deb on this host from a clean ``git clone`` of
-   the repository (its committed state, no ``../shared``, no venv).
+   the repository (its committed state only, no venv).
 2. In the root: ``apt install ./srsd_VERSION_all.deb`` (Debian's python3-trio and
    python3-prometheus-client come from the archive). Checked: ``/usr/bin/srsd``; the unit
    is packaging/systemd/srsd.service with ``/usr/bin/srsd``; ``/etc/srsd/secrets`` is
