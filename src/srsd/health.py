@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from srsd import socketmap, tcp_table
-from srsd.settings import Settings, UnixEndpoint, parse_endpoint
+from srsd.settings import Settings, UnixEndpoint
 
 PROBE = b"srsd-health-probe@health.invalid"
 # A server listening on a wildcard address is probed on loopback.
@@ -39,7 +39,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     if settings.forward_port or settings.reverse_port:
         probes.append((f"tcp_table {_show(host, settings.forward_port, settings.reverse_port)}",
                        lambda: _tcp_table(host, settings, timeout)))  # fmt: skip
-    spec = parse_endpoint(settings.socketmap)
+    spec = settings.socketmap
     if spec is not None:
         target: Address = (
             spec.path.as_posix() if isinstance(spec, UnixEndpoint)
