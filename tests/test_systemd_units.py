@@ -323,7 +323,8 @@ def world_dir() -> Iterator[Path]:
 
 
 AS_NOBODY = r"""
-import argparse, gettext, locale, os, sys  # imported before the drop: this python may be in /root
+# imported before the drop: this python may live in /root, which nobody cannot read
+import argparse, gettext, locale, os, shutil, sys
 from pathlib import Path
 from srsd import cli, settings
 settings.DEFAULT_CONFIG = Path(sys.argv[1])

@@ -3,7 +3,7 @@
 
 This is the "Guarded" SRS of libsrs2, postsrsd, Mail::SRS and pysrs; with the standard
 base64 alphabet its output is byte-identical to postsrsd 1.x and Mail::SRS for the same
-secret and day. The format and every decision taken are in ``shared/spec/srs.md``:
+secret and day. The format and every decision taken are in ``docs/srs-format.md``:
 
 * ``SRS0<sep>HASH=TT=host=user@DOMAIN`` for an ordinary sender ``user@host``;
 * ``SRS1<sep>HASH=hop1=opaque@DOMAIN`` for a sender that is already someone's SRS address;
