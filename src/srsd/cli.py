@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from srsd import __version__, settings
+from srsd import __version__, health, settings
 from srsd.logs import show
 from srsd.policy import Decision
 
@@ -105,9 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keygen":
         return _keygen(args.path, args.force)
     try:
+        probe = args.command == "health"  # finds what the unit's srsd uses; no domain, no secret
         loaded = settings.load(cli_values(args), config=args.config,
+                               environ=health.service_environment(os.environ) if probe else None,
                                create_secret=args.command == "serve" and not args.check,
-                               need_secrets=args.command != "health")  # fmt: skip
+                               need_secrets=not probe, need_domain=not probe)  # fmt: skip
     except settings.ConfigError as err:
         print(f"srsd: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -117,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config),
                           check=args.check)
     if args.command == "health":
-        from srsd import health  # noqa: PLC0415  (not needed by the other commands)
-
         healthy, line = health.check(loaded, args.probe_timeout)
         print(line)
         return EXIT_OK if healthy else EXIT_NOT_REWRITTEN

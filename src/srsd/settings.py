@@ -548,6 +548,7 @@ def load(
     *,
     create_secret: bool = False,
     need_secrets: bool = True,
+    need_domain: bool = True,
 ) -> Settings:
     """Merge every source into :class:`Settings`; raise :class:`ConfigError` when invalid.
 
@@ -555,7 +556,8 @@ def load(
     ``config`` is an explicit TOML path (it must exist); without it the default file is
     read when present. With ``create_secret`` a missing secrets file at the default
     location is generated (the newcomer path of ``srsd serve``). Without ``need_secrets``
-    the secrets file is not read at all (``srsd health`` may run as another user).
+    the secrets file is not read at all (``srsd health`` may run as another user); without
+    ``need_domain`` an unset domain is no error (it is then empty: a health probe needs none).
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {f.key: f.default for f in FIELDS}
@@ -588,6 +590,8 @@ def load(
         if raw is not None:
             apply(key, raw, f"command line {FIELD_BY_KEY[key].flag}")
 
+    if values["domain"] is None and not need_domain:
+        values["domain"] = ""
     for f in FIELDS:
         if f.required and values[f.key] is None:
             names = ", ".join((f.flag, *f.env))
