@@ -3,7 +3,8 @@
 closes by a few owners (hypothesis state machine), checked after every step:
 
 * the incremental :class:`~srsd.admission.Admission` decides exactly what the reference
-  :func:`~srsd.admission.decide` decides over the model's connections;
+  :func:`~srsd.admission.decide` decides over the model's connections, both when busy
+  connections are reported to it and when it asks ``is_busy``;
 * never more than ``max_connections`` open, nor more than the cap for any one owner;
 * a busy connection is never evicted; a disallowed owner is never admitted; an allowed
   owner is refused only when no connection could be evicted;
@@ -51,6 +52,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.next_key = 0
         self.table: Admission[int]
+        self.asking: Admission[int]  # told only about idle times; asks is_busy
         self.limits: Limits
 
     @initialize(max_connections=st.integers(1, 12), share=st.integers(1, 12),
@@ -58,6 +60,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     def setup(self, max_connections: int, share: int, allowed: set[Owner]) -> None:
         self.limits = Limits(max_connections, min(share, max_connections), frozenset(allowed))
         self.table = Admission(self.limits)
+        self.asking = Admission(self.limits, lambda key: self.model[key].busy)
 
     @rule(owner=st.sampled_from(OWNERS), later=st.sampled_from([0.0, 0.5, 1.0]))
     def connect(self, owner: Owner, later: float) -> None:
@@ -67,6 +70,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         held = Counter(c.owner for c in self.model.values())
         got = self.table.admit(key, owner, self.now)
         assert got == expected
+        assert self.asking.admit(key, owner, self.now) == expected
         self.check_decision(got, owner, held)
         if got.victim is not None:
             del self.model[got.victim]
@@ -115,6 +119,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.now += later
             key = busy[pick % len(busy)]
             self.table.idle(key, self.now)
+            self.asking.idle(key, self.now)
             self.model[key] = Connection(self.model[key].owner, self.now)
             self.model.move_to_end(key)
 
@@ -124,6 +129,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = list(self.model)[pick % len(self.model)]
             self.table.closed(key)
             self.table.closed(key)  # twice: nothing happens
+            self.asking.closed(key)
             del self.model[key]
 
     @invariant()
@@ -131,8 +137,9 @@ class AdmissionMachine(RuleBasedStateMachine):
         if not hasattr(self, "table"):
             return
         held = Counter(c.owner for c in self.model.values())
-        assert len(self.table) == len(self.model) <= self.limits.max_connections
-        assert self.table.owners() == dict(held)
+        assert len(self.table) == len(self.asking) == len(self.model)
+        assert len(self.model) <= self.limits.max_connections
+        assert self.table.owners() == self.asking.owners() == dict(held)
         assert all(count <= self.limits.max_per_user for count in held.values())
 
 
@@ -198,15 +205,15 @@ def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
         assert table.admit(f"a{i}", 1001, float(i)).verdict is Verdict.ADMIT
         assert table.admit(f"b{i}", 1002, float(i) + 0.5).verdict is Verdict.ADMIT
     decision = table.admit("postfix", POSTFIX, 10.0)
-    assert decision == Decision(Verdict.EVICT, "a0")
+    assert decision == Decision(Verdict.EVICT, "a0", 1001)
     # the flooder at its cap evicts its own, oldest first
-    assert table.admit("b5", 1002, 11.0) == Decision(Verdict.EVICT, "b0")
+    assert table.admit("b5", 1002, 11.0) == Decision(Verdict.EVICT, "b0", 1002)
     # a flooder whose connections are all busy and at its cap is refused
     for key in ("b1", "b2", "b3", "b4", "b5"):
         table.busy(key)
     assert table.admit("b6", 1002, 12.0).verdict is Verdict.REFUSE_BUSY
     # Postfix holds 1, flooder 1001 holds 4: its connection is taken, not Postfix's
-    assert table.admit("postfix-2", POSTFIX, 13.0) == Decision(Verdict.EVICT, "a1")
+    assert table.admit("postfix-2", POSTFIX, 13.0) == Decision(Verdict.EVICT, "a1", 1001)
 
 
 def test_allowed_users_refuse_everyone_else() -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 import pwd
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -54,10 +54,11 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision(Generic[K]):
-    """A verdict, and the connection to close for :attr:`Verdict.EVICT`."""
+    """A verdict, and the connection to close for :attr:`Verdict.EVICT` and its owner."""
 
     verdict: Verdict
     victim: K | None = None
+    victim_owner: Owner | None = None
 
     @property
     def admitted(self) -> bool:
@@ -106,8 +107,7 @@ def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) ->
         return Decision(Verdict.REFUSE_USER)
     held = Counter(conn.owner for conn in connections.values())
     if held[owner] >= limits.max_per_user:
-        victim = _longest_idle(connections, owner)
-        return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+        return _evicting(connections, _longest_idle(connections, owner))
     if len(connections) < limits.max_connections:
         return Decision(Verdict.ADMIT)
     order = {key: index for index, key in enumerate(connections)}
@@ -124,7 +124,13 @@ def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) ->
                 -1 if key is None else order[key])  # fmt: skip
         if best is None or rank < best:
             best, victim = rank, key
-    return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+    return _evicting(connections, victim)
+
+
+def _evicting(connections: Mapping[K, Connection], victim: K | None) -> Decision[K]:
+    if victim is None:
+        return Decision(Verdict.REFUSE_BUSY)
+    return Decision(Verdict.EVICT, victim, connections[victim].owner)
 
 
 class _Entry:
@@ -142,13 +148,17 @@ class Admission(Generic[K]):
 
     The caller reports every change: :meth:`admit` for a new connection (it is then
     counted, and a victim it names is forgotten at once: the caller must close it),
-    :meth:`busy` / :meth:`idle` around answering requests, :meth:`closed` when a
-    connection ends (calling it for a victim or an unknown key does nothing). ``now``
-    must never decrease (a monotonic clock).
+    :meth:`idle` when a connection has answered its requests, :meth:`closed` when a
+    connection ends (calling it for a victim or an unknown key does nothing). Whether a
+    connection is busy is either reported (:meth:`busy`, then :meth:`idle`) or asked of
+    ``is_busy`` when a victim is chosen, for the few connections at the heads of the
+    owners' queues (busy is rare and short: a server need not report every request).
+    ``now`` must never decrease (a monotonic clock).
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, is_busy: Callable[[K], bool] | None = None) -> None:
         self.limits = limits
+        self._is_busy = is_busy
         self._entries: dict[K, _Entry] = {}
         self._held: Counter[Owner] = Counter()
         self._idle: dict[Owner, OrderedDict[K, None]] = {}
@@ -179,23 +189,29 @@ class Admission(Generic[K]):
         if limits.allowed and owner not in limits.allowed:
             return Decision(Verdict.REFUSE_USER)
         if self._held[owner] >= limits.max_per_user:
-            victim = self._oldest(owner)
-            return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+            return self._evicting(self._oldest(owner))
         if len(self._entries) < limits.max_connections:
             return Decision(Verdict.ADMIT)
         # Ranked as in decide(): the newcomer's owner wins ties, so another owner gives
         # way only when it holds more than the newcomer's owner would.
         victim = self._oldest(owner)
         best: tuple[int, bool, float, int] = (-(self._held[owner] + 1), False, 0.0, 0)
-        for candidate, idle in self._idle.items():
-            if candidate == owner or not idle:
+        for candidate in self._idle:
+            if candidate == owner:
                 continue
-            key = next(iter(idle))
+            key = self._oldest(candidate)
+            if key is None:
+                continue
             entry = self._entries[key]
             rank = (-self._held[candidate], True, entry.last, entry.seq)
             if rank < best:
                 best, victim = rank, key
-        return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+        return self._evicting(victim)
+
+    def _evicting(self, victim: K | None) -> Decision[K]:
+        if victim is None:
+            return Decision(Verdict.REFUSE_BUSY)
+        return Decision(Verdict.EVICT, victim, self._entries[victim].owner)
 
     def admit(self, key: K, owner: Owner, now: float) -> Decision[K]:
         """Decide for the new connection ``key`` of ``owner`` and apply the decision."""
@@ -240,8 +256,17 @@ class Admission(Generic[K]):
             del self._idle[entry.owner]
 
     def _oldest(self, owner: Owner) -> K | None:
+        """``owner``'s connection idle the longest and not busy."""
         idle = self._idle.get(owner)
-        return next(iter(idle)) if idle else None
+        if not idle:
+            return None
+        is_busy = self._is_busy
+        if is_busy is None:
+            return next(iter(idle))
+        for key in idle:
+            if not is_busy(key):
+                return key
+        return None
 
 
 def resolve_users(entries: Iterable[str | int]) -> frozenset[Owner]:

@@ -1,0 +1,120 @@
+# A hostile local client for the admission tests, run as another user (standard library only).
+"""``python3 -c "$(cat attacker.py)" MODE HOST PORT CONNECTIONS SECONDS``: attack srsd.
+
+Run by :func:`tests.local_users.run_as` as another uid. Keeps up to CONNECTIONS open to
+HOST:PORT for SECONDS or until SIGTERM, replacing every connection that ends at once:
+
+* ``slowloris``: sends ``get slow`` and then one more byte of a line that never ends every
+  :data:`DRIP` seconds;
+* ``partial``: sends ``get partial@example.org`` without its newline, then nothing;
+* ``idle``: sends nothing at all;
+* ``flood``: asks one lookup, reads the answer, holds the connection :data:`HOLD` seconds,
+  closes it;
+* ``ask``: asks a lookup, and another after each answer (a disallowed user trying to use
+  srsd as a signing oracle).
+
+Prints one JSON object of counts on stdout when done: connections opened, closed by srsd
+(EOF or reset), answer lines received, and how long connections that srsd closed had
+lived (min, max, median).
+"""
+
+import json
+import selectors
+import signal
+import socket
+import sys
+import time
+
+DRIP = 0.5
+HOLD = 1.0
+CONNECT_TIMEOUT = 1.0
+
+
+def main() -> None:
+    mode, host, port, size, seconds = sys.argv[1:6]
+    address = (host, int(port))
+    opening = {"slowloris": b"get slow", "partial": b"get partial@example.org", "idle": b"",
+               "flood": b"get flood@example.org\n", "ask": b"get ask@example.org\n"}[mode]
+    stats = {"connections": 0, "connect failed": 0, "closed by srsd": 0, "answers": 0}
+    lifetimes = []
+    sel = selectors.DefaultSelector()
+    conns = {}  # socket -> [opened, last drip, answers]
+    deadline = time.monotonic() + float(seconds)
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal deadline
+        deadline = 0.0
+
+    signal.signal(signal.SIGTERM, stop)
+
+    def open_one() -> None:
+        try:
+            sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+        except OSError:
+            stats["connect failed"] += 1
+            return
+        stats["connections"] += 1
+        try:
+            if opening:
+                sock.sendall(opening)
+        except OSError:
+            sock.close()
+            stats["closed by srsd"] += 1
+            return
+        sock.setblocking(False)
+        now = time.monotonic()
+        conns[sock] = [now, now, 0]
+        sel.register(sock, selectors.EVENT_READ)
+
+    def end(sock: socket.socket, by_srsd: bool) -> None:
+        opened = conns.pop(sock)[0]
+        sel.unregister(sock)
+        sock.close()
+        if by_srsd:
+            stats["closed by srsd"] += 1
+            lifetimes.append(time.monotonic() - opened)
+
+    while (now := time.monotonic()) < deadline:
+        for _ in range(int(size) - len(conns)):
+            open_one()
+            if time.monotonic() >= deadline:
+                break
+        for key, _ in sel.select(min(0.05, max(0.0, deadline - now))):
+            sock = key.fileobj
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                end(sock, True)
+                continue
+            lines = data.count(b"\n")
+            stats["answers"] += lines
+            conns[sock][2] += lines
+            if mode == "ask" and lines:
+                try:
+                    sock.send(opening)
+                except OSError:
+                    end(sock, True)
+        now = time.monotonic()
+        for sock, (opened, dripped, answers) in list(conns.items()):
+            if mode == "slowloris" and now - dripped >= DRIP:
+                conns[sock][1] = now
+                try:
+                    sock.send(b"w")
+                except OSError:
+                    end(sock, True)
+            elif mode == "flood" and answers and now - opened >= HOLD:
+                end(sock, False)
+    for sock in list(conns):
+        end(sock, False)
+    lifetimes.sort()
+    if lifetimes:
+        stats.update(lived_min=round(lifetimes[0], 3), lived_max=round(lifetimes[-1], 3),
+                     lived_median=round(lifetimes[len(lifetimes) // 2], 3))
+    print(json.dumps(stats), flush=True)
+
+
+main()
