@@ -17,13 +17,16 @@ and the scenario the rule is for: a steady Postfix next to a user who floods.
 from __future__ import annotations
 
 import os
+import pwd
 from collections import Counter, OrderedDict
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from srsd import settings as srsd_settings
 from srsd.admission import (
     Admission,
     Connection,
@@ -33,6 +36,7 @@ from srsd.admission import (
     decide,
     resolve_users,
 )
+from srsd.gatekeeper import Gatekeeper
 from srsd.peercred import REMOTE, UNKNOWN, Owner
 
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
@@ -235,3 +239,52 @@ def test_resolve_users() -> None:
 def test_default_share_is_half() -> None:
     assert Limits.default_per_user(1000) == 500
     assert Limits.default_per_user(1) == 1
+
+
+# -- the settings -------------------------------------------------------------------------------
+
+
+def _load(tmp_path: Path, **kwargs: object) -> srsd_settings.Settings:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret\n")
+    secret.chmod(0o600)
+    cli = {"domain": "forwarder.example", "secrets_file": str(secret), **kwargs.pop("cli", {})}
+    return srsd_settings.load(cli, **kwargs)  # type: ignore[arg-type]
+
+
+def test_admission_settings_defaults(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, environ={})
+    assert (loaded.max_connections_per_user, loaded.allowed_users, loaded.request_timeout) == (
+        0, (), 10.0)
+    limits = Gatekeeper.limits(loaded.max_connections, loaded.max_connections_per_user,
+                               loaded.allowed_users)  # fmt: skip
+    assert limits == Limits(1000, 500, frozenset())
+
+
+def test_admission_settings_from_environment_and_flags(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, environ={"SRS_ALLOWED_USERS": "postfix, root 65534",
+                                      "SRS_MAX_CONNECTIONS_PER_USER": "30",
+                                      "SRS_REQUEST_TIMEOUT": "2.5"})  # fmt: skip
+    assert loaded.allowed_users == ("postfix", "root", "65534")
+    limits = Gatekeeper.limits(loaded.max_connections, loaded.max_connections_per_user,
+                               loaded.allowed_users)  # fmt: skip
+    assert limits == Limits(1000, 30, frozenset({0, 65534, pwd.getpwnam("postfix").pw_uid}))
+    assert loaded.request_timeout == 2.5
+    flagged = _load(tmp_path, environ={}, cli={"allowed_users": "remote",
+                                                "max_connections": "10",
+                                                "max_connections_per_user": "50"})  # fmt: skip
+    limits = Gatekeeper.limits(flagged.max_connections, flagged.max_connections_per_user,
+                               flagged.allowed_users)  # fmt: skip
+    assert limits == Limits(10, 10, frozenset({REMOTE}))  # a share above the total is the total
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("SRS_ALLOWED_USERS", "postfix nosuchuser", "allowed_users: no such user: 'nosuchuser'"),
+    ("SRS_REQUEST_TIMEOUT", "0", "request_timeout: must be more than 0"),
+    ("SRS_MAX_CONNECTIONS_PER_USER", "-1", "max_connections_per_user: must be between 0"),
+])  # fmt: skip
+def test_bad_admission_settings(tmp_path: Path, key: str, value: str, message: str) -> None:
+    with pytest.raises(srsd_settings.ConfigError) as info:
+        _load(tmp_path, environ={key: value})
+    assert str(info.value).startswith(message)
+    assert str(info.value).endswith(f"(from environment {key})")

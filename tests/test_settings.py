@@ -758,6 +758,9 @@ socketmap_owner = "postfix:postfix"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
 max_connections = 200
+max_connections_per_user = 60
+allowed_users = ["postfix", 0]
+request_timeout = 5
 max_request = 1024
 shutdown_grace = 2.5
 log_level = "debug"
@@ -795,6 +798,8 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)
     assert (s.max_connections, s.max_request, s.shutdown_grace) == (200, 1024, 2.5)
+    assert (s.max_connections_per_user, s.allowed_users, s.request_timeout) == (
+        60, ("postfix", "0"), 5.0)
     assert (s.log_level, s.syslog, s.run_as) == ("debug", True, "srsd")
     assert s.config_file == path
     assert s.warnings == ()

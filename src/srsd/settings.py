@@ -40,6 +40,7 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
 
+from srsd.admission import resolve_users
 from srsd.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.envelope.keys import EnvelopeMode
 from srsd.envelope.location import StoreLocation, parse_location
@@ -246,6 +247,16 @@ def _user(raw: object) -> str | None:
     return _text(raw) or None
 
 
+def _users(raw: object) -> tuple[str, ...]:
+    """User names or uids (a TOML list may hold numbers), each checked now: an unknown
+    name is an error here, not a surprise at the first connection."""
+    items = [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in raw] \
+        if isinstance(raw, list) else raw  # fmt: skip
+    users = _words(items)
+    resolve_users(users)
+    return users
+
+
 def _owner(raw: object) -> str | None:
     value = _text(raw)
     if value and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", value):
@@ -434,7 +445,23 @@ class Settings:
         "seconds a connection may wait for its next request")
     max_connections: int = setting(
         _int_in(1, 100_000), 1000, "SRS_MAX_CONNECTIONS", "--max-connections",
-        "concurrent connections; a new one beyond is closed at once")
+        "concurrent connections; at the limit a new one evicts the longest idle connection "
+        "of the user who holds the most")
+    max_connections_per_user: int = setting(
+        _int_in(0, 100_000), 0, "SRS_MAX_CONNECTIONS_PER_USER", "--max-connections-per-user",
+        "connections one local user may hold (peers on other hosts count as one user); a "
+        "new one beyond evicts that user's longest idle one (0: half of `max_connections`)",
+        doc_default="`0`: half of `max_connections`")
+    allowed_users: tuple[str, ...] = setting(
+        _users, (), "SRS_ALLOWED_USERS", "--allowed-users",
+        "user names or uids whose connections are served, `remote` for peers on other "
+        "hosts; others are closed at once (empty: everyone; suggested: "
+        '`["postfix", "root"]`, root for `srsd health`)', repeatable=True,
+        example='["postfix", "root"]')
+    request_timeout: float = setting(
+        _seconds, 10.0, "SRS_REQUEST_TIMEOUT", "--request-timeout",
+        "seconds a request may take from its first byte to its end; then the connection is "
+        "closed")
     max_request: int = setting(
         _int_in(256, 65536), 4096, "SRS_MAX_REQUEST", "--max-request",
         "longest request line, in bytes")
