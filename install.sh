@@ -34,7 +34,7 @@ uninstall() {
         say "removed $PREFIX"
     fi
     for kept in /etc/srsd /var/lib/srsd; do
-        [ -e "$kept" ] && say "kept $kept (configuration and secrets; delete it yourself if no SRS address may bounce any more)"
+        [ -e "$kept" ] && say "kept $kept (settings, secrets: delete it once no bounce to an address it signed can come back)"
     done
     for unit in /etc/systemd/system/srsd.service /etc/systemd/system/srsd.socket; do
         [ -e "$unit" ] && say "note: $unit is still installed (systemctl disable --now srsd; rm it)"

@@ -25,6 +25,9 @@ API (for the fresh-root, .deb and booted-systemd tests):
 - ``start_in(root, command, log=None) -> Popen[str]``: the same, in the background (its own
   process group; output piped, or written to the file ``log``); stop it with ``stop(proc)``:
   SIGTERM makes nspawn SIGKILL the container's PID 1, so everything inside dies with it.
+- ``run_beside(proc, command, timeout=...)``: run a command in the RUNNING container of
+  ``start_in`` (nspawn refuses a second container on the same directory): ``nsenter`` into
+  the namespaces of its PID 1 (``leader(proc)``).
 - ``require_roots()``: the reason fresh roots cannot be built here, or None.
 
 Booting a root with systemd (host PID 1 here is not systemd, so nspawn must not register
@@ -46,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -58,10 +62,13 @@ MIRROR = "http://deb.debian.org/debian"
 SERVER_PACKAGES = ("python3", "postfix", "ca-certificates", "sudo", "git")
 # The roots' host name (nspawn would take the directory's name, unknown to /etc/hosts).
 HOSTNAME = "fresh"
+# Debian's PATH for root.
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Bounds: debootstrap (network, a few minutes), unpacking, and a command inside by default.
 DEBOOTSTRAP_TIMEOUT = 1200.0
 UNPACK_TIMEOUT = 300.0
 RUN_TIMEOUT = 600.0
+LEADER_TIMEOUT = 30.0  # nspawn forks the container's PID 1 at once
 # Answers the packages' debconf questions in the root, as a postmaster would at install time.
 PRESEED = """\
 postfix postfix/main_mailer_type select Internet Site
@@ -201,7 +208,7 @@ def fresh_root(dest: Path, suite: str = "bookworm", extra: Iterable[str] = ()) -
 def _nspawn(root: Path, command: str) -> list[str]:
     return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
             "--as-pid2", f"--hostname={HOSTNAME}", "-D", str(root),
-            "--setenv=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            f"--setenv=PATH={PATH}", "--setenv=HOME=/root",
             "--setenv=LANG=C.UTF-8", "/bin/sh", "-c", command]
 
 
@@ -228,6 +235,30 @@ def start_in(root: Path, command: str, log: Path | None = None) -> subprocess.Po
         return subprocess.Popen(_nspawn(root, command), stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
+
+
+def leader(proc: subprocess.Popen[str], timeout: float = LEADER_TIMEOUT) -> int:
+    """The host PID of the PID 1 of the container that ``start_in`` started."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = children.read_text().split() if children.exists() else []
+        if found:
+            return int(found[0])
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the container of {proc.args!r} has no PID 1 "
+                               f"(exit status {proc.returncode})")
+        time.sleep(0.05)
+
+
+def run_beside(proc: subprocess.Popen[str], command: str,
+               timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``/bin/sh -c command`` in the RUNNING container of ``start_in`` (nspawn allows one
+    container per directory at a time), entering its namespaces with nsenter."""
+    return subprocess.run(
+        ["nsenter", "--target", str(leader(proc)), "--all", "--root", "--wd",
+         "env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "HOME=/root", "/bin/sh", "-c", command],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str, str]:

@@ -64,8 +64,9 @@ def test_readme_documents_install_upgrade_and_uninstall() -> None:
     start, upgrade, uninstall = documented()
     assert "\n" not in start  # one command
     assert "srsd serve" in start
-    # An upgrade is `git pull` and then the very same command.
+    # An upgrade is `git pull` and then the very same command; uninstall, the same installer.
     assert upgrade == f"git pull && {start}"
+    assert uninstall == start.split(" && ")[0] + " --uninstall"
 
 
 def _port_free(address: tuple[str, int]) -> bool:
@@ -97,8 +98,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # Upstream: a bare repository holding this checkout's HEAD as its main branch.
     origin = path / ORIGIN.relative_to("/")
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    subprocess.run(["git", "-C", str(roots.REPO), "push", "-q", str(origin), "HEAD:refs/heads/main"],
-                   check=True)
+    subprocess.run(["git", "-C", str(roots.REPO), "push", "-q", str(origin),
+                    "HEAD:refs/heads/main"], check=True)
     cloned = roots.run_in(path, f"git clone -q {ORIGIN} {CLONE}", timeout=COMMAND_TIMEOUT)
     assert cloned.returncode == 0, cloned.stderr
     yield path
@@ -122,18 +123,19 @@ def run_foreground(root: Path, command: str, log: Path) -> tuple[subprocess.Pope
     return proc, time.monotonic() - began
 
 
-def postmap(root: Path, key: str, port: int) -> str:
-    """``postmap -q KEY tcp:127.0.0.1:PORT`` inside the root: its answer (fails otherwise)."""
-    done = roots.run_in(root, f"postmap -q '{key}' tcp:127.0.0.1:{port}", timeout=COMMAND_TIMEOUT)
+def postmap(server: subprocess.Popen[str], key: str, port: int) -> str:
+    """``postmap -q KEY tcp:127.0.0.1:PORT`` in the server's root: its answer (or fail)."""
+    done = roots.run_beside(server, f"postmap -q '{key}' tcp:127.0.0.1:{port}",
+                            timeout=COMMAND_TIMEOUT)
     assert done.returncode == 0, f"postmap -q {key}: {done.returncode} {done.stderr}"
     return done.stdout.strip()
 
 
-def check_answers(root: Path) -> str:
+def check_answers(server: subprocess.Popen[str]) -> str:
     """Postfix inside the root gets an SRS0 address, and the reverse map decodes it."""
-    forward = postmap(root, SENDER, FORWARD[1])
+    forward = postmap(server, SENDER, FORWARD[1])
     assert SRS0.fullmatch(forward), forward
-    assert postmap(root, forward, REVERSE[1]) == SENDER
+    assert postmap(server, forward, REVERSE[1]) == SENDER
     return forward
 
 
@@ -173,7 +175,7 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     server, timings["quick start (until srsd listens)"] = run_foreground(
         root, start, tmp_path / "quickstart.log")
     try:
-        first = check_answers(root)
+        first = check_answers(server)
     finally:
         stop_server(server)
     started = (tmp_path / "quickstart.log").read_text()
@@ -186,7 +188,7 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     server, timings["upgrade (until srsd listens)"] = run_foreground(
         root, upgrade, tmp_path / "upgrade.log")
     try:
-        again = check_answers(root)
+        again = check_answers(server)
     finally:
         stop_server(server)
     installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py")
