@@ -63,9 +63,21 @@ class Latency:
 class ServerState(Protocol):
     """What the collector reads from the running server."""
 
-    lookups: Counter[tuple[str, str, str]]
-    latency: Latency
-    open_connections: int
+    @property
+    def lookups(self) -> Counter[tuple[str, str, str]]:
+        """Answers given, by (protocol, map, outcome)."""
+        ...
+
+    @property
+    def latency(self) -> Latency:
+        """Time from request to decision, per map."""
+        ...
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        ...
+
     rejected_connections: int
     reloads: Counter[str]
 
