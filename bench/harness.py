@@ -36,7 +36,7 @@ REPO = BENCH.parent
 SRC = Path(os.environ.get("SRSD_BENCH_SRC", REPO / "src")).resolve()
 BUILD = BENCH / "build"
 RESULTS = BENCH / "results"
-LOADGEN_SRC = REPO.parent / "shared" / "tools" / "loadgen"
+LOADGEN_SRC = BENCH / "loadgen"
 POSTSRSD = Path("/usr/sbin/postsrsd")
 DOMAIN = "forwarder.test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -52,7 +52,7 @@ _TOOLS = {
 
 
 def loadgen_source_dir() -> Path:
-    """Where tcpmap_load.c lives: ``$SRSD_LOADGEN_DIR`` or ``../shared/tools/loadgen``."""
+    """Where tcpmap_load.c lives: ``$SRSD_LOADGEN_DIR`` or ``bench/loadgen/``."""
     return Path(os.environ.get("SRSD_LOADGEN_DIR", LOADGEN_SRC))
 
 

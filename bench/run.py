@@ -4,7 +4,7 @@
 Runs, on 127.0.0.1 only and bounded in time, srsd (this work tree) beside Debian's
 postsrsd 1.x (when ``/usr/sbin/postsrsd`` exists) with the same secret and settings, and a
 C fixed-reply server as the ceiling of the protocol; servers pinned to one CPU, the C load
-generator (``../shared/tools/loadgen/tcpmap_load.c``, built into ``bench/build/``) to
+generator (``bench/loadgen/tcpmap_load.c``, built into ``bench/build/``) to
 another, when the machine has two:
 
 * the matrix: connections 1/4/16/64 x forward/reverse x lockstep (one request in flight

@@ -1,7 +1,7 @@
 # An independent SRS reference for the tests: HMAC-SHA1, base64, base32 and quoting by hand.
 """Expected values for the codec tests, computed without touching ``srsd``.
 
-Everything the spec (``shared/spec/srs.md``) defines is written out here again, the long
+Everything the spec (``docs/srs-format.md``) defines is written out here again, the long
 way round: HMAC from its RFC 2104 definition over :func:`hashlib.sha1`, base64 six bits at a
 time, the day stamp from the day number, RFC 5322 dot-atoms and quoted-strings as regular
 expressions. A test that compares the codec with these helpers cannot pass merely because

@@ -1,6 +1,6 @@
 # Address bytes and quoted local parts: split, dot-atom, quote/unquote, quoted SRS both ways.
 """Unit tests for :mod:`srsd.address` and the codec's handling of RFC 5322 quoted local
-parts (spec ``shared/spec/srs.md``, "Quoted local parts"; research
+parts (spec ``docs/srs-format.md``, "Quoted local parts"; research
 ``postfix-protocols.md`` §3.3-3.4 for what Postfix sends and expects back)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # Envelope database mode, pure part: key scheme, alias addresses, mode choice, flood cap.
-"""Known answers from postsrsd 2.x (``shared/research/postsrsd.md`` §1.7, §3.8) and
+"""Known answers from postsrsd 2.x (``docs/postsrsd.md`` §1.7, §3.8) and
 properties: every alias local part fits in 64 octets, ``auto`` chooses the database exactly
 when the embedded form is too long, and the write limiter never lets more through than its
 rate allows."""
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from srsd import envelope
 from srsd.codec import Alphabet, Codec, Expired
-from srsd.envelope import (
+from srsd.envelope.keys import (
     EnvelopeMode,
     RecentWrites,
     WriteLimiter,

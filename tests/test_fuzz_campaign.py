@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("atheris", reason="atheris (a test dependency) is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
-HARNESSES = ("fuzz_codec", "fuzz_tcp_table", "fuzz_socketmap")
+HARNESSES = ("fuzz_codec", "fuzz_tcp_table", "fuzz_socketmap", "fuzz_milter")
 #: Inputs per harness: about 6 s each at this machine's 2,400 to 2,800 inputs per second.
 RUNS = 15_000
 #: The time cap per harness, should a slow machine not reach RUNS.

@@ -165,7 +165,7 @@ def test_service_unit_settings() -> None:
     s = unit["Service"]
     expected = {
         "Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
-        "Restart": "on-failure", "EnvironmentFile": "-/etc/default/srsd",
+        "Restart": "on-failure", "EnvironmentFile": "-/etc/default/srsd", "SyslogFacility": "mail",
         "LoadCredential": f"{settings.SECRETS_CREDENTIAL}:/etc/srsd/secrets",
         "DynamicUser": "yes", "StateDirectory": "srsd", "ProtectSystem": "strict",
         "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
@@ -323,7 +323,8 @@ def world_dir() -> Iterator[Path]:
 
 
 AS_NOBODY = r"""
-import argparse, gettext, locale, os, sys  # imported before the drop: this python may be in /root
+# imported before the drop: this python may live in /root, which nobody cannot read
+import argparse, gettext, locale, os, shutil, sys
 from pathlib import Path
 from srsd import cli, settings
 settings.DEFAULT_CONFIG = Path(sys.argv[1])

@@ -1,5 +1,5 @@
 # Golden vectors: srsd's codec and policy against every row postsrsd 1.10 and Mail::SRS agree on.
-"""Each row of ``shared/vectors/srs-golden.jsonl`` runs with its own clock, secrets and
+"""Each row of ``tests/data/srs-golden.jsonl`` runs with its own clock, secrets and
 domain, the standard base64 alphabet and the other settings of the file (hash length 4,
 minimum 4, separator ``=``, max age 21). Forward rows go through :meth:`Policy.forward`,
 reverse rows through :meth:`Codec.reverse`.

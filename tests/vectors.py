@@ -1,8 +1,8 @@
-# Loader for the golden SRS vectors in shared/vectors/srs-golden.jsonl (bytes, not text).
+# Loader for the golden SRS vectors in tests/data/srs-golden.jsonl (bytes, not text).
 """Read ``srs-golden.jsonl`` into :class:`Row` objects whose addresses are bytes.
 
-The shared directory sits next to the repository (``../shared`` from its root); it is found
-relative to this file so the tests run from any working directory.
+The file is part of the repository (``tests/data/``, described in its README.md); it is
+found relative to this file so the tests run from any working directory.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "vectors" / "srs-golden.jsonl"
+GOLDEN = Path(__file__).resolve().parent / "data" / "srs-golden.jsonl"
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ def load_golden() -> list[Row]:
     """All rows of the golden file, in file order; a clear error if the file is missing."""
     if not GOLDEN.is_file():
         raise FileNotFoundError(
-            f"golden SRS vectors not found at {GOLDEN}: the shared reference directory must "
-            "sit next to the repository (../shared from its root)"
+            f"golden SRS vectors not found at {GOLDEN}: tests/data/ is part of the repository "
+            "(a sparse or partial checkout?)"
         )
     rows = []
     with GOLDEN.open(encoding="utf-8") as lines:

@@ -4,7 +4,7 @@
 Postfix gives canonical maps the *external* form of an address: a local part that is
 not a dot-atom arrives quoted (``"a b"@example.org``). srsd unquotes such a local part
 before it builds or reads an SRS address and quotes the result again, so that Postfix
-can parse the answer (see ``shared/spec/srs.md``, "Quoted local parts"). An unquoted
+can parse the answer (see ``docs/srs-format.md``, "Quoted local parts"). An unquoted
 input is never quoted on output: those bytes stay identical to postsrsd's.
 """
 

@@ -37,7 +37,6 @@ any connection, in the loop or on a slow path.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import selectors
 import socket
@@ -46,6 +45,7 @@ from typing import Protocol
 
 import trio
 
+from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
 from srsd.listeners import Endpoint
 from srsd.logs import LOGGER
 
@@ -65,9 +65,6 @@ SWEEP_INTERVAL = 1.0
 #: After a protocol error, how long and how much input to discard before closing.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
-#: accept() errors that mean "out of descriptors or memory for now": pause, then retry.
-_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_RETRY_DELAY = 0.1
 _READ = selectors.EVENT_READ
 _NOTHING: tuple[object, ...] = ()
 
@@ -247,7 +244,7 @@ class ConnectionLoop:
             except BlockingIOError:
                 return
             except OSError as err:
-                if err.errno not in _ACCEPT_RETRY_ERRNOS:
+                if err.errno not in ACCEPT_RETRY_ERRNOS:
                     raise
                 LOGGER.error("accept failed: %s; retrying", os.strerror(err.errno))
                 self._pause(listening)
@@ -274,7 +271,7 @@ class ConnectionLoop:
         self._nursery.start_soon(self._resume, listening)
 
     async def _resume(self, listening: _Listening) -> None:
-        await trio.sleep(_ACCEPT_RETRY_DELAY)
+        await trio.sleep(ACCEPT_RETRY_DELAY)
         if not self._stopping and self._selector is not None:
             self._selector.register(listening.endpoint.sock, _READ, listening)
 

@@ -26,13 +26,7 @@ import trio
 
 from srsd import systemd
 from srsd.logs import LOGGER
-from srsd.settings import (
-    InetEndpoint,
-    Settings,
-    UnixEndpoint,
-    metrics_endpoint,
-    parse_endpoint,
-)
+from srsd.settings import InetEndpoint, Settings, UnixEndpoint
 
 #: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
 ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "metrics")
@@ -104,7 +98,7 @@ async def bind(settings: Settings) -> Bound:
     bound = Bound([], [])
     endpoints = bound.endpoints
     try:
-        metrics = metrics_endpoint(settings.metrics_listen)
+        metrics = settings.metrics_listen
         if metrics is not None:
             bound.metrics = [
                 trio.SocketListener(trio.socket.from_stdlib_socket(x))
@@ -115,7 +109,7 @@ async def bind(settings: Settings) -> Bound:
             for host in settings.listen if port else ():
                 opened = await _tcp_sockets(host, port, f"tcp_table {role.value}")
                 endpoints += [Endpoint(Wire.TCP_TABLE, role, x, _where(x)) for x in opened]
-        spec = parse_endpoint(settings.socketmap)
+        spec = settings.socketmap
         if isinstance(spec, InetEndpoint):
             opened = await _tcp_sockets(spec.host, spec.port, "socketmap")
             endpoints += [Endpoint(Wire.SOCKETMAP, None, x, _where(x)) for x in opened]

@@ -21,8 +21,8 @@ from collections import Counter
 from typing import Final
 
 from srsd import socketmap, tcp_table
-from srsd.aliases import EnvelopeDatabase
 from srsd.envelope import EnvelopeMode, key_of, use_database
+from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.listeners import Role, Wire
 from srsd.logs import LOGGER, show
 from srsd.metrics import Latency

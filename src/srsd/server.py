@@ -17,7 +17,8 @@ request. The parts:
 * this module runs them: :class:`Server` binds, serves until SIGTERM/SIGINT, then stops
   accepting, lets replies in flight finish within ``shutdown_grace`` seconds and exits 0;
   SIGHUP reloads settings, secrets and exclusions, keeping the old ones when anything is
-  invalid. It also serves the metrics endpoint and tells systemd how it is doing.
+  invalid, and says which changes need a restart (:func:`srsd.settings.plan_reload`). It
+  also serves the metrics endpoint and tells systemd how it is doing.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from srsd import systemd
-from srsd.aliases import EnvelopeDatabase
 from srsd.connections import Connection, ConnectionLoop, Service
 from srsd.envelope import EnvelopeMode, lifetime
+from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.listeners import ACTIVATION_NAMES, Endpoint, Role, StartError, Wire, bind, close_all
 from srsd.logs import LOGGER, setup
 from srsd.lookups import (
@@ -46,8 +48,7 @@ from srsd.lookups import (
 from srsd.metrics import Latency, registry_for, serve_http
 from srsd.policy import Policy
 from srsd.privileges import drop_privileges, leave_root
-from srsd.settings import ConfigError, Settings
-from srsd.storage import StorageError, expire_periodically, open_store
+from srsd.settings import ConfigError, Settings, plan_reload
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -252,13 +253,12 @@ class Server:
             return False
         for warning in new.warnings:
             LOGGER.warning("%s", warning)
-        old = self.settings
-        if (new.listen, new.forward_port, new.reverse_port) != (
-            old.listen, old.forward_port, old.reverse_port
-        ):  # fmt: skip
-            LOGGER.warning("listen addresses and ports changed: restart srsd to apply them")
-        if (new.envelope_database, new.state_dir) != (old.envelope_database, old.state_dir):
-            LOGGER.warning("envelope_database changed: restart srsd to apply it")
+        plan = plan_reload(self.settings, new)
+        for key in plan.restart:
+            LOGGER.warning("%s changed: restart to apply", key)
+        new = plan.settings
+        if {"log_level", "log_format", "syslog"} & set(plan.applied):
+            setup_logging(new)
         self.settings = new
         self.lookup.configure(new, new.policy())
         self.reloads["ok"] += 1
@@ -267,9 +267,14 @@ class Server:
         return True
 
 
+def setup_logging(settings: Settings) -> None:
+    """Set logging up as ``settings`` say (at start, and again when a reload changes it)."""
+    setup(settings.log_level, syslog=settings.syslog, json_lines=settings.log_format == "json")
+
+
 def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = False) -> int:
     """Run ``srsd serve`` with loaded settings; returns the process exit status."""
-    setup(settings.log_level, syslog=settings.syslog, json_lines=settings.log_format == "json")
+    setup_logging(settings)
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:

@@ -3,8 +3,8 @@
 
 The peers are Debian's Mail::SRS 0.31 (``libmail-srs-perl``) and postsrsd 1.10, both run
 with their clock pinned by libfaketime (Debian ``faketime``). What they are expected to
-agree on, and where srsd deliberately differs, is ``/work/shared/spec/srs.md``; how to
-drive them is ``/work/shared/research/srs-libraries.md`` §4-§6.
+agree on, and where srsd deliberately differs, is ``docs/srs-format.md``; how to
+drive them is ``docs/srs-libraries.md`` §4-§6.
 
 Everything here works on ``bytes``; the corpus is deterministic (fixed seed).
 """
@@ -349,7 +349,7 @@ def srs1_malformed(local: bytes) -> bool:
 
 def deliberate_difference(sender: bytes, domain: bytes = DOMAIN) -> str | None:
     """The category of a sender on which srsd deliberately differs from Mail::SRS and
-    postsrsd (``/work/shared/spec/srs.md``, "Where srsd deliberately differs"), else None.
+    postsrsd (``docs/srs-format.md``, "Where srsd deliberately differs"), else None.
 
     * ``quoted``: a well-formed quoted-string local part; srsd unquotes, hashes the
       unquoted form and re-quotes ("Quoted local parts"), the peers keep the quotes inside.

@@ -11,7 +11,7 @@ instant. Required, for every sender not excluded below:
   (:func:`tests.peers.expected_reverse`: SRS1 decodes to the previous hop's SRS0).
 
 Exclusions (``tests.peers.deliberate_difference``) are exactly the inputs on which
-``/work/shared/spec/srs.md`` ("Where srsd deliberately differs") says srsd behaves
+``docs/srs-format.md`` ("Where srsd deliberately differs") says srsd behaves
 differently: quoted local parts, ``@`` in the local part, malformed SRS1, no domain, and
 senders in our own domain (a policy decision, not the codec's). They are not dropped:
 :func:`test_deliberate_differences` asserts what each side does with them.

@@ -16,7 +16,7 @@ Two srsd configurations are checked:
   (about 7 in 8 addresses). Both are asserted.
 
 Where the two disagree, the disagreement is a named category in :data:`DIFFERENCES`, with
-its reference (mostly ``/work/shared/spec/srs.md``, "Where srsd deliberately differs"),
+its reference (mostly ``docs/srs-format.md``, "Where srsd deliberately differs"),
 and the exact behaviour of each side is asserted; nothing is skipped.
 """
 

@@ -122,7 +122,7 @@ def expected_srs0(
     """What srsd must answer for ``local@host`` (``local`` unquoted) on day ``stamp``.
 
     ``quoted``: the SRS local part is quoted as a whole when it is not a dot-atom (srsd's
-    rule for quoted senders, ``shared/spec/srs.md``).
+    rule for quoted senders, ``docs/srs-format.md``).
     """
     srs_local = f"SRS0={srs_hash(stamp, host, local)}={stamp}={host}={local}"
     if quoted and not is_dot_atom(srs_local):

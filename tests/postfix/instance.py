@@ -1,7 +1,7 @@
 # A throw-away Postfix instance on loopback (own config, queue and log) for the mail-flow tests.
 """Run a real Postfix with its own ``main.cf``/``master.cf`` under a temporary directory.
 
-What it took (``shared/research/postfix-protocols.md`` §6):
+What it took (``docs/postfix-protocols.md`` §6):
 
 * ``postfix -c DIR start`` as root works for any ``DIR``; its errors go to syslog only when
   stderr is not a terminal, so every ``postfix`` command here runs with a pseudo-terminal

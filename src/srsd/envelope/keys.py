@@ -18,7 +18,7 @@ so that a fleet of MX hosts can share one Redis with postsrsd 2.x hosts:
 * the key of a sender is ``base32hex(SHA1(sender))``: the SHA-1 digest of the sender bytes
   *exactly as given* (no case folding, no unquoting), written in RFC 4648's "extended hex"
   alphabet ``0-9A-V``, upper case, 20 bytes giving 32 characters without padding;
-* the sender is stored under that key (``KEY@1`` in the database; see :mod:`srsd.storage`)
+* the sender is stored under that key (``KEY@1`` in the database; see :mod:`srsd.envelope.store`)
   for the maximum age of an SRS address plus a margin;
 * the SRS codec forwards the *alias address* ``KEY@1`` instead of the sender, giving
   ``SRS0=HHHH=TT=1=KEY@srs-domain``: a local part of 43 octets plus the hash length, so at
@@ -40,7 +40,7 @@ the SRS maximum age), and random senders can fill the database (upstream warns a
 :class:`WriteLimiter` caps the rate of writes, and :class:`RecentWrites` keeps repeated
 senders from costing a write each.
 
-Nothing here does I/O or reads a clock; :mod:`srsd.storage` holds the stores.
+Nothing here does I/O or reads a clock; :mod:`srsd.envelope.store` holds the stores.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ MAX_LOCAL_PART = 64
 #: Safety margin added to the SRS maximum age for an entry's lifetime (see :func:`lifetime`).
 DEFAULT_MARGIN_DAYS = 2
 _BASE32HEX = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVabcdefghijklmnopqrstuv")
-_SECONDS_PER_DAY = 86400
 
 
 class EnvelopeMode(enum.Enum):
@@ -145,7 +144,7 @@ def lifetime(max_age_days: int, margin_days: float = DEFAULT_MARGIN_DAYS) -> flo
     """
     if max_age_days < 0 or margin_days < 0:
         raise ValueError("max_age_days and margin_days must not be negative")
-    return (max_age_days + margin_days) * _SECONDS_PER_DAY
+    return (max_age_days + margin_days) * codec.SECONDS_PER_DAY
 
 
 class WriteLimiter:

@@ -6,14 +6,14 @@ says should be aliased, stores it under its key and answers the SRS address of t
 instead, and for a decoded address that is an alias, looks the original sender up. It owns
 the three things around the store that must be shared by every connection:
 
-* :class:`~srsd.envelope.RecentWrites`: a sender written in the last hour is not written
+* :class:`~srsd.envelope.keys.RecentWrites`: a sender written in the last hour is not written
   again (writes are idempotent and only refresh the lifetime). It is forgotten after any
   storage failure: a store that failed may have lost entries (a Redis restarted without
   persistence comes back empty), and an alias handed out unwritten bounces into nothing;
-* :class:`~srsd.envelope.WriteLimiter`: the flood cap. When it is reached the sender gets
+* :class:`~srsd.envelope.keys.WriteLimiter`: the flood cap. When it is reached the sender gets
   the embedded form instead (the mail still leaves signed, nothing is deferred or lost), one
   warning is logged per flood and :attr:`EnvelopeDatabase.refused` counts;
-* :class:`~srsd.storage.Outage`: a storage failure is logged once per outage and turns the
+* :class:`~srsd.envelope.store.Outage`: a storage failure is logged once per outage and turns the
   lookup into :attr:`Outcome.ERROR`, which the wire codecs send as ``400`` / ``TEMP``, so
   Postfix defers the mail and retries; the store recovers by itself.
 
@@ -22,7 +22,7 @@ Reverse resolves aliases whatever the mode, so switching modes loses no bounce i
 
 from __future__ import annotations
 
-from srsd.envelope import (
+from srsd.envelope.keys import (
     EnvelopeMode,
     RecentWrites,
     WriteLimiter,
@@ -31,9 +31,9 @@ from srsd.envelope import (
     key_of,
     use_database,
 )
+from srsd.envelope.store import EnvelopeStore, Outage, SQLiteStore, StorageError
 from srsd.logs import LOGGER
 from srsd.policy import Decision, Outcome, Policy
-from srsd.storage import EnvelopeStore, Outage, SQLiteStore, StorageError
 
 UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
 UNKNOWN = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")

@@ -1,0 +1,396 @@
+# The Sendmail milter wire format, sans-IO: MTA packets in, events and filter replies out.
+"""Speak the filter side of the Sendmail milter protocol (version 6) without doing any I/O.
+
+Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` open one connection per SMTP session
+(or per local submission) and talk in packets: a 4-byte big-endian length, counting the
+command byte, then the command byte and its data; strings are NUL-terminated. srsd takes
+part in four steps only: option negotiation (``O``), the envelope sender (``M``), each
+envelope recipient (``R``) and the end of the message (``E``), where it may change the
+sender (``e``, CHGFROM) and replace recipients (``-`` DELRCPT, ``+`` ADDRCPT). Every other
+step is switched off in the negotiation (``SMFIP_NOCONNECT``, ``NOHELO``, ``NOHDRS``,
+``NOEOH``, ``NOBODY``, ``NODATA``, ``NOUNKNOWN``), and answered ``continue`` when an MTA
+sends it anyway. Macros (``D``) are read for the queue id (``i``) only.
+
+:class:`Session` turns received bytes into :class:`Send`, :class:`Decide` and
+:class:`Close` actions; :meth:`Session.verdict` turns the decision for a message into the
+reply bytes. Rules:
+
+* a packet length of 0 or over ``max_packet`` (:data:`MAX_PACKET`) is refused as soon as its
+  four bytes are in, before any payload is read: the session buffers at most one packet;
+* the first packet must be ``O``; a command out of place (a recipient before a sender, the
+  end of a message outside one, a second negotiation), an unknown command or a malformed
+  packet is a protocol error: the session says why in :class:`Close` and takes no more
+  input. Postfix then applies ``milter_default_action`` (``tempfail``) to that SMTP session;
+* at most ``recipient_limit`` recipients are kept per message; each one over it is answered
+  ``452 4.5.3 Too many recipients``, so the client sends it again in a later transaction and
+  every recipient srsd decides on is one Postfix accepted;
+* an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
+  gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through.
+
+Why not ``kilter-protocol`` (PyPI, 0.6.0, the one sans-IO milter codec for Python): under
+hostile input it fails in ways a server must not: a packet length of 0 leaves the command
+byte in its buffer and yields nothing more for ever; an empty ``M`` packet escapes as
+``RuntimeError`` (``StopIteration`` in a generator); a short ``O`` raises ``struct.error``;
+non-ASCII macro values and host names raise ``UnicodeDecodeError``; a 4 GiB length is not
+refused but waited for; some checks are ``assert`` statements (gone under ``python -O``).
+It is marked "Development Status 1 - Planning" and was last released in May 2024. The
+part of the protocol srsd needs is small, so it is written here and fuzzed
+(``fuzz/fuzz_milter.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: Longest packet accepted, counting the command byte (libmilter's MILTER_MAX_DATA_SIZE is
+#: 65535 bytes of data; srsd switches off the body and header steps that could need more).
+MAX_PACKET = 65536
+#: Default recipients kept per message (postsrsd's ``milter-recipient-limit``).
+MAX_RECIPIENTS = 1000
+#: The milter protocol version srsd speaks (Postfix: ``milter_protocol = 6``).
+VERSION = 6
+_LENGTH = struct.Struct("!I")
+_NEGOTIATION = struct.Struct("!III")
+
+# MTA commands (libmilter mfdef.h, SMFIC_*).
+ABORT = ord("A")
+BODY = ord("B")
+CONNECT = ord("C")
+MACRO = ord("D")
+END_OF_MESSAGE = ord("E")
+HELO = ord("H")
+QUIT_NEW_CONNECTION = ord("K")
+HEADER = ord("L")
+MAIL = ord("M")
+END_OF_HEADERS = ord("N")
+NEGOTIATE = ord("O")
+QUIT = ord("Q")
+RCPT = ord("R")
+DATA = ord("T")
+UNKNOWN = ord("U")
+
+# Filter replies (SMFIR_*).
+ADD_RECIPIENT = b"+"
+DELETE_RECIPIENT = b"-"
+ACCEPT = b"a"
+CONTINUE = b"c"
+CHANGE_SENDER = b"e"
+TEMPORARY_FAILURE = b"t"
+REPLY_CODE = b"y"
+
+
+class Action(enum.IntFlag):
+    """What a filter may do at the end of a message (SMFIF_*)."""
+
+    ADD_RECIPIENT = 0x04
+    DELETE_RECIPIENT = 0x08
+    CHANGE_SENDER = 0x40
+
+
+class Step(enum.IntFlag):
+    """Protocol flags (SMFIP_*): steps the MTA may leave out."""
+
+    NO_CONNECT = 0x001
+    NO_HELO = 0x002
+    NO_BODY = 0x010
+    NO_HEADERS = 0x020
+    NO_END_OF_HEADERS = 0x040
+    NO_UNKNOWN = 0x100
+    NO_DATA = 0x200
+
+
+#: The actions srsd needs, all of them: without one it cannot rewrite.
+NEEDED_ACTIONS = Action.CHANGE_SENDER | Action.ADD_RECIPIENT | Action.DELETE_RECIPIENT
+#: The steps srsd asks the MTA to leave out (when it offers to).
+SKIPPED_STEPS = (Step.NO_CONNECT | Step.NO_HELO | Step.NO_BODY | Step.NO_HEADERS
+                 | Step.NO_END_OF_HEADERS | Step.NO_UNKNOWN | Step.NO_DATA)  # fmt: skip
+#: Steps answered ``continue`` whatever they carry (sent when the MTA cannot skip them).
+_IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN})
+_QUEUE_ID_MACROS = frozenset({b"i", b"{i}"})
+_TOO_MANY = b"452 4.5.3 Too many recipients"
+
+
+def packet(command: bytes, data: bytes = b"") -> bytes:
+    """One packet: length (command byte included), command, data."""
+    return _LENGTH.pack(len(data) + 1) + command + data
+
+
+def _strings(data: bytes) -> list[bytes] | None:
+    """NUL-terminated strings; None unless ``data`` is one or more of them."""
+    if not data or data[-1] != 0:
+        return None
+    return data[:-1].split(b"\x00")
+
+
+def unbracket(address: bytes) -> bytes:
+    """The address in a MAIL/RCPT argument: ``<a@b>`` → ``a@b``, ``<>`` → empty."""
+    if len(address) >= 2 and address[0] == 0x3C and address[-1] == 0x3E:
+        return address[1:-1]
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One message at its end: the queue id, the sender and recipients as the MTA sent them
+    (``<...>`` included; see :func:`unbracket`)."""
+
+    queue_id: bytes
+    sender: bytes
+    recipients: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with a message: a new sender, recipients to replace (as sent, new), or a
+    temporary failure (nothing changed, the MTA defers the message)."""
+
+    sender: bytes | None = None
+    replace: tuple[tuple[bytes, bytes], ...] = ()
+    tempfail: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes to send to the MTA now."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """A message ended: decide, then send :meth:`Session.verdict`'s bytes."""
+
+    transaction: Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The session is over: ``reason`` is None after QUIT, else the protocol error."""
+
+    reason: str | None
+
+
+MilterAction = Send | Decide | Close
+
+
+class _State(enum.Enum):
+    NEGOTIATE = "negotiate"  # expecting O
+    READY = "ready"  # between messages
+    MESSAGE = "message"  # after MAIL
+    CLOSED = "closed"
+
+
+class Session:
+    """One milter connection, as a state machine fed with the bytes received."""
+
+    __slots__ = ("_buf", "_max_packet", "_recipient_limit", "_recipients", "_sender",
+                 "_state", "actions", "queue_id", "refused", "version")  # fmt: skip
+
+    def __init__(self, *, recipient_limit: int = MAX_RECIPIENTS,
+                 max_packet: int = MAX_PACKET) -> None:  # fmt: skip
+        if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET:
+            raise ValueError("recipient_limit must be >= 1, max_packet 13..MAX_PACKET")
+        self._recipient_limit = recipient_limit
+        self._max_packet = max_packet
+        self._buf = bytearray()
+        self._state = _State.NEGOTIATE
+        self._sender = b""
+        self._recipients: list[bytes] = []
+        #: The protocol version and actions agreed on (0 before the negotiation).
+        self.version = 0
+        self.actions = Action(0)
+        #: The latest queue id the MTA sent (macro ``i``), empty if none.
+        self.queue_id = b""
+        #: Recipients answered "too many" so far (a metric).
+        self.refused = 0
+
+    @property
+    def closed(self) -> bool:
+        """True after QUIT, EOF or a protocol error."""
+        return self._state is _State.CLOSED
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete packet (at most four plus ``max_packet``)."""
+        return len(self._buf)
+
+    @property
+    def can_rewrite(self) -> bool:
+        """Whether the MTA offered every action srsd needs."""
+        return NEEDED_ACTIONS in self.actions
+
+    def feed(self, data: bytes | bytearray) -> list[MilterAction]:
+        """Take the next bytes received; return what to do, in order."""
+        if self._state is _State.CLOSED:
+            return []
+        self._buf += data
+        out: list[MilterAction] = []
+        buf = self._buf
+        start = 0
+        while len(buf) - start >= 4 and not self.closed:
+            (length,) = _LENGTH.unpack_from(buf, start)
+            if not 1 <= length <= self._max_packet:
+                self._fail(out, f"packet length {length} out of range 1..{self._max_packet}")
+                break
+            end = start + 4 + length
+            if len(buf) < end:
+                break
+            command, payload = buf[start + 4], bytes(buf[start + 5 : end])
+            start = end
+            self._handle(command, payload, out)
+        if self.closed:
+            self._buf = bytearray()
+        else:
+            del buf[:start]
+        return out
+
+    def feed_eof(self) -> list[MilterAction]:
+        """The MTA closed its side; an incomplete packet is dropped (nothing to answer)."""
+        if self._state is _State.CLOSED:
+            return []
+        self._state = _State.CLOSED
+        self._buf = bytearray()
+        return [Close(None)]
+
+    def verdict(self, verdict: Verdict) -> bytes:
+        """The reply to the end of a message: the changes, then ``continue``."""
+        if verdict.tempfail:
+            return packet(TEMPORARY_FAILURE)
+        parts = []
+        for old, new in verdict.replace:
+            parts.append(packet(DELETE_RECIPIENT, old + b"\x00"))
+            parts.append(packet(ADD_RECIPIENT, new + b"\x00"))
+        if verdict.sender is not None:
+            parts.append(packet(CHANGE_SENDER, verdict.sender + b"\x00"))
+        parts.append(packet(CONTINUE))
+        return b"".join(parts)
+
+    # -- one packet -------------------------------------------------------------------------
+
+    def _fail(self, out: list[MilterAction], reason: str) -> None:
+        self._state = _State.CLOSED
+        out.append(Close(reason))
+
+    def _handle(self, command: int, data: bytes, out: list[MilterAction]) -> None:
+        state = self._state
+        if command == MACRO:
+            self._macros(data, out)
+        elif state is _State.NEGOTIATE:
+            if command == NEGOTIATE:
+                self._negotiate(data, out)
+            else:
+                self._fail(out, f"{_name(command)} before the option negotiation")
+        elif command == MAIL:
+            self._mail(data, out)
+        elif command in _IGNORED_STEPS:
+            if command in (CONNECT, HELO):
+                self._reset()  # a new SMTP session or EHLO ends any message
+            out.append(Send(packet(CONTINUE)))
+        elif command == RCPT and state is _State.MESSAGE:
+            self._rcpt(data, out)
+        elif command == END_OF_MESSAGE and state is _State.MESSAGE:
+            transaction = Transaction(self.queue_id, self._sender, tuple(self._recipients))
+            self._reset()
+            out.append(Decide(transaction))
+        elif command in (ABORT, QUIT_NEW_CONNECTION):
+            self._reset()  # no reply; K: the MTA reuses the connection for a new session
+        elif command == QUIT:
+            self._state = _State.CLOSED
+            out.append(Close(None))
+        else:
+            self._fail(out, f"{_name(command)} out of place ({state.value})")
+
+    def _reset(self) -> None:
+        self._state = _State.READY
+        self._sender = b""
+        self._recipients = []
+
+    def _negotiate(self, data: bytes, out: list[MilterAction]) -> None:
+        if len(data) < _NEGOTIATION.size:
+            self._fail(out, f"option negotiation of {len(data)} bytes")
+            return
+        version, offered_actions, offered_steps = _NEGOTIATION.unpack_from(data)
+        if version < 2:
+            self._fail(out, f"milter protocol version {version} (2 to {VERSION} supported)")
+            return
+        self.version = min(version, VERSION)
+        self.actions = Action(offered_actions & NEEDED_ACTIONS)
+        steps = offered_steps & SKIPPED_STEPS
+        self._state = _State.READY
+        reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
+        out.append(Send(packet(b"O", reply)))
+
+    def _macros(self, data: bytes, out: list[MilterAction]) -> None:
+        if not data:
+            self._fail(out, "empty macro packet")
+            return
+        strings = _strings(data[1:]) if len(data) > 1 else []
+        if strings is None or len(strings) % 2:
+            self._fail(out, "malformed macro packet")
+            return
+        for name, value in zip(strings[::2], strings[1::2], strict=True):
+            if name in _QUEUE_ID_MACROS:
+                self.queue_id = value
+
+    def _mail(self, data: bytes, out: list[MilterAction]) -> None:
+        args = _strings(data)
+        if args is None:
+            self._fail(out, "malformed sender packet")
+            return
+        self._reset()
+        self._state = _State.MESSAGE
+        self._sender = args[0]
+        out.append(Send(packet(CONTINUE if self.can_rewrite else TEMPORARY_FAILURE)))
+
+    def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
+        args = _strings(data)
+        if args is None:
+            self._fail(out, "malformed recipient packet")
+            return
+        if len(self._recipients) >= self._recipient_limit:
+            self.refused += 1
+            out.append(Send(packet(REPLY_CODE, _TOO_MANY + b"\x00")))
+            return
+        self._recipients.append(args[0])
+        out.append(Send(packet(CONTINUE)))
+
+
+def _name(command: int) -> str:
+    char = chr(command)
+    return f"command {char!r}" if char.isprintable() else f"command 0x{command:02x}"
+
+
+# -- the MTA's side, for tests, benchmarks and ``srsd health`` ----------------------------
+
+
+def negotiate(version: int = VERSION, actions: int = 0x1FF, steps: int = 0x1FFFFF) -> bytes:
+    """The MTA's option negotiation packet (Postfix offers everything it supports)."""
+    return packet(b"O", _NEGOTIATION.pack(version, actions, steps))
+
+
+def command(code: int, *strings: bytes) -> bytes:
+    """An MTA packet whose data is NUL-terminated strings (``M``, ``R``, ``D`` take these)."""
+    return packet(bytes([code]), b"".join(s + b"\x00" for s in strings))
+
+
+def macros(stage: int, pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """An MTA macro packet for ``stage`` (the command byte the macros precede)."""
+    body = b"".join(name + b"\x00" + value + b"\x00" for name, value in pairs)
+    return packet(b"D", bytes([stage]) + body)
+
+
+def split_replies(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Split filter replies into (command, data) pairs; ValueError if ``data`` is cut short."""
+    out = []
+    while data:
+        if len(data) < 5:
+            raise ValueError("incomplete packet")
+        (length,) = _LENGTH.unpack_from(data)
+        if length < 1 or len(data) < 4 + length:
+            raise ValueError("incomplete packet")
+        out.append((data[4:5], data[5 : 4 + length]))
+        data = data[4 + length :]
+    return out

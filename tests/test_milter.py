@@ -1,0 +1,238 @@
+# Tests of the milter wire format (sans-IO): negotiation, the state machine, limits, replies.
+"""Exact bytes in, exact actions and bytes out; then properties checked with hypothesis.
+
+The conversations are those Postfix 3.7 holds with a milter (``milter_protocol = 6``): it
+offers every action and step flag it knows, sends macros before each step, answers each
+step srsd did not switch off, and sends ``A`` between messages and ``Q`` at the end.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from srsd import milter
+from srsd.milter import (
+    MAX_PACKET,
+    Close,
+    Decide,
+    Send,
+    Session,
+    Transaction,
+    Verdict,
+    command,
+    macros,
+    negotiate,
+    packet,
+    split_replies,
+)
+
+PROPERTY = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+CONTINUE = Send(b"\x00\x00\x00\x01c")
+OPTNEG_REPLY = Send(b"\x00\x00\x00\x0dO" + struct.pack("!III", 6, 0x4C, 0x373))
+
+
+def conversation(*recipients: bytes, sender: bytes = b"<alice@origin.test>") -> bytes:
+    """What Postfix sends for one message on a fresh connection."""
+    return b"".join([
+        negotiate(),
+        macros(milter.MAIL, [(b"i", b"4Xq1"), (b"{mail_addr}", b"alice@origin.test")]),
+        command(milter.MAIL, sender, b"SIZE=100"),
+        *(command(milter.RCPT, r) for r in recipients),
+        macros(milter.END_OF_MESSAGE, [(b"i", b"4Xq1A")]),
+        command(milter.END_OF_MESSAGE),
+    ])  # fmt: skip
+
+
+def test_postfix_conversation_gives_exact_actions() -> None:
+    session = Session()
+    actions = session.feed(conversation(b"<carol@dest.test>", b"<dave@mailbox.test>"))
+    assert actions == [
+        OPTNEG_REPLY, CONTINUE, CONTINUE, CONTINUE,
+        Decide(Transaction(b"4Xq1A", b"<alice@origin.test>",
+                           (b"<carol@dest.test>", b"<dave@mailbox.test>"))),
+    ]  # fmt: skip
+    assert session.version == 6 and session.can_rewrite
+    assert session.feed(command(milter.ABORT) + command(milter.QUIT)) == [Close(None)]
+    assert session.closed and session.feed(conversation()) == []
+
+
+def test_negotiation_asks_only_for_what_is_needed_and_offered() -> None:
+    # An MTA offering version 2 without CHGFROM and only some skip flags.
+    session = Session()
+    [reply] = session.feed(negotiate(version=2, actions=0x0F, steps=0x13))
+    assert reply == Send(packet(b"O", struct.pack("!III", 2, 0x0C, 0x13)))
+    assert not session.can_rewrite
+    # Every sender then gets a temporary failure: srsd cannot rewrite through this MTA.
+    assert session.feed(command(milter.MAIL, b"<a@b.test>")) == [Send(packet(b"t"))]
+
+
+def test_verdict_bytes() -> None:
+    session = Session()
+    verdict = Verdict(sender=b"SRS0=abcd=JM=origin.test=alice@forwarder.test",
+                      replace=((b"<SRS0=x@forwarder.test>", b"alice@origin.test"),))  # fmt: skip
+    assert split_replies(session.verdict(verdict)) == [
+        (b"-", b"<SRS0=x@forwarder.test>\x00"),
+        (b"+", b"alice@origin.test\x00"),
+        (b"e", b"SRS0=abcd=JM=origin.test=alice@forwarder.test\x00"),
+        (b"c", b""),
+    ]
+    assert session.verdict(Verdict()) == packet(b"c")
+    assert session.verdict(Verdict(sender=b"x@y", tempfail=True)) == packet(b"t")
+
+
+def test_steps_the_mta_cannot_skip_are_answered_continue() -> None:
+    session = Session()
+    session.feed(negotiate(steps=0))
+    stream = b"".join([
+        command(milter.CONNECT, b"client.test"), command(milter.HELO, b"client.test"),
+        command(milter.MAIL, b"<a@b.test>"), command(milter.RCPT, b"<c@d.test>"),
+        command(milter.DATA), command(milter.HEADER, b"Subject", b"hi"),
+        command(milter.END_OF_HEADERS), command(milter.BODY, b"body"),
+        command(milter.UNKNOWN, b"XFOO"), command(milter.END_OF_MESSAGE),
+    ])  # fmt: skip
+    actions = session.feed(stream)
+    assert actions[:9] == [CONTINUE] * 9
+    assert actions[9] == Decide(Transaction(b"", b"<a@b.test>", (b"<c@d.test>",)))
+
+
+def test_abort_and_new_connection_reset_the_message() -> None:
+    session = Session()
+    session.feed(negotiate() + command(milter.MAIL, b"<a@b.test>")
+                 + command(milter.RCPT, b"<c@d>"))  # fmt: skip
+    assert session.feed(command(milter.ABORT)) == []
+    # After ABORT a recipient is out of place: there is no message.
+    out_of_place = Close("command 'R' out of place (ready)")
+    assert session.feed(command(milter.RCPT, b"<c@d>")) == [out_of_place]
+    session = Session()
+    session.feed(negotiate() + command(milter.MAIL, b"<a@b.test>"))
+    assert session.feed(command(milter.QUIT_NEW_CONNECTION)) == []
+    actions = session.feed(command(milter.MAIL, b"<x@y.test>") + command(milter.END_OF_MESSAGE))
+    assert actions == [CONTINUE, Decide(Transaction(b"", b"<x@y.test>", ()))]
+
+
+def test_recipient_limit_answers_452_and_keeps_the_first_ones() -> None:
+    session = Session(recipient_limit=2)
+    rcpts = [b"<r%d@d.test>" % i for i in range(4)]
+    actions = session.feed(conversation(*rcpts))
+    too_many = Send(packet(b"y", b"452 4.5.3 Too many recipients\x00"))
+    assert actions[1:6] == [CONTINUE, CONTINUE, CONTINUE, too_many, too_many]
+    assert actions[6] == Decide(Transaction(b"4Xq1A", b"<alice@origin.test>", tuple(rcpts[:2])))
+    assert session.refused == 2
+
+
+@pytest.mark.parametrize(
+    ("stream", "reason"),
+    [
+        (command(milter.MAIL, b"<a@b>"), "command 'M' before the option negotiation"),
+        (packet(b"O", b"\x00" * 11), "option negotiation of 11 bytes"),
+        (negotiate(version=1), "milter protocol version 1 (2 to 6 supported)"),
+        (negotiate() + negotiate(), "command 'O' out of place (ready)"),
+        (negotiate() + command(milter.END_OF_MESSAGE), "command 'E' out of place (ready)"),
+        (negotiate() + packet(b"M"), "malformed sender packet"),
+        (negotiate() + packet(b"M", b"<a@b>"), "malformed sender packet"),
+        (negotiate() + command(milter.MAIL, b"<a@b>") + packet(b"R", b"x"),
+         "malformed recipient packet"),
+        (negotiate() + packet(b"D"), "empty macro packet"),
+        (negotiate() + packet(b"D", b"Mi\x00"), "malformed macro packet"),
+        (negotiate() + packet(b"Z"), "command 'Z' out of place (ready)"),
+        (negotiate() + packet(b"\x01"), "command 0x01 out of place (ready)"),
+        (b"\x00\x00\x00\x00", "packet length 0 out of range 1..65536"),
+        (b"\xff\xff\xff\xff", "packet length 4294967295 out of range 1..65536"),
+        (struct.pack("!I", MAX_PACKET + 1), "packet length 65537 out of range 1..65536"),
+    ],
+)
+def test_protocol_errors_close_the_session(stream: bytes, reason: str) -> None:
+    session = Session()
+    actions = session.feed(stream)
+    assert actions[-1] == Close(reason)
+    assert session.closed and session.buffered == 0
+    assert session.feed(conversation()) == [] and session.feed_eof() == []
+
+
+def test_hostile_length_is_refused_before_its_payload() -> None:
+    session = Session()
+    assert session.feed(negotiate() + struct.pack("!I", MAX_PACKET + 1)) == [
+        OPTNEG_REPLY, Close("packet length 65537 out of range 1..65536")]  # fmt: skip
+    # The largest allowed packet is buffered whole, and no more.
+    session = Session()
+    session.feed(negotiate() + struct.pack("!I", MAX_PACKET) + b"M")
+    session.feed(b"x" * (MAX_PACKET - 2))
+    assert session.buffered == 4 + MAX_PACKET - 1
+    assert session.feed(b"\x00") == [CONTINUE] and session.buffered == 0
+
+
+def test_eof_mid_packet_closes_quietly() -> None:
+    session = Session()
+    session.feed(negotiate() + command(milter.MAIL, b"<a@b>")[:-3])
+    assert session.feed_eof() == [Close(None)]
+    assert session.closed and session.buffered == 0
+
+
+def test_unbracket() -> None:
+    assert milter.unbracket(b"<a@b>") == b"a@b"
+    assert milter.unbracket(b"<>") == b""
+    assert milter.unbracket(b"a@b") == b"a@b"
+    assert milter.unbracket(b"<") == b"<"
+
+
+# -- properties ---------------------------------------------------------------------------
+
+addresses = st.binary(max_size=40).map(lambda b: b"<" + b.replace(b"\x00", b"") + b">")
+packets = st.one_of(
+    addresses.map(lambda a: command(milter.MAIL, a)),
+    addresses.map(lambda a: command(milter.RCPT, a)),
+    st.sampled_from([command(milter.END_OF_MESSAGE), command(milter.ABORT),
+                     command(milter.DATA), command(milter.QUIT_NEW_CONNECTION),
+                     macros(milter.RCPT, [(b"i", b"Q1")]), command(milter.QUIT)]),
+    st.binary(max_size=12),  # garbage
+)  # fmt: skip
+
+
+def feed_pieces(stream: bytes, cuts: list[int]) -> list[milter.MilterAction]:
+    session = Session(recipient_limit=3, max_packet=128)
+    actions: list[milter.MilterAction] = []
+    last = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        actions += session.feed(stream[last:cut])
+        assert session.buffered <= 4 + 128
+        last = cut
+    return actions + session.feed_eof()
+
+
+@PROPERTY
+@given(st.lists(packets, max_size=12), st.lists(st.integers(min_value=0), max_size=8))
+def test_any_split_gives_the_same_actions(parts: list[bytes], cuts: list[int]) -> None:
+    stream = negotiate() + b"".join(parts)
+    whole = feed_pieces(stream, [])
+    assert feed_pieces(stream, cuts) == whole
+    # Exactly one Close, last; every Decide carries at most the limit of recipients.
+    assert [type(a) for a in whole].count(Close) == 1 and isinstance(whole[-1], Close)
+    for action in whole:
+        if isinstance(action, Decide):
+            assert len(action.transaction.recipients) <= 3
+
+
+@PROPERTY
+@given(st.binary(max_size=300))
+def test_any_bytes_give_actions_never_an_exception(data: bytes) -> None:
+    actions = feed_pieces(data, [])
+    assert isinstance(actions[-1], Close)
+    for action in actions:
+        if isinstance(action, Send):
+            split_replies(action.data)  # well-formed packets
+
+
+@PROPERTY
+@given(st.lists(st.tuples(addresses, addresses), max_size=5),
+       st.one_of(st.none(), addresses))  # fmt: skip
+def test_verdict_is_well_formed(replace: list[tuple[bytes, bytes]], sender: bytes | None) -> None:
+    replies = split_replies(Session().verdict(Verdict(sender=sender, replace=tuple(replace))))
+    assert replies[-1] == (b"c", b"")
+    changes = [b"-", b"+"] * len(replace) + [b"e"] * (sender is not None)
+    assert [c for c, _ in replies[:-1]] == changes
+    assert all(data.endswith(b"\x00") and data.count(b"\x00") == 1 for _, data in replies[:-1])
