@@ -164,6 +164,9 @@ class ConnectionLoop:
         self.connections: set[Connection] = set()
         #: Asked about each accepted connection before it is served; False closes it at once.
         self.admit: Callable[[Connection], bool] = _admit_all
+        #: Called after every pass and every batch answered off the loop (e.g. to write the
+        #: log lines the answers rendered).
+        self.after_pass: list[Callable[[], None]] = []
         self._selector: selectors.DefaultSelector | None = None
         self._wake: socket.socket | None = None  # written to wake the loop up
         self._listening: list[_Listening] = []
@@ -222,6 +225,7 @@ class ConnectionLoop:
             now = current_time()
             ready = select(0)
             backlog, self._backlog = self._backlog, []
+            accepting: list[_Listening] = []
             for key, _ in ready:
                 target = key.data
                 if type(target) is Connection:
@@ -231,10 +235,19 @@ class ConnectionLoop:
                     with contextlib.suppress(OSError):
                         woken.recv(64)
                 else:
-                    self._accept(target, now)
+                    accepting.append(target)
             for conn in backlog:
                 if not conn.closed:
                     self._answer(conn, now)
+            for listening in accepting:  # last: the connections that closed made room
+                self._accept(listening, now)
+            for hook in self.after_pass:
+                hook()
+
+    def _serving(self) -> tuple[selectors.DefaultSelector, trio.Nursery]:
+        if self._selector is None or self._nursery is None:
+            raise RuntimeError("the connection loop is not serving")
+        return self._selector, self._nursery
 
     def _accept(self, listening: _Listening, now: float) -> None:
         sock = listening.endpoint.sock
@@ -260,15 +273,27 @@ class ConnectionLoop:
                 accepted.close()
                 continue
             self.connections.add(conn)
-            assert self._selector is not None
-            self._selector.register(accepted, _READ, conn)
+            self._serving()[0].register(accepted, _READ, conn)
             self._receive(conn, now)  # the request often came with the connection
+
+    def reap(self) -> None:
+        """Read every connection that is ready now, so that those which closed free their
+        place: for an admission hook about to refuse a connection at its limit (within one
+        pass, a fast client can close one connection and open the next)."""
+        if self._selector is None:
+            return
+        now = trio.current_time()
+        for key, _ in self._selector.select(0):
+            target = key.data
+            if type(target) is Connection and not target.closed and \
+                    target.next == len(target.events):  # fmt: skip
+                self._receive(target, now)
 
     def _pause(self, listening: _Listening) -> None:
         """Stop accepting on ``listening`` for a moment (descriptors or memory ran out)."""
-        assert self._selector is not None and self._nursery is not None
-        self._selector.unregister(listening.endpoint.sock)
-        self._nursery.start_soon(self._resume, listening)
+        selector, nursery = self._serving()
+        selector.unregister(listening.endpoint.sock)
+        nursery.start_soon(self._resume, listening)
 
     async def _resume(self, listening: _Listening) -> None:
         await trio.sleep(ACCEPT_RETRY_DELAY)
@@ -350,11 +375,11 @@ class ConnectionLoop:
     def _detach(self, conn: Connection, unsent: bytes) -> None:
         """Take ``conn`` out of the loop into a task that sends ``unsent``, answers the rest
         of its requests and brings it back (or closes it)."""
-        assert self._selector is not None and self._nursery is not None
-        self._selector.unregister(conn.sock)
+        selector, nursery = self._serving()
+        selector.unregister(conn.sock)
         conn.detached = True
         conn.scope = trio.CancelScope()
-        self._nursery.start_soon(self._off_loop, conn, unsent)
+        nursery.start_soon(self._off_loop, conn, unsent)
 
     async def _off_loop(self, conn: Connection, unsent: bytes) -> None:
         back = False
@@ -393,8 +418,7 @@ class ConnectionLoop:
             return False
         return not self._stopping
 
-    @staticmethod
-    async def _answer_later(conn: Connection) -> bytes:
+    async def _answer_later(self, conn: Connection) -> bytes:
         """The replies to the next requests of ``conn``, waiting where an answer must."""
         service = conn.service
         end = min(len(conn.events), conn.next + ANSWERS_PER_PASS)
@@ -405,6 +429,8 @@ class ConnectionLoop:
                 reply = await service.answer_later(event)
             replies.append(reply)
             conn.next += 1
+        for hook in self.after_pass:
+            hook()
         return b"".join(replies)
 
     # -- closing ------------------------------------------------------------------------------

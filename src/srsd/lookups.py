@@ -24,9 +24,9 @@ from srsd import socketmap, tcp_table
 from srsd.envelope import EnvelopeMode, key_of, use_database
 from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.listeners import Role, Wire
-from srsd.logs import LOGGER, show
+from srsd.logs import LOGGER, line, show
 from srsd.metrics import Latency
-from srsd.policy import Decision, Outcome, Policy
+from srsd.policy import QUIET, Decision, Outcome, Policy
 from srsd.settings import Settings
 
 #: socketmap map names, as in ``socketmap:inet:127.0.0.1:10003:forward``.
@@ -38,6 +38,7 @@ _EMBEDDED = EnvelopeMode.EMBEDDED
 _FORWARD = Role.FORWARD
 _REWRITTEN = Outcome.REWRITTEN
 _ERROR = Outcome.ERROR
+_DEBUG, _INFO = logging.DEBUG, logging.INFO
 
 
 class Lookups:
@@ -96,17 +97,15 @@ class Lookups:
     def record(self, protocol: str, role: Role, key: bytes, decision: Decision,
                started: float) -> None:  # fmt: skip
         """Count, time (from ``started``, a :func:`time.perf_counter` reading) and log one
-        answered lookup."""
+        answered lookup (the log line is written at the next :func:`srsd.logs.flush`)."""
         self.latency.observe(role.value, time.perf_counter() - started)
         self.counts[(protocol, role.value, decision.outcome.value)] += 1
-        level = logging.DEBUG if decision.quiet else logging.INFO
-        if LOGGER.isEnabledFor(level):
+        level = _DEBUG if decision.outcome in QUIET else _INFO
+        if LOGGER.isEnabledFor(level):  # one line per lookup, as postsrsd: the fast way
             if decision.value is not None:
-                LOGGER.log(level, "%s <%s> rewritten as <%s>", role.value, show(key),
-                           show(decision.value))  # fmt: skip
+                line(level, f"{role.value} <{show(key)}> rewritten as <{show(decision.value)}>")
             else:
-                LOGGER.log(level, "%s <%s> not rewritten: %s", role.value, show(key),
-                           decision.reason)  # fmt: skip
+                line(level, f"{role.value} <{show(key)}> not rewritten: {decision.reason}")
 
     def bad_request(self, protocol: str, name: str, reason: str) -> None:
         """Count a request that is not a lookup; log it, a few lines a second at most."""

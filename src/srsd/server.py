@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from srsd import systemd
+from srsd import logs, systemd
 from srsd.connections import Connection, ConnectionLoop, Service
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.envelope.lookups import EnvelopeDatabase
@@ -68,6 +68,8 @@ __all__ = [
 STATUS_INTERVAL = 30.0
 #: At most one "connection limit reached" line per this many seconds.
 LIMIT_LOG_INTERVAL = 10.0
+#: Longest time a rendered log line waits to be written when no pass of the loop comes.
+LOG_FLUSH_INTERVAL = 0.5
 
 
 class Server:
@@ -83,6 +85,7 @@ class Server:
         self.lookup = Lookups(settings, settings.policy(), self.envelopes)
         self.loop = ConnectionLoop()
         self.loop.admit = self.admit
+        self.loop.after_pass.append(logs.flush)  # the lookups' log lines, once per pass
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
         self.metrics_listeners: list[trio.SocketListener] = []
@@ -114,6 +117,11 @@ class Server:
     def open_connections(self) -> int:
         """Connections open now (a metric)."""
         return len(self.loop.connections)
+
+    @property
+    def log_lines_dropped(self) -> int:
+        """Log lines dropped because stderr took none (a metric)."""
+        return logs.dropped_lines()
 
     @property
     def database_errors(self) -> int:
@@ -159,6 +167,7 @@ class Server:
                                 loops.start_soon(serve_http, listener, registry)
                             if self.notifier.enabled:
                                 loops.start_soon(self._report_status)
+                            loops.start_soon(self._flush_log)
                             self.notifier.notify("READY=1", self.status())
                             task_status.started()
                 finally:
@@ -169,13 +178,15 @@ class Server:
 
     def service(self, endpoint: Endpoint) -> Service:
         """What answers ``endpoint``'s requests."""
-        if endpoint.wire is Wire.SOCKETMAP:
+        if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
             return SocketmapService(self.lookup)
-        assert endpoint.role is not None  # a tcp_table endpoint serves one map
         return TcpTableService(self.lookup, endpoint.role)
 
     def admit(self, conn: Connection) -> bool:
         """Whether to serve a connection just accepted: not over ``max_connections``."""
+        if len(self.loop.connections) < self.settings.max_connections:
+            return True
+        self.loop.reap()  # connections closed since the pass began make room
         if len(self.loop.connections) < self.settings.max_connections:
             return True
         self.rejected_connections += 1
@@ -233,6 +244,14 @@ class Server:
         return (f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
                 f"connections open, {self.rejected_connections} refused (limit), "
                 f"{self.reloads['failed']} failed reloads")  # fmt: skip
+
+    @staticmethod
+    async def _flush_log() -> None:
+        """Write log lines left behind: rendered outside the loop, or not taken yet by a
+        log destination that was full."""
+        while True:
+            await trio.sleep(LOG_FLUSH_INTERVAL)
+            logs.flush()
 
     async def _report_status(self) -> None:
         while True:
@@ -298,4 +317,5 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
                 ", ".join(map(str, endpoints)), settings.domain, len(settings.secrets))  # fmt: skip
     await server.serve(endpoints)
     LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.values()))
+    logs.flush()
     return 0
