@@ -881,10 +881,13 @@ async def test_reload_warns_when_ports_change(tmp_path: Path, log: CapturedLog) 
         moved = make_settings(tmp_path, srv.forward + 10, srv.reverse)
         srv.server._reload = lambda: moved
         assert srv.server.reload()
-        assert ("listen addresses and ports changed: restart srsd to apply them"
-                in log.messages(logging.WARNING))  # fmt: skip
+        assert log.messages(logging.WARNING) == ["forward_port changed: restart to apply"]
+        assert srv.server.settings.forward_port == srv.forward  # the port in use, still
         c = await srv.connect(Role.FORWARD)  # still listening where it was
         assert (await c.ask(b"bob")).startswith(b"500 ")
+        # A second reload with the same change says it again: it is still not applied.
+        assert srv.server.reload()
+        assert log.messages(logging.WARNING).count("forward_port changed: restart to apply") == 2
 
 
 async def test_sigterm_drains_and_stops(tmp_path: Path, log: CapturedLog) -> None:
@@ -924,16 +927,22 @@ async def test_sigterm_drains_and_stops(tmp_path: Path, log: CapturedLog) -> Non
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
-async def test_bad_request_log_lines_are_rate_limited(tmp_path: Path, log: CapturedLog) -> None:
+async def test_bad_request_log_lines_are_rate_limited(
+    tmp_path: Path, log: CapturedLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Garbage comes as fast as a client sends it; the log gets a few lines a second and
     # one line counting the rest, while every bad request is still answered and counted.
+    # The rate limit's clock (time.monotonic) is held still, then moved on: no second
+    # boundary can fall in the middle of the burst, however slow the machine.
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     count = 500
     async with serving(tmp_path) as srv:
         c = await srv.connect(Role.FORWARD)
         await c.send(b"bogus\n" * count)
         refusal = b"500 Invalid%20request,%20expected%20'get%20KEY'\n"
         assert await c.lines(count) == [refusal] * count
-        await trio.sleep(1.1)
+        clock[0] += 1.1
         await c.send(b"bogus\n")
         await c.lines(1)
         assert srv.server.lookups[("tcp_table", "forward", "bad request")] == count + 1

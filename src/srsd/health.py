@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from srsd import socketmap, tcp_table
-from srsd.settings import ConfigError, Settings, UnixEndpoint, parse_endpoint
+from srsd.settings import ConfigError, Settings, UnixEndpoint
 from srsd.systemd import parse_environment_file
 
 PROBE = b"srsd-health-probe@health.invalid"
@@ -63,7 +63,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     if settings.forward_port or settings.reverse_port:
         probes.append((f"tcp_table {_show(host, settings.forward_port, settings.reverse_port)}",
                        lambda: _tcp_table(host, settings, timeout)))  # fmt: skip
-    spec = parse_endpoint(settings.socketmap)
+    spec = settings.socketmap
     if spec is not None:
         target: Address = (
             spec.path.as_posix() if isinstance(spec, UnixEndpoint)
