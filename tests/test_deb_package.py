@@ -99,7 +99,8 @@ def test_deb_installs_serves_and_purges(deb: Path, root: Path) -> None:
 
     # -- install, nothing configured yet --
     said = sh(root, f"{APT} update >/dev/null && cd /root && {APT} install ./{DEB} 2>&1")
-    assert "no domain configured" in said
+    assert "srsd.service is not enabled: srsd: configuration error: domain:" in said
+    assert "systemctl enable --now srsd" in said
     assert sh(root, "command -v srsd").strip() == "/usr/bin/srsd"
     assert (root / "usr" / "share" / "man" / "man1" / "srsd.1.gz").is_file()
     installed_unit = (root / "lib" / "systemd" / "system" / "srsd.service").read_text()
