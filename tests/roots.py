@@ -261,7 +261,7 @@ def run_beside(proc: subprocess.Popen[str], command: str,
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str, str]:
+def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str | None, str | None]:
     """Stop a container from ``start_in`` (SIGTERM, then SIGKILL) and return its output."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

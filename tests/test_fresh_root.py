@@ -10,10 +10,13 @@ Needs root, debootstrap, systemd-nspawn and the network (deb.debian.org and PyPI
 run builds the cached base root, about a minute). The roots share the host's network, so the
 quick start's ports 10001/10002 must be free on this host. Bounded: each command has a
 deadline, and every process started inside dies with its container.
+
+``SRSD_FRESH_SUITE=trixie`` runs the same test on Debian 13 (by hand; CI runs Debian 12).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -27,6 +30,7 @@ import pytest
 from tests import roots
 
 README = roots.REPO / "README.md"
+SUITE = os.environ.get("SRSD_FRESH_SUITE", "bookworm")
 FORWARD = ("127.0.0.1", 10001)  # the defaults the quick start relies on
 REVERSE = ("127.0.0.1", 10002)
 SENDER = "alice@origin.example"
@@ -94,7 +98,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if busy:
         pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
                     "and the quick start's server needs these ports")
-    path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / "debian12", "bookworm")
+    path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / SUITE, SUITE)
     # Upstream: a bare repository holding this checkout's HEAD as its main branch.
     origin = path / ORIGIN.relative_to("/")
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
