@@ -151,6 +151,16 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         time.sleep(POLL)
 
 
+def serve_and_check(root: Path, command: str, log: Path) -> tuple[str, float]:
+    """Run README's foreground ``command``, check Postfix's answers, stop it. Returns the
+    SRS address and the seconds until srsd listened."""
+    server, seconds = run_foreground(root, command, log)
+    try:
+        return check_answers(server), seconds
+    finally:
+        stop_server(server)
+
+
 def in_root(root: Path, command: str) -> subprocess.CompletedProcess[str]:
     return roots.run_in(root, command, timeout=COMMAND_TIMEOUT)
 
@@ -176,12 +186,8 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     before = in_root(root, "python3 -c 'import ensurepip' 2>&1; command -v srsd pip pip3")
     assert "No module named 'ensurepip'" in before.stdout and "/srsd" not in before.stdout
 
-    server, timings["quick start (until srsd listens)"] = run_foreground(
+    first, timings["quick start (until srsd listens)"] = serve_and_check(
         root, start, tmp_path / "quickstart.log")
-    try:
-        first = check_answers(server)
-    finally:
-        stop_server(server)
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
     secret = in_root(root, f"cat {SECRET}").stdout
@@ -189,12 +195,8 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
 
     marker = f"upgrade-check-{time.time_ns()}"
     commit_upstream(root, tmp_path / "upstream", marker)
-    server, timings["upgrade (until srsd listens)"] = run_foreground(
+    again, timings["upgrade (until srsd listens)"] = serve_and_check(
         root, upgrade, tmp_path / "upgrade.log")
-    try:
-        again = check_answers(server)
-    finally:
-        stop_server(server)
     installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py")
     assert marker in installed.stdout, "the upgrade did not install the pulled code"
     assert in_root(root, f"cat {SECRET}").stdout == secret  # the same secret after the upgrade
