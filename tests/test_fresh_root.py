@@ -34,7 +34,8 @@ SUITE = os.environ.get("SRSD_FRESH_SUITE", "bookworm")
 FORWARD = ("127.0.0.1", 10001)  # the defaults the quick start relies on
 REVERSE = ("127.0.0.1", 10002)
 SENDER = "alice@origin.example"
-SRS0 = re.compile(r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
+# hash: 4 characters of base64url (the default) or base64; day stamp: 2 of base32
+SRS0 = re.compile(r"SRS0=[A-Za-z0-9_+/-]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
 ORIGIN = Path("/srv/srsd.git")  # the root's "upstream" the clone pulls from
 CLONE = Path("/root/srsd")      # where the postmaster cloned srsd
 SECRET = Path("/var/lib/srsd/secrets")
@@ -190,6 +191,9 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
         root, start, tmp_path / "quickstart.log")
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
+    # The installer leaves the clone as it was: no root-owned build/ for `git pull` to trip on.
+    status = in_root(root, f"git -C {CLONE} status --porcelain --ignored")
+    assert status.returncode == 0 and status.stdout == "", status.stdout
     secret = in_root(root, f"cat {SECRET}").stdout
     assert secret
 
