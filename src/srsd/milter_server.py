@@ -48,6 +48,7 @@ MAX_SESSIONS = 1024
 RECEIVE_SIZE = 65536
 
 Lookup = Callable[[bytes], Awaitable[Decision]]
+_TEMPFAIL = milter.Verdict(tempfail=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,26 +69,26 @@ async def decide(transaction: milter.Transaction, *, forward: Lookup, reverse: L
         recipient = milter.unbracket(raw)
         restored = await reverse(recipient)
         if restored.outcome is Outcome.ERROR:
-            return MessageDecision(milter.Verdict(tempfail=True), "tempfail",
-                            f"recipient <{show(recipient)}>: {restored.reason}")  # fmt: skip
+            reason = f"recipient <{show(recipient)}>: {restored.reason}"
+            return MessageDecision(_TEMPFAIL, "tempfail", reason)
         if restored.outcome is Outcome.REWRITTEN and restored.value is not None:
             replace.append((raw, restored.value))
             finals.append(restored.value)
         else:
             finals.append(recipient)
+    kept = milter.Verdict(replace=tuple(replace))
     sender = milter.unbracket(transaction.sender)
     if not sender:
-        return MessageDecision(milter.Verdict(replace=tuple(replace)), "not rewritten", "null sender")
+        return MessageDecision(kept, "not rewritten", "null sender")
     if await delivery.all_delivered_here(finals):
-        return MessageDecision(milter.Verdict(replace=tuple(replace)), "delivered here",
-                        "every recipient is delivered on this host")  # fmt: skip
+        return MessageDecision(kept, "delivered here", "every recipient is delivered here")
     forwarded = await forward(sender)
     if forwarded.outcome is Outcome.ERROR:
-        return MessageDecision(milter.Verdict(tempfail=True), "tempfail", forwarded.reason)
+        return MessageDecision(_TEMPFAIL, "tempfail", forwarded.reason)
     if forwarded.outcome is Outcome.REWRITTEN and forwarded.value is not None:
-        return MessageDecision(milter.Verdict(forwarded.value, tuple(replace)), "rewritten",
-                        "forwarded")  # fmt: skip
-    return MessageDecision(milter.Verdict(replace=tuple(replace)), "not rewritten", forwarded.reason)
+        rewritten = milter.Verdict(forwarded.value, tuple(replace))
+        return MessageDecision(rewritten, "rewritten", "forwarded")
+    return MessageDecision(kept, "not rewritten", forwarded.reason)
 
 
 class MilterService:
@@ -104,8 +105,12 @@ class MilterService:
         #: Messages decided, by outcome label; protocol errors under "protocol error".
         self.messages: Counter[str] = Counter()
 
-    async def serve(self, listeners: Sequence[trio.SocketListener], *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    async def serve(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Accept on ``listeners`` until cancelled; each connection is one task."""
         async with trio.open_nursery() as nursery:
             for listener in listeners:
@@ -179,11 +184,11 @@ class MilterService:
                 outcome = await decide(transaction, forward=self.forward, reverse=self.reverse,
                                        delivery=self.delivery)  # fmt: skip
         except trio.TooSlowError:
-            outcome = MessageDecision(milter.Verdict(tempfail=True), "tempfail",
-                               f"no decision within {DECIDE_SECONDS:g} s")  # fmt: skip
+            reason = f"no decision within {DECIDE_SECONDS:g} s"
+            outcome = MessageDecision(_TEMPFAIL, "tempfail", reason)
         except Exception:
             LOGGER.exception("milter %s: internal error", queue_id)
-            outcome = MessageDecision(milter.Verdict(tempfail=True), "tempfail", "srsd internal error")
+            outcome = MessageDecision(_TEMPFAIL, "tempfail", "srsd internal error")
         self.messages[outcome.label] += 1
         verdict = outcome.verdict
         level = logging.WARNING if verdict.tempfail else logging.INFO
