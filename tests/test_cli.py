@@ -136,7 +136,8 @@ SERVE_FLAGS = ["--listen", "--forward-port", "--reverse-port", "--timeout", "--m
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        ([], ["encode", "decode", "keygen", "serve", "--version"]),
+        ([], ["encode", "decode", "keygen", "serve", "config", "health", "--version"]),
+        (["config"], [*COMMON_FLAGS, *SERVE_FLAGS[:-1], "--changed"]),
         (["encode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["decode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["keygen"], ["PATH", "--force"]),
@@ -150,8 +151,33 @@ def test_help(cli: Srsd, command: list[str], flags: list[str]) -> None:
     assert out.startswith("usage: srsd")
     missing = [flag for flag in flags if flag not in out]
     assert not missing, out
-    if command != ["serve"]:
+    if command not in (["serve"], ["config"]):
         assert "--listen" not in out
+
+
+def test_config_prints_toml_that_config_accepts(cli: Srsd, tmp_path: Path) -> None:
+    cli.config.write_text("max_age = 9\n", encoding="utf-8")
+    result = cli.run("config", *cli.common(), "--socketmap", "inet:[::1]:10003",
+                     env={"SRS_HASHLENGTH": "6"})  # fmt: skip
+    assert result.returncode == 0, text(result.stderr)
+    out = text(result.stdout)
+    assert f"max_age = 9  # from config file {cli.config}\n" in out
+    assert "hash_length = 6  # from environment SRS_HASHLENGTH\n" in out
+    assert 'socketmap = "inet:[::1]:10003"  # from command line --socketmap\n' in out
+    assert 'separator = "="  # default\n' in out
+    assert SECRET.decode() not in out
+    assert "holds 1 secret (not shown)" in out
+    printed = tmp_path / "printed.toml"
+    printed.write_text(out, encoding="utf-8")
+    again = cli.run("config", "--config", str(printed))  # nothing else: the file alone
+    assert again.returncode == 0, text(again.stderr)
+    strip = [line.split("  # ")[0] for line in out.splitlines()]
+    assert [line.split("  # ")[0] for line in text(again.stdout).splitlines()] == strip
+    changed = cli.run("config", "--changed", "--config", str(printed))
+    assert text(changed.stdout).splitlines()[1:] == text(again.stdout).splitlines()[1:]
+    only = cli.run("config", "--changed", *cli.common(), env={"SRS_HASHLENGTH": "6"})
+    keys = [line.split(" = ")[0] for line in text(only.stdout).splitlines()[1:]]
+    assert keys == ["domain", "secrets_file", "hash_length", "max_age"]
 
 
 # -- encode and decode -----------------------------------------------------------------------

@@ -1,5 +1,10 @@
-# README and packaging examples agree with the code: every setting documented, examples valid.
-"""Documentation drifts silently; these tests make it drift loudly."""
+# README and the packaging examples agree with the settings table; the examples are valid.
+"""Documentation drifts silently; these tests make it drift loudly.
+
+The README's settings table and ``packaging/srsd.toml.example`` are generated from the one
+table in :mod:`srsd.settings` (``python3 -m srsd.settings_text --write``): they must be
+exactly what the table gives.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from srsd import settings
+from srsd import settings, settings_text
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 TOML_EXAMPLE = ROOT / "packaging" / "srsd.toml.example"
 ENV_EXAMPLE = ROOT / "packaging" / "systemd" / "srsd.env.example"
+REGENERATE = "regenerate with: python3 -m srsd.settings_text --write"
+
+
+def test_readme_settings_table_is_the_table() -> None:
+    assert settings_text.readme_with_table(README) == README, REGENERATE
+
+
+def test_toml_example_is_the_table() -> None:
+    assert TOML_EXAMPLE.read_text(encoding="utf-8") == settings_text.example_file(), REGENERATE
 
 
 @pytest.mark.parametrize("field", settings.FIELDS, ids=lambda f: f.key)
@@ -23,6 +37,7 @@ def test_readme_settings_table_names_key_env_and_flag(field: settings.Field) -> 
     assert len(rows) == 1, f"README has no settings row for {field.key}"
     for name in (*field.env, field.flag):
         assert f"`{name}`" in rows[0], f"README row for {field.key} lacks {name}"
+    assert ("| restart |" in rows[0]) is not field.reloads
 
 
 def test_toml_example_mentions_every_key_and_loads(tmp_path: Path) -> None:
@@ -36,10 +51,17 @@ def test_toml_example_mentions_every_key_and_loads(tmp_path: Path) -> None:
     config.write_text(text)
     loaded = settings.load({"secrets_file": str(secret)}, environ={}, config=config)
     assert loaded.domain == "forwarder.example"
-    defaults = {f.key: f.default for f in settings.FIELDS}
     example = tomllib.loads(text)
-    for key in example.keys() - {"domain", "exclude_domains", "listen"}:
-        assert getattr(loaded, key) == defaults[key], f"example {key} is not the default"
+    for key in example.keys() - {"domain"}:
+        assert getattr(loaded, key) == settings.FIELD_BY_KEY[key].default, f"example {key}"
+    # The commented-out examples are valid values too.
+    commented = dict(re.findall(r"^# (\w+) = (.*)$", text, re.M))
+    assert commented.keys() == {f.key for f in settings.FIELDS if f.example and not f.required}
+    config.write_text(text + "".join(f"{k} = {v}\n" for k, v in commented.items()
+                                     if k != "secrets_file"))  # fmt: skip
+    (tmp_path / "exclude").write_text("")
+    with pytest.raises(settings.ConfigError, match="exclude_file: cannot read"):
+        settings.load({"secrets_file": str(secret)}, environ={}, config=config)
 
 
 def test_env_example_uses_known_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ and time-outs are tested in-process in ``test_server.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -234,6 +235,34 @@ def test_sighup_with_a_broken_file_keeps_the_configuration(tmp_path: Path) -> No
         assert reply[4:] in signed(NEW_SECRET, ALICE, t0, t1)
         assert lookup(srv.forward_port, b"bob@other.example") == b"500 excluded%20domain"
         assert srv.log().count("configuration reloaded") == 1
+
+
+def test_sighup_applies_logging_and_names_each_change_that_needs_a_restart(tmp_path: Path) -> None:
+    config = tmp_path / "srsd.toml"
+    config.write_text('log_level = "info"\n')
+    srv = SrsdProcess(tmp_path, extra_args=["--config", str(config)])
+    srv.env = clean_env(tmp_path)
+    metrics = free_port()
+    with srv:
+        assert lookup(srv.forward_port, b"<>").startswith(b"500 ")  # quiet: debug level only
+        config.write_text(f'log_level = "debug"\nlog_format = "json"\nrun_as = "nobody"\n'
+                          f'metrics_listen = "127.0.0.1:{metrics}"\nmax_age = 30\n')  # fmt: skip
+        srv.signal(signal.SIGHUP)
+        wait_log(srv, '"message": "configuration reloaded')
+        assert lookup(srv.forward_port, b"<>").startswith(b"500 ")
+        wait_log(srv, '"message": "forward <<>> not rewritten: null sender"')
+        assert refused(metrics)  # metrics_listen needs a restart: nothing listens there yet
+        before, _, after = srv.log().partition("configuration reloaded")
+        assert "<<>> not rewritten" not in before  # info level did not log the quiet lookup
+        for key in ("run_as", "metrics_listen"):
+            assert srv.log().count(f"{key} changed: restart to apply") == 1, srv.log()
+        assert "max_age changed" not in srv.log()  # applied: nothing to say
+        reloaded = after.splitlines()[1:]
+        assert reloaded, srv.log()
+        assert srv.proc is not None
+        for line in reloaded:  # after the reload: JSON lines, as the new log_format says
+            assert json.loads(line)["pid"] == srv.proc.pid, line
+        assert srv.stop(TIMEOUT) == 0, srv.log()
 
 
 # -- stopping -----------------------------------------------------------------------------------

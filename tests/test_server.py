@@ -881,10 +881,13 @@ async def test_reload_warns_when_ports_change(tmp_path: Path, log: CapturedLog) 
         moved = make_settings(tmp_path, srv.forward + 10, srv.reverse)
         srv.server._reload = lambda: moved
         assert srv.server.reload()
-        assert ("listen addresses and ports changed: restart srsd to apply them"
-                in log.messages(logging.WARNING))  # fmt: skip
+        assert log.messages(logging.WARNING) == ["forward_port changed: restart to apply"]
+        assert srv.server.settings.forward_port == srv.forward  # the port in use, still
         c = await srv.connect(Role.FORWARD)  # still listening where it was
         assert (await c.ask(b"bob")).startswith(b"500 ")
+        # A second reload with the same change says it again: it is still not applied.
+        assert srv.server.reload()
+        assert log.messages(logging.WARNING).count("forward_port changed: restart to apply") == 2
 
 
 async def test_sigterm_drains_and_stops(tmp_path: Path, log: CapturedLog) -> None:

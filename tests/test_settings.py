@@ -12,13 +12,18 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_h
+from hypothesis import strategies as st
 
-from srsd import settings
+from srsd import settings, settings_text
 from srsd.codec import Alphabet, BadHash, Codec, Expired, day_stamp
 from srsd.envelope import EnvelopeMode
+from srsd.envelope.location import SQLiteLocation
 from srsd.policy import DomainSet, Outcome
 from srsd.settings import ConfigError
 
@@ -75,7 +80,9 @@ def test_defaults(secret: Path) -> None:
     assert s.hash_alphabet is Alphabet.BASE64URL
     assert s.listen == ("127.0.0.1",)
     assert (s.forward_port, s.reverse_port) == (10001, 10002)
-    assert (s.socketmap, s.socketmap_mode, s.socketmap_owner) == ("", 0o666, None)
+    assert (s.socketmap, s.socketmap_mode, s.socketmap_owner) == (None, 0o666, None)
+    assert s.metrics_listen is None
+    assert s.envelope_database == SQLiteLocation(Path("envelopes.sqlite"))
     assert s.keep_alive == 30.0
     assert s.idle_timeout == 1800.0
     assert (s.max_connections, s.max_request) == (1000, 4096)
@@ -777,12 +784,13 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.hash_alphabet is Alphabet.BASE64
     assert s.state_dir == tmp_path / "state"
     assert s.original_envelope is EnvelopeMode.AUTO
-    assert s.envelope_database == f"sqlite:{tmp_path}/state/envelopes.sqlite"
+    assert s.envelope_database == SQLiteLocation(tmp_path / "state" / "envelopes.sqlite")
     assert s.envelope_write_limit == 600
     assert s.listen == ("127.0.0.1", "::1")
     assert (s.forward_port, s.reverse_port) == (20001, 20002)
-    assert s.socketmap == "inet:[::1]:20003"
-    assert settings.parse_endpoint(s.socketmap) == settings.InetEndpoint("::1", 20003)
+    assert s.socketmap == settings.InetEndpoint("::1", 20003)
+    assert str(s.socketmap) == "inet:[::1]:20003"
+    assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)
@@ -800,7 +808,7 @@ def test_full_toml_example_covers_every_setting() -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("mysql://db/srs", "expected sqlite:PATH or redis://"),
+    [("mysql://db/srs", "expected sqlite:PATH, redis://"),
      ("redis://127.0.0.1:99999/0", "bad port")],
 )  # fmt: skip
 def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
@@ -814,3 +822,131 @@ def test_bad_original_envelope(secret: Path) -> None:
     error = config_error(cli=base_cli(secret), environ={"SRS_ORIGINAL_ENVELOPE": "sometimes"})
     assert error == ("original_envelope: must be embedded, database or auto, got 'sometimes' "
                      "(from environment SRS_ORIGINAL_ENVELOPE)")  # fmt: skip
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", settings.FIELDS, ids=lambda f: f.key)
+def test_every_setting_is_fully_declared(field: settings.Field) -> None:
+    assert field.flag.startswith("--") and field.env and field.help
+    assert "\n" not in field.help
+    if not field.required and field.default is not None:
+        # the default, written as TOML, reads back to itself
+        raw = tomllib.loads(f"x = {field.literal(field.default)}")["x"]
+        assert field.parse(raw) == field.default
+    if field.example is not None:  # the example file's value is valid
+        field.parse(tomllib.loads(f"x = {field.example}")["x"])
+
+
+def test_the_table_is_the_settings_class() -> None:
+    declared = [f.name for f in dataclasses.fields(settings.Settings)]
+    assert [f.key for f in settings.FIELDS] == declared[: len(settings.FIELDS)]
+    assert len({f.flag for f in settings.FIELDS}) == len(settings.FIELDS)
+    assert len({n for f in settings.FIELDS for n in f.env}) == sum(
+        len(f.env) for f in settings.FIELDS)  # fmt: skip
+
+
+# -- SIGHUP: what a reload applies ---------------------------------------------------------------
+
+
+def test_plan_reload_applies_what_it_can_and_keeps_the_rest(tmp_path: Path, secret: Path) -> None:
+    old = settings.load({**base_cli(secret), "socketmap": "inet:127.0.0.1:10003"}, environ={})
+    same = settings.plan_reload(old, old)
+    assert (same.applied, same.restart, same.settings) == ((), (), old)
+    toml = write_toml(tmp_path / "srsd.toml", 'log_level = "debug"\nlog_format = "json"\n'
+                      'max_age = 9\nforward_port = 20001\nsocketmap = ""\nrun_as = "srsd"\n')
+    new = settings.load({**base_cli(secret)}, environ={}, config=toml)
+    plan = settings.plan_reload(old, new)
+    assert plan.applied == ("max_age", "log_level", "log_format")
+    assert plan.restart == ("forward_port", "socketmap", "run_as")
+    s = plan.settings
+    assert (s.max_age, s.log_level, s.log_format) == (9, "debug", "json")
+    assert (s.forward_port, s.socketmap, s.run_as) == (10001, old.socketmap, None)
+    assert s.sources["forward_port"] == "default"
+    assert s.sources["max_age"] == f"config file {toml}"
+    # The kept values are compared again next time: the change is still pending.
+    assert settings.plan_reload(s, new).restart == plan.restart
+
+
+# -- srsd config: the effective configuration as TOML ----------------------------------------------
+
+
+def config_round_trip(tmp_path: Path, s: settings.Settings) -> settings.Settings:
+    printed = tmp_path / "printed.toml"
+    printed.write_text(settings_text.effective_config(s), encoding="utf-8")
+    return settings.load(None, environ={}, config=printed)
+
+
+def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
+    secrets = write_secret(tmp_path / "srsd.secret", b"first\nsecond\n")
+    toml = write_toml(tmp_path / "srsd.toml", 'domain = "fw.example"\nmax_age = 9\n'
+                      'envelope_database = "redis://srsd:hunter2@[::1]:6380/3"\n')
+    environ = {"SRS_SECRET": str(secrets), "SRS_LISTEN_ADDR": "::1 127.0.0.2"}
+    s = settings.load({"hash_length": "6", "socketmap": "unix:/run/srsd/srsd.sock"},
+                      environ=environ, config=toml)  # fmt: skip
+    text = settings_text.effective_config(s)
+    lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
+    assert lines.keys() == settings.FIELD_BY_KEY.keys()
+    assert lines["max_age"] == f"max_age = 9  # from config file {toml}"
+    assert lines["hash_length"] == "hash_length = 6  # from command line --hash-length"
+    assert lines["listen"] == 'listen = ["::1", "127.0.0.2"]  # from environment SRS_LISTEN_ADDR'
+    assert lines["separator"] == 'separator = "="  # default'
+    assert lines["secrets_file"] == (f'secrets_file = "{secrets}"  # from environment '
+                                     "SRS_SECRET; holds 2 secrets (not shown)")  # fmt: skip
+    assert "first" not in text and "second" not in text
+    assert "hunter2" not in text
+    assert lines["envelope_database"].endswith("; its password is not shown")
+    again = config_round_trip(tmp_path, s)
+    assert {**again.values(), "envelope_database": None} == {**s.values(),
+                                                            "envelope_database": None}
+    assert again.envelope_database == dataclasses.replace(s.envelope_database, password=None)
+    assert again.secrets == s.secrets
+
+
+def test_config_changed_shows_only_what_is_not_a_default(tmp_path: Path, secret: Path) -> None:
+    s = settings.load(base_cli(secret), environ={"SRS_MAX_AGE": "9"})
+    text = settings_text.effective_config(s, changed=True)
+    assert [line.split(" = ")[0] for line in text.splitlines()[1:]] == [
+        "domain", "secrets_file", "max_age"]  # fmt: skip
+    printed = write_toml(tmp_path / "changed.toml", text)
+    assert settings.load(None, environ={}, config=printed).values() == s.values()
+
+
+_KEY_VALUES = {
+    "exclude_domains": st.lists(st.from_regex(r"\.?[a-z]{1,8}\.example", fullmatch=True),
+                                max_size=3),
+    "separator": st.sampled_from(["=", "+", "-"]),
+    "hash_length": st.integers(4, 20),
+    "max_age": st.integers(1, 365),
+    "hash_alphabet": st.sampled_from(["base64", "base64url"]),
+    "original_envelope": st.sampled_from(["embedded", "database", "auto"]),
+    "envelope_database": st.sampled_from(["", "sqlite:x.db", "sqlite:/var/lib/e.db",
+                                          "redis://h:1/2", "redis:/run/r.sock",
+                                          "redis+unix:///run/r%20s.sock?db=3", "redis:rel.sock"]),
+    "listen": st.lists(st.sampled_from(["127.0.0.1", "::1", "[::1]", "0.0.0.0"]), min_size=1,
+                       max_size=3),
+    "socketmap": st.sampled_from(["", "inet:127.0.0.1:1", "inet:[::1]:65535", "unix:/run/s a"]),
+    "socketmap_mode": st.integers(0, 0o777),
+    "socketmap_owner": st.sampled_from(["", "postfix", "postfix:mail"]),
+    "keep_alive": st.floats(0.001, 604800.0),
+    "idle_timeout": st.integers(1, 604800),
+    "log_format": st.sampled_from(["plain", "json"]),
+    "syslog": st.booleans(),
+    "metrics_listen": st.sampled_from(["", "127.0.0.1:9187", "[::1]:1"]),
+    "run_as": st.text(st.characters(min_codepoint=32, max_codepoint=0x10FFFF,
+                                    exclude_characters=" \t\n\r\x85\xa0"), max_size=5),
+    "state_dir": st.sampled_from(["/var/lib/srsd", "/tmp/s \"q\" \\ d"]),
+}
+
+
+@settings_h(max_examples=60, deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(st.fixed_dictionaries({}, optional=_KEY_VALUES))
+def test_config_output_reads_back_to_the_same_settings(
+    tmp_path: Path, secret: Path, chosen: dict[str, object]
+) -> None:
+    toml = tmp_path / "in.toml"
+    toml.write_text("".join(f"{k} = {settings.toml_literal(v)}\n" for k, v in chosen.items()))
+    s = settings.load(base_cli(secret), environ={}, config=toml)
+    assert config_round_trip(tmp_path, s).values() == s.values()

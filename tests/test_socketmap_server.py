@@ -299,7 +299,7 @@ async def test_socketmap_alone(tmp_path: Path, kind: str, sockdir: Path) -> None
 async def test_socketmap_off_by_default(tmp_path: Path) -> None:
     port = free_port(count=2)
     settings = make_settings(tmp_path, forward_port=port, reverse_port=port + 1)
-    assert settings.socketmap == ""
+    assert settings.socketmap is None
     server = Server(settings, lambda: settings)
     endpoints = await server.bind()
     try:

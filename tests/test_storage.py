@@ -20,8 +20,8 @@ import trio
 
 from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode, alias_address, alias_key, key_of, use_database
+from srsd.envelope.location import DEFAULT_SQLITE_NAME, parse_redis_url
 from srsd.envelope.store import (
-    DEFAULT_SQLITE_NAME,
     EnvelopeStore,
     Outage,
     RedisStore,
@@ -29,7 +29,6 @@ from srsd.envelope.store import (
     StorageError,
     expire_periodically,
     open_store,
-    parse_redis_url,
 )
 from tests.immutable import immutable
 from tests.ports import free_port

@@ -165,7 +165,7 @@ def test_service_unit_settings() -> None:
     s = unit["Service"]
     expected = {
         "Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
-        "Restart": "on-failure", "EnvironmentFile": "-/etc/default/srsd",
+        "Restart": "on-failure", "EnvironmentFile": "-/etc/default/srsd", "SyslogFacility": "mail",
         "LoadCredential": f"{settings.SECRETS_CREDENTIAL}:/etc/srsd/secrets",
         "DynamicUser": "yes", "StateDirectory": "srsd", "ProtectSystem": "strict",
         "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",

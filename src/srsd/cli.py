@@ -6,7 +6,8 @@ on standard input (streamed, raw bytes allowed), printing exactly one line per i
 result, or the input unchanged when it is not rewritten (the reason goes to stderr), as
 Postfix does with a "not found". Exit status: 0 when every input was rewritten, 1 when
 any was not, 2 on usage or configuration errors. ``srsd health`` exits 0 when the running
-server answers a forward + reverse round trip, 1 when it does not.
+server answers a forward + reverse round trip, 1 when it does not. ``srsd config`` prints
+the effective configuration as TOML (``--changed``: only what is not at its default).
 """
 
 from __future__ import annotations
@@ -19,35 +20,28 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from srsd import __version__, settings
+from srsd import __version__, health, settings
 from srsd.logs import show
 from srsd.policy import Decision
 
 EXIT_OK, EXIT_NOT_REWRITTEN, EXIT_USAGE = 0, 1, 2
-# Settings flags every command takes; the server-only ones come with `serve`.
-_COMMON_KEYS = (
-    "domain", "secrets_file", "exclude_domains", "exclude_file", "separator", "hash_length",
-    "hash_min", "max_age", "hash_alphabet", "state_dir",
-)  # fmt: skip
-_SERVE_KEYS = tuple(f.key for f in settings.FIELDS if f.key not in _COMMON_KEYS)
-_REPEATABLE = {"exclude_domains", "listen"}
-_CHOICES = {"hash_alphabet": ("base64url", "base64"), "separator": ("=", "+", "-"),
-            "log_format": ("plain", "json")}  # fmt: skip
+# Settings flags every command takes; the server-only ones come with `serve` and `health`.
+_COMMON = tuple(f for f in settings.FIELDS if f.common)
+_SERVE = tuple(f for f in settings.FIELDS if not f.common)
 DecideFn = Callable[[bytes, float], Decision]
 
 
-def _add_settings(parser: argparse.ArgumentParser, keys: Iterable[str]) -> None:
-    for key in keys:
-        f = settings.FIELD_BY_KEY[key]
-        flag = f.flag or "--" + key.replace("_", "-")
-        kwargs: dict[str, object] = {"dest": key, "help": f.help, "default": None}
-        if key in _REPEATABLE:
+def _add_settings(parser: argparse.ArgumentParser, fields: Iterable[settings.Field]) -> None:
+    for f in fields:
+        kwargs: dict[str, object] = {"dest": f.key, "help": f.help.replace("`", ""),
+                                     "default": None}  # fmt: skip
+        if f.repeatable:
             kwargs["action"] = "append"
-        if key in _CHOICES:
-            kwargs["choices"] = _CHOICES[key]
-        if f.key in {"syslog", "allow_root"}:
+        if f.choices:
+            kwargs["choices"] = f.choices
+        if f.switch:
             kwargs.update(action="store_const", const="yes")
-        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]
+        parser.add_argument(f.flag, **kwargs)  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML settings file "
                         f"(default: {settings.DEFAULT_CONFIG} when it exists)")  # fmt: skip
-    _add_settings(common, _COMMON_KEYS)
+    _add_settings(common, _COMMON)
 
     parser = argparse.ArgumentParser(prog="srsd", description="Sender Rewriting Scheme daemon "
                                      "for Postfix (tcp_table), compatible with postsrsd.")
@@ -72,15 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the tcp_table server",
                                 description="Answer Postfix's sender_canonical_maps (forward) "
                                 "and recipient_canonical_maps (reverse) over tcp_table.")
-    _add_settings(serve, _SERVE_KEYS)
+    _add_settings(serve, _SERVE)
     serve.add_argument("--check", action="store_true",
                        help="validate the configuration and exit")  # fmt: skip
+    config = commands.add_parser(
+        "config", parents=[common], help="print the effective configuration as TOML",
+        description="Print every setting as TOML that --config accepts, each with a comment "
+        "naming where its value came from (default, file, environment variable, flag). "
+        "Secrets are never printed.",
+    )  # fmt: skip
+    _add_settings(config, _SERVE)
+    config.add_argument("--changed", action="store_true",
+                        help="only settings not at their default (like postconf -n)")  # fmt: skip
     health = commands.add_parser(
         "health", parents=[common], help="probe the running server: forward + reverse",
         description="Connect to the endpoints the settings name, rewrite a probe address and "
         "decode it back; print one line; exit 0 when healthy, 1 when not.",
     )  # fmt: skip
-    _add_settings(health, _SERVE_KEYS)
+    _add_settings(health, _SERVE)
     health.add_argument("--probe-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="seconds to wait for each answer (default 5)")  # fmt: skip
     return parser
@@ -90,8 +93,9 @@ def cli_values(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line, by key (absent ones left out)."""
     values = {f.key: getattr(args, f.key) for f in settings.FIELDS
               if getattr(args, f.key, None) is not None}  # fmt: skip
-    for key in _REPEATABLE & values.keys():  # --exclude a.com --exclude b.com,c.com
-        values[key] = " ".join(values[key])
+    for f in settings.FIELDS:  # --exclude a.com --exclude b.com,c.com
+        if f.repeatable and f.key in values:
+            values[f.key] = " ".join(values[f.key])
     return values
 
 
@@ -101,9 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keygen":
         return _keygen(args.path, args.force)
     try:
+        probe = args.command == "health"  # finds what the unit's srsd uses; no domain, no secret
         loaded = settings.load(cli_values(args), config=args.config,
+                               environ=health.service_environment(os.environ) if probe else None,
                                create_secret=args.command == "serve" and not args.check,
-                               need_secrets=args.command != "health")  # fmt: skip
+                               need_secrets=not probe, need_domain=not probe)  # fmt: skip
     except settings.ConfigError as err:
         print(f"srsd: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -113,13 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config),
                           check=args.check)
     if args.command == "health":
-        from srsd import health  # noqa: PLC0415  (not needed by the other commands)
-
         healthy, line = health.check(loaded, args.probe_timeout)
         print(line)
         return EXIT_OK if healthy else EXIT_NOT_REWRITTEN
     for warning in loaded.warnings:
         print(f"srsd: warning: {warning}", file=sys.stderr)
+    if args.command == "config":
+        from srsd.settings_text import effective_config  # noqa: PLC0415
+
+        sys.stdout.write(effective_config(loaded, changed=args.changed))
+        return EXIT_OK
     if any(b"\n" in a or b"\r" in a for a in map(os.fsencode, args.addresses)):
         print("srsd: an ADDRESS argument contains a line break", file=sys.stderr)
         return EXIT_USAGE

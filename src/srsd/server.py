@@ -19,7 +19,8 @@ and owns connections, time-outs and shutdown:
   cleanly after a protocol error (:func:`_linger`);
 * SIGTERM/SIGINT stop accepting, let replies in flight finish within ``shutdown_grace``
   seconds, and exit 0; SIGHUP reloads settings, secrets and exclusions, keeping the old
-  ones when anything is invalid.
+  ones when anything is invalid, and says which changes need a restart
+  (:func:`srsd.settings.plan_reload`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ from srsd.settings import (
     InetEndpoint,
     Settings,
     UnixEndpoint,
-    metrics_endpoint,
-    parse_endpoint,
+    plan_reload,
 )
 
 #: Bytes read from a connection at once; the requests in it are answered in order.
@@ -209,7 +209,7 @@ class Server:
             return adopted
         endpoints: list[Endpoint] = []
         try:
-            metrics = metrics_endpoint(self.settings.metrics_listen)
+            metrics = self.settings.metrics_listen
             if metrics is not None:
                 self.metrics_listeners = [
                     trio.SocketListener(trio.socket.from_stdlib_socket(x))
@@ -220,7 +220,7 @@ class Server:
                 for host in self.settings.listen if port else ():
                     opened = await _tcp_sockets(host, port, f"tcp_table {role.value}")
                     endpoints += [Endpoint(Wire.TCP_TABLE, role, x, _where(x)) for x in opened]
-            spec = parse_endpoint(self.settings.socketmap)
+            spec = self.settings.socketmap
             if isinstance(spec, InetEndpoint):
                 opened = await _tcp_sockets(spec.host, spec.port, "socketmap")
                 endpoints += [Endpoint(Wire.SOCKETMAP, None, x, _where(x)) for x in opened]
@@ -365,13 +365,12 @@ class Server:
             return False
         for warning in new.warnings:
             LOGGER.warning("%s", warning)
-        old = self.settings
-        if (new.listen, new.forward_port, new.reverse_port) != (
-            old.listen, old.forward_port, old.reverse_port
-        ):  # fmt: skip
-            LOGGER.warning("listen addresses and ports changed: restart srsd to apply them")
-        if (new.envelope_database, new.state_dir) != (old.envelope_database, old.state_dir):
-            LOGGER.warning("envelope_database changed: restart srsd to apply it")
+        plan = plan_reload(self.settings, new)
+        for key in plan.restart:
+            LOGGER.warning("%s changed: restart to apply", key)
+        new = plan.settings
+        if {"log_level", "log_format", "syslog"} & set(plan.applied):
+            setup_logging(new)
         self.settings, self.policy = new, new.policy()
         self.envelopes.configure(new.original_envelope, new.envelope_write_limit)
         self.reloads["ok"] += 1
@@ -731,9 +730,14 @@ def leave_root(settings: Settings) -> None:
                          "unprivileged user, or allow_root (--allow-root) to insist")  # fmt: skip
 
 
+def setup_logging(settings: Settings) -> None:
+    """Set logging up as ``settings`` say (at start, and again when a reload changes it)."""
+    setup(settings.log_level, syslog=settings.syslog, json_lines=settings.log_format == "json")
+
+
 def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = False) -> int:
     """Run ``srsd serve`` with loaded settings; returns the process exit status."""
-    setup(settings.log_level, syslog=settings.syslog, json_lines=settings.log_format == "json")
+    setup_logging(settings)
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:

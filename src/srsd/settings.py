@@ -1,17 +1,35 @@
-# Settings: defaults < TOML file < environment (postsrsd names too) < command line, validated once.
+# Settings: one table of every setting; defaults < TOML file < environment < command line.
 """Load, merge and validate srsd's configuration into one immutable :class:`Settings`.
 
-Every setting has a TOML key, an environment name (postsrsd 1.x names where postsrsd had
-one, so ``/etc/default/postsrsd`` keeps working) and a command-line flag; :data:`FIELDS`
-is the table. Sources apply in order, the later winning: built-in defaults, the TOML
-file (``--config PATH``, else ``/etc/srsd/srsd.toml`` when it exists), the environment,
-the command line. Any invalid value raises :class:`ConfigError` naming the key and the
-source it came from. The secrets file and the exclusion file are read here too, so a
-:class:`Settings` object is complete: nothing later can fail for want of configuration.
+One declaration per setting
+---------------------------
+Every setting is declared once, as a field of :class:`Settings` made by :func:`setting`:
+its Python type (the annotation), its parser, default, environment names (postsrsd 1.x
+names where postsrsd had one, so ``/etc/default/postsrsd`` keeps working), command-line
+flag, one line of help, whether the flag is repeatable, its choices, whether every command
+takes it, and whether ``SIGHUP`` can apply it. :data:`FIELDS` is that table, read back
+from the class. Everything else follows from it: TOML loading and the environment
+(:func:`load`), the argparse flags and ``--help`` (:mod:`srsd.cli`), the error messages,
+what a reload applies (:func:`plan_reload`), ``srsd config``, the README settings table
+and ``packaging/srsd.toml.example`` (:mod:`srsd.settings_text`; tests fail when the files
+and the table disagree).
+
+To add a setting: add one ``name: Type = setting(...)`` line to :class:`Settings` (a new
+parser beside the others if none fits: raw TOML value or string -> typed value, raising
+ValueError with a short reason), then regenerate the README table and the example file
+(``python3 -m srsd.settings_text --write``) and use ``settings.name`` where it matters.
+
+Sources apply in order, the later winning: built-in defaults, the TOML file (``--config
+PATH``, else ``/etc/srsd/srsd.toml`` when it exists), the environment, the command line.
+Any invalid value raises :class:`ConfigError` naming the key and the source it came from.
+Values are parsed once into their types (endpoints, store locations, enums). The secrets
+file and the exclusion file are read here too, so a :class:`Settings` object is complete:
+nothing later can fail for want of configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -23,7 +41,8 @@ from secrets import token_urlsafe
 from typing import Any
 
 from srsd.codec import MAX_HASH_LENGTH, SEPARATORS, Alphabet, Codec
-from srsd.envelope import EnvelopeMode
+from srsd.envelope.keys import EnvelopeMode
+from srsd.envelope.location import StoreLocation, parse_location
 from srsd.policy import DomainSet, Policy, is_domain_name
 from srsd.systemd import SECRETS_CREDENTIAL, credential
 
@@ -31,11 +50,70 @@ DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
 #: The largest settings, secrets or exclusion file read, in bytes.
 MAX_FILE_SIZE = 16 << 20
+#: The longest time a ``seconds`` setting may be, in seconds (a week).
+MAX_SECONDS = 7 * 86400
+#: sun_path holds 108 bytes with the terminating NUL.
+MAX_UNIX_PATH = 107
 _LIST_SPLIT = re.compile(r"[,;\s]+")
+_DEFAULT = "default"
 
 
 class ConfigError(Exception):
     """The configuration is unusable; the message names the key and its source."""
+
+
+# -- typed values ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InetEndpoint:
+    """``inet:HOST:PORT``: a TCP listener."""
+
+    host: str
+    port: int
+
+    @property
+    def host_port(self) -> str:
+        """``HOST:PORT``, with an IPv6 host in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"inet:{self.host_port}"
+
+
+@dataclass(frozen=True)
+class UnixEndpoint:
+    """``unix:PATH``: a unix-domain socket listener."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+def parse_endpoint(spec: str) -> InetEndpoint | UnixEndpoint | None:
+    """Parse ``inet:HOST:PORT`` (``inet:[::1]:PORT`` for IPv6) or ``unix:PATH``; "" is off."""
+    kind, _, rest = spec.partition(":")
+    if not spec:
+        return None
+    if kind == "unix" and rest.startswith("/"):
+        if len(rest.encode()) > MAX_UNIX_PATH:
+            raise ValueError(f"unix socket path too long: {rest!r}")
+        return UnixEndpoint(Path(rest))
+    if kind == "inet":
+        host, _, port = rest.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return InetEndpoint(host, int(port))
+    raise ValueError(f"expected inet:HOST:PORT or unix:/PATH, got {spec!r}")
+
+
+def metrics_endpoint(spec: str) -> InetEndpoint | None:
+    """Parse ``metrics_listen`` (``HOST:PORT``, ``[::1]:PORT``); "" is off."""
+    endpoint = parse_endpoint(f"inet:{spec}") if spec else None
+    if endpoint is not None and not isinstance(endpoint, InetEndpoint):
+        raise ValueError(f"expected HOST:PORT, got {spec!r}")
+    return endpoint
 
 
 # -- value parsers: raw value (TOML-typed, or a string from env/CLI) -> typed value ---------
@@ -69,7 +147,7 @@ def _seconds(raw: object) -> float:
         value = float(raw) if isinstance(raw, int | float) else float(_text(raw))
     except ValueError:
         raise ValueError(f"expected a number of seconds, got {raw!r}") from None
-    if not 0 < value <= 86400 * 7:
+    if not 0 < value <= MAX_SECONDS:
         raise ValueError(f"must be more than 0 and at most a week, got {value:g}")
     return value
 
@@ -85,6 +163,19 @@ def _bool(raw: object) -> bool:
     raise ValueError(f"expected yes or no, got {raw!r}")
 
 
+def _one_of(*words: str) -> Callable[[object], str]:
+    """A parser accepting ``words`` (any case); the message lists them."""
+    listed = ", ".join(words[:-1]) + f" or {words[-1]}"
+
+    def parse(raw: object) -> str:
+        value = _text(raw).lower()
+        if value not in words:
+            raise ValueError(f"must be {listed}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _separator(raw: object) -> str:
     value = _text(raw)
     if len(value) != 1 or value.encode()[0] not in SEPARATORS:
@@ -93,11 +184,11 @@ def _separator(raw: object) -> str:
 
 
 def _alphabet(raw: object) -> Alphabet:
-    value = _text(raw).lower()
-    try:
-        return Alphabet(value)
-    except ValueError:
-        raise ValueError(f"must be base64url or base64, got {raw!r}") from None
+    return Alphabet(_one_of(*(a.value for a in Alphabet))(raw))
+
+
+def _envelope_mode(raw: object) -> EnvelopeMode:
+    return EnvelopeMode(_one_of(*(m.value for m in EnvelopeMode))(raw))
 
 
 def _domain(raw: object) -> str:
@@ -135,43 +226,20 @@ def _listen(raw: object) -> tuple[str, ...]:
     return hosts
 
 
-def _envelope_mode(raw: object) -> EnvelopeMode:
-    value = _text(raw).lower()
-    try:
-        return EnvelopeMode(value)
-    except ValueError:
-        raise ValueError(f"must be embedded, database or auto, got {raw!r}") from None
+def _store(raw: object) -> StoreLocation:
+    return parse_location(_text(raw))
 
 
-def _database_url(raw: object) -> str:
-    value = _text(raw)
-    scheme = value.partition(":")[0].lower()
-    if value and scheme not in {"sqlite", "redis", "redis+unix", "unix"}:
-        raise ValueError(f"expected sqlite:PATH or redis://HOST:PORT/DB, got {raw!r}")
-    return value
+def _socketmap(raw: object) -> InetEndpoint | UnixEndpoint | None:
+    return parse_endpoint(_text(raw))
 
 
-def _host_port(raw: object) -> str:
+def _host_port(raw: object) -> InetEndpoint | None:
     value = _text(raw)
     try:
-        metrics_endpoint(value)
+        return metrics_endpoint(value)
     except ValueError:
         raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9187), got {raw!r}") from None
-    return value
-
-
-def _log_format(raw: object) -> str:
-    value = _text(raw).lower()
-    if value not in {"plain", "json"}:
-        raise ValueError(f"must be plain or json, got {raw!r}")
-    return value
-
-
-def _log_level(raw: object) -> str:
-    value = _text(raw).lower()
-    if value not in {"debug", "info", "warning", "error"}:
-        raise ValueError(f"must be debug, info, warning or error, got {raw!r}")
-    return value
 
 
 def _user(raw: object) -> str | None:
@@ -198,169 +266,211 @@ def _mode(raw: object) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class InetEndpoint:
-    """``inet:HOST:PORT``: a TCP listener."""
-
-    host: str
-    port: int
+# -- TOML literals (srsd config, the example file) ----------------------------------------------
 
 
-@dataclass(frozen=True)
-class UnixEndpoint:
-    """``unix:PATH``: a unix-domain socket listener."""
-
-    path: Path
-
-
-def parse_endpoint(spec: str) -> InetEndpoint | UnixEndpoint | None:
-    """Parse ``inet:HOST:PORT`` (``inet:[::1]:PORT`` for IPv6) or ``unix:PATH``; "" is off."""
-    kind, _, rest = spec.partition(":")
-    if not spec:
-        return None
-    if kind == "unix" and rest.startswith("/"):
-        if len(rest.encode()) > 107:  # sun_path holds 108 bytes with the NUL
-            raise ValueError(f"unix socket path too long: {rest!r}")
-        return UnixEndpoint(Path(rest))
-    if kind == "inet":
-        host, _, port = rest.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if host and port.isdigit() and 0 < int(port) < 65536:
-            return InetEndpoint(host, int(port))
-    raise ValueError(f"expected inet:HOST:PORT or unix:/PATH, got {spec!r}")
-
-
-def metrics_endpoint(spec: str) -> InetEndpoint | None:
-    """Parse ``metrics_listen`` (``HOST:PORT``, ``[::1]:PORT``); "" is off."""
-    endpoint = parse_endpoint(f"inet:{spec}") if spec else None
-    if endpoint is not None and not isinstance(endpoint, InetEndpoint):
-        raise ValueError(f"expected HOST:PORT, got {spec!r}")
-    return endpoint
+def toml_literal(value: object) -> str:
+    """``value`` (a parsed setting) written as TOML that its parser reads back to it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # 30 rather than 30.0: the parsers take either
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(map(toml_literal, value)) + "]"
+    if value is None:
+        return '""'
+    if isinstance(value, Alphabet | EnvelopeMode):
+        value = value.value
+    url = getattr(value, "url", None)  # a StoreLocation
+    text = url if isinstance(url, str) else str(value)
+    escaped = "".join(
+        f"\\{c}" if c in '"\\' else f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127 else c
+        for c in text
+    )
+    return f'"{escaped}"'
 
 
-def _endpoint(raw: object) -> str:
-    value = _text(raw)
-    parse_endpoint(value)
-    return value
+def _octal(value: object) -> str:
+    return f"0o{value:03o}" if isinstance(value, int) else toml_literal(value)
+
+
+def _host_port_literal(value: object) -> str:
+    return toml_literal(value.host_port if isinstance(value, InetEndpoint) else "")
+
+
+# -- the table --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Field:
-    """One setting: its TOML key, environment names, command-line flag and parser."""
+    """One setting, as declared in :class:`Settings` with :func:`setting`."""
 
     key: str
     parse: Callable[[object], Any]
     default: Any
-    env: tuple[str, ...] = ()
-    flag: str | None = None
-    help: str = ""
+    env: tuple[str, ...]
+    flag: str
+    help: str
+    repeatable: bool = False
+    choices: tuple[str, ...] = ()
+    #: False when SIGHUP cannot apply a change (listeners, the store, privileges).
+    reloads: bool = True
+    #: True when every command takes the flag (else ``serve`` and ``health`` only).
+    common: bool = False
+    required: bool = False
+    #: What the README says for a default computed at run time.
+    doc_default: str | None = None
+    #: A TOML literal for the example file when the default cannot be written there.
+    example: str | None = None
+    literal: Callable[[Any], str] = toml_literal
+
+    @property
+    def switch(self) -> bool:
+        """A yes/no setting: its flag takes no value."""
+        return self.parse is _bool
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("domain", _domain, None, ("SRS_DOMAIN",), "--domain", "the SRS domain (required)"),
-    Field("secrets_file", _optional_path, None, ("SRS_SECRET",), "--secret-file",
-          "secrets file, one secret per line, the first signs (default: STATE_DIR/secrets)"),
-    Field("exclude_domains", _domains, (), ("SRS_EXCLUDE_DOMAINS",), "--exclude",
-          "domain never rewritten; .example.com covers subdomains (repeatable)"),
-    Field("exclude_file", _optional_path, None, ("SRS_EXCLUDE_DOMAINS_FILE",), "--exclude-file",
-          "file of excluded domains, one per line, # comments"),
-    Field("separator", _separator, "=", ("SRS_SEPARATOR",), "--separator",
-          "first separator after SRS0/SRS1: = + or -"),
-    Field("hash_length", _int_in(1, MAX_HASH_LENGTH), 4, ("SRS_HASHLENGTH",), "--hash-length",
-          "hash characters in new addresses"),
-    Field("hash_min", _int_in(1, MAX_HASH_LENGTH), 4, ("SRS_HASHMIN",), "--hash-min",
-          "fewest hash characters accepted on decoding"),
-    Field("max_age", _int_in(1, 365), 21, ("SRS_MAX_AGE",), "--max-age",
-          "days an SRS address stays valid"),
-    Field("hash_alphabet", _alphabet, Alphabet.BASE64URL, ("SRS_HASH_ALPHABET",),
-          "--hash-alphabet", "spelling of new hashes: base64url or base64 (both decode)"),
-    Field("original_envelope", _envelope_mode, EnvelopeMode.EMBEDDED, ("SRS_ORIGINAL_ENVELOPE",),
-          "--original-envelope", "embedded, database (always) or auto (when over 64 octets)"),
-    Field("envelope_database", _database_url, "", ("SRS_ENVELOPE_DATABASE",),
-          "--envelope-database", "sqlite:PATH or redis://HOST:PORT/DB (default: SQLite in "
-          "STATE_DIR)"),
-    Field("envelope_write_limit", _int_in(0, 10_000_000), 6000, ("SRS_ENVELOPE_WRITE_LIMIT",),
-          "--envelope-write-limit", "new database entries per minute at most (0: no cap)"),
-    Field("state_dir", _optional_path, None, ("SRS_STATE_DIR", "STATE_DIRECTORY"), "--state-dir",
-          "directory for the generated secret"),
-    Field("listen", _listen, ("127.0.0.1",), ("SRS_LISTEN_ADDR",), "--listen",
-          "address to listen on (repeatable)"),
-    Field("forward_port", _int_in(0, 65535), 10001, ("SRS_FORWARD_PORT",), "--forward-port",
-          "tcp_table port for sender_canonical_maps (0: off)"),
-    Field("reverse_port", _int_in(0, 65535), 10002, ("SRS_REVERSE_PORT",), "--reverse-port",
-          "tcp_table port for recipient_canonical_maps (0: off)"),
-    Field("socketmap", _endpoint, "", ("SRS_SOCKETMAP",), "--socketmap",
-          "socketmap endpoint, inet:HOST:PORT or unix:/PATH (default: off)"),
-    Field("socketmap_mode", _mode, 0o666, ("SRS_SOCKETMAP_MODE",), "--socketmap-mode",
-          "file mode of a unix socketmap socket, octal"),
-    Field("socketmap_owner", _owner, None, ("SRS_SOCKETMAP_OWNER",), "--socketmap-owner",
-          "USER or USER:GROUP owning a unix socketmap socket"),
-    Field("keep_alive", _seconds, 30.0, ("SRS_KEEP_ALIVE",), "--keep-alive",
-          "seconds a socketmap connection may stay idle"),
-    Field("idle_timeout", _seconds, 1800.0, ("SRS_TIMEOUT",), "--timeout",
-          "seconds a connection may stay idle"),
-    Field("max_connections", _int_in(1, 100_000), 1000, ("SRS_MAX_CONNECTIONS",),
-          "--max-connections", "concurrent connections; more are closed at once"),
-    Field("max_request", _int_in(256, 65536), 4096, ("SRS_MAX_REQUEST",), "--max-request",
-          "longest request line in bytes"),
-    Field("shutdown_grace", _seconds, 10.0, ("SRS_SHUTDOWN_GRACE",), "--shutdown-grace",
-          "seconds to finish requests in flight on SIGTERM"),
-    Field("log_level", _log_level, "info", ("SRS_LOG_LEVEL",), "--log-level",
-          "debug, info, warning or error"),
-    Field("log_format", _log_format, "plain", ("SRS_LOG_FORMAT",), "--log-format",
-          "plain or json (one JSON object per line)"),
-    Field("syslog", _bool, False, ("SRS_SYSLOG",), "--syslog", "also log to syslog (mail)"),
-    Field("metrics_listen", _host_port, "", ("SRS_METRICS_LISTEN",), "--metrics-listen",
-          "HOST:PORT for Prometheus metrics at /metrics (default: off)"),
-    Field("run_as", _user, None, ("RUN_AS",), "--run-as",
-          "user to switch to after binding when started as root"),
-    Field("allow_root", _bool, False, ("SRS_ALLOW_ROOT",), "--allow-root",
-          "serve as root when started as root without run_as"),
-)  # fmt: skip
-FIELD_BY_KEY = {f.key: f for f in FIELDS}
-_ZERO_MEANS_UNSET = frozenset({"SRS_HASHLENGTH", "SRS_HASHMIN"})
-#: postsrsd variables that have no meaning for srsd: ignored, with a warning.
-IGNORED_ENV = ("CHROOT", "SRS_PID_FILE", "SRS_EXTRA_OPTIONS")
+_SPEC = "srsd.setting"
 
 
-@dataclass(frozen=True)
+def setting(
+    parse: Callable[[object], Any],
+    default: Any,
+    env: tuple[str, ...] | str,
+    flag: str,
+    help: str,
+    **facts: Any,
+) -> Any:
+    """Declare one setting of :class:`Settings` (see :class:`Field` for ``facts``)."""
+    names = (env,) if isinstance(env, str) else env
+    spec = Field("", parse, default, names, flag, help, **facts)
+    return field(metadata={_SPEC: spec})
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    """The validated configuration, with the secrets and exclusions already loaded."""
+    """The validated configuration, with the secrets and exclusions already loaded.
 
-    domain: str
-    secrets_file: Path
-    exclude_domains: tuple[str, ...]
-    exclude_file: Path | None
-    separator: str
-    hash_length: int
-    hash_min: int
-    max_age: int
-    hash_alphabet: Alphabet
-    original_envelope: EnvelopeMode
-    envelope_database: str
-    envelope_write_limit: int
-    state_dir: Path
-    listen: tuple[str, ...]
-    forward_port: int
-    reverse_port: int
-    socketmap: str
-    socketmap_mode: int
-    socketmap_owner: str | None
-    keep_alive: float
-    idle_timeout: float
-    max_connections: int
-    max_request: int
-    shutdown_grace: float
-    log_level: str
-    log_format: str
-    syslog: bool
-    metrics_listen: str
-    run_as: str | None
-    allow_root: bool
+    Each ``setting(...)`` line is the one declaration of a setting (see the module
+    docstring); the fields after them are what :func:`load` derives.
+    """
+
+    domain: str = setting(
+        _domain, None, "SRS_DOMAIN", "--domain", "the SRS domain",
+        common=True, required=True, example='"forwarder.example"')
+    secrets_file: Path = setting(
+        _optional_path, None, "SRS_SECRET", "--secret-file",
+        "secrets file, one secret per line, the first signs",
+        common=True, doc_default="`STATE_DIR/secrets`", example='"/var/lib/srsd/secrets"')
+    exclude_domains: tuple[str, ...] = setting(
+        _domains, (), "SRS_EXCLUDE_DOMAINS", "--exclude",
+        "domains never rewritten; `.example.com` covers its subdomains, not the apex",
+        common=True, repeatable=True)
+    exclude_file: Path | None = setting(
+        _optional_path, None, "SRS_EXCLUDE_DOMAINS_FILE", "--exclude-file",
+        "file of excluded domains, one per line, `#` comments",
+        common=True, example='"/etc/srsd/exclude-domains"')
+    separator: str = setting(
+        _separator, "=", "SRS_SEPARATOR", "--separator",
+        "first separator after `SRS0`/`SRS1`: `=` `+` `-`",
+        common=True, choices=("=", "+", "-"))
+    hash_length: int = setting(
+        _int_in(1, MAX_HASH_LENGTH), 4, "SRS_HASHLENGTH", "--hash-length",
+        f"hash characters in new addresses (1..{MAX_HASH_LENGTH})", common=True)
+    hash_min: int = setting(
+        _int_in(1, MAX_HASH_LENGTH), 4, "SRS_HASHMIN", "--hash-min",
+        "fewest hash characters accepted when decoding (≤ `hash_length`)", common=True)
+    max_age: int = setting(
+        _int_in(1, 365), 21, "SRS_MAX_AGE", "--max-age",
+        "days an SRS address stays valid (1..365)", common=True)
+    hash_alphabet: Alphabet = setting(
+        _alphabet, Alphabet.BASE64URL, "SRS_HASH_ALPHABET", "--hash-alphabet",
+        "spelling of new hashes: `base64url` or `base64` (both decode)",
+        common=True, choices=tuple(a.value for a in Alphabet))
+    original_envelope: EnvelopeMode = setting(
+        _envelope_mode, EnvelopeMode.EMBEDDED, "SRS_ORIGINAL_ENVELOPE", "--original-envelope",
+        "`embedded`, `database` (always) or `auto` (only when the SRS local part would exceed "
+        "64 octets)")
+    envelope_database: StoreLocation = setting(
+        _store, parse_location(""), "SRS_ENVELOPE_DATABASE", "--envelope-database",
+        "`sqlite:PATH` (relative: in `STATE_DIR`), `redis://HOST:PORT/DB` or "
+        "`redis+unix:///PATH`", reloads=False)
+    envelope_write_limit: int = setting(
+        _int_in(0, 10_000_000), 6000, "SRS_ENVELOPE_WRITE_LIMIT", "--envelope-write-limit",
+        "new database entries per minute at most (0: no cap)")
+    state_dir: Path = setting(
+        _optional_path, None, ("SRS_STATE_DIR", "STATE_DIRECTORY"), "--state-dir",
+        "where a generated secret and the SQLite envelope database live",
+        common=True, reloads=False, example='"/var/lib/srsd"',
+        doc_default="`/var/lib/srsd` (root), else `~/.local/state/srsd`")
+    listen: tuple[str, ...] = setting(
+        _listen, ("127.0.0.1",), "SRS_LISTEN_ADDR", "--listen",
+        'addresses to listen on, IPv4 and IPv6 (`"::1"`)', repeatable=True, reloads=False)
+    forward_port: int = setting(
+        _int_in(0, 65535), 10001, "SRS_FORWARD_PORT", "--forward-port",
+        "port for `sender_canonical_maps` (0: off)", reloads=False)
+    reverse_port: int = setting(
+        _int_in(0, 65535), 10002, "SRS_REVERSE_PORT", "--reverse-port",
+        "port for `recipient_canonical_maps` (0: off)", reloads=False)
+    socketmap: InetEndpoint | UnixEndpoint | None = setting(
+        _socketmap, None, "SRS_SOCKETMAP", "--socketmap",
+        "socketmap endpoint: `inet:127.0.0.1:10003`, `inet:[::1]:10003` or "
+        "`unix:/run/srsd/srsd.sock` (empty: off)", reloads=False)
+    socketmap_mode: int = setting(
+        _mode, 0o666, "SRS_SOCKETMAP_MODE", "--socketmap-mode",
+        "file mode of the unix socket (octal)", reloads=False, literal=_octal)
+    socketmap_owner: str | None = setting(
+        _owner, None, "SRS_SOCKETMAP_OWNER", "--socketmap-owner",
+        "`USER` or `USER:GROUP` owning the unix socket", reloads=False,
+        doc_default="(unchanged)", example='"postfix:postfix"')
+    keep_alive: float = setting(
+        _seconds, 30.0, "SRS_KEEP_ALIVE", "--keep-alive",
+        "seconds a socketmap connection may wait for its next request (Postfix closes "
+        "after 10)")
+    idle_timeout: float = setting(
+        _seconds, 1800.0, "SRS_TIMEOUT", "--timeout",
+        "seconds a connection may wait for its next request")
+    max_connections: int = setting(
+        _int_in(1, 100_000), 1000, "SRS_MAX_CONNECTIONS", "--max-connections",
+        "concurrent connections; a new one beyond is closed at once")
+    max_request: int = setting(
+        _int_in(256, 65536), 4096, "SRS_MAX_REQUEST", "--max-request",
+        "longest request line, in bytes")
+    shutdown_grace: float = setting(
+        _seconds, 10.0, "SRS_SHUTDOWN_GRACE", "--shutdown-grace",
+        "seconds to finish replies in flight on SIGTERM")
+    log_level: str = setting(
+        _one_of("debug", "info", "warning", "error"), "info", "SRS_LOG_LEVEL", "--log-level",
+        "`debug`, `info`, `warning`, `error`")
+    log_format: str = setting(
+        _one_of("plain", "json"), "plain", "SRS_LOG_FORMAT", "--log-format",
+        "`plain` (syslog-style lines) or `json` (one object per line)",
+        choices=("plain", "json"))
+    syslog: bool = setting(
+        _bool, False, "SRS_SYSLOG", "--syslog", "also log to syslog, mail facility")
+    metrics_listen: InetEndpoint | None = setting(
+        _host_port, None, "SRS_METRICS_LISTEN", "--metrics-listen",
+        "`HOST:PORT` for Prometheus metrics at `/metrics`, e.g. `127.0.0.1:9187` (empty: off)",
+        reloads=False, literal=_host_port_literal)
+    run_as: str | None = setting(
+        _user, None, "RUN_AS", "--run-as",
+        "started as root: switch to this user after binding and reading the secrets",
+        reloads=False, example='"srsd"')
+    allow_root: bool = setting(
+        _bool, False, "SRS_ALLOW_ROOT", "--allow-root",
+        "started as root without `run_as`: serve as root anyway (otherwise srsd refuses)",
+        reloads=False)
+
+    # -- derived by load() --------------------------------------------------------------------
     secrets: tuple[bytes, ...] = field(repr=False)
     excluded: DomainSet = field(repr=False)
     config_file: Path | None = None
     warnings: tuple[str, ...] = ()
+    #: Where each setting's value came from: "default", "config file PATH", "environment
+    #: NAME", "command line --FLAG" or "systemd credential NAME".
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def codec(self) -> Codec:
         """The SRS codec these settings describe."""
@@ -377,6 +487,48 @@ class Settings:
     def policy(self) -> Policy:
         """The rewrite policy these settings describe."""
         return Policy(self.codec(), self.excluded)
+
+    def values(self) -> dict[str, Any]:
+        """Every setting's value, by key (the table's fields only)."""
+        return {f.key: getattr(self, f.key) for f in FIELDS}
+
+
+#: The table: every setting, in the order of :class:`Settings` (and of the README).
+FIELDS: tuple[Field, ...] = tuple(
+    dataclasses.replace(f.metadata[_SPEC], key=f.name)
+    for f in dataclasses.fields(Settings)
+    if _SPEC in f.metadata
+)
+FIELD_BY_KEY = {f.key: f for f in FIELDS}
+_ZERO_MEANS_UNSET = frozenset({"SRS_HASHLENGTH", "SRS_HASHMIN"})
+#: postsrsd variables that have no meaning for srsd: ignored, with a warning.
+IGNORED_ENV = ("CHROOT", "SRS_PID_FILE", "SRS_EXTRA_OPTIONS")
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What a reload does (:func:`plan_reload`)."""
+
+    #: The settings to run with: the new ones, except restart-only keys kept as they were.
+    settings: Settings
+    #: Changed keys applied now.
+    applied: tuple[str, ...]
+    #: Changed keys that need a restart (their old values stay in :attr:`settings`).
+    restart: tuple[str, ...]
+
+
+def plan_reload(old: Settings, new: Settings) -> Reload:
+    """Which changes a SIGHUP applies and which need a restart. Pure."""
+    changed = [f for f in FIELDS if getattr(old, f.key) != getattr(new, f.key)]
+    restart = tuple(f.key for f in changed if not f.reloads)
+    kept: dict[str, Any] = {key: getattr(old, key) for key in restart}
+    if kept:
+        kept["sources"] = {**new.sources, **{key: old.sources[key] for key in restart}}
+    return Reload(
+        settings=dataclasses.replace(new, **kept),
+        applied=tuple(f.key for f in changed if f.reloads),
+        restart=restart,
+    )
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -396,6 +548,7 @@ def load(
     *,
     create_secret: bool = False,
     need_secrets: bool = True,
+    need_domain: bool = True,
 ) -> Settings:
     """Merge every source into :class:`Settings`; raise :class:`ConfigError` when invalid.
 
@@ -403,11 +556,12 @@ def load(
     ``config`` is an explicit TOML path (it must exist); without it the default file is
     read when present. With ``create_secret`` a missing secrets file at the default
     location is generated (the newcomer path of ``srsd serve``). Without ``need_secrets``
-    the secrets file is not read at all (``srsd health`` may run as another user).
+    the secrets file is not read at all (``srsd health`` may run as another user); without
+    ``need_domain`` an unset domain is no error (it is then empty: a health probe needs none).
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {f.key: f.default for f in FIELDS}
-    sources: dict[str, str] = {f.key: "default" for f in FIELDS}
+    sources: dict[str, str] = {f.key: _DEFAULT for f in FIELDS}
     warnings: list[str] = []
 
     def apply(key: str, raw: object, source: str) -> None:
@@ -436,9 +590,13 @@ def load(
         if raw is not None:
             apply(key, raw, f"command line {FIELD_BY_KEY[key].flag}")
 
-    if values["domain"] is None:
-        raise ConfigError("domain: the SRS domain is not set (--domain, SRS_DOMAIN or domain =)")
-    if values["hash_min"] > values["hash_length"] and sources["hash_min"] == "default":
+    if values["domain"] is None and not need_domain:
+        values["domain"] = ""
+    for f in FIELDS:
+        if f.required and values[f.key] is None:
+            names = ", ".join((f.flag, *f.env))
+            raise ConfigError(f"{f.key}: {f.help} is not set ({names} or {f.key} =)")
+    if values["hash_min"] > values["hash_length"] and sources["hash_min"] == _DEFAULT:
         values["hash_min"] = values["hash_length"]  # a shorter hash_length lowers the default
     if values["hash_min"] > values["hash_length"]:
         raise ConfigError(
@@ -456,20 +614,13 @@ def load(
     else:  # `srsd health` only needs to know where the endpoints are
         secrets = ()
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
-    if values["envelope_database"]:
-        from srsd.envelope import store  # noqa: PLC0415  (trio and redis-py: for the server only)
-
-        try:
-            store.open_store(values["envelope_database"], state_dir, 1.0)  # opens nothing
-        except ValueError as err:
-            raise ConfigError(f"envelope_database: {err} (from "
-                              f"{sources['envelope_database']})") from None  # fmt: skip
     return Settings(
         **{**values, "state_dir": state_dir, "secrets_file": secrets_file},
         secrets=secrets,
         excluded=excluded,
         config_file=config_file,
         warnings=tuple(warnings),
+        sources=sources,
     )
 
 

@@ -13,11 +13,14 @@
   to roles.
 * Credentials (``LoadCredential=``): files in ``$CREDENTIALS_DIRECTORY``, readable by the
   service only; srsd looks for its secrets there under the name ``srsd-secrets``.
+* ``EnvironmentFile=`` (systemd.exec(5)): ``KEY=value`` lines, which ``srsd health`` reads
+  to see what the packaged unit gives srsd.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +30,8 @@ from pathlib import Path
 LISTEN_FDS_START = 3
 #: The credential srsd reads its secrets from (``LoadCredential=srsd-secrets:/path``).
 SECRETS_CREDENTIAL = "srsd-secrets"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUOTES = {'"', "'"}
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,26 @@ class Notifier:
             except OSError:
                 return False
         return True
+
+
+def parse_environment_file(text: str) -> dict[str, str]:
+    """``KEY=value`` lines as systemd's ``EnvironmentFile=`` reads them: ``#`` and ``;``
+    comment lines, blank lines and lines without a valid name are skipped, a trailing
+    backslash continues a line, a value in matching quotes loses them (in double quotes,
+    ``\\"`` and ``\\\\`` are a quote and a backslash)."""
+    values: dict[str, str] = {}
+    for raw in text.replace("\\\n", "").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not _ENV_NAME.fullmatch(name):
+            continue
+        quote = value[:1]
+        if len(value) >= 2 and quote in _QUOTES and value[-1] == quote:
+            value = value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\([\\"])', r"\1", value)
+        values[name] = value
+    return values

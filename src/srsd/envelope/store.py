@@ -30,7 +30,6 @@ import logging
 import math
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
@@ -38,6 +37,13 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
 import trio
 
 from srsd.envelope.keys import ALIAS_DOMAIN
+from srsd.envelope.location import (
+    RedisTarget,
+    SQLiteLocation,
+    StoreLocation,
+    parse_location,
+    parse_redis_url,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -45,11 +51,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 LOG = logging.getLogger("srsd.envelope.store")
 
-#: File name of the default SQLite database inside the state directory.
-DEFAULT_SQLITE_NAME = "envelopes.sqlite"
 #: Prefix of every Redis key, as postsrsd 2.x writes them: ``PostSRSd/KEY@1``.
 REDIS_PREFIX = b"PostSRSd/"
-DEFAULT_REDIS_PORT = 6379
 _KEY_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _MAX_KEY = 64
 
@@ -383,7 +386,7 @@ class RedisStore:
 
     def __init__(
         self,
-        url: str,
+        url: str | RedisTarget,
         lifetime: float,
         *,
         timeout: float = 2.0,
@@ -391,7 +394,7 @@ class RedisStore:
     ) -> None:
         if lifetime <= 0 or timeout <= 0 or max_threads < 1:
             raise ValueError("lifetime, timeout and max_threads must be positive")
-        target = parse_redis_url(url)
+        target = parse_redis_url(url) if isinstance(url, str) else url
         self._client = _redis_client(target, timeout, max_threads)
         self.lifetime = lifetime
         self.description = target.description
@@ -445,120 +448,13 @@ class RedisStore:
         await trio.to_thread.run_sync(self._call, lambda client: client.close())
 
 
-# -- URLs -------------------------------------------------------------------------------------
-
-
-class RedisTarget:
-    """A parsed Redis URL: TCP ``host``/``port`` or ``unix_path``, ``db``, credentials."""
-
-    def __init__(
-        self,
-        *,
-        host: str | None = None,
-        port: int = DEFAULT_REDIS_PORT,
-        unix_path: str | None = None,
-        db: int = 0,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.unix_path = unix_path
-        self.db = db
-        self.username = username
-        self.password = password
-
-    @property
-    def description(self) -> str:
-        """The target as a URL for logs, with any password left out."""
-        user = f"{self.username}@" if self.username else ""
-        if self.unix_path is not None:
-            return f"redis+unix://{user}{self.unix_path}?db={self.db}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"redis://{user}{host}:{self.port}/{self.db}"
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """Parse a Redis location; raise ValueError (naming the problem) if it is not one.
-
-    Accepted: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` (port 6379, db 0 by default),
-    ``redis+unix://[[USER]:PASSWORD@]/PATH[?db=DB]`` (also spelt ``unix://``), and
-    postsrsd 2.x's own forms ``redis:HOST:PORT`` and ``redis:/PATH`` (a unix socket).
-    """
-    url = url.strip()
-    scheme, colon, rest = url.partition(":")
-    scheme = scheme.lower()
-    if not colon or scheme not in {"redis", "redis+unix", "unix"}:
-        raise ValueError(f"not a redis URL: {url!r}")
-    if scheme == "redis" and not rest.startswith("//"):
-        return _parse_postsrsd_redis(url, rest)
-    parts = urllib.parse.urlsplit(url)
-    if parts.fragment:
-        raise ValueError(f"a fragment makes no sense in a redis URL: {url!r}")
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(query) - {"db"}
-    if unknown:
-        raise ValueError(f"unknown redis URL parameter {sorted(unknown)[0]!r} in {url!r}")
-    username = urllib.parse.unquote(parts.username) if parts.username else None
-    password = urllib.parse.unquote(parts.password) if parts.password else None
-    db_text = query.get("db", [""])[-1]
-    if scheme == "redis":
-        path_db = parts.path.strip("/")
-        if path_db and db_text:
-            raise ValueError(f"database given twice in {url!r}")
-        db_text = db_text or path_db
-    db = _parse_int(db_text or "0", "database number", url, low=0, high=1 << 16)
-    if scheme != "redis":
-        if not parts.path.startswith("/") or parts.hostname:
-            raise ValueError(f"expected redis+unix:///absolute/path in {url!r}")
-        return RedisTarget(unix_path=parts.path, db=db, username=username, password=password)
-    try:
-        port = parts.port or DEFAULT_REDIS_PORT
-    except ValueError:
-        raise ValueError(f"bad port in {url!r}") from None
-    if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
-    return RedisTarget(host=parts.hostname, port=port, db=db, username=username, password=password)
-
-
-def _parse_postsrsd_redis(url: str, rest: str) -> RedisTarget:
-    # postsrsd's endpoint_for_redis: a "/" or no ":" means a unix socket path.
-    if "/" in rest or ":" not in rest:
-        if not rest:
-            raise ValueError(f"no host or socket path in {url!r}")
-        return RedisTarget(unix_path=rest)
-    host, _, port_text = rest.rpartition(":")
-    if not host:
-        raise ValueError(f"no host in {url!r}")
-    port = _parse_int(port_text, "port", url, low=1, high=65535)
-    return RedisTarget(host=host.strip("[]"), port=port)
-
-
-def _parse_int(text: str, what: str, url: str, *, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise ValueError(f"bad {what} {text!r} in {url!r}")
-    return int(text)
-
-
-def open_store(url: str, state_dir: Path, lifetime: float) -> EnvelopeStore:
-    """The store for setting ``envelope_database``; raise ValueError for a bad value.
-
-    ``""`` means the default, ``sqlite:`` + ``state_dir/envelopes.sqlite``;
-    ``sqlite:PATH`` a SQLite file (a relative PATH is taken inside ``state_dir``);
-    the Redis forms are those of :func:`parse_redis_url`. Nothing is opened yet: call
-    :meth:`EnvelopeStore.check` to find out at startup whether the store works.
-    """
-    text = url.strip()
-    if not text:
-        return SQLiteStore(state_dir / DEFAULT_SQLITE_NAME, lifetime)
-    scheme = text.partition(":")[0].lower()
-    if scheme == "sqlite":
-        rest = text[len("sqlite:") :].strip()
-        path = Path(rest) if rest else Path(DEFAULT_SQLITE_NAME)
-        return SQLiteStore(state_dir / path, lifetime)  # an absolute path stays absolute
-    if scheme in {"redis", "redis+unix", "unix"}:
-        return RedisStore(text, lifetime)
-    raise ValueError(
-        f"unknown envelope database {url!r}: expected sqlite:PATH, redis://HOST:PORT/DB "
-        "or redis+unix:///PATH"
-    )
+def open_store(location: StoreLocation | str, state_dir: Path, lifetime: float) -> EnvelopeStore:
+    """The store ``location`` names (setting ``envelope_database``, parsed by
+    :func:`~srsd.envelope.location.parse_location` when given as text, which raises
+    ValueError for a bad value); a relative SQLite path is inside ``state_dir``. Nothing
+    is opened yet: call :meth:`EnvelopeStore.check` to find out whether the store works."""
+    if isinstance(location, str):
+        location = parse_location(location)
+    if isinstance(location, SQLiteLocation):
+        return SQLiteStore(location.in_dir(state_dir), lifetime)
+    return RedisStore(location, lifetime)

@@ -1,0 +1,115 @@
+# `srsd health` finds the packaged unit's settings (environment file, TOML): no domain, no secret.
+"""``srsd health`` run from a bare root shell against an srsd started the way the packaged
+unit starts it: its ``EnvironmentFile=`` (/etc/default/srsd) or its TOML file
+(/etc/srsd/srsd.toml), both moved to temporary paths for the test. The probe needs no
+domain and never reads the secret; the caller's environment still wins over the file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from srsd import health
+from srsd.systemd import parse_environment_file
+from tests.ports import free_port
+from tests.test_operations import SRC, TIMEOUT, Daemon, child_env, write_secret
+from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
+
+# srsd health with the unit's environment file and the default TOML file moved.
+AS_ROOT_SHELL = r"""
+import sys
+from pathlib import Path
+from srsd import cli, health, settings
+settings.DEFAULT_CONFIG = Path(sys.argv[1])
+health.ENVIRONMENT_FILE = Path(sys.argv[2])
+sys.exit(cli.main(["health", *sys.argv[3:]]))
+"""
+
+
+def root_shell_health(default_config: Path, env_file: Path, *args: str,
+                      **env: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``srsd health ARGS`` from a shell with nothing of srsd's in its environment."""
+    return subprocess.run(
+        [sys.executable, "-c", AS_ROOT_SHELL, str(default_config), str(env_file), *args],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "PYTHONPATH": str(SRC),
+             **env},
+        capture_output=True, text=True, timeout=TIMEOUT, cwd="/",
+    )  # fmt: skip
+
+
+def serve(workdir: Path, env: dict[str, str], *args: str) -> Daemon:
+    """``srsd serve`` with ``env`` (what the unit gives it) and a secret the probe never sees."""
+    secret = write_secret(workdir / "unit-secret")
+    argv = [sys.executable, "-m", "srsd", "serve", "--secret-file", str(secret), *args]
+    return Daemon(argv, child_env(workdir, **env), workdir)
+
+
+def test_the_unit_reads_the_file_health_reads() -> None:
+    unit = parse_unit(UNITS / "srsd.service")
+    assert one(unit, "Service", "EnvironmentFile") == f"-{health.ENVIRONMENT_FILE}"
+
+
+def test_health_reads_the_units_environment_file(tmp_path: Path) -> None:
+    port = free_port(count=2)
+    env_file = tmp_path / "default-srsd"
+    example = (UNITS / "srsd.env.example").read_text()
+    env_file.write_text(f"{example}\nSRS_FORWARD_PORT={port}\nSRS_REVERSE_PORT={port + 1}\n")
+    unit_env = parse_environment_file(env_file.read_text())
+    absent = tmp_path / "absent.toml"
+    with serve(tmp_path, unit_env, "--config", "/dev/null") as daemon:
+        daemon.wait_log("srsd ready: ")
+        done = root_shell_health(absent, env_file)
+        assert (done.returncode, done.stderr) == (0, ""), done
+        assert done.stdout.startswith(f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: "
+                                      "round trip ok ("), done.stdout  # fmt: skip
+        # what the caller sets explicitly wins over the file
+        dead = free_port()
+        done = root_shell_health(absent, env_file, SRS_FORWARD_PORT=str(dead))
+        assert done.returncode == 1, done
+        assert done.stdout.startswith(f"srsd CRITICAL: tcp_table 127.0.0.1:{dead}/{port + 1}: ")
+    # without the file, health probes the defaults: the file was what found the server
+    done = root_shell_health(absent, tmp_path / "no-such-file")
+    assert done.returncode in {0, 1}, done
+    assert done.stdout.startswith("srsd ") and f":{port}/" not in done.stdout, done.stdout
+
+
+def test_health_reads_the_default_toml_file(tmp_path: Path) -> None:
+    port = free_port(count=2)
+    toml = tmp_path / "srsd.toml"
+    toml.write_text(f'domain = "forwarder.test"\nforward_port = {port}\n'
+                    f"reverse_port = {port + 1}\n")  # fmt: skip
+    toml_without_domain = tmp_path / "probe.toml"
+    toml_without_domain.write_text(f"forward_port = {port}\nreverse_port = {port + 1}\n")
+    with serve(tmp_path, {}, "--config", str(toml)) as daemon:
+        daemon.wait_log("srsd ready: ")
+        for default_config in (toml, toml_without_domain):
+            done = root_shell_health(default_config, tmp_path / "no-such-file")
+            assert (done.returncode, done.stderr) == (0, ""), done
+            assert f"tcp_table 127.0.0.1:{port}/{port + 1}: round trip ok" in done.stdout
+
+
+def test_an_unreadable_environment_file_is_one_clear_line(tmp_path: Path) -> None:
+    done = root_shell_health(tmp_path / "absent.toml", tmp_path)  # a directory
+    assert done.returncode == 2
+    assert done.stderr == (f"srsd: configuration error: environment file {tmp_path}: "
+                           "Is a directory\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("A=1\nB = two words \n", {"A": "1", "B": "two words"}),
+    ("# A=1\n; B=2\n\n  C=3\nnot a line\n4D=x\n", {"C": "3"}),
+    ("A=\"quoted \\\"x\\\" \\\\ y\"\nB='single \\\\ kept'\nC=\"unbalanced\n", {
+        "A": 'quoted "x" \\ y', "B": "single \\\\ kept", "C": '"unbalanced'}),
+    ("A=first \\\n  second\nB=x=y\n", {"A": "first   second", "B": "x=y"}),
+])  # fmt: skip
+def test_environment_file_syntax(text: str, expected: dict[str, str]) -> None:
+    assert parse_environment_file(text) == expected
+
+
+def test_environment_file_example_parses_as_the_unit_tests_read_it() -> None:
+    example = (UNITS / "srsd.env.example").read_text()
+    assert parse_environment_file(example) == environment_file()
