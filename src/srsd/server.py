@@ -44,13 +44,14 @@ from typing import Protocol as TypingProtocol
 
 import trio
 
-from srsd import socketmap, systemd, tcp_table
+from srsd import milter_server, socketmap, systemd, tcp_table
+from srsd.delivery import PostfixDelivery
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.logs import LOGGER, setup, show
 from srsd.metrics import Latency, registry_for, serve_http
-from srsd.policy import Decision, Outcome, Policy
+from srsd.policy import Decision, DomainSet, Outcome, Policy
 from srsd.settings import (
     ConfigError,
     InetEndpoint,
@@ -68,7 +69,7 @@ SEND_TIMEOUT = 100.0
 #: Seconds between systemd STATUS= updates (when running under systemd).
 STATUS_INTERVAL = 30.0
 #: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
-ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "metrics")
+ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "milter", "metrics")
 #: Unsent reply bytes the kernel may hold per connection (TCP_NOTSENT_LOWAT).
 NOTSENT_LOWAT = 16384
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # 25 on Linux
@@ -105,6 +106,7 @@ class Wire(enum.Enum):
 
     TCP_TABLE = "tcp_table"
     SOCKETMAP = "socketmap"
+    MILTER = "milter"
 
 
 #: socketmap map names, as in ``socketmap:inet:127.0.0.1:10003:forward``.
@@ -180,6 +182,11 @@ class Server:
         self._tracked: set[_Tracked] = set()
         self._last_limit_log = -LIMIT_LOG_INTERVAL
         self._bad_since, self._bad_logged, self._bad_unlogged = 0.0, 0, 0
+        self.milter = milter_server.MilterService(
+            forward=self._milter_forward, reverse=self._milter_reverse,
+            delivery=_delivery(settings), recipient_limit=settings.milter_recipient_limit)
+        self.milter_listeners: list[trio.SocketListener] = []
+        self._milter_socket: tuple[Path, int] | None = None  # a unix socket file we made
 
     @property
     def database_errors(self) -> int:
@@ -228,14 +235,45 @@ class Server:
                 listening = _unix_socket(spec.path, self.settings)
                 endpoints.append(Endpoint(Wire.SOCKETMAP, None, listening, f"unix:{spec.path}",
                                           spec.path, spec.path.lstat().st_ino))  # fmt: skip
+            await self._bind_milter()
         except BaseException:
             _close_all(endpoints)
+            self._close_milter()
             for listener in self.metrics_listeners:
                 await listener.aclose()
             raise
-        if not endpoints:
+        if not endpoints and not self.milter_listeners:
             raise StartError("nothing to serve: both tcp_table ports are 0 and socketmap is off")
         return endpoints
+
+    async def _bind_milter(self) -> None:
+        spec = self.settings.milter
+        if isinstance(spec, InetEndpoint):
+            socks = await _tcp_sockets(spec.host, spec.port, "milter")
+        elif isinstance(spec, UnixEndpoint):
+            socks = [_unix_socket(spec.path, self.settings)]
+            self._milter_socket = (spec.path, spec.path.lstat().st_ino)
+        else:
+            return
+        self.milter_listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(x))
+                                 for x in socks]  # fmt: skip
+        LOGGER.info("milter on %s", "unix:" + str(spec.path) if isinstance(spec, UnixEndpoint)
+                    else ", ".join(_where(x) for x in socks))  # fmt: skip
+
+    def _close_milter(self) -> None:
+        for listener in self.milter_listeners:
+            listener.socket.close()
+        if self._milter_socket is not None:
+            path, inode = self._milter_socket
+            with contextlib.suppress(OSError):  # remove our socket file, and only ours
+                if path.lstat().st_ino == inode:
+                    path.unlink()
+
+    async def _milter_forward(self, key: bytes) -> Decision:
+        return await self._decide(Wire.MILTER, Role.FORWARD, key)
+
+    async def _milter_reverse(self, key: bytes) -> Decision:
+        return await self._decide(Wire.MILTER, Role.REVERSE, key)
 
     def _adopt(self, passed: list[systemd.PassedSocket]) -> list[Endpoint]:
         """Endpoints from the sockets systemd passed, by their FileDescriptorName=."""
@@ -246,9 +284,10 @@ class Server:
                                  f"name it one of {', '.join(ACTIVATION_NAMES)} with "
                                  "FileDescriptorName=")  # fmt: skip
             sock = socket.socket(fileno=item.fd)
-            if item.name == "metrics":
+            if item.name in ("metrics", "milter"):
                 tsock = trio.socket.from_stdlib_socket(sock)
-                self.metrics_listeners.append(trio.SocketListener(tsock))
+                into = self.metrics_listeners if item.name == "metrics" else self.milter_listeners
+                into.append(trio.SocketListener(tsock))
                 continue
             sock.setblocking(False)
             unix = sock.family == socket.AF_UNIX
@@ -257,8 +296,9 @@ class Server:
                 endpoints.append(Endpoint(Wire.SOCKETMAP, None, sock, where))
             else:
                 endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), sock, where))
-        if not endpoints:
-            raise StartError("socket activation passed no forward, reverse or socketmap socket")
+        if not endpoints and not self.milter_listeners:
+            raise StartError("socket activation passed no forward, reverse, socketmap or "
+                             "milter socket")
         return endpoints
 
     # -- main loop ------------------------------------------------------------------------------
@@ -279,6 +319,8 @@ class Server:
                                 loops.start_soon(self._accept_loop, endpoint, connections)
                             loops.start_soon(self._watch_signals, signals, accepting)
                             loops.start_soon(self._sweep_idle)
+                            if self.milter_listeners:
+                                loops.start_soon(self.milter.serve, self.milter_listeners)
                             if self.envelopes.mode is not EnvelopeMode.EMBEDDED:
                                 loops.start_soon(expire_periodically, self.envelopes.store,
                                                  self.envelopes.outage)  # fmt: skip
@@ -320,6 +362,7 @@ class Server:
         self._stopping = True
         self.notifier.notify("STOPPING=1")
         _close_all(endpoints)
+        self._close_milter()
         for listener in self.metrics_listeners:
             await listener.aclose()
         for tracked in list(self._tracked):
@@ -373,6 +416,8 @@ class Server:
             setup_logging(new)
         self.settings, self.policy = new, new.policy()
         self.envelopes.configure(new.original_envelope, new.envelope_write_limit)
+        self.milter.delivery = _delivery(new)  # and Postfix's configuration is read again
+        self.milter.recipient_limit = new.milter_recipient_limit
         self.reloads["ok"] += 1
         LOGGER.info("configuration reloaded: %d secret(s), %d excluded domain(s)",
                     len(new.secrets), len(new.excluded))  # fmt: skip
@@ -614,6 +659,12 @@ async def _linger(conn: socket.socket) -> None:
             if not chunk:
                 break
             discarded += len(chunk)
+
+
+def _delivery(settings: Settings) -> PostfixDelivery:
+    """How the milter tells locally delivered mail: settings, else Postfix itself."""
+    local = DomainSet(settings.local_domains) if settings.local_domains else None
+    return PostfixDelivery(rewrite_local=settings.rewrite_local, local_domains=local)
 
 
 def _where(sock: socket.socket) -> str:

@@ -5,7 +5,8 @@ The instance (``tests/postfix/instance.py``) is set up as a small hosting server
 
     smtpd_milters = non_smtpd_milters = inet:127.0.0.1:MILTER
     milter_default_action = tempfail, milter_protocol = 6
-    mydestination            = forwarder.test (the SRS domain: any local part accepted)
+    mydestination            = forwarder.test (the SRS domain)
+    local_recipient_maps     = socketmap:...:reverse (valid SRS addresses of ours only)
     virtual_mailbox_domains  = mailbox.test   (dave@mailbox.test: a maildir, virtual(8))
     virtual_alias_maps       = fwd@mailbox.test -> carol@dest.test
     transport_maps           = dest.test, origin.test -> the SMTP sink
@@ -35,10 +36,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.postfix.conftest import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
 from tests.postfix.instance import PostfixInstance, find_program
 from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess
 
 pytestmark = pytest.mark.postfix
@@ -57,7 +58,8 @@ class MilterInstance(PostfixInstance):
     """The throw-away instance plus the virtual(8) delivery agent."""
 
     def master_cf(self) -> str:
-        return super().master_cf() + f"{'virtual':<22} {'unix':<10} -   n   n   -      -   virtual\n"
+        row = f"{'virtual':<22} {'unix':<10} -   n   n   -      -   virtual\n"
+        return super().master_cf() + row
 
 
 class Flow:
@@ -141,12 +143,18 @@ def flow(postfix_programs: PostfixPrograms,
         relay = f"smtp:[127.0.0.1]:{sink.port}"
         milter_port = free_port("127.0.0.1")
         milter = f"inet:127.0.0.1:{milter_port}"
+        socketmap = f"inet:127.0.0.1:{free_port('127.0.0.1')}"
         main_cf = {
             "smtpd_milters": milter,
             "non_smtpd_milters": milter,
             "milter_default_action": "tempfail",
             "milter_protocol": "6",
             "mydestination": SRS_DOMAIN,
+            # smtpd accepts a bounce to the SRS domain only for a valid SRS address of ours
+            # (the reverse map finds it); the milter then gives it back to its sender. What
+            # the milter left is discarded, so a test sees it missing at the sink.
+            "local_recipient_maps": f"socketmap:{socketmap}:reverse",
+            "local_transport": "discard:SRS address the milter did not restore",
             "virtual_mailbox_domains": "mailbox.test",
             "virtual_mailbox_maps": f"inline:{{ {DAVE}=dave/ }}",
             "virtual_mailbox_base": str(base),
@@ -161,7 +169,7 @@ def flow(postfix_programs: PostfixPrograms,
         (root / "srsd").mkdir()
         srsd = stack.enter_context(SrsdProcess(
             root / "srsd", domain=SRS_DOMAIN, secrets=(SECRET,),
-            extra_args=["--milter", milter, "--log-level", "debug"],
+            extra_args=["--milter", milter, "--socketmap", socketmap, "--log-level", "debug"],
             env={"MAIL_CONFIG": str(postfix.config_dir)}))  # fmt: skip
         flow = Flow(srsd, milter_port, sink, postfix, base / "dave")
         flow.wait_milter()
@@ -222,6 +230,10 @@ def test_bounce_to_srs0_address_reaches_the_original_sender(flow: Flow) -> None:
     assert flow.send("", srs_address, token=bounce) is None, flow.diagnostics()
     delivery = flow.at_sink(bounce)
     assert delivery.rcpt_tos == (ALICE,) and delivery.mail_from == "", flow.diagnostics()
+    # A forged one is refused by Postfix itself (the reverse map does not find it).
+    forged = srs_address.replace("=alice@", "=mallory@")
+    refused = flow.send("", forged, token=uuid.uuid4().hex)
+    assert refused is not None and refused[0] == 550, f"{refused}" + flow.diagnostics()
 
 
 def test_srsd_stopped_defers_mail_then_it_is_delivered(flow: Flow) -> None:
