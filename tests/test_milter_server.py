@@ -7,8 +7,12 @@ discovery through Postfix is tested in ``test_delivery.py`` and end to end in
 
 from __future__ import annotations
 
+import signal
+import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +24,7 @@ from srsd.delivery import PostfixDelivery
 from srsd.milter import command, macros, negotiate, split_replies
 from srsd.milter_server import MilterService
 from srsd.policy import Decision, DomainSet, Outcome, Policy
-from tests.server_process import SECRET
+from tests.server_process import SECRET, SrsdProcess
 
 DOMAIN = b"forwarder.test"
 POLICY = Policy(Codec([SECRET], DOMAIN))
@@ -205,3 +209,42 @@ def test_idle_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
 
     run(svc, body)
     assert svc.sessions == 0
+
+
+# -- a real srsd process: the unix socket endpoint, SIGHUP --------------------------------
+
+
+def milter_message(path: Path, recipient: bytes) -> list[tuple[bytes, bytes]]:
+    """One conversation with srsd's milter on a unix socket: the end-of-message replies."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        stream = b"".join([negotiate(), command(milter.MAIL, b"<alice@origin.test>"),
+                           command(milter.RCPT, recipient), command(milter.END_OF_MESSAGE),
+                           command(milter.QUIT)])  # fmt: skip
+        sock.sendall(stream)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    replies = split_replies(data)
+    assert replies[0][0] == b"O" and replies[1:3] == [CONTINUE, CONTINUE], replies
+    return replies[3:]
+
+
+def test_srsd_serves_the_milter_on_a_unix_socket_and_applies_sighup(tmp_path: Path) -> None:
+    path = tmp_path / "milter.sock"
+    config = tmp_path / "srsd.toml"
+    config.write_text(f'milter = "unix:{path}"\nlocal_domains = ["mailbox.test"]\n')
+    with SrsdProcess(tmp_path, extra_args=["--config", str(config)]) as srsd:
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+        assert [c for c, _ in milter_message(path, b"<carol@dest.test>")] == [b"e", b"c"]
+        assert milter_message(path, b"<dave@mailbox.test>") == [CONTINUE]
+        config.write_text(f'milter = "unix:{path}"\nrewrite_local = true\n')
+        srsd.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration reloaded" not in srsd.log():
+            assert time.monotonic() < deadline, srsd.log()
+            time.sleep(0.05)
+        assert [c for c, _ in milter_message(path, b"<dave@mailbox.test>")] == [b"e", b"c"]
+        assert srsd.stop() == 0
+    assert not path.exists(), "srsd left its milter socket behind"
