@@ -1,6 +1,6 @@
 # A bounded coverage-guided fuzz campaign (atheris) over the codec and both wire decoders.
-"""Runs each ``fuzz/fuzz_*.py`` harness for a fixed number of inputs with a fixed seed, the
-three in parallel, and fails on any crash (an invariant broken, an unexpected exception).
+"""Runs each ``fuzz/fuzz_*.py`` harness for a fixed number of inputs with a fixed seed, all
+in parallel, and fails on any crash (an invariant broken, an unexpected exception).
 The harnesses, their invariants and how to run a long campaign by hand: ``fuzz/README.md``.
 A crash prints the input in base64: keep it as a regression test under ``tests/``.
 """
@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("atheris", reason="atheris (a test dependency) is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
-HARNESSES = ("fuzz_codec", "fuzz_tcp_table", "fuzz_socketmap", "fuzz_milter")
+HARNESSES = ("fuzz_codec", "fuzz_tcp_table", "fuzz_socketmap", "fuzz_milter", "fuzz_peercred")
 #: Inputs per harness: about 6 s each at this machine's 2,400 to 2,800 inputs per second.
 RUNS = 15_000
 #: The time cap per harness, should a slow machine not reach RUNS.

@@ -34,7 +34,8 @@ MAX_HASH_FIELD = 27
 MAX_HASH_LENGTH = 20
 #: Days in the timestamp cycle; the two base32 digits wrap after this many days.
 STAMP_CYCLE = 1024
-_SECONDS_PER_DAY = 86400
+#: Seconds in a day, as SRS timestamps count days (Unix time, no leap seconds).
+SECONDS_PER_DAY = 86400
 # Hash normal form for comparison: lower case, base64url spelled as standard base64.
 _NORMALISE = bytes.maketrans(b"-_ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"+/abcdefghijklmnopqrstuvwxyz")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -79,7 +80,7 @@ class Alphabet(enum.Enum):
 
 def day_stamp(now: float) -> bytes:
     """The two-character base32 timestamp for the UTC day containing ``now``."""
-    day = int(now // _SECONDS_PER_DAY)
+    day = int(now // SECONDS_PER_DAY)
     return bytes((B32[(day >> 5) & 31], B32[day & 31]))
 
 
@@ -228,7 +229,7 @@ class Codec:
             raise Malformed("Bad time stamp in SRS0 address.")
         self._verify(srs_hash, stamp, host, user)
         then = _B32_VALUE[stamp[0]] * 32 + _B32_VALUE[stamp[1]]
-        today = int(now // _SECONDS_PER_DAY) % STAMP_CYCLE
+        today = int(now // SECONDS_PER_DAY) % STAMP_CYCLE
         if (today - then) % STAMP_CYCLE > self.max_age:
             raise Expired("Time stamp out of date.")
         return user, host

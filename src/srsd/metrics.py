@@ -17,7 +17,6 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
 from __future__ import annotations
 
 import bisect
-import errno
 from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
@@ -32,6 +31,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+
 #: Upper bounds of the latency buckets, in seconds.
 BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
 #: Bounds on one HTTP request to the metrics endpoint.
@@ -39,9 +40,6 @@ HTTP_HEAD_LIMIT = 8192
 HTTP_TIMEOUT = 5.0
 #: Metrics connections served at once; more are closed at once (a scraper needs one).
 HTTP_CONNECTIONS = 8
-#: accept() errors that mean "out of descriptors or memory for now": wait, then retry.
-_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_RETRY_DELAY = 0.1
 
 
 class Latency:
@@ -148,9 +146,9 @@ async def serve_http(listener: trio.SocketListener, registry: CollectorRegistry)
             try:
                 stream = await listener.accept()
             except OSError as err:
-                if err.errno not in _ACCEPT_RETRY_ERRNOS:
+                if err.errno not in ACCEPT_RETRY_ERRNOS:
                     raise
-                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
             if active >= HTTP_CONNECTIONS:
                 await stream.aclose()

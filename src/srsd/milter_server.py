@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import trio
 
 from srsd import milter
+from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
 from srsd.delivery import PostfixDelivery
 from srsd.logs import LOGGER, show
 from srsd.policy import Decision, Outcome
@@ -122,8 +123,10 @@ class MilterService:
             try:
                 stream = await listener.accept()
             except OSError as err:  # out of descriptors: wait a little, keep serving
+                if err.errno not in ACCEPT_RETRY_ERRNOS:
+                    raise
                 LOGGER.warning("milter: accept failed: %s", err.strerror or err)
-                await trio.sleep(0.1)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
             if self.sessions >= MAX_SESSIONS:
                 self.refused_sessions += 1

@@ -65,6 +65,12 @@ _REWRITTEN_REASON = "rewritten"
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
+def is_domain_entry(entry: str) -> bool:
+    """True for an entry of a :class:`DomainSet`: a domain name, or one with a leading dot
+    (every subdomain), in any case."""
+    return is_domain_name(entry.lower().removeprefix("."))
+
+
 def is_domain_name(name: str, *, min_labels: int = 1) -> bool:
     """True for an ASCII host name: LDH labels, at least ``min_labels``, no trailing dot."""
     if len(name) > 253 or not name.isascii():
@@ -82,7 +88,7 @@ class DomainSet:
         suffixes: set[bytes] = set()
         for entry in entries:
             name = entry.strip().lower()
-            if not is_domain_name(name.removeprefix(".")):
+            if not is_domain_entry(name):
                 raise ValueError(f"not a domain name: {entry!r}")
             (suffixes if name.startswith(".") else exact).add(name.encode("ascii"))
         self._exact = frozenset(exact)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
 import grp
 import logging
 import os
@@ -45,6 +44,7 @@ from typing import Protocol as TypingProtocol
 import trio
 
 from srsd import milter_server, socketmap, systemd, tcp_table
+from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
 from srsd.delivery import PostfixDelivery
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.envelope.lookups import EnvelopeDatabase
@@ -90,8 +90,6 @@ BAD_REQUEST_LOG_RATE = 10
 LIMIT_LOG_INTERVAL = 10.0
 _INTERNAL_ERROR = Decision(Outcome.ERROR, reason="srsd internal error")
 _EMBEDDED = EnvelopeMode.EMBEDDED
-_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_RETRY_DELAY = 0.1
 
 
 class Role(enum.Enum):
@@ -436,10 +434,10 @@ class Server:
                 await trio.lowlevel.wait_readable(listening)
                 continue
             except OSError as err:
-                if err.errno not in _ACCEPT_RETRY_ERRNOS:
+                if err.errno not in ACCEPT_RETRY_ERRNOS:
                     raise
                 LOGGER.error("accept failed: %s; retrying", os.strerror(err.errno))
-                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
             if self.open_connections >= self.settings.max_connections:
                 self.rejected_connections += 1

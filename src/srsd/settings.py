@@ -40,10 +40,10 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
 
-from srsd.codec import MAX_HASH_LENGTH, SEPARATORS, Alphabet, Codec
+from srsd.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.envelope.keys import EnvelopeMode
 from srsd.envelope.location import StoreLocation, parse_location
-from srsd.policy import DomainSet, Policy, is_domain_name
+from srsd.policy import DomainSet, Policy, is_domain_entry, is_domain_name
 from srsd.systemd import SECRETS_CREDENTIAL, credential
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
@@ -51,7 +51,7 @@ SECRETS_NAME = "secrets"
 #: The largest settings, secrets or exclusion file read, in bytes.
 MAX_FILE_SIZE = 16 << 20
 #: The longest time a ``seconds`` setting may be, in seconds (a week).
-MAX_SECONDS = 7 * 86400
+MAX_SECONDS = 7 * SECONDS_PER_DAY
 #: sun_path holds 108 bytes with the terminating NUL.
 MAX_UNIX_PATH = 107
 _LIST_SPLIT = re.compile(r"[,;\s]+")
@@ -214,7 +214,7 @@ def _words(raw: object) -> tuple[str, ...]:
 def _domains(raw: object) -> tuple[str, ...]:
     names = _words(raw)
     for name in names:
-        if not is_domain_name(name.lower().removeprefix(".")):
+        if not is_domain_entry(name):
             raise ValueError(f"not a domain name: {name!r}")
     return names
 
@@ -743,7 +743,7 @@ def _load_exclusions(names: tuple[str, ...], path: Path | None) -> DomainSet:
             name = line.split("#", 1)[0].strip()
             if not name:
                 continue
-            if not is_domain_name(name.lower().removeprefix(".")):
+            if not is_domain_entry(name):
                 raise ConfigError(f"exclude_file: {path} line {number}: not a domain name: "
                                   f"{name!r}")  # fmt: skip
             entries.append(name)

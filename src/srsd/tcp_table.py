@@ -129,15 +129,27 @@ def _parse(line: bytes) -> Event:
         return _NUL_KEY
     if 0x25 not in key:
         return Request(key)
-    parts = key.split(b"%")
+    try:
+        return Request(percent_decode(key))
+    except ValueError as err:
+        return _NUL_KEY if err.args[0] == b"00" else _BAD_ESCAPE
+
+
+def percent_decode(text: bytes) -> bytes:
+    """``text`` with every ``%XX`` replaced by its byte (hex digits in either case).
+
+    ValueError, whose argument is the two bytes after the ``%``, at the first escape that
+    is not two hex digits, and at ``%00``: a NUL never comes out. Requests and replies
+    (:func:`parse_reply`) are decoded by this one function.
+    """
+    parts = text.split(b"%")
     out = [parts[0]]
     for part in parts[1:]:
         byte = _UNHEX.get(part[:2])
         if byte is None:
-            return _NUL_KEY if part[:2] == b"00" else _BAD_ESCAPE
-        out.append(byte)
-        out.append(part[2:])
-    return Request(b"".join(out))
+            raise ValueError(part[:2])
+        out += (byte, part[2:])
+    return b"".join(out)
 
 
 class RequestReader:
@@ -365,14 +377,8 @@ def parse_reply(line: bytes) -> tuple[int, bytes]:
     line = line.removesuffix(b"\n")
     if len(line) < 4 or not line[:3].isdigit() or line[3:4] != b" ":
         raise ValueError(f"malformed tcp_table reply: {line[:80]!r}")
-    text = line[4:]
-    if 0x25 in text:
-        parts = text.split(b"%")
-        out = [parts[0]]
-        for part in parts[1:]:
-            byte = _UNHEX.get(part[:2])
-            if byte is None:
-                raise ValueError(f"bad %-escape in tcp_table reply: {line[:80]!r}")
-            out += (byte, part[2:])
-        text = b"".join(out)
+    try:
+        text = percent_decode(line[4:])
+    except ValueError:
+        raise ValueError(f"bad %-escape in tcp_table reply: {line[:80]!r}") from None
     return int(line[:3]), text

@@ -61,7 +61,6 @@ MAX_LOCAL_PART = 64
 #: Safety margin added to the SRS maximum age for an entry's lifetime (see :func:`lifetime`).
 DEFAULT_MARGIN_DAYS = 2
 _BASE32HEX = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVabcdefghijklmnopqrstuv")
-_SECONDS_PER_DAY = 86400
 
 
 class EnvelopeMode(enum.Enum):
@@ -145,7 +144,7 @@ def lifetime(max_age_days: int, margin_days: float = DEFAULT_MARGIN_DAYS) -> flo
     """
     if max_age_days < 0 or margin_days < 0:
         raise ValueError("max_age_days and margin_days must not be negative")
-    return (max_age_days + margin_days) * _SECONDS_PER_DAY
+    return (max_age_days + margin_days) * codec.SECONDS_PER_DAY
 
 
 class WriteLimiter:

@@ -32,7 +32,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import trio
 
@@ -158,6 +158,30 @@ async def expire_periodically(
         await trio.sleep(interval)
 
 
+class _ThreadedStore:
+    """What both stores share: a synchronous client used from worker threads, at most
+    ``_limiter``'s worth at a time, every failure turned into :class:`StorageError`."""
+
+    description: str
+    _closed: bool
+    _limiter: trio.CapacityLimiter
+
+    def _call(self, op: Callable[[Any], T]) -> T:
+        """Run ``op`` on the client in this (worker) thread; any failure is a StorageError."""
+        try:
+            return op(self._client())
+        except Exception as err:
+            raise StorageError(f"{self.description}: {err}") from err
+
+    def _client(self) -> Any:
+        raise NotImplementedError
+
+    async def _run(self, op: Callable[[Any], T]) -> T:
+        if self._closed:
+            raise StorageError(f"{self.description}: store is closed")
+        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
+
+
 # -- SQLite -----------------------------------------------------------------------------------
 
 # postsrsd 2.x's schema, so either daemon can take over the other's file, except that the
@@ -180,12 +204,12 @@ _GET = "SELECT v FROM kv WHERE k = ? AND lt > ?"
 _EXPIRE = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE lt <= ? LIMIT ?)"
 
 
-def _is_readonly(err: Exception) -> bool:
+def _is_readonly(err: BaseException | None) -> bool:
     code = getattr(err, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_READONLY
 
 
-class SQLiteStore:
+class SQLiteStore(_ThreadedStore):
     """Envelope store in one SQLite file (WAL mode), for a single host.
 
     * Table ``kv(k, v, lt)`` with an index on ``lt``, as postsrsd 2.x: ``k`` is ``KEY@1``,
@@ -254,26 +278,25 @@ class SQLiteStore:
             with contextlib.suppress(Exception):  # a broken connection: nothing to do
                 conn.close()
 
+    def _client(self) -> sqlite3.Connection:
+        return self._open()
+
     def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        retried = False
-        while True:
-            try:
-                return op(self._open())
-            except Exception as err:
-                self._drop()
-                # SQLite opens a file it may not write read-only, silently; such a
-                # connection, kept from an outage, fails every write after it: open again.
-                if not retried and _is_readonly(err):
-                    retried = True
-                    continue
-                raise StorageError(f"{self.description}: {err}") from err
+        try:
+            return super()._call(op)
+        except StorageError as err:
+            self._drop()
+            # SQLite opens a file it may not write read-only, silently; such a
+            # connection, kept from an outage, fails every write after it: open again.
+            if not _is_readonly(err.__cause__):
+                raise
+        try:
+            return super()._call(op)
+        except StorageError:
+            self._drop()
+            raise
 
     # -- trio side ---------------------------------------------------------------------------
-
-    async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StorageError(f"{self.description}: store is closed")
-        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
 
     async def put(self, key: bytes, sender: bytes, now: float) -> None:
         """Store ``sender`` under ``key`` until ``now + lifetime`` (insert or refresh)."""
@@ -367,7 +390,7 @@ def _redis_client(target: RedisTarget, timeout: float, max_connections: int) -> 
     )
 
 
-class RedisStore:
+class RedisStore(_ThreadedStore):
     """Envelope store in Redis, shared by a fleet; keys and values as postsrsd 2.x.
 
     * Key ``PostSRSd/KEY@1``, value the sender bytes, written with ``SET ... EX lifetime``
@@ -395,23 +418,15 @@ class RedisStore:
         if lifetime <= 0 or timeout <= 0 or max_threads < 1:
             raise ValueError("lifetime, timeout and max_threads must be positive")
         target = parse_redis_url(url) if isinstance(url, str) else url
-        self._client = _redis_client(target, timeout, max_threads)
+        self._redis = _redis_client(target, timeout, max_threads)
         self.lifetime = lifetime
         self.description = target.description
         self._ttl = max(1, math.ceil(lifetime))
         self._limiter = trio.CapacityLimiter(max_threads)
         self._closed = False
 
-    def _call(self, op: Callable[[redis.Redis], T]) -> T:
-        try:
-            return op(self._client)
-        except Exception as err:
-            raise StorageError(f"{self.description}: {err}") from err
-
-    async def _run(self, op: Callable[[redis.Redis], T]) -> T:
-        if self._closed:
-            raise StorageError(f"{self.description}: store is closed")
-        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
+    def _client(self) -> redis.Redis:
+        return self._redis
 
     async def put(self, key: bytes, sender: bytes, now: float) -> None:
         """``SET PostSRSd/KEY@1 sender EX lifetime`` (``now`` unused: Redis keeps time)."""

@@ -1,0 +1,262 @@
+# Who may connect, and who gives way when srsd is full: the admission policy, sans-IO.
+"""Decide, for each new connection, whether to refuse it, admit it, or admit it and close
+another one (evict), so that no local user can shut Postfix out by holding connections.
+
+Each connection has an owner (:mod:`srsd.peercred`: a uid, ``"remote"`` for every peer on
+another host, ``"unknown"``), the time of its last activity (the connect, or the last
+request answered) and whether a request is being answered right now (busy). The rule, for
+a new connection of owner ``u`` (:func:`decide`):
+
+1. ``allowed_users`` is not empty and ``u`` is not in it: **refuse** (close at once).
+2. ``u`` already holds ``max_connections_per_user``: ``u`` gives way itself: **evict**
+   ``u``'s connection idle the longest; if every one of them is busy, **refuse**.
+3. srsd holds ``max_connections``: the owner who holds the most gives way, counting the
+   newcomer in its owner's share; ties go to the newcomer's owner, then to the owner of
+   the connection idle the longest; owners other than the newcomer's are only considered
+   when one of their connections is not busy. That owner's connection idle the longest is
+   **evicted**; when the newcomer's owner gives way and all of its connections are busy,
+   **refuse**.
+4. Otherwise **admit**.
+
+A busy connection is never evicted, and a user's connection is evicted for another user's
+newcomer only when it holds more than that user would, and no user with an evictable
+connection holds more. So a user who floods srsd reaches its own
+cap and from then on closes its own connections; while it holds more than Postfix, none of
+Postfix's connections is evicted (``tests/test_admission.py`` states these as properties).
+
+:func:`decide` is the rule as a plain function over all connections (the reference);
+:class:`Admission` applies the same rule incrementally, in time proportional to the number
+of owners, keeping per owner its idle connections in the order they became idle.
+"""
+
+from __future__ import annotations
+
+import enum
+import pwd
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from srsd.peercred import REMOTE, Owner
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Verdict(enum.Enum):
+    """What to do with a new connection."""
+
+    ADMIT = "admit"
+    EVICT = "evict"  # admit, and close ``Decision.victim``
+    REFUSE_USER = "refuse user"  # not in allowed_users
+    REFUSE_BUSY = "refuse busy"  # full (or at its cap) and no connection may be evicted
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[K]):
+    """A verdict, and the connection to close for :attr:`Verdict.EVICT`."""
+
+    verdict: Verdict
+    victim: K | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """Whether the new connection is served."""
+        return self.verdict in (Verdict.ADMIT, Verdict.EVICT)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The admission limits: ``allowed`` empty means every owner is allowed."""
+
+    max_connections: int
+    max_per_user: int
+    allowed: frozenset[Owner] = frozenset()
+
+    @classmethod
+    def default_per_user(cls, max_connections: int) -> int:
+        """``max_connections_per_user`` when not set: half of ``max_connections``."""
+        return max(1, max_connections // 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One open connection as the reference rule sees it."""
+
+    owner: Owner
+    last: float  # time of the connect or of the last request answered
+    busy: bool = False  # a request is being answered
+
+
+def _longest_idle(connections: Mapping[K, Connection], owner: Owner) -> K | None:
+    """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
+    best: K | None = None
+    for key, conn in connections.items():
+        if conn.owner == owner and not conn.busy and (
+            best is None or conn.last < connections[best].last
+        ):
+            best = key
+    return best
+
+
+def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) -> Decision[K]:
+    """The rule (module docstring) for a new connection of ``owner``, over every open
+    connection, in the order they last became idle (which breaks ties in idle time)."""
+    if limits.allowed and owner not in limits.allowed:
+        return Decision(Verdict.REFUSE_USER)
+    held = Counter(conn.owner for conn in connections.values())
+    if held[owner] >= limits.max_per_user:
+        victim = _longest_idle(connections, owner)
+        return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+    if len(connections) < limits.max_connections:
+        return Decision(Verdict.ADMIT)
+    order = {key: index for index, key in enumerate(connections)}
+    # The newcomer's owner competes too, evictable connection or not: ranked first on the
+    # most held, then the newcomer's own, then the connection idle the longest.
+    best: tuple[int, bool, float, int] | None = None
+    victim = None
+    for candidate in {*held, owner}:
+        key = _longest_idle(connections, candidate)
+        if key is None and candidate != owner:
+            continue
+        count = held[candidate] + (candidate == owner)
+        rank = (-count, candidate != owner, 0.0 if key is None else connections[key].last,
+                -1 if key is None else order[key])  # fmt: skip
+        if best is None or rank < best:
+            best, victim = rank, key
+    return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+
+
+class _Entry:
+    __slots__ = ("busy", "last", "owner", "seq")
+
+    def __init__(self, owner: Owner, last: float, seq: int) -> None:
+        self.owner = owner
+        self.last = last
+        self.busy = False
+        self.seq = seq  # order of becoming idle: breaks ties in ``last``
+
+
+class Admission(Generic[K]):
+    """The rule applied incrementally to the connections of a running server.
+
+    The caller reports every change: :meth:`admit` for a new connection (it is then
+    counted, and a victim it names is forgotten at once: the caller must close it),
+    :meth:`busy` / :meth:`idle` around answering requests, :meth:`closed` when a
+    connection ends (calling it for a victim or an unknown key does nothing). ``now``
+    must never decrease (a monotonic clock).
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._entries: dict[K, _Entry] = {}
+        self._held: Counter[Owner] = Counter()
+        self._idle: dict[Owner, OrderedDict[K, None]] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def held(self, owner: Owner) -> int:
+        """Connections ``owner`` holds now."""
+        return self._held[owner]
+
+    def owners(self) -> dict[Owner, int]:
+        """Connections held, by owner."""
+        return {owner: count for owner, count in self._held.items() if count}
+
+    def owner(self, key: K) -> Owner | None:
+        """The owner of an open connection (None when not counted)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.owner
+
+    def decide(self, owner: Owner) -> Decision[K]:
+        """What :func:`decide` says for a new connection of ``owner``, without applying it."""
+        limits = self.limits
+        if limits.allowed and owner not in limits.allowed:
+            return Decision(Verdict.REFUSE_USER)
+        if self._held[owner] >= limits.max_per_user:
+            victim = self._oldest(owner)
+            return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+        if len(self._entries) < limits.max_connections:
+            return Decision(Verdict.ADMIT)
+        # Ranked as in decide(): the newcomer's owner wins ties, so another owner gives
+        # way only when it holds more than the newcomer's owner would.
+        victim = self._oldest(owner)
+        best: tuple[int, bool, float, int] = (-(self._held[owner] + 1), False, 0.0, 0)
+        for candidate, idle in self._idle.items():
+            if candidate == owner or not idle:
+                continue
+            key = next(iter(idle))
+            entry = self._entries[key]
+            rank = (-self._held[candidate], True, entry.last, entry.seq)
+            if rank < best:
+                best, victim = rank, key
+        return Decision(Verdict.REFUSE_BUSY if victim is None else Verdict.EVICT, victim)
+
+    def admit(self, key: K, owner: Owner, now: float) -> Decision[K]:
+        """Decide for the new connection ``key`` of ``owner`` and apply the decision."""
+        decision = self.decide(owner)
+        if decision.victim is not None:
+            self.closed(decision.victim)
+        if decision.admitted:
+            self._seq += 1
+            self._entries[key] = _Entry(owner, now, self._seq)
+            self._held[owner] += 1
+            self._idle.setdefault(owner, OrderedDict())[key] = None
+        return decision
+
+    def busy(self, key: K) -> None:
+        """A request of ``key`` is being answered: it may not be evicted."""
+        entry = self._entries.get(key)
+        if entry is not None and not entry.busy:
+            entry.busy = True
+            del self._idle[entry.owner][key]
+
+    def idle(self, key: K, now: float) -> None:
+        """``key`` answered its requests at ``now``: evictable again, idle since ``now``."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._seq += 1
+            entry.busy, entry.last, entry.seq = False, now, self._seq
+            idle = self._idle[entry.owner]
+            idle[key] = None
+            idle.move_to_end(key)
+
+    def closed(self, key: K) -> None:
+        """``key`` ended (or was evicted): forget it."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self._held[entry.owner] -= 1
+        if not self._held[entry.owner]:
+            del self._held[entry.owner]
+        idle = self._idle[entry.owner]
+        idle.pop(key, None)
+        if not idle and not self._held[entry.owner]:
+            del self._idle[entry.owner]
+
+    def _oldest(self, owner: Owner) -> K | None:
+        idle = self._idle.get(owner)
+        return next(iter(idle)) if idle else None
+
+
+def resolve_users(entries: Iterable[str | int]) -> frozenset[Owner]:
+    """The owners ``allowed_users`` names: uids as numbers or digit strings, user names
+    looked up in the password database, ``"remote"`` for peers on other hosts. An unknown
+    name is a :class:`ValueError` naming it."""
+    owners: set[Owner] = set()
+    for entry in entries:
+        if isinstance(entry, int) or entry.isdigit():
+            owners.add(int(entry))
+        elif entry == REMOTE:
+            owners.add(REMOTE)
+        else:
+            try:
+                owners.add(pwd.getpwnam(entry).pw_uid)
+            except KeyError:
+                raise ValueError(f"no such user: {entry!r}") from None
+    return frozenset(owners)

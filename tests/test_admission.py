@@ -1,0 +1,230 @@
+# The admission policy: hypothesis properties of the rule, and the incremental table against it.
+"""Properties of :mod:`srsd.admission`, over random sequences of connects, requests and
+closes by a few owners (hypothesis state machine), checked after every step:
+
+* the incremental :class:`~srsd.admission.Admission` decides exactly what the reference
+  :func:`~srsd.admission.decide` decides over the model's connections;
+* never more than ``max_connections`` open, nor more than the cap for any one owner;
+* a busy connection is never evicted; a disallowed owner is never admitted; an allowed
+  owner is refused only when no connection could be evicted;
+* the victim is the longest idle of its owner, and its owner holds the most (counting the
+  newcomer) among the owners with a connection that could be evicted;
+
+and the scenario the rule is for: a steady Postfix next to a user who floods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, OrderedDict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from srsd.admission import (
+    Admission,
+    Connection,
+    Decision,
+    Limits,
+    Verdict,
+    decide,
+    resolve_users,
+)
+from srsd.peercred import REMOTE, UNKNOWN, Owner
+
+EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
+MACHINE = settings(max_examples=EXAMPLES, stateful_step_count=60, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN]
+POSTFIX, FLOODER = 103, 65534
+
+
+class AdmissionMachine(RuleBasedStateMachine):
+    """A model (an ordered dict of :class:`Connection`, in the order connections last
+    became idle) beside the incremental table, driven by the same steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: OrderedDict[int, Connection] = OrderedDict()
+        self.now = 0.0
+        self.next_key = 0
+        self.table: Admission[int]
+        self.limits: Limits
+
+    @initialize(max_connections=st.integers(1, 12), share=st.integers(1, 12),
+                allowed=st.sets(st.sampled_from(OWNERS), max_size=3))  # fmt: skip
+    def setup(self, max_connections: int, share: int, allowed: set[Owner]) -> None:
+        self.limits = Limits(max_connections, min(share, max_connections), frozenset(allowed))
+        self.table = Admission(self.limits)
+
+    @rule(owner=st.sampled_from(OWNERS), later=st.sampled_from([0.0, 0.5, 1.0]))
+    def connect(self, owner: Owner, later: float) -> None:
+        self.now += later
+        key, self.next_key = self.next_key, self.next_key + 1
+        expected = decide(self.model, owner, self.limits)
+        held = Counter(c.owner for c in self.model.values())
+        got = self.table.admit(key, owner, self.now)
+        assert got == expected
+        self.check_decision(got, owner, held)
+        if got.victim is not None:
+            del self.model[got.victim]
+        if got.admitted:
+            self.model[key] = Connection(owner, self.now)
+
+    def check_decision(self, got: Decision[int], owner: Owner, held: Counter[Owner]) -> None:
+        allowed = not self.limits.allowed or owner in self.limits.allowed
+        assert (got.verdict is Verdict.REFUSE_USER) == (not allowed)
+        idle = [k for k, c in self.model.items() if not c.busy]
+        if got.verdict is Verdict.REFUSE_BUSY:  # nothing of owner's own could be evicted,
+            # and no one else holds more than owner would
+            assert not [k for k in idle if self.model[k].owner == owner]
+            assert held[owner] >= self.limits.max_per_user or (
+                len(self.model) >= self.limits.max_connections
+                and all(held[self.model[k].owner] <= held[owner] + 1 for k in idle))
+        if got.verdict is Verdict.ADMIT:
+            assert len(self.model) < self.limits.max_connections
+            assert held[owner] < self.limits.max_per_user
+        if got.victim is None:
+            return
+        victim = self.model[got.victim]
+        assert not victim.busy
+        assert victim.last == min(self.model[k].last for k in idle
+                                  if self.model[k].owner == victim.owner)  # fmt: skip
+        if victim.owner != owner:  # taken from someone else: the biggest holder
+            assert held[owner] < self.limits.max_per_user
+            count = held[victim.owner]
+            assert count > held[owner] + 1
+            assert all(held[self.model[k].owner] + (self.model[k].owner == owner) <= count
+                       for k in idle)  # fmt: skip
+
+    @rule(pick=st.integers(0, 1000))
+    def request(self, pick: int) -> None:
+        idle = [k for k, c in self.model.items() if not c.busy]
+        if idle:
+            key = idle[pick % len(idle)]
+            self.table.busy(key)
+            old = self.model[key]
+            self.model[key] = Connection(old.owner, old.last, busy=True)
+
+    @rule(pick=st.integers(0, 1000), later=st.sampled_from([0.0, 0.5]))
+    def answered(self, pick: int, later: float) -> None:
+        busy = [k for k, c in self.model.items() if c.busy]
+        if busy:
+            self.now += later
+            key = busy[pick % len(busy)]
+            self.table.idle(key, self.now)
+            self.model[key] = Connection(self.model[key].owner, self.now)
+            self.model.move_to_end(key)
+
+    @rule(pick=st.integers(0, 1000))
+    def close(self, pick: int) -> None:
+        if self.model:
+            key = list(self.model)[pick % len(self.model)]
+            self.table.closed(key)
+            self.table.closed(key)  # twice: nothing happens
+            del self.model[key]
+
+    @invariant()
+    def counts_agree_and_hold_the_limits(self) -> None:
+        if not hasattr(self, "table"):
+            return
+        held = Counter(c.owner for c in self.model.values())
+        assert len(self.table) == len(self.model) <= self.limits.max_connections
+        assert self.table.owners() == dict(held)
+        assert all(count <= self.limits.max_per_user for count in held.values())
+
+
+TestAdmissionMachine = AdmissionMachine.TestCase
+TestAdmissionMachine.settings = MACHINE
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["connect", "close-own", "request", "postfix"]),
+                                st.sampled_from([FLOODER, 1000]), st.integers(0, 1000)),
+                      min_size=10, max_size=400),
+       postfix_connections=st.integers(1, 10), max_connections=st.integers(4, 40))  # fmt: skip
+def test_flooders_never_shut_postfix_out(steps: list[tuple[str, Owner, int]],
+                                         postfix_connections: int,
+                                         max_connections: int) -> None:  # fmt: skip
+    # Postfix keeps up to postfix_connections (fewer than a third of the limit) and looks
+    # something up on one of them now and then; two other users connect, close and send
+    # requests as they like, together filling srsd. With the default share, none of
+    # Postfix's connections is ever evicted and every new one of Postfix's is admitted.
+    # (A request is answered within the step, as in the server, where "busy" lasts while
+    # one batch of requests is decided.)
+    postfix_connections = max(1, min(postfix_connections, (max_connections - 1) // 3))
+    limits = Limits(max_connections, Limits.default_per_user(max_connections))
+    table: Admission[int] = Admission(limits)
+    postfix: list[int] = []
+    flooders: dict[Owner, list[int]] = {FLOODER: [], 1000: []}
+    now = 0.0
+    for step, (what, who, pick) in enumerate(steps):
+        now += 0.01
+        if len(postfix) < postfix_connections:
+            decision = table.admit(-step - 1, POSTFIX, now)
+            assert decision.admitted
+            postfix.append(-step - 1)
+        if what == "postfix":  # Postfix looks something up on one of its connections
+            key = postfix[pick % len(postfix)]
+            table.busy(key)
+            table.idle(key, now)
+        mine = flooders[who]
+        if what == "connect":
+            decision = table.admit(step, who, now)
+            assert decision.victim not in postfix
+            assert decision.admitted
+            mine.append(step)
+            for held in flooders.values():
+                if decision.victim in held:
+                    held.remove(decision.victim)
+        elif what == "close-own" and mine:
+            table.closed(mine.pop(pick % len(mine)))
+        elif what == "request" and mine:
+            table.busy(mine[pick % len(mine)])
+            table.idle(mine[pick % len(mine)], now)
+        assert table.held(POSTFIX) == len(postfix)
+        for owner, held in flooders.items():
+            assert table.held(owner) == len(held) <= limits.max_per_user
+
+
+def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
+    # Two users hold half each: srsd is full. Postfix's new connection evicts the longest
+    # idle connection of one of them, never fails.
+    limits = Limits(10, 5)
+    table: Admission[str] = Admission(limits)
+    for i in range(5):
+        assert table.admit(f"a{i}", 1001, float(i)).verdict is Verdict.ADMIT
+        assert table.admit(f"b{i}", 1002, float(i) + 0.5).verdict is Verdict.ADMIT
+    decision = table.admit("postfix", POSTFIX, 10.0)
+    assert decision == Decision(Verdict.EVICT, "a0")
+    # the flooder at its cap evicts its own, oldest first
+    assert table.admit("b5", 1002, 11.0) == Decision(Verdict.EVICT, "b0")
+    # a flooder whose connections are all busy and at its cap is refused
+    for key in ("b1", "b2", "b3", "b4", "b5"):
+        table.busy(key)
+    assert table.admit("b6", 1002, 12.0).verdict is Verdict.REFUSE_BUSY
+    # Postfix holds 1, flooder 1001 holds 4: its connection is taken, not Postfix's
+    assert table.admit("postfix-2", POSTFIX, 13.0) == Decision(Verdict.EVICT, "a1")
+
+
+def test_allowed_users_refuse_everyone_else() -> None:
+    table: Admission[int] = Admission(Limits(10, 5, frozenset({0, POSTFIX})))
+    assert table.admit(1, POSTFIX, 0.0).verdict is Verdict.ADMIT
+    assert table.admit(2, 0, 0.0).verdict is Verdict.ADMIT
+    for owner in (FLOODER, REMOTE, UNKNOWN):
+        assert table.admit(3, owner, 0.0).verdict is Verdict.REFUSE_USER
+    assert len(table) == 2
+
+
+def test_resolve_users() -> None:
+    assert resolve_users(["root", "65534", 103, "remote"]) == {0, 65534, 103, REMOTE}
+    assert resolve_users([]) == frozenset()
+    with pytest.raises(ValueError, match="no such user: 'no-such-user-x'"):
+        resolve_users(["no-such-user-x"])
+
+
+def test_default_share_is_half() -> None:
+    assert Limits.default_per_user(1000) == 500
+    assert Limits.default_per_user(1) == 1
