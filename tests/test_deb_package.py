@@ -101,6 +101,7 @@ def test_deb_installs_serves_and_purges(deb: Path, root: Path) -> None:
     said = sh(root, f"{APT} update >/dev/null && cd /root && {APT} install ./{DEB} 2>&1")
     assert "no domain configured" in said
     assert sh(root, "command -v srsd").strip() == "/usr/bin/srsd"
+    assert (root / "usr" / "share" / "man" / "man1" / "srsd.1.gz").is_file()
     installed_unit = (root / "lib" / "systemd" / "system" / "srsd.service").read_text()
     assert installed_unit == unit.replace("/usr/local/bin/srsd", "/usr/bin/srsd")
     assert "ExecStart=/usr/bin/srsd serve\n" in installed_unit
@@ -154,7 +155,8 @@ def test_deb_installs_serves_and_purges(deb: Path, root: Path) -> None:
     # -- purge: everything the package made goes, except the secret --
     sh(root, f"{APT} purge srsd >/dev/null 2>&1")
     for gone in ("usr/bin/srsd", "lib/systemd/system/srsd.service", "etc/srsd/srsd.toml",
-                 "var/lib/srsd", "usr/lib/python3/dist-packages/srsd"):  # fmt: skip
+                 "var/lib/srsd", "usr/lib/python3/dist-packages/srsd",
+                 "usr/share/man/man1/srsd.1.gz"):  # fmt: skip
         assert not (root / gone).exists(), gone
     assert not (root / WANTS[1:]).is_symlink()
     assert (root / "etc" / "srsd" / "secrets").read_bytes() == secret

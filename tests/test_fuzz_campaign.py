@@ -13,10 +13,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-pytest.importorskip("atheris", reason="atheris (a test dependency) is not installed")
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESSES = ("fuzz_codec", "fuzz_tcp_table", "fuzz_socketmap", "fuzz_milter", "fuzz_peercred")
@@ -27,6 +28,7 @@ MAX_SECONDS = 30
 
 
 def test_bounded_campaign(tmp_path: Path) -> None:
+    pytest.importorskip("atheris", reason="atheris (a test dependency) is not installed")
     campaigns = {}
     for name in HARNESSES:
         corpus = tmp_path / name
@@ -61,12 +63,51 @@ CRASHERS = {
 }
 
 
+def harness(name: str, monkeypatch: pytest.MonkeyPatch, *, atheris: bool = False) -> Any:
+    """``fuzz/NAME.py`` imported afresh; without atheris (as if not installed) by default."""
+    monkeypatch.syspath_prepend(str(ROOT / "fuzz"))
+    if not atheris:
+        monkeypatch.setitem(sys.modules, "atheris", None)  # import atheris: ImportError
+    for module in (name, "common"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    return importlib.import_module(name)
+
+
 @pytest.mark.parametrize("name", sorted(CRASHERS))
-def test_crashers_stay_fixed(name: str) -> None:
-    harness, _ = name.split(":")
+def test_crashers_stay_fixed(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module, _ = name.split(":")
+    harness(module, monkeypatch).test_one_input(base64.b64decode(CRASHERS[name]))
+
+
+@pytest.mark.parametrize("name", HARNESSES)
+def test_seeds_replay_without_atheris(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = harness(name, monkeypatch)
+    assert module.atheris is None
+    assert module.SEEDS
+    for seed in module.SEEDS:
+        module.test_one_input(seed)
+
+
+def test_crasher_inputs_decode_as_their_comments_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    common = harness("fuzz_codec", monkeypatch).Input
+    fdp = common(base64.b64decode(CRASHERS["fuzz_codec:quoted-sender-quoted-mint"]))
+    assert (fdp.ConsumeIntInRange(0, 3), fdp.ConsumeIntInRange(0, 40)) == (2, 15)
+    assert fdp.ConsumeBytes(fdp.remaining_bytes()) == b'"F"@"'
+
+
+@given(st.binary(max_size=40), st.lists(st.sampled_from([0, 1, 3, 12, 40, 255, 256, 1 << 16,
+                                                         1 << 40]), max_size=6))  # fmt: skip
+def test_input_reads_as_atheris_does(data: bytes, ranges: list[int]) -> None:
+    atheris = pytest.importorskip("atheris", reason="atheris (a test dependency) is not "
+                                  "installed")  # fmt: skip
     sys.path.insert(0, str(ROOT / "fuzz"))
     try:
-        module = importlib.import_module(harness)
+        from common import Input
     finally:
         sys.path.remove(str(ROOT / "fuzz"))
-    module.test_one_input(base64.b64decode(CRASHERS[name]))
+    ours, theirs = Input(data), atheris.FuzzedDataProvider(data)
+    for top in ranges:
+        assert ours.ConsumeIntInRange(0, top) == theirs.ConsumeIntInRange(0, top)
+        assert ours.remaining_bytes() == theirs.remaining_bytes()
+    assert ours.ConsumeBytes(7) == theirs.ConsumeBytes(7)
+    assert ours.ConsumeBytes(99) == theirs.ConsumeBytes(99)

@@ -119,8 +119,9 @@ def forward_ok(port: int, secret: bytes = SECRET, sender: bytes = ALICE) -> byte
 
 
 def forge(srs: bytes) -> bytes:
-    """``srs`` with its first hash character changed: a bad hash."""
-    changed = b"A" if srs[5:6] != b"A" else b"B"
+    """``srs`` with its first hash character changed: a bad hash. Changed to another letter,
+    not another case: hashes are checked case-insensitively, so "a" to "A" forges nothing."""
+    changed = b"A" if srs[5:6].upper() != b"A" else b"B"
     return srs[:5] + changed + srs[6:]
 
 

@@ -36,6 +36,7 @@ import trio
 
 from srsd import settings as srsd_settings
 from srsd.codec import Codec
+from srsd.connections import Connection
 from srsd.logs import LOGGER
 from srsd.policy import Decision
 from srsd.server import BAD_REQUEST_LOG_RATE, Endpoint, Role, Server, StartError
@@ -453,10 +454,11 @@ class ObservedServer(Server):
         self.nodelay: list[int] = []
         self.received: list[int] = []
 
-    async def _connection(self, conn: socket.socket, endpoint: Endpoint) -> None:
-        self.sockets.append(conn)
-        self.nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        await super()._connection(Recorder(conn, self.received), endpoint)  # type: ignore[arg-type]
+    def admit(self, conn: Connection) -> bool:
+        self.sockets.append(conn.sock)
+        self.nodelay.append(conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        conn.sock = Recorder(conn.sock, self.received)  # type: ignore[assignment]
+        return super().admit(conn)
 
 
 async def test_requests_dribbled_one_byte_at_a_time(tmp_path: Path) -> None:
@@ -927,16 +929,22 @@ async def test_sigterm_drains_and_stops(tmp_path: Path, log: CapturedLog) -> Non
         await trio.open_tcp_stream("127.0.0.1", port)
 
 
-async def test_bad_request_log_lines_are_rate_limited(tmp_path: Path, log: CapturedLog) -> None:
+async def test_bad_request_log_lines_are_rate_limited(
+    tmp_path: Path, log: CapturedLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Garbage comes as fast as a client sends it; the log gets a few lines a second and
     # one line counting the rest, while every bad request is still answered and counted.
+    # The rate limit's clock (time.monotonic) is held still, then moved on: no second
+    # boundary can fall in the middle of the burst, however slow the machine.
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     count = 500
     async with serving(tmp_path) as srv:
         c = await srv.connect(Role.FORWARD)
         await c.send(b"bogus\n" * count)
         refusal = b"500 Invalid%20request,%20expected%20'get%20KEY'\n"
         assert await c.lines(count) == [refusal] * count
-        await trio.sleep(1.1)
+        clock[0] += 1.1
         await c.send(b"bogus\n")
         await c.lines(1)
         assert srv.server.lookups[("tcp_table", "forward", "bad request")] == count + 1

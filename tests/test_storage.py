@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -167,9 +167,19 @@ async def test_sqlite_expiry_in_batches_lets_lookups_through(tmp_path: Path) -> 
     async def expire() -> None:
         order.append(f"expired {await s.expire(NOW + 10)}")
 
+    # The lookup is made once the expiry has done its first batch (of 100): no clock.
+    first_batch = trio.Event()
+    call = s._call
+
+    def counted(op: Callable[[sqlite3.Connection], object]) -> object:
+        result = call(op)
+        trio.from_thread.run_sync(first_batch.set)
+        return result
+
+    s._call = counted  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(expire)
-        await trio.sleep(0.01)  # expiry is under way (100 batches)
+        await first_batch.wait()
         assert await s.get(KEY, NOW + 10) == SENDER
         order.append("lookup")
     assert order == ["lookup", "expired 5000"]

@@ -11,7 +11,8 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
 * ``srsd_lookup_duration_seconds{map}``: time from request to decision, a histogram;
 * ``srsd_connections_open``, ``srsd_connections_rejected_total`` (over the limit);
 * ``srsd_reloads_total{result}`` (ok / failed);
-* ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap).
+* ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap);
+* ``srsd_log_lines_dropped_total``: log lines stderr did not take (it blocked).
 """
 
 from __future__ import annotations
@@ -61,15 +62,32 @@ class Latency:
 class ServerState(Protocol):
     """What the collector reads from the running server."""
 
-    lookups: Counter[tuple[str, str, str]]
-    latency: Latency
-    open_connections: int
+    @property
+    def lookups(self) -> Counter[tuple[str, str, str]]:
+        """Answers given, by (protocol, map, outcome)."""
+        ...
+
+    @property
+    def latency(self) -> Latency:
+        """Time from request to decision, per map."""
+        ...
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        ...
+
     rejected_connections: int
     reloads: Counter[str]
 
     @property
     def database_errors(self) -> int:
         """Envelope database failures so far."""
+        ...
+
+    @property
+    def log_lines_dropped(self) -> int:
+        """Log lines dropped because their destination took none."""
         ...
 
     @property
@@ -116,6 +134,8 @@ class ServerCollector(Collector):
                                   value=s.database_errors)  # fmt: skip
         yield CounterMetricFamily("srsd_database_writes_refused", "Envelope database writes "
                                   "refused by the flood cap", value=s.database_writes_refused)
+        yield CounterMetricFamily("srsd_log_lines_dropped", "Log lines dropped because their "
+                                  "destination did not take them", value=s.log_lines_dropped)
 
 
 def registry_for(server: ServerState) -> CollectorRegistry:

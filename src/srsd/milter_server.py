@@ -34,8 +34,11 @@ import trio
 from srsd import milter
 from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
 from srsd.delivery import PostfixDelivery
+from srsd.listeners import Role, Wire
 from srsd.logs import LOGGER, show
-from srsd.policy import Decision, Outcome
+from srsd.lookups import Lookups
+from srsd.policy import Decision, DomainSet, Outcome
+from srsd.settings import Settings
 
 #: Seconds a milter connection may stay silent (Postfix's smtpd_timeout is 300 s).
 IDLE_SECONDS = 600.0
@@ -90,6 +93,31 @@ async def decide(transaction: milter.Transaction, *, forward: Lookup, reverse: L
         rewritten = milter.Verdict(forwarded.value, tuple(replace))
         return MessageDecision(rewritten, "rewritten", "forwarded")
     return MessageDecision(kept, "not rewritten", forwarded.reason)
+
+
+def delivery_for(settings: Settings) -> PostfixDelivery:
+    """How the milter tells locally delivered mail: from the settings, else from Postfix."""
+    local = DomainSet(settings.local_domains) if settings.local_domains else None
+    return PostfixDelivery(rewrite_local=settings.rewrite_local, local_domains=local)
+
+
+def lookups_for(lookups: Lookups) -> tuple[Lookup, Lookup]:
+    """The forward and reverse decisions of the map endpoints (policy, envelope database),
+    counted and logged under the protocol ``milter``."""
+
+    async def forward(sender: bytes) -> Decision:
+        started = time.perf_counter()
+        decision = await lookups.decide(Role.FORWARD, sender)
+        lookups.record(Wire.MILTER.value, Role.FORWARD, sender, decision, started)
+        return decision
+
+    async def reverse(recipient: bytes) -> Decision:
+        started = time.perf_counter()
+        decision = await lookups.decide(Role.REVERSE, recipient)
+        lookups.record(Wire.MILTER.value, Role.REVERSE, recipient, decision, started)
+        return decision
+
+    return forward, reverse
 
 
 class MilterService:

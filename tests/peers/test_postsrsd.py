@@ -622,7 +622,8 @@ def test_both_srsd_alphabets_decode_alike(results: Results) -> None:
 
 
 def test_summary(results: Results) -> None:
-    """Print the counts (run with -s to see them)."""
+    """The counts add up (run with -s to see them): every key was asked, every disagreement
+    has a name, and srsd's base64url hashes hold '-' or '_' as often as chance says."""
     lines = []
     for kind, rows in (("forward", results.forward), ("reverse", results.reverse)):
         agree = sum(r.agree() for r in rows)
@@ -630,7 +631,14 @@ def test_summary(results: Results) -> None:
         for name, count in sorted(Counter(r.difference for r in rows if r.difference).items()):
             disagreeing = sum(not r.agree() for r in rows if r.difference == name)
             lines.append(f"  {name}: {count} keys, {disagreeing} disagree")
+        assert len(rows) >= 300 and agree >= len(rows) // 2, lines
+        assert [str(r) for r in rows if not r.agree() and r.difference is None] == []
     url = results.url_minted
     spelled = sum(bool(set(srs_hash_field(a)) & set(b"-_")) for a, _, _ in url)
     lines.append(f"srsd base64url minted: {len(url)}, of which {spelled} with '-'/'_'")
     print("\n".join(lines))
+    # Each hash character is '-' or '_' with odds 2 in 64: a hash of n characters holds one
+    # with odds 1 - (62/64)**n. The count must be within 5 standard deviations of that.
+    odds = [1 - (62 / 64) ** len(srs_hash_field(a)) for a, _, _ in url]
+    mean, spread = sum(odds), sum(p * (1 - p) for p in odds) ** 0.5
+    assert len(url) >= 100 and abs(spelled - mean) <= 5 * spread, (spelled, mean, spread)
