@@ -6,8 +6,9 @@ and, for tcp_table, the map it serves (:class:`Role`, chosen by the port). :func
 opens every configured listener: the two tcp_table ports on each ``listen`` address, the
 socketmap and the milter on TCP or on a unix socket file (a stale file from a crash is
 replaced, a live one never), and the metrics endpoint; or, under socket activation,
-adopts the sockets systemd passed, by their ``FileDescriptorName=``. :func:`close_all` closes endpoints and
-removes the unix socket files srsd created. Every failure is one :class:`StartError` line.
+adopts the sockets systemd passed, by their ``FileDescriptorName=``. :func:`close_all`
+closes endpoints and removes the unix socket files srsd created. Every failure is one
+:class:`StartError` line.
 """
 
 from __future__ import annotations
