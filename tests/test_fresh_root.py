@@ -1,0 +1,211 @@
+# README's quick start, upgrade and uninstall, run as written in a freshly bootstrapped Debian 12.
+"""The commands under README's ``## Quick start`` are read out of README.md (so README and
+this test cannot drift) and run verbatim in a minimal Debian 12 root made by
+:mod:`tests.roots` (python3, postfix, sudo, git; no pip, no venv), in a clean clone of this
+checkout's HEAD (uncommitted files do not leak in). Postfix's own client inside the root must
+then get an SRS0 address from the server the quick start left running in the foreground:
+``postmap -q alice@origin.example tcp:127.0.0.1:10001``.
+
+Needs root, debootstrap, systemd-nspawn and the network (deb.debian.org and PyPI; the first
+run builds the cached base root, about a minute). The roots share the host's network, so the
+quick start's ports 10001/10002 must be free on this host. Bounded: each command has a
+deadline, and every process started inside dies with its container.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import roots
+
+README = roots.REPO / "README.md"
+FORWARD = ("127.0.0.1", 10001)  # the defaults the quick start relies on
+REVERSE = ("127.0.0.1", 10002)
+SENDER = "alice@origin.example"
+SRS0 = re.compile(r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
+ORIGIN = Path("/srv/srsd.git")  # the root's "upstream" the clone pulls from
+CLONE = Path("/root/srsd")      # where the postmaster cloned srsd
+SECRET = Path("/var/lib/srsd/secrets")
+# Bounds: installing (apt-get + pip from PyPI) and starting; a command that must return.
+START_TIMEOUT = 300.0
+COMMAND_TIMEOUT = 120.0
+POLL = 1.0
+
+pytestmark = pytest.mark.fresh_root
+
+
+def quick_start_blocks() -> list[str]:
+    """The ``sh`` blocks under README's ``## Quick start`` heading, in order."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S)]
+
+
+def documented() -> tuple[str, str, str]:
+    """README's quick start, upgrade and uninstall commands."""
+    blocks = quick_start_blocks()
+    assert blocks, "README.md has no sh block under ## Quick start"
+    start = blocks[0]
+    upgrade = [b for b in blocks if b.startswith("git pull")]
+    uninstall = [b for b in blocks if "--uninstall" in b]
+    assert len(upgrade) == 1 and len(uninstall) == 1, blocks
+    return start, upgrade[0], uninstall[0]
+
+
+def test_readme_documents_install_upgrade_and_uninstall() -> None:
+    start, upgrade, uninstall = documented()
+    assert "\n" not in start  # one command
+    assert "srsd serve" in start
+    # An upgrade is `git pull` and then the very same command; uninstall, the same installer.
+    assert upgrade == f"git pull && {start}"
+    assert uninstall == start.split(" && ")[0] + " --uninstall"
+
+
+def _port_free(address: tuple[str, int]) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def _listening(address: tuple[str, int]) -> bool:
+    with socket.socket() as s:
+        s.settimeout(POLL)
+        return s.connect_ex(address) == 0
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    reason = roots.require_roots()
+    if reason is not None:
+        pytest.skip(reason)
+    busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
+    if busy:
+        pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
+                    "and the quick start's server needs these ports")
+    path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / "debian12", "bookworm")
+    # Upstream: a bare repository holding this checkout's HEAD as its main branch.
+    origin = path / ORIGIN.relative_to("/")
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    subprocess.run(["git", "-C", str(roots.REPO), "push", "-q", str(origin),
+                    "HEAD:refs/heads/main"], check=True)
+    cloned = roots.run_in(path, f"git clone -q {ORIGIN} {CLONE}", timeout=COMMAND_TIMEOUT)
+    assert cloned.returncode == 0, cloned.stderr
+    yield path
+    roots.remove_root(path)
+
+
+def run_foreground(root: Path, command: str, log: Path) -> tuple[subprocess.Popen[str], float]:
+    """Start README's foreground ``command`` in the clone; wait until srsd listens. Returns
+    the container and the seconds it took; fails with the output if it stops first."""
+    began = time.monotonic()
+    proc = roots.start_in(root, f"cd {CLONE} && {command}", log=log)
+    deadline = began + START_TIMEOUT
+    while not _listening(FORWARD):
+        if proc.poll() is not None:
+            pytest.fail(f"`{command}` exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            roots.stop(proc)
+            pytest.fail(f"`{command}`: nothing listens on 10001 after {START_TIMEOUT:.0f} s:\n"
+                        + log.read_text())
+        time.sleep(POLL)
+    return proc, time.monotonic() - began
+
+
+def postmap(server: subprocess.Popen[str], key: str, port: int) -> str:
+    """``postmap -q KEY tcp:127.0.0.1:PORT`` in the server's root: its answer (or fail)."""
+    done = roots.run_beside(server, f"postmap -q '{key}' tcp:127.0.0.1:{port}",
+                            timeout=COMMAND_TIMEOUT)
+    assert done.returncode == 0, f"postmap -q {key}: {done.returncode} {done.stderr}"
+    return done.stdout.strip()
+
+
+def check_answers(server: subprocess.Popen[str]) -> str:
+    """Postfix inside the root gets an SRS0 address, and the reverse map decodes it."""
+    forward = postmap(server, SENDER, FORWARD[1])
+    assert SRS0.fullmatch(forward), forward
+    assert postmap(server, forward, REVERSE[1]) == SENDER
+    return forward
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    roots.stop(proc)
+    deadline = time.monotonic() + COMMAND_TIMEOUT
+    while _listening(FORWARD):  # the container and the server in it are gone
+        assert time.monotonic() < deadline, "srsd still listens after its container stopped"
+        time.sleep(POLL)
+
+
+def in_root(root: Path, command: str) -> subprocess.CompletedProcess[str]:
+    return roots.run_in(root, command, timeout=COMMAND_TIMEOUT)
+
+
+def commit_upstream(root: Path, work: Path, marker: str) -> None:
+    """A new commit upstream, as a release would make (here: a comment in the package)."""
+    if work.exists():
+        shutil.rmtree(work)
+    git = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.org"]
+    subprocess.run([*git, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)],
+                   check=True)
+    init = work / "src" / "srsd" / "__init__.py"
+    init.write_text(init.read_text() + f"# {marker}\n")
+    subprocess.run([*git, "-C", str(work), "commit", "-qam", marker], check=True)
+    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "main"], check=True)
+
+
+def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path) -> None:
+    start, upgrade, uninstall = documented()
+    timings: dict[str, float] = {}
+
+    # Nothing beforehand but what a fresh server has: no venv module, no srsd.
+    before = in_root(root, "python3 -c 'import ensurepip' 2>&1; command -v srsd pip pip3")
+    assert "No module named 'ensurepip'" in before.stdout and "/srsd" not in before.stdout
+
+    server, timings["quick start (until srsd listens)"] = run_foreground(
+        root, start, tmp_path / "quickstart.log")
+    try:
+        first = check_answers(server)
+    finally:
+        stop_server(server)
+    started = (tmp_path / "quickstart.log").read_text()
+    assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
+    secret = in_root(root, f"cat {SECRET}").stdout
+    assert secret
+
+    marker = f"upgrade-check-{time.time_ns()}"
+    commit_upstream(root, tmp_path / "upstream", marker)
+    server, timings["upgrade (until srsd listens)"] = run_foreground(
+        root, upgrade, tmp_path / "upgrade.log")
+    try:
+        again = check_answers(server)
+    finally:
+        stop_server(server)
+    installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py")
+    assert marker in installed.stdout, "the upgrade did not install the pulled code"
+    assert in_root(root, f"cat {SECRET}").stdout == secret  # the same secret after the upgrade
+    assert again == first or again.split("=")[2] != first.split("=")[2]  # unless the day moved
+
+    began = time.monotonic()
+    removed = in_root(root, f"cd {CLONE} && {uninstall}")
+    timings["uninstall"] = time.monotonic() - began
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    left = in_root(root, "command -v srsd || ls -d /opt/srsd || ls -d /usr/local/bin/srsd")
+    assert left.returncode != 0, f"left after uninstall: {left.stdout}"
+    assert in_root(root, f"cat {SECRET}").stdout == secret  # kept: old bounces still decode
+
+    for step, seconds in timings.items():  # shown with -s / -rP, and in the closing note
+        print(f"{step}: {seconds:.1f} s")
+    for name in ("quickstart.log", "upgrade.log"):
+        print(f"--- {name}\n{(tmp_path / name).read_text()}")
+    print(f"--- uninstall\n{removed.stdout}{removed.stderr}")
