@@ -10,10 +10,13 @@ Needs root, debootstrap, systemd-nspawn and the network (deb.debian.org and PyPI
 run builds the cached base root, about a minute). The roots share the host's network, so the
 quick start's ports 10001/10002 must be free on this host. Bounded: each command has a
 deadline, and every process started inside dies with its container.
+
+``SRSD_FRESH_SUITE=trixie`` runs the same test on Debian 13 (by hand; CI runs Debian 12).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -27,6 +30,7 @@ import pytest
 from tests import roots
 
 README = roots.REPO / "README.md"
+SUITE = os.environ.get("SRSD_FRESH_SUITE", "bookworm")
 FORWARD = ("127.0.0.1", 10001)  # the defaults the quick start relies on
 REVERSE = ("127.0.0.1", 10002)
 SENDER = "alice@origin.example"
@@ -94,7 +98,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if busy:
         pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
                     "and the quick start's server needs these ports")
-    path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / "debian12", "bookworm")
+    path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / SUITE, SUITE)
     # Upstream: a bare repository holding this checkout's HEAD as its main branch.
     origin = path / ORIGIN.relative_to("/")
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
@@ -147,6 +151,16 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         time.sleep(POLL)
 
 
+def serve_and_check(root: Path, command: str, log: Path) -> tuple[str, float]:
+    """Run README's foreground ``command``, check Postfix's answers, stop it. Returns the
+    SRS address and the seconds until srsd listened."""
+    server, seconds = run_foreground(root, command, log)
+    try:
+        return check_answers(server), seconds
+    finally:
+        stop_server(server)
+
+
 def in_root(root: Path, command: str) -> subprocess.CompletedProcess[str]:
     return roots.run_in(root, command, timeout=COMMAND_TIMEOUT)
 
@@ -172,12 +186,8 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     before = in_root(root, "python3 -c 'import ensurepip' 2>&1; command -v srsd pip pip3")
     assert "No module named 'ensurepip'" in before.stdout and "/srsd" not in before.stdout
 
-    server, timings["quick start (until srsd listens)"] = run_foreground(
+    first, timings["quick start (until srsd listens)"] = serve_and_check(
         root, start, tmp_path / "quickstart.log")
-    try:
-        first = check_answers(server)
-    finally:
-        stop_server(server)
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
     secret = in_root(root, f"cat {SECRET}").stdout
@@ -185,12 +195,8 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
 
     marker = f"upgrade-check-{time.time_ns()}"
     commit_upstream(root, tmp_path / "upstream", marker)
-    server, timings["upgrade (until srsd listens)"] = run_foreground(
+    again, timings["upgrade (until srsd listens)"] = serve_and_check(
         root, upgrade, tmp_path / "upgrade.log")
-    try:
-        again = check_answers(server)
-    finally:
-        stop_server(server)
     installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py")
     assert marker in installed.stdout, "the upgrade did not install the pulled code"
     assert in_root(root, f"cat {SECRET}").stdout == secret  # the same secret after the upgrade
