@@ -29,9 +29,11 @@ uninstall() {
     elif [ -e "$LINK" ]; then
         say "left $LINK alone: it is not the link this script made"
     fi
-    if [ -d "$PREFIX" ]; then
+    if [ -f "$PREFIX/pyvenv.cfg" ]; then
         rm -rf "$PREFIX"
         say "removed $PREFIX"
+    elif [ -e "$PREFIX" ]; then
+        say "left $PREFIX alone: it is not a venv"
     fi
     for kept in /etc/srsd /var/lib/srsd; do
         [ -e "$kept" ] && say "kept $kept (settings, secrets: delete it once no bounce to an address it signed can come back)"
@@ -66,10 +68,14 @@ install() {
     venv_ok || install_packages python3-venv
     venv_ok || die "$PYTHON -m venv still cannot make a venv with pip (python3-venv installed?)"
 
-    # A venv made by another Python (a dist-upgrade replaced 3.11 by 3.13) cannot be reused.
-    if [ -x "$PREFIX/bin/python" ]; then
-        want=$("$PYTHON" -c 'import sys; print(sys.version_info[:2])')
-        have=$("$PREFIX/bin/python" -c 'import sys; print(sys.version_info[:2])' 2>/dev/null || echo broken)
+    # A venv made by another Python (a dist-upgrade replaced 3.11 by 3.13) cannot be reused:
+    # its bin/python now runs the new one, but its packages are in lib/python3.11.
+    if [ -e "$PREFIX" ] && [ ! -f "$PREFIX/pyvenv.cfg" ]; then
+        die "$PREFIX exists and is not a venv: move it away first"
+    fi
+    if [ -e "$PREFIX" ]; then
+        want=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        have=$(sed -n 's/^version[_a-z]* *= *\([0-9]*\.[0-9]*\).*/\1/p' "$PREFIX/pyvenv.cfg" 2>/dev/null || true)
         if [ "$want" != "$have" ]; then
             say "$PREFIX was made by another Python ($have); making it again"
             rm -rf "$PREFIX"
@@ -80,7 +86,12 @@ install() {
         "$PYTHON" -m venv "$PREFIX"
     fi
     say "installing srsd from $(pwd) into $PREFIX"
-    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade .
+    # Built from a copy: a build in the clone would leave root-owned build/ and egg-info
+    # there, and setuptools' build/lib keeps modules a later `git pull` removed.
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    cp -R pyproject.toml README.md src "$build/"
+    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$build"
     ln -sfn "$PREFIX/bin/srsd" "$LINK"
     say "$("$LINK" --version) installed: $LINK -> $PREFIX/bin/srsd"
 }

@@ -11,8 +11,9 @@ API (for the fresh-root, .deb and booted-systemd tests):
   as a tarball under ``$SRSD_ROOT_CACHE`` (default ``.cache/roots`` in the checkout,
   git-ignored; ``.ci/run`` points it at ``/var/cache/srsd-roots`` so fresh clones reuse it).
   ``extra`` adds packages (e.g. ``("systemd-sysv", "dbus")`` for a bootable root); each
-  package set is its own tarball. A file lock serialises concurrent builders. The first
-  build of bookworm takes a few minutes; later calls return at once.
+  package set is its own tarball, made again when older than two weeks. A file lock
+  serialises concurrent builders. A build takes one to two minutes here; later calls
+  return at once.
 - ``fresh_root(dest, suite="bookworm", extra=()) -> Path``: unpack that tarball into
   ``dest`` (an empty or missing directory) and make it usable on this machine: resolv.conf,
   a ``policy-rc.d`` that forbids starting services, and this host's extra CA certificates.
@@ -64,6 +65,9 @@ SERVER_PACKAGES = ("python3", "postfix", "ca-certificates", "sudo", "git")
 HOSTNAME = "fresh"
 # Debian's PATH for root.
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A cached root older than this is bootstrapped again, so that "fresh" follows Debian's
+# point releases.
+MAX_TARBALL_AGE = 14 * 24 * 3600.0
 # Bounds: debootstrap (network, a few minutes), unpacking, and a command inside by default.
 DEBOOTSTRAP_TIMEOUT = 1200.0
 UNPACK_TIMEOUT = 300.0
@@ -124,7 +128,7 @@ def base_tarball(suite: str = "bookworm", extra: Iterable[str] = ()) -> Path:
     cache = cache_dir()
     tarball = cache / _tarball_name(suite, extra)
     with _locked(cache / ".lock"):
-        if tarball.exists():
+        if tarball.exists() and time.time() - tarball.stat().st_mtime < MAX_TARBALL_AGE:
             return tarball
         work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=cache))
         try:
@@ -261,7 +265,7 @@ def run_beside(proc: subprocess.Popen[str], command: str,
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str, str]:
+def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str | None, str | None]:
     """Stop a container from ``start_in`` (SIGTERM, then SIGKILL) and return its output."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

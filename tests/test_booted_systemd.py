@@ -2,8 +2,11 @@
 """packaging/systemd/README.md, run as written, in a fresh Debian 12 root booted with
 ``systemd-nspawn -b`` (systemd 252 as PID 1), entered with ``nsenter``.
 
-srsd is installed the documented way (``sh install.sh``: a venv in /opt/srsd, linked to
-/usr/local/bin/srsd) before the boot, while the root still has the host's network; it boots
+srsd is installed either documented way before the boot, while the root still has the
+host's network: ``sh install.sh`` (a venv in /opt/srsd, linked to /usr/local/bin/srsd; the
+README's unit copied to /etc/systemd/system), or the .deb built by
+``packaging/debian/build.sh`` from a clean clone (README "Debian package": its own unit with
+/usr/bin/srsd, Debian's python3-trio; the domain set as that section says). The root boots
 with ``--private-network`` so that the documented default ports (10001/10002) inside
 collide with nothing on this host. Then, in order, each README shell block is run as it
 stands and what it promises is checked from outside: the unit's status line, the dynamic
@@ -37,10 +40,13 @@ from tests import roots
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT_README = REPO / "packaging" / "systemd" / "README.md"
+README = REPO / "README.md"
+INSTALLS = ("install.sh", "deb")  # the two documented ways
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0"
 PACKAGES = ("systemd-sysv", "dbus", "python3-venv")  # a bootable root; the venv made offline
 SOURCE_INSIDE = "/root/srsd"  # the clone install.sh runs from, as a postmaster's would be
-INSTALL_TIMEOUT = 300.0  # install.sh: pip fetches trio and prometheus-client
-BOOT_TIMEOUT = 60.0
+INSTALL_TIMEOUT = 300.0  # pip fetches trio and prometheus-client; apt, python3-trio
+BOOT_TIMEOUT = 180.0  # a loaded CI host (2 cores, other suites) boots slowly
 STEP_TIMEOUT = 60.0  # one command inside
 DOMAIN = "forwarder.example"  # what the README's srsd.toml says
 ALICE = "alice@example.org"
@@ -95,6 +101,7 @@ except OSError as err:
 class Booted:
     """A root booted with systemd, and how to run commands in it."""
 
+    install: str  # one of INSTALLS
     root: Path
     nspawn: subprocess.Popen[bytes]
     leader: int
@@ -125,9 +132,9 @@ class Booted:
         return self.run(f"systemctl is-active {' '.join(units)}").stdout.split()
 
 
-def readme_block(marker: str) -> str:
-    """The one ```sh block of packaging/systemd/README.md that contains ``marker``."""
-    blocks = re.findall(r"^```sh\n(.*?)^```$", UNIT_README.read_text(), re.M | re.S)
+def readme_block(marker: str, readme: Path = UNIT_README) -> str:
+    """The one ```sh block of ``readme`` (packaging/systemd/README.md) with ``marker``."""
+    blocks = re.findall(r"^```sh\n(.*?)^```$", readme.read_text(), re.M | re.S)
     found = [b for b in blocks if marker in b]
     assert len(found) == 1, f"{len(found)} README blocks contain {marker!r}"
     return found[0]
@@ -154,6 +161,38 @@ def copy_checkout(dest: Path) -> None:
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+
+
+def build_deb(work: Path) -> Path:
+    """The .deb that packaging/debian/build.sh builds from a clean clone of this checkout."""
+    clone = work / "clone"
+    for command in (["git", "clone", "--quiet", str(REPO), str(clone)],
+                    [str(clone / "packaging/debian/build.sh"), str(work / "dist")]):  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              timeout=INSTALL_TIMEOUT)  # fmt: skip
+        assert done.returncode == 0, f"{command} failed:\n{done.stdout}{done.stderr}"
+    (deb,) = (work / "dist").glob("srsd_*_all.deb")
+    return deb
+
+
+def install(root: Path, how: str, work: Path) -> None:
+    """srsd into ``root`` the documented way ``how`` (network needed: before the boot)."""
+    if how == "install.sh":
+        command = f"cd {SOURCE_INSIDE} && sh install.sh"
+    else:
+        deb = build_deb(work)
+        shutil.copyfile(deb, root / "root" / deb.name)
+        command = f"{APT} update >/dev/null && cd /root && {APT} install ./{deb.name}"
+    done = roots.run_in(root, command, timeout=INSTALL_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    command_path = "usr/local/bin/srsd" if how == "install.sh" else "usr/bin/srsd"
+    assert os.path.lexists(root / command_path)  # install.sh's is a link to /opt/srsd
+
+
+def set_key(toml: Path, key: str, value: str) -> None:
+    """``key = value`` in the TOML file: its line replaced, or added."""
+    text, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", toml.read_text(), flags=re.M)
+    toml.write_text(text if count else f"{text}{key} = {value}\n")
 
 
 def find_leader(nspawn: subprocess.Popen[bytes], log: Path) -> int:
@@ -196,19 +235,18 @@ def poweroff(nspawn: subprocess.Popen[bytes], booted: Booted | None) -> None:
         nspawn.wait(BOOT_TIMEOUT)
 
 
-@pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
+@pytest.fixture(scope="module", params=INSTALLS)
+def booted(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:  # fmt: skip
     need_host()
-    work = tmp_path_factory.mktemp("booted")
+    how: str = request.param
+    work = tmp_path_factory.mktemp(f"booted-{how.replace('.', '-')}")
     started = time.monotonic()
     root = roots.fresh_root(work / "root", extra=PACKAGES)
     try:
         copy_checkout(root / SOURCE_INSIDE.lstrip("/"))
         (root / PROBE_PATH.lstrip("/")).write_text(PROBE)
-        install = roots.run_in(root, f"cd {SOURCE_INSIDE} && sh install.sh",
-                               timeout=INSTALL_TIMEOUT)  # fmt: skip
-        assert install.returncode == 0, install.stdout + install.stderr
-        assert (root / "usr/local/bin/srsd").is_symlink()
+        install(root, how, work)
         (root / "usr/sbin/policy-rc.d").unlink()  # a real host has none
         log = work / "nspawn.log"
         with log.open("wb") as out:
@@ -220,9 +258,9 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
             )  # fmt: skip
         machine: Booted | None = None
         try:
-            machine = Booted(root, nspawn, find_leader(nspawn, log), log)
+            machine = Booted(how, root, nspawn, find_leader(nspawn, log), log)
             wait_booted(machine)
-            print(f"root unpacked, srsd installed and booted in "
+            print(f"root unpacked, srsd installed ({how}) and booted in "
                   f"{time.monotonic() - started:.1f} s")  # fmt: skip
             yield machine
         finally:
@@ -235,9 +273,14 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
 
 
 def test_install_steps_start_the_service(booted: Booted) -> None:
-    steps = readme_block("sh install.sh")
-    assert steps.startswith("sh install.sh"), steps  # ran before the boot (it needs PyPI)
-    output = booted.ok(f"cd {SOURCE_INSIDE}\n" + steps.partition("\n")[2])
+    if booted.install == "install.sh":
+        steps = readme_block("sh install.sh")
+        assert steps.startswith("sh install.sh"), steps  # ran before the boot (it needs PyPI)
+        output = booted.ok(f"cd {SOURCE_INSIDE}\n" + steps.partition("\n")[2])
+    else:  # the package left the service disabled: no domain yet
+        assert booted.active("srsd") == ["inactive"]
+        booted.ok(readme_block("sed -i 's/^# domain = ", README))
+        output = booted.ok("srsd health")
     assert "srsd OK: tcp_table 127.0.0.1:10001/10002: round trip ok" in output, output
     assert booted.active("srsd") == ["active"]
     status = booted.ok("systemctl show -p StatusText --value srsd").strip()
@@ -267,7 +310,8 @@ def test_credential_secret_signs_lookups(booted: Booted) -> None:
     assert reply.startswith("200 SRS0=") and reply[4:] in signed, (reply, signed)
     check = booted.ok("journalctl -u srsd -o cat --no-pager")
     assert "secret(s) from /run/credentials/srsd.service/srsd-secrets" in check, check
-    assert booted.tcp(10001, "bob@example.com").startswith("500 ")  # the README's exclusion
+    if booted.install == "install.sh":  # the packaging README's srsd.toml excludes it
+        assert booted.tcp(10001, "bob@example.com").startswith("500 ")
     assert booted.tcp(10002, reply[4:]) == f"200 {ALICE}"
 
 
@@ -275,11 +319,11 @@ def test_reload_applies_a_changed_toml_and_warns_at_warning_priority(booted: Boo
     toml = booted.root / "etc/srsd/srsd.toml"
     documented = toml.read_text()
     pid = booted.main_pid()
-    toml.write_text(documented.replace('"example.com",', '"example.org", "example.com",'))
+    set_key(toml, "exclude_domains", '["example.org"]')
     booted.ok("systemctl reload srsd")
     assert booted.tcp(10001, ALICE).startswith("500 "), "the reload did not apply"
     # a change a reload cannot apply: srsd says so, as a warning the journal ranks as one
-    toml.write_text(documented + "forward_port = 10011\n")
+    set_key(toml, "forward_port", "10011")
     booted.ok("systemctl reload srsd")
     toml.write_text(documented)
     booted.ok("systemctl reload srsd")

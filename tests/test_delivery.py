@@ -86,7 +86,8 @@ def delivered(view: PostfixDelivery, *recipients: bytes) -> bool:
         (b"bare@example.org", True),  # bare target: frank@$myorigin (mx.example.org)
         (b'"q u"@mailbox.test', True),
         (b"loop1@mailbox.test", False),  # nests too deep: unknown, so rewrite
-        (b"nodomain", False),
+        (b"postmaster", True),  # no domain: Postfix appends $myorigin (mx.example.org)
+        (b"@example.org", False),  # no local part: cannot be known, so rewrite
         (b"a@[127.0.0.1]", False),
     ],
 )

@@ -48,6 +48,8 @@ CACHE_ENTRIES = 10_000
 REFRESH_SECONDS = 300.0
 #: Levels of virtual aliases followed (Postfix's own default limit is 1000).
 ALIAS_DEPTH = 10
+#: At most one "cannot tell" warning per this many seconds.
+WARNING_INTERVAL = 60.0
 #: Bytes of output read from one postconf/postmap run at most.
 OUTPUT_LIMIT = 1 << 20
 #: The parameters read from Postfix, in this order.
@@ -227,8 +229,10 @@ class Resolver:
         """True when Postfix delivers ``recipient`` (an address without ``<>``) on this
         host; :class:`Unknown` when that cannot be known."""
         parts = address.split(recipient)
-        if parts is None or not parts[1]:
-            raise Unknown(f"no domain in {show(recipient)!r}")
+        if parts is None:  # RCPT TO:<postmaster>: Postfix appends @$myorigin
+            parts = (recipient, self.config.origin.encode("ascii", "replace"))
+        if not parts[1] or not parts[0]:
+            raise Unknown(f"no local part or domain in {show(recipient)!r}")
         try:
             local = address.plain_local(parts[0])[0].decode("utf-8")
             domain = parts[1].decode("ascii").lower()
@@ -296,6 +300,7 @@ class PostfixDelivery:
         self._lock = trio.Lock()
         #: Lookups that could not be answered (a metric).
         self.unknown = 0
+        self._warned = -WARNING_INTERVAL
 
     @property
     def discovering(self) -> bool:
@@ -321,7 +326,11 @@ class PostfixDelivery:
                     return False
         except Unknown as err:
             self.unknown += 1
-            LOGGER.warning("cannot tell where Postfix delivers: %s; rewriting", err)
+            now = time.monotonic()
+            if now - self._warned >= WARNING_INTERVAL:  # a broken table: once a minute
+                self._warned = now
+                LOGGER.warning("cannot tell where Postfix delivers (%d time(s) so far): %s; "
+                               "rewriting", self.unknown, err)  # fmt: skip
             return False
         return True
 
