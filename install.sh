@@ -86,7 +86,12 @@ install() {
         "$PYTHON" -m venv "$PREFIX"
     fi
     say "installing srsd from $(pwd) into $PREFIX"
-    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade .
+    # Built from a copy: a build in the clone would leave root-owned build/ and egg-info
+    # there, and setuptools' build/lib keeps modules a later `git pull` removed.
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    cp -R pyproject.toml README.md src "$build/"
+    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$build"
     ln -sfn "$PREFIX/bin/srsd" "$LINK"
     say "$("$LINK" --version) installed: $LINK -> $PREFIX/bin/srsd"
 }

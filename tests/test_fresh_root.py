@@ -34,10 +34,12 @@ SUITE = os.environ.get("SRSD_FRESH_SUITE", "bookworm")
 FORWARD = ("127.0.0.1", 10001)  # the defaults the quick start relies on
 REVERSE = ("127.0.0.1", 10002)
 SENDER = "alice@origin.example"
-SRS0 = re.compile(r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
+# hash: 4 characters of base64url (the default) or base64; day stamp: 2 of base32
+SRS0 = re.compile(r"SRS0=[A-Za-z0-9_+/-]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
 ORIGIN = Path("/srv/srsd.git")  # the root's "upstream" the clone pulls from
 CLONE = Path("/root/srsd")      # where the postmaster cloned srsd
 SECRET = Path("/var/lib/srsd/secrets")
+READY = "srsd ready"  # srsd logs this once it listens
 # Bounds: installing (apt-get + pip from PyPI) and starting; a command that must return.
 START_TIMEOUT = 300.0
 COMMAND_TIMEOUT = 120.0
@@ -83,6 +85,13 @@ def _port_free(address: tuple[str, int]) -> bool:
     return True
 
 
+def require_free_ports() -> None:
+    busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
+    if busy:
+        pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
+                    "and the quick start's server needs these ports")
+
+
 def _listening(address: tuple[str, int]) -> bool:
     with socket.socket() as s:
         s.settimeout(POLL)
@@ -94,10 +103,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     reason = roots.require_roots()
     if reason is not None:
         pytest.skip(reason)
-    busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
-    if busy:
-        pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
-                    "and the quick start's server needs these ports")
+    require_free_ports()
     path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / SUITE, SUITE)
     # Upstream: a bare repository holding this checkout's HEAD as its main branch.
     origin = path / ORIGIN.relative_to("/")
@@ -113,10 +119,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def run_foreground(root: Path, command: str, log: Path) -> tuple[subprocess.Popen[str], float]:
     """Start README's foreground ``command`` in the clone; wait until srsd listens. Returns
     the container and the seconds it took; fails with the output if it stops first."""
+    require_free_ports()
     began = time.monotonic()
     proc = roots.start_in(root, f"cd {CLONE} && {command}", log=log)
     deadline = began + START_TIMEOUT
-    while not _listening(FORWARD):
+    while READY not in log.read_text() or not _listening(FORWARD):
         if proc.poll() is not None:
             pytest.fail(f"`{command}` exited {proc.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
@@ -190,6 +197,9 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
         root, start, tmp_path / "quickstart.log")
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
+    # The installer leaves the clone as it was: no root-owned build/ for `git pull` to trip on.
+    status = in_root(root, f"git -C {CLONE} status --porcelain --ignored")
+    assert status.returncode == 0 and status.stdout == "", status.stdout
     secret = in_root(root, f"cat {SECRET}").stdout
     assert secret
 
