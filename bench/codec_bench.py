@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, os.environ.get("SRSD_BENCH_SRC", str(Path(__file__).parent.parent / "src")))
 
 from srsd import codec, tcp_table
+from srsd.lookups import tcp_table_reply
 from srsd.policy import Policy
 
 SECRET = b"bench-secret-0123456789abcdef"
@@ -112,7 +113,7 @@ def run(*, quick: bool = False) -> dict[str, float]:
         def request(line: bytes) -> bytes:
             (event,) = reader.feed(line)
             assert isinstance(event, tcp_table.Request)
-            return tcp_table.reply_for(decide(event.key, time.time()))  # type: ignore[arg-type]
+            return tcp_table_reply(decide(event.key, time.time()))  # type: ignore[arg-type]
 
         return request
 

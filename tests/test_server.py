@@ -36,6 +36,7 @@ import trio
 
 from srsd import settings as srsd_settings
 from srsd.codec import Codec
+from srsd.connections import Connection
 from srsd.logs import LOGGER
 from srsd.policy import Decision
 from srsd.server import BAD_REQUEST_LOG_RATE, Endpoint, Role, Server, StartError
@@ -453,10 +454,11 @@ class ObservedServer(Server):
         self.nodelay: list[int] = []
         self.received: list[int] = []
 
-    async def _connection(self, conn: socket.socket, endpoint: Endpoint) -> None:
-        self.sockets.append(conn)
-        self.nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        await super()._connection(Recorder(conn, self.received), endpoint)  # type: ignore[arg-type]
+    def admit(self, conn: Connection) -> bool:
+        self.sockets.append(conn.sock)
+        self.nodelay.append(conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        conn.sock = Recorder(conn.sock, self.received)  # type: ignore[assignment]
+        return super().admit(conn)
 
 
 async def test_requests_dribbled_one_byte_at_a_time(tmp_path: Path) -> None:

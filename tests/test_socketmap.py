@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from srsd.lookups import socketmap_reply
 from srsd.policy import Decision, Outcome
 from srsd.socketmap import (
     MAX_REPLY,
@@ -30,7 +31,6 @@ from srsd.socketmap import (
     not_found,
     ok,
     permanent_failure,
-    reply_for,
     temporary_failure,
 )
 
@@ -137,7 +137,7 @@ def test_long_reason_is_cut_to_the_reply_bound(build: object) -> None:
 def test_reply_for_decision(decision: Decision, expected: bytes) -> None:
     """Every "no rewrite" is NOTFOUND (never PERM: that would defer the mail); only srsd's
     own failure is TEMP."""
-    assert reply_for(decision) == expected
+    assert socketmap_reply(decision) == expected
 
 
 @PROPERTY
@@ -164,7 +164,7 @@ def test_ok_never_carries_an_empty_or_oversized_value(value: bytes) -> None:
 def test_every_decision_gives_one_well_formed_reply(
     outcome: Outcome, value: bytes | None, reason: str
 ) -> None:
-    word, text = parse_reply(reply_for(Decision(outcome, value, reason)))
+    word, text = parse_reply(socketmap_reply(Decision(outcome, value, reason)))
     if outcome is Outcome.ERROR:
         assert word == b"TEMP"  # srsd cannot decide now: Postfix defers and retries
     elif word == b"OK":

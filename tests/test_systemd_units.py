@@ -164,7 +164,7 @@ def test_service_unit_settings() -> None:
     unit = parse_unit(UNITS / SERVICE)
     s = unit["Service"]
     expected = {
-        "Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
+        "Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/sh -c 'kill -HUP $MAINPID'",
         "Restart": "on-failure", "EnvironmentFile": "-/etc/default/srsd", "SyslogFacility": "mail",
         "LoadCredential": f"{settings.SECRETS_CREDENTIAL}:/etc/srsd/secrets",
         "DynamicUser": "yes", "StateDirectory": "srsd", "ProtectSystem": "strict",

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from srsd.lookups import tcp_table_reply
 from srsd.policy import Decision, Outcome
 from srsd.tcp_table import (
     MAX_REPLY,
@@ -23,7 +24,6 @@ from srsd.tcp_table import (
     encode_reply,
     found,
     not_found,
-    reply_for,
     temporary_failure,
 )
 
@@ -286,8 +286,8 @@ def test_encode_reply() -> None:
         ),
     ],
 )
-def test_reply_for(decision: Decision, reply: bytes) -> None:
-    assert reply_for(decision) == reply
+def test_tcp_table_reply(decision: Decision, reply: bytes) -> None:
+    assert tcp_table_reply(decision) == reply
 
 
 # -- properties -------------------------------------------------------------------------

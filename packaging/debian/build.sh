@@ -7,7 +7,7 @@
 # src/srsd/__init__.py, builds the binary package (tests skipped: they run from the
 # repository) and leaves OUTDIR/srsd_VERSION_all.deb (default OUTDIR: dist/ in the
 # repository). Needs: debhelper dh-python pybuild-plugin-pyproject python3-all
-# python3-setuptools (dpkg-buildpackage names any that are missing).
+# python3-setuptools help2man (dpkg-buildpackage names any that are missing).
 set -eu
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,9 +24,10 @@ tree="$work/srsd-$version"
 mkdir "$tree"
 if [ -d "$repo/.git" ] || [ -f "$repo/.git" ]; then
 	# The files git knows of or would add (not .venv, dist/ or other ignored files).
-	git -C "$repo" ls-files -z --cached --others --exclude-standard |
-		tar -cf - -C "$repo" --null --files-from=- --no-recursion --ignore-failed-read |
-		tar -xf - -C "$tree"
+	git -C "$repo" ls-files -z --cached --others --exclude-standard > "$work/files"
+	tar -cf "$work/tree.tar" -C "$repo" --null --no-recursion --ignore-failed-read \
+		--files-from="$work/files"
+	tar -xf "$work/tree.tar" -C "$tree"
 	commit=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
 	stamp=$(git -C "$repo" log -1 --format=%cD 2>/dev/null || date -R)
 else

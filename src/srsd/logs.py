@@ -15,18 +15,34 @@ What a line looks like depends only on where it goes, and each destination has o
 
 :func:`stderr_format` picks the stderr one; a writer that bypasses :mod:`logging` must use
 the same object to write the same text.
+
+The stderr destination is a :class:`LineWriter`: records of :mod:`logging` and the
+per-lookup lines (:func:`line`, which skips :mod:`logging` altogether when nothing but
+srsd's own handler listens) are rendered into one list, in order, and written in one
+``write`` when :func:`flush` is called (the connection loop does after every pass; a
+record through :mod:`logging` flushes at once). The writes never wait: a socket (the
+journal) is written with ``MSG_DONTWAIT``, a pipe through a non-blocking descriptor of its
+own. What the destination does not take waits in a buffer of at most
+:data:`LOG_BUFFER_BYTES`; lines beyond are dropped, counted (:func:`dropped_lines`) and
+reported in one line once the destination takes lines again. Files and terminals are
+written directly.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
+import math
 import os
+import socket
+import stat
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import TextIO
 
@@ -35,6 +51,10 @@ SYSLOG_SOCKET = Path("/dev/log")
 #: sd-daemon(3) / syslog(3) priorities of srsd's levels (the journal's and syslog's alike).
 JOURNAL_PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4,
                       logging.INFO: 6, logging.DEBUG: 7}  # fmt: skip
+#: Bytes of stderr lines held while the destination takes none; past it lines are dropped.
+LOG_BUFFER_BYTES = 1 << 20
+#: Lines rendered before they are written even if no flush came (bounds one write).
+FLUSH_LINES = 1024
 
 
 class LineFormat:
@@ -50,11 +70,18 @@ class LineFormat:
 class PlainFormat(LineFormat):
     """``2026-12-03 07:14:57,019 srsd[72]: INFO: message`` (local time)."""
 
+    def __init__(self) -> None:
+        self._second, self._stamp = -1, ""  # the last second rendered, and its text
+
     def render(self, level: int, message: str, created: float, pid: int,
                exception: str | None = None) -> str:  # fmt: skip
         """Time with milliseconds, pid, level name, message, then any traceback."""
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
-        millis = int((created - int(created)) * 1000)
+        second = int(created)
+        if second != self._second:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+            self._second, self._stamp = second, stamp
+        stamp = self._stamp
+        millis = int((created - second) * 1000)
         line = f"{stamp},{millis:03d} srsd[{pid}]: {logging.getLevelName(level)}: {message}"
         return f"{line}\n{exception}" if exception else line
 
@@ -62,9 +89,16 @@ class PlainFormat(LineFormat):
 class JsonFormat(LineFormat):
     """One JSON object per line: time (UTC, ISO 8601), level, pid, message (and exception)."""
 
+    def __init__(self) -> None:
+        self._second, self._stamp = -1, ""  # the last second rendered, and its text
+
     def render(self, level: int, message: str, created: float, pid: int,
                exception: str | None = None) -> str:  # fmt: skip
         """The record as a single line of JSON."""
+        if not exception and created >= 0:  # built directly: the same text as json.dumps
+            return (f'{{"time": "{self._time(created)}", "level": '
+                    f'{encode_basestring(logging.getLevelName(level).lower())}, "pid": {pid}, '
+                    f'"message": {encode_basestring(message)}}}')  # fmt: skip
         entry = {
             "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
             "level": logging.getLevelName(level).lower(),
@@ -74,6 +108,21 @@ class JsonFormat(LineFormat):
         if exception:
             entry["exception"] = exception
         return json.dumps(entry, ensure_ascii=False)
+
+    def _time(self, created: float) -> str:
+        """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``,
+        with the seconds' text made once per second (rounded to microseconds as datetime
+        does: half to even, carrying into the next second)."""
+        fraction, whole = math.modf(created)
+        micros = round(fraction * 1e6)
+        if micros >= 1_000_000:
+            micros -= 1_000_000
+            whole += 1
+        second = int(whole)
+        if second != self._second:
+            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second, self._stamp = second, stamp
+        return f"{self._stamp}.{micros // 1000:03d}+00:00"
 
 
 class JournalFormat(LineFormat):
@@ -164,9 +213,11 @@ def setup(level: str = "info", *, syslog: bool = False, json_lines: bool = False
     LOGGER.handlers.clear()
     LOGGER.propagate = False
     LOGGER.setLevel(level.upper())
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(RecordFormatter(stderr_format(json_lines, sys.stderr)))
-    LOGGER.addHandler(stderr)
+    global _writer
+    if _writer is not None:
+        _writer.close()
+    _writer = LineWriter(sys.stderr, stderr_format(json_lines, sys.stderr))
+    LOGGER.addHandler(_writer.handler)
     if syslog:
         if not SYSLOG_SOCKET.exists():  # no syslog daemon (a container): stderr still works
             LOGGER.warning("syslog requested but %s does not exist: logging to stderr only",
@@ -179,6 +230,155 @@ def setup(level: str = "info", *, syslog: bool = False, json_lines: bool = False
         )
         handler.setFormatter(RecordFormatter(SyslogFormat()))
         LOGGER.addHandler(handler)
+
+
+class LineWriter:
+    """srsd's lines on stderr: rendered in order into one list, written in batches, never
+    waiting for the destination (see the module's docstring)."""
+
+    def __init__(self, stream: TextIO, line_format: LineFormat) -> None:
+        self.format = line_format
+        self.pid = os.getpid()
+        self.dropped = 0  # lines dropped because the destination took none
+        self._reported = 0  # of those, how many a line reported already
+        self._lines: list[str] = []
+        self._held = 0  # characters in _lines, roughly the bytes they will take
+        self._unsent = b""  # bytes a write left
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._errors = getattr(stream, "errors", None) or "backslashreplace"
+        self._closing: Callable[[], None] | None = None
+        self._write = self._writer(stream)
+        self.handler = _WriterHandler(self)
+
+    def _writer(self, stream: TextIO) -> Callable[[bytes], int]:
+        """A function writing bytes to ``stream``'s destination without waiting: it returns
+        how many it wrote, or raises BlockingIOError."""
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (OSError, ValueError, io.UnsupportedOperation):  # not a file (tests' capture)
+
+            def write_text(data: bytes) -> int:
+                stream.write(data.decode(self._encoding, self._errors))
+                stream.flush()
+                return len(data)
+
+            return write_text
+        if stat.S_ISSOCK(mode):  # the journal's stream socket
+            sock = socket.socket(fileno=os.dup(fd))
+            self._closing = sock.close
+            return lambda data: sock.send(data, socket.MSG_DONTWAIT)
+        if stat.S_ISFIFO(mode):  # a pipe: a descriptor of our own, non-blocking
+            try:
+                own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                pass  # no /proc, or no right to reopen it: write as the stream does
+            else:
+                self._closing = lambda: os.close(own)
+                return lambda data: os.write(own, data)
+        return lambda data: os.write(fd, data)  # a file or a terminal
+
+    def line(self, level: int, message: str) -> None:
+        """Render one line now (time, pid, level) to be written at the next :meth:`flush`."""
+        text = self.format.render(level, message, time.time(), self.pid)
+        if self._held + len(self._unsent) > LOG_BUFFER_BYTES:
+            self.dropped += 1
+            return
+        self._lines.append(text)
+        self._held += len(text) + 1
+        if len(self._lines) >= FLUSH_LINES:
+            self.flush()
+
+    def text(self, text: str) -> None:
+        """Queue an already rendered line (a :mod:`logging` record) and write it now."""
+        if self._held + len(self._unsent) > LOG_BUFFER_BYTES:
+            self.dropped += 1
+            return
+        self._lines.append(text)
+        self._held += len(text) + 1
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is rendered, as far as the destination takes it without waiting."""
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            self._held = 0
+            self._unsent += text.encode(self._encoding, self._errors)
+        while self._unsent:
+            try:
+                written = self._write(self._unsent)
+            except BlockingIOError:
+                return  # kept: the next flush tries again
+            except OSError:  # the destination is gone (a closed pipe): nothing to do
+                self.dropped += self._unsent.count(b"\n")
+                self._unsent = b""
+                return
+            self._unsent = self._unsent[written:]
+        if self.dropped > self._reported:
+            count, self._reported = self.dropped - self._reported, self.dropped
+            self._lines.append(self.format.render(
+                logging.WARNING, f"{count} log line(s) dropped: the log destination did not "
+                "take them", time.time(), self.pid))  # fmt: skip
+            self.flush()
+
+    def close(self) -> None:
+        """Write what is left (as far as it goes), then close a descriptor of our own."""
+        self.flush()
+        if self._closing is not None:
+            self._closing()
+            self._closing = None
+
+
+class _WriterHandler(logging.Handler):
+    """The :mod:`logging` handler of a :class:`LineWriter`: a record is written at once."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+        self.setFormatter(RecordFormatter(writer.format))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Render the record and write it, after the lines before it."""
+        try:
+            self.writer.text(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        """Write what the writer holds."""
+        self.writer.flush()
+
+
+_writer: LineWriter | None = None
+
+
+def line(level: int, message: str) -> None:
+    """Log ``message`` at ``level`` (enabled: the caller checked ``LOGGER.isEnabledFor``).
+
+    When srsd's own stderr handler is LOGGER's only handler, the line is rendered straight
+    into it, without a :class:`logging.LogRecord`; it is written at the next :func:`flush`.
+    Otherwise (syslog too, or handlers added by tests) it goes through :mod:`logging`.
+    """
+    writer = _writer
+    if writer is not None:
+        handlers = LOGGER.handlers
+        if len(handlers) == 1 and handlers[0] is writer.handler:
+            writer.line(level, message)
+            return
+    LOGGER.log(level, "%s", message)
+
+
+def flush() -> None:
+    """Write the lines :func:`line` rendered (whoever logs lookups calls this after a batch;
+    the connection loop does after every pass)."""
+    if _writer is not None:
+        _writer.flush()
+
+
+def dropped_lines() -> int:
+    """Log lines dropped so far because stderr took none (a metric)."""
+    return 0 if _writer is None else _writer.dropped
 
 
 def show(value: bytes, limit: int = 512) -> str:

@@ -11,7 +11,11 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
 * ``srsd_lookup_duration_seconds{map}``: time from request to decision, a histogram;
 * ``srsd_connections_open``, ``srsd_connections_rejected_total`` (over the limit);
 * ``srsd_reloads_total{result}`` (ok / failed);
-* ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap).
+* ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap);
+* ``srsd_log_lines_dropped_total``: log lines stderr did not take (it blocked);
+* ``srsd_milter_messages_total{outcome}`` (rewritten, delivered here, not rewritten,
+  tempfail, protocol error) and ``srsd_milter_sessions_open``; the milter's own lookups are
+  in ``srsd_lookups_total{protocol="milter"}``.
 """
 
 from __future__ import annotations
@@ -61,9 +65,21 @@ class Latency:
 class ServerState(Protocol):
     """What the collector reads from the running server."""
 
-    lookups: Counter[tuple[str, str, str]]
-    latency: Latency
-    open_connections: int
+    @property
+    def lookups(self) -> Counter[tuple[str, str, str]]:
+        """Answers given, by (protocol, map, outcome)."""
+        ...
+
+    @property
+    def latency(self) -> Latency:
+        """Time from request to decision, per map."""
+        ...
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        ...
+
     rejected_connections: int
     reloads: Counter[str]
 
@@ -73,8 +89,23 @@ class ServerState(Protocol):
         ...
 
     @property
+    def log_lines_dropped(self) -> int:
+        """Log lines dropped because their destination took none."""
+        ...
+
+    @property
     def database_writes_refused(self) -> int:
         """Envelope database writes refused by the flood cap so far."""
+        ...
+
+    @property
+    def milter_messages(self) -> Counter[str]:
+        """Messages the milter decided, by outcome."""
+        ...
+
+    @property
+    def milter_sessions(self) -> int:
+        """Milter connections open now."""
         ...
 
 
@@ -116,6 +147,15 @@ class ServerCollector(Collector):
                                   value=s.database_errors)  # fmt: skip
         yield CounterMetricFamily("srsd_database_writes_refused", "Envelope database writes "
                                   "refused by the flood cap", value=s.database_writes_refused)
+        yield CounterMetricFamily("srsd_log_lines_dropped", "Log lines dropped because their "
+                                  "destination did not take them", value=s.log_lines_dropped)
+        messages = CounterMetricFamily("srsd_milter_messages", "Messages the milter decided, "
+                                       "by outcome", labels=["outcome"])  # fmt: skip
+        for outcome, count in sorted(s.milter_messages.items()):
+            messages.add_metric([outcome], count)
+        yield messages
+        yield GaugeMetricFamily("srsd_milter_sessions_open", "Milter connections open now",
+                                value=s.milter_sessions)  # fmt: skip
 
 
 def registry_for(server: ServerState) -> CollectorRegistry:

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from srsd.policy import Decision, Outcome
-
 #: Default bound on a request payload, in bytes.
 MAX_REQUEST = 4096
 #: Postfix's bound on a reply payload, in bytes (socketmap_table(5)).
@@ -171,16 +169,6 @@ def temporary_failure(reason: str) -> bytes:
 def permanent_failure(reason: str) -> bytes:
     """``PERM <reason>``: only for an unknown map name or broken framing."""
     return _status(b"PERM", reason.encode("utf-8", "backslashreplace"))
-
-
-def reply_for(decision: Decision) -> bytes:
-    """The reply for a policy decision: ``OK`` for a rewrite, ``TEMP`` when srsd cannot
-    decide (:attr:`Outcome.ERROR`), else ``NOTFOUND``."""
-    if decision.outcome is Outcome.REWRITTEN and decision.value is not None:
-        return ok(decision.value)
-    if decision.outcome is Outcome.ERROR:
-        return temporary_failure(decision.reason)
-    return not_found(decision.reason)
 
 
 def parse_netstring(data: bytes) -> tuple[bytes, bytes] | None:

@@ -22,7 +22,7 @@ error to Postfix.
 This module is the protocol and nothing else, in the style of h11: a
 :class:`RequestReader` is fed the bytes a socket produced and hands back events
 (:class:`Request`, :class:`BadRequest`, :class:`TooLong`); :func:`found`,
-:func:`not_found`, :func:`temporary_failure` and :func:`reply_for` return the bytes to send.
+:func:`not_found` and :func:`temporary_failure` return the bytes to send.
 The caller owns the socket::
 
     reader = RequestReader()
@@ -31,7 +31,7 @@ The caller owns the socket::
         events = reader.feed(data) if data else reader.feed_eof()
         for event in events:
             if isinstance(event, Request):
-                await stream.send_all(reply_for(policy.forward(event.key, now)))
+                await stream.send_all(found(rewritten(event.key)))
             else:  # BadRequest keeps the connection, TooLong closes it (reader.closed)
                 await stream.send_all(not_found(event.reason))
 
@@ -56,8 +56,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from srsd.policy import Decision, Outcome
-
 __all__ = [
     "MAX_REPLY",
     "MAX_REQUEST",
@@ -71,7 +69,6 @@ __all__ = [
     "found",
     "not_found",
     "parse_reply",
-    "reply_for",
     "temporary_failure",
 ]
 
@@ -352,16 +349,6 @@ def found(value: bytes) -> bytes:
     if len(quoted) > _MAX_TEXT:
         return _VALUE_TOO_LONG
     return _FOUND + quoted + b"\n"
-
-
-def reply_for(decision: Decision) -> bytes:
-    """The reply for a policy decision: :func:`found` for a rewrite, :func:`temporary_failure`
-    when srsd cannot decide (:attr:`Outcome.ERROR`), else :func:`not_found`."""
-    if decision.outcome is Outcome.REWRITTEN and decision.value is not None:
-        return found(decision.value)
-    if decision.outcome is Outcome.ERROR:
-        return temporary_failure(decision.reason)
-    return not_found(decision.reason)
 
 
 # -- the client side (``srsd health``, tests): what Postfix sends and how it reads a reply --

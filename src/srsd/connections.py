@@ -1,0 +1,522 @@
+# The connection loop: every connection in one readiness set, all ready ones answered in one pass.
+"""Move request and reply bytes between sockets and the services that answer them.
+
+The loop knows no SRS and no wire format. Each listening endpoint comes with a
+:class:`Service`, which makes the sans-IO reader of a new connection and turns each event
+of that reader into reply bytes. The loop owns the sockets:
+
+* every listener and every accepted connection is registered once in a
+  :class:`selectors.DefaultSelector` (epoll on Linux, kqueue on the BSDs). One trio task
+  waits until the selector's own descriptor is readable
+  (:func:`trio.lowlevel.wait_readable`), then, in one pass, accepts on every ready
+  listener and, for every ready connection, reads once, feeds its reader, has the service
+  answer each complete request, and sends the replies in one ``send``. Nothing on that path
+  registers a descriptor, switches tasks or opens a cancel scope per request;
+* a pass answers at most :data:`ANSWERS_PER_PASS` requests of one connection; the rest are
+  answered in the next passes, and that connection is not read meanwhile, so a client
+  pipelining thousands of requests shares the loop with every other one and holds at most
+  one read's worth of requests in srsd's memory;
+* three slow paths take a connection out of the readiness set into an ordinary trio task of
+  the loop's nursery, which puts it back when it is done: a request whose answer must wait
+  (:meth:`Service.answer` returned None: the envelope database); replies the client does not
+  read (the rest is sent as room appears, for at most :data:`SEND_TIMEOUT` seconds; accepted
+  TCP sockets keep at most :data:`NOTSENT_LOWAT` unsent bytes in the kernel, so such a client
+  feels back-pressure early); and lingering after a protocol error (:func:`linger`);
+* a connection that sent no complete request for its service's idle limit is closed by a
+  sweep every :data:`SWEEP_INTERVAL` seconds at most (a connection on a slow path is being
+  answered and is never swept); :meth:`ConnectionLoop.stop` closes the idle connections at
+  once and gives the others a grace period to finish what they were answering.
+
+Seams for admission control: :attr:`ConnectionLoop.admit` is asked about every accepted
+connection before it is served (the default admits all); a :class:`Connection` records when
+it opened, when its last complete request came (:attr:`Connection.last`) and whether a
+request is in progress (:attr:`Connection.in_progress`); :meth:`ConnectionLoop.close` closes
+any connection, in the loop or on a slow path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.listeners import Endpoint
+from srsd.logs import LOGGER
+
+#: Bytes read from a connection at once; the requests in them are answered in order.
+RECEIVE_SIZE = 16384
+#: Requests of one connection answered in one pass; the rest wait for the next passes.
+ANSWERS_PER_PASS = 64
+#: Connections accepted from one listener in one pass.
+ACCEPT_BATCH = 16
+#: Seconds a reply may take to be sent (Postfix's own read time-out is 100 s).
+SEND_TIMEOUT = 100.0
+#: Unsent reply bytes the kernel may hold per connection (TCP_NOTSENT_LOWAT).
+NOTSENT_LOWAT = 16384
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # 25 on Linux
+#: Longest pause between two sweeps for idle connections, in seconds.
+SWEEP_INTERVAL = 1.0
+#: After a protocol error, how long and how much input to discard before closing.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+_READ = selectors.EVENT_READ
+_NOTHING: tuple[object, ...] = ()
+
+
+class Reader(Protocol):
+    """What a sans-IO request reader offers the loop."""
+
+    @property
+    def closed(self) -> bool:
+        """True after a protocol error or EOF: nothing more will be read."""
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a request not complete yet."""
+        ...
+
+    def feed(self, data: bytes) -> Sequence[object]:
+        """The events the received ``data`` completes."""
+        ...
+
+    def feed_eof(self) -> Sequence[object]:
+        """The events left at EOF."""
+        ...
+
+
+class Service(Protocol):
+    """What answers the requests of one endpoint."""
+
+    @property
+    def idle_limit(self) -> float:
+        """Seconds a connection may go without a complete request."""
+        ...
+
+    def reader(self) -> Reader:
+        """A reader for a new connection."""
+        ...
+
+    def answer(self, event: object) -> bytes | None:
+        """The reply bytes for one event, or None when the answer must wait
+        (:meth:`answer_later` then gives it, off the loop)."""
+        ...
+
+    async def answer_later(self, event: object) -> bytes:
+        """The reply bytes for one event, waiting (for storage) if need be."""
+        ...
+
+
+class Connection:
+    """One accepted connection as the loop, the sweep and admission control see it."""
+
+    __slots__ = ("closed", "detached", "endpoint", "eof", "events", "last", "limit", "next",
+                 "opened", "reader", "scope", "service", "sock")  # fmt: skip
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint, service: Service,
+                 now: float) -> None:  # fmt: skip
+        self.sock = sock
+        self.endpoint = endpoint
+        self.service = service
+        self.reader = service.reader()
+        self.limit = service.idle_limit  # seconds allowed without a complete request
+        self.opened = now  # trio time of the accept
+        self.last = now  # trio time of the last complete request (or of the accept)
+        self.events: Sequence[object] = _NOTHING  # received, answered up to ``next``
+        self.next = 0
+        self.eof = False  # the client closed its side
+        self.detached = False  # on a slow path: out of the readiness set, in a task
+        self.closed = False
+        self.scope: trio.CancelScope | None = None  # of the slow-path task, when detached
+
+    @property
+    def in_progress(self) -> bool:
+        """A request is partly received, or received and not answered yet."""
+        return self.detached or self.next < len(self.events) or self.reader.buffered > 0
+
+
+class _Listening:
+    """A listening endpoint registered in the loop."""
+
+    __slots__ = ("endpoint", "service", "tcp")
+
+    def __init__(self, endpoint: Endpoint, service: Service) -> None:
+        self.endpoint = endpoint
+        self.service = service
+        self.tcp = endpoint.sock.family != socket.AF_UNIX
+
+
+def _admit_all(conn: Connection) -> bool:
+    return True
+
+
+class ConnectionLoop:
+    """Every connection of the server, served by one task over one readiness set."""
+
+    def __init__(self) -> None:
+        #: Open connections, in the loop or on a slow path.
+        self.connections: set[Connection] = set()
+        #: Asked about each accepted connection before it is served; False closes it at once.
+        self.admit: Callable[[Connection], bool] = _admit_all
+        #: Called after every pass and every batch answered off the loop (e.g. to write the
+        #: log lines the answers rendered).
+        self.after_pass: list[Callable[[], None]] = []
+        self._selector: selectors.DefaultSelector | None = None
+        self._wake: socket.socket | None = None  # written to wake the loop up
+        self._listening: list[_Listening] = []
+        self._backlog: list[Connection] = []  # connections with requests left to answer
+        self._nursery: trio.Nursery | None = None
+        self._sweeper = trio.CancelScope()
+        self._stopping = False
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def serve(self, listeners: Sequence[tuple[Endpoint, Service]], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:  # fmt: skip
+        """Serve ``listeners`` until :meth:`stop` (then drain and return) or cancellation."""
+        selector = self._selector = selectors.DefaultSelector()
+        woken, self._wake = socket.socketpair()
+        try:
+            woken.setblocking(False)
+            self._wake.setblocking(False)
+            selector.register(woken, _READ, None)
+            for endpoint, service in listeners:
+                listening = _Listening(endpoint, service)
+                self._listening.append(listening)
+                selector.register(endpoint.sock, _READ, listening)
+            limits = [service.idle_limit for _, service in listeners]
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._sweep, min([SWEEP_INTERVAL, *(x / 4 for x in limits)]))
+                task_status.started()
+                await self._run(selector, woken)
+        finally:
+            for conn in list(self.connections):
+                self._close(conn)
+            for listening in self._listening:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(listening.endpoint.sock)
+            self._listening.clear()
+            selector.close()
+            woken.close()
+            self._wake.close()
+            self._selector = None
+
+    async def _run(self, selector: selectors.DefaultSelector, woken: socket.socket) -> None:
+        """The passes: wait for readiness, then serve everything ready."""
+        select = selector.select
+        fd = selector.fileno()
+        wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
+        while True:
+            if self._backlog:
+                await trio.lowlevel.checkpoint()  # requests left: let the others run, come back
+            elif self._stopping:
+                return  # nothing left in the loop; the slow paths finish in the nursery
+            else:
+                await wait_readable(fd)
+            now = current_time()
+            ready = select(0)
+            backlog, self._backlog = self._backlog, []
+            accepting: list[_Listening] = []
+            for key, _ in ready:
+                target = key.data
+                if type(target) is Connection:
+                    if target.next == len(target.events):  # else it waits in the backlog
+                        self._receive(target, now)
+                elif target is None:
+                    with contextlib.suppress(OSError):
+                        woken.recv(64)
+                else:
+                    accepting.append(target)
+            for conn in backlog:
+                if not conn.closed:
+                    self._answer(conn, now)
+            for listening in accepting:  # last: the connections that closed made room
+                self._accept(listening, now)
+            for hook in self.after_pass:
+                hook()
+
+    def _serving(self) -> tuple[selectors.DefaultSelector, trio.Nursery]:
+        if self._selector is None or self._nursery is None:
+            raise RuntimeError("the connection loop is not serving")
+        return self._selector, self._nursery
+
+    def _accept(self, listening: _Listening, now: float) -> None:
+        sock = listening.endpoint.sock
+        for _ in range(ACCEPT_BATCH):
+            try:
+                accepted, _ = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno not in ACCEPT_RETRY_ERRNOS:
+                    raise
+                LOGGER.error("accept failed: %s; retrying", os.strerror(err.errno))
+                self._pause(listening)
+                return
+            accepted.setblocking(False)
+            if listening.tcp:  # one small reply per request: never wait for Nagle; and keep
+                # at most NOTSENT_LOWAT unsent bytes in the kernel, so a client that does
+                # not read feels back-pressure early (as trio's streams do)
+                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                accepted.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+            conn = Connection(accepted, listening.endpoint, listening.service, now)
+            if not self.admit(conn):
+                accepted.close()
+                continue
+            self.connections.add(conn)
+            self._serving()[0].register(accepted, _READ, conn)
+            self._receive(conn, now)  # the request often came with the connection
+
+    def reap(self) -> None:
+        """Read every connection that is ready now, so that those which closed free their
+        place: for an admission hook about to refuse a connection at its limit (within one
+        pass, a fast client can close one connection and open the next)."""
+        if self._selector is None:
+            return
+        now = trio.current_time()
+        for key, _ in self._selector.select(0):
+            target = key.data
+            if type(target) is Connection and not target.closed and \
+                    target.next == len(target.events):  # fmt: skip
+                self._receive(target, now)
+
+    def _pause(self, listening: _Listening) -> None:
+        """Stop accepting on ``listening`` for a moment (descriptors or memory ran out)."""
+        selector, nursery = self._serving()
+        selector.unregister(listening.endpoint.sock)
+        nursery.start_soon(self._resume, listening)
+
+    async def _resume(self, listening: _Listening) -> None:
+        await trio.sleep(ACCEPT_RETRY_DELAY)
+        if not self._stopping and self._selector is not None:
+            self._selector.register(listening.endpoint.sock, _READ, listening)
+
+    def _receive(self, conn: Connection, now: float) -> None:
+        """Read once from a ready connection and answer what that completes."""
+        try:
+            data = conn.sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # the client reset the connection: nothing to answer
+            self._close(conn)
+            return
+        reader = conn.reader
+        if data:
+            events = reader.feed(data)
+        else:
+            events = reader.feed_eof()
+            conn.eof = True
+        if events:
+            conn.last = now
+            conn.events = events
+            conn.next = 0
+            self._answer(conn, now)
+        elif conn.eof or reader.closed:
+            self._finish(conn)
+
+    def _answer(self, conn: Connection, now: float) -> None:
+        """Answer the next requests of ``conn`` (at most :data:`ANSWERS_PER_PASS`) and send."""
+        events, first = conn.events, conn.next
+        count = len(events)
+        end = min(count, first + ANSWERS_PER_PASS)
+        answer = conn.service.answer
+        if end - first == 1:  # the usual case: one request per read
+            out = answer(events[first])
+            if out is None:
+                self._detach(conn, b"")
+                return
+        else:
+            replies: list[bytes] = []
+            for i in range(first, end):
+                reply = answer(events[i])
+                if reply is None:  # must wait: answer it and the rest off the loop
+                    conn.next = i
+                    self._detach(conn, b"".join(replies))
+                    return
+                replies.append(reply)
+            out = b"".join(replies)
+        conn.next = end
+        try:
+            sent = conn.sock.send(out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        if sent < len(out):
+            self._detach(conn, out[sent:])
+        elif end < count:
+            self._backlog.append(conn)
+        else:
+            conn.events = _NOTHING
+            conn.next = 0
+            conn.last = now
+            if conn.eof or conn.reader.closed or self._stopping:
+                self._finish(conn)
+
+    def _finish(self, conn: Connection) -> None:
+        """Every request answered and no more to come: close, lingering after an error."""
+        if conn.reader.closed and not conn.eof:
+            self._detach(conn, b"")  # the client may still be sending: linger off the loop
+        else:
+            self._close(conn)
+
+    # -- slow paths -------------------------------------------------------------------------
+
+    def _detach(self, conn: Connection, unsent: bytes) -> None:
+        """Take ``conn`` out of the loop into a task that sends ``unsent``, answers the rest
+        of its requests and brings it back (or closes it)."""
+        selector, nursery = self._serving()
+        selector.unregister(conn.sock)
+        conn.detached = True
+        conn.scope = trio.CancelScope()
+        nursery.start_soon(self._off_loop, conn, unsent)
+
+    async def _off_loop(self, conn: Connection, unsent: bytes) -> None:
+        back = False
+        try:
+            with conn.scope or trio.CancelScope():
+                back = await self._complete(conn, unsent)
+        except OSError:
+            pass  # the client reset or closed the connection: nothing to answer
+        finally:
+            if back and not conn.closed and not self._stopping and self._selector is not None:
+                conn.detached = False
+                conn.scope = None
+                self._selector.register(conn.sock, _READ, conn)
+            else:
+                self._close(conn)
+
+    async def _complete(self, conn: Connection, unsent: bytes) -> bool:
+        """Send, answer and send until every received request is answered; True if the
+        connection may go back into the loop."""
+        while True:
+            if unsent and not await send_all(conn.sock, unsent):
+                LOGGER.warning("%s client did not read its replies for %g s: closing",
+                               conn.endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
+                return False
+            if conn.next >= len(conn.events):
+                break
+            await trio.lowlevel.checkpoint()  # between two batches, the others run
+            unsent = await self._answer_later(conn)
+        conn.events = _NOTHING
+        conn.next = 0
+        conn.last = trio.current_time()
+        if conn.eof:
+            return False
+        if conn.reader.closed:
+            await linger(conn.sock)
+            return False
+        return not self._stopping
+
+    async def _answer_later(self, conn: Connection) -> bytes:
+        """The replies to the next requests of ``conn``, waiting where an answer must."""
+        service = conn.service
+        end = min(len(conn.events), conn.next + ANSWERS_PER_PASS)
+        replies = []
+        for event in conn.events[conn.next : end]:
+            reply = service.answer(event)
+            if reply is None:
+                reply = await service.answer_later(event)
+            replies.append(reply)
+            conn.next += 1
+        for hook in self.after_pass:
+            hook()
+        return b"".join(replies)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self, conn: Connection) -> None:
+        """Close ``conn`` now, wherever it is (a slow path is cancelled and closes it)."""
+        if conn.detached and conn.scope is not None:
+            conn.scope.cancel()
+        else:
+            self._close(conn)
+
+    def _close(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if not conn.detached and self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn.sock)
+        self.connections.discard(conn)
+        conn.sock.close()
+
+    async def _sweep(self, interval: float) -> None:
+        """Close connections that sent no complete request within their idle limit."""
+        with self._sweeper:
+            while True:
+                await trio.sleep(interval)
+                now = trio.current_time()
+                for conn in list(self.connections):
+                    if now - conn.last > conn.limit and not conn.detached and \
+                            conn.next >= len(conn.events):  # fmt: skip
+                        self._close(conn)
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, close idle connections now, and let the requests being answered
+        finish within ``grace`` seconds (then they are cancelled and closed)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._sweeper.cancel()
+        selector = self._selector
+        if selector is not None:
+            for listening in self._listening:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(listening.endpoint.sock)
+        self._listening.clear()
+        for conn in list(self.connections):
+            if not conn.detached and conn.next >= len(conn.events):
+                self._close(conn)  # waiting for a request: nothing in flight
+        if self._nursery is not None:
+            self._nursery.cancel_scope.deadline = trio.current_time() + grace
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake.send(b"\0")  # the loop may be waiting: let it see it is done
+
+
+async def send_all(sock: socket.socket, data: bytes) -> bool:
+    """Send all of ``data``, waiting for room up to :data:`SEND_TIMEOUT` seconds. False when
+    the client did not read in that time."""
+    view = memoryview(data)
+    with trio.move_on_after(SEND_TIMEOUT):
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:  # no room (or woken, but the room went again)
+                await trio.lowlevel.wait_writable(sock)
+        return True
+    return False
+
+
+async def linger(sock: socket.socket) -> None:
+    """Close after a protocol error without losing the reply just sent.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the reply still in flight (Postfix would then retry and finally defer the mail). So:
+    half-close, then read and discard what the client still sends, bounded in bytes and
+    time, and only then close.
+    """
+    sock.shutdown(socket.SHUT_WR)
+    discarded = 0
+    with trio.move_on_after(LINGER_SECONDS):
+        while discarded < LINGER_BYTES:
+            try:
+                chunk = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if not chunk:
+                break
+            discarded += len(chunk)
