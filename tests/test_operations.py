@@ -398,8 +398,9 @@ def test_socket_activation_with_wrong_names_fails_clearly(tmp_path: Path, names:
 
 
 def assert_status(line: str, lookups: int, failed_reloads: int = 0) -> None:
-    assert re.fullmatch(rf"STATUS={lookups} lookups, \d+ connections open, 0 refused "
-                        rf"\(limit\), {failed_reloads} failed reloads", line), line  # fmt: skip
+    assert re.fullmatch(rf"STATUS={lookups} lookups, \d+ connections open, 0 evicted, 0 "
+                        rf"refused \(limit\), 0 refused \(user\), {failed_reloads} failed "
+                        "reloads", line), line  # fmt: skip
 
 
 def test_sd_notify_ready_reload_status_stopping(tmp_path: Path) -> None:
@@ -616,6 +617,7 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     sm = free_port()
     args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
                       "--socketmap", f"inet:127.0.0.1:{sm}", "--max-connections", "2",
+                      "--max-connections-per-user", "2",
                       "--metrics-listen", f"127.0.0.1:{metrics}",
                       secret=write_secret(tmp_path / "secret"))  # fmt: skip
     config = Path(args[args.index("--config") + 1])
@@ -642,15 +644,18 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
         assert replies[1].startswith(b"PERM ")  # unknown map name: a bad request
         poll(lambda: value("srsd_connections_open") == 0, "the connections to close")
 
-        # the connection limit: two held connections, the third is closed at once
+        # the connection limit: two held connections; a third evicts the one idle longest
+        # (a lookup's connection the client closed may be evicted before srsd saw the EOF)
+        evicted = value("srsd_connections_evicted_total")
         held = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in "ab"]
         try:
             for conn in held:  # a lookup on each: both are accepted and counted
                 conn.sendall(tcp_table.encode_request(ALICE))
                 assert conn.recv(1000).startswith(b"200 ")
             assert value("srsd_connections_open") == 2
-            with socket.create_connection(("127.0.0.1", port + 1), timeout=TIMEOUT) as third:
-                assert third.recv(100) == b""
+            with socket.create_connection(("127.0.0.1", port + 1), timeout=TIMEOUT):
+                assert held[0].recv(100) == b""  # evicted
+            assert value("srsd_connections_evicted_total") == evicted + 1
         finally:
             for conn in held:
                 conn.close()
@@ -677,7 +682,10 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
             "forward socketmap rewritten": 1,
             "- socketmap bad request": 1,
         }
-        assert values[("srsd_connections_rejected_total", labels())] == 1
+        assert values[("srsd_connections_evicted_total", labels())] == evicted + 1
+        for closed in ("rejected", "refused_user"):  # nothing refused
+            assert values[(f"srsd_connections_{closed}_total", labels())] == 0
+        assert values[("srsd_requests_timed_out_total", labels())] == 0
         assert values[("srsd_connections_open", labels())] == 0
         assert values[("srsd_reloads_total", labels(result="ok"))] == 1
         assert values[("srsd_reloads_total", labels(result="failed"))] == 1

@@ -100,7 +100,7 @@ def test_connections_ending_every_way_leak_no_descriptor(tmp_path: Path) -> None
                 assert read_until_closed(bad) == b"12:PERM Too big,"
             # every connection of the round is gone, and its descriptor with it
             assert settle(pid, baseline) == baseline, f"round {round_}"
-        # bursts past max_connections (8): the extra connections are closed at once
+        # bursts past max_connections (8): the extra connections evict the older ones
         for burst_ in range(10):
             burst = [socket.create_connection(("127.0.0.1", ports[burst_ % 2]))
                      for _ in range(12)]  # fmt: skip

@@ -646,38 +646,6 @@ async def test_many_concurrent_connections(tmp_path: Path) -> None:
         assert srv.server.lookups[("tcp_table", "reverse", "rewritten")] == half
 
 
-async def test_connection_limit(tmp_path: Path, log: CapturedLog) -> None:
-    async with serving(tmp_path, max_connections=3) as srv:
-        server = srv.server
-        first = [await srv.connect(Role.FORWARD), await srv.connect(Role.REVERSE),
-                 await srv.connect(Role.FORWARD)]  # fmt: skip
-        for c in first:
-            assert (await c.ask(b"bob")).startswith(b"500 ")  # accepted and served
-        assert server.open_connections == 3
-        # the limit covers both ports; over it, a connection is closed at once, unanswered
-        for n, role in enumerate((Role.REVERSE, Role.FORWARD), 1):
-            extra = await srv.connect(role)
-            assert await extra.rest() == b""
-            assert server.rejected_connections == n
-            await extra.aclose()
-        limit_lines = [m for m in log.messages(logging.WARNING) if "connection limit" in m]
-        assert limit_lines == ["connection limit (3) reached: closing new connections "
-                               "(1 refused so far)"]  # once, not per connection
-        for c in first:  # the first three still work
-            assert (await c.ask(b"bob")).startswith(b"500 ")
-        for c in first[:2]:
-            await c.aclose()
-        await wait_for(lambda: server.open_connections == 1, "two connections to close")
-        again = [await srv.connect(Role.REVERSE), await srv.connect(Role.FORWARD)]
-        for c in again:
-            assert (await c.ask(b"bob")).startswith(b"500 ")
-        assert server.rejected_connections == 2
-        extra = await srv.connect(Role.FORWARD)
-        assert await extra.rest() == b""
-        assert server.rejected_connections == 3
-        assert (await first[2].ask(b"bob")).startswith(b"500 ")
-
-
 async def test_accepted_sockets_have_tcp_nodelay(tmp_path: Path) -> None:
     async with serving(tmp_path, ObservedServer) as srv:
         for role in Role:

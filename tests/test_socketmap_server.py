@@ -601,26 +601,25 @@ async def test_keep_alive_closes_idle_socketmap_connections_only(
 async def test_connection_limit_is_shared_with_tcp_table(
     tmp_path: Path, kind: str, sockdir: Path
 ) -> None:
-    async with serving(tmp_path, kind, sockdir, max_connections=2) as srv:
+    # One user (this process): at max_connections a new connection, on either protocol,
+    # evicts the connection idle the longest, on either protocol (tests/test_admission_*).
+    async with serving(tmp_path, kind, sockdir, max_connections=2,
+                       max_connections_per_user=2) as srv:  # fmt: skip
         tcp = await srv.connect_tcp_table(Role.FORWARD)
         assert (await tcp.line(b"alice"))[:4] == b"500 "
         sm = await srv.connect()
         assert await sm.ask(b"forward", b"alice") == b"NOTFOUND no domain"
         assert srv.server.open_connections == 2
-        # a third connection, on either protocol, is closed at once
+        # a third, socketmap: the tcp_table connection (idle the longest) gives way
         extra = await srv.connect()
-        with contextlib.suppress(trio.BrokenResourceError):  # it may be closed already
-            await extra.send(b"13:forward alice,")
-        assert await extra.eof() == b""
+        assert await extra.ask(b"reverse", b"x@y") == b"NOTFOUND Not an SRS address."
+        assert await tcp.eof() == b""
+        # a fourth, tcp_table: the first socketmap connection gives way
         extra_tcp = await srv.connect_tcp_table(Role.REVERSE)
-        assert await extra_tcp.eof() == b""
-        assert srv.server.rejected_connections == 2
-        # closing the tcp_table connection makes room for a socketmap one
-        await tcp.aclose()
-        await wait_for(lambda: srv.server.open_connections == 1, "the tcp_table close")
-        again = await srv.connect()
-        assert await again.ask(b"reverse", b"x@y") == b"NOTFOUND Not an SRS address."
-        assert await sm.ask(b"forward", b"alice") == b"NOTFOUND no domain"
+        assert (await extra_tcp.line(b"alice"))[:4] == b"500 "
+        assert await sm.eof() == b""
+        assert (srv.server.admission["evicted"], srv.server.rejected_connections) == (2, 0)
+        assert srv.server.open_connections == 2
 
 
 async def test_shutdown_closes_idle_socketmap_connections(

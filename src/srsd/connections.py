@@ -24,14 +24,20 @@ of that reader into reply bytes. The loop owns the sockets:
   feels back-pressure early); and lingering after a protocol error (:func:`linger`);
 * a connection that sent no complete request for its service's idle limit is closed by a
   sweep every :data:`SWEEP_INTERVAL` seconds at most (a connection on a slow path is being
-  answered and is never swept); :meth:`ConnectionLoop.stop` closes the idle connections at
-  once and gives the others a grace period to finish what they were answering.
+  answered and is never swept), and so is one whose request started (its first bytes
+  came) and did not end within :attr:`ConnectionLoop.request_timeout` seconds;
+  :meth:`ConnectionLoop.stop` closes the idle connections at once and gives the others a
+  grace period to finish what they were answering.
 
-Seams for admission control: :attr:`ConnectionLoop.admit` is asked about every accepted
-connection before it is served (the default admits all); a :class:`Connection` records when
-it opened, when its last complete request came (:attr:`Connection.last`) and whether a
-request is in progress (:attr:`Connection.in_progress`); :meth:`ConnectionLoop.close` closes
-any connection, in the loop or on a slow path.
+Seams for admission control (:mod:`srsd.gatekeeper`): :attr:`ConnectionLoop.admit` is
+asked about every accepted connection before it is served (the default admits all);
+:attr:`ConnectionLoop.on_answered` hears when a connection has answered all it
+received, :attr:`ConnectionLoop.on_close` when one ends, however, and
+:attr:`ConnectionLoop.on_timeout` when the sweep closes one for its request time-out; a
+:class:`Connection` records when it opened, when its last complete request came
+(:attr:`Connection.last`), whether a request is in progress
+(:attr:`Connection.in_progress`) or being answered (:attr:`Connection.answering`);
+:meth:`ConnectionLoop.close` closes any connection, in the loop or on a slow path.
 """
 
 from __future__ import annotations
@@ -117,7 +123,7 @@ class Connection:
     """One accepted connection as the loop, the sweep and admission control see it."""
 
     __slots__ = ("closed", "detached", "endpoint", "eof", "events", "last", "limit", "next",
-                 "opened", "reader", "scope", "service", "sock")  # fmt: skip
+                 "opened", "partial_since", "reader", "scope", "service", "sock")  # fmt: skip
 
     def __init__(self, sock: socket.socket, endpoint: Endpoint, service: Service,
                  now: float) -> None:  # fmt: skip
@@ -134,11 +140,17 @@ class Connection:
         self.detached = False  # on a slow path: out of the readiness set, in a task
         self.closed = False
         self.scope: trio.CancelScope | None = None  # of the slow-path task, when detached
+        self.partial_since: float | None = None  # trio time the request now partial began
 
     @property
     def in_progress(self) -> bool:
         """A request is partly received, or received and not answered yet."""
         return self.detached or self.next < len(self.events) or self.reader.buffered > 0
+
+    @property
+    def answering(self) -> bool:
+        """A request is received and not answered yet (admission never evicts it)."""
+        return self.detached or self.next < len(self.events)
 
 
 class _Listening:
@@ -156,6 +168,10 @@ def _admit_all(conn: Connection) -> bool:
     return True
 
 
+def _ignore(conn: Connection, *_: float) -> None:
+    pass
+
+
 class ConnectionLoop:
     """Every connection of the server, served by one task over one readiness set."""
 
@@ -167,6 +183,15 @@ class ConnectionLoop:
         #: Called after every pass and every batch answered off the loop (e.g. to write the
         #: log lines the answers rendered).
         self.after_pass: list[Callable[[], None]] = []
+        #: Told when a connection has answered every request it received, and when.
+        self.on_answered: Callable[[Connection, float], None] = _ignore
+        #: Told when a connection ends (closed by either side, evicted, timed out).
+        self.on_close: Callable[[Connection], None] = _ignore
+        #: Told when the sweep closes a connection whose request did not end in time,
+        #: with the time-out (:attr:`request_timeout`).
+        self.on_timeout: Callable[[Connection, float], None] = _ignore
+        #: Seconds a request may take from its first byte to its end (0: no limit).
+        self.request_timeout = 0.0
         self._selector: selectors.DefaultSelector | None = None
         self._wake: socket.socket | None = None  # written to wake the loop up
         self._listening: list[_Listening] = []
@@ -315,6 +340,10 @@ class ConnectionLoop:
         else:
             events = reader.feed_eof()
             conn.eof = True
+        if not reader.buffered:
+            conn.partial_since = None
+        elif events or conn.partial_since is None:  # a request began in these bytes
+            conn.partial_since = now
         if events:
             conn.last = now
             conn.events = events
@@ -360,6 +389,7 @@ class ConnectionLoop:
             conn.events = _NOTHING
             conn.next = 0
             conn.last = now
+            self.on_answered(conn, now)
             if conn.eof or conn.reader.closed or self._stopping:
                 self._finish(conn)
 
@@ -411,6 +441,7 @@ class ConnectionLoop:
         conn.events = _NOTHING
         conn.next = 0
         conn.last = trio.current_time()
+        self.on_answered(conn, conn.last)
         if conn.eof:
             return False
         if conn.reader.closed:
@@ -451,16 +482,24 @@ class ConnectionLoop:
                 self._selector.unregister(conn.sock)
         self.connections.discard(conn)
         conn.sock.close()
+        self.on_close(conn)
 
     async def _sweep(self, interval: float) -> None:
-        """Close connections that sent no complete request within their idle limit."""
+        """Close connections that sent no complete request within their idle limit, and
+        those whose request did not end within :attr:`request_timeout`."""
         with self._sweeper:
             while True:
-                await trio.sleep(interval)
+                deadline = self.request_timeout
+                await trio.sleep(min(interval, deadline / 4) if deadline else interval)
                 now = trio.current_time()
                 for conn in list(self.connections):
-                    if now - conn.last > conn.limit and not conn.detached and \
-                            conn.next >= len(conn.events):  # fmt: skip
+                    if conn.detached or conn.next < len(conn.events):
+                        continue  # being answered
+                    started = conn.partial_since
+                    if deadline and started is not None and now - started > deadline:
+                        self.on_timeout(conn, deadline)
+                        self._close(conn)
+                    elif now - conn.last > conn.limit:
                         self._close(conn)
 
     def stop(self, grace: float) -> None:

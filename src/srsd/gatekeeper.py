@@ -17,7 +17,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from srsd.admission import Admission, Limits, Verdict, resolve_users
 from srsd.logs import LOGGER
@@ -28,7 +28,7 @@ LOG_INTERVAL = 10.0
 
 
 class Peer(Hashable, Protocol):
-    """What the gatekeeper needs of a connection: its socket, and whether it is answering."""
+    """What the gatekeeper needs of a connection: its socket."""
 
     @property
     def sock(self) -> socket.socket:
@@ -36,13 +36,17 @@ class Peer(Hashable, Protocol):
         ...
 
 
-class Gatekeeper:
-    """Admits, evicts and counts the connections of one server (one per process)."""
+C = TypeVar("C", bound=Peer)
 
-    def __init__(self, limits: Limits, owners: PeerOwners, close: Callable[[Peer], None],
-                 is_busy: Callable[[Peer], bool]) -> None:  # fmt: skip
+
+class Gatekeeper(Generic[C]):
+    """Admits, evicts and counts the connections of one server (one per process):
+    ``close`` closes a victim, ``is_busy`` says whether a connection is answering."""
+
+    def __init__(self, limits: Limits, owners: PeerOwners, close: Callable[[C], None],
+                 is_busy: Callable[[C], bool]) -> None:  # fmt: skip
         self.owners = owners
-        self.table: Admission[Peer] = Admission(limits, is_busy)
+        self.table: Admission[C] = Admission(limits, is_busy)
         self._close = close
         #: What the gatekeeper did, by kind: the metrics read these.
         self.counts: Counter[str] = Counter()
@@ -62,7 +66,7 @@ class Gatekeeper:
         """Apply new limits (a reload) to the next connections; open ones stay."""
         self.table.limits = limits
 
-    def admit(self, conn: Peer, now: float) -> bool:
+    def admit(self, conn: C, now: float) -> bool:
         """Whether to serve ``conn``, just accepted at ``now``; evicts a victim if the rule
         says so (before returning True)."""
         owner = self.owners.owner(conn.sock)
@@ -88,16 +92,16 @@ class Gatekeeper:
                         _who(owner))  # fmt: skip
         return False
 
-    def answered(self, conn: Peer, now: float) -> None:
+    def answered(self, conn: C, now: float) -> None:
         """``conn`` answered its requests at ``now``: idle since then."""
         self.table.idle(conn, now)
 
-    def closed(self, conn: Peer) -> None:
+    def closed(self, conn: C) -> None:
         """``conn`` ended, however."""
         self.table.closed(conn)
 
-    def timed_out(self, conn: Peer, seconds: float) -> None:
-        """The loop closed ``conn``: a request started ``seconds`` ago and did not end."""
+    def timed_out(self, conn: C, seconds: float) -> None:
+        """The loop closes ``conn``: a request did not end within ``seconds``."""
         self._count("timed out", "closed a connection of %s: its request did not end within "
                     "request_timeout (%g s)", _who(self.table.owner(conn)), seconds)
 

@@ -9,7 +9,12 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
   (rewritten, local, excluded, null sender, not SRS, bad hash, expired, malformed, error,
   bad request, ...);
 * ``srsd_lookup_duration_seconds{map}``: time from request to decision, a histogram;
-* ``srsd_connections_open``, ``srsd_connections_rejected_total`` (over the limit);
+* ``srsd_connections_open``; connections closed by admission control
+  (:mod:`srsd.gatekeeper`): ``srsd_connections_evicted_total`` (closed to make room for a
+  new one), ``srsd_connections_refused_user_total`` (their user is not in
+  ``allowed_users``), ``srsd_connections_rejected_total`` (full, and nothing could be
+  evicted); ``srsd_requests_timed_out_total`` (a request that did not end within
+  ``request_timeout``);
 * ``srsd_reloads_total{result}`` (ok / failed);
 * ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap);
 * ``srsd_log_lines_dropped_total``: log lines stderr did not take (it blocked);
@@ -80,7 +85,12 @@ class ServerState(Protocol):
         """Connections open now."""
         ...
 
-    rejected_connections: int
+    @property
+    def admission(self) -> Counter[str]:
+        """Connections closed by admission control, by kind: ``evicted``, ``refused
+        user``, ``refused full``, ``timed out``."""
+        ...
+
     reloads: Counter[str]
 
     @property
@@ -135,9 +145,19 @@ class ServerCollector(Collector):
         yield latency
         yield GaugeMetricFamily("srsd_connections_open", "Connections open now",
                                 value=s.open_connections)  # fmt: skip
-        yield CounterMetricFamily("srsd_connections_rejected", "Connections closed at once "
-                                  "because the connection limit was reached",
-                                  value=s.rejected_connections)  # fmt: skip
+        closed = s.admission
+        yield CounterMetricFamily("srsd_connections_rejected", "Connections closed at once: "
+                                  "the limit was reached and nothing could be evicted",
+                                  value=closed["refused full"])  # fmt: skip
+        yield CounterMetricFamily("srsd_connections_evicted", "Connections closed to admit a "
+                                  "new one (the longest idle of the user who holds the most)",
+                                  value=closed["evicted"])  # fmt: skip
+        yield CounterMetricFamily("srsd_connections_refused_user", "Connections closed at "
+                                  "once: their user is not in allowed_users",
+                                  value=closed["refused user"])  # fmt: skip
+        yield CounterMetricFamily("srsd_requests_timed_out", "Connections closed because a "
+                                  "request did not end within request_timeout",
+                                  value=closed["timed out"])  # fmt: skip
         reloads = CounterMetricFamily("srsd_reloads", "Configuration reloads (SIGHUP)",
                                       labels=["result"])  # fmt: skip
         for result in ("ok", "failed"):

@@ -237,16 +237,23 @@ class PeerOwners:
                     self._diag.setblocking(False)
                     self._diag.connect((0, 0))  # the kernel: nobody else may answer
             self.method = method
-            if self._probe():
+            found = self._probe()
+            self.failures = 0
+            if found:
                 return
             self.close()
         self.method = "none"
 
     def _probe(self) -> bool:
-        """Whether the current method finds our own uid for a loopback connection."""
+        """Whether the current method finds our own uid for a loopback connection (numeric
+        addresses only: no name lookup, which may need modules a dropped user cannot read)."""
         try:
-            with socket.create_server(("127.0.0.1", 0)) as server, \
-                    socket.create_connection(server.getsockname(), timeout=1.0):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:  # fmt: skip
+                server.bind(("127.0.0.1", 0))
+                server.listen(1)
+                client.settimeout(1.0)
+                client.connect(server.getsockname())
                 conn, _ = server.accept()
                 with conn:
                     return self.owner(conn) == os.geteuid() and self.failures == 0

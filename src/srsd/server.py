@@ -10,9 +10,12 @@ request. The parts:
 * :mod:`srsd.listeners` opens the listening sockets (or adopts systemd's);
 * :mod:`srsd.privileges` then leaves root;
 * :mod:`srsd.connections` serves every connection from one readiness set, a pass at a time,
-  with slow paths as trio tasks (storage waits, back-pressure, lingering), idle time-outs
-  and the drain; at most ``max_connections`` are open at once (:meth:`Server.admit`), a
-  connection over the limit is closed at once and counted;
+  with slow paths as trio tasks (storage waits, back-pressure, lingering), idle and
+  request time-outs and the drain;
+* :mod:`srsd.gatekeeper` admits each new connection by its peer's user
+  (:mod:`srsd.admission`: ``allowed_users``, ``max_connections``,
+  ``max_connections_per_user``), evicting the longest idle connection of the user who
+  holds the most when full;
 * :mod:`srsd.lookups` decides, counts, logs and builds the replies;
 * :mod:`srsd.milter_server` serves the milter endpoint (``smtpd_milters``), one trio task per
   connection outside the loop, deciding through the same lookups;
@@ -34,10 +37,12 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from srsd import logs, milter_server, systemd
+from srsd.admission import Limits
 from srsd.connections import Connection, ConnectionLoop, Service
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
+from srsd.gatekeeper import Gatekeeper
 from srsd.listeners import ACTIVATION_NAMES, Endpoint, Role, StartError, Wire, bind, close_all
 from srsd.logs import LOGGER, setup
 from srsd.lookups import (
@@ -48,6 +53,7 @@ from srsd.lookups import (
     TcpTableService,
 )
 from srsd.metrics import Latency, registry_for, serve_http
+from srsd.peercred import PeerOwners
 from srsd.policy import Policy
 from srsd.privileges import drop_privileges, leave_root
 from srsd.settings import ConfigError, Settings, plan_reload
@@ -68,8 +74,6 @@ __all__ = [
 
 #: Seconds between systemd STATUS= updates (when running under systemd).
 STATUS_INTERVAL = 30.0
-#: At most one "connection limit reached" line per this many seconds.
-LIMIT_LOG_INTERVAL = 10.0
 #: Longest time a rendered log line waits to be written when no pass of the loop comes.
 LOG_FLUSH_INTERVAL = 0.5
 
@@ -86,14 +90,24 @@ class Server:
         #: Decides, counts and logs every lookup (also for callers outside the loop).
         self.lookup = Lookups(settings, settings.policy(), self.envelopes)
         self.loop = ConnectionLoop()
+        owners = PeerOwners()
+        if owners.method != "sock_diag":
+            LOGGER.warning("the kernel's sock_diag netlink is not available (a sandbox without "
+                           "AF_NETLINK?): the owners of TCP peers %s",
+                           "come from /proc/net/tcp, which is slow on hosts with many sockets"
+                           if owners.method == "proc" else "cannot be told apart")  # fmt: skip
+        self.gate: Gatekeeper[Connection] = Gatekeeper(
+            limits_of(settings), owners, self.loop.close, _answering)
         self.loop.admit = self.admit
         self.loop.after_pass.append(logs.flush)  # the lookups' log lines, once per pass
+        self.loop.on_answered = self.gate.answered
+        self.loop.on_close = self.gate.closed
+        self.loop.on_timeout = self.gate.timed_out
+        self.loop.request_timeout = settings.request_timeout
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
         self.metrics_listeners: list[trio.SocketListener] = []
-        self.rejected_connections = 0
         self.reloads: Counter[str] = Counter()
-        self._last_limit_log = -LIMIT_LOG_INTERVAL
         forward, reverse = milter_server.lookups_for(self.lookup)
         self.milter = milter_server.MilterService(
             forward=forward, reverse=reverse, delivery=milter_server.delivery_for(settings),
@@ -139,6 +153,16 @@ class Server:
     def milter_sessions(self) -> int:
         """Milter connections open now (a metric)."""
         return self.milter.sessions
+
+    @property
+    def admission(self) -> Counter[str]:
+        """Connections closed by admission control, by kind (metrics)."""
+        return self.gate.counts
+
+    @property
+    def rejected_connections(self) -> int:
+        """Connections closed at once: full, and nothing could be evicted."""
+        return self.gate.counts["refused full"]
 
     @property
     def database_errors(self) -> int:
@@ -205,20 +229,12 @@ class Server:
         return TcpTableService(self.lookup, endpoint.role)
 
     def admit(self, conn: Connection) -> bool:
-        """Whether to serve a connection just accepted: not over ``max_connections``."""
-        if len(self.loop.connections) < self.settings.max_connections:
-            return True
-        self.loop.reap()  # connections closed since the pass began make room
-        if len(self.loop.connections) < self.settings.max_connections:
-            return True
-        self.rejected_connections += 1
-        now = time.monotonic()
-        if now - self._last_limit_log >= LIMIT_LOG_INTERVAL:
-            self._last_limit_log = now
-            LOGGER.warning("connection limit (%d) reached: closing new connections "
-                           "(%d refused so far)", self.settings.max_connections,
-                           self.rejected_connections)  # fmt: skip
-        return False
+        """Whether to serve a connection just accepted (:class:`Gatekeeper`); at the
+        limit, connections closed since the pass began are reaped first, so that they,
+        not an idle one, make room."""
+        if len(self.loop.connections) >= self.settings.max_connections:
+            self.loop.reap()
+        return self.gate.admit(conn, conn.opened)
 
     async def check_storage(self) -> None:
         """At start, in database modes: say at once whether the envelope database works.
@@ -264,8 +280,10 @@ class Server:
 
     def status(self) -> str:
         """A systemd ``STATUS=`` line with the counts that matter."""
+        closed = self.gate.counts
         return (f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
-                f"connections open, {self.rejected_connections} refused (limit), "
+                f"connections open, {closed['evicted']} evicted, {closed['refused full']} "
+                f"refused (limit), {closed['refused user']} refused (user), "
                 f"{self.reloads['failed']} failed reloads")  # fmt: skip
 
     @staticmethod
@@ -285,6 +303,7 @@ class Server:
         """Re-read settings, secrets and exclusions; keep the old ones if anything is wrong."""
         try:
             new = self._reload()
+            limits = limits_of(new)
         except ConfigError as err:
             self.reloads["failed"] += 1
             LOGGER.error("reload failed, keeping the previous configuration: %s", err)
@@ -305,10 +324,25 @@ class Server:
         self.lookup.configure(new, new.policy())
         self.milter.delivery = milter_server.delivery_for(new)  # reads Postfix's config again
         self.milter.recipient_limit = new.milter_recipient_limit
+        self.gate.configure(limits)
+        self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
         LOGGER.info("configuration reloaded: %d secret(s), %d excluded domain(s)",
                     len(new.secrets), len(new.excluded))  # fmt: skip
         return True
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The admission limits ``settings`` describe (user names looked up now)."""
+    try:
+        return Gatekeeper.limits(settings.max_connections, settings.max_connections_per_user,
+                                 settings.allowed_users)  # fmt: skip
+    except ValueError as err:  # a user removed since the settings were checked
+        raise ConfigError(f"allowed_users: {err}") from None
+
+
+def _answering(conn: Connection) -> bool:
+    return conn.answering
 
 
 def setup_logging(settings: Settings) -> None:
