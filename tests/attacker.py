@@ -9,7 +9,8 @@ HOST:PORT for SECONDS or until SIGTERM, replacing every connection that ends at 
 * ``partial``: sends ``get partial@example.org`` without its newline, then nothing;
 * ``idle``: sends nothing at all;
 * ``flood``: asks one lookup, reads the answer, holds the connection :data:`HOLD` seconds,
-  closes it;
+  closes it (answers other than an SRS0 address for ``flood@example.org`` are counted as
+  wrong);
 * ``ask``: asks a lookup, and another after each answer (a disallowed user trying to use
   srsd as a signing oracle).
 
@@ -35,7 +36,8 @@ def main() -> None:
     address = (host, int(port))
     opening = {"slowloris": b"get slow", "partial": b"get partial@example.org", "idle": b"",
                "flood": b"get flood@example.org\n", "ask": b"get ask@example.org\n"}[mode]
-    stats = {"connections": 0, "connect failed": 0, "closed by srsd": 0, "answers": 0}
+    stats = {"connections": 0, "connect failed": 0, "closed by srsd": 0, "answers": 0,
+             "wrong answers": 0}
     lifetimes = []
     sel = selectors.DefaultSelector()
     conns = {}  # socket -> [opened, last drip, answers]
@@ -92,6 +94,10 @@ def main() -> None:
                 continue
             lines = data.count(b"\n")
             stats["answers"] += lines
+            if mode == "flood":
+                stats["wrong answers"] += sum(
+                    1 for line in data.split(b"\n")[:lines]
+                    if not (line.startswith(b"200 SRS0=") and b"=example.org=flood@" in line))
             conns[sock][2] += lines
             if mode == "ask" and lines:
                 try:
