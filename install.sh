@@ -19,7 +19,8 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '4,5p' "$0" | sed 's/^#   //'
+    echo "usage: sudo sh install.sh                install, or upgrade after git pull"
+    echo "       sudo sh install.sh --uninstall    remove $PREFIX and $LINK; keep /etc/srsd, /var/lib/srsd"
 }
 
 uninstall() {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -38,6 +37,7 @@ SENDER = "alice@origin.example"
 SRS0 = re.compile(r"SRS0=[A-Za-z0-9_+/-]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
 ORIGIN = Path("/srv/srsd.git")  # the root's "upstream" the clone pulls from
 CLONE = Path("/root/srsd")      # where the postmaster cloned srsd
+GIT = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.org"]
 SECRET = Path("/var/lib/srsd/secrets")
 READY = "srsd ready"  # srsd logs this once it listens
 # Bounds: installing (apt-get + pip from PyPI) and starting; a command that must return.
@@ -105,11 +105,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pytest.skip(reason)
     require_free_ports()
     path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / SUITE, SUITE)
-    # Upstream: a bare repository holding this checkout's HEAD as its main branch.
-    origin = path / ORIGIN.relative_to("/")
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    subprocess.run(["git", "-C", str(roots.REPO), "push", "-q", str(origin),
-                    "HEAD:refs/heads/main"], check=True)
+    make_upstream(path, tmp_path_factory.mktemp("snapshot"))
     cloned = roots.run_in(path, f"git clone -q {ORIGIN} {CLONE}", timeout=COMMAND_TIMEOUT)
     assert cloned.returncode == 0, cloned.stderr
     yield path
@@ -172,17 +168,27 @@ def in_root(root: Path, command: str) -> subprocess.CompletedProcess[str]:
     return roots.run_in(root, command, timeout=COMMAND_TIMEOUT)
 
 
+def make_upstream(root: Path, work: Path) -> None:
+    """The root's upstream: a bare repository whose main branch is this checkout's HEAD as
+    one commit (from ``git archive``: a shallow or detached checkout works as well)."""
+    archive = subprocess.run(["git", "-C", str(roots.REPO), "archive", "HEAD"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    subprocess.run([*GIT, "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run([*GIT, "-C", str(work), "add", "-A", "--force"], check=True)
+    subprocess.run([*GIT, "-C", str(work), "commit", "-qm", "srsd"], check=True)
+    subprocess.run([*GIT, "clone", "-q", "--bare", str(work), str(root / ORIGIN.relative_to("/"))],
+                   check=True)
+
+
 def commit_upstream(root: Path, work: Path, marker: str) -> None:
     """A new commit upstream, as a release would make (here: a comment in the package)."""
-    if work.exists():
-        shutil.rmtree(work)
-    git = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.org"]
-    subprocess.run([*git, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)],
+    subprocess.run([*GIT, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)],
                    check=True)
     init = work / "src" / "srsd" / "__init__.py"
     init.write_text(init.read_text() + f"# {marker}\n")
-    subprocess.run([*git, "-C", str(work), "commit", "-qam", marker], check=True)
-    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "main"], check=True)
+    subprocess.run([*GIT, "-C", str(work), "commit", "-qam", marker], check=True)
+    subprocess.run([*GIT, "-C", str(work), "push", "-q", "origin", "main"], check=True)
 
 
 def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path) -> None:
