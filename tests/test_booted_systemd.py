@@ -284,8 +284,9 @@ def test_install_steps_start_the_service(booted: Booted) -> None:
     assert "srsd OK: tcp_table 127.0.0.1:10001/10002: round trip ok" in output, output
     assert booted.active("srsd") == ["active"]
     status = booted.ok("systemctl show -p StatusText --value srsd").strip()
-    assert re.fullmatch(r"\d+ lookups, \d+ connections open, \d+ refused \(limit\), "
-                        r"0 failed reloads", status), status  # fmt: skip
+    assert re.fullmatch(r"\d+ lookups, \d+ connections open, \d+ evicted, \d+ refused "
+                        r"\(limit\), \d+ refused \(user\), 0 failed reloads",
+                        status), status  # fmt: skip
     security = booted.ok("systemd-analyze security --no-pager srsd.service")
     assert re.search(r"Overall exposure level for srsd\.service: \d\.\d OK", security), security
 
