@@ -129,3 +129,18 @@ def lookup(port: int, key: bytes, host: str = "127.0.0.1", timeout: float = 10.0
                 break
             reply += chunk
     return reply.rstrip(b"\n")
+
+
+def metric_samples(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:
+    """Every sample of srsd's ``/metrics`` on ``port``, by its name with labels."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    samples = {}
+    for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

@@ -47,7 +47,7 @@ from srsd.codec import Codec
 from srsd.server import Server
 from tests.local_users import NOBODY
 from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess
+from tests.server_process import SECRET, SrsdProcess, metric_samples
 from tests.test_admission_attacks import attackers
 
 TIMEOUT = 10.0  # the bound on every single wait
@@ -106,18 +106,7 @@ class Target(SrsdProcess):
 
     def metrics(self) -> dict[str, float]:
         """Every sample of ``/metrics``, by its name with labels."""
-        with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=TIMEOUT) as s:
-            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        body = data.partition(b"\r\n\r\n")[2].decode()
-        samples = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return metric_samples(self.metrics_port, timeout=TIMEOUT)
 
     def open_connections(self) -> int:
         return int(self.metrics()["srsd_connections_open"])

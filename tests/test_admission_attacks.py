@@ -28,7 +28,7 @@ import pytest
 from srsd.codec import Codec
 from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
 from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess
+from tests.server_process import SECRET, SrsdProcess, metric_samples
 from tests.test_operations import health
 
 DOMAIN = b"forwarder.test"
@@ -63,17 +63,7 @@ class Target(SrsdProcess):
 
     def metrics(self) -> dict[str, float]:
         """Every sample of ``/metrics``, by its name with labels."""
-        with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=TIMEOUT) as s:
-            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        samples = {}
-        for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return metric_samples(self.metrics_port, timeout=TIMEOUT)
 
 
 @dataclass
