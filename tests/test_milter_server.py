@@ -24,7 +24,18 @@ from srsd.delivery import PostfixDelivery
 from srsd.milter import command, macros, negotiate, split_replies
 from srsd.milter_server import MilterService
 from srsd.policy import Decision, DomainSet, Outcome, Policy
+from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess
+from tests.test_operations import (
+    Daemon,
+    activation_argv,
+    child_env,
+    labels,
+    samples,
+    scrape,
+    serve_args,
+    write_secret,
+)
 
 DOMAIN = b"forwarder.test"
 POLICY = Policy(Codec([SECRET], DOMAIN))
@@ -248,3 +259,30 @@ def test_srsd_serves_the_milter_on_a_unix_socket_and_applies_sighup(tmp_path: Pa
         assert [c for c, _ in milter_message(path, b"<dave@mailbox.test>")] == [b"e", b"c"]
         assert srsd.stop() == 0
     assert not path.exists(), "srsd left its milter socket behind"
+
+
+def test_socket_activated_milter_and_its_metrics(tmp_path: Path) -> None:
+    """systemd passes a unix socket named ``milter`` (and the metrics one): srsd serves the
+    milter on it, binds nothing itself, and counts the messages."""
+    unix = tmp_path / "milter.sock"
+    metrics = free_port()
+    env = child_env(tmp_path)
+    command = serve_args(tmp_path, "--forward-port", "0", "--reverse-port", "0",
+                         "--local-domains", "mailbox.test",
+                         secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    argv = activation_argv([str(unix), f"127.0.0.1:{metrics}"], ["milter", "metrics"], env,
+                           command)  # fmt: skip
+    with Daemon(argv, env, tmp_path) as daemon:
+        daemon.wait_log(f"Listening on 127.0.0.1:{metrics} as 4.")
+        assert [c for c, _ in milter_message(unix, b"<carol@dest.test>")] == [b"e", b"c"]
+        assert milter_message(unix, b"<dave@mailbox.test>") == [CONTINUE]
+        daemon.wait_log("srsd ready: ")
+        assert f"srsd ready: milter on unix:{unix}; " in daemon.log()
+        values = samples(scrape(metrics)[1])
+        assert values[("srsd_milter_messages_total", labels(outcome="rewritten"))] == 1
+        assert values[("srsd_milter_messages_total", labels(outcome="delivered here"))] == 1
+        assert values[("srsd_milter_sessions_open", labels())] == 0
+        key = labels(map="forward", protocol="milter", outcome="rewritten")
+        assert values[("srsd_lookups_total", key)] == 1
+        assert daemon.stop() == 0
+    assert unix.exists(), "srsd removed a socket it did not create (systemd owns it)"

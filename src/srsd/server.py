@@ -131,6 +131,16 @@ class Server:
         return logs.dropped_lines()
 
     @property
+    def milter_messages(self) -> Counter[str]:
+        """Messages the milter decided, by outcome (a metric)."""
+        return self.milter.messages
+
+    @property
+    def milter_sessions(self) -> int:
+        """Milter connections open now (a metric)."""
+        return self.milter.sessions
+
+    @property
     def database_errors(self) -> int:
         """Envelope database failures so far (a metric)."""
         return self.envelopes.outage.failures
