@@ -188,7 +188,7 @@ def is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool
         return False
     try:
         status = os.fstat(stream.fileno())
-    except (OSError, ValueError):  # closed, or not a real file (io.UnsupportedOperation)
+    except (OSError, ValueError, AttributeError):  # closed, not a file, or None (no fd 2)
         return False
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
