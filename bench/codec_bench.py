@@ -44,7 +44,11 @@ from pathlib import Path
 sys.path.insert(0, os.environ.get("SRSD_BENCH_SRC", str(Path(__file__).parent.parent / "src")))
 
 from srsd import codec, logs, tcp_table
-from srsd.lookups import tcp_table_reply
+
+try:
+    from srsd.lookups import tcp_table_reply
+except ImportError:  # an srsd from before issue 12 (SRSD_BENCH_SRC)
+    tcp_table_reply = tcp_table.reply_for  # type: ignore[attr-defined]
 from srsd.policy import Policy
 
 SECRET = b"bench-secret-0123456789abcdef"
