@@ -238,7 +238,7 @@ class LineWriter:
     """srsd's lines on stderr: rendered in order into one list, written in batches, never
     waiting for the destination (see the module's docstring)."""
 
-    def __init__(self, stream: TextIO, line_format: LineFormat) -> None:
+    def __init__(self, stream: TextIO | None, line_format: LineFormat) -> None:
         self.format = line_format
         self.pid = os.getpid()
         self.dropped = 0  # lines dropped because the destination took none
@@ -252,9 +252,11 @@ class LineWriter:
         self._write = self._writer(stream)
         self.handler = _WriterHandler(self)
 
-    def _writer(self, stream: TextIO) -> Callable[[bytes], int]:
+    def _writer(self, stream: TextIO | None) -> Callable[[bytes], int]:
         """A function writing bytes to ``stream``'s destination without waiting: it returns
         how many it wrote, or raises BlockingIOError."""
+        if stream is None:  # started with descriptor 2 closed: it may be a socket by now
+            return len
         try:
             fd = stream.fileno()
             mode = os.fstat(fd).st_mode
