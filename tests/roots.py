@@ -11,8 +11,9 @@ API (for the fresh-root, .deb and booted-systemd tests):
   as a tarball under ``$SRSD_ROOT_CACHE`` (default ``.cache/roots`` in the checkout,
   git-ignored; ``.ci/run`` points it at ``/var/cache/srsd-roots`` so fresh clones reuse it).
   ``extra`` adds packages (e.g. ``("systemd-sysv", "dbus")`` for a bootable root); each
-  package set is its own tarball. A file lock serialises concurrent builders. The first
-  build of bookworm takes a few minutes; later calls return at once.
+  package set is its own tarball, made again when older than two weeks. A file lock
+  serialises concurrent builders. A build takes one to two minutes here; later calls
+  return at once.
 - ``fresh_root(dest, suite="bookworm", extra=()) -> Path``: unpack that tarball into
   ``dest`` (an empty or missing directory) and make it usable on this machine: resolv.conf,
   a ``policy-rc.d`` that forbids starting services, and this host's extra CA certificates.
@@ -22,8 +23,12 @@ API (for the fresh-root, .deb and booted-systemd tests):
   apt/pip reach the network). The command is PID 1 of its PID namespace: when it exits,
   the kernel kills everything it left running, so a server started with ``&`` cannot
   outlive the call. On timeout the container is killed and ``TimeoutExpired`` raised.
-- ``start_in(root, command) -> Popen[str]``: the same, in the background (its own process
-  group); stop it with ``stop(proc)``.
+- ``start_in(root, command, log=None) -> Popen[str]``: the same, in the background (its own
+  process group; output piped, or written to the file ``log``); stop it with ``stop(proc)``:
+  SIGTERM makes nspawn SIGKILL the container's PID 1, so everything inside dies with it.
+- ``run_beside(proc, command, timeout=...)``: run a command in the RUNNING container of
+  ``start_in`` (nspawn refuses a second container on the same directory): ``nsenter`` into
+  the namespaces of its PID 1 (``leader(proc)``).
 - ``require_roots()``: the reason fresh roots cannot be built here, or None.
 
 Booting a root with systemd (host PID 1 here is not systemd, so nspawn must not register
@@ -45,6 +50,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -55,10 +61,18 @@ DEFAULT_CACHE = REPO / ".cache" / "roots"
 MIRROR = "http://deb.debian.org/debian"
 # What a freshly installed Debian mail server has before srsd: Python, Postfix, sudo, git.
 SERVER_PACKAGES = ("python3", "postfix", "ca-certificates", "sudo", "git")
+# The roots' host name (nspawn would take the directory's name, unknown to /etc/hosts).
+HOSTNAME = "fresh"
+# Debian's PATH for root.
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A cached root older than this is bootstrapped again, so that "fresh" follows Debian's
+# point releases.
+MAX_TARBALL_AGE = 14 * 24 * 3600.0
 # Bounds: debootstrap (network, a few minutes), unpacking, and a command inside by default.
 DEBOOTSTRAP_TIMEOUT = 1200.0
 UNPACK_TIMEOUT = 300.0
 RUN_TIMEOUT = 600.0
+LEADER_TIMEOUT = 30.0  # nspawn forks the container's PID 1 at once
 # Answers the packages' debconf questions in the root, as a postmaster would at install time.
 PRESEED = """\
 postfix postfix/main_mailer_type select Internet Site
@@ -114,7 +128,7 @@ def base_tarball(suite: str = "bookworm", extra: Iterable[str] = ()) -> Path:
     cache = cache_dir()
     tarball = cache / _tarball_name(suite, extra)
     with _locked(cache / ".lock"):
-        if tarball.exists():
+        if tarball.exists() and time.time() - tarball.stat().st_mtime < MAX_TARBALL_AGE:
             return tarball
         work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=cache))
         try:
@@ -178,6 +192,10 @@ def fresh_root(dest: Path, suite: str = "bookworm", extra: Iterable[str] = ()) -
     with contextlib.suppress(FileNotFoundError):
         (dest / "etc" / "resolv.conf").unlink()
     shutil.copyfile("/etc/resolv.conf", dest / "etc" / "resolv.conf")
+    # As the Debian installer leaves them: sudo resolves the host's own name.
+    (dest / "etc" / "hostname").write_text(f"{HOSTNAME}\n")
+    (dest / "etc" / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n"
+                                        "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
     _policy(dest)
     cas = sorted(HOST_EXTRA_CAS.glob("*.crt")) if HOST_EXTRA_CAS.is_dir() else []
     if cas:
@@ -193,8 +211,8 @@ def fresh_root(dest: Path, suite: str = "bookworm", extra: Iterable[str] = ()) -
 
 def _nspawn(root: Path, command: str) -> list[str]:
     return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
-            "--as-pid2", "-D", str(root),
-            "--setenv=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--as-pid2", f"--hostname={HOSTNAME}", "-D", str(root),
+            f"--setenv=PATH={PATH}", "--setenv=HOME=/root",
             "--setenv=LANG=C.UTF-8", "/bin/sh", "-c", command]
 
 
@@ -210,14 +228,44 @@ def run_in(root: Path, command: str,
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def start_in(root: Path, command: str) -> subprocess.Popen[str]:
-    """Start ``command`` in ``root`` in the background (stdout/stderr piped); see ``stop``."""
-    return subprocess.Popen(_nspawn(root, command), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def start_in(root: Path, command: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``command`` in ``root`` in the background; see ``stop``. Its stdout and stderr
+    go to pipes, or both to the file ``log`` (for a long-running command nobody reads)."""
+    if log is None:
+        return subprocess.Popen(_nspawn(root, command), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    with log.open("w") as out:
+        return subprocess.Popen(_nspawn(root, command), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
 
 
-def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str, str]:
+def leader(proc: subprocess.Popen[str], timeout: float = LEADER_TIMEOUT) -> int:
+    """The host PID of the PID 1 of the container that ``start_in`` started."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = children.read_text().split() if children.exists() else []
+        if found:
+            return int(found[0])
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the container of {proc.args!r} has no PID 1 "
+                               f"(exit status {proc.returncode})")
+        time.sleep(0.05)
+
+
+def run_beside(proc: subprocess.Popen[str], command: str,
+               timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``/bin/sh -c command`` in the RUNNING container of ``start_in`` (nspawn allows one
+    container per directory at a time), entering its namespaces with nsenter."""
+    return subprocess.run(
+        ["nsenter", "--target", str(leader(proc)), "--all", "--root", "--wd",
+         "env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "HOME=/root", "/bin/sh", "-c", command],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str | None, str | None]:
     """Stop a container from ``start_in`` (SIGTERM, then SIGKILL) and return its output."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

@@ -122,6 +122,16 @@ def external(local: bytes) -> bytes:
     return local if is_dot_atom(local) else quote(local)
 
 
+def answer_local(local: bytes, *, quoted: bool) -> bytes:
+    """An answer's local part as the spec ("Quoted local parts") says: the external form
+    when the input was quoted, and also when the local part is empty (``""@host`` is a
+    mailbox, ``@host`` is not) or holds an address literal's ``[``, ``]`` or ``:``;
+    otherwise the bytes as they are (postsrsd's)."""
+    if quoted or not local or re.search(rb"[\[\]:]", local):
+        return external(local)
+    return local
+
+
 def srs_tag(local: bytes) -> int | None:
     """0 or 1 for a local part starting SRS0/SRS1 plus a separator (any case), else None."""
     match = _SRS_TAG.match(local)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from srsd import address
 from srsd.codec import Alphabet, BadHash, Codec, NotSRS
+from srsd.policy import Outcome, Policy
 from tests import srsref as ref
 from tests.srsref import DOMAIN, NOW, SECRET
 
@@ -284,7 +285,33 @@ def test_quoted_original_whose_srs_form_is_a_dot_atom_comes_back_unquoted() -> N
     # The answer is not valid RFC 5322 external form; whether Postfix's lenient parser turns
     # it into the same internal form as the quoted original is not verified here. Pinned
     # because it is not byte-symmetric (spec "Quoted local parts" does not decide it).
-    for local, content in [(b'".a"', b".a"), (b'""', b"")]:
-        minted = STD.forward(local + b"@x.example", NOW)
-        assert minted == srs0_local(content, b"x.example") + b"@" + DOMAIN
-        assert STD.reverse(minted, NOW) == content + b"@x.example"
+    minted = STD.forward(b'".a"@x.example', NOW)
+    assert minted == srs0_local(b".a", b"x.example") + b"@" + DOMAIN
+    assert STD.reverse(minted, NOW) == b".a@x.example"
+
+
+def test_empty_quoted_local_part_survives_the_round_trip() -> None:
+    # '""@origin.example' mints an unquoted SRS address (a dot-atom); its bounce must not
+    # decode to "@origin.example" (not a mailbox): an empty local part is quoted again.
+    for sender in (b'""@origin.example', b"@origin.example"):
+        minted = STD.forward(sender, NOW)
+        assert minted == srs0_local(b"", b"origin.example") + b"@" + DOMAIN
+        assert STD.reverse(minted, NOW) == b'""@origin.example'
+        assert STD.reverse(minted.lower(), NOW) == b'""@origin.example'
+    assert Policy(STD).forward(b'""', NOW).outcome is Outcome.NULL_SENDER
+
+
+@pytest.mark.parametrize("host", [b"[192.0.2.1]", b"[IPv6:2001:db8::1]", b"[IPv6:::1]"])
+def test_address_literal_senders_get_a_quoted_srs_local_part(host: bytes) -> None:
+    # "[", "]" and ":" are not atext: unquoted, the SRS address would not be a mailbox.
+    minted = STD.forward(b"user@" + host, NOW)
+    assert minted == b'"' + srs0_local(b"user", host) + b'"@' + DOMAIN
+    assert STD.reverse(minted, NOW) == b"user@" + host
+    assert STD.reverse(minted.lower(), NOW) == b"user@" + host.lower()
+    # postsrsd's unquoted form still decodes; the Postfix internal form too.
+    assert STD.reverse(minted.replace(b'"', b""), NOW) == b"user@" + host
+    # An SRS1 through a second forwarder decodes to the quoted SRS0 of the first hop.
+    hop2 = Codec([b"hop2-secret"], b"hop2.example")
+    srs1 = hop2.forward(minted.replace(DOMAIN, b"hop1.example"), NOW)
+    assert srs1.startswith(b'"SRS1=')
+    assert hop2.reverse(srs1, NOW) == minted.replace(DOMAIN, b"hop1.example")

@@ -68,8 +68,9 @@ def sh(root: Path, command: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb built by packaging/debian/build.sh from a clean clone of this repository."""
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding ``clone/`` (a clean clone of this repository) and ``out/DEB``,
+    built there by packaging/debian/build.sh."""
     work = tmp_path_factory.mktemp("deb-build")
     clone = work / "clone"
     build = clone / "packaging" / "debian" / "build.sh"
@@ -80,7 +81,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if done.returncode != 0:
             pytest.fail(f"{shlex.join(command)} exited {done.returncode}:\n"
                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)  # fmt: skip
-    return work / "out" / DEB
+    return work
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +94,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     roots.remove_root(path)
 
 
-def test_deb_installs_serves_and_purges(deb: Path, root: Path) -> None:
-    shutil.copyfile(deb, root / "root" / DEB)
-    unit = (REPO / "packaging" / "systemd" / "srsd.service").read_text()
+def test_deb_installs_serves_and_purges(build: Path, root: Path) -> None:
+    shutil.copyfile(build / "out" / DEB, root / "root" / DEB)
+    unit = (build / "clone" / "packaging" / "systemd" / "srsd.service").read_text()
 
     # -- install, nothing configured yet --
     said = sh(root, f"{APT} update >/dev/null && cd /root && {APT} install ./{DEB} 2>&1")
-    assert "no domain configured" in said
+    assert "srsd.service is not enabled: srsd: configuration error: domain:" in said
+    assert "systemctl enable --now srsd" in said
     assert sh(root, "command -v srsd").strip() == "/usr/bin/srsd"
     assert (root / "usr" / "share" / "man" / "man1" / "srsd.1.gz").is_file()
     installed_unit = (root / "lib" / "systemd" / "system" / "srsd.service").read_text()
@@ -141,7 +143,7 @@ def test_deb_installs_serves_and_purges(deb: Path, root: Path) -> None:
         echo "reverse $(postmap -q "$srs" tcp:127.0.0.1:{reverse})"
         echo "user $(stat -c %U /proc/$!)"
         kill $! && wait $! || true
-        cat /tmp/srsd.log >&2
+        sed 's/^/log /' /tmp/srsd.log
     """)
     answers = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     codec = Codec([secret.strip()], DOMAIN.encode())

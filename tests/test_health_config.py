@@ -1,21 +1,24 @@
-# `srsd health` finds the packaged unit's settings (environment file, TOML): no domain, no secret.
+# The unit's settings files: `srsd health` finds them (no domain, no secret); reload re-reads both.
 """``srsd health`` run from a bare root shell against an srsd started the way the packaged
 unit starts it: its ``EnvironmentFile=`` (/etc/default/srsd) or its TOML file
 (/etc/srsd/srsd.toml), both moved to temporary paths for the test. The probe needs no
 domain and never reads the secret; the caller's environment still wins over the file.
+A reload of an srsd that started with the environment file's values reads the file again.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from srsd import health
+from srsd import service_env
 from srsd.systemd import parse_environment_file
 from tests.ports import free_port
+from tests.server_process import lookup
 from tests.test_operations import SRC, TIMEOUT, Daemon, child_env, write_secret
 from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
 
@@ -23,9 +26,9 @@ from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
 AS_ROOT_SHELL = r"""
 import sys
 from pathlib import Path
-from srsd import cli, health, settings
+from srsd import cli, service_env, settings
 settings.DEFAULT_CONFIG = Path(sys.argv[1])
-health.ENVIRONMENT_FILE = Path(sys.argv[2])
+service_env.ENVIRONMENT_FILE = Path(sys.argv[2])
 sys.exit(cli.main(["health", *sys.argv[3:]]))
 """
 
@@ -50,7 +53,7 @@ def serve(workdir: Path, env: dict[str, str], *args: str) -> Daemon:
 
 def test_the_unit_reads_the_file_health_reads() -> None:
     unit = parse_unit(UNITS / "srsd.service")
-    assert one(unit, "Service", "EnvironmentFile") == f"-{health.ENVIRONMENT_FILE}"
+    assert one(unit, "Service", "EnvironmentFile") == f"-{service_env.ENVIRONMENT_FILE}"
 
 
 def test_health_reads_the_units_environment_file(tmp_path: Path) -> None:
@@ -113,3 +116,55 @@ def test_environment_file_syntax(text: str, expected: dict[str, str]) -> None:
 def test_environment_file_example_parses_as_the_unit_tests_read_it() -> None:
     example = (UNITS / "srsd.env.example").read_text()
     assert parse_environment_file(example) == environment_file()
+
+
+# -- a reload re-reads the environment file srsd started with ------------------------------------
+
+SERVE_WITH_ENV_FILE = r"""
+import sys
+from pathlib import Path
+from srsd import cli, service_env
+service_env.ENVIRONMENT_FILE = Path(sys.argv[1])
+sys.exit(cli.main(["serve", *sys.argv[2:]]))
+"""
+
+
+def test_reload_environment_follows_the_file_only_when_it_was_in_effect(tmp_path: Path) -> None:
+    env_file = tmp_path / "default-srsd"
+    env_file.write_text("SRS_DOMAIN=a.example\nSRS_EXCLUDE_DOMAINS=x.example\n")
+    started = {"PATH": "/bin", "SRS_DOMAIN": "a.example", "SRS_EXCLUDE_DOMAINS": "x.example"}
+    following = service_env.ReloadEnvironment(started, env_file)
+    assert following.from_file == {"SRS_DOMAIN", "SRS_EXCLUDE_DOMAINS"}
+    env_file.write_text("SRS_DOMAIN=b.example\n")  # edited, one removed
+    assert following() == {"PATH": "/bin", "SRS_DOMAIN": "b.example"}
+    env_file.unlink()
+    assert following() == {"PATH": "/bin"}
+    # srsd did not start with the file's values (another unit, a shell): the file is not used
+    env_file.write_text("SRS_DOMAIN=a.example\nSRS_EXCLUDE_DOMAINS=other.example\n")
+    for unrelated in (service_env.ReloadEnvironment(started, env_file),
+                      service_env.ReloadEnvironment(started, tmp_path / "absent")):  # fmt: skip
+        assert unrelated.from_file is None
+        env_file.write_text("SRS_DOMAIN=c.example\n")
+        assert unrelated() == started
+
+
+def test_reload_applies_an_edited_environment_file(tmp_path: Path) -> None:
+    port = free_port(count=2)
+    env_file = tmp_path / "default-srsd"
+    unit_file = (f"SRS_DOMAIN=forwarder.test\nSRS_FORWARD_PORT={port}\n"
+                 f"SRS_REVERSE_PORT={port + 1}\n")  # fmt: skip
+    env_file.write_text(unit_file)
+    secret = write_secret(tmp_path / "unit-secret")
+    argv = [sys.executable, "-c", SERVE_WITH_ENV_FILE, str(env_file), "--config", "/dev/null",
+            "--secret-file", str(secret)]  # fmt: skip
+    env = child_env(tmp_path, **parse_environment_file(unit_file))  # as systemd gives it
+    with Daemon(argv, env, tmp_path) as daemon:
+        daemon.wait_log("srsd ready: ")
+        assert lookup(port, b"alice@example.org", timeout=TIMEOUT).startswith(b"200 SRS0=")
+        env_file.write_text(f"{unit_file}SRS_EXCLUDE_DOMAINS=example.org\n"
+                            .replace(f"SRS_FORWARD_PORT={port}", "SRS_FORWARD_PORT=1"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("configuration reloaded")
+        assert lookup(port, b"alice@example.org", timeout=TIMEOUT).startswith(b"500 ")
+        assert "forward_port changed: restart to apply" in daemon.log()
+        assert daemon.stop() == 0

@@ -372,9 +372,9 @@ def test_socket_activation_unix_socketmap_and_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("names", "message"), [
     ("forward:bogus", "cannot start: socket activation: socket 4 is named 'bogus'; name it one "
-                      "of forward, reverse, socketmap, metrics with FileDescriptorName="),
-    ("metrics:metrics", "cannot start: socket activation passed no forward, reverse or "
-                        "socketmap socket"),
+                      "of forward, reverse, socketmap, milter, metrics with FileDescriptorName="),
+    ("metrics:metrics", "cannot start: socket activation passed no forward, reverse, "
+                        "socketmap or milter socket"),
 ], ids=["unknown name", "no map socket"])  # fmt: skip
 def test_socket_activation_with_wrong_names_fails_clearly(tmp_path: Path, names: str,
                                                            message: str) -> None:  # fmt: skip

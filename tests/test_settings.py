@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -755,6 +756,10 @@ reverse_port = 20002
 socketmap = "inet:[::1]:20003"        # postsrsd 2.x style socketmap as well
 socketmap_mode = 0o660
 socketmap_owner = "postfix:postfix"
+milter = "unix:{dir}/milter.sock"     # smtpd_milters: rewrite forwarded mail only
+local_domains = ["example.net", ".hosted.example"]
+rewrite_local = false
+milter_recipient_limit = 500
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
 max_connections = 200
@@ -791,6 +796,9 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.socketmap == settings.InetEndpoint("::1", 20003)
     assert str(s.socketmap) == "inet:[::1]:20003"
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
+    assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
+    assert s.local_domains == ("example.net", ".hosted.example")
+    assert (s.rewrite_local, s.milter_recipient_limit) == (False, 500)
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)
@@ -950,3 +958,14 @@ def test_config_output_reads_back_to_the_same_settings(
     toml.write_text("".join(f"{k} = {settings.toml_literal(v)}\n" for k, v in chosen.items()))
     s = settings.load(base_cli(secret), environ={}, config=toml)
     assert config_round_trip(tmp_path, s).values() == s.values()
+
+
+def test_settings_and_the_command_line_import_no_server_machinery() -> None:
+    # Validating envelope_database parses the URL only: no store, no trio, no sqlite3.
+    code = ("import sys, srsd.cli, srsd.settings\n"
+            "srsd.settings.parse_location('redis://h/1')\n"
+            "print(sorted(m for m in ('trio', 'sqlite3', 'redis', 'srsd.envelope.store', "
+            "'srsd.server') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]"

@@ -84,6 +84,22 @@ DEVIATIONS: dict[tuple[str, bytes], tuple[str, Answer]] = {
         "references emit SRS1=vfUI=hop1.example=AbCd=...",
         Answer("refused", why=Outcome.MALFORMED.name),
     ),
+    ("forward", b"user@[192.0.2.1]"): (
+        "README 'What srsd answers' (issue 11): an address literal's '[', ']' and ':' are not "
+        "atext, so the SRS local part is quoted as a whole to stay an RFC 5321 mailbox; the "
+        "references emit it unquoted",
+        Answer("rewritten", b'"SRS0=5psQ=IL=[192.0.2.1]=user"@forwarder.test'),
+    ),
+    ("forward", b"user@[IPv6:2001:db8::1]"): (
+        "README 'What srsd answers' (issue 11): as for user@[192.0.2.1]",
+        Answer("rewritten", b'"SRS0=7djj=IL=[IPv6:2001:db8::1]=user"@forwarder.test'),
+    ),
+    ("reverse", b"SRS0=NsC8=IL==@forwarder.test"): (
+        "README 'What srsd answers' (issue 11): an empty original local part decodes to '\"\"', "
+        "keeping '\"\"@origin.example' a mailbox through the round trip; the references "
+        "give '@'",
+        Answer("rewritten", b'""@'),
+    ),
 }
 
 

@@ -5,7 +5,9 @@ Postfix gives canonical maps the *external* form of an address: a local part tha
 not a dot-atom arrives quoted (``"a b"@example.org``). srsd unquotes such a local part
 before it builds or reads an SRS address and quotes the result again, so that Postfix
 can parse the answer (see ``docs/srs-format.md``, "Quoted local parts"). An unquoted
-input is never quoted on output: those bytes stay identical to postsrsd's.
+input gives an unquoted answer, byte-identical to postsrsd's, with two exceptions that
+keep the answer a valid RFC 5321 mailbox (:func:`needs_quotes`): an empty local part
+(``""@host``) and one holding an address literal's ``[``, ``]`` or ``:``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 _ATEXT = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
 ) | frozenset(range(0x80, 0x100))
+#: Bytes an address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) brings into an SRS
+#: local part: not atext, so such a local part is quoted as a whole (RFC 5321 Mailbox).
+_LITERAL = frozenset(b"[]:")
 _QUOTE = 0x22  # "
 _BACKSLASH = 0x5C  # \
 
@@ -64,6 +69,13 @@ def plain_local(local: bytes) -> tuple[bytes, bool]:
     else (``local`` unchanged, False)."""
     inner = unquote(local)
     return (local, False) if inner is None else (inner, True)
+
+
+def needs_quotes(local: bytes, *, was_quoted: bool) -> bool:
+    """Whether an SRS answer's local part must be quoted: when the input was quoted, when
+    it is empty (``""@host`` stays a mailbox) and when it holds an address literal's
+    ``[``, ``]`` or ``:``. Any other unquoted input gives unquoted bytes, as postsrsd's."""
+    return was_quoted or not local or not _LITERAL.isdisjoint(local)
 
 
 def quote(local: bytes) -> bytes:

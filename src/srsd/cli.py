@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from srsd import __version__, health, settings
+from srsd import __version__, health, service_env, settings
 from srsd.logs import show
 from srsd.policy import Decision
 
@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keygen(args.path, args.force)
     try:
         probe = args.command == "health"  # finds what the unit's srsd uses; no domain, no secret
-        loaded = settings.load(cli_values(args), config=args.config,
-                               environ=health.service_environment(os.environ) if probe else None,
+        environ = service_env.service_environment(os.environ) if probe else None
+        loaded = settings.load(cli_values(args), config=args.config, environ=environ,
                                create_secret=args.command == "serve" and not args.check,
                                need_secrets=not probe, need_domain=not probe)  # fmt: skip
     except settings.ConfigError as err:
@@ -116,8 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from srsd import server  # noqa: PLC0415  (trio is only needed to serve)
 
-        return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config),
-                          check=args.check)
+        reloaded = service_env.ReloadEnvironment(os.environ)  # re-reads /etc/default/srsd
+        return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config,
+                                                        environ=reloaded()),
+                          check=args.check)  # fmt: skip
     if args.command == "health":
         healthy, line = health.check(loaded, args.probe_timeout)
         print(line)

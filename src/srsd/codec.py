@@ -185,7 +185,7 @@ class Codec:
             stamp = day_stamp(now)
             srs_hash = self._sign(stamp, host, user)
             srs_local = b"=".join((b"SRS0" + self.separator + srs_hash, stamp, host, user))
-        if quoted:
+        if address.needs_quotes(srs_local, was_quoted=quoted):
             srs_local = address.quote(srs_local)
         return srs_local + b"@" + self.domain
 
@@ -203,7 +203,7 @@ class Codec:
         tag = srs_tag(user)
         if tag is None:
             raise NotSRS("Not an SRS address.")
-        if parts is None:
+        if parts is None or not parts[1]:  # the domain is not checked, but it must be there
             raise Malformed("No domain in SRS address.")
         if tag == 0:
             result_local, result_host = self._reverse_srs0(user, now)
@@ -211,7 +211,7 @@ class Codec:
             srs_hash, hop, opaque = _srs1_fields(user)
             self._verify(srs_hash, hop, opaque)
             result_local, result_host = b"SRS0" + opaque, hop
-        if quoted:
+        if address.needs_quotes(result_local, was_quoted=quoted):
             result_local = address.quote(result_local)
         return result_local + b"@" + result_host
 

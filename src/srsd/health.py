@@ -3,29 +3,25 @@
 
 The endpoints come from the same settings as ``srsd serve`` (so the check finds what the
 server listens on): the TOML file (``/etc/srsd/srsd.toml`` by default), the environment and
-the command line, and, beneath the environment, :data:`ENVIRONMENT_FILE` when it exists, the
-packaged unit's ``EnvironmentFile=``, so that a root shell sees what the unit's srsd sees
-without sourcing anything. Neither the SRS domain nor the secret is needed: the server signs
-the probe. For each configured protocol, a probe sender is rewritten through the
-forward map and the answer decoded through the reverse map; the check passes when the round
-trip gives the probe back. A wildcard listen address is probed on loopback. Plain blocking
-sockets with a time-out: this runs once and exits.
+the command line, and, beneath the environment, ``/etc/default/srsd`` when it exists (the
+packaged unit's ``EnvironmentFile=``, see :mod:`srsd.service_env`), so that a root shell
+sees what the unit's srsd sees without sourcing anything. Neither the SRS domain nor the
+secret is needed: the server signs the probe. For each configured protocol, a probe sender
+is rewritten through the forward map and the answer decoded through the reverse map; the
+check passes when the round trip gives the probe back. A wildcard listen address is probed
+on loopback. Plain blocking sockets with a time-out: this runs once and exits.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 from srsd import socketmap, tcp_table
-from srsd.settings import ConfigError, Settings, UnixEndpoint
-from srsd.systemd import parse_environment_file
+from srsd.settings import Settings, UnixEndpoint
 
 PROBE = b"srsd-health-probe@health.invalid"
-#: The packaged unit's environment file (``EnvironmentFile=-/etc/default/srsd``).
-ENVIRONMENT_FILE = Path("/etc/default/srsd")
 # A server listening on a wildcard address is probed on loopback.
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}  # noqa: S104
 _REPLY_LIMIT = 200_000
@@ -35,22 +31,6 @@ Address = tuple[str, int] | str  # (host, port) or a unix socket path
 
 class ProbeError(Exception):
     """The endpoint did not answer as a healthy srsd would."""
-
-
-def service_environment(environ: Mapping[str, str],
-                        path: Path | None = None) -> dict[str, str]:  # fmt: skip
-    """``environ`` over the values of the unit's environment file ``path`` (default
-    :data:`ENVIRONMENT_FILE`) when it exists: what the packaged unit gives ``srsd serve``,
-    plus what the caller set explicitly."""
-    path = ENVIRONMENT_FILE if path is None else path
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return dict(environ)
-    except (OSError, UnicodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) else "not UTF-8"
-        raise ConfigError(f"environment file {path}: {reason}") from None
-    return {**parse_environment_file(text), **environ}
 
 
 def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:

@@ -1,13 +1,14 @@
-# Listening sockets: tcp_table and socketmap endpoints, bound from the settings or from systemd.
+# Listening sockets: tcp_table, socketmap and milter endpoints, bound from the settings or systemd.
 """Open what srsd listens on, before serving and before privileges are dropped.
 
 An :class:`Endpoint` is one listening socket with the protocol it speaks (:class:`Wire`)
 and, for tcp_table, the map it serves (:class:`Role`, chosen by the port). :func:`bind`
 opens every configured listener: the two tcp_table ports on each ``listen`` address, the
-socketmap on TCP or on a unix socket file (a stale file from a crash is replaced, a live
-one never), and the metrics endpoint; or, under socket activation, adopts the sockets
-systemd passed, by their ``FileDescriptorName=``. :func:`close_all` closes endpoints and
-removes the unix socket files srsd created. Every failure is one :class:`StartError` line.
+socketmap and the milter on TCP or on a unix socket file (a stale file from a crash is
+replaced, a live one never), and the metrics endpoint; or, under socket activation,
+adopts the sockets systemd passed, by their ``FileDescriptorName=``. :func:`close_all`
+closes endpoints and removes the unix socket files srsd created. Every failure is one
+:class:`StartError` line.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import pwd
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -29,7 +30,7 @@ from srsd.logs import LOGGER
 from srsd.settings import InetEndpoint, Settings, UnixEndpoint
 
 #: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
-ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "metrics")
+ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "milter", "metrics")
 #: Seconds to wait for an answer when probing an existing unix socket file.
 PROBE_TIMEOUT = 1.0
 
@@ -46,6 +47,7 @@ class Wire(enum.Enum):
 
     TCP_TABLE = "tcp_table"
     SOCKETMAP = "socketmap"
+    MILTER = "milter"  # served by srsd.milter_server, not by the connection loop
 
 
 class StartError(Exception):
@@ -69,16 +71,20 @@ class Endpoint:
         return 0 if self.sock.family == socket.AF_UNIX else int(self.sock.getsockname()[1])
 
     def __str__(self) -> str:
+        if self.wire is Wire.MILTER:
+            return f"milter on {self.where}"
         name = self.role.value if self.role else "forward+reverse"
         return f"{self.wire.value} {name} on {self.where}"
 
 
 @dataclass
 class Bound:
-    """Everything :func:`bind` opened: the lookup endpoints and the metrics listeners."""
+    """Everything :func:`bind` opened: the lookup endpoints, the metrics listeners and the
+    milter endpoints."""
 
     endpoints: list[Endpoint]
     metrics: list[trio.SocketListener]
+    milter: list[Endpoint] = field(default_factory=list)
 
 
 async def bind(settings: Settings) -> Bound:
@@ -117,13 +123,23 @@ async def bind(settings: Settings) -> Bound:
             listening = _unix_socket(spec.path, settings)
             endpoints.append(Endpoint(Wire.SOCKETMAP, None, listening, f"unix:{spec.path}",
                                       spec.path, spec.path.lstat().st_ino))  # fmt: skip
+        milter = settings.milter
+        if isinstance(milter, InetEndpoint):
+            opened = await _tcp_sockets(milter.host, milter.port, "milter")
+            bound.milter += [Endpoint(Wire.MILTER, None, x, _where(x)) for x in opened]
+        elif isinstance(milter, UnixEndpoint):
+            listening = _unix_socket(milter.path, settings)
+            bound.milter.append(Endpoint(Wire.MILTER, None, listening, f"unix:{milter.path}",
+                                         milter.path, milter.path.lstat().st_ino))  # fmt: skip
     except BaseException:
         close_all(endpoints)
+        close_all(bound.milter)
         for listener in bound.metrics:
             await listener.aclose()
         raise
-    if not endpoints:
-        raise StartError("nothing to serve: both tcp_table ports are 0 and socketmap is off")
+    if not endpoints and not bound.milter:
+        raise StartError("nothing to serve: both tcp_table ports are 0, socketmap and milter "
+                         "are off")
     return bound
 
 
@@ -145,10 +161,13 @@ def _adopt(passed: list[systemd.PassedSocket]) -> Bound:
         where = f"unix:{sock.getsockname()}" if unix else _where(sock)
         if item.name == "socketmap":
             bound.endpoints.append(Endpoint(Wire.SOCKETMAP, None, sock, where))
+        elif item.name == "milter":
+            bound.milter.append(Endpoint(Wire.MILTER, None, sock, where))
         else:
             bound.endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), sock, where))
-    if not bound.endpoints:
-        raise StartError("socket activation passed no forward, reverse or socketmap socket")
+    if not bound.endpoints and not bound.milter:
+        raise StartError("socket activation passed no forward, reverse, socketmap or milter "
+                         "socket")
     return bound
 
 

@@ -12,7 +12,10 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
 * ``srsd_connections_open``, ``srsd_connections_rejected_total`` (over the limit);
 * ``srsd_reloads_total{result}`` (ok / failed);
 * ``srsd_database_errors_total``, ``srsd_database_writes_refused_total`` (flood cap);
-* ``srsd_log_lines_dropped_total``: log lines stderr did not take (it blocked).
+* ``srsd_log_lines_dropped_total``: log lines stderr did not take (it blocked);
+* ``srsd_milter_messages_total{outcome}`` (rewritten, delivered here, not rewritten,
+  tempfail, protocol error) and ``srsd_milter_sessions_open``; the milter's own lookups are
+  in ``srsd_lookups_total{protocol="milter"}``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,16 @@ class ServerState(Protocol):
         """Envelope database writes refused by the flood cap so far."""
         ...
 
+    @property
+    def milter_messages(self) -> Counter[str]:
+        """Messages the milter decided, by outcome."""
+        ...
+
+    @property
+    def milter_sessions(self) -> int:
+        """Milter connections open now."""
+        ...
+
 
 class ServerCollector(Collector):
     """Builds srsd's metric families from the server's counters at scrape time."""
@@ -136,6 +149,13 @@ class ServerCollector(Collector):
                                   "refused by the flood cap", value=s.database_writes_refused)
         yield CounterMetricFamily("srsd_log_lines_dropped", "Log lines dropped because their "
                                   "destination did not take them", value=s.log_lines_dropped)
+        messages = CounterMetricFamily("srsd_milter_messages", "Messages the milter decided, "
+                                       "by outcome", labels=["outcome"])  # fmt: skip
+        for outcome, count in sorted(s.milter_messages.items()):
+            messages.add_metric([outcome], count)
+        yield messages
+        yield GaugeMetricFamily("srsd_milter_sessions_open", "Milter connections open now",
+                                value=s.milter_sessions)  # fmt: skip
 
 
 def registry_for(server: ServerState) -> CollectorRegistry:

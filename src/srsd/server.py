@@ -14,6 +14,8 @@ request. The parts:
   and the drain; at most ``max_connections`` are open at once (:meth:`Server.admit`), a
   connection over the limit is closed at once and counted;
 * :mod:`srsd.lookups` decides, counts, logs and builds the replies;
+* :mod:`srsd.milter_server` serves the milter endpoint (``smtpd_milters``), one trio task per
+  connection outside the loop, deciding through the same lookups;
 * this module runs them: :class:`Server` binds, serves until SIGTERM/SIGINT, then stops
   accepting, lets replies in flight finish within ``shutdown_grace`` seconds and exits 0;
   SIGHUP reloads settings, secrets and exclusions, keeping the old ones when anything is
@@ -31,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from srsd import logs, systemd
+from srsd import logs, milter_server, systemd
 from srsd.connections import Connection, ConnectionLoop, Service
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.envelope.lookups import EnvelopeDatabase
@@ -92,6 +94,11 @@ class Server:
         self.rejected_connections = 0
         self.reloads: Counter[str] = Counter()
         self._last_limit_log = -LIMIT_LOG_INTERVAL
+        forward, reverse = milter_server.lookups_for(self.lookup)
+        self.milter = milter_server.MilterService(
+            forward=forward, reverse=reverse, delivery=milter_server.delivery_for(settings),
+            recipient_limit=settings.milter_recipient_limit)  # fmt: skip
+        self.milter_endpoints: list[Endpoint] = []
 
     @property
     def policy(self) -> Policy:
@@ -124,6 +131,16 @@ class Server:
         return logs.dropped_lines()
 
     @property
+    def milter_messages(self) -> Counter[str]:
+        """Messages the milter decided, by outcome (a metric)."""
+        return self.milter.messages
+
+    @property
+    def milter_sessions(self) -> int:
+        """Milter connections open now (a metric)."""
+        return self.milter.sessions
+
+    @property
     def database_errors(self) -> int:
         """Envelope database failures so far (a metric)."""
         return self.envelopes.outage.failures
@@ -140,6 +157,7 @@ class Server:
         with one clear line."""
         bound = await bind(self.settings)
         self.metrics_listeners = bound.metrics
+        self.milter_endpoints = bound.milter
         return bound.endpoints
 
     # -- main loop ------------------------------------------------------------------------------
@@ -168,6 +186,10 @@ class Server:
                             if self.notifier.enabled:
                                 loops.start_soon(self._report_status)
                             loops.start_soon(self._flush_log)
+                            if self.milter_endpoints:
+                                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(
+                                    e.sock)) for e in self.milter_endpoints]  # fmt: skip
+                                loops.start_soon(self.milter.serve, listeners, connections)
                             self.notifier.notify("READY=1", self.status())
                             task_status.started()
                 finally:
@@ -223,6 +245,8 @@ class Server:
         self.notifier.notify("STOPPING=1")
         self.loop.stop(self.settings.shutdown_grace)
         close_all(endpoints)
+        close_all(self.milter_endpoints)
+        self.milter.stop(self.settings.shutdown_grace)  # a message in flight may finish
         for listener in self.metrics_listeners:
             await listener.aclose()
 
@@ -280,6 +304,8 @@ class Server:
             setup_logging(new)
         self.settings = new
         self.lookup.configure(new, new.policy())
+        self.milter.delivery = milter_server.delivery_for(new)  # reads Postfix's config again
+        self.milter.recipient_limit = new.milter_recipient_limit
         self.reloads["ok"] += 1
         LOGGER.info("configuration reloaded: %d secret(s), %d excluded domain(s)",
                     len(new.secrets), len(new.excluded))  # fmt: skip
@@ -314,7 +340,8 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
         return 1
     await server.check_storage()
     LOGGER.info("srsd ready: %s; SRS domain %s, %d secret(s)",
-                ", ".join(map(str, endpoints)), settings.domain, len(settings.secrets))  # fmt: skip
+                ", ".join(map(str, endpoints + server.milter_endpoints)), settings.domain,
+                len(settings.secrets))  # fmt: skip
     await server.serve(endpoints)
     LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.values()))
     logs.flush()

@@ -425,6 +425,22 @@ class Settings:
         _owner, None, "SRS_SOCKETMAP_OWNER", "--socketmap-owner",
         "`USER` or `USER:GROUP` owning the unix socket", reloads=False,
         doc_default="(unchanged)", example='"postfix:postfix"')
+    milter: InetEndpoint | UnixEndpoint | None = setting(
+        _socketmap, None, "SRS_MILTER", "--milter",
+        "milter endpoint for `smtpd_milters`/`non_smtpd_milters`, rewriting forwarded mail "
+        "only: `inet:127.0.0.1:10004` or `unix:/run/srsd/milter.sock` (mode and owner as "
+        "for socketmap; empty: off)", reloads=False)
+    local_domains: tuple[str, ...] = setting(
+        _domains, (), "SRS_LOCAL_DOMAINS", "--local-domains",
+        "milter: recipient domains delivered on this host, instead of asking Postfix "
+        "(`postconf`, `postmap`); `.example.com` covers subdomains", repeatable=True,
+        doc_default="(asked of Postfix)")
+    rewrite_local: bool = setting(
+        _bool, False, "SRS_REWRITE_LOCAL", "--rewrite-local",
+        "milter: rewrite the sender even when every recipient is delivered on this host")
+    milter_recipient_limit: int = setting(
+        _int_in(1, 100_000), 1000, "SRS_MILTER_RECIPIENT_LIMIT", "--milter-recipient-limit",
+        "milter: recipients per message; each one beyond is answered 452 (sent again later)")
     keep_alive: float = setting(
         _seconds, 30.0, "SRS_KEEP_ALIVE", "--keep-alive",
         "seconds a socketmap connection may wait for its next request (Postfix closes "

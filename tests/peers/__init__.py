@@ -396,6 +396,13 @@ def expected_reverse(sender: bytes) -> bytes:
     return sender
 
 
+def srsd_decoded(address: bytes) -> bytes:
+    """``address`` as srsd answers a decode: an empty local part written ``""`` (README,
+    "What srsd answers": ``""@origin.example`` is a mailbox, ``@origin.example`` is not);
+    postsrsd and Mail::SRS give the bare ``@``."""
+    return b'""' + address if address.startswith(b"@") else address
+
+
 def _is_dot_atom(local: bytes) -> bool:
     atext = set(b"!#$%&'*+-/=?^_`{|}~0123456789") | set(range(0x80, 0x100))
     atext |= set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -49,6 +49,7 @@ from tests.peers import (
     srs1_malformed,
     srs_hash_field,
     srs_tag,
+    srsd_decoded,
     swap_alphabet,
     tcp_encode,
 )
@@ -197,6 +198,11 @@ DIFFERENCES: dict[str, Difference] = {
         "says 'Hash invalid in SRS address.'",
         lambda p, s, key: s.code == 200 and p.code == 500 and b"Hash invalid" in p.text,
     ),
+    "rev-empty-local": Difference(
+        "README 'What srsd answers' (issue 11): the original local part is empty; srsd "
+        "answers '\"\"@host', a mailbox, postsrsd the bare '@host'",
+        lambda p, s, key: p.found and s.code == 200 and s.text == b'""' + p.text,
+    ),
     "rev-long-hash": Difference(
         f"not in {SPEC}: a hash field longer than 27 characters (more than a whole SHA-1 "
         "digest) is malformed for srsd; postsrsd compares the first 4 characters only",
@@ -240,6 +246,8 @@ def reverse_difference(address: bytes) -> str | None:
         return "rev-long-hash"
     if b"-" in srs_hash or b"_" in srs_hash:
         return "rev-url-hash"
+    if tag == 0 and local[5:].split(b"=", 3)[3:] == [b""]:  # hash=TT=host=(empty user)
+        return "rev-empty-local"
     return None
 
 
@@ -415,6 +423,7 @@ def results(postsrsd, srsd_std: SrsdSide, srsd_url: SrsdSide) -> Results:  # typ
     to_reverse: dict[bytes, tuple[list[str], bytes | None]] = {}
 
     def decode(address: bytes, source: str, want: bytes | None) -> None:
+        want = None if want is None else srsd_decoded(want)  # what srsd must answer
         sources, _ = to_reverse.setdefault(address, ([], want))
         sources.append(source)
 

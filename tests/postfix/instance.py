@@ -325,7 +325,7 @@ class PostfixInstance:
             raise PostfixError(
                 "a throw-away Postfix instance needs root (postfix start runs the master as "
                 "root and the daemons as mail_owner): run these tests as root, e.g. "
-                'sudo -E env PATH="$PATH" python -m pytest tests/postfix'
+                'sudo .venv/bin/python -m pytest tests/postfix'
             )
         self.write_config()
         self.postfix_cmd("check")

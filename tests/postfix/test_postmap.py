@@ -217,6 +217,43 @@ def test_odd_senders_round_trip(postmap: Postmap, sender: str) -> None:
     assert postmap.found(back) == sender, postmap.context(back)
 
 
+#: RFC 5321 section 4.1.2: Mailbox = Local-part "@" Domain, the local part a Dot-string or a
+#: Quoted-string (qtextSMTP, quoted-pairSMTP); here the domain is the SRS domain.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+RFC5321_MAILBOX = re.compile(
+    rf'(?:{_ATEXT}+(?:\.{_ATEXT}+)*|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*")@'
+    + re.escape(SRS_DOMAIN) + r"\Z"
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sender", "srs_form"),
+    [
+        pytest.param("user@[192.0.2.1]", '"SRS0=', id="ipv4-literal"),
+        pytest.param("user@[IPv6:2001:db8::1]", '"SRS0=', id="ipv6-literal"),
+        pytest.param('""@origin.test', "SRS0=", id="empty-quoted-local-part"),
+    ],
+)
+def test_answers_are_rfc5321_mailboxes_and_bounces_decode(postmap: Postmap, sender: str,
+                                                          srs_form: str) -> None:  # fmt: skip
+    """An address literal's '[', ']', ':' get the SRS local part quoted as a whole; an
+    empty quoted local part comes back as '""' (README, "What srsd answers")."""
+    done = postmap.forward(sender)
+    value = postmap.found(done)
+    assert value.startswith(srs_form), postmap.context(done)
+    assert RFC5321_MAILBOX.match(value), f"not an RFC 5321 mailbox: {value!r}"
+    for bounce in (value, value.lower()):  # smtpd looks recipients up lower-cased
+        back = postmap.reverse(bounce)
+        assert postmap.found(back) == (sender if bounce == value else sender.lower()), (
+            postmap.context(back))  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ["SRS0=abcd=JM=origin.test=alice@", "SRS0=abcd=JM=o.test=a"])
+def test_srs_address_without_a_domain_is_not_found(postmap: Postmap, key: str) -> None:
+    """With an empty domain or none, an SRS address is malformed, whatever its hash."""
+    postmap.not_found(postmap.reverse(key))
+
+
 def test_long_sender_just_fits_in_a_reply(postmap: Postmap) -> None:
     """A 4041-byte SRS address: within Postfix's 4096-byte reply limit, both ways."""
     sender = "a" * 4000 + "@origin.test"

@@ -1,0 +1,345 @@
+# The milter endpoint in-process over real loopback sockets: decisions, failures, time-outs.
+"""A :class:`srsd.milter_server.MilterService` on a real TCP listener, driven by a milter
+client speaking what Postfix 3.7 sends (``milter_protocol = 6``). The policy and codec are
+the real ones; where recipients are delivered is a fixed ``local_domains`` list here (the
+discovery through Postfix is tested in ``test_delivery.py`` and end to end in
+``tests/postfix/test_milter_flow.py``)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from srsd import milter, milter_server
+from srsd.codec import Codec
+from srsd.delivery import PostfixDelivery
+from srsd.milter import command, macros, negotiate, split_replies
+from srsd.milter_server import MilterService
+from srsd.policy import Decision, DomainSet, Outcome, Policy
+from tests.ports import free_port
+from tests.server_process import SECRET, SrsdProcess
+from tests.test_operations import (
+    Daemon,
+    activation_argv,
+    child_env,
+    labels,
+    samples,
+    scrape,
+    serve_args,
+    write_secret,
+)
+
+DOMAIN = b"forwarder.test"
+POLICY = Policy(Codec([SECRET], DOMAIN))
+CONTINUE = (b"c", b"")
+
+
+async def forward(sender: bytes) -> Decision:
+    return POLICY.forward(sender, time.time())
+
+
+async def reverse(recipient: bytes) -> Decision:
+    return POLICY.reverse(recipient, time.time())
+
+
+def service(**overrides: Any) -> MilterService:
+    args: dict[str, Any] = {
+        "forward": forward, "reverse": reverse,
+        "delivery": PostfixDelivery(local_domains=DomainSet(["mailbox.test", DOMAIN.decode()])),
+    }  # fmt: skip
+    args.update(overrides)
+    return MilterService(**args)
+
+
+class Client:
+    """The MTA side of one milter connection."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    async def replies(self, count: int) -> list[tuple[bytes, bytes]]:
+        """Read until ``count`` replies have come; [] at EOF."""
+        out: list[tuple[bytes, bytes]] = []
+        with trio.fail_after(10):
+            while len(out) < count:
+                while len(self.buf) >= 4 and len(self.buf) >= 4 + int.from_bytes(self.buf[:4]):
+                    size = 4 + int.from_bytes(self.buf[:4])
+                    out += split_replies(self.buf[:size])
+                    self.buf = self.buf[size:]
+                if len(out) >= count:
+                    break
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return out
+                self.buf += data
+        return out
+
+    async def message(self, sender: bytes, *recipients: bytes) -> list[tuple[bytes, bytes]]:
+        """One message; the replies to its end (changes, then the final one)."""
+        await self.stream.send_all(command(milter.MAIL, sender, b"BODY=8BITMIME"))
+        assert await self.replies(1) == [CONTINUE]
+        for recipient in recipients:
+            await self.stream.send_all(command(milter.RCPT, recipient))
+            assert await self.replies(1) == [CONTINUE]
+        await self.stream.send_all(macros(milter.END_OF_MESSAGE, [(b"i", b"QID1")])
+                                   + command(milter.END_OF_MESSAGE))  # fmt: skip
+        out: list[tuple[bytes, bytes]] = []
+        while not out or out[-1][0] not in (b"c", b"a", b"t"):
+            more = await self.replies(1)
+            assert more, f"connection closed after {out}"
+            out += more
+        return out
+
+
+def run(svc: MilterService, body: Callable[[Client], Awaitable[None]]) -> None:
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.serve, listeners)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            client = Client(stream)
+            await stream.send_all(negotiate())
+            [(code, data)] = await client.replies(1)
+            assert code == b"O" and data[4:8] == b"\x00\x00\x00\x4c"
+            await body(client)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_forwarded_mail_gets_srs0_and_local_mail_keeps_its_sender() -> None:
+    svc = service()
+
+    async def body(client: Client) -> None:
+        replies = await client.message(b"<alice@origin.test>", b"<carol@dest.test>")
+        assert [c for c, _ in replies] == [b"e", b"c"]
+        new = replies[0][1].rstrip(b"\x00")
+        assert new.startswith(b"SRS0=") and new.endswith(b"=origin.test=alice@forwarder.test")
+        assert POLICY.reverse(new, time.time()).value == b"alice@origin.test"
+        # Every recipient delivered here: nothing changes.
+        assert await client.message(b"<alice@origin.test>", b"<dave@mailbox.test>") == [CONTINUE]
+        # One local and one remote recipient: the whole message is rewritten.
+        mixed = await client.message(b"<alice@origin.test>", b"<dave@mailbox.test>",
+                                     b"<carol@dest.test>")  # fmt: skip
+        assert [c for c, _ in mixed] == [b"e", b"c"]
+        # An SRS sender of someone else's gets SRS1; a local-domain sender is excluded.
+        srs1 = await client.message(b"<SRS0=abcd=JM=a.test=b@other.test>", b"<carol@dest.test>")
+        assert srs1[0][1].startswith(b"SRS1=")
+        own = await client.message(b"<x@forwarder.test>", b"<carol@dest.test>")
+        assert own == [CONTINUE]
+
+    run(svc, body)
+    assert svc.messages == {"rewritten": 3, "delivered here": 1, "not rewritten": 1}
+
+
+def test_bounce_to_our_srs_address_is_restored_and_invalid_ones_stay() -> None:
+    genuine = POLICY.forward(b"alice@origin.test", time.time()).value
+    assert genuine is not None
+    forged = genuine.replace(b"=alice@", b"=mallory@")
+
+    async def body(client: Client) -> None:
+        replies = await client.message(b"<>", b"<" + genuine + b">", b"<" + forged + b">")
+        assert replies == [(b"-", b"<" + genuine + b">\x00"), (b"+", b"alice@origin.test\x00"),
+                           CONTINUE]  # fmt: skip
+        # A lower-cased one (as smtpd folds) decodes too.
+        folded = await client.message(b"<>", b"<" + genuine.lower() + b">")
+        assert folded[1] == (b"+", b"alice@origin.test\x00")
+
+    run(service(), body)
+
+
+def test_rewrite_local_rewrites_local_mail_too() -> None:
+    async def body(client: Client) -> None:
+        replies = await client.message(b"<alice@origin.test>", b"<dave@mailbox.test>")
+        assert [c for c, _ in replies] == [b"e", b"c"]
+
+    run(service(delivery=PostfixDelivery(rewrite_local=True)), body)
+
+
+async def failing(_: bytes) -> Decision:
+    return Decision(Outcome.ERROR, reason="envelope database unavailable")
+
+
+async def crashing(_: bytes) -> Decision:
+    raise RuntimeError("boom")
+
+
+async def hanging(_: bytes) -> Decision:
+    await trio.sleep_forever()
+    raise AssertionError
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"forward": failing}, {"reverse": failing}, {"forward": crashing}, {"forward": hanging}],
+    ids=["forward-error", "reverse-error", "forward-crash", "forward-hangs"],
+)
+def test_what_srsd_cannot_decide_is_deferred(overrides: dict[str, Any],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(milter_server, "DECIDE_SECONDS", 0.5)
+    svc = service(**overrides)
+
+    async def body(client: Client) -> None:
+        assert await client.message(b"<alice@origin.test>", b"<carol@dest.test>") == [(b"t", b"")]
+        # The session goes on: the next message is decided again.
+        assert await client.message(b"<alice@origin.test>", b"<carol@dest.test>") == [(b"t", b"")]
+
+    run(svc, body)
+    assert svc.messages == {"tempfail": 2}
+
+
+def test_protocol_error_closes_the_connection() -> None:
+    svc = service()
+
+    async def body(client: Client) -> None:
+        await client.stream.send_all(command(milter.RCPT, b"<x@y>") + b"more garbage")
+        assert await client.replies(1) == []  # EOF, no reply
+
+    run(svc, body)
+    assert svc.messages == {"protocol error": 1} and svc.sessions == 0
+
+
+def test_idle_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(milter_server, "IDLE_SECONDS", 0.3)
+    svc = service()
+
+    async def body(client: Client) -> None:
+        with trio.fail_after(5):
+            assert await client.replies(1) == []
+
+    run(svc, body)
+    assert svc.sessions == 0
+
+
+# -- a real srsd process: the unix socket endpoint, SIGHUP --------------------------------
+
+
+def milter_message(path: Path, recipient: bytes) -> list[tuple[bytes, bytes]]:
+    """One conversation with srsd's milter on a unix socket: the end-of-message replies."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        stream = b"".join([negotiate(), command(milter.MAIL, b"<alice@origin.test>"),
+                           command(milter.RCPT, recipient), command(milter.END_OF_MESSAGE),
+                           command(milter.QUIT)])  # fmt: skip
+        sock.sendall(stream)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    replies = split_replies(data)
+    assert replies[0][0] == b"O" and replies[1:3] == [CONTINUE, CONTINUE], replies
+    return replies[3:]
+
+
+def test_srsd_serves_the_milter_on_a_unix_socket_and_applies_sighup(tmp_path: Path) -> None:
+    path = tmp_path / "milter.sock"
+    config = tmp_path / "srsd.toml"
+    config.write_text(f'milter = "unix:{path}"\nlocal_domains = ["mailbox.test"]\n')
+    with SrsdProcess(tmp_path, extra_args=["--config", str(config)]) as srsd:
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+        assert [c for c, _ in milter_message(path, b"<carol@dest.test>")] == [b"e", b"c"]
+        assert milter_message(path, b"<dave@mailbox.test>") == [CONTINUE]
+        config.write_text(f'milter = "unix:{path}"\nrewrite_local = true\n')
+        srsd.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration reloaded" not in srsd.log():
+            assert time.monotonic() < deadline, srsd.log()
+            time.sleep(0.05)
+        assert [c for c, _ in milter_message(path, b"<dave@mailbox.test>")] == [b"e", b"c"]
+        assert srsd.stop() == 0
+    assert not path.exists(), "srsd left its milter socket behind"
+
+
+def test_socket_activated_milter_and_its_metrics(tmp_path: Path) -> None:
+    """systemd passes a unix socket named ``milter`` (and the metrics one): srsd serves the
+    milter on it, binds nothing itself, and counts the messages."""
+    unix = tmp_path / "milter.sock"
+    metrics = free_port()
+    env = child_env(tmp_path)
+    command = serve_args(tmp_path, "--forward-port", "0", "--reverse-port", "0",
+                         "--local-domains", "mailbox.test",
+                         secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    argv = activation_argv([str(unix), f"127.0.0.1:{metrics}"], ["milter", "metrics"], env,
+                           command)  # fmt: skip
+    with Daemon(argv, env, tmp_path) as daemon:
+        daemon.wait_log(f"Listening on 127.0.0.1:{metrics} as 4.")
+        assert [c for c, _ in milter_message(unix, b"<carol@dest.test>")] == [b"e", b"c"]
+        assert milter_message(unix, b"<dave@mailbox.test>") == [CONTINUE]
+        daemon.wait_log("srsd ready: ")
+        assert f"srsd ready: milter on unix:{unix}; " in daemon.log()
+        values = samples(scrape(metrics)[1])
+        assert values[("srsd_milter_messages_total", labels(outcome="rewritten"))] == 1
+        assert values[("srsd_milter_messages_total", labels(outcome="delivered here"))] == 1
+        assert values[("srsd_milter_sessions_open", labels())] == 0
+        key = labels(map="forward", protocol="milter", outcome="rewritten")
+        assert values[("srsd_lookups_total", key)] == 1
+        assert daemon.stop() == 0
+    assert unix.exists(), "srsd removed a socket it did not create (systemd owns it)"
+
+
+def test_stop_closes_idle_sessions_and_lets_a_message_in_flight_finish() -> None:
+    svc = service()
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as sessions:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(svc.serve, listeners, sessions)
+                idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                busy = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                for client in (idle, busy):
+                    await client.stream.send_all(negotiate())
+                    assert [c for c, _ in await client.replies(1)] == [b"O"]
+                await busy.stream.send_all(command(milter.MAIL, b"<alice@origin.test>")
+                                           + command(milter.RCPT, b"<carol@dest.test>"))
+                assert await busy.replies(2) == [CONTINUE, CONTINUE]
+                accepting.cancel_scope.cancel()  # what SIGTERM does to the accept loops
+            svc.stop(5.0)
+            with trio.fail_after(5):
+                assert await idle.replies(1) == []  # closed at once: between messages
+            await busy.stream.send_all(command(milter.END_OF_MESSAGE))
+            replies = await busy.replies(2)
+            assert [c for c, _ in replies] == [b"e", b"c"]  # the message in flight finished
+            assert await busy.replies(1) == []  # then the session ends
+        assert svc.sessions == 0
+
+    trio.run(main)
+
+
+def test_sigterm_lets_a_message_in_flight_finish(tmp_path: Path) -> None:
+    path = tmp_path / "milter.sock"
+    with SrsdProcess(tmp_path, extra_args=["--milter", f"unix:{path}", "--local-domains",
+                                           "mailbox.test"]) as srsd:  # fmt: skip
+        with socket.socket(socket.AF_UNIX) as busy, socket.socket(socket.AF_UNIX) as idle:
+            for sock in (busy, idle):
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(negotiate())
+                assert sock.recv(65536)[4:5] == b"O"
+            busy.sendall(command(milter.MAIL, b"<alice@origin.test>")
+                         + command(milter.RCPT, b"<carol@dest.test>"))  # fmt: skip
+            data = b""
+            while len(data) < 10:
+                data += busy.recv(65536)
+            assert split_replies(data) == [CONTINUE, CONTINUE]
+            srsd.signal(signal.SIGTERM)
+            assert idle.recv(65536) == b""  # between messages: closed at once
+            busy.sendall(command(milter.END_OF_MESSAGE))
+            data = b""
+            while chunk := busy.recv(65536):
+                data += chunk
+            assert [c for c, _ in split_replies(data)] == [b"e", b"c"]
+        assert srsd.proc is not None and srsd.proc.wait(10) == 0
+    assert not path.exists()
