@@ -19,7 +19,8 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '4,5p' "$0" | sed 's/^#   //'
+    echo "usage: sudo sh install.sh                install, or upgrade after git pull"
+    echo "       sudo sh install.sh --uninstall    remove $PREFIX and $LINK; keep /etc/srsd, /var/lib/srsd"
 }
 
 uninstall() {
@@ -86,7 +87,12 @@ install() {
         "$PYTHON" -m venv "$PREFIX"
     fi
     say "installing srsd from $(pwd) into $PREFIX"
-    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade .
+    # Built from a copy: a build in the clone would leave root-owned build/ and egg-info
+    # there, and setuptools' build/lib keeps modules a later `git pull` removed.
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    cp -R pyproject.toml README.md src "$build/"
+    "$PREFIX/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$build"
     ln -sfn "$PREFIX/bin/srsd" "$LINK"
     say "$("$LINK" --version) installed: $LINK -> $PREFIX/bin/srsd"
 }

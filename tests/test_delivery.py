@@ -89,6 +89,8 @@ def delivered(view: PostfixDelivery, *recipients: bytes) -> bool:
         (b"postmaster", True),  # no domain: Postfix appends $myorigin (mx.example.org)
         (b"@example.org", False),  # no local part: cannot be known, so rewrite
         (b"a@[127.0.0.1]", False),
+        (b'"fwd\r"@mailbox.test', False),  # control characters: cannot be looked up, rewrite
+        (b'"a\tb"@mailbox.test', False),
     ],
 )
 def test_real_postfix_answers(postfix_dir: Path, recipient: bytes, here: bool) -> None:
@@ -140,3 +142,16 @@ def test_slow_postmap_is_unknown(postfix_dir: Path, monkeypatch: pytest.MonkeyPa
     view = PostfixDelivery(environ={**os.environ, "MAIL_CONFIG": str(postfix_dir)})
     view.postmap = str(slow)
     assert not delivered(view, b"dave@mailbox.test") and view.unknown == 1
+
+
+def test_the_answer_for_a_message_is_bounded(postfix_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Each postmap within its own limit, but too many of them: unknown, so rewrite."""
+    slowish = postfix_dir / "slowish-postmap"
+    slowish.write_text(f"#!/bin/sh\nsleep 0.3\nexec {find_program('postmap')} \"$@\"\n")
+    slowish.chmod(0o755)
+    monkeypatch.setattr(delivery, "ANSWER_TIMEOUT", 0.5)
+    view = PostfixDelivery(environ={**os.environ, "MAIL_CONFIG": str(postfix_dir)})
+    view.postmap = str(slowish)
+    many = [b"u%d@example.org" % i for i in range(5)]  # local, each a new alias lookup
+    assert not delivered(view, *many) and view.unknown == 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -34,10 +33,13 @@ SUITE = os.environ.get("SRSD_FRESH_SUITE", "bookworm")
 FORWARD = ("127.0.0.1", 10001)  # the defaults the quick start relies on
 REVERSE = ("127.0.0.1", 10002)
 SENDER = "alice@origin.example"
-SRS0 = re.compile(r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
+# hash: 4 characters of base64url (the default) or base64; day stamp: 2 of base32
+SRS0 = re.compile(r"SRS0=[A-Za-z0-9_+/-]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
 ORIGIN = Path("/srv/srsd.git")  # the root's "upstream" the clone pulls from
 CLONE = Path("/root/srsd")      # where the postmaster cloned srsd
+GIT = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.org"]
 SECRET = Path("/var/lib/srsd/secrets")
+READY = "srsd ready"  # srsd logs this once it listens
 # Bounds: installing (apt-get + pip from PyPI) and starting; a command that must return.
 START_TIMEOUT = 300.0
 COMMAND_TIMEOUT = 120.0
@@ -83,6 +85,13 @@ def _port_free(address: tuple[str, int]) -> bool:
     return True
 
 
+def require_free_ports() -> None:
+    busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
+    if busy:
+        pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
+                    "and the quick start's server needs these ports")
+
+
 def _listening(address: tuple[str, int]) -> bool:
     with socket.socket() as s:
         s.settimeout(POLL)
@@ -94,16 +103,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     reason = roots.require_roots()
     if reason is not None:
         pytest.skip(reason)
-    busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
-    if busy:
-        pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
-                    "and the quick start's server needs these ports")
+    require_free_ports()
     path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / SUITE, SUITE)
-    # Upstream: a bare repository holding this checkout's HEAD as its main branch.
-    origin = path / ORIGIN.relative_to("/")
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    subprocess.run(["git", "-C", str(roots.REPO), "push", "-q", str(origin),
-                    "HEAD:refs/heads/main"], check=True)
+    make_upstream(path, tmp_path_factory.mktemp("snapshot"))
     cloned = roots.run_in(path, f"git clone -q {ORIGIN} {CLONE}", timeout=COMMAND_TIMEOUT)
     assert cloned.returncode == 0, cloned.stderr
     yield path
@@ -113,10 +115,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def run_foreground(root: Path, command: str, log: Path) -> tuple[subprocess.Popen[str], float]:
     """Start README's foreground ``command`` in the clone; wait until srsd listens. Returns
     the container and the seconds it took; fails with the output if it stops first."""
+    require_free_ports()
     began = time.monotonic()
     proc = roots.start_in(root, f"cd {CLONE} && {command}", log=log)
     deadline = began + START_TIMEOUT
-    while not _listening(FORWARD):
+    while READY not in log.read_text() or not _listening(FORWARD):
         if proc.poll() is not None:
             pytest.fail(f"`{command}` exited {proc.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
@@ -165,17 +168,27 @@ def in_root(root: Path, command: str) -> subprocess.CompletedProcess[str]:
     return roots.run_in(root, command, timeout=COMMAND_TIMEOUT)
 
 
+def make_upstream(root: Path, work: Path) -> None:
+    """The root's upstream: a bare repository whose main branch is this checkout's HEAD as
+    one commit (from ``git archive``: a shallow or detached checkout works as well)."""
+    archive = subprocess.run(["git", "-C", str(roots.REPO), "archive", "HEAD"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    subprocess.run([*GIT, "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run([*GIT, "-C", str(work), "add", "-A", "--force"], check=True)
+    subprocess.run([*GIT, "-C", str(work), "commit", "-qm", "srsd"], check=True)
+    subprocess.run([*GIT, "clone", "-q", "--bare", str(work), str(root / ORIGIN.relative_to("/"))],
+                   check=True)
+
+
 def commit_upstream(root: Path, work: Path, marker: str) -> None:
     """A new commit upstream, as a release would make (here: a comment in the package)."""
-    if work.exists():
-        shutil.rmtree(work)
-    git = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.org"]
-    subprocess.run([*git, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)],
+    subprocess.run([*GIT, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)],
                    check=True)
     init = work / "src" / "srsd" / "__init__.py"
     init.write_text(init.read_text() + f"# {marker}\n")
-    subprocess.run([*git, "-C", str(work), "commit", "-qam", marker], check=True)
-    subprocess.run([*git, "-C", str(work), "push", "-q", "origin", "main"], check=True)
+    subprocess.run([*GIT, "-C", str(work), "commit", "-qam", marker], check=True)
+    subprocess.run([*GIT, "-C", str(work), "push", "-q", "origin", "main"], check=True)
 
 
 def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path) -> None:
@@ -190,6 +203,9 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
         root, start, tmp_path / "quickstart.log")
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
+    # The installer leaves the clone as it was: no root-owned build/ for `git pull` to trip on.
+    status = in_root(root, f"git -C {CLONE} status --porcelain --ignored")
+    assert status.returncode == 0 and status.stdout == "", status.stdout
     secret = in_root(root, f"cat {SECRET}").stdout
     assert secret
 

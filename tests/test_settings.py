@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -957,3 +958,14 @@ def test_config_output_reads_back_to_the_same_settings(
     toml.write_text("".join(f"{k} = {settings.toml_literal(v)}\n" for k, v in chosen.items()))
     s = settings.load(base_cli(secret), environ={}, config=toml)
     assert config_round_trip(tmp_path, s).values() == s.values()
+
+
+def test_settings_and_the_command_line_import_no_server_machinery() -> None:
+    # Validating envelope_database parses the URL only: no store, no trio, no sqlite3.
+    code = ("import sys, srsd.cli, srsd.settings\n"
+            "srsd.settings.parse_location('redis://h/1')\n"
+            "print(sorted(m for m in ('trio', 'sqlite3', 'redis', 'srsd.envelope.store', "
+            "'srsd.server') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]"

@@ -40,6 +40,10 @@ from srsd.policy import DomainSet
 
 #: Seconds a postconf or postmap command may take before its answer counts as unknown.
 COMMAND_TIMEOUT = 10.0
+#: Seconds the answer for one message's recipients may take (then: unknown, so rewrite).
+ANSWER_TIMEOUT = 10.0
+#: postconf/postmap processes running at once, at most (a flood of new recipients waits).
+COMMANDS_AT_ONCE = 8
 #: Seconds a table answer is reused.
 CACHE_SECONDS = 60.0
 #: Table answers kept at most (the oldest half is dropped when full).
@@ -238,8 +242,8 @@ class Resolver:
             domain = parts[1].decode("ascii").lower()
         except UnicodeDecodeError:
             raise Unknown(f"cannot look {show(recipient)!r} up") from None
-        if "\n" in local or "\x00" in local or domain.startswith("["):
-            raise Unknown(f"cannot look {show(recipient)!r} up")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in local) or domain.startswith("["):
+            raise Unknown(f"cannot look {show(recipient)!r} up")  # no line-based lookup
         is_local = await self.in_list(self.config.local_domains, domain)
         targets = await self._expand(local, domain, is_local)
         if targets is None:
@@ -298,6 +302,7 @@ class PostfixDelivery:
         self._resolver: Resolver | None = None
         self._loaded_at = -REFRESH_SECONDS
         self._lock = trio.Lock()
+        self._commands = trio.CapacityLimiter(COMMANDS_AT_ONCE)
         #: Lookups that could not be answered (a metric).
         self.unknown = 0
         self._warned = -WARNING_INTERVAL
@@ -320,11 +325,14 @@ class PostfixDelivery:
         try:
             if self.local_domains is not None:
                 return all(self._in_fixed(r) for r in recipients)
-            resolver = await self._current()
-            for recipient in recipients:
-                if not await resolver.delivered_here(recipient):
-                    return False
-        except Unknown as err:
+            with trio.fail_after(ANSWER_TIMEOUT):
+                resolver = await self._current()
+                for recipient in recipients:
+                    if not await resolver.delivered_here(recipient):
+                        return False
+        except (Unknown, trio.TooSlowError) as err:
+            if isinstance(err, trio.TooSlowError):
+                err = Unknown(f"no answer from Postfix within {ANSWER_TIMEOUT:g} s")
             self.unknown += 1
             now = time.monotonic()
             if now - self._warned >= WARNING_INTERVAL:  # a broken table: once a minute
@@ -371,7 +379,7 @@ class PostfixDelivery:
         stdin = "".join(k + "\n" for k in keys).encode("utf-8")
         out = await self._run([self.postmap, "-q", "-", table], stdin, not_found_ok=True)
         found: dict[str, str] = {}
-        for line in out.decode("utf-8", "replace").splitlines():
+        for line in out.decode("utf-8", "replace").split("\n"):
             key, tab, value = line.partition("\t")
             if tab:
                 found[key] = value
@@ -379,10 +387,11 @@ class PostfixDelivery:
 
     async def _run(self, args: list[str], stdin: bytes, *, not_found_ok: bool = False) -> bytes:
         try:
-            with trio.fail_after(COMMAND_TIMEOUT):
-                done = await trio.run_process(args, stdin=stdin, capture_stdout=True,
-                                              capture_stderr=True, check=False,
-                                              env=self.environ)  # fmt: skip
+            async with self._commands:
+                with trio.fail_after(COMMAND_TIMEOUT):
+                    done = await trio.run_process(args, stdin=stdin, capture_stdout=True,
+                                                  capture_stderr=True, check=False,
+                                                  env=self.environ)  # fmt: skip
         except trio.TooSlowError:
             raise Unknown(f"{Path(args[0]).name} took over {COMMAND_TIMEOUT:g} s") from None
         except OSError as err:

@@ -1,4 +1,4 @@
-# Listening sockets: tcp_table and socketmap endpoints, bound from the settings or from systemd.
+# Listening sockets: tcp_table, socketmap and milter endpoints, bound from the settings or systemd.
 """Open what srsd listens on, before serving and before privileges are dropped.
 
 An :class:`Endpoint` is one listening socket with the protocol it speaks (:class:`Wire`)

@@ -269,3 +269,31 @@ def test_round_trip_of_unusual_sender(
     assert bounce.mail_from == "", context()
     assert bounce.smtp_utf8 == utf8, context()
     flow.assert_no_map_trouble(log_offset)
+
+
+@pytest.mark.parametrize("host", ["[192.0.2.1]", "[IPv6:2001:db8::1]"])
+def test_round_trip_of_address_literal_sender(flow: MailFlow, log_offset: int, host: str) -> None:
+    """An address literal's '[', ']', ':' make the SRS local part quoted as a whole: Postfix
+    takes the answer as the envelope sender, and the bounce to it reaches the sender."""
+    sender = f"user@{host}"
+    start = time.time()
+    delivery = flow.forward(sender)
+    context = flow.diagnostics
+    expected = expected_srs0_candidates("user", host, start, quoted=True)
+    assert all(e.startswith('"SRS0=') for e in expected)
+    assert delivery.mail_from in expected, (
+        f"envelope sender {delivery.mail_from!r}, expected one of {sorted(expected)}" + context()
+    )
+    token = uuid.uuid4().hex
+    refused = flow.send("", delivery.mail_from, token=token)
+    assert refused is None, f"bounce to {delivery.mail_from} refused: {refused}" + context()
+    # The instance routes only dest.test and origin.test out, so the bounce to an address
+    # literal ends in its error transport; what matters is the recipient Postfix made of it.
+    decoded = f"to=<{sender}>, orig_to=<{delivery.mail_from}>"
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while decoded not in flow.postfix.log()[log_offset:]:
+        assert time.monotonic() < deadline, f"no {decoded!r} in the Postfix log" + context()
+        flow.postfix.flush()
+        time.sleep(0.2)
+    flow.assert_no_map_trouble(log_offset)
+
