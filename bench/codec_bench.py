@@ -17,32 +17,45 @@ Measured:
 * ``tcp_table.parse+encode``: :class:`srsd.tcp_table.RequestReader` fed one request line,
   plus the ``200`` reply encoded;
 * ``request.forward`` / ``request.reverse``: parse + policy + reply, the whole pure work
-  of one lookup without any I/O (what the server can never go below).
+  of one lookup without any I/O (what the server can never go below);
+* ``log line``: the info line of one rewrite (``forward <a> rewritten as <b>``, both
+  addresses through ``logs.show``) written to ``/dev/null``: through the :mod:`logging`
+  module as srsd did before issue 12, and srsd's way (``logs.line`` into the stderr writer
+  set up by ``logs.setup``, one write per 16 lines as in a pass of 16 connections) in the
+  plain, JSON and journal formats (issue 12's target: at most 3 µs a line).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # this work tree's srsd, or the one in $SRSD_BENCH_SRC (to compare a candidate change)
 sys.path.insert(0, os.environ.get("SRSD_BENCH_SRC", str(Path(__file__).parent.parent / "src")))
 
-from srsd import codec, tcp_table
-from srsd.lookups import tcp_table_reply
+from srsd import codec, logs, tcp_table
+
+try:
+    from srsd.lookups import tcp_table_reply
+except ImportError:  # an srsd from before issue 12 (SRSD_BENCH_SRC)
+    tcp_table_reply = tcp_table.reply_for  # type: ignore[attr-defined]
 from srsd.policy import Policy
 
 SECRET = b"bench-secret-0123456789abcdef"
 DOMAIN = b"forwarder.test"
 TARGET_OPS = 150_000  # issue 6: codec forward and reverse, each, per second on one core
+LOG_LINE_TARGET_US = 3.0  # issue 12: one per-lookup info log line
+LINES_PER_PASS = 16
 
 
 def _senders(count: int = 1000) -> list[bytes]:
@@ -129,8 +142,73 @@ def run(*, quick: bool = False) -> dict[str, float]:
         ("request.forward (parse+policy+reply)", make_request(policy.forward), requests),
         ("request.reverse (parse+policy+reply)", make_request(policy.reverse), srs_requests),
     ]
-    return {name: best_rate(fn, items, repeat=repeat, min_time=min_time)
-            for name, fn, items in cases}  # fmt: skip
+    results = {name: best_rate(fn, items, repeat=repeat, min_time=min_time)
+               for name, fn, items in cases}  # fmt: skip
+    pairs = [s + b" " + a for s, a in zip(senders, addresses, strict=True)]
+    for name, fn in _log_lines():
+        results[name] = best_rate(fn, pairs, repeat=repeat, min_time=min_time)
+    return results
+
+
+def _log_lines() -> Iterator[tuple[str, Callable[[bytes], object]]]:
+    """(name, one logged rewrite) for each way of logging measured; stderr is /dev/null."""
+    show, info = logs.show, logging.INFO
+    with open(os.devnull, "w") as devnull:
+        logging._srcfile = None  # as srsd's logs.setup does
+        logging.logThreads = False
+        logging.logMultiprocessing = False
+        old = logging.Logger("srsd-before")  # what srsd did before: a record per line
+        handler = logging.StreamHandler(devnull)
+        handler.setFormatter(logging.Formatter("%(asctime)s srsd[%(process)d]: %(levelname)s: "
+                                               "%(message)s"))  # fmt: skip
+        old.addHandler(handler)
+
+        def before(pair: bytes) -> None:
+            sender, _, address = pair.partition(b" ")
+            if old.isEnabledFor(info):
+                old.log(info, "%s <%s> rewritten as <%s>", "forward", show(sender),
+                        show(address))  # fmt: skip
+
+        yield "log line: logging module (before)", before
+        if not hasattr(logs, "line"):  # an older srsd (SRSD_BENCH_SRC)
+            return
+        status = os.fstat(devnull.fileno())
+        for name, json_lines, journal in (("plain", False, False), ("json", True, False),
+                                          ("journal", False, True)):  # fmt: skip
+            with _stderr(devnull, f"{status.st_dev}:{status.st_ino}" if journal else None):
+                logs.setup("info", json_lines=json_lines)
+            count = 0
+
+            def fast(pair: bytes) -> None:
+                nonlocal count
+                sender, _, address = pair.partition(b" ")
+                if logs.LOGGER.isEnabledFor(info):
+                    logs.line(info, f"forward <{show(sender)}> rewritten as <{show(address)}>")
+                count += 1
+                if count == LINES_PER_PASS:
+                    count = 0
+                    logs.flush()
+
+            yield f"log line: srsd, {name}", fast
+        logs.flush()
+        logs.LOGGER.handlers.clear()
+
+
+@contextlib.contextmanager
+def _stderr(stream: object, journal: str | None) -> Iterator[None]:
+    """``sys.stderr`` is ``stream`` (and ``JOURNAL_STREAM`` names it when ``journal``)."""
+    saved, saved_env = sys.stderr, os.environ.get("JOURNAL_STREAM")
+    sys.stderr = stream  # type: ignore[assignment]
+    os.environ.pop("JOURNAL_STREAM", None)
+    if journal:
+        os.environ["JOURNAL_STREAM"] = journal
+    try:
+        yield
+    finally:
+        sys.stderr = saved
+        os.environ.pop("JOURNAL_STREAM", None)
+        if saved_env is not None:
+            os.environ["JOURNAL_STREAM"] = saved_env
 
 
 def report(results: dict[str, float]) -> list[str]:
@@ -142,6 +220,9 @@ def report(results: dict[str, float]) -> list[str]:
             ok = rate >= TARGET_OPS
             verdict = "MET" if ok else "MISSED"
             mark = f"  target >={TARGET_OPS:,}: {verdict} ({rate / TARGET_OPS - 1:+.1%})"
+        if name.startswith("log line: srsd"):
+            ok = 1e6 / rate <= LOG_LINE_TARGET_US
+            mark = f"  target <={LOG_LINE_TARGET_US:g} us: {'MET' if ok else 'MISSED'}"
         lines.append(f"{name:40} {rate:12,.0f} {1e6 / rate:8.2f}{mark}")
     return lines
 

@@ -1,11 +1,11 @@
 # Profile srsd under load: py-spy (or cProfile) on the server, the C load generator driving it.
 """``python bench/profile.py [--conns 16] [--mode lockstep] [--direction forward]``
 
-Starts ``srsd serve`` (log level warning, pinned to the server CPU) under a profiler,
-drives it with ``tcpmap_load`` from the other CPU for ``--duration`` seconds, stops it and
-prints where the time went: the functions with the most samples of their own ("self")
-and including their callees ("total"), and a breakdown by layer (SRS work, tcp_table,
-trio cancel scopes, trio socket I/O, trio's scheduler).
+Starts ``srsd serve`` (log level info, the default, or ``--log-level``; pinned to the
+server CPU) under a profiler, drives it with ``tcpmap_load`` from the other CPU for
+``--duration`` seconds, stops it and prints where the time went: the functions with the
+most samples of their own ("self") and including their callees ("total"), and a breakdown
+by layer (SRS work, tcp_table, logging, the loop, trio socket I/O, trio's scheduler).
 
 * ``--tool py-spy`` (the default when ``py-spy`` is installed: ``pip install py-spy``):
   srsd runs as py-spy's child (no ptrace rights needed), sampled 250 times a second;
@@ -39,11 +39,13 @@ LAYERS = (
     ("SRS work (policy, codec, hmac)", ("policy.py", "codec.py", "address.py", "hmac.py",
                                         "base64.py")),
     ("tcp_table parse/encode", ("tcp_table.py", "socketmap.py")),
-    ("logging / counting", ("logging/", "logs.py", "Server._record", "collections/")),
+    ("logging / counting", ("logging/", "logs.py", "record (lookups.py", "collections/",
+                            "metrics.py")),
     ("trio cancel scopes and deadlines", ("CancelScope", "move_on_after", "Deadlines",
                                           "CancelStatus", "current_time", "_timeouts.py")),
     ("socket send/recv (syscalls + trio wrappers)", ("_socket.py", "_highlevel_socket.py")),
-    ("srsd server loop", ("server.py",)),
+    ("selectors (the loop's readiness set)", ("selectors.py",)),
+    ("srsd connection loop and lookups", ("connections.py", "lookups.py", "server.py")),
     ("trio scheduler / epoll", ("trio/",)),
 )  # fmt: skip
 
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("lockstep", "reconnect"), default="lockstep")
     parser.add_argument("--direction", choices=("forward", "reverse"), default="forward")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--log-level", default="info", help="srsd's (default: info)")
     parser.add_argument("--tool", choices=("auto", "py-spy", "cprofile"), default="auto")
     parser.add_argument("--svg", action="store_true", help="py-spy: an SVG flame graph too")
     parser.add_argument(
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         h.write_secret(secret)
         keys = workdir / "forward.keys"
         keys.write_bytes(b"".join(k + b"\n" for k in h.forward_keys()))
-        srsd = h.srsd_server(secret, workdir)
+        srsd = h.srsd_server(secret, workdir, log_level=args.log_level)
         serve = srsd.argv
         if tool == "py-spy":
             fmt = ["-f", "flamegraph", "-o", f"{stem}.svg"] if args.svg else \

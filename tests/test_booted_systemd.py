@@ -342,6 +342,28 @@ def test_reload_applies_a_changed_toml_and_warns_at_warning_priority(booted: Boo
     assert not [e for e in entries if re.match(r"\d{4}-\d\d-\d\d ", e["MESSAGE"])]  # no time
 
 
+def test_syslog_lines_carry_the_mail_facility_and_priority(booted: Booted) -> None:
+    """``syslog = true``: srsd also writes to /dev/log (journald's syslog socket here)."""
+    toml = booted.root / "etc/srsd/srsd.toml"
+    documented = toml.read_text()
+    try:
+        set_key(toml, "syslog", "true")
+        booted.ok("systemctl reload srsd")  # logging settings apply on reload
+        set_key(toml, "reverse_port", "10012")
+        booted.ok("systemctl reload srsd")  # a warning, to syslog as well
+        assert booted.tcp(10001, ALICE).startswith("200 SRS0=")  # an info line
+    finally:
+        toml.write_text(documented)
+        booted.ok("systemctl reload srsd")
+    entries = [json.loads(line) for line in booted.ok(
+        "journalctl -u srsd _TRANSPORT=syslog -o json --no-pager").splitlines()]  # fmt: skip
+    seen = {(e["SYSLOG_IDENTIFIER"], e["SYSLOG_FACILITY"], e["PRIORITY"], e["MESSAGE"])
+            for e in entries if isinstance(e["MESSAGE"], str)}  # fmt: skip
+    assert ("srsd", "2", "4", "reverse_port changed: restart to apply") in seen, seen
+    assert [m for (_, _, p, m) in seen if p == "6" and m.startswith(f"forward <{ALICE}>")]
+    assert {e["_PID"] for e in entries} == {str(booted.main_pid())}
+
+
 def test_health_and_reload_with_the_environment_file(booted: Booted) -> None:
     assert booted.ok("srsd health").startswith("srsd OK: tcp_table 127.0.0.1:10001/10002: ")
     env_file = booted.root / "etc/default/srsd"

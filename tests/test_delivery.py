@@ -89,6 +89,8 @@ def delivered(view: PostfixDelivery, *recipients: bytes) -> bool:
         (b"postmaster", True),  # no domain: Postfix appends $myorigin (mx.example.org)
         (b"@example.org", False),  # no local part: cannot be known, so rewrite
         (b"a@[127.0.0.1]", False),
+        (b'"fwd\r"@mailbox.test', False),  # control characters: cannot be looked up, rewrite
+        (b'"a\tb"@mailbox.test', False),
     ],
 )
 def test_real_postfix_answers(postfix_dir: Path, recipient: bytes, here: bool) -> None:

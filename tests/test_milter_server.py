@@ -286,3 +286,60 @@ def test_socket_activated_milter_and_its_metrics(tmp_path: Path) -> None:
         assert values[("srsd_lookups_total", key)] == 1
         assert daemon.stop() == 0
     assert unix.exists(), "srsd removed a socket it did not create (systemd owns it)"
+
+
+def test_stop_closes_idle_sessions_and_lets_a_message_in_flight_finish() -> None:
+    svc = service()
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as sessions:
+            async with trio.open_nursery() as accepting:
+                await accepting.start(svc.serve, listeners, sessions)
+                idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                busy = Client(await trio.open_tcp_stream("127.0.0.1", port))
+                for client in (idle, busy):
+                    await client.stream.send_all(negotiate())
+                    assert [c for c, _ in await client.replies(1)] == [b"O"]
+                await busy.stream.send_all(command(milter.MAIL, b"<alice@origin.test>")
+                                           + command(milter.RCPT, b"<carol@dest.test>"))
+                assert await busy.replies(2) == [CONTINUE, CONTINUE]
+                accepting.cancel_scope.cancel()  # what SIGTERM does to the accept loops
+            svc.stop(5.0)
+            with trio.fail_after(5):
+                assert await idle.replies(1) == []  # closed at once: between messages
+            await busy.stream.send_all(command(milter.END_OF_MESSAGE))
+            replies = await busy.replies(2)
+            assert [c for c, _ in replies] == [b"e", b"c"]  # the message in flight finished
+            assert await busy.replies(1) == []  # then the session ends
+        assert svc.sessions == 0
+
+    trio.run(main)
+
+
+def test_sigterm_lets_a_message_in_flight_finish(tmp_path: Path) -> None:
+    path = tmp_path / "milter.sock"
+    with SrsdProcess(tmp_path, extra_args=["--milter", f"unix:{path}", "--local-domains",
+                                           "mailbox.test"]) as srsd:  # fmt: skip
+        with socket.socket(socket.AF_UNIX) as busy, socket.socket(socket.AF_UNIX) as idle:
+            for sock in (busy, idle):
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(negotiate())
+                assert sock.recv(65536)[4:5] == b"O"
+            busy.sendall(command(milter.MAIL, b"<alice@origin.test>")
+                         + command(milter.RCPT, b"<carol@dest.test>"))  # fmt: skip
+            data = b""
+            while len(data) < 10:
+                data += busy.recv(65536)
+            assert split_replies(data) == [CONTINUE, CONTINUE]
+            srsd.signal(signal.SIGTERM)
+            assert idle.recv(65536) == b""  # between messages: closed at once
+            busy.sendall(command(milter.END_OF_MESSAGE))
+            data = b""
+            while chunk := busy.recv(65536):
+                data += chunk
+            assert [c for c, _ in split_replies(data)] == [b"e", b"c"]
+        assert srsd.proc is not None and srsd.proc.wait(10) == 0
+    assert not path.exists()

@@ -145,6 +145,8 @@ def refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # the listener closed while this connect was in flight
+        return refused(port)
 
 
 # -- SIGHUP -------------------------------------------------------------------------------------

@@ -242,8 +242,8 @@ class Resolver:
             domain = parts[1].decode("ascii").lower()
         except UnicodeDecodeError:
             raise Unknown(f"cannot look {show(recipient)!r} up") from None
-        if "\n" in local or "\x00" in local or domain.startswith("["):
-            raise Unknown(f"cannot look {show(recipient)!r} up")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in local) or domain.startswith("["):
+            raise Unknown(f"cannot look {show(recipient)!r} up")  # no line-based lookup
         is_local = await self.in_list(self.config.local_domains, domain)
         targets = await self._expand(local, domain, is_local)
         if targets is None:
@@ -379,7 +379,7 @@ class PostfixDelivery:
         stdin = "".join(k + "\n" for k in keys).encode("utf-8")
         out = await self._run([self.postmap, "-q", "-", table], stdin, not_found_ok=True)
         found: dict[str, str] = {}
-        for line in out.decode("utf-8", "replace").splitlines():
+        for line in out.decode("utf-8", "replace").split("\n"):
             key, tab, value = line.partition("\t")
             if tab:
                 found[key] = value

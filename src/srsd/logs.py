@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import logging.handlers
-import math
 import os
 import socket
 import stat
@@ -91,14 +90,18 @@ class JsonFormat(LineFormat):
 
     def __init__(self) -> None:
         self._second, self._stamp = -1, ""  # the last second rendered, and its text
+        self._middles: dict[tuple[int, int], str] = {}  # by (level, pid): the text between
 
     def render(self, level: int, message: str, created: float, pid: int,
                exception: str | None = None) -> str:  # fmt: skip
         """The record as a single line of JSON."""
         if not exception and created >= 0:  # built directly: the same text as json.dumps
-            return (f'{{"time": "{self._time(created)}", "level": '
-                    f'{encode_basestring(logging.getLevelName(level).lower())}, "pid": {pid}, '
-                    f'"message": {encode_basestring(message)}}}')  # fmt: skip
+            middle = self._middles.get((level, pid))
+            if middle is None:
+                name = encode_basestring(logging.getLevelName(level).lower())
+                middle = f'+00:00", "level": {name}, "pid": {pid}, "message": '
+                self._middles[(level, pid)] = middle
+            return f'{{"time": "{self._time(created)}{middle}{encode_basestring(message)}}}'
         entry = {
             "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
             "level": logging.getLevelName(level).lower(),
@@ -110,19 +113,18 @@ class JsonFormat(LineFormat):
         return json.dumps(entry, ensure_ascii=False)
 
     def _time(self, created: float) -> str:
-        """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``,
-        with the seconds' text made once per second (rounded to microseconds as datetime
-        does: half to even, carrying into the next second)."""
-        fraction, whole = math.modf(created)
-        micros = round(fraction * 1e6)
+        """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``
+        without its ``+00:00``, the seconds' text made once per second (rounded to
+        microseconds as datetime does: half to even, carrying into the next second)."""
+        second = int(created)
+        micros = round((created - second) * 1e6)
         if micros >= 1_000_000:
             micros -= 1_000_000
-            whole += 1
-        second = int(whole)
+            second += 1
         if second != self._second:
             stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._second, self._stamp = second, stamp
-        return f"{self._stamp}.{micros // 1000:03d}+00:00"
+        return f"{self._stamp}.{micros // 1000:03d}"
 
 
 class JournalFormat(LineFormat):
@@ -188,7 +190,7 @@ def is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool
         return False
     try:
         status = os.fstat(stream.fileno())
-    except (OSError, ValueError):  # closed, or not a real file (io.UnsupportedOperation)
+    except (OSError, ValueError, AttributeError):  # closed, not a file, or None (no fd 2)
         return False
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
@@ -236,7 +238,7 @@ class LineWriter:
     """srsd's lines on stderr: rendered in order into one list, written in batches, never
     waiting for the destination (see the module's docstring)."""
 
-    def __init__(self, stream: TextIO, line_format: LineFormat) -> None:
+    def __init__(self, stream: TextIO | None, line_format: LineFormat) -> None:
         self.format = line_format
         self.pid = os.getpid()
         self.dropped = 0  # lines dropped because the destination took none
@@ -250,9 +252,11 @@ class LineWriter:
         self._write = self._writer(stream)
         self.handler = _WriterHandler(self)
 
-    def _writer(self, stream: TextIO) -> Callable[[bytes], int]:
+    def _writer(self, stream: TextIO | None) -> Callable[[bytes], int]:
         """A function writing bytes to ``stream``'s destination without waiting: it returns
         how many it wrote, or raises BlockingIOError."""
+        if stream is None:  # started with descriptor 2 closed: it may be a socket by now
+            return len
         try:
             fd = stream.fileno()
             mode = os.fstat(fd).st_mode

@@ -213,6 +213,11 @@ class Session:
         return self._state is _State.CLOSED
 
     @property
+    def in_message(self) -> bool:
+        """True between a sender and the end of its message (or an abort)."""
+        return self._state is _State.MESSAGE
+
+    @property
     def buffered(self) -> int:
         """Bytes held for an incomplete packet (at most four plus ``max_packet``)."""
         return len(self._buf)

@@ -18,7 +18,9 @@ reactor. At the end of each message :func:`decide` says what to change:
 Time-outs: a connection idle for :data:`IDLE_SECONDS` (longer than Postfix's
 ``smtpd_timeout``) is closed, so is one whose replies are not read within
 :data:`SEND_SECONDS`; at most :data:`MAX_SESSIONS` connections are served at once (more are
-closed at once, and Postfix applies ``milter_default_action``).
+closed at once, and Postfix applies ``milter_default_action``). On SIGTERM
+(:meth:`MilterService.stop`) a connection between messages is closed at once, one in the
+middle of a message may finish it within ``shutdown_grace`` seconds.
 """
 
 from __future__ import annotations
@@ -131,20 +133,36 @@ class MilterService:
         self.recipient_limit = recipient_limit
         self.sessions = 0
         self.refused_sessions = 0
+        self._stopping = False
+        self._active: dict[trio.CancelScope, milter.Session] = {}
+        self._busy: set[trio.CancelScope] = set()  # answering what was received
         #: Messages decided, by outcome label; protocol errors under "protocol error".
         self.messages: Counter[str] = Counter()
 
     async def serve(
         self,
         listeners: Sequence[trio.SocketListener],
+        sessions: trio.Nursery | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept on ``listeners`` until cancelled; each connection is one task."""
+        """Accept on ``listeners`` until cancelled; each connection is one task, in
+        ``sessions`` when given (so that it outlives the accepting, see :meth:`stop`)."""
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(self._accept, listener, nursery)
+                nursery.start_soon(self._accept, listener, sessions or nursery)
             task_status.started()
+
+    def stop(self, grace: float) -> None:
+        """Shutting down: close connections between messages now; let one in the middle of
+        a message finish it within ``grace`` seconds, then close it."""
+        self._stopping = True
+        deadline = trio.current_time() + grace
+        for scope, session in list(self._active.items()):
+            if session.in_message or scope in self._busy:
+                scope.deadline = min(scope.deadline, deadline)
+            else:
+                scope.cancel()
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -166,19 +184,27 @@ class MilterService:
         """Serve one milter connection until QUIT, EOF, a protocol error or a time-out."""
         self.sessions += 1
         session = milter.Session(recipient_limit=self.recipient_limit)
+        scope = trio.CancelScope()
+        self._active[scope] = session
         try:
-            while not session.closed:
-                with trio.move_on_after(IDLE_SECONDS) as idle:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                if idle.cancelled_caught:
-                    LOGGER.info("milter: connection idle for %g s: closing", IDLE_SECONDS)
-                    return
-                actions = session.feed(data) if data else session.feed_eof()
-                if not await self._act(stream, session, actions):
-                    return
+            with scope:
+                while not session.closed and not (self._stopping and not session.in_message):
+                    with trio.move_on_after(IDLE_SECONDS) as idle:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    if idle.cancelled_caught:
+                        LOGGER.info("milter: connection idle for %g s: closing", IDLE_SECONDS)
+                        return
+                    actions = session.feed(data) if data else session.feed_eof()
+                    self._busy.add(scope)
+                    try:
+                        if not await self._act(stream, session, actions):
+                            return
+                    finally:
+                        self._busy.discard(scope)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # Postfix went away: nothing to answer
         finally:
+            del self._active[scope]
             self.sessions -= 1
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()

@@ -213,7 +213,7 @@ class Server:
                             if self.milter_endpoints:
                                 listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(
                                     e.sock)) for e in self.milter_endpoints]  # fmt: skip
-                                loops.start_soon(self.milter.serve, listeners)
+                                loops.start_soon(self.milter.serve, listeners, connections)
                             self.notifier.notify("READY=1", self.status())
                             task_status.started()
                 finally:
@@ -261,7 +261,8 @@ class Server:
         self.notifier.notify("STOPPING=1")
         self.loop.stop(self.settings.shutdown_grace)
         close_all(endpoints)
-        close_all(self.milter_endpoints)  # milter sessions end with the loops: Postfix defers
+        close_all(self.milter_endpoints)
+        self.milter.stop(self.settings.shutdown_grace)  # a message in flight may finish
         for listener in self.metrics_listeners:
             await listener.aclose()
 
