@@ -22,7 +22,9 @@ UNTRACKED_NOISE = {".git", ".venv", ".cache", "build", "dist", "__pycache__", ".
 def project_files() -> list[Path]:
     """The files of the project: git's tracked and new (not ignored) files, else a walk."""
     listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        # safe.directory: root may run the suite in a clone another user owns
+        ["git", "-c", "safe.directory=*", "-C", str(REPO),
+         "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True, check=False,
     )
     if listed.returncode == 0:
