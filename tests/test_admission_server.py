@@ -6,8 +6,9 @@ shares between different users are in ``tests/test_admission_attacks.py``.
 * full: a new connection evicts the connection idle the longest (which sees EOF), and is
   served; counted and logged once per 10 s;
 * at the per-user share: the user's own longest idle connection gives way;
-* every connection busy (answering a client that does not read): a new one is closed at
-  once, unanswered, counted as rejected;
+* every connection being answered (a lookup waiting for storage): a new one is closed at
+  once, unanswered, counted as rejected; a connection waiting for a client that does not
+  read its replies is not being answered, and may be evicted;
 * ``allowed_users``: another user's connection is closed at once, counted, logged;
 * ``request_timeout``: a request that started and did not end in time closes the
   connection (counted, logged); complete requests, however slow between them, and a
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import trio
 
-from srsd.listeners import Role
+from srsd.connections import Service
+from srsd.listeners import Endpoint, Role
+from srsd.server import Server
 from tests.test_server import (
     TIMEOUT,
     CapturedLog,
@@ -76,21 +79,70 @@ async def test_a_user_at_its_share_evicts_its_own(tmp_path: Path) -> None:
         assert srv.server.open_connections == 2
 
 
-async def test_busy_connections_are_never_evicted(tmp_path: Path, quiet_log: None) -> None:
-    # One connection pipelines requests and reads nothing: once its replies fill the socket
-    # buffers it waits for room to send, a request being answered. Full, nothing evictable:
-    # a new connection is closed at once, unanswered, counted as rejected.
+class HeldService:
+    """A tcp_table service whose answer to ``get hold`` waits until released (as a lookup
+    waiting for the envelope database does): the connection is being answered."""
+
+    def __init__(self, inner: Service, release: trio.Event) -> None:
+        self.inner = inner
+        self.release = release
+        self.idle_limit = inner.idle_limit
+        self.reader = inner.reader
+
+    def answer(self, event: object) -> bytes | None:
+        if getattr(event, "key", None) == b"hold":
+            return None
+        return self.inner.answer(event)
+
+    async def answer_later(self, event: object) -> bytes:
+        await self.release.wait()
+        return b"500 released\n"
+
+
+class HoldingServer(Server):
+    release: trio.Event | None = None
+
+    def service(self, endpoint: Endpoint) -> Service:
+        if self.release is None:  # one for every endpoint
+            self.release = trio.Event()
+        return HeldService(super().service(endpoint), self.release)
+
+
+async def test_connections_being_answered_are_never_evicted(tmp_path: Path) -> None:
+    # Full with one connection whose request is being answered (waiting for storage): a
+    # new connection cannot evict it and is closed at once, unanswered, counted.
+    async with serving(tmp_path, HoldingServer, max_connections=1) as srv:
+        server = srv.server
+        assert isinstance(server, HoldingServer)
+        held = await srv.connect()
+        await held.send(b"get hold\n")
+        await wait_for(lambda: any(c.answering for c in server.loop.connections),
+                       "the held request to be taken up")  # fmt: skip
+        late = await srv.connect()
+        assert await late.rest(reset_ok=True) == b""
+        assert (server.rejected_connections, server.admission["evicted"]) == (1, 0)
+        assert server.release is not None
+        server.release.set()
+        assert await held.line() == b"500 released\n"
+        assert (await held.ask(b"bob")).startswith(b"500 ")  # still served
+
+
+async def test_a_client_that_does_not_read_may_be_evicted(tmp_path: Path,
+                                                          quiet_log: None) -> None:  # fmt: skip
+    # A connection pipelining requests and reading nothing waits for the client once its
+    # replies fill the socket buffers: the client holds it up, not srsd. Full, a new
+    # connection evicts it.
     payload = b"".join(b"get u%06d@example.org\n" % i for i in range(60_000))
     async with serving(tmp_path, max_connections=1) as srv:
         server = srv.server
         sock = await connect_small_window(srv.forward)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_until_closed, sock, payload)
-            await wait_for(lambda: any(c.answering for c in server.loop.connections),
-                           "the pipelining client to wait for room")  # fmt: skip
-            late = await srv.connect(Role.REVERSE)
-            assert await late.rest(reset_ok=True) == b""
-            assert (server.rejected_connections, server.admission["evicted"]) == (1, 0)
+            await wait_for(lambda: any(c.stalled for c in server.loop.connections),
+                           "the pipelining client to hold up its replies")  # fmt: skip
+            late = await asked(await srv.connect(Role.REVERSE))
+            assert (server.admission["evicted"], server.rejected_connections) == (1, 0)
+            await asked(late)
             nursery.cancel_scope.cancel()
         sock.close()
 

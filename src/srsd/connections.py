@@ -123,7 +123,8 @@ class Connection:
     """One accepted connection as the loop, the sweep and admission control see it."""
 
     __slots__ = ("closed", "detached", "endpoint", "eof", "events", "last", "limit", "next",
-                 "opened", "partial_since", "reader", "scope", "service", "sock")  # fmt: skip
+                 "opened", "partial_since", "reader", "scope", "service", "sock",
+                 "stalled")  # fmt: skip
 
     def __init__(self, sock: socket.socket, endpoint: Endpoint, service: Service,
                  now: float) -> None:  # fmt: skip
@@ -141,6 +142,7 @@ class Connection:
         self.closed = False
         self.scope: trio.CancelScope | None = None  # of the slow-path task, when detached
         self.partial_since: float | None = None  # trio time the request now partial began
+        self.stalled = False  # on a slow path, waiting for the client: to read, or to stop
 
     @property
     def in_progress(self) -> bool:
@@ -149,8 +151,10 @@ class Connection:
 
     @property
     def answering(self) -> bool:
-        """A request is received and not answered yet (admission never evicts it)."""
-        return self.detached or self.next < len(self.events)
+        """A request is received and srsd is answering it (admission never evicts it);
+        not while the answer waits for a client that does not read its replies, or while
+        srsd discards input after a protocol error: then the client holds things up."""
+        return not self.stalled and (self.detached or self.next < len(self.events))
 
 
 class _Listening:
@@ -430,10 +434,14 @@ class ConnectionLoop:
         """Send, answer and send until every received request is answered; True if the
         connection may go back into the loop."""
         while True:
-            if unsent and not await send_all(conn.sock, unsent):
-                LOGGER.warning("%s client did not read its replies for %g s: closing",
-                               conn.endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
-                return False
+            if unsent:
+                conn.stalled = True
+                sent = await send_all(conn.sock, unsent)
+                conn.stalled = False
+                if not sent:
+                    LOGGER.warning("%s client did not read its replies for %g s: closing",
+                                   conn.endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
+                    return False
             if conn.next >= len(conn.events):
                 break
             await trio.lowlevel.checkpoint()  # between two batches, the others run
@@ -445,6 +453,7 @@ class ConnectionLoop:
         if conn.eof:
             return False
         if conn.reader.closed:
+            conn.stalled = True
             await linger(conn.sock)
             return False
         return not self._stopping
