@@ -12,7 +12,9 @@ HOST:PORT for SECONDS or until SIGTERM, replacing every connection that ends at 
   closes it (answers other than an SRS0 address for ``flood@example.org`` are counted as
   wrong);
 * ``ask``: asks a lookup, and another after each answer (a disallowed user trying to use
-  srsd as a signing oracle).
+  srsd as a signing oracle);
+* ``pipeline``: writes requests without end and never reads a reply (a small receive
+  buffer: srsd's replies back up at once); a connection ends when a write fails.
 
 Prints one JSON object of counts on stdout when done: connections opened, closed by srsd
 (EOF or reset), answer lines received, and how long connections that srsd closed had
@@ -35,7 +37,9 @@ def main() -> None:
     mode, host, port, size, seconds = sys.argv[1:6]
     address = (host, int(port))
     opening = {"slowloris": b"get slow", "partial": b"get partial@example.org", "idle": b"",
-               "flood": b"get flood@example.org\n", "ask": b"get ask@example.org\n"}[mode]
+               "flood": b"get flood@example.org\n", "ask": b"get ask@example.org\n",
+               "pipeline": b""}[mode]
+    pipelined = b"get pipelined@example.org\n" * 2000
     stats = {"connections": 0, "connect failed": 0, "closed by srsd": 0, "answers": 0,
              "wrong answers": 0}
     lifetimes = []
@@ -51,8 +55,13 @@ def main() -> None:
 
     def open_one() -> None:
         try:
-            sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if mode == "pipeline":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(address)
         except OSError:
+            sock.close()
             stats["connect failed"] += 1
             return
         stats["connections"] += 1
@@ -66,11 +75,13 @@ def main() -> None:
         sock.setblocking(False)
         now = time.monotonic()
         conns[sock] = [now, now, 0]
-        sel.register(sock, selectors.EVENT_READ)
+        if mode != "pipeline":  # a pipelining attacker never reads
+            sel.register(sock, selectors.EVENT_READ)
 
     def end(sock: socket.socket, by_srsd: bool) -> None:
         opened = conns.pop(sock)[0]
-        sel.unregister(sock)
+        if sock in sel.get_map():
+            sel.unregister(sock)
         sock.close()
         if by_srsd:
             stats["closed by srsd"] += 1
@@ -81,7 +92,9 @@ def main() -> None:
             open_one()
             if time.monotonic() >= deadline:
                 break
-        for key, _ in sel.select(min(0.05, max(0.0, deadline - now))):
+        if not sel.get_map():
+            time.sleep(min(0.01, max(0.0, deadline - now)))
+        for key, _ in sel.select(min(0.05, max(0.0, deadline - now))) if sel.get_map() else ():
             sock = key.fileobj
             try:
                 data = sock.recv(65536)
@@ -114,6 +127,13 @@ def main() -> None:
                     end(sock, True)
             elif mode == "flood" and answers and now - opened >= HOLD:
                 end(sock, False)
+            elif mode == "pipeline":
+                try:
+                    sock.send(pipelined)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    end(sock, True)
     for sock in list(conns):
         end(sock, False)
     lifetimes.sort()

@@ -151,10 +151,12 @@ class Connection:
 
     @property
     def answering(self) -> bool:
-        """A request is received and srsd is answering it (admission never evicts it);
-        not while the answer waits for a client that does not read its replies, or while
-        srsd discards input after a protocol error: then the client holds things up."""
-        return not self.stalled and (self.detached or self.next < len(self.events))
+        """srsd is answering a request of this connection and waits for its own work (the
+        envelope database): admission never evicts it. Not while the answer waits for a
+        client that does not read its replies or srsd discards input after a protocol
+        error (the client holds things up), nor while pipelined requests wait for the
+        loop's next passes (Postfix sends one request at a time, answered within a pass)."""
+        return self.detached and not self.stalled
 
 
 class _Listening:
