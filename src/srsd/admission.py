@@ -4,7 +4,8 @@ another one (evict), so that no local user can shut Postfix out by holding conne
 
 Each connection has an owner (:mod:`srsd.peercred`: a uid, ``"remote"`` for every peer on
 another host, ``"unknown"``), the time of its last activity (the connect, or the last
-request answered) and whether a request is being answered right now (busy). The rule, for
+request answered) and whether srsd is answering a request of it right now and waits for its
+own work to do so (busy: the server says which, :mod:`srsd.connections`). The rule, for
 a new connection of owner ``u`` (:func:`decide`):
 
 1. ``allowed_users`` is not empty and ``u`` is not in it: **refuse** (close at once).
