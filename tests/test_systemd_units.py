@@ -169,7 +169,7 @@ def test_service_unit_settings() -> None:
         "LoadCredential": f"{settings.SECRETS_CREDENTIAL}:/etc/srsd/secrets",
         "DynamicUser": "yes", "StateDirectory": "srsd", "ProtectSystem": "strict",
         "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "CapabilityBoundingSet": "",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK", "CapabilityBoundingSet": "",
         "ExecStart": f"{INSTALLED_SRSD} serve",
         "ExecStartPre": f"{INSTALLED_SRSD} serve --check",  # the only one: it gets the credential
     }  # fmt: skip
