@@ -44,17 +44,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=1000)
     args = parser.parse_args()
-    with socket.create_server(("127.0.0.1", 0)) as server, \
-            socket.create_connection(server.getsockname()):  # fmt: skip
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()),
+    ):
         conn, _ = server.accept()
         with conn:
             diag = PeerOwners()
             print(f"sock_diag      {best_of(5, 2000, lambda: diag.owner(conn)):8.1f} us")
             proc = PeerOwners(methods=("proc",))
-            sockets = sum(len(Path(f"/proc/net/{t}").read_text().splitlines()) - 1
-                          for t in ("tcp", "tcp6"))  # fmt: skip
-            print(f"proc           {best_of(5, 50, lambda: proc.owner(conn)):8.1f} us "
-                  f"({sockets} TCP sockets on this host)")
+            sockets = sum(
+                len(Path(f"/proc/net/{t}").read_text().splitlines()) - 1 for t in ("tcp", "tcp6")
+            )
+            print(
+                f"proc           {best_of(5, 50, lambda: proc.owner(conn)):8.1f} us "
+                f"({sockets} TCP sockets on this host)"
+            )
     left, right = socket.socketpair()
     with left, right:
         print(f"SO_PEERCRED    {best_of(5, 20000, lambda: diag.owner(left)):8.1f} us")

@@ -59,12 +59,15 @@ LINES_PER_PASS = 16
 
 
 def _senders(count: int = 1000) -> list[bytes]:
-    return [b"user%d.%04x@domain%d.example" % (i, (i * 2654435761) & 0xFFFF, i % 97)
-            for i in range(count)]  # fmt: skip
+    return [
+        b"user%d.%04x@domain%d.example" % (i, (i * 2654435761) & 0xFFFF, i % 97)
+        for i in range(count)
+    ]
 
 
-def best_rate(fn: Callable[[bytes], object], items: Sequence[bytes], *, repeat: int,
-              min_time: float) -> float:  # fmt: skip
+def best_rate(
+    fn: Callable[[bytes], object], items: Sequence[bytes], *, repeat: int, min_time: float
+) -> float:
     """Operations per CPU second of ``fn`` over ``items``: the fastest of ``repeat`` runs,
     each looping over ``items`` as many times as needed to last ``min_time`` seconds.
 
@@ -98,8 +101,7 @@ def run(*, quick: bool = False) -> dict[str, float]:
     senders = _senders()
     addresses = [srs.forward(s, now) for s in senders]
     mac = hmac.new(SECRET, digestmod=hashlib.sha1)
-    fields = [b"".join((b"JM", s.rpartition(b"@")[2], s.rpartition(b"@")[0]))
-              for s in senders]  # fmt: skip
+    fields = [b"".join((b"JM", s.rpartition(b"@")[2], s.rpartition(b"@")[0])) for s in senders]
     requests = [b"get " + s + b"\n" for s in senders]
     srs_requests = [b"get " + a + b"\n" for a in addresses]
 
@@ -142,8 +144,9 @@ def run(*, quick: bool = False) -> dict[str, float]:
         ("request.forward (parse+policy+reply)", make_request(policy.forward), requests),
         ("request.reverse (parse+policy+reply)", make_request(policy.reverse), srs_requests),
     ]
-    results = {name: best_rate(fn, items, repeat=repeat, min_time=min_time)
-               for name, fn, items in cases}  # fmt: skip
+    results = {
+        name: best_rate(fn, items, repeat=repeat, min_time=min_time) for name, fn, items in cases
+    }
     pairs = [s + b" " + a for s, a in zip(senders, addresses, strict=True)]
     for name, fn in _log_lines():
         results[name] = best_rate(fn, pairs, repeat=repeat, min_time=min_time)
@@ -159,22 +162,25 @@ def _log_lines() -> Iterator[tuple[str, Callable[[bytes], object]]]:
         logging.logMultiprocessing = False
         old = logging.Logger("srsd-before")  # what srsd did before: a record per line
         handler = logging.StreamHandler(devnull)
-        handler.setFormatter(logging.Formatter("%(asctime)s srsd[%(process)d]: %(levelname)s: "
-                                               "%(message)s"))  # fmt: skip
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s")
+        )
         old.addHandler(handler)
 
         def before(pair: bytes) -> None:
             sender, _, address = pair.partition(b" ")
             if old.isEnabledFor(info):
-                old.log(info, "%s <%s> rewritten as <%s>", "forward", show(sender),
-                        show(address))  # fmt: skip
+                old.log(info, "%s <%s> rewritten as <%s>", "forward", show(sender), show(address))
 
         yield "log line: logging module (before)", before
         if not hasattr(logs, "line"):  # an older srsd (SRSD_BENCH_SRC)
             return
         status = os.fstat(devnull.fileno())
-        for name, json_lines, journal in (("plain", False, False), ("json", True, False),
-                                          ("journal", False, True)):  # fmt: skip
+        for name, json_lines, journal in (
+            ("plain", False, False),
+            ("json", True, False),
+            ("journal", False, True),
+        ):
             with _stderr(devnull, f"{status.st_dev}:{status.st_ino}" if journal else None):
                 logs.setup("info", json_lines=json_lines)
             count = 0

@@ -66,7 +66,11 @@ def forge(job: tuple[int, int, int, bool]) -> tuple[int, float]:
         forged = bytes(rng.choices(PRESENTED, k=k))
         if srs1:
             local = b"SRS1=%s=hop%d-%d.example==x=%s=o.example=u" % (
-                forged, seed, i, rng.choice(stamps))  # fmt: skip
+                forged,
+                seed,
+                i,
+                rng.choice(stamps),
+            )
         else:
             local = b"SRS0=%s=%s=h%d-%d.example=user" % (forged, rng.choice(stamps), seed, i)
         try:
@@ -120,19 +124,25 @@ def main() -> None:
     args = parser.parse_args()
 
     per_char = char_acceptance()
-    print(f"model: one character matches with {per_char} = {float(per_char):.6f} "
-          f"(2^{math.log2(per_char):.3f}); best choice, a letter: 1/32")  # fmt: skip
-    print(f"{'kind':5} {'k':>2} {'tries':>11} {'accepted':>9} {'expected':>10} "
-          f"{'rate':>11} {'model rate':>11} {'1 in':>11} {'z':>6} {'us/try':>7}")  # fmt: skip
+    print(
+        f"model: one character matches with {per_char} = {float(per_char):.6f} "
+        f"(2^{math.log2(per_char):.3f}); best choice, a letter: 1/32"
+    )
+    print(
+        f"{'kind':5} {'k':>2} {'tries':>11} {'accepted':>9} {'expected':>10} "
+        f"{'rate':>11} {'model rate':>11} {'1 in':>11} {'z':>6} {'us/try':>7}"
+    )
     for kind in ["SRS0", "SRS1"] if args.srs1 else ["SRS0"]:
         for k in args.k:
             p = float(per_char**k)
             accepted, cpu = count(args.n, k, kind == "SRS1", args.jobs, args.seed + k)
             expected = args.n * p
             z = (accepted - expected) / math.sqrt(args.n * p * (1 - p))
-            print(f"{kind:5} {k:>2} {args.n:>11,} {accepted:>9,} {expected:>10.2f} "
-                  f"{accepted / args.n:>11.3e} {p:>11.3e} {1 / p:>11,.0f} {z:>6.2f} "
-                  f"{cpu / args.n * 1e6:>7.2f}")  # fmt: skip
+            print(
+                f"{kind:5} {k:>2} {args.n:>11,} {accepted:>9,} {expected:>10.2f} "
+                f"{accepted / args.n:>11.3e} {p:>11.3e} {1 / p:>11,.0f} {z:>6.2f} "
+                f"{cpu / args.n * 1e6:>7.2f}"
+            )
     print("CPU time of the slowest codec/policy call on a 1 MB field:")
     for name, seconds in long_fields():
         print(f"  {name:20} {seconds * 1000:8.2f} ms")

@@ -275,8 +275,9 @@ class Server:
         ports = {self.forward_port, self.reverse_port}
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}"
-                                   f"{self._log_tail()}")  # fmt: skip
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}{self._log_tail()}"
+                )
             if all(_accepting(p) for p in ports):
                 return self
             time.sleep(0.05)
@@ -319,17 +320,33 @@ def _accepting(port: int) -> bool:
         return False
 
 
-def srsd_server(secret: Path, workdir: Path, *, log_level: str = "warning",
-                name: str = "srsd") -> Server:  # fmt: skip
+def srsd_server(
+    secret: Path, workdir: Path, *, log_level: str = "warning", name: str = "srsd"
+) -> Server:
     """``python -m srsd serve`` from this work tree, base64 alphabet (postsrsd's)."""
     port = free_ports(2)
     argv = [
-        sys.executable, "-m", "srsd", "serve",
-        "--domain", DOMAIN, "--secret-file", str(secret), "--listen", "127.0.0.1",
-        "--forward-port", str(port), "--reverse-port", str(port + 1),
-        "--hash-alphabet", "base64", "--state-dir", str(workdir / "state"),
-        "--max-connections", "4000",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "srsd",
+        "serve",
+        "--domain",
+        DOMAIN,
+        "--secret-file",
+        str(secret),
+        "--listen",
+        "127.0.0.1",
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--hash-alphabet",
+        "base64",
+        "--state-dir",
+        str(workdir / "state"),
+        "--max-connections",
+        "4000",
+    ]
     if log_level != "info":  # info is the default: leave the flag out to measure that
         argv += ["--log-level", log_level]
     if os.geteuid() == 0 and _srsd_has_flag("--allow-root"):
@@ -343,8 +360,14 @@ def srsd_server(secret: Path, workdir: Path, *, log_level: str = "warning",
 
 def _srsd_has_flag(flag: str) -> bool:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    done = subprocess.run([sys.executable, "-m", "srsd", "serve", "--help"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "srsd", "serve", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return flag in done.stdout
 
 
@@ -354,11 +377,30 @@ def postsrsd_server(secret: Path, workdir: Path) -> Server | None:
         return None
     port = free_ports(2)
     argv = [
-        str(POSTSRSD), "-s", str(secret), "-d", DOMAIN, "-l", "127.0.0.1", "-4",
-        "-f", str(port), "-r", str(port + 1), "-a", "=", "-n", "4", "-N", "4", "-t", "1800",
-    ]  # fmt: skip
-    return Server("postsrsd", argv, port, port + 1, forks=True,
-                  stderr_path=workdir / "postsrsd.log")  # fmt: skip
+        str(POSTSRSD),
+        "-s",
+        str(secret),
+        "-d",
+        DOMAIN,
+        "-l",
+        "127.0.0.1",
+        "-4",
+        "-f",
+        str(port),
+        "-r",
+        str(port + 1),
+        "-a",
+        "=",
+        "-n",
+        "4",
+        "-N",
+        "4",
+        "-t",
+        "1800",
+    ]
+    return Server(
+        "postsrsd", argv, port, port + 1, forks=True, stderr_path=workdir / "postsrsd.log"
+    )
 
 
 def fixed_server(exe: Path, workdir: Path) -> Server:
@@ -371,8 +413,14 @@ def fixed_server(exe: Path, workdir: Path) -> Server:
 def ceiling_server(variant: str, workdir: Path) -> Server:
     """One of ``bench/python_ceilings.py``'s fixed-reply Python servers."""
     port = free_ports(1)
-    argv = [sys.executable, str(BENCH / "python_ceilings.py"), "--port", str(port),
-            "--variant", variant]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(BENCH / "python_ceilings.py"),
+        "--port",
+        str(port),
+        "--variant",
+        variant,
+    ]
     return Server(variant, argv, port, port, stderr_path=workdir / f"{variant}.log")
 
 
@@ -384,8 +432,10 @@ def write_secret(path: Path) -> None:
 
 def forward_keys(count: int = 1000) -> list[bytes]:
     """``count`` distinct ordinary sender addresses (what sender_canonical_maps sees)."""
-    return [b"user%d.%04x@domain%d.example" % (i, (i * 2654435761) & 0xFFFF, i % 97)
-            for i in range(count)]  # fmt: skip
+    return [
+        b"user%d.%04x@domain%d.example" % (i, (i * 2654435761) & 0xFFFF, i % 97)
+        for i in range(count)
+    ]
 
 
 def run_quiet(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[bytes]:

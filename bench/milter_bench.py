@@ -76,11 +76,15 @@ def client(port: int, cell: str, seconds: float, worker: int, out: multiprocessi
     sock.sendall(milter.negotiate())
     assert read_reply(sock, buf) == b"O"
     bounce_to = Codec([SECRET], DOMAIN.encode()).forward(b"alice@origin.test", time.time())
-    recipient = {"forwarded": b"<carol@dest.test>", "local": b"<dave@mailbox.test>",
-                 "bounce": b"<" + bounce_to + b">",
-                 "discovered": b"<fwd@mailbox.test>"}[cell]  # fmt: skip
+    recipient = {
+        "forwarded": b"<carol@dest.test>",
+        "local": b"<dave@mailbox.test>",
+        "bounce": b"<" + bounce_to + b">",
+        "discovered": b"<fwd@mailbox.test>",
+    }[cell]
     eom = milter.macros(milter.END_OF_MESSAGE, [(b"i", b"QID")]) + milter.command(
-        milter.END_OF_MESSAGE)
+        milter.END_OF_MESSAGE
+    )
     done = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -104,20 +108,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_srsd(workdir: Path, port: int, *extra: str, env: dict[str, str] | None = None
-               ) -> subprocess.Popen[bytes]:  # fmt: skip
+def start_srsd(
+    workdir: Path, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     secret = workdir / "secret"
     secret.write_bytes(SECRET + b"\n")
     secret.chmod(0o600)
-    args = [sys.executable, "-m", "srsd", "serve", "--domain", DOMAIN, "--secret-file",
-            str(secret), "--forward-port", "0", "--reverse-port", "0", "--milter",
-            f"inet:127.0.0.1:{port}", "--state-dir", str(workdir / "state"),
-            "--log-level", "warning", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "srsd",
+        "serve",
+        "--domain",
+        DOMAIN,
+        "--secret-file",
+        str(secret),
+        "--forward-port",
+        "0",
+        "--reverse-port",
+        "0",
+        "--milter",
+        f"inet:127.0.0.1:{port}",
+        "--state-dir",
+        str(workdir / "state"),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     if os.geteuid() == 0:
         args.append("--allow-root")
     environ = {**os.environ, "PYTHONPATH": str(BENCH.parent / "src"), **(env or {})}
-    proc = subprocess.Popen(args, env=environ, stdout=subprocess.DEVNULL,
-                            stderr=open(workdir / "srsd.log", "ab"))  # noqa: SIM115
+    log = open(workdir / "srsd.log", "ab")  # noqa: SIM115  (the child keeps it open)
+    proc = subprocess.Popen(args, env=environ, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -133,8 +155,10 @@ def start_srsd(workdir: Path, port: int, *extra: str, env: dict[str, str] | None
 
 def run_cell(port: int, pid: int, cell: str, connections: int, seconds: float) -> dict[str, float]:
     out: multiprocessing.Queue[int] = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=client, args=(port, cell, seconds, i, out))
-               for i in range(connections)]  # fmt: skip
+    workers = [
+        multiprocessing.Process(target=client, args=(port, cell, seconds, i, out))
+        for i in range(connections)
+    ]
     cpu = cpu_seconds(pid)
     started = time.monotonic()
     for w in workers:
@@ -144,8 +168,11 @@ def run_cell(port: int, pid: int, cell: str, connections: int, seconds: float) -
         w.join(10)
     elapsed = time.monotonic() - started
     used = cpu_seconds(pid) - cpu
-    return {"messages": total, "per_second": total / elapsed,
-            "srsd_cpu_us_per_message": used / max(total, 1) * 1e6}  # fmt: skip
+    return {
+        "messages": total,
+        "per_second": total / elapsed,
+        "srsd_cpu_us_per_message": used / max(total, 1) * 1e6,
+    }
 
 
 def main() -> int:
@@ -161,15 +188,19 @@ def main() -> int:
         (postfix / "main.cf").write_text(
             "compatibility_level = 3.6\nmydestination = forwarder.test\n"
             "virtual_mailbox_domains = mailbox.test\n"
-            "virtual_alias_maps = inline:{ fwd@mailbox.test=carol@dest.test }\n")  # fmt: skip
+            "virtual_alias_maps = inline:{ fwd@mailbox.test=carol@dest.test }\n"
+        )
         past = time.time() - 60
         os.utime(postfix / "main.cf", (past, past))
-        plans = [("fixed", ["--local-domains", "mailbox.test"], None,
-                  ("forwarded", "local", "bounce")),
-                 ("postfix", [], {"MAIL_CONFIG": str(postfix)}, ("discovered",))]  # fmt: skip
+        plans = [
+            ("fixed", ["--local-domains", "mailbox.test"], None, ("forwarded", "local", "bounce")),
+            ("postfix", [], {"MAIL_CONFIG": str(postfix)}, ("discovered",)),
+        ]
         for name, extra, env, cells in plans:
-            if env is not None and shutil.which("postconf", path=os.environ["PATH"] +
-                                                ":/usr/sbin") is None:  # fmt: skip
+            if (
+                env is not None
+                and shutil.which("postconf", path=os.environ["PATH"] + ":/usr/sbin") is None
+            ):
                 print("postconf not found: skipping the discovered cell")
                 continue
             port = free_port()
@@ -180,8 +211,10 @@ def main() -> int:
                     for n in CONNECTIONS:
                         r = run_cell(port, proc.pid, cell, n, args.duration)
                         results[f"{cell}/{n}"] = r
-                        print(f"{cell:<11} {n:>3} connection(s): {r['per_second']:8.0f} msg/s, "
-                              f"srsd CPU {r['srsd_cpu_us_per_message']:6.0f} µs/msg")
+                        print(
+                            f"{cell:<11} {n:>3} connection(s): {r['per_second']:8.0f} msg/s, "
+                            f"srsd CPU {r['srsd_cpu_us_per_message']:6.0f} µs/msg"
+                        )
             finally:
                 proc.terminate()
                 proc.wait(10)

@@ -36,18 +36,31 @@ import harness as h
 
 # Layers, by the first matching frame from the leaf up (substring of "function (file:line)").
 LAYERS = (
-    ("SRS work (policy, codec, hmac)", ("policy.py", "codec.py", "address.py", "hmac.py",
-                                        "base64.py")),
+    (
+        "SRS work (policy, codec, hmac)",
+        ("policy.py", "codec.py", "address.py", "hmac.py", "base64.py"),
+    ),
     ("tcp_table parse/encode", ("tcp_table.py", "socketmap.py")),
-    ("logging / counting", ("logging/", "logs.py", "record (lookups.py", "collections/",
-                            "metrics.py")),
-    ("trio cancel scopes and deadlines", ("CancelScope", "move_on_after", "Deadlines",
-                                          "CancelStatus", "current_time", "_timeouts.py")),
+    (
+        "logging / counting",
+        ("logging/", "logs.py", "record (lookups.py", "collections/", "metrics.py"),
+    ),
+    (
+        "trio cancel scopes and deadlines",
+        (
+            "CancelScope",
+            "move_on_after",
+            "Deadlines",
+            "CancelStatus",
+            "current_time",
+            "_timeouts.py",
+        ),
+    ),
     ("socket send/recv (syscalls + trio wrappers)", ("_socket.py", "_highlevel_socket.py")),
     ("selectors (the loop's readiness set)", ("selectors.py",)),
     ("srsd connection loop and lookups", ("connections.py", "lookups.py", "server.py")),
     ("trio scheduler / epoll", ("trio/",)),
-)  # fmt: skip
+)
 
 
 def _function(frame: str) -> str:
@@ -150,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         srsd = h.srsd_server(secret, workdir, log_level=args.log_level)
         serve = srsd.argv
         if tool == "py-spy":
-            fmt = ["-f", "flamegraph", "-o", f"{stem}.svg"] if args.svg else \
-                ["-f", "raw", "-o", f"{stem}.txt"]  # fmt: skip
+            fmt = (
+                ["-f", "flamegraph", "-o", f"{stem}.svg"]
+                if args.svg
+                else ["-f", "raw", "-o", f"{stem}.txt"]
+            )
             srsd.argv = ["py-spy", "record", "-r", "250", *fmt, "--", *serve]
         else:
             srsd.argv = [serve[0], "-m", "cProfile", "-o", f"{stem}.prof", *serve[1:]]
@@ -166,12 +182,32 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(target, {server_cpu})  # ...srsd itself on the server CPU
         if args.direction == "reverse":
             rev = workdir / "reverse.keys"
-            h.run_quiet([str(tools["tcpmap_load"]), "--dump", str(rev), "-k", str(keys), "-q",
-                         f"127.0.0.1:{srsd.forward_port}"], timeout=60)  # fmt: skip
+            h.run_quiet(
+                [
+                    str(tools["tcpmap_load"]),
+                    "--dump",
+                    str(rev),
+                    "-k",
+                    str(keys),
+                    "-q",
+                    f"127.0.0.1:{srsd.forward_port}",
+                ],
+                timeout=60,
+            )
             keys = rev
         port = srsd.forward_port if args.direction == "forward" else srsd.reverse_port
-        load = [str(tools["tcpmap_load"]), "-c", str(args.conns), "-d", str(args.duration),
-                "-k", str(keys), "--json", "-q", f"127.0.0.1:{port}"]  # fmt: skip
+        load = [
+            str(tools["tcpmap_load"]),
+            "-c",
+            str(args.conns),
+            "-d",
+            str(args.duration),
+            "-k",
+            str(keys),
+            "--json",
+            "-q",
+            f"127.0.0.1:{port}",
+        ]
         if args.mode == "reconnect":
             load += ["--reconnect", "--linger0"]
         cpu0 = h.cpu_seconds(target, with_children=False)
@@ -185,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         if srsd.proc is not None and srsd.proc.poll() is None:
             srsd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"srsd under {tool}: {args.mode}, {args.conns} connection(s), {args.direction}: "
-          f"{result['rps']:,.0f} req/s (profiler attached), p50 {result['latency_us']['p50']:.0f}"
-          f" us, server CPU {cpu / result['replies'] * 1e6:.1f} us/req")  # fmt: skip
+    print(
+        f"srsd under {tool}: {args.mode}, {args.conns} connection(s), {args.direction}: "
+        f"{result['rps']:,.0f} req/s (profiler attached), p50 {result['latency_us']['p50']:.0f}"
+        f" us, server CPU {cpu / result['replies'] * 1e6:.1f} us/req"
+    )
     if tool == "py-spy" and not args.svg:
         lines = analyse_collapsed(Path(f"{stem}.txt").read_text())
     elif tool == "py-spy":

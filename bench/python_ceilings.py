@@ -105,8 +105,9 @@ async def _raw_accept(lsock: socket.socket, nursery: trio.Nursery) -> None:
         nursery.start_soon(_raw_conn, conn)
 
 
-async def _epoll_accept(lsock: socket.socket, ep: select.epoll,
-                        conns: dict[int, socket.socket]) -> None:  # fmt: skip
+async def _epoll_accept(
+    lsock: socket.socket, ep: select.epoll, conns: dict[int, socket.socket]
+) -> None:
     while True:
         try:
             conn, _ = lsock.accept()

@@ -54,8 +54,12 @@ MODES = ("lockstep", "reconnect")
 IDLE_CONNECTIONS = 1000
 IDLE_RSS_TARGET_MIB = 64.0
 #: issue 12's targets: srsd/postsrsd req/s at the default log level, by (mode, connections)
-RPS_TARGETS = {("lockstep", 16): 1.2, ("lockstep", 64): 1.5, ("reconnect", 16): 2.0,
-               ("reconnect", 64): 2.0}  # fmt: skip
+RPS_TARGETS = {
+    ("lockstep", 16): 1.2,
+    ("lockstep", 64): 1.5,
+    ("reconnect", 16): 2.0,
+    ("reconnect", 64): 2.0,
+}
 NOISE_WARN = 10.0  # % of the server's core used by other programs during a cell
 CEILING_VARIANTS = ("trio-stream", "trio-raw", "trio-epoll", "asyncio", "epoll")
 
@@ -92,8 +96,16 @@ def _lines(stream: Any, deadline: float) -> Iterator[str]:
             yield line.decode(errors="replace")
 
 
-def run_cell(rig: Rig, server: h.Server, *, conns: int, direction: str, mode: str,
-             label: str, duration: float | None = None) -> dict[str, Any]:  # fmt: skip
+def run_cell(
+    rig: Rig,
+    server: h.Server,
+    *,
+    conns: int,
+    direction: str,
+    mode: str,
+    label: str,
+    duration: float | None = None,
+) -> dict[str, Any]:
     """One load run against ``server``; server CPU, core and memory sampled by markers."""
     duration = rig.duration if duration is None else duration
     keys = rig.keys["forward"] if direction == "forward" else rig.keys[f"reverse:{server.name}"]
@@ -118,7 +130,7 @@ def run_cell(rig: Rig, server: h.Server, *, conns: int, direction: str, mode: st
     ]
     if mode == "reconnect":
         argv += ["--reconnect", "--linger0"]  # RST: no TIME_WAIT pile-up on the client
-    argv.append(f"127.0.0.1:{port}")  # fmt: skip
+    argv.append(f"127.0.0.1:{port}")
     proc = h.spawn(argv, rig.client_cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + rig.warmup + duration + 30
     snaps: dict[str, tuple[float, float, float]] = {}
@@ -139,16 +151,25 @@ def run_cell(rig: Rig, server: h.Server, *, conns: int, direction: str, mode: st
     try:
         result = json.loads(out)
     except json.JSONDecodeError:
-        raise RuntimeError(f"{label}: load generator failed: {err.decode(errors='replace')}"
-                           ) from None  # fmt: skip
+        raise RuntimeError(
+            f"{label}: load generator failed: {err.decode(errors='replace')}"
+        ) from None
     cell: dict[str, Any] = {
-        "server": server.name, "conns": conns, "direction": direction, "mode": mode,
-        "label": label, "rps": result["rps"], "p50_us": result["latency_us"]["p50"],
-        "p99_us": result["latency_us"]["p99"], "replies": result["replies"],
-        "codes": result["codes"], "errors": result["errors"],
-        "malformed": result["malformed"], "client_cpu_pct": result["client_cpu"]["pct"],
+        "server": server.name,
+        "conns": conns,
+        "direction": direction,
+        "mode": mode,
+        "label": label,
+        "rps": result["rps"],
+        "p50_us": result["latency_us"]["p50"],
+        "p99_us": result["latency_us"]["p99"],
+        "replies": result["replies"],
+        "codes": result["codes"],
+        "errors": result["errors"],
+        "malformed": result["malformed"],
+        "client_cpu_pct": result["client_cpu"]["pct"],
         "loadgen": result,
-    }  # fmt: skip
+    }
     if "start" in snaps and "end" in snaps:
         (t0, c0, k0), (t1, c1, k1) = snaps["start"], snaps["end"]
         wall, used = t1 - t0, c1 - c0
@@ -159,8 +180,9 @@ def run_cell(rig: Rig, server: h.Server, *, conns: int, direction: str, mode: st
         # whatever else ran on the server's core meanwhile: other people's programs
         cell["other_load_pct"] = max(0.0, 100 * ((k1 - k0) - used) / wall) if k1 else None
     if memory is not None:
-        cell.update(rss_mib=memory.rss_mib, pss_mib=memory.pss_kib / 1024,
-                    processes=memory.processes)  # fmt: skip
+        cell.update(
+            rss_mib=memory.rss_mib, pss_mib=memory.pss_kib / 1024, processes=memory.processes
+        )
     ok = result["codes"]["200"] == result["replies"] and not result["errors"]
     cell["all_200"] = ok and not result["malformed"]
     return cell
@@ -174,8 +196,15 @@ def mint_keys(rig: Rig, servers: list[h.Server], workdir: Path) -> dict[str, Any
     minted: dict[str, bytes] = {}
     for server in servers:
         path = workdir / f"reverse-{server.name}.keys"
-        argv = [str(rig.loadgen), "--dump", str(path), "-k", str(rig.keys["forward"]), "-q",
-                f"127.0.0.1:{server.forward_port}"]  # fmt: skip
+        argv = [
+            str(rig.loadgen),
+            "--dump",
+            str(path),
+            "-k",
+            str(rig.keys["forward"]),
+            "-q",
+            f"127.0.0.1:{server.forward_port}",
+        ]
         done = h.run_quiet(argv, timeout=60)
         if done.returncode != 0 or not path.is_file():
             raise RuntimeError(f"minting keys with {server.name} failed: {done.stderr!r}")
@@ -191,8 +220,16 @@ def mint_keys(rig: Rig, servers: list[h.Server], workdir: Path) -> dict[str, Any
     checks = {}
     for server in servers:
         for origin in names:
-            argv = [str(rig.loadgen), "-n", "1000", "-k", str(rig.keys[f"reverse:{origin}"]),
-                    "--json", "-q", f"127.0.0.1:{server.reverse_port}"]  # fmt: skip
+            argv = [
+                str(rig.loadgen),
+                "-n",
+                "1000",
+                "-k",
+                str(rig.keys[f"reverse:{origin}"]),
+                "--json",
+                "-q",
+                f"127.0.0.1:{server.reverse_port}",
+            ]
             done = h.run_quiet(argv, timeout=60)
             codes = json.loads(done.stdout)["codes"]
             checks[f"{server.name} decodes {origin}'s"] = codes
@@ -227,12 +264,18 @@ def hold_idle(server: h.Server, count: int) -> dict[str, Any]:
         for s in socks:
             s.close()
     return {
-        "server": server.name, "connections": count, "answered": answered, "alive_checks": alive,
-        "rss_before_mib": before.rss_mib, "pss_before_mib": before.pss_kib / 1024,
-        "rss_mib": held.rss_mib, "pss_mib": held.pss_kib / 1024, "processes": held.processes,
+        "server": server.name,
+        "connections": count,
+        "answered": answered,
+        "alive_checks": alive,
+        "rss_before_mib": before.rss_mib,
+        "pss_before_mib": before.pss_kib / 1024,
+        "rss_mib": held.rss_mib,
+        "pss_mib": held.pss_kib / 1024,
+        "processes": held.processes,
         "rss_per_conn_kib": (held.rss_kib - before.rss_kib) / count,
         "idle_cpu_pct": 100 * idle_cpu,
-    }  # fmt: skip
+    }
 
 
 def _read_line(s: socket.socket) -> bytes:
@@ -274,21 +317,36 @@ def targets_for(row: dict[str, Any]) -> list[dict[str, Any]]:
     wanted = RPS_TARGETS.get((row["mode"], row["conns"]))
     if wanted is not None:
         ratio = s["rps"] / p["rps"]
-        out.append({"target": f"{name}: throughput >= {wanted:.1f}x postsrsd",
-                    "met": ratio >= wanted,
-                    "value": f"{ratio:.2f}x ({s['rps']:,.0f} vs {p['rps']:,.0f} req/s)",
-                    "gap": None if ratio >= wanted
-                    else f"needs {wanted / ratio - 1:+.0%} req/s"})  # fmt: skip
+        out.append(
+            {
+                "target": f"{name}: throughput >= {wanted:.1f}x postsrsd",
+                "met": ratio >= wanted,
+                "value": f"{ratio:.2f}x ({s['rps']:,.0f} vs {p['rps']:,.0f} req/s)",
+                "gap": None if ratio >= wanted else f"needs {wanted / ratio - 1:+.0%} req/s",
+            }
+        )
     if row["mode"] == "lockstep" and row["conns"] == 16:
-        out.append({"target": f"{name}: p99 <= postsrsd's", "met": s["p99_us"] <= p["p99_us"],
-                    "value": f"{s['p99_us']:,.0f} vs {p['p99_us']:,.0f} us",
-                    "gap": None if s["p99_us"] <= p["p99_us"]
-                    else f"{s['p99_us'] / p['p99_us']:.2f}x postsrsd's"})  # fmt: skip
+        out.append(
+            {
+                "target": f"{name}: p99 <= postsrsd's",
+                "met": s["p99_us"] <= p["p99_us"],
+                "value": f"{s['p99_us']:,.0f} vs {p['p99_us']:,.0f} us",
+                "gap": None
+                if s["p99_us"] <= p["p99_us"]
+                else f"{s['p99_us'] / p['p99_us']:.2f}x postsrsd's",
+            }
+        )
     if row["mode"] == "lockstep" and row["conns"] == 1:
-        out.append({"target": f"{name}: p50 <= postsrsd's", "met": s["p50_us"] <= p["p50_us"],
-                    "value": f"{s['p50_us']:,.1f} vs {p['p50_us']:,.1f} us",
-                    "gap": None if s["p50_us"] <= p["p50_us"]
-                    else f"{s['p50_us'] / p['p50_us']:.2f}x postsrsd's"})  # fmt: skip
+        out.append(
+            {
+                "target": f"{name}: p50 <= postsrsd's",
+                "met": s["p50_us"] <= p["p50_us"],
+                "value": f"{s['p50_us']:,.1f} vs {p['p50_us']:,.1f} us",
+                "gap": None
+                if s["p50_us"] <= p["p50_us"]
+                else f"{s['p50_us'] / p['p50_us']:.2f}x postsrsd's",
+            }
+        )
     return out
 
 
@@ -308,8 +366,10 @@ def table_line(row: dict[str, Any]) -> str:
     noise = max((c.get("other_load_pct") or 0) for c in (s, w, p, f) if c)
     flags = "".join(("!" if c and not c.get("all_200", True) else "") for c in (s, p))
     kinds = {"throughput": "rps", "p99": "p99", "p50": "p50"}
-    named = " ".join(f"{next(v for k, v in kinds.items() if k in t['target'])}:"
-                     f"{'met' if t['met'] else 'MISSED'}" for t in row["targets"])  # fmt: skip
+    named = " ".join(
+        f"{next(v for k, v in kinds.items() if k in t['target'])}:{'met' if t['met'] else 'MISSED'}"
+        for t in row["targets"]
+    )
     return (
         f"{row['mode']:9} {row['conns']:>3} {'fwd' if row['direction'] == 'forward' else 'rev'}  |"
         f"{_fmt(s.get('rps')):>9}{_fmt(w.get('rps')):>9}{_fmt(p.get('rps')):>10}"
@@ -329,8 +389,9 @@ def table_line(row: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="srsd vs postsrsd tcp_table benchmark")
     parser.add_argument("--duration", type=float, help="measured seconds per cell (default 3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="short cells, no diagnostics (about 30 s)")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="short cells, no diagnostics (about 30 s)"
+    )
     parser.add_argument(
         "--json",
         type=Path,
@@ -338,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write the raw numbers (default bench/results/latest.json)",
     )
     parser.add_argument("--no-postsrsd", action="store_true", help="srsd (and ceilings) only")
-    parser.add_argument("--rows", help="only these matrix rows, e.g. lockstep:16,reconnect:64 "
-                        "(to run a noisy cell again); no diagnostics, no idle test")
+    parser.add_argument(
+        "--rows",
+        help="only these matrix rows, e.g. lockstep:16,reconnect:64 "
+        "(to run a noisy cell again); no diagnostics, no idle test",
+    )
     args = parser.parse_args(argv)
     duration = args.duration or (0.4 if args.quick else 3.0)
     warmup = 0.1 if args.quick else 0.5
@@ -356,8 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     h.write_secret(secret)
     fwd_keys = workdir / "forward.keys"
     fwd_keys.write_bytes(b"".join(k + b"\n" for k in h.forward_keys()))
-    rig = Rig(tools["tcpmap_load"], client_cpu, server_cpu, {"forward": fwd_keys},
-              duration, warmup)  # fmt: skip
+    rig = Rig(tools["tcpmap_load"], client_cpu, server_cpu, {"forward": fwd_keys}, duration, warmup)
 
     srsd = h.srsd_server(secret, workdir, log_level="info")  # the default: a line per rewrite
     srsd_warning = h.srsd_server(secret, workdir, name="srsd-warning")
@@ -367,21 +430,30 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "host": platform.node(), "kernel": platform.release(),
-            "python": platform.python_version(), "python_executable": sys.executable,
+            "host": platform.node(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "python_executable": sys.executable,
             "cpus": os.cpu_count(),
-            "client_cpu": client_cpu, "server_cpu": server_cpu,
-            "duration_s": duration, "warmup_s": warmup, "quick": args.quick,
+            "client_cpu": client_cpu,
+            "server_cpu": server_cpu,
+            "duration_s": duration,
+            "warmup_s": warmup,
+            "quick": args.quick,
             "loadavg_start": os.getloadavg(),
             "postsrsd": str(h.POSTSRSD) if postsrsd else None,
-            "srsd_argv": srsd.argv, "postsrsd_argv": postsrsd.argv if postsrsd else None,
+            "srsd_argv": srsd.argv,
+            "postsrsd_argv": postsrsd.argv if postsrsd else None,
         },
         "cells": [],
-    }  # fmt: skip
+    }
     rows: list[dict[str, Any]] = []
-    print(f"srsd on {sys.executable} (Python {platform.python_version()}); server CPU "
-          f"{server_cpu}, client CPU {client_cpu}; {duration:g} s per cell + {warmup:g} s "
-          f"warm-up", flush=True)  # fmt: skip
+    print(
+        f"srsd on {sys.executable} (Python {platform.python_version()}); server CPU "
+        f"{server_cpu}, client CPU {client_cpu}; {duration:g} s per cell + {warmup:g} s "
+        f"warm-up",
+        flush=True,
+    )
     try:
         for server in servers:
             server.start(server_cpu)
@@ -394,8 +466,14 @@ def main(argv: list[str] | None = None) -> int:
             for conns in CONNECTIONS:
                 if only is not None and (mode, str(conns)) not in only:
                     continue
-                fixed_cell = run_cell(rig, fixed, conns=conns, direction="forward", mode=mode,
-                                      label=f"fixed {mode} {conns}")  # fmt: skip
+                fixed_cell = run_cell(
+                    rig,
+                    fixed,
+                    conns=conns,
+                    direction="forward",
+                    mode=mode,
+                    label=f"fixed {mode} {conns}",
+                )
                 report["cells"].append(fixed_cell)
                 for direction in DIRECTIONS:
                     row: dict[str, Any] = {
@@ -408,16 +486,23 @@ def main(argv: list[str] | None = None) -> int:
                     if mode == "lockstep":
                         order = [*order, srsd_warning]
                     for server in order:
-                        cell = run_cell(rig, server, conns=conns, direction=direction,
-                                        mode=mode, label=f"{server.name} {mode} {conns} "
-                                        f"{direction}")  # fmt: skip
+                        cell = run_cell(
+                            rig,
+                            server,
+                            conns=conns,
+                            direction=direction,
+                            mode=mode,
+                            label=f"{server.name} {mode} {conns} {direction}",
+                        )
                         report["cells"].append(cell)
                         row[server.name] = cell
                     flip = not flip
                     row["targets"] = targets_for(row)
                     rows.append(row)
-                    print(table_line(row) if len(rows) > 1 else HEADER + "\n" + table_line(row),
-                          flush=True)  # fmt: skip
+                    print(
+                        table_line(row) if len(rows) > 1 else HEADER + "\n" + table_line(row),
+                        flush=True,
+                    )
         # diagnostics: Python fixed-reply servers
         ceilings = []
         if not args.quick and not args.rows:
@@ -426,9 +511,17 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     server.start(server_cpu)
                     for mode, conns in (("lockstep", 1), ("lockstep", 16), ("reconnect", 16)):
-                        ceilings.append(run_cell(rig, server, conns=conns, direction="forward",
-                                                 mode=mode, label=f"{variant} {mode} {conns}",
-                                                 duration=min(duration, 2.0)))  # fmt: skip
+                        ceilings.append(
+                            run_cell(
+                                rig,
+                                server,
+                                conns=conns,
+                                direction="forward",
+                                mode=mode,
+                                label=f"{variant} {mode} {conns}",
+                                duration=min(duration, 2.0),
+                            )
+                        )
                 finally:
                     server.stop()
         report["ceilings"] = ceilings
@@ -457,19 +550,28 @@ def summary_targets(rows: list[dict[str, Any]], report: dict[str, Any]) -> list[
     for idle in report["idle"]:
         if idle["server"] == "srsd":
             ok = idle["rss_mib"] <= IDLE_RSS_TARGET_MIB
-            out.append({"target": f"{IDLE_CONNECTIONS} idle connections: srsd RSS <= "
-                        f"{IDLE_RSS_TARGET_MIB:.0f} MiB", "met": ok,
-                        "value": f"{idle['rss_mib']:.1f} MiB",
-                        "gap": None if ok else f"{idle['rss_mib'] - IDLE_RSS_TARGET_MIB:+.1f} "
-                        "MiB"})  # fmt: skip
+            out.append(
+                {
+                    "target": f"{IDLE_CONNECTIONS} idle connections: srsd RSS <= "
+                    f"{IDLE_RSS_TARGET_MIB:.0f} MiB",
+                    "met": ok,
+                    "value": f"{idle['rss_mib']:.1f} MiB",
+                    "gap": None if ok else f"{idle['rss_mib'] - IDLE_RSS_TARGET_MIB:+.1f} MiB",
+                }
+            )
     for name, rate in report["codec"].items():
         if name.startswith("log line: srsd"):
             us = 1e6 / rate
             ok = us <= codec_bench.LOG_LINE_TARGET_US
-            out.append({"target": f"{name[10:]}: a per-lookup info line <= "
-                        f"{codec_bench.LOG_LINE_TARGET_US:g} us", "met": ok,
-                        "value": f"{us:.2f} us", "gap": None if ok
-                        else f"{us - codec_bench.LOG_LINE_TARGET_US:+.2f} us"})  # fmt: skip
+            out.append(
+                {
+                    "target": f"{name[10:]}: a per-lookup info line <= "
+                    f"{codec_bench.LOG_LINE_TARGET_US:g} us",
+                    "met": ok,
+                    "value": f"{us:.2f} us",
+                    "gap": None if ok else f"{us - codec_bench.LOG_LINE_TARGET_US:+.2f} us",
+                }
+            )
     for name in ("codec.forward", "codec.reverse"):
         rate = report["codec"][name]
         ok = rate >= codec_bench.TARGET_OPS
@@ -487,11 +589,13 @@ def summary_targets(rows: list[dict[str, Any]], report: dict[str, Any]) -> list[
 def print_tail(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """Everything after the matrix: ceilings, log levels, idle memory, codec, targets."""
     meta = report["meta"]
-    print(f"\nratio = srsd/postsrsd req/s; CPU us/req = server CPU time per reply (postsrsd: "
-          f"parent + children); RSS at the end of the cell; ceiling = C fixed-reply server; "
-          f"other load% = CPU used by other programs on the server's core (CPU "
-          f"{meta['server_cpu']}) during the cells, >{NOISE_WARN:.0f} means noisy; "
-          f"! = not every reply was a 200")  # fmt: skip
+    print(
+        f"\nratio = srsd/postsrsd req/s; CPU us/req = server CPU time per reply (postsrsd: "
+        f"parent + children); RSS at the end of the cell; ceiling = C fixed-reply server; "
+        f"other load% = CPU used by other programs on the server's core (CPU "
+        f"{meta['server_cpu']}) during the cells, >{NOISE_WARN:.0f} means noisy; "
+        f"! = not every reply was a 200"
+    )
     keys = report.get("keys", {})
     if keys:
         print(
@@ -505,8 +609,11 @@ def print_tail(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         if c["server"] in ("srsd", "postsrsd"):
             key = (c["mode"], c["conns"])
             busiest[key] = max(busiest.get(key, 0), c["rps"])
-    headroom = [f["rps"] / busiest[(f["mode"], f["conns"])] for f in fixed
-                if busiest.get((f["mode"], f["conns"]))]  # fmt: skip
+    headroom = [
+        f["rps"] / busiest[(f["mode"], f["conns"])]
+        for f in fixed
+        if busiest.get((f["mode"], f["conns"]))
+    ]
     if headroom:
         print(
             f"client check: the fixed-reply server got {min(headroom):.1f}x to "
@@ -516,14 +623,18 @@ def print_tail(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         )
     lock = [r for r in rows if r["mode"] == "lockstep" and r.get("srsd-warning")]
     if lock:
-        print("\nsrsd at info (the default: a line per rewrite, stderr to /dev/null) vs "
-              "warning, lockstep:")
+        print(
+            "\nsrsd at info (the default: a line per rewrite, stderr to /dev/null) vs "
+            "warning, lockstep:"
+        )
         for r in lock:
             info, warn = r["srsd"], r["srsd-warning"]
-            print(f"  {r['conns']:>3} {r['direction']:8} warning {warn['rps']:8,.0f} req/s "
-                  f"{warn.get('server_cpu_us_per_req') or 0:6.1f} us/req | info "
-                  f"{info['rps']:8,.0f} req/s {info.get('server_cpu_us_per_req') or 0:6.1f} "
-                  f"us/req | info costs {_pct(info, warn)}")  # fmt: skip
+            print(
+                f"  {r['conns']:>3} {r['direction']:8} warning {warn['rps']:8,.0f} req/s "
+                f"{warn.get('server_cpu_us_per_req') or 0:6.1f} us/req | info "
+                f"{info['rps']:8,.0f} req/s {info.get('server_cpu_us_per_req') or 0:6.1f} "
+                f"us/req | info costs {_pct(info, warn)}"
+            )
     if report.get("ceilings"):
         print("\nPython fixed-reply servers (bench/python_ceilings.py): the I/O layer alone")
         print(
@@ -539,11 +650,13 @@ def print_tail(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
             )
     print(f"\n{IDLE_CONNECTIONS} idle connections (one lookup each, then held):")
     for idle in report["idle"]:
-        print(f"  {idle['server']:9} RSS {idle['rss_before_mib']:6.1f} -> {idle['rss_mib']:7.1f}"
-              f" MiB ({idle['processes']} process(es), {idle['rss_per_conn_kib']:.1f} KiB/conn),"
-              f" PSS {idle['pss_mib']:6.1f} MiB, idle CPU {idle['idle_cpu_pct']:.1f}%, "
-              f"{idle['answered']}/{idle['connections']} answered, "
-              f"{idle['alive_checks']}/3 alive after")  # fmt: skip
+        print(
+            f"  {idle['server']:9} RSS {idle['rss_before_mib']:6.1f} -> {idle['rss_mib']:7.1f}"
+            f" MiB ({idle['processes']} process(es), {idle['rss_per_conn_kib']:.1f} KiB/conn),"
+            f" PSS {idle['pss_mib']:6.1f} MiB, idle CPU {idle['idle_cpu_pct']:.1f}%, "
+            f"{idle['answered']}/{idle['connections']} answered, "
+            f"{idle['alive_checks']}/3 alive after"
+        )
     print("\ncodec micro-benchmark (bench/codec_bench.py, ops per CPU second, one core):")
     print("\n".join("  " + line for line in codec_bench.report(report["codec"])))
     print("\ntargets (issue 12):")
@@ -552,10 +665,12 @@ def print_tail(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         print(f"  {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}{gap}")
     met = sum(t["met"] for t in report["targets"])
     noisy = [c for c in report["cells"] if (c.get("other_load_pct") or 0) > NOISE_WARN]
-    print(f"  {met}/{len(report['targets'])} met. load average {meta['loadavg_start'][0]:.2f}"
-          f" at start, {meta['loadavg_end'][0]:.2f} at end; {len(noisy)}/"
-          f"{len(report['cells'])} cells had other programs on the server's core "
-          f"> {NOISE_WARN:.0f}% (numbers from those are low).")  # fmt: skip
+    print(
+        f"  {met}/{len(report['targets'])} met. load average {meta['loadavg_start'][0]:.2f}"
+        f" at start, {meta['loadavg_end'][0]:.2f} at end; {len(noisy)}/"
+        f"{len(report['cells'])} cells had other programs on the server's core "
+        f"> {NOISE_WARN:.0f}% (numbers from those are low)."
+    )
 
 
 def _pct(info: dict[str, Any], warn: dict[str, Any]) -> str:

@@ -180,8 +180,10 @@ class Client:
             raise Wrong(f"{what}: got {got[:200]!r}, expected one of {sorted(expected)[:2]}")
 
     def sender(self) -> tuple[bytes, bytes]:
-        return (b"u%d.%x" % (self.rng.randrange(10**6), self.rng.getrandbits(32)),
-                b"example%d.org" % self.rng.randrange(100))  # fmt: skip
+        return (
+            b"u%d.%x" % (self.rng.randrange(10**6), self.rng.getrandbits(32)),
+            b"example%d.org" % self.rng.randrange(100),
+        )
 
     def step(self) -> None:
         assert self.fwd is not None and self.rev is not None
@@ -199,11 +201,17 @@ class Client:
             reply = self.map.ask(b"forward", local + b"@" + host)
             signed = {srs0(self.secret, local, host, t) for t in (t0, time.time())}
             self.expect("socketmap forward", reply, {b"OK " + a for a in signed})
-            self.expect("socketmap reverse", self.map.ask(b"reverse", reply[3:]),
-                        {b"OK " + local + b"@" + host})  # fmt: skip
+            self.expect(
+                "socketmap reverse",
+                self.map.ask(b"reverse", reply[3:]),
+                {b"OK " + local + b"@" + host},
+            )
         elif r < 0.85:
-            self.expect("reverse, not SRS", self.rev.ask(local + b"@" + host),
-                        {b"500 Not%20an%20SRS%20address."})  # fmt: skip
+            self.expect(
+                "reverse, not SRS",
+                self.rev.ask(local + b"@" + host),
+                {b"500 Not%20an%20SRS%20address."},
+            )
         elif r < 0.90:
             fake = forged(srs0(self.secret, local, host, time.time()))
             reply = self.rev.ask(fake)
@@ -213,8 +221,11 @@ class Client:
             self.fwd.send(line + b"\n")
             self.expect("bad request", self.fwd.line(), {expected})
         elif r < 0.96 and self.map is not None:
-            self.expect("socketmap unknown map", self.map.ask(b"nosuchmap", b"x"),
-                        {b"PERM Unknown map name"})  # fmt: skip
+            self.expect(
+                "socketmap unknown map",
+                self.map.ask(b"nosuchmap", b"x"),
+                {b"PERM Unknown map name"},
+            )
         elif r < 0.97:
             self.fwd.send(b"get " + b"a" * (self.cfg["max_request"] + 10) + b"\n")
             self.expect("over-long line", self.fwd.line(), {b"500 Request%20too%20long"})
@@ -245,8 +256,7 @@ class Client:
             self.close()
 
 
-def worker(index: int, threads: int, cfg: dict[str, Any], deadline_in: float,
-           out: Any) -> None:  # fmt: skip
+def worker(index: int, threads: int, cfg: dict[str, Any], deadline_in: float, out: Any) -> None:
     """A worker process: ``threads`` clients; progress and the final counts go to ``out``."""
     deadline = time.monotonic() + deadline_in
     clients = [Client(cfg, seed=index * 1000 + i) for i in range(threads)]
@@ -259,8 +269,12 @@ def worker(index: int, threads: int, cfg: dict[str, Any], deadline_in: float,
         for c in clients:
             counts.update(c.counts)
         wrong = [w for c in clients for w in c.wrong]
-        return {"index": index, "counts": dict(counts), "wrong": wrong[:20],
-                "wrong_total": len(wrong)}  # fmt: skip
+        return {
+            "index": index,
+            "counts": dict(counts),
+            "wrong": wrong[:20],
+            "wrong_total": len(wrong),
+        }
 
     while any(t.is_alive() for t in pool):
         for t in pool:
@@ -310,8 +324,9 @@ def metrics(port: int) -> dict[str, float]:
     return samples
 
 
-def start_srsd(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes],
-                                                                 dict[str, Any]]:  # fmt: skip
+def start_srsd(
+    workdir: Path, args: argparse.Namespace
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     secret = secrets.token_urlsafe(24)
     secret_file = workdir / "secret"
     fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -321,11 +336,30 @@ def start_srsd(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
     port = free_port(2)
     socketmap_port = free_port() if args.socketmap else 0
     metrics_port = free_port()
-    argv = [sys.executable, "-m", "srsd", "serve", "--config", str(workdir / "empty.toml"),
-            "--domain", DOMAIN.decode(), "--secret-file", str(secret_file),
-            "--state-dir", str(workdir / "state"), "--listen", "127.0.0.1",
-            "--forward-port", str(port), "--reverse-port", str(port + 1),
-            "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-level", args.log_level]
+    argv = [
+        sys.executable,
+        "-m",
+        "srsd",
+        "serve",
+        "--config",
+        str(workdir / "empty.toml"),
+        "--domain",
+        DOMAIN.decode(),
+        "--secret-file",
+        str(secret_file),
+        "--state-dir",
+        str(workdir / "state"),
+        "--listen",
+        "127.0.0.1",
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--log-level",
+        args.log_level,
+    ]
     if socketmap_port:
         argv += ["--socketmap", f"inet:127.0.0.1:{socketmap_port}"]
     if os.geteuid() == 0:
@@ -333,8 +367,9 @@ def start_srsd(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
     env = {k: v for k, v in os.environ.items() if not k.startswith("SRS_")}
     env["PYTHONPATH"] = str(SRC)
     log = (workdir / "srsd.log").open("wb")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                            cwd=workdir)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=workdir
+    )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -350,8 +385,14 @@ def start_srsd(workdir: Path, args: argparse.Namespace) -> tuple[subprocess.Pope
         proc.kill()
         proc.wait()
         raise SystemExit("soak: srsd did not start in time")
-    cfg = {"secret": secret, "forward": port, "reverse": port + 1, "socketmap": socketmap_port,
-           "metrics": metrics_port, "max_request": 4096}  # fmt: skip
+    cfg = {
+        "secret": secret,
+        "forward": port,
+        "reverse": port + 1,
+        "socketmap": socketmap_port,
+        "metrics": metrics_port,
+        "max_request": 4096,
+    }
     return proc, cfg
 
 
@@ -390,9 +431,12 @@ def main() -> int:
         end: dict[str, Any] = {}
         try:
             start = snapshot(proc, cfg)
-            print(f"soak: srsd pid {proc.pid}, {args.connections} connections in {processes} "
-                  f"processes{', socketmap too' if args.socketmap else ''}, {args.minutes:g} "
-                  f"min; at start: RSS {start['rss_mib']} MiB, {start['fds']} fds", flush=True)
+            print(
+                f"soak: srsd pid {proc.pid}, {args.connections} connections in {processes} "
+                f"processes{', socketmap too' if args.socketmap else ''}, {args.minutes:g} "
+                f"min; at start: RSS {start['rss_mib']} MiB, {start['fds']} fds",
+                flush=True,
+            )
             began = time.monotonic()
             for i in range(processes):
                 threads = args.connections // processes + (i < args.connections % processes)
@@ -444,16 +488,25 @@ def main() -> int:
     wrong_total = sum(t["wrong_total"] for t in latest.values())
     clean_exit = proc.returncode == 0
     figures = {
-        "minutes": args.minutes, "connections": args.connections, "processes": processes,
-        "socketmap": args.socketmap, "log_level": args.log_level,
-        "start": start, "every_minute": minutes, "end": end,
-        "client_counts": dict(sorted(counts.items())), "wrong_answers_or_errors": wrong_total,
-        "srsd_exit_status": proc.returncode, "traceback_in_log": "Traceback" in log,
-    }  # fmt: skip
+        "minutes": args.minutes,
+        "connections": args.connections,
+        "processes": processes,
+        "socketmap": args.socketmap,
+        "log_level": args.log_level,
+        "start": start,
+        "every_minute": minutes,
+        "end": end,
+        "client_counts": dict(sorted(counts.items())),
+        "wrong_answers_or_errors": wrong_total,
+        "srsd_exit_status": proc.returncode,
+        "traceback_in_log": "Traceback" in log,
+    }
     print("soak: client operations: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    print(f"soak: wrong answers or client errors: {wrong_total}; srsd exit status "
-          f"{proc.returncode}; RSS {start['rss_mib']} MiB at start, "
-          f"{end.get('rss_mib', '?')} MiB at the end")  # fmt: skip
+    print(
+        f"soak: wrong answers or client errors: {wrong_total}; srsd exit status "
+        f"{proc.returncode}; RSS {start['rss_mib']} MiB at start, "
+        f"{end.get('rss_mib', '?')} MiB at the end"
+    )
     for w in wrong[:10]:
         print(f"soak:   {w}")
     if args.json:
@@ -467,17 +520,24 @@ def main() -> int:
 NOT_LOOKUPS = ("connects", "closed by srsd")
 
 
-def report(proc: subprocess.Popen[bytes], cfg: dict[str, Any],
-           latest: dict[int, dict[str, Any]], began: float, what: str) -> dict[str, Any]:
+def report(
+    proc: subprocess.Popen[bytes],
+    cfg: dict[str, Any],
+    latest: dict[int, dict[str, Any]],
+    began: float,
+    what: str,
+) -> dict[str, Any]:
     """Print and return srsd's figures now, with the clients' latest counts."""
     snap = snapshot(proc, cfg)
-    client = sum(v for t in latest.values() for k, v in t["counts"].items()
-                 if k not in NOT_LOOKUPS)  # fmt: skip
+    client = sum(v for t in latest.values() for k, v in t["counts"].items() if k not in NOT_LOOKUPS)
     wrong = sum(t["wrong_total"] for t in latest.values())
     snap.update(elapsed_s=round(time.monotonic() - began), client_lookups=client, wrong=wrong)
-    print(f"soak: [{what} {snap['elapsed_s']:>5} s] srsd served {snap['served']}, clients "
-          f"counted {client} lookups, {wrong} wrong/errors; RSS {snap['rss_mib']} MiB, "
-          f"{snap['fds']} fds, {snap['open']} connections open", flush=True)
+    print(
+        f"soak: [{what} {snap['elapsed_s']:>5} s] srsd served {snap['served']}, clients "
+        f"counted {client} lookups, {wrong} wrong/errors; RSS {snap['rss_mib']} MiB, "
+        f"{snap['fds']} fds, {snap['open']} connections open",
+        flush=True,
+    )
     return snap
 
 

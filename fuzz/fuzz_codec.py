@@ -42,19 +42,23 @@ CODECS = [
     codec.Codec(SECRETS[:1], DOMAIN, hash_length=1, hash_min=1, max_age=0),
 ]
 STRANGER = codec.Codec([b"someone else's secret"], DOMAIN, hash_length=20, hash_min=20)
-POLICIES = [policy.Policy(c, policy.DomainSet(["excluded.example", ".sub.example"]))
-            for c in CODECS]  # fmt: skip
+POLICIES = [
+    policy.Policy(c, policy.DomainSet(["excluded.example", ".sub.example"])) for c in CODECS
+]
 # The address, then (read from the end, as FuzzedDataProvider reads integers) the day offset
 # and the codec's index.
-SEEDS = [address + b"\x00\x00" for address in (
-    b"alice@example.org",
-    b"SRS0=abcd=IL=example.org=alice@forwarder.test",
-    b"SRS1=abcd=hop.example==xyzw=IL=example.org=alice@forwarder.test",
-    b'"a b\\"c"@example.org',
-    b'"SRS0=abcd=IL=example.org=a b"@forwarder.test',
-    b"srs0+AbCd=XY=orig.example=u@hop1.example",
-    b"SRS0=abcd=ILAAAA=example.org=alice@x",
-)]  # fmt: skip
+SEEDS = [
+    address + b"\x00\x00"
+    for address in (
+        b"alice@example.org",
+        b"SRS0=abcd=IL=example.org=alice@forwarder.test",
+        b"SRS1=abcd=hop.example==xyzw=IL=example.org=alice@forwarder.test",
+        b'"a b\\"c"@example.org',
+        b'"SRS0=abcd=IL=example.org=a b"@forwarder.test',
+        b"srs0+AbCd=XY=orig.example=u@hop1.example",
+        b"SRS0=abcd=ILAAAA=example.org=alice@x",
+    )
+]
 
 
 def check_reverse(srs: codec.Codec, data: bytes, now: float) -> bytes | None:

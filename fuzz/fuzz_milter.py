@@ -35,8 +35,11 @@ PACKET_BOUNDS = [13, 64, 200, milter.MAX_PACKET]
 RECIPIENT_LIMITS = [1, 3, milter.MAX_RECIPIENTS]
 PREFIX = milter.negotiate()
 SEEDS = [
-    b"\x00\x00" + milter.command(milter.MAIL, b"<a@b.test>") + milter.command(milter.RCPT, b"<c@d>")
-    + milter.macros(milter.END_OF_MESSAGE, [(b"i", b"Q1")]) + milter.command(milter.END_OF_MESSAGE),
+    b"\x00\x00"
+    + milter.command(milter.MAIL, b"<a@b.test>")
+    + milter.command(milter.RCPT, b"<c@d>")
+    + milter.macros(milter.END_OF_MESSAGE, [(b"i", b"Q1")])
+    + milter.command(milter.END_OF_MESSAGE),
     b"\x05\x02\x00\x03\x00\x09" + milter.command(milter.MAIL, b"<>") * 2 + b"\x00\x00\x00\x00",
     b"\x01\x00" + milter.command(milter.ABORT) + milter.command(milter.QUIT),
 ]
@@ -73,8 +76,9 @@ def feed(stream: bytes, cuts: list[int], bound: int, limit: int) -> list[milter.
         if isinstance(action, milter.Decide):
             if len(action.transaction.recipients) > limit:
                 raise AssertionError(f"more than {limit} recipients kept")
-            verdict = milter.Verdict(sender=b"x@y", replace=tuple(
-                (r, b"z@w") for r in action.transaction.recipients))  # fmt: skip
+            verdict = milter.Verdict(
+                sender=b"x@y", replace=tuple((r, b"z@w") for r in action.transaction.recipients)
+            )
             if milter.split_replies(session.verdict(verdict))[-1] != (b"c", b""):
                 raise AssertionError("a verdict does not end in continue")
         elif isinstance(action, milter.Send):

@@ -26,22 +26,36 @@ with atheris.instrument_imports() if atheris else contextlib.nullcontext():
     from srsd import peercred
 
 TUPLES = [
-    peercred.FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 45678, bytes([127, 0, 0, 1]),
-                       10001),
+    peercred.FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 45678, bytes([127, 0, 0, 1]), 10001),
     peercred.FourTuple(socket.AF_INET6, bytes(15) + b"\1", 40000, bytes(15) + b"\1", 10002),
-]  # fmt: skip
+]
 _HEADER = struct.Struct("=IHHII")
 SEEDS = [
     # an exact reply: uid 65534, established, inode 1234; then seq 5, tuple 0
-    _HEADER.pack(88, 20, 0, 5, 0) + struct.pack(
-        "=BBBB2s2s16s16sI8sIIIII", socket.AF_INET, 1, 0, 0, (45678).to_bytes(2, "big"),
-        (10001).to_bytes(2, "big"), bytes([127, 0, 0, 1]).ljust(16, b"\0"),
-        bytes([127, 0, 0, 1]).ljust(16, b"\0"), 0, b"\0" * 8, 0, 0, 0, 65534, 1234)
+    _HEADER.pack(88, 20, 0, 5, 0)
+    + struct.pack(
+        "=BBBB2s2s16s16sI8sIIIII",
+        socket.AF_INET,
+        1,
+        0,
+        0,
+        (45678).to_bytes(2, "big"),
+        (10001).to_bytes(2, "big"),
+        bytes([127, 0, 0, 1]).ljust(16, b"\0"),
+        bytes([127, 0, 0, 1]).ljust(16, b"\0"),
+        0,
+        b"\0" * 8,
+        0,
+        0,
+        0,
+        65534,
+        1234,
+    )
     + b"\x05\x00\x00\x00\x00",
     _HEADER.pack(36, 2, 0, 1, 0) + struct.pack("=i", -2) + bytes(16) + b"\x01\x00\x00\x00\x00",
     b"   1: 0100007F:B26E 0100007F:2711 01 00000000:00000000 00:00000000 00000000  1000 "
     b"0 555 1\x05\x00\x00\x00\x00",
-]  # fmt: skip
+]
 
 
 def check(result: object, *, may_be_none: bool) -> None:

@@ -36,12 +36,22 @@ CONNECT_TIMEOUT = 1.0
 def main() -> None:
     mode, host, port, size, seconds = sys.argv[1:6]
     address = (host, int(port))
-    opening = {"slowloris": b"get slow", "partial": b"get partial@example.org", "idle": b"",
-               "flood": b"get flood@example.org\n", "ask": b"get ask@example.org\n",
-               "pipeline": b""}[mode]
+    opening = {
+        "slowloris": b"get slow",
+        "partial": b"get partial@example.org",
+        "idle": b"",
+        "flood": b"get flood@example.org\n",
+        "ask": b"get ask@example.org\n",
+        "pipeline": b"",
+    }[mode]
     pipelined = b"get pipelined@example.org\n" * 2000
-    stats = {"connections": 0, "connect failed": 0, "closed by srsd": 0, "answers": 0,
-             "wrong answers": 0}
+    stats = {
+        "connections": 0,
+        "connect failed": 0,
+        "closed by srsd": 0,
+        "answers": 0,
+        "wrong answers": 0,
+    }
     lifetimes = []
     sel = selectors.DefaultSelector()
     conns = {}  # socket -> [opened, last drip, answers]
@@ -109,8 +119,10 @@ def main() -> None:
             stats["answers"] += lines
             if mode == "flood":
                 stats["wrong answers"] += sum(
-                    1 for line in data.split(b"\n")[:lines]
-                    if not (line.startswith(b"200 SRS0=") and b"=example.org=flood@" in line))
+                    1
+                    for line in data.split(b"\n")[:lines]
+                    if not (line.startswith(b"200 SRS0=") and b"=example.org=flood@" in line)
+                )
             conns[sock][2] += lines
             if mode == "ask" and lines:
                 try:
@@ -138,8 +150,11 @@ def main() -> None:
         end(sock, False)
     lifetimes.sort()
     if lifetimes:
-        stats.update(lived_min=round(lifetimes[0], 3), lived_max=round(lifetimes[-1], 3),
-                     lived_median=round(lifetimes[len(lifetimes) // 2], 3))
+        stats.update(
+            lived_min=round(lifetimes[0], 3),
+            lived_max=round(lifetimes[-1], 3),
+            lived_median=round(lifetimes[len(lifetimes) // 2], 3),
+        )
     print(json.dumps(stats), flush=True)
 
 

@@ -39,8 +39,10 @@ def _fail_unless_allowed(report: pytest.TestReport | pytest.CollectReport) -> No
     reason = _reason(report)
     if not reason.startswith(tuple(CI_ALLOWED_SKIPS)):
         report.outcome = "failed"
-        report.longrepr = (f"skipped under CI=true: {reason}\n(a CI run allows only the "
-                           "skips listed in tests/ci_skips.py CI_ALLOWED_SKIPS)")  # fmt: skip
+        report.longrepr = (
+            f"skipped under CI=true: {reason}\n(a CI run allows only the "
+            "skips listed in tests/ci_skips.py CI_ALLOWED_SKIPS)"
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -31,8 +31,9 @@ def immutable(*paths: Path) -> Iterator[None]:
     done: list[Path] = []
     try:
         for path in paths:
-            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True,
-                                    text=True, timeout=TIMEOUT)  # fmt: skip
+            result = subprocess.run(
+                ["chattr", "+i", str(path)], capture_output=True, text=True, timeout=TIMEOUT
+            )
             if result.returncode != 0:
                 pytest.skip(f"chattr +i not possible here: {result.stderr.strip()}")
             done.append(path)

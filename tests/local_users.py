@@ -28,15 +28,27 @@ def require_root() -> None:
         pytest.skip("needs root (to run peers as other users)")
 
 
-def run_as(uid: int, code: str, args: Sequence[str] = (), *, nice: int = 0,
-           stdout: int | None = subprocess.PIPE) -> subprocess.Popen[bytes]:  # fmt: skip
+def run_as(
+    uid: int,
+    code: str,
+    args: Sequence[str] = (),
+    *,
+    nice: int = 0,
+    stdout: int | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
     """Start ``python3 -c code args...`` as ``uid`` (its group: ``uid`` too, none else),
     ``nice`` steps below this process's CPU priority."""
     command = [SYSTEM_PYTHON, "-c", code, *args]
     if nice:
         command = ["nice", "-n", str(nice), *command]
     return subprocess.Popen(
-        command, user=uid, group=uid, extra_groups=[],
-        stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, cwd="/",
+        command,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        cwd="/",
         env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
-    )  # fmt: skip
+    )

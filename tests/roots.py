@@ -135,9 +135,11 @@ def base_tarball(suite: str = "bookworm", extra: Iterable[str] = ()) -> Path:
             root = work / "root"
             _debootstrap(root, suite, packages, work / "debootstrap.log")
             partial = work / tarball.name
-            subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(root),
-                            "-cf", str(partial), "."],
-                           check=True, timeout=UNPACK_TIMEOUT)
+            subprocess.run(
+                ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(partial), "."],
+                check=True,
+                timeout=UNPACK_TIMEOUT,
+            )
             partial.rename(tarball)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -164,17 +166,20 @@ def _debootstrap(root: Path, suite: str, packages: list[str], log: Path) -> None
     with log.open("a") as out:
         out.write(result.stdout + result.stderr)
     if result.returncode != 0:
-        raise RuntimeError(f"installing {packages} in the {suite} root failed:\n"
-                           + log.read_text()[-4000:])
+        raise RuntimeError(
+            f"installing {packages} in the {suite} root failed:\n" + log.read_text()[-4000:]
+        )
 
 
 def _logged(command: list[str], log: Path) -> None:
     with log.open("a") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=DEBOOTSTRAP_TIMEOUT, check=False)
+        done = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, timeout=DEBOOTSTRAP_TIMEOUT, check=False
+        )
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n"
-                           + log.read_text()[-4000:])
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n" + log.read_text()[-4000:]
+        )
 
 
 def _policy(root: Path) -> None:
@@ -187,15 +192,20 @@ def fresh_root(dest: Path, suite: str = "bookworm", extra: Iterable[str] = ()) -
     """Unpack a fresh ``suite`` root into ``dest`` and return it, ready for ``run_in``."""
     tarball = base_tarball(suite, extra)
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xf", str(tarball)],
-                   check=True, timeout=UNPACK_TIMEOUT)
+    subprocess.run(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xf", str(tarball)],
+        check=True,
+        timeout=UNPACK_TIMEOUT,
+    )
     with contextlib.suppress(FileNotFoundError):
         (dest / "etc" / "resolv.conf").unlink()
     shutil.copyfile("/etc/resolv.conf", dest / "etc" / "resolv.conf")
     # As the Debian installer leaves them: sudo resolves the host's own name.
     (dest / "etc" / "hostname").write_text(f"{HOSTNAME}\n")
-    (dest / "etc" / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n"
-                                        "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+    (dest / "etc" / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n"
+        "::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+    )
     _policy(dest)
     cas = sorted(HOST_EXTRA_CAS.glob("*.crt")) if HOST_EXTRA_CAS.is_dir() else []
     if cas:
@@ -210,14 +220,28 @@ def fresh_root(dest: Path, suite: str = "bookworm", extra: Iterable[str] = ()) -
 
 
 def _nspawn(root: Path, command: str) -> list[str]:
-    return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe",
-            "--as-pid2", f"--hostname={HOSTNAME}", "-D", str(root),
-            f"--setenv=PATH={PATH}", "--setenv=HOME=/root",
-            "--setenv=LANG=C.UTF-8", "/bin/sh", "-c", command]
+    return [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--pipe",
+        "--as-pid2",
+        f"--hostname={HOSTNAME}",
+        "-D",
+        str(root),
+        f"--setenv=PATH={PATH}",
+        "--setenv=HOME=/root",
+        "--setenv=LANG=C.UTF-8",
+        "/bin/sh",
+        "-c",
+        command,
+    ]
 
 
-def run_in(root: Path, command: str,
-           timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_in(
+    root: Path, command: str, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run ``/bin/sh -c command`` as root in ``root``; output captured, never raises on exit."""
     proc = start_in(root, command)
     try:
@@ -232,13 +256,23 @@ def start_in(root: Path, command: str, log: Path | None = None) -> subprocess.Po
     """Start ``command`` in ``root`` in the background; see ``stop``. Its stdout and stderr
     go to pipes, or both to the file ``log`` (for a long-running command nobody reads)."""
     if log is None:
-        return subprocess.Popen(_nspawn(root, command), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            _nspawn(root, command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
     with log.open("w") as out:
-        return subprocess.Popen(_nspawn(root, command), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        return subprocess.Popen(
+            _nspawn(root, command),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def leader(proc: subprocess.Popen[str], timeout: float = LEADER_TIMEOUT) -> int:
@@ -250,19 +284,40 @@ def leader(proc: subprocess.Popen[str], timeout: float = LEADER_TIMEOUT) -> int:
         if found:
             return int(found[0])
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the container of {proc.args!r} has no PID 1 "
-                               f"(exit status {proc.returncode})")
+            raise RuntimeError(
+                f"the container of {proc.args!r} has no PID 1 (exit status {proc.returncode})"
+            )
         time.sleep(0.05)
 
 
-def run_beside(proc: subprocess.Popen[str], command: str,
-               timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_beside(
+    proc: subprocess.Popen[str], command: str, timeout: float = RUN_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run ``/bin/sh -c command`` in the RUNNING container of ``start_in`` (nspawn allows one
     container per directory at a time), entering its namespaces with nsenter."""
     return subprocess.run(
-        ["nsenter", "--target", str(leader(proc)), "--all", "--root", "--wd",
-         "env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "HOME=/root", "/bin/sh", "-c", command],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
+        [
+            "nsenter",
+            "--target",
+            str(leader(proc)),
+            "--all",
+            "--root",
+            "--wd",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            "LANG=C.UTF-8",
+            "HOME=/root",
+            "/bin/sh",
+            "-c",
+            command,
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def stop(proc: subprocess.Popen[str], grace: float = 10.0) -> tuple[str | None, str | None]:

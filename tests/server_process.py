@@ -47,15 +47,24 @@ class SrsdProcess:
         self.reverse_port = self.forward_port + 1
         self.log_path = workdir / "srsd.log"
         self.args = [
-            sys.executable, "-m", "srsd", "serve",
-            "--domain", domain,
-            "--secret-file", str(self.secret_file),
-            "--listen", host,
-            "--forward-port", str(self.forward_port),
-            "--reverse-port", str(self.reverse_port),
-            "--state-dir", str(workdir / "state"),
+            sys.executable,
+            "-m",
+            "srsd",
+            "serve",
+            "--domain",
+            domain,
+            "--secret-file",
+            str(self.secret_file),
+            "--listen",
+            host,
+            "--forward-port",
+            str(self.forward_port),
+            "--reverse-port",
+            str(self.reverse_port),
+            "--state-dir",
+            str(workdir / "state"),
             *extra_args,
-        ]  # fmt: skip
+        ]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -63,9 +72,13 @@ class SrsdProcess:
         """Start the server and wait until both ports accept connections."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.env,
                 cwd=self.workdir,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -78,16 +78,27 @@ class Target(SrsdProcess):
         clean = {k: "" for k in os.environ if k.startswith("SRS_") and k != "SRS_ALLOW_ROOT"}
         super().__init__(
             workdir,
-            extra_args=["--config", str(config),
-                        "--socketmap", f"inet:127.0.0.1:{self.socketmap_port}",
-                        "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-                        "--max-connections", str(MAX_CONNECTIONS),
-                        # one user here: attackers and good client alike (the shares
-                        # between users: tests/test_admission_attacks.py)
-                        "--max-connections-per-user", str(MAX_CONNECTIONS),
-                        "--timeout", str(IDLE), "--keep-alive", str(IDLE), *extra],
+            extra_args=[
+                "--config",
+                str(config),
+                "--socketmap",
+                f"inet:127.0.0.1:{self.socketmap_port}",
+                "--metrics-listen",
+                f"127.0.0.1:{self.metrics_port}",
+                "--max-connections",
+                str(MAX_CONNECTIONS),
+                # one user here: attackers and good client alike (the shares
+                # between users: tests/test_admission_attacks.py)
+                "--max-connections-per-user",
+                str(MAX_CONNECTIONS),
+                "--timeout",
+                str(IDLE),
+                "--keep-alive",
+                str(IDLE),
+                *extra,
+            ],
             env=clean,
-        )  # fmt: skip
+        )
 
     @property
     def pid(self) -> int:
@@ -118,8 +129,7 @@ class Target(SrsdProcess):
         return int(self.metrics()["srsd_connections_rejected_total"])
 
     def lookups(self) -> int:
-        return int(sum(v for k, v in self.metrics().items()
-                       if k.startswith("srsd_lookups_total")))  # fmt: skip
+        return int(sum(v for k, v in self.metrics().items() if k.startswith("srsd_lookups_total")))
 
     def wait_open(self, count: int) -> None:
         """Wait (bounded) until srsd counts ``count`` open connections."""
@@ -299,8 +309,9 @@ class Swarm:
     that ends (closed by srsd, reset, or by its behaviour) is replaced while the attack
     lasts when ``reconnect``. ``stats`` counts what the attackers saw."""
 
-    def __init__(self, port: int, size: int, behaviour: Behaviour, *,
-                 reconnect: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, port: int, size: int, behaviour: Behaviour, *, reconnect: bool = True
+    ) -> None:
         self.port = port
         self.size = size
         self.b = behaviour
@@ -337,7 +348,8 @@ class Swarm:
             return
         sock.setblocking(False)
         events = (selectors.EVENT_READ if self.b.reads else 0) | (
-            selectors.EVENT_WRITE if self.b.stream else 0)  # fmt: skip
+            selectors.EVENT_WRITE if self.b.stream else 0
+        )
         self.conns[sock] = conn
         if events:
             self.sel.register(sock, events)
@@ -346,8 +358,9 @@ class Swarm:
         self.stats[why] += 1
         self.lifetimes.append(time.monotonic() - conn.opened)
         if self.b.check is not None:
-            self.stats["replies right" if self.b.check(bytes(conn.received))
-                       else "replies WRONG"] += 1  # fmt: skip
+            self.stats[
+                "replies right" if self.b.check(bytes(conn.received)) else "replies WRONG"
+            ] += 1
         if conn.sock in self.sel.get_map():
             self.sel.unregister(conn.sock)
         del self.conns[conn.sock]
@@ -492,8 +505,10 @@ class Attack:
                 return
             last = now
             time.sleep(0.3)
-        pytest.fail(f"srsd still busy {TIMEOUT * 2} s after the attack: "
-                    f"{self.srv.open_connections()} connections open")  # fmt: skip
+        pytest.fail(
+            f"srsd still busy {TIMEOUT * 2} s after the attack: "
+            f"{self.srv.open_connections()} connections open"
+        )
 
     def __enter__(self) -> Attack:
         self.good.start()
@@ -588,8 +603,9 @@ def test_random_bytes_on_many_connections(target: Target) -> None:
 def test_many_empty_lines_on_many_connections(target: Target) -> None:
     # The most requests per byte: every LF is a bad request with a 500 reply.
     with Attack("empty lines, 100 connections", target) as attack:
-        swarm = swarm_attack(attack, Swarm(target.forward_port, 100,
-                                           Behaviour(stream=b"\n" * CHUNK)))  # fmt: skip
+        swarm = swarm_attack(
+            attack, Swarm(target.forward_port, 100, Behaviour(stream=b"\n" * CHUNK))
+        )
     assert swarm.stats["reply lines"] > 10_000
 
 
@@ -599,8 +615,14 @@ def test_over_long_lines(target: Target) -> None:
     # sending: after that 1 MB the close is a reset, which may destroy the reply in flight.
     endless = b"get " + b"a" * (CHUNK * 16)
     with Attack("over-long lines, 50 connections", target) as attack:
-        swarm = swarm_attack(attack, Swarm(target.forward_port, 50, Behaviour(
-            stream=endless, keep=True, check=lambda got: got in (TOO_LONG, b""))))  # fmt: skip
+        swarm = swarm_attack(
+            attack,
+            Swarm(
+                target.forward_port,
+                50,
+                Behaviour(stream=endless, keep=True, check=lambda got: got in (TOO_LONG, b"")),
+            ),
+        )
     assert swarm.stats["replies WRONG"] == 0  # never anything but the one refusal
     assert swarm.stats["reply lines"] >= 50  # every connection was refused, then closed
 
@@ -610,9 +632,15 @@ def test_slowloris_is_closed_by_the_idle_timeout(target: Target) -> None:
     # byte a second and never a full line: each is closed IDLE seconds after it opened
     # (their bytes do not count as activity), and replaced.
     with Attack("slowloris, 140 connections, 1 byte/s", target) as attack:
-        swarm = swarm_attack(attack, Swarm(target.forward_port, 140, Behaviour(
-            drip=b"get slow-but-never-done@example.org", drip_every=1.0)),
-            seconds=IDLE + 1.5)  # fmt: skip
+        swarm = swarm_attack(
+            attack,
+            Swarm(
+                target.forward_port,
+                140,
+                Behaviour(drip=b"get slow-but-never-done@example.org", drip_every=1.0),
+            ),
+            seconds=IDLE + 1.5,
+        )
     closed = swarm.stats["closed by srsd"] + swarm.stats["reset by srsd"]
     assert closed >= 140
     assert min(swarm.lifetimes) > IDLE - 0.5
@@ -630,8 +658,12 @@ def test_at_the_limit_a_new_connection_evicts_the_longest_idle(tmp_path: Path) -
     with Target(tmp_path, "--timeout", "60") as srv:
         attack = Attack("connection limit: 148 idle + 140 more, kept", srv)
         with attack:
-            holders = Swarm(srv.forward_port, MAX_CONNECTIONS - attack.good.connections,
-                            Behaviour(once=b"get a"), reconnect=False)  # fmt: skip
+            holders = Swarm(
+                srv.forward_port,
+                MAX_CONNECTIONS - attack.good.connections,
+                Behaviour(once=b"get a"),
+                reconnect=False,
+            )
             extras: list[LineConn] = []
             try:
                 holders.fill()
@@ -648,8 +680,11 @@ def test_at_the_limit_a_new_connection_evicts_the_longest_idle(tmp_path: Path) -
                 assert srv.open_connections() == MAX_CONNECTIONS
                 holders.run(0.5)  # every holder sees its connection closed
                 assert holders.stats["closed by srsd"] + holders.stats["reset by srsd"] == newcomers
-                attack.stats.update(evicted=newcomers, served_ms_max=round(max(took) * 1000, 1),
-                                    served_ms_p50=round(percentile(took, 0.5) * 1000, 2))
+                attack.stats.update(
+                    evicted=newcomers,
+                    served_ms_max=round(max(took) * 1000, 1),
+                    served_ms_p50=round(percentile(took, 0.5) * 1000, 2),
+                )
             finally:
                 holders.close()
                 for extra in extras:
@@ -685,12 +720,19 @@ def test_pipelining_client_that_never_reads(target: Target) -> None:
     # holds at most one batch of replies per connection; the rest waits in the kernel.
     lookups = b"".join(b"get p%d@example.org\n" % i for i in range(100_000))
     small_window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]
-    valid = Swarm(target.forward_port, 4, Behaviour(
-        stream=lookups, reads=False, socket_options=small_window), reconnect=False)
-    empty = Swarm(target.reverse_port, 4, Behaviour(
-        stream=b"\n" * 100_000, reads=False, socket_options=small_window), reconnect=False)
+    valid = Swarm(
+        target.forward_port,
+        4,
+        Behaviour(stream=lookups, reads=False, socket_options=small_window),
+        reconnect=False,
+    )
+    empty = Swarm(
+        target.reverse_port,
+        4,
+        Behaviour(stream=b"\n" * 100_000, reads=False, socket_options=small_window),
+        reconnect=False,
+    )
     with Attack("pipelining, never reading, 8 connections", target) as attack:
-
         try:
             valid.fill()
             empty.fill()
@@ -704,11 +746,16 @@ def test_pipelining_client_that_never_reads(target: Target) -> None:
                     break  # no more answers for 1 s (what is still counted: in flight)
             else:
                 pytest.fail(f"srsd kept answering clients that do not read: {counts}")
-            attack.stats.update({"srsd answered, then waited": counts[-1],
-                                 "seconds until srsd stopped reading": round(
-                                     time.monotonic() - attack.started - 1.0, 1),
-                                 "bytes accepted by the kernel": valid.stats["bytes sent"]
-                                 + empty.stats["bytes sent"]})  # fmt: skip
+            attack.stats.update(
+                {
+                    "srsd answered, then waited": counts[-1],
+                    "seconds until srsd stopped reading": round(
+                        time.monotonic() - attack.started - 1.0, 1
+                    ),
+                    "bytes accepted by the kernel": valid.stats["bytes sent"]
+                    + empty.stats["bytes sent"],
+                }
+            )
         finally:
             valid.close()
             empty.close()
@@ -721,13 +768,22 @@ def test_half_closed_sockets(target: Target) -> None:
 
     def one_reply_then_eof(got: bytes) -> bool:
         t = time.time()
-        return got in {b"200 " + codec.forward(b"half@example.org", t - d) + b"\n"
-                       for d in (0, 60)}  # fmt: skip
+        return got in {b"200 " + codec.forward(b"half@example.org", t - d) + b"\n" for d in (0, 60)}
 
     with Attack("half-closed after a partial request, 50 at a time", target) as attack:
-        swarm = swarm_attack(attack, Swarm(target.forward_port, 50, Behaviour(
-            once=b"get half@example.org", half_close=True, keep=True,
-            check=one_reply_then_eof)))  # fmt: skip
+        swarm = swarm_attack(
+            attack,
+            Swarm(
+                target.forward_port,
+                50,
+                Behaviour(
+                    once=b"get half@example.org",
+                    half_close=True,
+                    keep=True,
+                    check=one_reply_then_eof,
+                ),
+            ),
+        )
     assert swarm.stats["replies WRONG"] == 0
     assert swarm.stats["replies right"] > 100
 
@@ -735,8 +791,12 @@ def test_half_closed_sockets(target: Target) -> None:
 def test_half_closed_without_reading(target: Target) -> None:
     # Half-closed mid-line, never read from and never closed on our side: srsd answers,
     # closes its side and forgets them; 140 of them, twice.
-    swarm = Swarm(target.reverse_port, 140, Behaviour(
-        once=b"get SRS0=abcd=AA=exam", half_close=True, reads=False), reconnect=False)
+    swarm = Swarm(
+        target.reverse_port,
+        140,
+        Behaviour(once=b"get SRS0=abcd=AA=exam", half_close=True, reads=False),
+        reconnect=False,
+    )
     with Attack("half-closed, never reading, 2 x 140", target) as attack:
         try:
             for _ in range(2):
@@ -766,8 +826,10 @@ def test_resets_mid_request(target: Target) -> None:
             partial.fill()
             if i % 10 == 0 and pipelined.stats["resets sent"] < 300:
                 pipelined.fill()
-        attack.stats.update(partial_resets=partial.stats["resets sent"],
-                            pipelined_resets=pipelined.stats["resets sent"])  # fmt: skip
+        attack.stats.update(
+            partial_resets=partial.stats["resets sent"],
+            pipelined_resets=pipelined.stats["resets sent"],
+        )
     assert partial.stats["resets sent"] > 1000
     assert pipelined.stats["resets sent"] == 300
 

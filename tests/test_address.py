@@ -66,9 +66,26 @@ def test_dot_atoms(local: bytes) -> None:
 
 @pytest.mark.parametrize(
     "local",
-    [b"", b".", b".a", b"a.", b"a..b", b"a b", b'"a"', b"a@b", b"a(b)", b"a,b", b"a\\b", b"a\x00",
-     b"a\tb", b"a:b", b"[a]", b"a<b>", b"a;b"],
-)  # fmt: skip
+    [
+        b"",
+        b".",
+        b".a",
+        b"a.",
+        b"a..b",
+        b"a b",
+        b'"a"',
+        b"a@b",
+        b"a(b)",
+        b"a,b",
+        b"a\\b",
+        b"a\x00",
+        b"a\tb",
+        b"a:b",
+        b"[a]",
+        b"a<b>",
+        b"a;b",
+    ],
+)
 def test_not_dot_atoms(local: bytes) -> None:
     assert not address.is_dot_atom(local)
 
@@ -238,9 +255,11 @@ def test_postsrsd_form_does_not_parse_ours_does() -> None:
     ours = STD.forward(b'"a b"@origin.example', NOW)
     # postsrsd and Mail::SRS keep the quotes inside and hash over them.
     postsrsd = (
-        b"SRS0=" + ref.srs_hash(SECRET, b"IL", b"origin.example", b'"a b"')
-        + b'=IL=origin.example="a b"@' + DOMAIN
-    )  # fmt: skip
+        b"SRS0="
+        + ref.srs_hash(SECRET, b"IL", b"origin.example", b'"a b"')
+        + b'=IL=origin.example="a b"@'
+        + DOMAIN
+    )
     assert ours != postsrsd
     assert ours.split(b"=")[1] != postsrsd.split(b"=")[1]  # different hash input
     postsrsd_local = postsrsd.rpartition(b"@")[0]

@@ -40,8 +40,12 @@ from srsd.gatekeeper import Gatekeeper
 from srsd.peercred import REMOTE, UNKNOWN, Owner
 
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
-MACHINE = settings(max_examples=EXAMPLES, stateful_step_count=60, deadline=None,
-                   suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+MACHINE = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN]
 POSTFIX, FLOODER = 103, 65534
 
@@ -59,8 +63,11 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.asking: Admission[int]  # told only about idle times; asks is_busy
         self.limits: Limits
 
-    @initialize(max_connections=st.integers(1, 12), share=st.integers(1, 12),
-                allowed=st.sets(st.sampled_from(OWNERS), max_size=3))  # fmt: skip
+    @initialize(
+        max_connections=st.integers(1, 12),
+        share=st.integers(1, 12),
+        allowed=st.sets(st.sampled_from(OWNERS), max_size=3),
+    )
     def setup(self, max_connections: int, share: int, allowed: set[Owner]) -> None:
         self.limits = Limits(max_connections, min(share, max_connections), frozenset(allowed))
         self.table = Admission(self.limits)
@@ -90,7 +97,8 @@ class AdmissionMachine(RuleBasedStateMachine):
             assert not [k for k in idle if self.model[k].owner == owner]
             assert held[owner] >= self.limits.max_per_user or (
                 len(self.model) >= self.limits.max_connections
-                and all(held[self.model[k].owner] <= held[owner] + 1 for k in idle))
+                and all(held[self.model[k].owner] <= held[owner] + 1 for k in idle)
+            )
         if got.verdict is Verdict.ADMIT:
             assert len(self.model) < self.limits.max_connections
             assert held[owner] < self.limits.max_per_user
@@ -98,14 +106,16 @@ class AdmissionMachine(RuleBasedStateMachine):
             return
         victim = self.model[got.victim]
         assert not victim.busy
-        assert victim.last == min(self.model[k].last for k in idle
-                                  if self.model[k].owner == victim.owner)  # fmt: skip
+        assert victim.last == min(
+            self.model[k].last for k in idle if self.model[k].owner == victim.owner
+        )
         if victim.owner != owner:  # taken from someone else: the biggest holder
             assert held[owner] < self.limits.max_per_user
             count = held[victim.owner]
             assert count > held[owner] + 1
-            assert all(held[self.model[k].owner] + (self.model[k].owner == owner) <= count
-                       for k in idle)  # fmt: skip
+            assert all(
+                held[self.model[k].owner] + (self.model[k].owner == owner) <= count for k in idle
+            )
 
     @rule(pick=st.integers(0, 1000))
     def request(self, pick: int) -> None:
@@ -152,13 +162,22 @@ TestAdmissionMachine.settings = MACHINE
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(steps=st.lists(st.tuples(st.sampled_from(["connect", "close-own", "request", "postfix"]),
-                                st.sampled_from([FLOODER, 1000]), st.integers(0, 1000)),
-                      min_size=10, max_size=400),
-       postfix_connections=st.integers(1, 10), max_connections=st.integers(4, 40))  # fmt: skip
-def test_flooders_never_shut_postfix_out(steps: list[tuple[str, Owner, int]],
-                                         postfix_connections: int,
-                                         max_connections: int) -> None:  # fmt: skip
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["connect", "close-own", "request", "postfix"]),
+            st.sampled_from([FLOODER, 1000]),
+            st.integers(0, 1000),
+        ),
+        min_size=10,
+        max_size=400,
+    ),
+    postfix_connections=st.integers(1, 10),
+    max_connections=st.integers(4, 40),
+)
+def test_flooders_never_shut_postfix_out(
+    steps: list[tuple[str, Owner, int]], postfix_connections: int, max_connections: int
+) -> None:
     # Postfix keeps up to postfix_connections (fewer than a third of the limit) and looks
     # something up on one of them now and then; two other users connect, close and send
     # requests as they like, together filling srsd. With the default share, none of
@@ -255,34 +274,50 @@ def _load(tmp_path: Path, **kwargs: object) -> srsd_settings.Settings:
 def test_admission_settings_defaults(tmp_path: Path) -> None:
     loaded = _load(tmp_path, environ={})
     assert (loaded.max_connections_per_user, loaded.allowed_users, loaded.request_timeout) == (
-        0, (), 10.0)
-    limits = Gatekeeper.limits(loaded.max_connections, loaded.max_connections_per_user,
-                               loaded.allowed_users)  # fmt: skip
+        0,
+        (),
+        10.0,
+    )
+    limits = Gatekeeper.limits(
+        loaded.max_connections, loaded.max_connections_per_user, loaded.allowed_users
+    )
     assert limits == Limits(1000, 500, frozenset())
 
 
 def test_admission_settings_from_environment_and_flags(tmp_path: Path) -> None:
-    loaded = _load(tmp_path, environ={"SRS_ALLOWED_USERS": "postfix, root 65534",
-                                      "SRS_MAX_CONNECTIONS_PER_USER": "30",
-                                      "SRS_REQUEST_TIMEOUT": "2.5"})  # fmt: skip
+    loaded = _load(
+        tmp_path,
+        environ={
+            "SRS_ALLOWED_USERS": "postfix, root 65534",
+            "SRS_MAX_CONNECTIONS_PER_USER": "30",
+            "SRS_REQUEST_TIMEOUT": "2.5",
+        },
+    )
     assert loaded.allowed_users == ("postfix", "root", "65534")
-    limits = Gatekeeper.limits(loaded.max_connections, loaded.max_connections_per_user,
-                               loaded.allowed_users)  # fmt: skip
+    limits = Gatekeeper.limits(
+        loaded.max_connections, loaded.max_connections_per_user, loaded.allowed_users
+    )
     assert limits == Limits(1000, 30, frozenset({0, 65534, pwd.getpwnam("postfix").pw_uid}))
     assert loaded.request_timeout == 2.5
-    flagged = _load(tmp_path, environ={}, cli={"allowed_users": "remote",
-                                                "max_connections": "10",
-                                                "max_connections_per_user": "50"})  # fmt: skip
-    limits = Gatekeeper.limits(flagged.max_connections, flagged.max_connections_per_user,
-                               flagged.allowed_users)  # fmt: skip
+    flagged = _load(
+        tmp_path,
+        environ={},
+        cli={"allowed_users": "remote", "max_connections": "10", "max_connections_per_user": "50"},
+    )
+    limits = Gatekeeper.limits(
+        flagged.max_connections, flagged.max_connections_per_user, flagged.allowed_users
+    )
     assert limits == Limits(10, 10, frozenset({REMOTE}))  # a share above the total is the total
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("SRS_ALLOWED_USERS", "postfix nosuchuser", "allowed_users: no such user: 'nosuchuser'"),
-    ("SRS_REQUEST_TIMEOUT", "0", "request_timeout: must be more than 0"),
-    ("SRS_MAX_CONNECTIONS_PER_USER", "-1", "max_connections_per_user: must be between 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SRS_ALLOWED_USERS", "postfix nosuchuser", "allowed_users: no such user: 'nosuchuser'"),
+        ("SRS_REQUEST_TIMEOUT", "0", "request_timeout: must be more than 0"),
+        ("SRS_MAX_CONNECTIONS_PER_USER", "-1", "max_connections_per_user: must be between 0"),
+    ],
+)
 def test_bad_admission_settings(tmp_path: Path, key: str, value: str, message: str) -> None:
     with pytest.raises(srsd_settings.ConfigError) as info:
         _load(tmp_path, environ={key: value})

@@ -56,10 +56,20 @@ class Target(SrsdProcess):
         self.metrics_port = free_port("127.0.0.1")
         config = workdir / "empty.toml"
         config.write_text("# no settings\n")
-        super().__init__(workdir, extra_args=[
-            "--config", str(config), "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-            "--max-connections", str(MAX_CONNECTIONS), "--timeout", str(IDLE_TIMEOUT),
-            *extra])  # fmt: skip
+        super().__init__(
+            workdir,
+            extra_args=[
+                "--config",
+                str(config),
+                "--metrics-listen",
+                f"127.0.0.1:{self.metrics_port}",
+                "--max-connections",
+                str(MAX_CONNECTIONS),
+                "--timeout",
+                str(IDLE_TIMEOUT),
+                *extra,
+            ],
+        )
 
     def metrics(self) -> dict[str, float]:
         """Every sample of ``/metrics``, by its name with labels."""
@@ -104,8 +114,9 @@ class GoodClient:
             else:
                 took = time.perf_counter() - started
                 now = time.time()
-                if reply in {b"200 " + self.codec.forward(sender, t) + b"\n"
-                             for t in (now, now - 60)}:  # fmt: skip
+                if reply in {
+                    b"200 " + self.codec.forward(sender, t) + b"\n" for t in (now, now - 60)
+                }:
                     self.latencies.append(took)
                 else:
                     self.wrong.append(f"lookup {i}: {reply!r}")
@@ -119,9 +130,12 @@ class GoodClient:
     def figures(self) -> dict[str, float]:
         ordered = sorted(self.latencies)
         p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else 0.0
-        return {"lookups": len(self.latencies) + len(self.wrong), "right": len(self.latencies),
-                "p99_ms": round(p99 * 1000, 2),
-                "max_ms": round(max(ordered, default=0.0) * 1000, 2)}
+        return {
+            "lookups": len(self.latencies) + len(self.wrong),
+            "right": len(self.latencies),
+            "p99_ms": round(p99 * 1000, 2),
+            "max_ms": round(max(ordered, default=0.0) * 1000, 2),
+        }
 
 
 @contextmanager
@@ -149,8 +163,12 @@ def attackers(port: int, mode: str, *plan: tuple[int, int]) -> Iterator[list[dic
     with ExitStack() as stack:
         children = []
         for uid, size in plan:
-            child = run_as(uid, ATTACKER, [mode, "127.0.0.1", str(port), str(size),
-                                           str(ATTACKER_SECONDS)], nice=ATTACKER_NICE)  # fmt: skip
+            child = run_as(
+                uid,
+                ATTACKER,
+                [mode, "127.0.0.1", str(port), str(size), str(ATTACKER_SECONDS)],
+                nice=ATTACKER_NICE,
+            )
             stack.callback(child.kill)
             children.append(child)
         time.sleep(WARM_UP)
@@ -163,17 +181,26 @@ def attackers(port: int, mode: str, *plan: tuple[int, int]) -> Iterator[list[dic
             results.append(json.loads(out))
 
 
-def check_and_report(name: str, srv: Target, clients: list[GoodClient],
-                     attacks: list[dict[str, int]], *, lookups: int = 50,
-                     p99_bound: float | None = P99_BOUND) -> dict[str, float]:  # fmt: skip
+def check_and_report(
+    name: str,
+    srv: Target,
+    clients: list[GoodClient],
+    attacks: list[dict[str, int]],
+    *,
+    lookups: int = 50,
+    p99_bound: float | None = P99_BOUND,
+) -> dict[str, float]:
     metrics = srv.metrics()
     figures = {
         "attack": name,
         "fresh": clients[0].figures(),
         "persistent": clients[1].figures(),
         "attackers": attacks,
-        "srsd": {k.removeprefix("srsd_"): v for k, v in metrics.items()
-                 if k.startswith("srsd_connections")},
+        "srsd": {
+            k.removeprefix("srsd_"): v
+            for k, v in metrics.items()
+            if k.startswith("srsd_connections")
+        },
     }
     print(f"\n[{name}] {json.dumps(figures)}")
     for client in clients:
@@ -196,8 +223,10 @@ def test_slowloris_at_twice_the_limit(target: Target) -> None:
     # nobody keeps 100 connections dribbling a line that never ends (limit 50, share 25):
     # it reaches its share and from then on every new one of its connections evicts its
     # own oldest; the request time-out closes the rest.
-    with attackers(target.forward_port, "slowloris", (NOBODY, 2 * MAX_CONNECTIONS)) as attacks, \
-            good_clients(target.forward_port) as clients:  # fmt: skip
+    with (
+        attackers(target.forward_port, "slowloris", (NOBODY, 2 * MAX_CONNECTIONS)) as attacks,
+        good_clients(target.forward_port) as clients,
+    ):
         time.sleep(ATTACK_SECONDS)
     metrics = check_and_report("slowloris, 100 connections", target, clients, attacks)
     assert attacks[0]["closed by srsd"] > MAX_CONNECTIONS
@@ -207,9 +236,12 @@ def test_slowloris_at_twice_the_limit(target: Target) -> None:
 def test_connection_flood_by_two_users(target: Target) -> None:
     # Two users each try to hold 50 connections (each asks once and holds 1 s): together
     # they fill srsd; the good clients' connections still get in, evicting theirs.
-    with attackers(target.forward_port, "flood", (NOBODY, MAX_CONNECTIONS),
-                   (SECOND_UID, MAX_CONNECTIONS)) as attacks, \
-            good_clients(target.forward_port) as clients:  # fmt: skip
+    with (
+        attackers(
+            target.forward_port, "flood", (NOBODY, MAX_CONNECTIONS), (SECOND_UID, MAX_CONNECTIONS)
+        ) as attacks,
+        good_clients(target.forward_port) as clients,
+    ):
         time.sleep(ATTACK_SECONDS)
     metrics = check_and_report("connection flood, 2 users x 50", target, clients, attacks)
     assert all(a["answers"] > 0 for a in attacks)  # they were served too, within their share
@@ -219,9 +251,12 @@ def test_connection_flood_by_two_users(target: Target) -> None:
 def test_idle_connections_from_two_users(target: Target) -> None:
     # Two users open connections and send nothing (the idle time-out is 60 s): srsd is
     # full after a moment; each good lookup on a fresh connection evicts an idle one.
-    with attackers(target.forward_port, "idle", (NOBODY, MAX_CONNECTIONS),
-                   (SECOND_UID, MAX_CONNECTIONS)) as attacks, \
-            good_clients(target.forward_port) as clients:  # fmt: skip
+    with (
+        attackers(
+            target.forward_port, "idle", (NOBODY, MAX_CONNECTIONS), (SECOND_UID, MAX_CONNECTIONS)
+        ) as attacks,
+        good_clients(target.forward_port) as clients,
+    ):
         time.sleep(ATTACK_SECONDS)
     metrics = check_and_report("idle connections, 2 users x 50", target, clients, attacks)
     assert metrics["srsd_connections_evicted_total"] > 0
@@ -235,12 +270,24 @@ def test_pipelining_without_reading_by_two_users(target: Target) -> None:
     # not bounded here: 100 connections each handing srsd hundreds of requests per read
     # take its CPU (as the garbage floods of test_abuse.py do), which admission does not
     # share out.
-    with attackers(target.forward_port, "pipeline", (NOBODY, MAX_CONNECTIONS),
-                   (SECOND_UID, MAX_CONNECTIONS)) as attacks, \
-            good_clients(target.forward_port) as clients:  # fmt: skip
+    with (
+        attackers(
+            target.forward_port,
+            "pipeline",
+            (NOBODY, MAX_CONNECTIONS),
+            (SECOND_UID, MAX_CONNECTIONS),
+        ) as attacks,
+        good_clients(target.forward_port) as clients,
+    ):
         time.sleep(ATTACK_SECONDS)
-    metrics = check_and_report("pipelining without reading, 2 users x 50", target, clients,
-                               attacks, lookups=10, p99_bound=None)  # fmt: skip
+    metrics = check_and_report(
+        "pipelining without reading, 2 users x 50",
+        target,
+        clients,
+        attacks,
+        lookups=10,
+        p99_bound=None,
+    )
     assert metrics["srsd_connections_evicted_total"] > 0
 
 
@@ -248,8 +295,10 @@ def test_partial_requests_time_out(target: Target) -> None:
     # nobody keeps 25 connections that sent half a request: each is closed
     # --request-timeout (1 s) after, counted.
     share = MAX_CONNECTIONS // 2
-    with attackers(target.forward_port, "partial", (NOBODY, share)) as attacks, \
-            good_clients(target.forward_port) as clients:  # fmt: skip
+    with (
+        attackers(target.forward_port, "partial", (NOBODY, share)) as attacks,
+        good_clients(target.forward_port) as clients,
+    ):
         time.sleep(ATTACK_SECONDS)
     metrics = check_and_report("partial requests, 25 connections", target, clients, attacks)
     closed = attacks[0]
@@ -262,8 +311,10 @@ def test_partial_requests_time_out(target: Target) -> None:
 def test_disallowed_user_is_refused(tmp_path: Path) -> None:
     # allowed_users = root: nobody's connections are closed at once, never answered.
     with Target(tmp_path, "--allowed-users", "root") as srv:
-        with attackers(srv.forward_port, "ask", (NOBODY, MAX_CONNECTIONS)) as attacks, \
-                good_clients(srv.forward_port) as clients:  # fmt: skip
+        with (
+            attackers(srv.forward_port, "ask", (NOBODY, MAX_CONNECTIONS)) as attacks,
+            good_clients(srv.forward_port) as clients,
+        ):
             time.sleep(ATTACK_SECONDS)
         metrics = check_and_report("disallowed user, 50 connections", srv, clients, attacks)
     assert attacks[0]["answers"] == 0
@@ -281,8 +332,13 @@ def test_srsd_health_as_root(tmp_path: Path, allowed: str, healthy: bool) -> Non
         # (the start-up probe's connect-and-close is refused: a peer gone before srsd asks
         # the kernel has no owner, and "unknown" is not allowed)
         before = srv.metrics()["srsd_connections_refused_user_total"]
-        status, lines, _ = health(tmp_path / "health", "--forward-port", str(srv.forward_port),
-                                  "--reverse-port", str(srv.reverse_port))  # fmt: skip
+        status, lines, _ = health(
+            tmp_path / "health",
+            "--forward-port",
+            str(srv.forward_port),
+            "--reverse-port",
+            str(srv.reverse_port),
+        )
         assert (status == 0) is healthy, lines
         assert lines[0].startswith("srsd OK: tcp_table" if healthy else "srsd"), lines
         refused = srv.metrics()["srsd_connections_refused_user_total"] - before

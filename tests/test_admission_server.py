@@ -49,8 +49,10 @@ async def asked(client: Client) -> Client:
 async def test_full_evicts_the_longest_idle(tmp_path: Path, log: CapturedLog) -> None:
     async with serving(tmp_path, max_connections=3, max_connections_per_user=3) as srv:
         server = srv.server
-        first = [await asked(await srv.connect(role))
-                 for role in (Role.FORWARD, Role.REVERSE, Role.FORWARD)]  # fmt: skip
+        first = [
+            await asked(await srv.connect(role))
+            for role in (Role.FORWARD, Role.REVERSE, Role.FORWARD)
+        ]
         await asked(first[0])  # now first[1] is the one idle the longest
         extra = await asked(await srv.connect(Role.REVERSE))  # shares the limit of both ports
         assert await first[1].rest() == b""  # evicted
@@ -62,8 +64,10 @@ async def test_full_evicts_the_longest_idle(tmp_path: Path, log: CapturedLog) ->
             await asked(client)
         assert (server.admission["evicted"], server.rejected_connections) == (2, 0)
         lines = [m for m in log.messages(logging.WARNING) if "evicted" in m]
-        assert lines == [f"evicted the longest idle connection of uid {ME} to admit one of "
-                         f"uid {ME} (max_connections 3, per user 3)"]  # once per 10 s
+        assert lines == [
+            f"evicted the longest idle connection of uid {ME} to admit one of "
+            f"uid {ME} (max_connections 3, per user 3)"
+        ]  # once per 10 s
 
 
 async def test_a_user_at_its_share_evicts_its_own(tmp_path: Path) -> None:
@@ -116,8 +120,10 @@ async def test_connections_being_answered_are_never_evicted(tmp_path: Path) -> N
         assert isinstance(server, HoldingServer)
         held = await srv.connect()
         await held.send(b"get hold\n")
-        await wait_for(lambda: any(c.answering for c in server.loop.connections),
-                       "the held request to be taken up")  # fmt: skip
+        await wait_for(
+            lambda: any(c.answering for c in server.loop.connections),
+            "the held request to be taken up",
+        )
         late = await srv.connect()
         assert await late.rest(reset_ok=True) == b""
         assert (server.rejected_connections, server.admission["evicted"]) == (1, 0)
@@ -127,8 +133,7 @@ async def test_connections_being_answered_are_never_evicted(tmp_path: Path) -> N
         assert (await held.ask(b"bob")).startswith(b"500 ")  # still served
 
 
-async def test_a_client_that_does_not_read_may_be_evicted(tmp_path: Path,
-                                                          quiet_log: None) -> None:  # fmt: skip
+async def test_a_client_that_does_not_read_may_be_evicted(tmp_path: Path, quiet_log: None) -> None:
     # A connection pipelining requests and reading nothing waits for the client once its
     # replies fill the socket buffers: the client holds it up, not srsd. Full, a new
     # connection evicts it.
@@ -138,8 +143,10 @@ async def test_a_client_that_does_not_read_may_be_evicted(tmp_path: Path,
         sock = await connect_small_window(srv.forward)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_until_closed, sock, payload)
-            await wait_for(lambda: any(c.stalled for c in server.loop.connections),
-                           "the pipelining client to hold up its replies")  # fmt: skip
+            await wait_for(
+                lambda: any(c.stalled for c in server.loop.connections),
+                "the pipelining client to hold up its replies",
+            )
             late = await asked(await srv.connect(Role.REVERSE))
             assert (server.admission["evicted"], server.rejected_connections) == (1, 0)
             await asked(late)
@@ -183,15 +190,16 @@ async def test_a_request_must_end_in_time(tmp_path: Path, log: CapturedLog) -> N
         assert server.admission["timed out"] == 1
         await asked(silent)
         lines = [m for m in log.messages(logging.WARNING) if "request_timeout" in m]
-        assert lines == [f"closed a connection of uid {ME}: its request did not end within "
-                         "request_timeout (0.5 s)"]  # fmt: skip
+        assert lines == [
+            f"closed a connection of uid {ME}: its request did not end within "
+            "request_timeout (0.5 s)"
+        ]
 
 
 async def test_reload_applies_new_limits(tmp_path: Path) -> None:
     config = tmp_path / "srsd.toml"
     config.write_text("max_connections_per_user = 1\n")
-    async with serving(tmp_path, reload_from_files=True, config=config,
-                       max_connections=10) as srv:  # fmt: skip
+    async with serving(tmp_path, reload_from_files=True, config=config, max_connections=10) as srv:
         a = await asked(await srv.connect())
         b = await asked(await srv.connect())
         assert await a.rest() == b""  # the share is 1

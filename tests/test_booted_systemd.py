@@ -112,14 +112,19 @@ class Booted:
         return subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", "/bin/sh", "-c", command],
             env={"PATH": SHELL_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"},
-            capture_output=True, text=True, timeout=timeout, cwd="/", check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            check=False,
+        )
 
     def ok(self, command: str, timeout: float = STEP_TIMEOUT) -> str:
         """Its output; the test fails with everything it printed when it exits non-zero."""
         done = self.run(command, timeout)
-        assert done.returncode == 0, f"{command!r} exited {done.returncode}:\n{done.stdout}" \
-                                     f"{done.stderr}"  # fmt: skip
+        assert done.returncode == 0, (
+            f"{command!r} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
         return done.stdout
 
     def tcp(self, port: int, key: str) -> str:
@@ -151,8 +156,12 @@ def need_host() -> None:
 
 def copy_checkout(dest: Path) -> None:
     """This checkout's files (tracked and new, not ignored) into ``dest``: the clone."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], capture_output=True, timeout=60, check=False)
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     if listed.returncode != 0:
         pytest.fail(f"not a git checkout, cannot copy the source: {listed.stderr.decode()}")
     for name in filter(None, listed.stdout.decode().split("\0")):
@@ -166,10 +175,13 @@ def copy_checkout(dest: Path) -> None:
 def build_deb(work: Path) -> Path:
     """The .deb that packaging/debian/build.sh builds from a clean clone of this checkout."""
     clone = work / "clone"
-    for command in (["git", "clone", "--quiet", str(REPO), str(clone)],
-                    [str(clone / "packaging/debian/build.sh"), str(work / "dist")]):  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              timeout=INSTALL_TIMEOUT)  # fmt: skip
+    for command in (
+        ["git", "clone", "--quiet", str(REPO), str(clone)],
+        [str(clone / "packaging/debian/build.sh"), str(work / "dist")],
+    ):
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=INSTALL_TIMEOUT
+        )
         assert done.returncode == 0, f"{command} failed:\n{done.stdout}{done.stderr}"
     (deb,) = (work / "dist").glob("srsd_*_all.deb")
     return deb
@@ -219,8 +231,10 @@ def wait_booted(booted: Booted) -> str:
         if state in {"running", "degraded"}:
             return state
         time.sleep(0.2)  # "offline": PID 1 is not systemd yet
-    pytest.fail(f"the root did not boot in {BOOT_TIMEOUT} s (state {state!r}):\n"
-                f"{booted.log.read_text()[-3000:]}")  # fmt: skip
+    pytest.fail(
+        f"the root did not boot in {BOOT_TIMEOUT} s (state {state!r}):\n"
+        f"{booted.log.read_text()[-3000:]}"
+    )
 
 
 def poweroff(nspawn: subprocess.Popen[bytes], booted: Booted | None) -> None:
@@ -236,8 +250,9 @@ def poweroff(nspawn: subprocess.Popen[bytes], booted: Booted | None) -> None:
 
 
 @pytest.fixture(scope="module", params=INSTALLS)
-def booted(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:  # fmt: skip
+def booted(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Booted]:
     need_host()
     how: str = request.param
     work = tmp_path_factory.mktemp(f"booted-{how.replace('.', '-')}")
@@ -251,17 +266,29 @@ def booted(request: pytest.FixtureRequest,
         log = work / "nspawn.log"
         with log.open("wb") as out:
             nspawn = subprocess.Popen(
-                ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
-                 "--private-network", "-D", str(root)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    "systemd-nspawn",
+                    "--quiet",
+                    "--boot",
+                    "--register=no",
+                    "--keep-unit",
+                    "--private-network",
+                    "-D",
+                    str(root),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         machine: Booted | None = None
         try:
             machine = Booted(how, root, nspawn, find_leader(nspawn, log), log)
             wait_booted(machine)
-            print(f"root unpacked, srsd installed ({how}) and booted in "
-                  f"{time.monotonic() - started:.1f} s")  # fmt: skip
+            print(
+                f"root unpacked, srsd installed ({how}) and booted in "
+                f"{time.monotonic() - started:.1f} s"
+            )
             yield machine
         finally:
             poweroff(nspawn, machine)
@@ -284,16 +311,20 @@ def test_install_steps_start_the_service(booted: Booted) -> None:
     assert "srsd OK: tcp_table 127.0.0.1:10001/10002: round trip ok" in output, output
     assert booted.active("srsd") == ["active"]
     status = booted.ok("systemctl show -p StatusText --value srsd").strip()
-    assert re.fullmatch(r"\d+ lookups, \d+ connections open, \d+ evicted, \d+ refused "
-                        r"\(limit\), \d+ refused \(user\), 0 failed reloads",
-                        status), status  # fmt: skip
+    assert re.fullmatch(
+        r"\d+ lookups, \d+ connections open, \d+ evicted, \d+ refused "
+        r"\(limit\), \d+ refused \(user\), 0 failed reloads",
+        status,
+    ), status
     security = booted.ok("systemd-analyze security --no-pager srsd.service")
     assert re.search(r"Overall exposure level for srsd\.service: \d\.\d OK", security), security
 
 
 def test_dynamic_user_without_capabilities(booted: Booted) -> None:
-    fields = dict(line.split(":\t", 1) for line in
-                  booted.ok(f"cat /proc/{booted.main_pid()}/status").splitlines())  # fmt: skip
+    fields = dict(
+        line.split(":\t", 1)
+        for line in booted.ok(f"cat /proc/{booted.main_pid()}/status").splitlines()
+    )
     uids = set(fields["Uid"].split())
     assert len(uids) == 1 and 61184 <= int(uids.pop()) <= 65519, fields["Uid"]  # DynamicUser=
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
@@ -306,8 +337,10 @@ def test_credential_secret_signs_lookups(booted: Booted) -> None:
     secret = (booted.root / "etc/srsd/secrets").read_bytes().split(b"\n")[0]
     t0 = time.time()
     reply = booted.tcp(10001, ALICE)
-    signed = {Codec([secret], DOMAIN.encode()).forward(ALICE.encode(), t).decode()
-              for t in (t0, time.time())}  # fmt: skip
+    signed = {
+        Codec([secret], DOMAIN.encode()).forward(ALICE.encode(), t).decode()
+        for t in (t0, time.time())
+    }
     assert reply.startswith("200 SRS0=") and reply[4:] in signed, (reply, signed)
     check = booted.ok("journalctl -u srsd -o cat --no-pager")
     assert "secret(s) from /run/credentials/srsd.service/srsd-secrets" in check, check
@@ -335,10 +368,13 @@ def test_reload_applies_a_changed_toml_and_warns_at_warning_priority(booted: Boo
     warnings = booted.ok("journalctl -u srsd -t srsd -p warning -o cat --no-pager")
     assert "WARNING: forward_port changed: restart to apply" in warnings, warnings
     assert "srsd ready" not in warnings  # info lines stay out of -p warning
-    entries = [json.loads(line) for line in
-               booted.ok("journalctl -u srsd -t srsd -o json --no-pager").splitlines()]
-    by_priority = {e["MESSAGE"].split(":", 1)[0]: e["PRIORITY"] for e in entries
-                   if e.get("_PID") == str(pid)}  # fmt: skip
+    entries = [
+        json.loads(line)
+        for line in booted.ok("journalctl -u srsd -t srsd -o json --no-pager").splitlines()
+    ]
+    by_priority = {
+        e["MESSAGE"].split(":", 1)[0]: e["PRIORITY"] for e in entries if e.get("_PID") == str(pid)
+    }
     assert by_priority == {"INFO": "6", "WARNING": "4"}, by_priority
     assert {e["SYSLOG_FACILITY"] for e in entries} == {"2"}  # mail
     assert not [e for e in entries if re.match(r"\d{4}-\d\d-\d\d ", e["MESSAGE"])]  # no time
@@ -357,10 +393,17 @@ def test_syslog_lines_carry_the_mail_facility_and_priority(booted: Booted) -> No
     finally:
         toml.write_text(documented)
         booted.ok("systemctl reload srsd")
-    entries = [json.loads(line) for line in booted.ok(
-        "journalctl -u srsd _TRANSPORT=syslog -o json --no-pager").splitlines()]  # fmt: skip
-    seen = {(e["SYSLOG_IDENTIFIER"], e["SYSLOG_FACILITY"], e["PRIORITY"], e["MESSAGE"])
-            for e in entries if isinstance(e["MESSAGE"], str)}  # fmt: skip
+    entries = [
+        json.loads(line)
+        for line in booted.ok(
+            "journalctl -u srsd _TRANSPORT=syslog -o json --no-pager"
+        ).splitlines()
+    ]
+    seen = {
+        (e["SYSLOG_IDENTIFIER"], e["SYSLOG_FACILITY"], e["PRIORITY"], e["MESSAGE"])
+        for e in entries
+        if isinstance(e["MESSAGE"], str)
+    }
     assert ("srsd", "2", "4", "reverse_port changed: restart to apply") in seen, seen
     assert [m for (_, _, p, m) in seen if p == "6" and m.startswith(f"forward <{ALICE}>")]
     assert {e["_PID"] for e in entries} == {str(booted.main_pid())}
@@ -374,7 +417,8 @@ def test_health_and_reload_with_the_environment_file(booted: Booted) -> None:
     try:
         booted.ok("systemctl restart srsd")  # new ports: a restart (README)
         assert booted.ok("srsd health").startswith(
-            "srsd OK: tcp_table 127.0.0.1:10101/10102: round trip ok")
+            "srsd OK: tcp_table 127.0.0.1:10101/10102: round trip ok"
+        )
         assert booted.tcp(10101, ALICE).startswith("200 SRS0=")
         env_file.write_text(ports + "SRS_EXCLUDE_DOMAINS=example.org\n")
         booted.ok("systemctl reload srsd")  # srsd reads the file again itself
@@ -395,8 +439,10 @@ def test_secret_rotation_under_the_credential(booted: Booted) -> None:
     assert secrets.stat().st_mode & 0o777 == 0o600
     t0 = time.time()
     reply = booted.tcp(10001, ALICE)
-    assert reply[4:] in {Codec([first], DOMAIN.encode()).forward(ALICE.encode(), t).decode()
-                         for t in (t0, time.time())}, "not signed with the new secret"
+    assert reply[4:] in {
+        Codec([first], DOMAIN.encode()).forward(ALICE.encode(), t).decode()
+        for t in (t0, time.time())
+    }, "not signed with the new secret"
     assert booted.tcp(10002, old_srs) == f"200 {ALICE}"  # the old secret still verifies
 
 
@@ -408,10 +454,12 @@ def test_socket_activation_across_a_restart(booted: Booted) -> None:
     assert booted.active("srsd") == ["active"]
     before = booted.main_pid()
     lookups = subprocess.Popen(
-        ["nsenter", "-t", str(booted.leader), "-a", "python3", PROBE_PATH, "stream",
-         "10001", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ["nsenter", "-t", str(booted.leader), "-a", "python3", PROBE_PATH, "stream", "10001", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={"PATH": SHELL_PATH},
-    )  # fmt: skip
+    )
     try:
         time.sleep(1)
         booted.ok("systemctl restart srsd")
@@ -444,5 +492,8 @@ def test_socketmap_socket_for_the_postfix_group(booted: Booted) -> None:
 def test_back_to_srsd_binding_by_itself(booted: Booted) -> None:
     booted.ok(readme_block("systemctl disable --now srsd-forward"))
     assert booted.active("srsd", "srsd-forward.socket", "srsd-reverse.socket") == [
-        "active", "inactive", "inactive"]
+        "active",
+        "inactive",
+        "inactive",
+    ]
     assert booted.ok("srsd health").startswith("srsd OK: tcp_table 127.0.0.1:10001/10002: ")

@@ -13,16 +13,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CI_RUN = REPO / ".ci" / "run"
 # Programs the tests call, and the Debian package that brings each onto a minimal system.
-PROVIDERS = {"postmap": "postfix", "kill": "procps", "man": "man-db", "nc": "netcat-openbsd",
-             "debootstrap": "debootstrap", "systemd-nspawn": "systemd-container",
-             "systemd-analyze": "systemd", "faketime": "faketime", "postsrsd": "postsrsd",
-             "redis-server": "redis-server", "git": "git", "venv": "python3-venv"}
+PROVIDERS = {
+    "postmap": "postfix",
+    "kill": "procps",
+    "man": "man-db",
+    "nc": "netcat-openbsd",
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "systemd-analyze": "systemd",
+    "faketime": "faketime",
+    "postsrsd": "postsrsd",
+    "redis-server": "redis-server",
+    "git": "git",
+    "venv": "python3-venv",
+}
 
 
 def commands(text: str) -> list[str]:
     """The script's lines without comments and blank lines."""
-    lines = (line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-             for line in text.splitlines())
+    lines = (
+        line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        for line in text.splitlines()
+    )
     return [line for line in lines if line]
 
 
@@ -39,8 +51,11 @@ def test_ci_run_ends_with_readmes_test_command() -> None:
 
 def test_no_bare_python() -> None:
     for name in (".ci/run", "install.sh"):
-        bare = [line for line in commands((REPO / name).read_text())
-                if re.search(r"(^|[\s;&|(])python(\s|$)", line)]
+        bare = [
+            line
+            for line in commands((REPO / name).read_text())
+            if re.search(r"(^|[\s;&|(])python(\s|$)", line)
+        ]
         assert bare == [], name
 
 

@@ -38,11 +38,29 @@ def run(tmp_path: Path, ci: str | None) -> str:
     if ci is not None:
         env["CI"] = ci
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.ci_skips", "-p", "no:cacheprovider",
-         "-q", "-rA", "--continue-on-collection-errors", "--rootdir", str(tmp_path), "-c",
-         os.devnull, str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.ci_skips",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rA",
+            "--continue-on-collection-errors",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return done.stdout
 
 
@@ -59,8 +77,9 @@ def test_under_ci_only_allowed_skips_remain(tmp_path: Path) -> None:
     assert "in_ci" not in out
 
 
-@pytest.mark.parametrize(("value", "ci"), [("true", True), ("1", True), ("TRUE", True),
-                                           ("false", False), ("", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "ci"), [("true", True), ("1", True), ("TRUE", True), ("false", False), ("", False)]
+)
 def test_in_ci(value: str, ci: bool) -> None:
     assert in_ci({"CI": value}) is ci
     assert not in_ci({})

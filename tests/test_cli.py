@@ -53,8 +53,14 @@ class Srsd:
 
     def common(self, secret: Path | None = None) -> list[str]:
         """The flags every encode/decode call here needs."""
-        return ["--config", str(self.config), "--domain", DOMAIN,
-                "--secret-file", str(secret or self.secret)]  # fmt: skip
+        return [
+            "--config",
+            str(self.config),
+            "--domain",
+            DOMAIN,
+            "--secret-file",
+            str(secret or self.secret),
+        ]
 
     def argv(self, *args: str | bytes) -> list[str | bytes]:
         return [sys.executable, "-m", "srsd", *args]
@@ -63,13 +69,17 @@ class Srsd:
         self, *args: str | bytes, stdin: bytes | None = None, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            self.argv(*args), input=stdin, capture_output=True, check=False,
-            env={**self.env, **(env or {})}, cwd=self.workdir, timeout=TIMEOUT,
-        )  # fmt: skip
+            self.argv(*args),
+            input=stdin,
+            capture_output=True,
+            check=False,
+            env={**self.env, **(env or {})},
+            cwd=self.workdir,
+            timeout=TIMEOUT,
+        )
 
     def popen(self, *args: str | bytes, **kwargs: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.argv(*args), env=self.env, cwd=self.workdir,
-                                **kwargs)  # type: ignore[call-overload]  # fmt: skip
+        return subprocess.Popen(self.argv(*args), env=self.env, cwd=self.workdir, **kwargs)  # type: ignore[call-overload]
 
 
 @pytest.fixture
@@ -125,12 +135,32 @@ def test_version(cli: Srsd) -> None:
     assert text(result.stdout).strip() == f"srsd {srsd.__version__}"
 
 
-COMMON_FLAGS = ["--config", "--domain", "--secret-file", "--exclude", "--exclude-file",
-                "--separator", "--hash-length", "--hash-min", "--max-age", "--hash-alphabet",
-                "--state-dir"]  # fmt: skip
-SERVE_FLAGS = ["--listen", "--forward-port", "--reverse-port", "--timeout", "--max-connections",
-               "--max-request", "--shutdown-grace", "--log-level", "--syslog", "--run-as",
-               "--check"]  # fmt: skip
+COMMON_FLAGS = [
+    "--config",
+    "--domain",
+    "--secret-file",
+    "--exclude",
+    "--exclude-file",
+    "--separator",
+    "--hash-length",
+    "--hash-min",
+    "--max-age",
+    "--hash-alphabet",
+    "--state-dir",
+]
+SERVE_FLAGS = [
+    "--listen",
+    "--forward-port",
+    "--reverse-port",
+    "--timeout",
+    "--max-connections",
+    "--max-request",
+    "--shutdown-grace",
+    "--log-level",
+    "--syslog",
+    "--run-as",
+    "--check",
+]
 
 
 @pytest.mark.parametrize(
@@ -157,8 +187,9 @@ def test_help(cli: Srsd, command: list[str], flags: list[str]) -> None:
 
 def test_config_prints_toml_that_config_accepts(cli: Srsd, tmp_path: Path) -> None:
     cli.config.write_text("max_age = 9\n", encoding="utf-8")
-    result = cli.run("config", *cli.common(), "--socketmap", "inet:[::1]:10003",
-                     env={"SRS_HASHLENGTH": "6"})  # fmt: skip
+    result = cli.run(
+        "config", *cli.common(), "--socketmap", "inet:[::1]:10003", env={"SRS_HASHLENGTH": "6"}
+    )
     assert result.returncode == 0, text(result.stderr)
     out = text(result.stdout)
     assert f"max_age = 9  # from config file {cli.config}\n" in out
@@ -200,8 +231,15 @@ def test_encode_all_rewritten_then_decode(cli: Srsd) -> None:
 
 
 def test_encode_one_line_per_input_in_order(cli: Srsd, tmp_path: Path) -> None:
-    inputs = [b"first@example.org", b"", b"no-domain", b"user@" + DOMAIN.upper().encode(),
-              b"x@excluded.example", b"<>", b"last@example.org"]  # fmt: skip
+    inputs = [
+        b"first@example.org",
+        b"",
+        b"no-domain",
+        b"user@" + DOMAIN.upper().encode(),
+        b"x@excluded.example",
+        b"<>",
+        b"last@example.org",
+    ]
     result = cli.run("encode", *cli.common(), "--exclude", "excluded.example", *inputs)
     assert result.returncode == 1
     out = lines(result.stdout)
@@ -252,8 +290,14 @@ def test_stdin_mode_reads_one_address_per_line(cli: Srsd) -> None:
 
 
 def test_stdin_mode_streams(cli: Srsd) -> None:
-    proc = cli.popen("encode", *cli.common(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, bufsize=0)  # fmt: skip
+    proc = cli.popen(
+        "encode",
+        *cli.common(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
     try:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(b"first@example.org\n")
@@ -275,8 +319,12 @@ def test_stdin_mode_streams(cli: Srsd) -> None:
                 stream.close()
 
 
-RAW_SENDERS = [b"\xff\xfeuser@example.org", b"caf\xe9@h\xf4te.example", b'"a b"@example.org',
-               b"plain@example.org"]  # fmt: skip
+RAW_SENDERS = [
+    b"\xff\xfeuser@example.org",
+    b"caf\xe9@h\xf4te.example",
+    b'"a b"@example.org',
+    b"plain@example.org",
+]
 
 
 def test_raw_bytes_round_trip(cli: Srsd) -> None:
@@ -328,8 +376,9 @@ def test_hash_alphabet(cli: Srsd) -> None:
     assert url.returncode == standard.returncode == 0
     url_out, std_out = lines(url.stdout), lines(standard.stdout)
     assert url_out == expected_forward(codec(), senders, before, after, url_out)
-    assert std_out == expected_forward(codec(alphabet=Alphabet.BASE64), senders, before, after,
-                                       std_out)  # fmt: skip
+    assert std_out == expected_forward(
+        codec(alphabet=Alphabet.BASE64), senders, before, after, std_out
+    )
     hashes = [(u.split(b"=")[1], s.split(b"=")[1]) for u, s in zip(url_out, std_out, strict=True)]
     special = [(u, s) for u, s in hashes if b"+" in s or b"/" in s]
     assert special, "no sender with + or / in its base64 hash: add senders"
@@ -359,8 +408,9 @@ def test_separator(cli: Srsd) -> None:
 
 def test_exclude_repeatable_and_exclude_file(cli: Srsd, tmp_path: Path) -> None:
     excluded = tmp_path / "excluded"
-    excluded.write_text("# partners\nPartner.Example  # trailing comment\n\n.lists.example\n",
-                        encoding="utf-8")  # fmt: skip
+    excluded.write_text(
+        "# partners\nPartner.Example  # trailing comment\n\n.lists.example\n", encoding="utf-8"
+    )
     inputs = {
         b"x@one.example": True,
         b"x@sub.one.example": False,  # exact entry: no subdomains
@@ -372,15 +422,26 @@ def test_exclude_repeatable_and_exclude_file(cli: Srsd, tmp_path: Path) -> None:
         b"x@b.lists.example": True,
         b"x@other.example": False,
     }
-    result = cli.run("encode", *cli.common(), "--exclude", "one.example",
-                     "--exclude", ".two.example", "--exclude-file", str(excluded),
-                     *inputs)  # fmt: skip
+    result = cli.run(
+        "encode",
+        *cli.common(),
+        "--exclude",
+        "one.example",
+        "--exclude",
+        ".two.example",
+        "--exclude-file",
+        str(excluded),
+        *inputs,
+    )
     assert result.returncode == 1
     for (item, is_excluded), out in zip(inputs.items(), lines(result.stdout), strict=True):
         assert (out == item) is is_excluded, (item, out)
     reasons = text(result.stderr).splitlines()
-    assert reasons == [f"srsd encode: {item.decode()}: not rewritten: excluded domain"
-                       for item, is_excluded in inputs.items() if is_excluded]  # fmt: skip
+    assert reasons == [
+        f"srsd encode: {item.decode()}: not rewritten: excluded domain"
+        for item, is_excluded in inputs.items()
+        if is_excluded
+    ]
 
 
 def test_several_secrets(cli: Srsd) -> None:
@@ -400,14 +461,19 @@ def test_several_secrets(cli: Srsd) -> None:
     signed_new = cli.run("encode", *cli.common(rotated), "user@example.org")
     [srs_new] = lines(signed_new.stdout)
     now = time.time()
-    assert srs_new in {codec(b"new-secret").forward(b"user@example.org", t)
-                       for t in (now - 86400, now)}  # fmt: skip
+    assert srs_new in {
+        codec(b"new-secret").forward(b"user@example.org", t) for t in (now - 86400, now)
+    }
 
 
 def test_settings_from_the_environment(cli: Srsd) -> None:
     secret = cli.secret_file("env.secret", SECRET, mode=0o644)
-    env = {"SRS_DOMAIN": DOMAIN, "SRS_SECRET": str(secret), "SRS_SEPARATOR": "-",
-           "CHROOT": "/var/lib/postsrsd"}  # fmt: skip
+    env = {
+        "SRS_DOMAIN": DOMAIN,
+        "SRS_SECRET": str(secret),
+        "SRS_SEPARATOR": "-",
+        "CHROOT": "/var/lib/postsrsd",
+    }
     result = cli.run("encode", "--config", str(cli.config), "a@b.example", env=env)
     assert result.returncode == 0
     assert result.stdout.startswith(b"SRS0-")
@@ -415,15 +481,18 @@ def test_settings_from_the_environment(cli: Srsd) -> None:
     err = text(result.stderr)
     assert f"srsd: warning: secrets file {secret} is readable by group or others" in err
     assert "srsd: warning: environment CHROOT is not used by srsd; ignored" in err
-    result = cli.run("encode", "--config", str(cli.config), "--separator", "+", "a@b.example",
-                     env=env)  # fmt: skip
+    result = cli.run(
+        "encode", "--config", str(cli.config), "--separator", "+", "a@b.example", env=env
+    )
     assert result.stdout.startswith(b"SRS0+")  # the flag beats the environment
 
 
 def test_settings_from_a_config_file(cli: Srsd, tmp_path: Path) -> None:
     config = tmp_path / "srsd.toml"
-    config.write_text(f'domain = "toml.example"\nsecrets_file = "{cli.secret}"\n'
-                      'hash_length = 6\n', encoding="utf-8")  # fmt: skip
+    config.write_text(
+        f'domain = "toml.example"\nsecrets_file = "{cli.secret}"\nhash_length = 6\n',
+        encoding="utf-8",
+    )
     result = cli.run("encode", "--config", str(config), "a@b.example")
     assert result.returncode == 0, text(result.stderr)
     [srs] = lines(result.stdout)
@@ -440,25 +509,48 @@ def test_settings_from_a_config_file(cli: Srsd, tmp_path: Path) -> None:
         ([], "the following arguments are required: COMMAND"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["encode", "{common}", "--bogus", "a@b.example"], "unrecognized arguments: --bogus"),
-        (["decode", "--config", "{config}", "--secret-file", "{secret}", "a@b.example"],
-         "srsd: configuration error: domain: the SRS domain is not set"),
-        (["encode", "--config", "{config}", "--domain", DOMAIN, "--secret-file", "{missing}",
-          "a@b.example"],
-         "srsd: configuration error: secrets_file: cannot read {missing}"),
-        (["encode", "--config", "{missing}", "--domain", DOMAIN, "a@b.example"],
-         "srsd: configuration error: config file {missing}"),
-        (["encode", "{common}", "--hash-length", "0", "a@b.example"],
-         "hash_length: must be between 1 and 20, got 0 (from command line --hash-length)"),
-        (["decode", "{common}", "--domain", "localhost", "a@b.example"],
-         "domain: not a fully qualified domain name: 'localhost' (from command line --domain)"),
-        (["encode", "{common}", "--exclude", "bad_name", "a@b.example"],
-         "exclude_domains: not a domain name: 'bad_name' (from command line --exclude)"),
+        (
+            ["decode", "--config", "{config}", "--secret-file", "{secret}", "a@b.example"],
+            "srsd: configuration error: domain: the SRS domain is not set",
+        ),
+        (
+            [
+                "encode",
+                "--config",
+                "{config}",
+                "--domain",
+                DOMAIN,
+                "--secret-file",
+                "{missing}",
+                "a@b.example",
+            ],
+            "srsd: configuration error: secrets_file: cannot read {missing}",
+        ),
+        (
+            ["encode", "--config", "{missing}", "--domain", DOMAIN, "a@b.example"],
+            "srsd: configuration error: config file {missing}",
+        ),
+        (
+            ["encode", "{common}", "--hash-length", "0", "a@b.example"],
+            "hash_length: must be between 1 and 20, got 0 (from command line --hash-length)",
+        ),
+        (
+            ["decode", "{common}", "--domain", "localhost", "a@b.example"],
+            "domain: not a fully qualified domain name: 'localhost' (from command line --domain)",
+        ),
+        (
+            ["encode", "{common}", "--exclude", "bad_name", "a@b.example"],
+            "exclude_domains: not a domain name: 'bad_name' (from command line --exclude)",
+        ),
         (["keygen"], "the following arguments are required: PATH"),
     ],
-)  # fmt: skip
+)
 def test_usage_and_configuration_errors(cli: Srsd, args: list[str], message: str) -> None:
-    names = {"config": str(cli.config), "secret": str(cli.secret),
-             "missing": str(cli.workdir / "missing")}  # fmt: skip
+    names = {
+        "config": str(cli.config),
+        "secret": str(cli.secret),
+        "missing": str(cli.workdir / "missing"),
+    }
     argv: list[str] = []
     for arg in args:
         argv += cli.common() if arg == "{common}" else [arg.format(**names)]
@@ -514,8 +606,15 @@ def test_keygen_unwritable_path(cli: Srsd, tmp_path: Path) -> None:
 
 
 def test_exclude_takes_a_list_like_srs_exclude_domains(cli: Srsd) -> None:
-    result = cli.run("encode", *cli.common(), "--exclude", "one.example,two.example;three.example",
-                     "x@one.example", "x@two.example", "x@three.example")  # fmt: skip
+    result = cli.run(
+        "encode",
+        *cli.common(),
+        "--exclude",
+        "one.example,two.example;three.example",
+        "x@one.example",
+        "x@two.example",
+        "x@three.example",
+    )
     assert result.returncode == 1
     assert lines(result.stdout) == [b"x@one.example", b"x@two.example", b"x@three.example"]
     assert text(result.stderr).count("excluded domain") == 3
@@ -523,8 +622,13 @@ def test_exclude_takes_a_list_like_srs_exclude_domains(cli: Srsd) -> None:
 
 def test_output_reader_going_away_is_not_a_traceback(cli: Srsd) -> None:
     # `srsd encode ... | head -1`: like cat(1), srsd dies of SIGPIPE, silently.
-    proc = cli.popen("encode", *cli.common(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)  # fmt: skip
+    proc = cli.popen(
+        "encode",
+        *cli.common(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()
     _, err = proc.communicate(b"a@x.example\n" * 20000, timeout=TIMEOUT)
     assert b"Traceback" not in err

@@ -730,10 +730,33 @@ def test_upstream_reverse_errors(address: bytes, error: type[SRSError]) -> None:
 # -- hypothesis: strategies ------------------------------------------------------------------
 
 _PIECES = [
-    b"=", b"+", b"-", b".", b"..", b'"', b"\\", b" ", b"@", b"/", b"_", b"a", b"Z", b"x.y",
-    b"SRS0=", b"srs0+", b"SRS1=", b"sRs1-", b"SRS0", b"\xc3\xbc", b"\xc3\x9c", b"\xe2\x84\xaa",
-    b"\xff", b"\xe9", b"\x00", b"\t",
-]  # fmt: skip
+    b"=",
+    b"+",
+    b"-",
+    b".",
+    b"..",
+    b'"',
+    b"\\",
+    b" ",
+    b"@",
+    b"/",
+    b"_",
+    b"a",
+    b"Z",
+    b"x.y",
+    b"SRS0=",
+    b"srs0+",
+    b"SRS1=",
+    b"sRs1-",
+    b"SRS0",
+    b"\xc3\xbc",
+    b"\xc3\x9c",
+    b"\xe2\x84\xaa",
+    b"\xff",
+    b"\xe9",
+    b"\x00",
+    b"\t",
+]
 
 
 def address_bytes(exclude: bytes = b"", max_pieces: int = 8) -> st.SearchStrategy[bytes]:

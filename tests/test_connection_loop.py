@@ -79,8 +79,9 @@ def wait_readable_now(socks: list[socket.socket]) -> None:
 async def open_idle(srv_port: int, count: int, server: Server) -> list[socket.socket]:
     """``count`` client sockets connected and accepted, nothing sent yet."""
     before = server.open_connections
-    clients = [socket.create_connection(("127.0.0.1", srv_port), timeout=TIMEOUT)
-               for _ in range(count)]  # fmt: skip
+    clients = [
+        socket.create_connection(("127.0.0.1", srv_port), timeout=TIMEOUT) for _ in range(count)
+    ]
     await wait_for(lambda: server.open_connections == before + count, "the accepts")
     return clients
 
@@ -101,13 +102,13 @@ async def test_every_connection_ready_in_one_pass_is_answered_in_that_pass(
             # they are all in the server's sockets before it looks.
             t0 = time.time()
             for i, client in enumerate(clients):
-                client.sendall(b"".join(b"get u%d.%d@example.org\n" % (i, j)
-                                        for j in range(per_conn)))  # fmt: skip
+                client.sendall(
+                    b"".join(b"get u%d.%d@example.org\n" % (i, j) for j in range(per_conn))
+                )
             wait_readable_now(served)
             replies = []
             for client in clients:
-                replies.append(await read_lines(trio.socket.from_stdlib_socket(client),
-                                                per_conn))  # fmt: skip
+                replies.append(await read_lines(trio.socket.from_stdlib_socket(client), per_conn))
             t1 = time.time()
         finally:
             trio.lowlevel.remove_instrument(watch)
@@ -242,8 +243,10 @@ async def test_a_client_pipelining_thousands_does_not_starve_a_lockstep_one(
             nursery.start_soon(flood.send, payload)
             nursery.start_soon(read_flood)
             # the flood is being answered before the lockstep client starts
-            await wait_for(lambda: server.lookups[("tcp_table", "forward", "rewritten")] > 0,
-                           "the flood to be answered")  # fmt: skip
+            await wait_for(
+                lambda: server.lookups[("tcp_table", "forward", "rewritten")] > 0,
+                "the flood to be answered",
+            )
             for _ in range(rounds):
                 assert await lockstep.ask(b"y@example.org") == b"500 Not%20an%20SRS%20address.\n"
             flooded_at_end = server.lookups[("tcp_table", "forward", "rewritten")]

@@ -114,8 +114,9 @@ def local_part(address: bytes) -> bytes:
 
 def quote(key: bytes) -> bytes:
     """Postfix's tcp_table key encoding: %XX for %, white space, controls and 8-bit bytes."""
-    return b"".join(b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,))
-                    for c in key)  # fmt: skip
+    return b"".join(
+        b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
+    )
 
 
 def unquote(text: bytes) -> bytes:
@@ -152,10 +153,15 @@ class Srsd(SrsdProcess):
         clean = {k: "" for k in os.environ if k.startswith("SRS_") and k != "SRS_ALLOW_ROOT"}
         super().__init__(
             workdir,
-            extra_args=["--config", str(config), "--socketmap",
-                        f"inet:127.0.0.1:{self.socketmap_port}", *args],
+            extra_args=[
+                "--config",
+                str(config),
+                "--socketmap",
+                f"inet:127.0.0.1:{self.socketmap_port}",
+                *args,
+            ],
             env=clean,
-        )  # fmt: skip
+        )
         self.state_dir = workdir / "state"
         self.db_path = self.state_dir / DB_NAME
         self._log_start = len(self.log())
@@ -255,8 +261,9 @@ def test_embedded_mode_never_touches_a_database(tmp_path: Path) -> None:
     assert UNAVAILABLE not in srsd.log()
 
 
-@pytest.mark.parametrize("sender", [ALICE, long_sender("db"), b'"a b"@origin.test',
-                                    "jörg@bücher.example".encode()])  # fmt: skip
+@pytest.mark.parametrize(
+    "sender", [ALICE, long_sender("db"), b'"a b"@origin.test', "jörg@bücher.example".encode()]
+)
 def test_database_mode_aliases_every_ordinary_sender(database_srsd: Srsd, sender: bytes) -> None:
     srsd = database_srsd
     t0 = time.time()

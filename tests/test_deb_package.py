@@ -44,8 +44,9 @@ from tests import roots
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-VERSION = re.search(r'^__version__ = "(.+)"$',
-                    (REPO / "src" / "srsd" / "__init__.py").read_text(), re.M)[1]  # type: ignore[index]  # fmt: skip
+VERSION = re.search(
+    r'^__version__ = "(.+)"$', (REPO / "src" / "srsd" / "__init__.py").read_text(), re.M
+)[1]  # type: ignore[index]
 DEB = f"srsd_{VERSION}_all.deb"
 DOMAIN = "forwarder.example"
 SENDER = "alice@origin.example"
@@ -62,8 +63,11 @@ def sh(root: Path, command: str) -> str:
     """Run ``command`` in ``root``; its stdout, or a test failure with everything it said."""
     done = roots.run_in(root, command, timeout=STEP_TIMEOUT)
     if done.returncode != 0:
-        pytest.fail(f"in the root, `{command}` exited {done.returncode}:\n"
-                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"in the root, `{command}` exited {done.returncode}:\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
+            pytrace=False,
+        )
     return done.stdout
 
 
@@ -74,13 +78,19 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("deb-build")
     clone = work / "clone"
     build = clone / "packaging" / "debian" / "build.sh"
-    for command in (["git", "clone", "--quiet", str(REPO), str(clone)],
-                    [str(build), str(work / "out")]):  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                              check=False)  # fmt: skip
+    for command in (
+        ["git", "clone", "--quiet", str(REPO), str(clone)],
+        [str(build), str(work / "out")],
+    ):
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
+        )
         if done.returncode != 0:
-            pytest.fail(f"{shlex.join(command)} exited {done.returncode}:\n"
-                        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)  # fmt: skip
+            pytest.fail(
+                f"{shlex.join(command)} exited {done.returncode}:\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
+                pytrace=False,
+            )
     return work
 
 
@@ -116,10 +126,13 @@ def test_deb_installs_serves_and_purges(build: Path, root: Path) -> None:
 
     # -- a domain configured: the postinst enables the unit; reinstalling keeps the secret --
     # (database mode "auto" too, so that srsd makes its SQLite file for purge to remove)
-    sh(root, f"sed -i -e 's/^# domain = .*/domain = \"{DOMAIN}\"/'"
-             " -e 's/^original_envelope = .*/original_envelope = \"auto\"/' /etc/srsd/srsd.toml"
-             " && grep -q '^original_envelope = \"auto\"' /etc/srsd/srsd.toml"
-             " && dpkg-reconfigure srsd")  # fmt: skip
+    sh(
+        root,
+        f"sed -i -e 's/^# domain = .*/domain = \"{DOMAIN}\"/'"
+        " -e 's/^original_envelope = .*/original_envelope = \"auto\"/' /etc/srsd/srsd.toml"
+        " && grep -q '^original_envelope = \"auto\"' /etc/srsd/srsd.toml"
+        " && dpkg-reconfigure srsd",
+    )
     assert (root / WANTS[1:]).is_symlink()
     sh(root, f"cd /root && {APT} install --reinstall ./{DEB} >/dev/null 2>&1")
     assert (root / "etc" / "srsd" / "secrets").read_bytes() == secret
@@ -129,7 +142,9 @@ def test_deb_installs_serves_and_purges(build: Path, root: Path) -> None:
     reverse = forward + 1
     credentials = "/run/credentials/srsd.service"
     started = time.time()
-    out = sh(root, f"""
+    out = sh(
+        root,
+        f"""
         set -e
         install -d -m 0700 {credentials}
         cp /etc/srsd/secrets {credentials}/srsd-secrets
@@ -144,7 +159,8 @@ def test_deb_installs_serves_and_purges(build: Path, root: Path) -> None:
         echo "user $(stat -c %U /proc/$!)"
         kill $! && wait $! || true
         sed 's/^/log /' /tmp/srsd.log
-    """)
+    """,
+    )
     answers = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     codec = Codec([secret.strip()], DOMAIN.encode())
     expected = {codec.forward(SENDER.encode(), when).decode() for when in (started, time.time())}
@@ -156,9 +172,14 @@ def test_deb_installs_serves_and_purges(build: Path, root: Path) -> None:
 
     # -- purge: everything the package made goes, except the secret --
     sh(root, f"{APT} purge srsd >/dev/null 2>&1")
-    for gone in ("usr/bin/srsd", "lib/systemd/system/srsd.service", "etc/srsd/srsd.toml",
-                 "var/lib/srsd", "usr/lib/python3/dist-packages/srsd",
-                 "usr/share/man/man1/srsd.1.gz"):  # fmt: skip
+    for gone in (
+        "usr/bin/srsd",
+        "lib/systemd/system/srsd.service",
+        "etc/srsd/srsd.toml",
+        "var/lib/srsd",
+        "usr/lib/python3/dist-packages/srsd",
+        "usr/share/man/man1/srsd.1.gz",
+    ):
         assert not (root / gone).exists(), gone
     assert not (root / WANTS[1:]).is_symlink()
     assert (root / "etc" / "srsd" / "secrets").read_bytes() == secret

@@ -17,26 +17,39 @@ from srsd.delivery import PostfixDelivery, alias_keys, domain_keys, split_list
 from srsd.policy import DomainSet
 from tests.postfix.instance import backdate, find_program
 
-ALIASES = ("inline:{ fwd@mailbox.test=carol@dest.test, self@mailbox.test=self@mailbox.test,"
-           " keep@mailbox.test=dave@mailbox.test, both@mailbox.test={dave@mailbox.test,"
-           " carol@dest.test}, loop1@mailbox.test=loop2@mailbox.test,"
-           " loop2@mailbox.test=loop1@mailbox.test, @catchall.test=erin@mailbox.test,"
-           " bare@example.org=frank }")  # fmt: skip
+ALIASES = (
+    "inline:{ fwd@mailbox.test=carol@dest.test, self@mailbox.test=self@mailbox.test,"
+    " keep@mailbox.test=dave@mailbox.test, both@mailbox.test={dave@mailbox.test,"
+    " carol@dest.test}, loop1@mailbox.test=loop2@mailbox.test,"
+    " loop2@mailbox.test=loop1@mailbox.test, @catchall.test=erin@mailbox.test,"
+    " bare@example.org=frank }"
+)
 
 
 def test_split_list_keeps_braces_whole() -> None:
     assert split_list("a, b\tc,,d") == ["a", "b", "c", "d"]
     assert split_list("hash:/x, inline:{ a=b, c={d, e} } z") == [
-        "hash:/x", "inline:{ a=b, c={d, e} }", "z"]  # fmt: skip
+        "hash:/x",
+        "inline:{ a=b, c={d, e} }",
+        "z",
+    ]
 
 
 def test_keys_follow_postfix_search_order() -> None:
     assert alias_keys("u+x", "d.test", delimiters="+", local_domain=False) == [
-        "u+x@d.test", "u@d.test", "@d.test"]  # fmt: skip
+        "u+x@d.test",
+        "u@d.test",
+        "@d.test",
+    ]
     assert alias_keys("u", "d.test", delimiters="", local_domain=True) == [
-        "u@d.test", "u", "@d.test"]  # fmt: skip
+        "u@d.test",
+        "u",
+        "@d.test",
+    ]
     assert alias_keys("+x", "d.test", delimiters="+", local_domain=False) == [
-        "+x@d.test", "@d.test"]  # fmt: skip
+        "+x@d.test",
+        "@d.test",
+    ]
     assert domain_keys("a.b.c") == ["a.b.c", ".b.c", ".c"]
 
 
@@ -54,10 +67,13 @@ def postfix_dir(tmp_path: Path) -> Path:
         f"virtual_mailbox_domains = mailbox.test, hash:{tmp_path}/vdomains\n"
         "recipient_delimiter = +\n"
         f"virtual_alias_maps = {ALIASES}\n"
-    )  # fmt: skip
+    )
     backdate(tmp_path / "main.cf")
-    subprocess.run([find_program("postmap"), f"hash:{tmp_path}/vdomains"], check=True,
-                   env={**os.environ, "MAIL_CONFIG": str(tmp_path)})  # fmt: skip
+    subprocess.run(
+        [find_program("postmap"), f"hash:{tmp_path}/vdomains"],
+        check=True,
+        env={**os.environ, "MAIL_CONFIG": str(tmp_path)},
+    )
     return tmp_path
 
 
@@ -144,11 +160,12 @@ def test_slow_postmap_is_unknown(postfix_dir: Path, monkeypatch: pytest.MonkeyPa
     assert not delivered(view, b"dave@mailbox.test") and view.unknown == 1
 
 
-def test_the_answer_for_a_message_is_bounded(postfix_dir: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_the_answer_for_a_message_is_bounded(
+    postfix_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each postmap within its own limit, but too many of them: unknown, so rewrite."""
     slowish = postfix_dir / "slowish-postmap"
-    slowish.write_text(f"#!/bin/sh\nsleep 0.3\nexec {find_program('postmap')} \"$@\"\n")
+    slowish.write_text(f'#!/bin/sh\nsleep 0.3\nexec {find_program("postmap")} "$@"\n')
     slowish.chmod(0o755)
     monkeypatch.setattr(delivery, "ANSWER_TIMEOUT", 0.5)
     view = PostfixDelivery(environ={**os.environ, "MAIL_CONFIG": str(postfix_dir)})

@@ -57,8 +57,9 @@ def test_toml_example_mentions_every_key_and_loads(tmp_path: Path) -> None:
     # The commented-out examples are valid values too.
     commented = dict(re.findall(r"^# (\w+) = (.*)$", text, re.M))
     assert commented.keys() == {f.key for f in settings.FIELDS if f.example and not f.required}
-    config.write_text(text + "".join(f"{k} = {v}\n" for k, v in commented.items()
-                                     if k != "secrets_file"))  # fmt: skip
+    config.write_text(
+        text + "".join(f"{k} = {v}\n" for k, v in commented.items() if k != "secrets_file")
+    )
     (tmp_path / "exclude").write_text("")
     with pytest.raises(settings.ConfigError, match="exclude_file: cannot read"):
         settings.load({"secrets_file": str(secret)}, environ={}, config=config)

@@ -143,8 +143,11 @@ addresses = st.builds(
 
 
 @settings(max_examples=300)
-@given(codecs, addresses | st.sampled_from([b"SRS0=x=y=z.example=a@b.example", b"a@b",
-                                             b"SRS1=broken@b.example"]))
+@given(
+    codecs,
+    addresses
+    | st.sampled_from([b"SRS0=x=y=z.example=a@b.example", b"a@b", b"SRS1=broken@b.example"]),
+)
 def test_auto_uses_the_database_exactly_when_the_embedded_form_is_too_long(
     srs: Codec, sender: bytes
 ) -> None:

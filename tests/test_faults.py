@@ -77,11 +77,21 @@ def test_first_start_with_a_read_only_state_directory_is_one_clear_line(tmp_path
     with immutable(state):
         started = time.monotonic()
         result = subprocess.run(
-            srsd_command("serve", "--config", str(empty_config(tmp_path)),
-                         "--domain", DOMAIN.decode(), "--state-dir", str(state)),
-            capture_output=True, text=True, timeout=TIMEOUT, env=clean_env(tmp_path),
+            srsd_command(
+                "serve",
+                "--config",
+                str(empty_config(tmp_path)),
+                "--domain",
+                DOMAIN.decode(),
+                "--state-dir",
+                str(state),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=clean_env(tmp_path),
             cwd=tmp_path,
-        )  # fmt: skip
+        )
     assert time.monotonic() - started < TIMEOUT
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
@@ -111,8 +121,9 @@ def test_read_only_state_directory_at_start_at_sighup_and_after(tmp_path: Path) 
                 wait_log(srv, "configuration reloaded: 1 secret(s)")
         # Writable again: the database is created on the next lookup, without a restart.
         reply = lookup(srv.forward_port, LONG_SENDER)
-        assert re.fullmatch(rb"200 SRS0=[^=]{4}=[A-Z2-7]{2}=1=[0-9A-V]{32}@forwarder\.test",
-                            reply), reply + srv.log().encode()  # fmt: skip
+        assert re.fullmatch(
+            rb"200 SRS0=[^=]{4}=[A-Z2-7]{2}=1=[0-9A-V]{32}@forwarder\.test", reply
+        ), reply + srv.log().encode()
         assert lookup(srv.reverse_port, reply[4:]) == b"200 " + LONG_SENDER
         assert srv.stop(TIMEOUT) == 0
     finally:
@@ -171,9 +182,8 @@ def test_secrets_file_unreadable_at_sighup(tmp_path: Path) -> None:
             (lambda: (path.unlink(), path.mkdir()), "Is a directory"),
             (fifo, "holds no secret"),
             (fifo_with_a_silent_writer, "Resource temporarily unavailable"),
-            (lambda: (path.unlink(), path.symlink_to("/dev/zero")),
-             "larger than 16777216 bytes"),
-        ]  # fmt: skip
+            (lambda: (path.unlink(), path.symlink_to("/dev/zero")), "larger than 16777216 bytes"),
+        ]
         for n, (breakage, why) in enumerate(breakages, 1):
             breakage()
             started = time.monotonic()
@@ -210,8 +220,9 @@ def test_secrets_file_unreadable_for_the_run_as_user_at_sighup() -> None:
             still_serving(srv, secret)
             srv.signal(signal.SIGHUP)  # now srsd is nobody, who cannot read it
             wait_log(srv, "reload failed")
-            assert (RELOAD_FAILED + f"secrets_file: cannot read {srv.secret_file}: "
-                    "Permission denied") in srv.log()  # fmt: skip
+            assert (
+                RELOAD_FAILED + f"secrets_file: cannot read {srv.secret_file}: Permission denied"
+            ) in srv.log()
             still_serving(srv, secret)
             os.chown(srv.secret_file, nobody.pw_uid, nobody.pw_gid)  # the postmaster's fix
             srv.signal(signal.SIGHUP)
@@ -246,8 +257,10 @@ def test_out_of_file_descriptors_with_metrics_enabled(tmp_path: Path) -> None:
             assert rev.ask(reply[4:]) == b"200 alice@example.org"
 
         round_trip()
-        hogs = [socket.create_connection(("127.0.0.1", srv.forward_port), timeout=TIMEOUT)
-                for _ in range(80)]  # more than 64 descriptors: accept() fails with EMFILE
+        hogs = [
+            socket.create_connection(("127.0.0.1", srv.forward_port), timeout=TIMEOUT)
+            for _ in range(80)
+        ]  # more than 64 descriptors: accept() fails with EMFILE
         try:
             wait_log(srv, "accept failed: Too many open files; retrying")
             scrape = socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=TIMEOUT)
@@ -275,14 +288,17 @@ def test_out_of_file_descriptors_with_metrics_enabled(tmp_path: Path) -> None:
 
 def test_metrics_endpoint_serves_a_few_connections_at_once(tmp_path: Path) -> None:
     with Target(tmp_path) as srv:
-        idle = [socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=TIMEOUT)
-                for _ in range(HTTP_CONNECTIONS)]  # fmt: skip
+        idle = [
+            socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=TIMEOUT)
+            for _ in range(HTTP_CONNECTIONS)
+        ]
         try:
             deadline = time.monotonic() + TIMEOUT
             extra: list[bytes] = []
             for _ in range(1000):  # until all the idle ones have been accepted
-                with socket.create_connection(("127.0.0.1", srv.metrics_port),
-                                              timeout=TIMEOUT) as over:  # fmt: skip
+                with socket.create_connection(
+                    ("127.0.0.1", srv.metrics_port), timeout=TIMEOUT
+                ) as over:
                     over.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
                     try:
                         extra.append(over.recv(100))

@@ -92,7 +92,11 @@ def forge(srs: Codec, n: int, k: int, seed: int, *, srs1: bool = False) -> int:
         forged = bytes(rng.choices(PRESENTED, k=k))
         if srs1:
             local = b"SRS1=%s=hop%d.example==%s=%s=orig.example=u" % (
-                forged, i, forged, rng.choice(stamps))
+                forged,
+                i,
+                forged,
+                rng.choice(stamps),
+            )
         else:
             local = b"SRS0=%s=%s=h%d.example=user" % (forged, rng.choice(stamps), i)
         try:
@@ -124,7 +128,13 @@ def test_model_figures() -> None:
     assert acceptance(4) < float(best**4)
     # hash_min, not hash_length, sets the level: a forger sends only hash_min characters
     assert [round(-math.log2(acceptance(k)), 2) for k in (1, 2, 3, 4, 5, 6)] == [
-        5.16, 10.32, 15.49, 20.65, 25.81, 30.97]
+        5.16,
+        10.32,
+        15.49,
+        20.65,
+        25.81,
+        30.97,
+    ]
     assert acceptance(4, secrets=2) == pytest.approx(2 * acceptance(4), rel=1e-6)
 
 
@@ -153,8 +163,9 @@ def test_the_codec_compares_exactly_the_model_classes() -> None:
             except SRSError:
                 continue
             accepted.add(char)
-        assert accepted == {x for x in PRESENTED if hash_class(x) == hash_class(expected)}, (
-            chr(expected))
+        assert accepted == {x for x in PRESENTED if hash_class(x) == hash_class(expected)}, chr(
+            expected
+        )
 
 
 # -- counts against the model -------------------------------------------------------------------
@@ -241,7 +252,8 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     "stamp, base32 digits": lambda size: b"SRS0=abcd=" + b"7" * size + b"=h.example=u@x",
     "hash field": lambda size: b"SRS0=" + b"a" * size + b"=IL=example.com=user@x",
     "hash field, good prefix": lambda size: signed_srs0(b"IL").replace(
-        b"=IL=", b"x" * size + b"=IL=", 1),
+        b"=IL=", b"x" * size + b"=IL=", 1
+    ),
     "host, good hash": lambda size: signed_srs0(b"IL", host=b"h" * size),
     "user of separators, good hash": lambda size: signed_srs0(b"IL", user=b"=" * size),
     "srs1 hop": lambda size: b"SRS1=abcd=" + b"h" * size + b"==x@x",

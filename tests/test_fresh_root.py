@@ -36,7 +36,7 @@ SENDER = "alice@origin.example"
 # hash: 4 characters of base64url (the default) or base64; day stamp: 2 of base32
 SRS0 = re.compile(r"SRS0=[A-Za-z0-9_+/-]{4}=[A-Z2-7]{2}=origin\.example=alice@forwarder\.example")
 ORIGIN = Path("/srv/srsd.git")  # the root's "upstream" the clone pulls from
-CLONE = Path("/root/srsd")      # where the postmaster cloned srsd
+CLONE = Path("/root/srsd")  # where the postmaster cloned srsd
 GIT = ["git", "-c", "user.name=upstream", "-c", "user.email=upstream@example.org"]
 SECRET = Path("/var/lib/srsd/secrets")
 READY = "srsd ready"  # srsd logs this once it listens
@@ -88,8 +88,10 @@ def _port_free(address: tuple[str, int]) -> bool:
 def require_free_ports() -> None:
     busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
     if busy:
-        pytest.fail(f"{', '.join(busy)} in use on this host: the fresh root shares its network "
-                    "and the quick start's server needs these ports")
+        pytest.fail(
+            f"{', '.join(busy)} in use on this host: the fresh root shares its network "
+            "and the quick start's server needs these ports"
+        )
 
 
 def _listening(address: tuple[str, int]) -> bool:
@@ -124,16 +126,19 @@ def run_foreground(root: Path, command: str, log: Path) -> tuple[subprocess.Pope
             pytest.fail(f"`{command}` exited {proc.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
             roots.stop(proc)
-            pytest.fail(f"`{command}`: nothing listens on 10001 after {START_TIMEOUT:.0f} s:\n"
-                        + log.read_text())
+            pytest.fail(
+                f"`{command}`: nothing listens on 10001 after {START_TIMEOUT:.0f} s:\n"
+                + log.read_text()
+            )
         time.sleep(POLL)
     return proc, time.monotonic() - began
 
 
 def postmap(server: subprocess.Popen[str], key: str, port: int) -> str:
     """``postmap -q KEY tcp:127.0.0.1:PORT`` in the server's root: its answer (or fail)."""
-    done = roots.run_beside(server, f"postmap -q '{key}' tcp:127.0.0.1:{port}",
-                            timeout=COMMAND_TIMEOUT)
+    done = roots.run_beside(
+        server, f"postmap -q '{key}' tcp:127.0.0.1:{port}", timeout=COMMAND_TIMEOUT
+    )
     assert done.returncode == 0, f"postmap -q {key}: {done.returncode} {done.stderr}"
     return done.stdout.strip()
 
@@ -172,21 +177,25 @@ def make_upstream(root: Path, work: Path) -> None:
     """The root's upstream: a bare repository whose main branch is this checkout's HEAD as
     one commit (from ``git archive``: a shallow or detached checkout works as well)."""
     # safe.directory: root may run the suite in a clone another user owns
-    archive = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(roots.REPO),
-                              "archive", "HEAD"],
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-c", "safe.directory=*", "-C", str(roots.REPO), "archive", "HEAD"],
+        capture_output=True,
+        check=True,
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
     subprocess.run([*GIT, "init", "-q", "-b", "main", str(work)], check=True)
     subprocess.run([*GIT, "-C", str(work), "add", "-A", "--force"], check=True)
     subprocess.run([*GIT, "-C", str(work), "commit", "-qm", "srsd"], check=True)
-    subprocess.run([*GIT, "clone", "-q", "--bare", str(work), str(root / ORIGIN.relative_to("/"))],
-                   check=True)
+    subprocess.run(
+        [*GIT, "clone", "-q", "--bare", str(work), str(root / ORIGIN.relative_to("/"))], check=True
+    )
 
 
 def commit_upstream(root: Path, work: Path, marker: str) -> None:
     """A new commit upstream, as a release would make (here: a comment in the package)."""
-    subprocess.run([*GIT, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)],
-                   check=True)
+    subprocess.run(
+        [*GIT, "clone", "-q", str(root / ORIGIN.relative_to("/")), str(work)], check=True
+    )
     init = work / "src" / "srsd" / "__init__.py"
     init.write_text(init.read_text() + f"# {marker}\n")
     subprocess.run([*GIT, "-C", str(work), "commit", "-qam", marker], check=True)
@@ -202,7 +211,8 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     assert "No module named 'ensurepip'" in before.stdout and "/srsd" not in before.stdout
 
     first, timings["quick start (until srsd listens)"] = serve_and_check(
-        root, start, tmp_path / "quickstart.log")
+        root, start, tmp_path / "quickstart.log"
+    )
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
     # The installer leaves the clone as it was: no root-owned build/ for `git pull` to trip on.
@@ -214,7 +224,8 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     marker = f"upgrade-check-{time.time_ns()}"
     commit_upstream(root, tmp_path / "upstream", marker)
     again, timings["upgrade (until srsd listens)"] = serve_and_check(
-        root, upgrade, tmp_path / "upgrade.log")
+        root, upgrade, tmp_path / "upgrade.log"
+    )
     installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py")
     assert marker in installed.stdout, "the upgrade did not install the pulled code"
     assert in_root(root, f"cat {SECRET}").stdout == secret  # the same secret after the upgrade

@@ -33,12 +33,24 @@ def test_bounded_campaign(tmp_path: Path) -> None:
     for name in HARNESSES:
         corpus = tmp_path / name
         corpus.mkdir()  # empty: the harness writes its seeds there first
-        command = [sys.executable, str(ROOT / "fuzz" / f"{name}.py"), str(corpus),
-                   f"-runs={RUNS}", f"-max_total_time={MAX_SECONDS}", "-seed=1",
-                   f"-artifact_prefix={tmp_path}/{name}-", "-print_final_stats=1"]  # fmt: skip
+        command = [
+            sys.executable,
+            str(ROOT / "fuzz" / f"{name}.py"),
+            str(corpus),
+            f"-runs={RUNS}",
+            f"-max_total_time={MAX_SECONDS}",
+            "-seed=1",
+            f"-artifact_prefix={tmp_path}/{name}-",
+            "-print_final_stats=1",
+        ]
         campaigns[name] = subprocess.Popen(
-            command, cwd=ROOT / "fuzz", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace")  # fmt: skip
+            command,
+            cwd=ROOT / "fuzz",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
     failures = []
     for name, process in campaigns.items():
         output, _ = process.communicate(timeout=MAX_SECONDS * 4)
@@ -95,11 +107,12 @@ def test_crasher_inputs_decode_as_their_comments_say(monkeypatch: pytest.MonkeyP
     assert fdp.ConsumeBytes(fdp.remaining_bytes()) == b'"F"@"'
 
 
-@given(st.binary(max_size=40), st.lists(st.sampled_from([0, 1, 3, 12, 40, 255, 256, 1 << 16,
-                                                         1 << 40]), max_size=6))  # fmt: skip
+@given(
+    st.binary(max_size=40),
+    st.lists(st.sampled_from([0, 1, 3, 12, 40, 255, 256, 1 << 16, 1 << 40]), max_size=6),
+)
 def test_input_reads_as_atheris_does(data: bytes, ranges: list[int]) -> None:
-    atheris = pytest.importorskip("atheris", reason="atheris (a test dependency) is not "
-                                  "installed")  # fmt: skip
+    atheris = pytest.importorskip("atheris", reason="atheris (a test dependency) is not installed")
     sys.path.insert(0, str(ROOT / "fuzz"))
     try:
         from common import Input

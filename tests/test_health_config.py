@@ -33,15 +33,23 @@ sys.exit(cli.main(["health", *sys.argv[3:]]))
 """
 
 
-def root_shell_health(default_config: Path, env_file: Path, *args: str,
-                      **env: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def root_shell_health(
+    default_config: Path, env_file: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     """``srsd health ARGS`` from a shell with nothing of srsd's in its environment."""
     return subprocess.run(
         [sys.executable, "-c", AS_ROOT_SHELL, str(default_config), str(env_file), *args],
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "PYTHONPATH": str(SRC),
-             **env},
-        capture_output=True, text=True, timeout=TIMEOUT, cwd="/",
-    )  # fmt: skip
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "PYTHONPATH": str(SRC),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd="/",
+    )
 
 
 def serve(workdir: Path, env: dict[str, str], *args: str) -> Daemon:
@@ -67,8 +75,9 @@ def test_health_reads_the_units_environment_file(tmp_path: Path) -> None:
         daemon.wait_log("srsd ready: ")
         done = root_shell_health(absent, env_file)
         assert (done.returncode, done.stderr) == (0, ""), done
-        assert done.stdout.startswith(f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: "
-                                      "round trip ok ("), done.stdout  # fmt: skip
+        assert done.stdout.startswith(
+            f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip ok ("
+        ), done.stdout
         # what the caller sets explicitly wins over the file
         dead = free_port()
         done = root_shell_health(absent, env_file, SRS_FORWARD_PORT=str(dead))
@@ -83,8 +92,9 @@ def test_health_reads_the_units_environment_file(tmp_path: Path) -> None:
 def test_health_reads_the_default_toml_file(tmp_path: Path) -> None:
     port = free_port(count=2)
     toml = tmp_path / "srsd.toml"
-    toml.write_text(f'domain = "forwarder.test"\nforward_port = {port}\n'
-                    f"reverse_port = {port + 1}\n")  # fmt: skip
+    toml.write_text(
+        f'domain = "forwarder.test"\nforward_port = {port}\nreverse_port = {port + 1}\n'
+    )
     toml_without_domain = tmp_path / "probe.toml"
     toml_without_domain.write_text(f"forward_port = {port}\nreverse_port = {port + 1}\n")
     with serve(tmp_path, {}, "--config", str(toml)) as daemon:
@@ -98,17 +108,23 @@ def test_health_reads_the_default_toml_file(tmp_path: Path) -> None:
 def test_an_unreadable_environment_file_is_one_clear_line(tmp_path: Path) -> None:
     done = root_shell_health(tmp_path / "absent.toml", tmp_path)  # a directory
     assert done.returncode == 2
-    assert done.stderr == (f"srsd: configuration error: environment file {tmp_path}: "
-                           "Is a directory\n")  # fmt: skip
+    assert done.stderr == (
+        f"srsd: configuration error: environment file {tmp_path}: Is a directory\n"
+    )
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("A=1\nB = two words \n", {"A": "1", "B": "two words"}),
-    ("# A=1\n; B=2\n\n  C=3\nnot a line\n4D=x\n", {"C": "3"}),
-    ("A=\"quoted \\\"x\\\" \\\\ y\"\nB='single \\\\ kept'\nC=\"unbalanced\n", {
-        "A": 'quoted "x" \\ y', "B": "single \\\\ kept", "C": '"unbalanced'}),
-    ("A=first \\\n  second\nB=x=y\n", {"A": "first   second", "B": "x=y"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("A=1\nB = two words \n", {"A": "1", "B": "two words"}),
+        ("# A=1\n; B=2\n\n  C=3\nnot a line\n4D=x\n", {"C": "3"}),
+        (
+            'A="quoted \\"x\\" \\\\ y"\nB=\'single \\\\ kept\'\nC="unbalanced\n',
+            {"A": 'quoted "x" \\ y', "B": "single \\\\ kept", "C": '"unbalanced'},
+        ),
+        ("A=first \\\n  second\nB=x=y\n", {"A": "first   second", "B": "x=y"}),
+    ],
+)
 def test_environment_file_syntax(text: str, expected: dict[str, str]) -> None:
     assert parse_environment_file(text) == expected
 
@@ -141,8 +157,10 @@ def test_reload_environment_follows_the_file_only_when_it_was_in_effect(tmp_path
     assert following() == {"PATH": "/bin"}
     # srsd did not start with the file's values (another unit, a shell): the file is not used
     env_file.write_text("SRS_DOMAIN=a.example\nSRS_EXCLUDE_DOMAINS=other.example\n")
-    for unrelated in (service_env.ReloadEnvironment(started, env_file),
-                      service_env.ReloadEnvironment(started, tmp_path / "absent")):  # fmt: skip
+    for unrelated in (
+        service_env.ReloadEnvironment(started, env_file),
+        service_env.ReloadEnvironment(started, tmp_path / "absent"),
+    ):
         assert unrelated.from_file is None
         env_file.write_text("SRS_DOMAIN=c.example\n")
         assert unrelated() == started
@@ -151,18 +169,28 @@ def test_reload_environment_follows_the_file_only_when_it_was_in_effect(tmp_path
 def test_reload_applies_an_edited_environment_file(tmp_path: Path) -> None:
     port = free_port(count=2)
     env_file = tmp_path / "default-srsd"
-    unit_file = (f"SRS_DOMAIN=forwarder.test\nSRS_FORWARD_PORT={port}\n"
-                 f"SRS_REVERSE_PORT={port + 1}\n")  # fmt: skip
+    unit_file = f"SRS_DOMAIN=forwarder.test\nSRS_FORWARD_PORT={port}\nSRS_REVERSE_PORT={port + 1}\n"
     env_file.write_text(unit_file)
     secret = write_secret(tmp_path / "unit-secret")
-    argv = [sys.executable, "-c", SERVE_WITH_ENV_FILE, str(env_file), "--config", "/dev/null",
-            "--secret-file", str(secret)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-c",
+        SERVE_WITH_ENV_FILE,
+        str(env_file),
+        "--config",
+        "/dev/null",
+        "--secret-file",
+        str(secret),
+    ]
     env = child_env(tmp_path, **parse_environment_file(unit_file))  # as systemd gives it
     with Daemon(argv, env, tmp_path) as daemon:
         daemon.wait_log("srsd ready: ")
         assert lookup(port, b"alice@example.org", timeout=TIMEOUT).startswith(b"200 SRS0=")
-        env_file.write_text(f"{unit_file}SRS_EXCLUDE_DOMAINS=example.org\n"
-                            .replace(f"SRS_FORWARD_PORT={port}", "SRS_FORWARD_PORT=1"))
+        env_file.write_text(
+            f"{unit_file}SRS_EXCLUDE_DOMAINS=example.org\n".replace(
+                f"SRS_FORWARD_PORT={port}", "SRS_FORWARD_PORT=1"
+            )
+        )
         daemon.signal(signal.SIGHUP)
         daemon.wait_log("configuration reloaded")
         assert lookup(port, b"alice@example.org", timeout=TIMEOUT).startswith(b"500 ")

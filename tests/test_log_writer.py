@@ -36,9 +36,15 @@ OLD_PLAIN = "%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s"
 
 def json_before(level: int, message: str, created: float, pid: int) -> str:
     """The JSON line as srsd wrote it before the fast path (json.dumps of a dict)."""
-    return json.dumps({"time": datetime.fromtimestamp(created, UTC).isoformat(
-        timespec="milliseconds"), "level": logging.getLevelName(level).lower(), "pid": pid,
-        "message": message}, ensure_ascii=False)  # fmt: skip
+    return json.dumps(
+        {
+            "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": logging.getLevelName(level).lower(),
+            "pid": pid,
+            "message": message,
+        },
+        ensure_ascii=False,
+    )
 
 
 def plain_before(level: int, message: str, created: float, pid: int) -> str:
@@ -49,29 +55,40 @@ def plain_before(level: int, message: str, created: float, pid: int) -> str:
 
 # times near second and millisecond boundaries, where rounding decides the text
 TIMES = st.floats(0, 4e9) | st.builds(
-    lambda s, f: s + f, st.integers(0, 4 * 10**9),
-    st.sampled_from([0.0, 0.0005, 0.0004999, 0.9995, 0.9999995, 0.99999949, 0.5000005]))
+    lambda s, f: s + f,
+    st.integers(0, 4 * 10**9),
+    st.sampled_from([0.0, 0.0005, 0.0004999, 0.9995, 0.9999995, 0.99999949, 0.5000005]),
+)
 
 
-@given(st.lists(st.tuples(st.sampled_from([10, 20, 30, 40, 25]), st.text(), TIMES),
-                min_size=1, max_size=8), st.integers(1, 2**22))  # fmt: skip
-def test_json_lines_are_what_json_dumps_wrote(records: list[tuple[int, str, float]],
-                                              pid: int) -> None:  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([10, 20, 30, 40, 25]), st.text(), TIMES), min_size=1, max_size=8
+    ),
+    st.integers(1, 2**22),
+)
+def test_json_lines_are_what_json_dumps_wrote(
+    records: list[tuple[int, str, float]], pid: int
+) -> None:
     fmt = logs.JsonFormat()  # one instance: its per-second cache is exercised
     for level, message, created in records:
-        assert fmt.render(level, message, created, pid) == json_before(level, message, created,
-                                                                       pid)  # fmt: skip
+        assert fmt.render(level, message, created, pid) == json_before(level, message, created, pid)
 
 
-@given(st.lists(st.tuples(st.sampled_from([10, 20, 30, 40]), st.text(), TIMES),
-                min_size=1, max_size=8), st.integers(1, 2**22))  # fmt: skip
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([10, 20, 30, 40]), st.text(), TIMES), min_size=1, max_size=8
+    ),
+    st.integers(1, 2**22),
+)
 def test_plain_lines_are_what_the_logging_formatter_wrote(
     records: list[tuple[int, str, float]], pid: int
 ) -> None:
     fmt = logs.PlainFormat()
     for level, message, created in records:
-        assert fmt.render(level, message, created, pid) == plain_before(level, message, created,
-                                                                        pid)  # fmt: skip
+        assert fmt.render(level, message, created, pid) == plain_before(
+            level, message, created, pid
+        )
 
 
 def test_lines_are_written_in_order_at_the_flush() -> None:
@@ -124,8 +141,9 @@ def test_a_destination_that_takes_nothing_never_blocks() -> None:
         numbers = [int(m[1]) for line in lines if (m := re.search(r": INFO: (\d+) ", line))]
         assert numbers == list(range(len(numbers)))  # the first lines, whole and in order
         assert len(numbers) + writer.dropped == count  # every line written or counted
-        assert lines[-1].endswith(f"WARNING: {writer.dropped} log line(s) dropped: the log "
-                                  "destination did not take them")  # fmt: skip
+        assert lines[-1].endswith(
+            f"WARNING: {writer.dropped} log line(s) dropped: the log destination did not take them"
+        )
     finally:
         writer.close()
         stream.close()
@@ -134,10 +152,23 @@ def test_a_destination_that_takes_nothing_never_blocks() -> None:
 
 def test_srsd_keeps_answering_when_nobody_reads_its_stderr(tmp_path: Path) -> None:
     port = free_port(count=2)
-    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      "--listen", "127.0.0.1", secret=write_secret(tmp_path / "secret"))
-    proc = subprocess.Popen(args, env=child_env(tmp_path), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    args = serve_args(
+        tmp_path,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--listen",
+        "127.0.0.1",
+        secret=write_secret(tmp_path / "secret"),
+    )
+    proc = subprocess.Popen(
+        args,
+        env=child_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stderr is not None
     try:
         deadline = time.monotonic() + TIMEOUT

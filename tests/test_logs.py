@@ -74,8 +74,9 @@ def test_syslog_priorities_follow_the_level(syslog_socket: socket.socket) -> Non
         logs.LOGGER.log(level, "level %d", level)
         datagram = syslog_socket.recv(4096)
         expected = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-        assert datagram.startswith(b"<%d>srsd[%d]: level %d" % (
-            (2 << 3) | expected[level], os.getpid(), level)), datagram  # fmt: skip
+        assert datagram.startswith(
+            b"<%d>srsd[%d]: level %d" % ((2 << 3) | expected[level], os.getpid(), level)
+        ), datagram
 
 
 # -- stderr: the journal, or plain lines --------------------------------------------------------
@@ -96,15 +97,39 @@ def srsd_failing_to_start(tmp_path: Path, journal_stream: str | None) -> tuple[s
         if journal_stream is None:
             status = os.fstat(out.fileno())
             journal_stream = f"{status.st_dev}:{status.st_ino}"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-               "PYTHONPATH": str(SRC), "SRS_ALLOW_ROOT": "yes", "SRS_PID_FILE": "/run/x.pid",
-               "JOURNAL_STREAM": journal_stream}  # fmt: skip
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(SRC),
+            "SRS_ALLOW_ROOT": "yes",
+            "SRS_PID_FILE": "/run/x.pid",
+            "JOURNAL_STREAM": journal_stream,
+        }
         child = subprocess.run(
-            [sys.executable, "-m", "srsd", "serve", "--config", "/dev/null", "--domain",
-             "forwarder.test", "--secret-file", str(secret), "--listen", "127.0.0.1",
-             "--forward-port", str(port), "--reverse-port", "0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=out, timeout=TIMEOUT, cwd=tmp_path,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "srsd",
+                "serve",
+                "--config",
+                "/dev/null",
+                "--domain",
+                "forwarder.test",
+                "--secret-file",
+                str(secret),
+                "--listen",
+                "127.0.0.1",
+                "--forward-port",
+                str(port),
+                "--reverse-port",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            timeout=TIMEOUT,
+            cwd=tmp_path,
+        )
     assert child.returncode == 1
     return stderr.read_text(), port
 
@@ -137,22 +162,28 @@ def test_journal_prefixes_every_level_and_traceback_line(tmp_path: Path) -> None
         json_journal = logs.stderr_format(True, stream, environ)
         assert isinstance(logs.stderr_format(False, stream, {}), logs.PlainFormat)
     assert [journal.render(level, "m", 0.0, 1) for level in (10, 20, 30, 40, 50, 25)] == [
-        "<7>DEBUG: m", "<6>INFO: m", "<4>WARNING: m", "<3>ERROR: m", "<2>CRITICAL: m",
-        "<6>Level 25: m"]  # fmt: skip
+        "<7>DEBUG: m",
+        "<6>INFO: m",
+        "<4>WARNING: m",
+        "<3>ERROR: m",
+        "<2>CRITICAL: m",
+        "<6>Level 25: m",
+    ]
     assert journal.render(logging.ERROR, "failed", 0.0, 1, "Traceback\n  line\nError") == (
-        "<3>ERROR: failed\n<3>Traceback\n<3>  line\n<3>Error")
+        "<3>ERROR: failed\n<3>Traceback\n<3>  line\n<3>Error"
+    )
     assert json_journal.render(logging.WARNING, "w", 0.0, 7) == (
-        '<4>{"time": "1970-01-01T00:00:00.000+00:00", "level": "warning", "pid": 7, '
-        '"message": "w"}')
+        '<4>{"time": "1970-01-01T00:00:00.000+00:00", "level": "warning", "pid": 7, "message": "w"}'
+    )
 
 
 OLD_PLAIN = "%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s"
 
 
-@given(st.sampled_from([10, 20, 30, 40]), st.text(), st.floats(0, 4e9),
-       st.integers(1, 2**22))  # fmt: skip
-def test_plain_format_is_the_logging_format_it_replaced(level: int, message: str,
-                                                        created: float, pid: int) -> None:
+@given(st.sampled_from([10, 20, 30, 40]), st.text(), st.floats(0, 4e9), st.integers(1, 2**22))
+def test_plain_format_is_the_logging_format_it_replaced(
+    level: int, message: str, created: float, pid: int
+) -> None:
     record = logging.LogRecord("srsd", level, __file__, 1, "%s", (message,), None)
     record.created, record.msecs, record.process = created, (created - int(created)) * 1000, pid
     expected = logging.Formatter(OLD_PLAIN).format(record)

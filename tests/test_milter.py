@@ -30,32 +30,39 @@ from srsd.milter import (
     split_replies,
 )
 
-PROPERTY = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONTINUE = Send(b"\x00\x00\x00\x01c")
 OPTNEG_REPLY = Send(b"\x00\x00\x00\x0dO" + struct.pack("!III", 6, 0x4C, 0x373))
 
 
 def conversation(*recipients: bytes, sender: bytes = b"<alice@origin.test>") -> bytes:
     """What Postfix sends for one message on a fresh connection."""
-    return b"".join([
-        negotiate(),
-        macros(milter.MAIL, [(b"i", b"4Xq1"), (b"{mail_addr}", b"alice@origin.test")]),
-        command(milter.MAIL, sender, b"SIZE=100"),
-        *(command(milter.RCPT, r) for r in recipients),
-        macros(milter.END_OF_MESSAGE, [(b"i", b"4Xq1A")]),
-        command(milter.END_OF_MESSAGE),
-    ])  # fmt: skip
+    return b"".join(
+        [
+            negotiate(),
+            macros(milter.MAIL, [(b"i", b"4Xq1"), (b"{mail_addr}", b"alice@origin.test")]),
+            command(milter.MAIL, sender, b"SIZE=100"),
+            *(command(milter.RCPT, r) for r in recipients),
+            macros(milter.END_OF_MESSAGE, [(b"i", b"4Xq1A")]),
+            command(milter.END_OF_MESSAGE),
+        ]
+    )
 
 
 def test_postfix_conversation_gives_exact_actions() -> None:
     session = Session()
     actions = session.feed(conversation(b"<carol@dest.test>", b"<dave@mailbox.test>"))
     assert actions == [
-        OPTNEG_REPLY, CONTINUE, CONTINUE, CONTINUE,
-        Decide(Transaction(b"4Xq1A", b"<alice@origin.test>",
-                           (b"<carol@dest.test>", b"<dave@mailbox.test>"))),
-    ]  # fmt: skip
+        OPTNEG_REPLY,
+        CONTINUE,
+        CONTINUE,
+        CONTINUE,
+        Decide(
+            Transaction(
+                b"4Xq1A", b"<alice@origin.test>", (b"<carol@dest.test>", b"<dave@mailbox.test>")
+            )
+        ),
+    ]
     assert session.version == 6 and session.can_rewrite
     assert session.feed(command(milter.ABORT) + command(milter.QUIT)) == [Close(None)]
     assert session.closed and session.feed(conversation()) == []
@@ -73,8 +80,10 @@ def test_negotiation_asks_only_for_what_is_needed_and_offered() -> None:
 
 def test_verdict_bytes() -> None:
     session = Session()
-    verdict = Verdict(sender=b"SRS0=abcd=JM=origin.test=alice@forwarder.test",
-                      replace=((b"<SRS0=x@forwarder.test>", b"alice@origin.test"),))  # fmt: skip
+    verdict = Verdict(
+        sender=b"SRS0=abcd=JM=origin.test=alice@forwarder.test",
+        replace=((b"<SRS0=x@forwarder.test>", b"alice@origin.test"),),
+    )
     assert split_replies(session.verdict(verdict)) == [
         (b"-", b"<SRS0=x@forwarder.test>\x00"),
         (b"+", b"alice@origin.test\x00"),
@@ -88,13 +97,20 @@ def test_verdict_bytes() -> None:
 def test_steps_the_mta_cannot_skip_are_answered_continue() -> None:
     session = Session()
     session.feed(negotiate(steps=0))
-    stream = b"".join([
-        command(milter.CONNECT, b"client.test"), command(milter.HELO, b"client.test"),
-        command(milter.MAIL, b"<a@b.test>"), command(milter.RCPT, b"<c@d.test>"),
-        command(milter.DATA), command(milter.HEADER, b"Subject", b"hi"),
-        command(milter.END_OF_HEADERS), command(milter.BODY, b"body"),
-        command(milter.UNKNOWN, b"XFOO"), command(milter.END_OF_MESSAGE),
-    ])  # fmt: skip
+    stream = b"".join(
+        [
+            command(milter.CONNECT, b"client.test"),
+            command(milter.HELO, b"client.test"),
+            command(milter.MAIL, b"<a@b.test>"),
+            command(milter.RCPT, b"<c@d.test>"),
+            command(milter.DATA),
+            command(milter.HEADER, b"Subject", b"hi"),
+            command(milter.END_OF_HEADERS),
+            command(milter.BODY, b"body"),
+            command(milter.UNKNOWN, b"XFOO"),
+            command(milter.END_OF_MESSAGE),
+        ]
+    )
     actions = session.feed(stream)
     assert actions[:9] == [CONTINUE] * 9
     assert actions[9] == Decide(Transaction(b"", b"<a@b.test>", (b"<c@d.test>",)))
@@ -102,8 +118,7 @@ def test_steps_the_mta_cannot_skip_are_answered_continue() -> None:
 
 def test_abort_and_new_connection_reset_the_message() -> None:
     session = Session()
-    session.feed(negotiate() + command(milter.MAIL, b"<a@b.test>")
-                 + command(milter.RCPT, b"<c@d>"))  # fmt: skip
+    session.feed(negotiate() + command(milter.MAIL, b"<a@b.test>") + command(milter.RCPT, b"<c@d>"))
     assert session.feed(command(milter.ABORT)) == []
     # After ABORT a recipient is out of place: there is no message.
     out_of_place = Close("command 'R' out of place (ready)")
@@ -135,8 +150,10 @@ def test_recipient_limit_answers_452_and_keeps_the_first_ones() -> None:
         (negotiate() + command(milter.END_OF_MESSAGE), "command 'E' out of place (ready)"),
         (negotiate() + packet(b"M"), "malformed sender packet"),
         (negotiate() + packet(b"M", b"<a@b>"), "malformed sender packet"),
-        (negotiate() + command(milter.MAIL, b"<a@b>") + packet(b"R", b"x"),
-         "malformed recipient packet"),
+        (
+            negotiate() + command(milter.MAIL, b"<a@b>") + packet(b"R", b"x"),
+            "malformed recipient packet",
+        ),
         (negotiate() + packet(b"D"), "empty macro packet"),
         (negotiate() + packet(b"D", b"Mi\x00"), "malformed macro packet"),
         (negotiate() + packet(b"Z"), "command 'Z' out of place (ready)"),
@@ -157,7 +174,9 @@ def test_protocol_errors_close_the_session(stream: bytes, reason: str) -> None:
 def test_hostile_length_is_refused_before_its_payload() -> None:
     session = Session()
     assert session.feed(negotiate() + struct.pack("!I", MAX_PACKET + 1)) == [
-        OPTNEG_REPLY, Close("packet length 65537 out of range 1..65536")]  # fmt: skip
+        OPTNEG_REPLY,
+        Close("packet length 65537 out of range 1..65536"),
+    ]
     # The largest allowed packet is buffered whole, and no more.
     session = Session()
     session.feed(negotiate() + struct.pack("!I", MAX_PACKET) + b"M")
@@ -186,11 +205,18 @@ addresses = st.binary(max_size=40).map(lambda b: b"<" + b.replace(b"\x00", b"") 
 packets = st.one_of(
     addresses.map(lambda a: command(milter.MAIL, a)),
     addresses.map(lambda a: command(milter.RCPT, a)),
-    st.sampled_from([command(milter.END_OF_MESSAGE), command(milter.ABORT),
-                     command(milter.DATA), command(milter.QUIT_NEW_CONNECTION),
-                     macros(milter.RCPT, [(b"i", b"Q1")]), command(milter.QUIT)]),
+    st.sampled_from(
+        [
+            command(milter.END_OF_MESSAGE),
+            command(milter.ABORT),
+            command(milter.DATA),
+            command(milter.QUIT_NEW_CONNECTION),
+            macros(milter.RCPT, [(b"i", b"Q1")]),
+            command(milter.QUIT),
+        ]
+    ),
     st.binary(max_size=12),  # garbage
-)  # fmt: skip
+)
 
 
 def feed_pieces(stream: bytes, cuts: list[int]) -> list[milter.MilterAction]:
@@ -228,8 +254,7 @@ def test_any_bytes_give_actions_never_an_exception(data: bytes) -> None:
 
 
 @PROPERTY
-@given(st.lists(st.tuples(addresses, addresses), max_size=5),
-       st.one_of(st.none(), addresses))  # fmt: skip
+@given(st.lists(st.tuples(addresses, addresses), max_size=5), st.one_of(st.none(), addresses))
 def test_verdict_is_well_formed(replace: list[tuple[bytes, bytes]], sender: bytes | None) -> None:
     replies = split_replies(Session().verdict(Verdict(sender=sender, replace=tuple(replace))))
     assert replies[-1] == (b"c", b"")

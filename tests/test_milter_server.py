@@ -52,9 +52,10 @@ async def reverse(recipient: bytes) -> Decision:
 
 def service(**overrides: Any) -> MilterService:
     args: dict[str, Any] = {
-        "forward": forward, "reverse": reverse,
+        "forward": forward,
+        "reverse": reverse,
         "delivery": PostfixDelivery(local_domains=DomainSet(["mailbox.test", DOMAIN.decode()])),
-    }  # fmt: skip
+    }
     args.update(overrides)
     return MilterService(**args)
 
@@ -90,8 +91,9 @@ class Client:
         for recipient in recipients:
             await self.stream.send_all(command(milter.RCPT, recipient))
             assert await self.replies(1) == [CONTINUE]
-        await self.stream.send_all(macros(milter.END_OF_MESSAGE, [(b"i", b"QID1")])
-                                   + command(milter.END_OF_MESSAGE))  # fmt: skip
+        await self.stream.send_all(
+            macros(milter.END_OF_MESSAGE, [(b"i", b"QID1")]) + command(milter.END_OF_MESSAGE)
+        )
         out: list[tuple[bytes, bytes]] = []
         while not out or out[-1][0] not in (b"c", b"a", b"t"):
             more = await self.replies(1)
@@ -130,8 +132,9 @@ def test_forwarded_mail_gets_srs0_and_local_mail_keeps_its_sender() -> None:
         # Every recipient delivered here: nothing changes.
         assert await client.message(b"<alice@origin.test>", b"<dave@mailbox.test>") == [CONTINUE]
         # One local and one remote recipient: the whole message is rewritten.
-        mixed = await client.message(b"<alice@origin.test>", b"<dave@mailbox.test>",
-                                     b"<carol@dest.test>")  # fmt: skip
+        mixed = await client.message(
+            b"<alice@origin.test>", b"<dave@mailbox.test>", b"<carol@dest.test>"
+        )
         assert [c for c, _ in mixed] == [b"e", b"c"]
         # An SRS sender of someone else's gets SRS1; a local-domain sender is excluded.
         srs1 = await client.message(b"<SRS0=abcd=JM=a.test=b@other.test>", b"<carol@dest.test>")
@@ -150,8 +153,11 @@ def test_bounce_to_our_srs_address_is_restored_and_invalid_ones_stay() -> None:
 
     async def body(client: Client) -> None:
         replies = await client.message(b"<>", b"<" + genuine + b">", b"<" + forged + b">")
-        assert replies == [(b"-", b"<" + genuine + b">\x00"), (b"+", b"alice@origin.test\x00"),
-                           CONTINUE]  # fmt: skip
+        assert replies == [
+            (b"-", b"<" + genuine + b">\x00"),
+            (b"+", b"alice@origin.test\x00"),
+            CONTINUE,
+        ]
         # A lower-cased one (as smtpd folds) decodes too.
         folded = await client.message(b"<>", b"<" + genuine.lower() + b">")
         assert folded[1] == (b"+", b"alice@origin.test\x00")
@@ -185,8 +191,9 @@ async def hanging(_: bytes) -> Decision:
     [{"forward": failing}, {"reverse": failing}, {"forward": crashing}, {"forward": hanging}],
     ids=["forward-error", "reverse-error", "forward-crash", "forward-hangs"],
 )
-def test_what_srsd_cannot_decide_is_deferred(overrides: dict[str, Any],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_what_srsd_cannot_decide_is_deferred(
+    overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(milter_server, "DECIDE_SECONDS", 0.5)
     svc = service(**overrides)
 
@@ -230,9 +237,15 @@ def milter_message(path: Path, recipient: bytes) -> list[tuple[bytes, bytes]]:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
-        stream = b"".join([negotiate(), command(milter.MAIL, b"<alice@origin.test>"),
-                           command(milter.RCPT, recipient), command(milter.END_OF_MESSAGE),
-                           command(milter.QUIT)])  # fmt: skip
+        stream = b"".join(
+            [
+                negotiate(),
+                command(milter.MAIL, b"<alice@origin.test>"),
+                command(milter.RCPT, recipient),
+                command(milter.END_OF_MESSAGE),
+                command(milter.QUIT),
+            ]
+        )
         sock.sendall(stream)
         data = b""
         while chunk := sock.recv(65536):
@@ -267,11 +280,17 @@ def test_socket_activated_milter_and_its_metrics(tmp_path: Path) -> None:
     unix = tmp_path / "milter.sock"
     metrics = free_port()
     env = child_env(tmp_path)
-    command = serve_args(tmp_path, "--forward-port", "0", "--reverse-port", "0",
-                         "--local-domains", "mailbox.test",
-                         secret=write_secret(tmp_path / "secret"))  # fmt: skip
-    argv = activation_argv([str(unix), f"127.0.0.1:{metrics}"], ["milter", "metrics"], env,
-                           command)  # fmt: skip
+    command = serve_args(
+        tmp_path,
+        "--forward-port",
+        "0",
+        "--reverse-port",
+        "0",
+        "--local-domains",
+        "mailbox.test",
+        secret=write_secret(tmp_path / "secret"),
+    )
+    argv = activation_argv([str(unix), f"127.0.0.1:{metrics}"], ["milter", "metrics"], env, command)
     with Daemon(argv, env, tmp_path) as daemon:
         daemon.wait_log(f"Listening on 127.0.0.1:{metrics} as 4.")
         assert [c for c, _ in milter_message(unix, b"<carol@dest.test>")] == [b"e", b"c"]
@@ -302,8 +321,10 @@ def test_stop_closes_idle_sessions_and_lets_a_message_in_flight_finish() -> None
                 for client in (idle, busy):
                     await client.stream.send_all(negotiate())
                     assert [c for c, _ in await client.replies(1)] == [b"O"]
-                await busy.stream.send_all(command(milter.MAIL, b"<alice@origin.test>")
-                                           + command(milter.RCPT, b"<carol@dest.test>"))
+                await busy.stream.send_all(
+                    command(milter.MAIL, b"<alice@origin.test>")
+                    + command(milter.RCPT, b"<carol@dest.test>")
+                )
                 assert await busy.replies(2) == [CONTINUE, CONTINUE]
                 accepting.cancel_scope.cancel()  # what SIGTERM does to the accept loops
             svc.stop(5.0)
@@ -320,16 +341,19 @@ def test_stop_closes_idle_sessions_and_lets_a_message_in_flight_finish() -> None
 
 def test_sigterm_lets_a_message_in_flight_finish(tmp_path: Path) -> None:
     path = tmp_path / "milter.sock"
-    with SrsdProcess(tmp_path, extra_args=["--milter", f"unix:{path}", "--local-domains",
-                                           "mailbox.test"]) as srsd:  # fmt: skip
+    with SrsdProcess(
+        tmp_path, extra_args=["--milter", f"unix:{path}", "--local-domains", "mailbox.test"]
+    ) as srsd:
         with socket.socket(socket.AF_UNIX) as busy, socket.socket(socket.AF_UNIX) as idle:
             for sock in (busy, idle):
                 sock.settimeout(10)
                 sock.connect(str(path))
                 sock.sendall(negotiate())
                 assert sock.recv(65536)[4:5] == b"O"
-            busy.sendall(command(milter.MAIL, b"<alice@origin.test>")
-                         + command(milter.RCPT, b"<carol@dest.test>"))  # fmt: skip
+            busy.sendall(
+                command(milter.MAIL, b"<alice@origin.test>")
+                + command(milter.RCPT, b"<carol@dest.test>")
+            )
             data = b""
             while len(data) < 10:
                 data += busy.recv(65536)

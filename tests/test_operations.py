@@ -96,8 +96,18 @@ def empty_config(workdir: Path) -> Path:
 
 def serve_args(workdir: Path, *extra: str, secret: Path | None = None) -> list[str]:
     """``python -m srsd serve`` with an empty config, the test domain and a state dir."""
-    args = [sys.executable, "-m", "srsd", "serve", "--config", str(empty_config(workdir)),
-            "--domain", DOMAIN, "--state-dir", str(workdir / "state")]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "srsd",
+        "serve",
+        "--config",
+        str(empty_config(workdir)),
+        "--domain",
+        DOMAIN,
+        "--state-dir",
+        str(workdir / "state"),
+    ]
     if secret is not None:
         args += ["--secret-file", str(secret)]
     return [*args, *extra]
@@ -152,8 +162,9 @@ def proc_status(pid: int) -> dict[str, str]:
 class Daemon:
     """A child process (srsd, or systemd-socket-activate exec'ing srsd) logging to a file."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], workdir: Path,
-                 *, umask: int = -1) -> None:  # fmt: skip
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str], workdir: Path, *, umask: int = -1
+    ) -> None:
         self.argv = list(argv)
         self.env = env
         self.workdir = workdir
@@ -169,9 +180,14 @@ class Daemon:
     def start(self) -> Daemon:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
-                cwd=self.workdir, umask=self.umask,
-            )  # fmt: skip
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.env,
+                cwd=self.workdir,
+                umask=self.umask,
+            )
         return self
 
     def log(self) -> str:
@@ -183,8 +199,9 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while self.log().count(text) < count:
             if self.proc.poll() is not None and self.log().count(text) < count:
-                pytest.fail(f"exited ({self.proc.returncode}) before logging {text!r}:\n"
-                            f"{self.log()}")  # fmt: skip
+                pytest.fail(
+                    f"exited ({self.proc.returncode}) before logging {text!r}:\n{self.log()}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out waiting for {text!r} in the log:\n{self.log()}")
             time.sleep(0.02)
@@ -217,8 +234,12 @@ class Daemon:
     def __enter__(self) -> Daemon:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -293,8 +314,9 @@ def labels(**items: str) -> frozenset[tuple[str, str]]:
 # -- socket activation ------------------------------------------------------------------------
 
 
-def activation_argv(listen: Sequence[str], names: Sequence[str], env: dict[str, str],
-                    command: Sequence[str]) -> list[str]:  # fmt: skip
+def activation_argv(
+    listen: Sequence[str], names: Sequence[str], env: dict[str, str], command: Sequence[str]
+) -> list[str]:
     """systemd-socket-activate listening on ``listen`` with ``names``, exec'ing ``command``.
 
     It passes its children only TERM, PATH, USER and HOME of its own environment, so the
@@ -316,17 +338,26 @@ def test_socket_activation_tcp_table(tmp_path: Path) -> None:
     while configured in (passed - 1, passed, passed + 1):
         configured = free_port(count=2)
     env = child_env(tmp_path)
-    command = serve_args(tmp_path, "--forward-port", str(configured), "--reverse-port",
-                         str(configured + 1), secret=write_secret(tmp_path / "secret"))  # fmt: skip
-    argv = activation_argv([f"127.0.0.1:{passed}", f"127.0.0.1:{passed + 1}"],
-                           ["forward", "reverse"], env, command)  # fmt: skip
+    command = serve_args(
+        tmp_path,
+        "--forward-port",
+        str(configured),
+        "--reverse-port",
+        str(configured + 1),
+        secret=write_secret(tmp_path / "secret"),
+    )
+    argv = activation_argv(
+        [f"127.0.0.1:{passed}", f"127.0.0.1:{passed + 1}"], ["forward", "reverse"], env, command
+    )
     with Daemon(argv, env, tmp_path) as daemon:
         daemon.wait_log(f"Listening on 127.0.0.1:{passed + 1} as 4.")
         srs = forward_ok(passed)  # the first connection makes it exec srsd, which answers it
         daemon.wait_log("srsd ready: ")
         assert lookup(passed + 1, srs, timeout=TIMEOUT) == b"200 " + ALICE
-        assert (f"srsd ready: tcp_table forward on 127.0.0.1:{passed}, tcp_table reverse on "
-                f"127.0.0.1:{passed + 1}; SRS domain {DOMAIN}, 1 secret(s)") in daemon.log()
+        assert (
+            f"srsd ready: tcp_table forward on 127.0.0.1:{passed}, tcp_table reverse on "
+            f"127.0.0.1:{passed + 1}; SRS domain {DOMAIN}, 1 secret(s)"
+        ) in daemon.log()
         # srsd adopted the passed sockets and bound nothing by itself
         assert bindable(configured)
         assert bindable(configured + 1)
@@ -346,12 +377,21 @@ def test_socket_activation_unix_socketmap_and_metrics(tmp_path: Path) -> None:
     metrics = free_port()
     own_metrics = free_port()
     env = child_env(tmp_path)
-    command = serve_args(tmp_path, "--forward-port", "0", "--reverse-port", "0",
-                         "--socketmap", f"unix:{own_unix}",
-                         "--metrics-listen", f"127.0.0.1:{own_metrics}",
-                         secret=write_secret(tmp_path / "secret"))  # fmt: skip
-    argv = activation_argv([str(unix), f"127.0.0.1:{metrics}"], ["socketmap", "metrics"],
-                           env, command)  # fmt: skip
+    command = serve_args(
+        tmp_path,
+        "--forward-port",
+        "0",
+        "--reverse-port",
+        "0",
+        "--socketmap",
+        f"unix:{own_unix}",
+        "--metrics-listen",
+        f"127.0.0.1:{own_metrics}",
+        secret=write_secret(tmp_path / "secret"),
+    )
+    argv = activation_argv(
+        [str(unix), f"127.0.0.1:{metrics}"], ["socketmap", "metrics"], env, command
+    )
     with Daemon(argv, env, tmp_path) as daemon:
         daemon.wait_log(f"Listening on 127.0.0.1:{metrics} as 4.")
         t0 = time.time()
@@ -370,19 +410,31 @@ def test_socket_activation_unix_socketmap_and_metrics(tmp_path: Path) -> None:
     assert unix.exists(), "srsd removed a socket it did not create (systemd owns it)"
 
 
-@pytest.mark.parametrize(("names", "message"), [
-    ("forward:bogus", "cannot start: socket activation: socket 4 is named 'bogus'; name it one "
-                      "of forward, reverse, socketmap, milter, metrics with FileDescriptorName="),
-    ("metrics:metrics", "cannot start: socket activation passed no forward, reverse, "
-                        "socketmap or milter socket"),
-], ids=["unknown name", "no map socket"])  # fmt: skip
-def test_socket_activation_with_wrong_names_fails_clearly(tmp_path: Path, names: str,
-                                                           message: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            "forward:bogus",
+            "cannot start: socket activation: socket 4 is named 'bogus'; name it one "
+            "of forward, reverse, socketmap, milter, metrics with FileDescriptorName=",
+        ),
+        (
+            "metrics:metrics",
+            "cannot start: socket activation passed no forward, reverse, "
+            "socketmap or milter socket",
+        ),
+    ],
+    ids=["unknown name", "no map socket"],
+)
+def test_socket_activation_with_wrong_names_fails_clearly(
+    tmp_path: Path, names: str, message: str
+) -> None:
     port = free_port(count=2)
     env = child_env(tmp_path)
     command = serve_args(tmp_path, secret=write_secret(tmp_path / "secret"))
-    argv = activation_argv([f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"], names.split(":"),
-                           env, command)  # fmt: skip
+    argv = activation_argv(
+        [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"], names.split(":"), env, command
+    )
     with Daemon(argv, env, tmp_path) as daemon:
         daemon.wait_log(f"Listening on 127.0.0.1:{port + 1} as 4.")
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as trigger:
@@ -398,17 +450,26 @@ def test_socket_activation_with_wrong_names_fails_clearly(tmp_path: Path, names:
 
 
 def assert_status(line: str, lookups: int, failed_reloads: int = 0) -> None:
-    assert re.fullmatch(rf"STATUS={lookups} lookups, \d+ connections open, 0 evicted, 0 "
-                        rf"refused \(limit\), 0 refused \(user\), {failed_reloads} failed "
-                        "reloads", line), line  # fmt: skip
+    assert re.fullmatch(
+        rf"STATUS={lookups} lookups, \d+ connections open, 0 evicted, 0 "
+        rf"refused \(limit\), 0 refused \(user\), {failed_reloads} failed "
+        "reloads",
+        line,
+    ), line
 
 
 def test_sd_notify_ready_reload_status_stopping(tmp_path: Path) -> None:
     notify = NotifySocket(str(tmp_path / "notify"))
     port = free_port(count=2)
     env = child_env(tmp_path, NOTIFY_SOCKET=notify.address)
-    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    args = serve_args(
+        tmp_path,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        secret=write_secret(tmp_path / "secret"),
+    )
     config = Path(args[args.index("--config") + 1])
     try:
         with Daemon(args, env, tmp_path) as daemon:
@@ -453,8 +514,14 @@ def test_sd_notify_ready_reload_status_stopping(tmp_path: Path) -> None:
 def test_sd_notify_abstract_socket_and_unreachable_socket(tmp_path: Path) -> None:
     notify = NotifySocket(f"@srsd-test-{uuid.uuid4().hex}")
     port = free_port(count=2)
-    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    args = serve_args(
+        tmp_path,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        secret=write_secret(tmp_path / "secret"),
+    )
     try:
         with Daemon(args, child_env(tmp_path, NOTIFY_SOCKET=notify.address), tmp_path) as d:
             lines, sender = notify.receive()
@@ -488,8 +555,9 @@ def test_secrets_from_systemd_credentials(tmp_path: Path) -> None:
     args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1))
     state = tmp_path / "state"
 
-    check = subprocess.run([*args, "--check"], env=env, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=TIMEOUT)  # fmt: skip
+    check = subprocess.run(
+        [*args, "--check"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert check.returncode == 0, check.stderr
     assert f"2 secret(s) from {credentials / 'srsd-secrets'}," in check.stdout
     with Daemon(args, env, tmp_path) as daemon:
@@ -503,14 +571,21 @@ def test_secrets_from_systemd_credentials(tmp_path: Path) -> None:
 
     # an explicit secrets file wins over the credential
     own = write_secret(tmp_path / "own-secret")
-    check = subprocess.run([*args, "--check", "--secret-file", str(own)], env=env, cwd=tmp_path,
-                           capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    check = subprocess.run(
+        [*args, "--check", "--secret-file", str(own)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert f"1 secret(s) from {own}," in check.stdout, check.stderr
     # a credentials directory without srsd-secrets: the state directory, as without systemd
     (credentials / "srsd-secrets").chmod(0o600)
     (credentials / "srsd-secrets").unlink()
-    check = subprocess.run([*args, "--check"], env=env, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=TIMEOUT)  # fmt: skip
+    check = subprocess.run(
+        [*args, "--check"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert check.returncode == 2
     assert f"cannot read {state / 'secrets'}" in check.stderr
 
@@ -540,8 +615,15 @@ def test_run_as_drops_every_privilege(world_dir: Path) -> None:
     nobody = pwd.getpwnam("nobody")
     port = free_port(count=2)
     env = child_env(world_dir, allow_root=False)
-    args = serve_args(world_dir, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      "--run-as", "nobody")  # fmt: skip (no secret: srsd generates one)
+    args = serve_args(
+        world_dir,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--run-as",
+        "nobody",
+    )  # no secret: srsd generates one
     state = world_dir / "state"
     with Daemon(args, env, world_dir) as daemon:
         daemon.wait_log("srsd ready: ")
@@ -571,18 +653,34 @@ def test_run_as_drops_every_privilege(world_dir: Path) -> None:
     assert "Traceback" not in daemon.log()
 
 
-@pytest.mark.parametrize(("env_extra", "expected"), [
-    ({}, "cannot start: refusing to serve as root: set run_as (RUN_AS, --run-as) to an "
-         "unprivileged user, or allow_root (--allow-root) to insist"),
-    ({"RUN_AS": "no-such-user-for-srsd"},
-     "cannot start: run_as: no such user: 'no-such-user-for-srsd'"),
-], ids=["no run_as", "unknown user"])  # fmt: skip
-def test_root_without_a_usable_run_as_is_refused(world_dir: Path, env_extra: dict[str, str],
-                                                 expected: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("env_extra", "expected"),
+    [
+        (
+            {},
+            "cannot start: refusing to serve as root: set run_as (RUN_AS, --run-as) to an "
+            "unprivileged user, or allow_root (--allow-root) to insist",
+        ),
+        (
+            {"RUN_AS": "no-such-user-for-srsd"},
+            "cannot start: run_as: no such user: 'no-such-user-for-srsd'",
+        ),
+    ],
+    ids=["no run_as", "unknown user"],
+)
+def test_root_without_a_usable_run_as_is_refused(
+    world_dir: Path, env_extra: dict[str, str], expected: str
+) -> None:
     need_root()
     port = free_port(count=2)
-    args = serve_args(world_dir, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      secret=write_secret(world_dir / "secret"))  # fmt: skip
+    args = serve_args(
+        world_dir,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        secret=write_secret(world_dir / "secret"),
+    )
     env = child_env(world_dir, allow_root=False, **env_extra)
     started = time.monotonic()
     with Daemon(args, env, world_dir) as daemon:
@@ -598,8 +696,15 @@ def test_root_without_a_usable_run_as_is_refused(world_dir: Path, env_extra: dic
 def test_allow_root_serves_as_root(world_dir: Path) -> None:
     need_root()
     port = free_port(count=2)
-    args = serve_args(world_dir, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      "--allow-root", secret=write_secret(world_dir / "secret"))  # fmt: skip
+    args = serve_args(
+        world_dir,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--allow-root",
+        secret=write_secret(world_dir / "secret"),
+    )
     with Daemon(args, child_env(world_dir, allow_root=False), world_dir) as daemon:
         daemon.wait_log("srsd ready: ")
         assert proc_status(daemon.pid)["Uid"].split() == ["0"] * 4
@@ -615,11 +720,22 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     port = free_port(count=2)
     metrics = free_port()
     sm = free_port()
-    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      "--socketmap", f"inet:127.0.0.1:{sm}", "--max-connections", "2",
-                      "--max-connections-per-user", "2",
-                      "--metrics-listen", f"127.0.0.1:{metrics}",
-                      secret=write_secret(tmp_path / "secret"))  # fmt: skip
+    args = serve_args(
+        tmp_path,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--socketmap",
+        f"inet:127.0.0.1:{sm}",
+        "--max-connections",
+        "2",
+        "--max-connections-per-user",
+        "2",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics}",
+        secret=write_secret(tmp_path / "secret"),
+    )
     config = Path(args[args.index("--config") + 1])
 
     def value(name: str, **label: str) -> float:
@@ -669,9 +785,11 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
 
         content_type, body = scrape(metrics)
         values = samples(body)
-        lookups = {dict(k[1])["map"] + " " + dict(k[1])["protocol"] + " " +
-                   dict(k[1])["outcome"]: v
-                   for k, v in values.items() if k[0] == "srsd_lookups_total"}  # fmt: skip
+        lookups = {
+            dict(k[1])["map"] + " " + dict(k[1])["protocol"] + " " + dict(k[1])["outcome"]: v
+            for k, v in values.items()
+            if k[0] == "srsd_lookups_total"
+        }
         assert lookups == {
             "forward tcp_table rewritten": 3,  # one, then one on each held connection
             "forward tcp_table null sender": 1,
@@ -696,10 +814,12 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
         for name, count in decided.items():
             assert values[("srsd_lookup_duration_seconds_count", labels(map=name))] == count
             buckets = sorted(
-                ((float(dict(k[1])["le"]), v) for k, v in values.items()
-                 if k[0] == "srsd_lookup_duration_seconds_bucket" and
-                 dict(k[1])["map"] == name),
-            )  # fmt: skip
+                (
+                    (float(dict(k[1])["le"]), v)
+                    for k, v in values.items()
+                    if k[0] == "srsd_lookup_duration_seconds_bucket" and dict(k[1])["map"] == name
+                ),
+            )
             assert buckets[-1] == (float("inf"), count)
             assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
             assert 0 < values[("srsd_lookup_duration_seconds_sum", labels(map=name))] < count
@@ -723,10 +843,25 @@ def health(workdir: Path, *args: str, timeout: float = TIMEOUT) -> tuple[int, li
     """``srsd health`` with the secrets file unreadable (it never needs it)."""
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "srsd", "health", "--config", str(empty_config(workdir)),
-         "--domain", DOMAIN, "--secret-file", "/nonexistent/secrets", *args],
-        env=child_env(workdir), cwd=workdir, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "srsd",
+            "health",
+            "--config",
+            str(empty_config(workdir)),
+            "--domain",
+            DOMAIN,
+            "--secret-file",
+            "/nonexistent/secrets",
+            *args,
+        ],
+        env=child_env(workdir),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.stderr == ""
     return done.returncode, done.stdout.splitlines(), time.monotonic() - started
 
@@ -745,27 +880,42 @@ def test_health_against_live_servers(tmp_path: Path) -> None:
     unix = tmp_path / "srsd.sock"
     tcp = ("--forward-port", str(port), "--reverse-port", str(port + 1))
     off = ("--forward-port", "0", "--reverse-port", "0")
-    with serving(tmp_path, *tcp, "--socketmap", f"inet:127.0.0.1:{sm}"), \
-            serving(tmp_path, *off, "--socketmap", f"unix:{unix}"):  # fmt: skip
+    with (
+        serving(tmp_path, *tcp, "--socketmap", f"inet:127.0.0.1:{sm}"),
+        serving(tmp_path, *off, "--socketmap", f"unix:{unix}"),
+    ):
         cases = {
-            "tcp_table only": ((*tcp,), f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: "
-                                        "round trip ok ("),
+            "tcp_table only": (
+                (*tcp,),
+                f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip ok (",
+            ),
             "tcp_table and socketmap": (
                 (*tcp, "--socketmap", f"inet:127.0.0.1:{sm}"),
                 f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip ok; socketmap "
-                f"inet:127.0.0.1:{sm}: round trip ok ("),
-            "socketmap inet only": ((*off, "--socketmap", f"inet:127.0.0.1:{sm}"),
-                                    f"srsd OK: socketmap inet:127.0.0.1:{sm}: round trip ok ("),
-            "socketmap unix only": ((*off, "--socketmap", f"unix:{unix}"),
-                                    f"srsd OK: socketmap unix:{unix}: round trip ok ("),
-            "forward only": (("--forward-port", str(port), "--reverse-port", "0"),
-                             f"srsd OK: tcp_table 127.0.0.1:{port}/-: forward ok ("),
-            "reverse only": (("--forward-port", "0", "--reverse-port", str(port + 1)),
-                             f"srsd OK: tcp_table 127.0.0.1:-/{port + 1}: reverse ok ("),
+                f"inet:127.0.0.1:{sm}: round trip ok (",
+            ),
+            "socketmap inet only": (
+                (*off, "--socketmap", f"inet:127.0.0.1:{sm}"),
+                f"srsd OK: socketmap inet:127.0.0.1:{sm}: round trip ok (",
+            ),
+            "socketmap unix only": (
+                (*off, "--socketmap", f"unix:{unix}"),
+                f"srsd OK: socketmap unix:{unix}: round trip ok (",
+            ),
+            "forward only": (
+                ("--forward-port", str(port), "--reverse-port", "0"),
+                f"srsd OK: tcp_table 127.0.0.1:{port}/-: forward ok (",
+            ),
+            "reverse only": (
+                ("--forward-port", "0", "--reverse-port", str(port + 1)),
+                f"srsd OK: tcp_table 127.0.0.1:-/{port + 1}: reverse ok (",
+            ),
             # a server listening on 0.0.0.0 (the container) is probed on loopback
-            "wildcard listen": (("--listen", "0.0.0.0", *tcp),
-                                f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip"),
-        }  # fmt: skip
+            "wildcard listen": (
+                ("--listen", "0.0.0.0", *tcp),
+                f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: round trip",
+            ),
+        }
         for name, (args, start) in cases.items():
             status, lines, _ = health(tmp_path, *args)
             assert (status, len(lines)) == (0, 1), (name, lines)
@@ -775,15 +925,23 @@ def test_health_against_live_servers(tmp_path: Path) -> None:
 
 def test_health_against_dead_endpoints(tmp_path: Path) -> None:
     dead = free_port(count=2)
-    status, lines, took = health(tmp_path, "--forward-port", str(dead), "--reverse-port",
-                                 str(dead + 1))  # fmt: skip
+    status, lines, took = health(
+        tmp_path, "--forward-port", str(dead), "--reverse-port", str(dead + 1)
+    )
     assert (status, len(lines)) == (1, 1), lines
     assert lines[0].startswith(f"srsd CRITICAL: tcp_table 127.0.0.1:{dead}/{dead + 1}: ")
     assert "refused" in lines[0]
     assert took < 5
 
-    status, lines, took = health(tmp_path, "--forward-port", "0", "--reverse-port", "0",
-                                 "--socketmap", f"unix:{tmp_path / 'gone.sock'}")  # fmt: skip
+    status, lines, took = health(
+        tmp_path,
+        "--forward-port",
+        "0",
+        "--reverse-port",
+        "0",
+        "--socketmap",
+        f"unix:{tmp_path / 'gone.sock'}",
+    )
     assert (status, len(lines)) == (1, 1), lines
     assert lines[0].startswith(f"srsd CRITICAL: socketmap unix:{tmp_path / 'gone.sock'}: ")
 
@@ -793,8 +951,9 @@ def test_health_against_dead_endpoints(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", free_port()))
         silent.listen()
         mute = silent.getsockname()[1]
-        status, lines, took = health(tmp_path, "--forward-port", str(mute), "--reverse-port",
-                                     "0", "--probe-timeout", "0.5")  # fmt: skip
+        status, lines, took = health(
+            tmp_path, "--forward-port", str(mute), "--reverse-port", "0", "--probe-timeout", "0.5"
+        )
     finally:
         silent.close()
     assert (status, len(lines)) == (1, 1), lines
@@ -807,8 +966,15 @@ def test_health_against_dead_endpoints(tmp_path: Path) -> None:
 
 def test_json_log_lines(tmp_path: Path) -> None:
     port = free_port(count=2)
-    args = serve_args(tmp_path, "--forward-port", str(port), "--reverse-port", str(port + 1),
-                      "--log-format", "json")  # fmt: skip (no secret: one is generated)
+    args = serve_args(
+        tmp_path,
+        "--forward-port",
+        str(port),
+        "--reverse-port",
+        str(port + 1),
+        "--log-format",
+        "json",
+    )  # no secret: one is generated
     env = child_env(tmp_path, CHROOT="/var/spool/postsrsd")  # a postsrsd variable: a warning
     started = datetime.now(UTC) - timedelta(seconds=1)
     with Daemon(args, env, tmp_path) as daemon:
@@ -837,10 +1003,13 @@ def test_json_log_lines(tmp_path: Path) -> None:
     assert levels["environment CHROOT is not used by srsd; ignored"] == "warning"
     assert levels[f"created a new secret in {tmp_path / 'state' / 'secrets'}"] == "warning"
     assert levels[f"forward <{ALICE.decode()}> rewritten as <{srs.decode()}>"] == "info"
-    assert levels[f"reverse <{forge(srs).decode()}> not rewritten: Hash invalid in SRS "
-                  "address."] == "info"
-    assert any(m.startswith("forward <line\\nbreak\\x1b[31m@example.org> rewritten as <")
-               for m in messages), messages  # fmt: skip
+    assert (
+        levels[f"reverse <{forge(srs).decode()}> not rewritten: Hash invalid in SRS address."]
+        == "info"
+    )
+    assert any(
+        m.startswith("forward <line\\nbreak\\x1b[31m@example.org> rewritten as <") for m in messages
+    ), messages
     assert any(m.startswith("configuration reloaded: ") for m in messages)
     assert messages[-2:] == ["SIGTERM received: stopping", "stopped after 3 lookup(s)"]
 
@@ -895,25 +1064,37 @@ def test_container_image_instructions_work(tmp_path: Path) -> None:
     healthcheck = json.loads(command)
     assert healthcheck[:2] == ["srsd", "health"]
     readme = (ROOT / "README.md").read_text()
-    for shown in ("-p 127.0.0.1:10001:10001", "-p 127.0.0.1:10002:10002",
-                  ":/run/secrets/srsd-secrets:ro", "chown 10025 "):  # fmt: skip
+    for shown in (
+        "-p 127.0.0.1:10001:10001",
+        "-p 127.0.0.1:10002:10002",
+        ":/run/secrets/srsd-secrets:ro",
+        "chown 10025 ",
+    ):
         assert shown in readme, f"README's docker run example lacks {shown}"
 
     port = free_port(count=2)
     run_env = {
-        **image_env, **child_env(tmp_path),
+        **image_env,
+        **child_env(tmp_path),
         "SRS_SECRET": str(write_secret(tmp_path / "srsd-secrets")),  # the mounted secret
-        "SRS_STATE_DIR": str(tmp_path / "state"), "SRS_DOMAIN": DOMAIN,  # docker run -e ...
-        "SRS_FORWARD_PORT": str(port), "SRS_REVERSE_PORT": str(port + 1),
-    }  # fmt: skip
+        "SRS_STATE_DIR": str(tmp_path / "state"),
+        "SRS_DOMAIN": DOMAIN,  # docker run -e ...
+        "SRS_FORWARD_PORT": str(port),
+        "SRS_REVERSE_PORT": str(port + 1),
+    }
     config = str(empty_config(tmp_path))
     server_argv = [sys.executable, "-m", *entrypoint, "--config", config]
     with Daemon(server_argv, {**run_env, "SRS_LISTEN_ADDR": "127.0.0.1"}, tmp_path) as daemon:
         daemon.wait_log("srsd ready: ")
         srs = forward_ok(port)
-        check = subprocess.run([sys.executable, "-m", *healthcheck, "--config", config],
-                               env=run_env, cwd=tmp_path, capture_output=True, text=True,
-                               timeout=TIMEOUT)  # fmt: skip
+        check = subprocess.run(
+            [sys.executable, "-m", *healthcheck, "--config", config],
+            env=run_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout.startswith(f"srsd OK: tcp_table 127.0.0.1:{port}/{port + 1}: ")
         assert "--timeout=" in options

@@ -83,18 +83,27 @@ def peer_as(uid: int, server: socket.socket, host: str) -> Iterator[socket.socke
 
 
 @pytest.mark.parametrize("uid", [NOBODY, SECOND_UID])
-@pytest.mark.parametrize(("listen", "host"), [
-    (("127.0.0.1", socket.AF_INET, False), "127.0.0.1"),
-    (("::1", socket.AF_INET6, False), "::1"),
-    (("::", socket.AF_INET6, True), "127.0.0.1"),  # IPv4-mapped on a dual-stack listener
-])  # fmt: skip
-def test_tcp_peer_owned_by_another_user(owners: PeerOwners, proc_owners: PeerOwners, uid: int,
-                                        listen: tuple[str, socket.AddressFamily, bool],
-                                        host: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("listen", "host"),
+    [
+        (("127.0.0.1", socket.AF_INET, False), "127.0.0.1"),
+        (("::1", socket.AF_INET6, False), "::1"),
+        (("::", socket.AF_INET6, True), "127.0.0.1"),  # IPv4-mapped on a dual-stack listener
+    ],
+)
+def test_tcp_peer_owned_by_another_user(
+    owners: PeerOwners,
+    proc_owners: PeerOwners,
+    uid: int,
+    listen: tuple[str, socket.AddressFamily, bool],
+    host: str,
+) -> None:
     require_root()
     address, family, dual = listen
-    with socket.create_server((address, 0), family=family, dualstack_ipv6=dual) as server, \
-            peer_as(uid, server, host) as conn:  # fmt: skip
+    with (
+        socket.create_server((address, 0), family=family, dualstack_ipv6=dual) as server,
+        peer_as(uid, server, host) as conn,
+    ):
         assert owners.owner(conn) == uid
         assert proc_owners.owner(conn) == uid
     assert owners.failures == proc_owners.failures == 0
@@ -121,8 +130,10 @@ def test_own_connections(owners: PeerOwners) -> None:
     left, right = socket.socketpair()
     with left, right:
         assert owners.owner(left) == os.geteuid()
-    with socket.create_server(("127.0.0.1", 0)) as server, \
-            socket.create_connection(server.getsockname()):  # fmt: skip
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()),
+    ):
         conn, _ = server.accept()
         with conn:
             assert owners.owner(conn) == os.geteuid()
@@ -130,8 +141,9 @@ def test_own_connections(owners: PeerOwners) -> None:
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
-def test_a_peer_that_closed_is_unknown_never_root(owners: PeerOwners, proc_owners: PeerOwners,
-                                                  how: str) -> None:  # fmt: skip
+def test_a_peer_that_closed_is_unknown_never_root(
+    owners: PeerOwners, proc_owners: PeerOwners, how: str
+) -> None:
     # Closed first by the peer: its socket is FIN-WAIT/TIME-WAIT, for which the kernel
     # reports uid 0; reset: there is no socket at all.
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -148,11 +160,17 @@ def test_a_peer_that_closed_is_unknown_never_root(owners: PeerOwners, proc_owner
 
 def test_no_socket_with_that_4_tuple(owners: PeerOwners, proc_owners: PeerOwners) -> None:
     # Not on this host: one "remote" user; on loopback: gone, so unknown.
-    elsewhere = FourTuple(socket.AF_INET, bytes([192, 0, 2, 7]), 40000,
-                          bytes([198, 51, 100, 1]), 10001)  # fmt: skip
+    elsewhere = FourTuple(
+        socket.AF_INET, bytes([192, 0, 2, 7]), 40000, bytes([198, 51, 100, 1]), 10001
+    )
     gone = FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 40000, bytes([127, 0, 0, 1]), 1)
-    elsewhere6 = FourTuple(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "2001:db8::7"),
-                           40000, socket.inet_pton(socket.AF_INET6, "2001:db8::1"), 10001)
+    elsewhere6 = FourTuple(
+        socket.AF_INET6,
+        socket.inet_pton(socket.AF_INET6, "2001:db8::7"),
+        40000,
+        socket.inet_pton(socket.AF_INET6, "2001:db8::1"),
+        10001,
+    )
     for lookup in (owners, proc_owners, PeerOwners(methods=())):
         assert lookup.owner_of(elsewhere) == REMOTE
         assert lookup.owner_of(elsewhere6) == REMOTE
@@ -163,8 +181,10 @@ def test_no_socket_with_that_4_tuple(owners: PeerOwners, proc_owners: PeerOwners
 def test_lookup_cost_is_one_round_trip(owners: PeerOwners) -> None:
     # Not a speed assertion: the figure for docs/reliability.md, and a check that many
     # lookups in a row on one netlink socket stay right (stale replies are skipped).
-    with socket.create_server(("127.0.0.1", 0)) as server, \
-            socket.create_connection(server.getsockname()):  # fmt: skip
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()),
+    ):
         conn, _ = server.accept()
         with conn:
             started = time.perf_counter()
@@ -176,19 +196,37 @@ def test_lookup_cost_is_one_round_trip(owners: PeerOwners) -> None:
 
 # -- the byte formats ----------------------------------------------------------------------------
 
-PEER_TUPLE = FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 45678, bytes([127, 0, 0, 1]),
-                       10001)  # fmt: skip
+PEER_TUPLE = FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 45678, bytes([127, 0, 0, 1]), 10001)
 
 
-def diag_message(peer: FourTuple, seq: int, *, uid: int = 1000, state: int = 1,
-                 inode: int = 1234, sport: int | None = None) -> bytes:  # fmt: skip
+def diag_message(
+    peer: FourTuple,
+    seq: int,
+    *,
+    uid: int = 1000,
+    state: int = 1,
+    inode: int = 1234,
+    sport: int | None = None,
+) -> bytes:
     """An inet_diag_msg reply as the kernel sends it, built from the C layout."""
     body = struct.pack(
-        "=BBBB2s2s16s16sI8sIIIII", peer.family, state, 0, 0,
+        "=BBBB2s2s16s16sI8sIIIII",
+        peer.family,
+        state,
+        0,
+        0,
         (peer.peer_port if sport is None else sport).to_bytes(2, "big"),
-        peer.local_port.to_bytes(2, "big"), peer.peer_addr.ljust(16, b"\0"),
-        peer.local_addr.ljust(16, b"\0"), 0, b"\0" * 8, 0, 0, 0, uid, inode,
-    )  # fmt: skip
+        peer.local_port.to_bytes(2, "big"),
+        peer.peer_addr.ljust(16, b"\0"),
+        peer.local_addr.ljust(16, b"\0"),
+        0,
+        b"\0" * 8,
+        0,
+        0,
+        0,
+        uid,
+        inode,
+    )
     return struct.pack("=IHHII", 16 + len(body), 20, 0, seq, 0) + body
 
 
@@ -230,12 +268,18 @@ def test_diag_replies() -> None:
 
 
 def test_proc_net_tcp_lines() -> None:
-    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt" \
-             "   uid  timeout inode\n"  # fmt: skip
-    mine = ("   3: 0100007F:B26E 0100007F:2711 01 00000000:00000000 00:00000000 00000000 "
-            " 65534        0 998877 1 0000000000000000 20 4 30 10 -1\n")
-    waiting = ("   4: 0100007F:B26E 0100007F:2711 06 00000000:00000000 03:00001770 00000000 "
-               "    0        0 0 3 0000000000000000\n")
+    header = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+        "   uid  timeout inode\n"
+    )
+    mine = (
+        "   3: 0100007F:B26E 0100007F:2711 01 00000000:00000000 00:00000000 00000000 "
+        " 65534        0 998877 1 0000000000000000 20 4 30 10 -1\n"
+    )
+    waiting = (
+        "   4: 0100007F:B26E 0100007F:2711 06 00000000:00000000 03:00001770 00000000 "
+        "    0        0 0 3 0000000000000000\n"
+    )
     if os.uname().machine not in ("x86_64", "aarch64"):
         pytest.skip("the lines above are little-endian")
     assert peercred.parse_proc_net_tcp(header + mine, PEER_TUPLE) == 65534
@@ -252,13 +296,18 @@ def test_ucred() -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(data=st.binary(max_size=600), seq=st.integers(0, 2**32 - 1),
-       prefix=st.lists(st.sampled_from([2, 3, 20]) | st.integers(0, 65535), max_size=3))
-def test_any_netlink_bytes_give_an_owner_none_or_peer_error(data: bytes, seq: int,
-                                                            prefix: list[int]) -> None:  # fmt: skip
+@given(
+    data=st.binary(max_size=600),
+    seq=st.integers(0, 2**32 - 1),
+    prefix=st.lists(st.sampled_from([2, 3, 20]) | st.integers(0, 65535), max_size=3),
+)
+def test_any_netlink_bytes_give_an_owner_none_or_peer_error(
+    data: bytes, seq: int, prefix: list[int]
+) -> None:
     # Framed messages with arbitrary bodies too, so the parser gets past the header.
-    framed = b"".join(struct.pack("=IHHII", 16 + len(data), kind, 0, seq, 0) + data
-                      for kind in prefix)  # fmt: skip
+    framed = b"".join(
+        struct.pack("=IHHII", 16 + len(data), kind, 0, seq, 0) + data for kind in prefix
+    )
     for blob in (data, framed, framed + data):
         try:
             got = peercred.parse_diag_reply(blob, PEER_TUPLE, seq)

@@ -263,10 +263,22 @@ def test_domain_set_case_folding_is_ascii_only() -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    ["", ".", "..example.com", "exa mple.com", "-bad.example", "bad-.example", "a..b",
-     "example.com.", "\u00fcn\u00ef.example", "under_score.example", "a" * 64 + ".example",
-     "*.example.com", "example.com/24"],
-)  # fmt: skip
+    [
+        "",
+        ".",
+        "..example.com",
+        "exa mple.com",
+        "-bad.example",
+        "bad-.example",
+        "a..b",
+        "example.com.",
+        "\u00fcn\u00ef.example",
+        "under_score.example",
+        "a" * 64 + ".example",
+        "*.example.com",
+        "example.com/24",
+    ],
+)
 def test_domain_set_rejects_invalid_names(entry: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(entry))):
         DomainSet(["good.example", entry])

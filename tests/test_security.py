@@ -102,8 +102,7 @@ def test_connections_ending_every_way_leak_no_descriptor(tmp_path: Path) -> None
             assert settle(pid, baseline) == baseline, f"round {round_}"
         # bursts past max_connections (8): the extra connections evict the older ones
         for burst_ in range(10):
-            burst = [socket.create_connection(("127.0.0.1", ports[burst_ % 2]))
-                     for _ in range(12)]  # fmt: skip
+            burst = [socket.create_connection(("127.0.0.1", ports[burst_ % 2])) for _ in range(12)]
             for sock in burst[::2]:
                 reset(sock)
             for sock in burst[1::2]:
@@ -131,14 +130,19 @@ def test_closed_stdio_never_puts_log_lines_into_sockets(tmp_path: Path) -> None:
     srsd.args = ["sh", "-c", 'exec "$@" 0<&- 1>&- 2>&-', "sh", *srsd.args]
     with srsd:
         assert srsd.proc is not None
-        fds = {int(entry.name): os.readlink(entry)
-               for entry in Path(f"/proc/{srsd.proc.pid}/fd").iterdir()}  # fmt: skip
+        fds = {
+            int(entry.name): os.readlink(entry)
+            for entry in Path(f"/proc/{srsd.proc.pid}/fd").iterdir()
+        }
         assert any(fds.get(n, "").startswith("socket:") for n in (0, 1, 2)), fds
         forward = ask(srsd.forward_port, b"get alice@example.org\nget bob\nput x\n", 3)
         lines = forward.split(b"\n")
         assert lines[0].startswith(b"200 SRS0=") and lines[0].endswith(b"=alice@" + DOMAIN)
-        assert lines[1:] == [b"500 no%20domain", b"500 Invalid%20request,%20expected%20'get%20KEY'",
-                             b""]  # fmt: skip
+        assert lines[1:] == [
+            b"500 no%20domain",
+            b"500 Invalid%20request,%20expected%20'get%20KEY'",
+            b"",
+        ]
         address = lines[0][4:]
         assert ask(srsd.reverse_port, b"get " + address + b"\n") == b"200 alice@example.org\n"
         forged = address.replace(b"SRS0=", b"SRS0=x", 1)
@@ -155,8 +159,9 @@ def test_the_threat_model_names_only_tests_that_exist() -> None:
     for path, function in re.findall(r"`((?:tests|fuzz|bench)/[\w/]+\.py)(?:::(\w+))?`", doc):
         if not (root / path).is_file():
             missing.append(path)
-        elif function and not re.search(rf"^\s*(?:async )?def {function}\b|^{function}\b",
-                                        (root / path).read_text(), re.M):  # fmt: skip
+        elif function and not re.search(
+            rf"^\s*(?:async )?def {function}\b|^{function}\b", (root / path).read_text(), re.M
+        ):
             missing.append(f"{path}::{function}")
     for function in re.findall(r"`(test_\w+)`", doc):
         if not re.search(rf"^\s*(?:async )?def {function}\b", suite, re.M):

@@ -15,23 +15,47 @@ REPO = Path(__file__).resolve().parent.parent
 OUTSIDE = re.compile(r"\.\./shared\b|/work/[s]hared\b|\bshared/(?:spec|vectors|research|tools)/")
 DOC_REFERENCE = re.compile(r"\bdocs/([\w.-]+\.md)\b")
 # Walked when the tree is not a git checkout (an unpacked source archive).
-UNTRACKED_NOISE = {".git", ".venv", ".cache", "build", "dist", "__pycache__", ".mypy_cache",
-                   ".ruff_cache", ".pytest_cache", ".hypothesis"}
+UNTRACKED_NOISE = {
+    ".git",
+    ".venv",
+    ".cache",
+    "build",
+    "dist",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+}
 
 
 def project_files() -> list[Path]:
     """The files of the project: git's tracked and new (not ignored) files, else a walk."""
     listed = subprocess.run(
         # safe.directory: root may run the suite in a clone another user owns
-        ["git", "-c", "safe.directory=*", "-C", str(REPO),
-         "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True, check=False,
+        [
+            "git",
+            "-c",
+            "safe.directory=*",
+            "-C",
+            str(REPO),
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ],
+        capture_output=True,
+        check=False,
     )
     if listed.returncode == 0:
         names = [n for n in listed.stdout.decode().split("\0") if n]
         return [REPO / n for n in names if (REPO / n).is_file()]
-    return [p for p in REPO.rglob("*")
-            if p.is_file() and not UNTRACKED_NOISE.intersection(p.relative_to(REPO).parts)]
+    return [
+        p
+        for p in REPO.rglob("*")
+        if p.is_file() and not UNTRACKED_NOISE.intersection(p.relative_to(REPO).parts)
+    ]
 
 
 def texts() -> dict[str, str]:
@@ -46,19 +70,32 @@ def texts() -> dict[str, str]:
 
 def test_the_walk_sees_the_project() -> None:
     seen = texts()
-    for name in ("README.md", "src/srsd/codec.py", "tests/data/srs-golden.jsonl",
-                 "bench/loadgen/tcpmap_load.c", "docs/srs-format.md"):
+    for name in (
+        "README.md",
+        "src/srsd/codec.py",
+        "tests/data/srs-golden.jsonl",
+        "bench/loadgen/tcpmap_load.c",
+        "docs/srs-format.md",
+    ):
         assert name in seen
 
 
 def test_nothing_points_outside_the_clone() -> None:
-    found = [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
-             for name, text in texts().items() for m in OUTSIDE.finditer(text)]
+    found = [
+        f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+        for name, text in texts().items()
+        for m in OUTSIDE.finditer(text)
+    ]
     assert found == []
 
 
 def test_every_cited_doc_exists() -> None:
-    missing = sorted({f"{name}: docs/{m.group(1)}"
-                      for name, text in texts().items() for m in DOC_REFERENCE.finditer(text)
-                      if not (REPO / "docs" / m.group(1)).is_file()})
+    missing = sorted(
+        {
+            f"{name}: docs/{m.group(1)}"
+            for name, text in texts().items()
+            for m in DOC_REFERENCE.finditer(text)
+            if not (REPO / "docs" / m.group(1)).is_file()
+        }
+    )
     assert missing == []

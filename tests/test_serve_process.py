@@ -55,8 +55,9 @@ def empty_config(workdir: Path) -> Path:
     return config
 
 
-def signed(secret: bytes, sender: bytes, t0: float, t1: float,
-           domain: bytes = DOMAIN) -> set[bytes]:  # fmt: skip
+def signed(
+    secret: bytes, sender: bytes, t0: float, t1: float, domain: bytes = DOMAIN
+) -> set[bytes]:
     """The SRS address ``sender`` gets with ``secret`` as first secret, between t0 and t1."""
     codec = Codec([secret], domain)
     return {codec.forward(sender, t) for t in (t0, t1)}
@@ -82,8 +83,9 @@ def wait_log(srv: SrsdProcess, text: str, count: int = 1) -> None:
             return True
         assert srv.proc is not None
         if srv.proc.poll() is not None:
-            pytest.fail(f"srsd exited ({srv.proc.returncode}) before logging {text!r}:\n"
-                        f"{srv.log()}")
+            pytest.fail(
+                f"srsd exited ({srv.proc.returncode}) before logging {text!r}:\n{srv.log()}"
+            )
         return False
 
     poll(logged, f"{count} x {text!r} in the log:\n{srv.log()}")
@@ -98,13 +100,19 @@ def assert_clean_log(log: str, *secrets: bytes) -> None:
 
 
 @contextmanager
-def running(tmp_path: Path, *, extra: Sequence[str] = (), log_level: str = "info",
-            secrets: Sequence[bytes] = (SECRET,)) -> Iterator[SrsdProcess]:  # fmt: skip
+def running(
+    tmp_path: Path,
+    *,
+    extra: Sequence[str] = (),
+    log_level: str = "info",
+    secrets: Sequence[bytes] = (SECRET,),
+) -> Iterator[SrsdProcess]:
     """``srsd serve`` started, stopped at the end with exit status 0 and a clean log."""
     srv = SrsdProcess(
-        tmp_path, secrets=secrets,
+        tmp_path,
+        secrets=secrets,
         extra_args=["--config", str(empty_config(tmp_path)), "--log-level", log_level, *extra],
-    )  # fmt: skip
+    )
     srv.env = clean_env(tmp_path)
     with srv:
         yield srv
@@ -194,37 +202,47 @@ def test_sighup_with_a_broken_file_keeps_the_configuration(tmp_path: Path) -> No
             assert srv.proc.poll() is None
             reply, t0, t1 = forward(srv.forward_port)
             assert reply[4:] in signed(SECRET, ALICE, t0, t1)  # the old secret still signs
-            assert lookup(srv.forward_port, b"bob@excluded.example") == (
-                b"500 excluded%20domain")  # fmt: skip
+            assert lookup(srv.forward_port, b"bob@excluded.example") == (b"500 excluded%20domain")
             assert lookup(srv.reverse_port, reply[4:]) == b"200 " + ALICE
 
         still_serving()
         secrets = srv.secret_file.read_bytes()
         breakages: list[tuple[Callable[[], object], Callable[[], object], str]] = [
-            (lambda: srv.secret_file.write_bytes(b""),
-             lambda: srv.secret_file.write_bytes(secrets),
-             f"secrets_file: {srv.secret_file} holds no secret"),
-            (srv.secret_file.unlink,
-             lambda: srv.secret_file.write_bytes(secrets),
-             f"secrets_file: cannot read {srv.secret_file}: No such file or directory"),
-            (lambda: exclude.write_text("excluded.example\nnot a domain!\n"),
-             lambda: exclude.write_text("excluded.example\n"),
-             f"exclude_file: {exclude} line 2: not a domain name: 'not a domain!'"),
-            (lambda: config.write_bytes(b"# r\xe9glages\nmax_age = 21\n"),  # Latin-1, not UTF-8
-             lambda: config.write_text("max_age = 21\n"),
-             f"config file {config}: 'utf-8' codec can't decode byte 0xe9"),
-            (lambda: config.write_text("max_age = [\n"),
-             lambda: config.write_text("max_age = 21\n"),
-             f"config file {config}: "),
-        ]  # fmt: skip
+            (
+                lambda: srv.secret_file.write_bytes(b""),
+                lambda: srv.secret_file.write_bytes(secrets),
+                f"secrets_file: {srv.secret_file} holds no secret",
+            ),
+            (
+                srv.secret_file.unlink,
+                lambda: srv.secret_file.write_bytes(secrets),
+                f"secrets_file: cannot read {srv.secret_file}: No such file or directory",
+            ),
+            (
+                lambda: exclude.write_text("excluded.example\nnot a domain!\n"),
+                lambda: exclude.write_text("excluded.example\n"),
+                f"exclude_file: {exclude} line 2: not a domain name: 'not a domain!'",
+            ),
+            (
+                lambda: config.write_bytes(b"# r\xe9glages\nmax_age = 21\n"),  # Latin-1, not UTF-8
+                lambda: config.write_text("max_age = 21\n"),
+                f"config file {config}: 'utf-8' codec can't decode byte 0xe9",
+            ),
+            (
+                lambda: config.write_text("max_age = [\n"),
+                lambda: config.write_text("max_age = 21\n"),
+                f"config file {config}: ",
+            ),
+        ]
         for n, (breakage, repair, why) in enumerate(breakages, 1):
             breakage()
             srv.signal(signal.SIGHUP)
             wait_log(srv, "reload failed, keeping the previous configuration", n)
             failures = [line for line in srv.log().splitlines() if "reload failed" in line]
             assert len(failures) == n
-            assert "ERROR: reload failed, keeping the previous configuration: " + why in (
-                failures[-1])  # fmt: skip
+            assert (
+                "ERROR: reload failed, keeping the previous configuration: " + why in (failures[-1])
+            )
             still_serving()
             repair()
 
@@ -247,8 +265,10 @@ def test_sighup_applies_logging_and_names_each_change_that_needs_a_restart(tmp_p
     metrics = free_port()
     with srv:
         assert lookup(srv.forward_port, b"<>").startswith(b"500 ")  # quiet: debug level only
-        config.write_text(f'log_level = "debug"\nlog_format = "json"\nrun_as = "nobody"\n'
-                          f'metrics_listen = "127.0.0.1:{metrics}"\nmax_age = 30\n')  # fmt: skip
+        config.write_text(
+            f'log_level = "debug"\nlog_format = "json"\nrun_as = "nobody"\n'
+            f'metrics_listen = "127.0.0.1:{metrics}"\nmax_age = 30\n'
+        )
         srv.signal(signal.SIGHUP)
         wait_log(srv, '"message": "configuration reloaded')
         assert lookup(srv.forward_port, b"<>").startswith(b"500 ")
@@ -272,8 +292,9 @@ def test_sighup_applies_logging_and_names_each_change_that_needs_a_restart(tmp_p
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_promptly(tmp_path: Path, signum: signal.Signals) -> None:
-    srv = SrsdProcess(tmp_path, extra_args=["--config", str(empty_config(tmp_path)),
-                                            "--shutdown-grace", "3600"])  # fmt: skip
+    srv = SrsdProcess(
+        tmp_path, extra_args=["--config", str(empty_config(tmp_path)), "--shutdown-grace", "3600"]
+    )
     srv.env = clean_env(tmp_path)
     with srv:
         assert srv.proc is not None
@@ -332,9 +353,14 @@ def run_all(workdir: Path, runs: dict[str, list[str]]) -> dict[str, tuple[int, l
     try:
         for name, args in runs.items():
             procs[name] = subprocess.Popen(
-                srsd_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, text=True, env=clean_env(workdir), cwd=workdir,
-            )  # fmt: skip
+                srsd_command(*args),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                env=clean_env(workdir),
+                cwd=workdir,
+            )
         results = {}
         for name, proc in procs.items():
             out, _ = proc.communicate(timeout=TIMEOUT)
@@ -361,27 +387,39 @@ def test_start_failures_are_one_clear_line(tmp_path: Path) -> None:
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     holder.bind(("127.0.0.1", busy + 1))
     holder.listen()
-    ports = ["--listen", "127.0.0.1", "--forward-port", str(busy),
-             "--reverse-port", str(busy + 1)]  # fmt: skip
+    ports = ["--listen", "127.0.0.1", "--forward-port", str(busy), "--reverse-port", str(busy + 1)]
     base = ["serve", "--config", config, "--domain", "forwarder.test", *ports]
     cases = {
-        "port in use": ([*base, "--secret-file", str(secret)], 1,
-                        f"ERROR: cannot start: cannot listen on 127.0.0.1:{busy + 1} for "
-                        "tcp_table reverse: Address already in use"),
-        "secrets file missing": ([*base, "--secret-file", str(tmp_path / "nope")], 2,
-                                 f"srsd: configuration error: secrets_file: cannot read "
-                                 f"{tmp_path / 'nope'}: No such file or directory (from "
-                                 "command line --secret-file)"),
-        "empty secrets file": ([*base, "--secret-file", str(empty)], 2,
-                               f"srsd: configuration error: secrets_file: {empty} holds no "
-                               "secret"),
-        "domain missing": (["serve", "--config", config, "--secret-file", str(secret), *ports],
-                           2, "srsd: configuration error: domain: the SRS domain is not set"),
-        "config not UTF-8": ([*base[:1], "--config", str(latin1), *base[3:],
-                              "--secret-file", str(secret)], 2,
-                             f"srsd: configuration error: config file {latin1}: 'utf-8' "
-                             "codec can't decode byte 0xe9"),
-    }  # fmt: skip
+        "port in use": (
+            [*base, "--secret-file", str(secret)],
+            1,
+            f"ERROR: cannot start: cannot listen on 127.0.0.1:{busy + 1} for "
+            "tcp_table reverse: Address already in use",
+        ),
+        "secrets file missing": (
+            [*base, "--secret-file", str(tmp_path / "nope")],
+            2,
+            f"srsd: configuration error: secrets_file: cannot read "
+            f"{tmp_path / 'nope'}: No such file or directory (from "
+            "command line --secret-file)",
+        ),
+        "empty secrets file": (
+            [*base, "--secret-file", str(empty)],
+            2,
+            f"srsd: configuration error: secrets_file: {empty} holds no secret",
+        ),
+        "domain missing": (
+            ["serve", "--config", config, "--secret-file", str(secret), *ports],
+            2,
+            "srsd: configuration error: domain: the SRS domain is not set",
+        ),
+        "config not UTF-8": (
+            [*base[:1], "--config", str(latin1), *base[3:], "--secret-file", str(secret)],
+            2,
+            f"srsd: configuration error: config file {latin1}: 'utf-8' "
+            "codec can't decode byte 0xe9",
+        ),
+    }
     try:
         results = run_all(tmp_path, {name: args for name, (args, _, _) in cases.items()})
     finally:
@@ -405,9 +443,22 @@ def test_check_validates_without_listening(tmp_path: Path) -> None:
         holder.listen()
         holders.append(holder)
     state = tmp_path / "state"
-    base = ["serve", "--check", "--config", str(empty_config(tmp_path)), "--domain",
-            "forwarder.test", "--listen", "127.0.0.1", "--forward-port", str(busy),
-            "--reverse-port", str(busy + 1), "--state-dir", str(state)]  # fmt: skip
+    base = [
+        "serve",
+        "--check",
+        "--config",
+        str(empty_config(tmp_path)),
+        "--domain",
+        "forwarder.test",
+        "--listen",
+        "127.0.0.1",
+        "--forward-port",
+        str(busy),
+        "--reverse-port",
+        str(busy + 1),
+        "--state-dir",
+        str(state),
+    ]
     runs = {
         "good": [*base, "--secret-file", str(secret), "--exclude", "excluded.example"],
         "bad hash_min": [*base, "--secret-file", str(secret), "--hash-min", "6"],
@@ -418,9 +469,13 @@ def test_check_validates_without_listening(tmp_path: Path) -> None:
     finally:
         for holder in holders:
             holder.close()
-    assert results["good"] == (0, [
-        f"srsd: configuration OK: domain forwarder.test, 1 secret(s) from {secret}, "
-        "1 excluded domain(s)"])  # fmt: skip
+    assert results["good"] == (
+        0,
+        [
+            f"srsd: configuration OK: domain forwarder.test, 1 secret(s) from {secret}, "
+            "1 excluded domain(s)"
+        ],
+    )
     status, lines = results["bad hash_min"]
     assert (status, len(lines)) == (2, 1)
     assert "hash_min: 6 is more than hash_length 4" in lines[0]
@@ -453,10 +508,23 @@ def test_newcomer_gets_a_generated_secret(tmp_path: Path) -> None:
         assert srv.stop(TIMEOUT) == 0
     assert_clean_log(srv.log(), secret.strip())
     # the next start uses that secret: it is never replaced
-    check = subprocess.run(srsd_command("serve", "--check", "--config", config,
-                                        "--domain", "forwarder.example", "--state-dir", str(state)),
-                           capture_output=True, text=True, timeout=TIMEOUT,
-                           env=clean_env(tmp_path), cwd=tmp_path)  # fmt: skip
+    check = subprocess.run(
+        srsd_command(
+            "serve",
+            "--check",
+            "--config",
+            config,
+            "--domain",
+            "forwarder.example",
+            "--state-dir",
+            str(state),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert check.returncode == 0, check.stderr
     assert f"1 secret(s) from {secrets}" in check.stdout
     assert secrets.read_bytes() == secret
@@ -490,15 +558,16 @@ def test_log_at_debug_level(tmp_path: Path) -> None:
         assert len(found) == 1, (text, found)
         return found[0]
 
-    assert one(f"forward <{ALICE.decode()}> rewritten as <{rewritten.decode()}>").count(
-        "INFO: ") == 1  # fmt: skip
-    assert "DEBUG: forward <\"\"> not rewritten: null sender" in one("null sender")
+    assert (
+        one(f"forward <{ALICE.decode()}> rewritten as <{rewritten.decode()}>").count("INFO: ") == 1
+    )
+    assert 'DEBUG: forward <""> not rewritten: null sender' in one("null sender")
     assert "DEBUG: forward <bob@forwarder.test> not rewritten: local domain" in one("local")
-    assert "DEBUG: reverse <dave@example.org> not rewritten: Not an SRS address." in one(
-        "dave")  # fmt: skip
+    assert "DEBUG: reverse <dave@example.org> not rewritten: Not an SRS address." in one("dave")
     assert "INFO: tcp_table forward: bad request: Invalid request" in one("bad request")
     assert f"INFO: reverse <{rewritten.decode()}> rewritten as <{ALICE.decode()}>" in one(
-        "INFO: reverse")  # fmt: skip
+        "INFO: reverse"
+    )
     # the LF in the address is shown escaped: no line of the log starts with "b@"
     assert "INFO: forward <a\\nb@x.test> rewritten as <SRS0=" in one("x.test")
     assert not [line for line in lines if line.startswith("b@")]

@@ -68,8 +68,9 @@ def srs0(user: bytes, host: bytes, when: float, secret: bytes = SECRET) -> bytes
     return b"=".join((b"SRS0=" + tag, stamp, host, user)) + b"@" + DOMAIN.encode()
 
 
-def forward_replies(user: bytes, host: bytes, t0: float, t1: float,
-                    secret: bytes = SECRET) -> set[bytes]:  # fmt: skip
+def forward_replies(
+    user: bytes, host: bytes, t0: float, t1: float, secret: bytes = SECRET
+) -> set[bytes]:
     """The 200 reply for ``user@host`` asked between ``t0`` and ``t1`` (a day may turn)."""
     return {b"200 " + srs0(user, host, t, secret) + b"\n" for t in (t0, t1)}
 
@@ -95,8 +96,14 @@ def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(srsd_settings, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
 
 
-def make_settings(tmp_path: Path, forward_port: int, reverse_port: int, *,
-                  config: Path | None = None, **overrides: Any) -> Settings:  # fmt: skip
+def make_settings(
+    tmp_path: Path,
+    forward_port: int,
+    reverse_port: int,
+    *,
+    config: Path | None = None,
+    **overrides: Any,
+) -> Settings:
     secrets = tmp_path / "secrets"
     if not secrets.exists():
         secrets.write_bytes(SECRET + b"\n")
@@ -175,9 +182,14 @@ class Running:
             return Client(await trio.open_tcp_stream(host, port))
 
 
-async def start(tmp_path: Path, server_class: type[Server] = Server, *,
-                reload_from_files: bool = False, config: Path | None = None,
-                **overrides: Any) -> tuple[Server, list[Endpoint]]:  # fmt: skip
+async def start(
+    tmp_path: Path,
+    server_class: type[Server] = Server,
+    *,
+    reload_from_files: bool = False,
+    config: Path | None = None,
+    **overrides: Any,
+) -> tuple[Server, list[Endpoint]]:
     """A bound server on two free ports (retried if another process takes them first)."""
     for _ in range(5):
         port = free_port("127.0.0.1", count=2)
@@ -197,15 +209,15 @@ async def start(tmp_path: Path, server_class: type[Server] = Server, *,
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, server_class: type[Server] = Server,
-                  **kwargs: Any) -> AsyncIterator[Running]:  # fmt: skip
+async def serving(
+    tmp_path: Path, server_class: type[Server] = Server, **kwargs: Any
+) -> AsyncIterator[Running]:
     server, endpoints = await start(tmp_path, server_class, **kwargs)
     settings = server.settings
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, endpoints)
         try:
-            yield Running(server, settings, endpoints, settings.forward_port,
-                          settings.reverse_port)
+            yield Running(server, settings, endpoints, settings.forward_port, settings.reverse_port)
         finally:
             nursery.cancel_scope.cancel()
 
@@ -271,7 +283,8 @@ async def test_forward_reply_paths(tmp_path: Path, log: CapturedLog) -> None:
         c = await srv.connect(Role.FORWARD)
         t0 = time.time()
         assert await c.ask(b"alice@example.org") in forward_replies(
-            b"alice", b"example.org", t0, time.time())
+            b"alice", b"example.org", t0, time.time()
+        )
         ours = srs0(b"bob", b"example.net", time.time())
         cases = [
             (b'""', b"500 null%20sender\n"),
@@ -309,20 +322,29 @@ async def test_reverse_reply_paths(tmp_path: Path, log: CapturedLog) -> None:
         # smtpd asks lower-cased: the hash still matches
         assert await c.ask(good.lower()) == b"200 alice@example.org\n"
         wrapped = Codec([SECRET], DOMAIN.encode()).forward(
-            b"SRS0=abcd=AA=orig.example=user@hop.example", now)
+            b"SRS0=abcd=AA=orig.example=user@hop.example", now
+        )
         assert await c.ask(wrapped) == b"200 SRS0=abcd=AA=orig.example=user@hop.example\n"
         cases = [
             (b"alice@example.org", b"500 Not%20an%20SRS%20address.\n"),
-            (srs0(b"alice", b"example.org", now, b"someone-else"),
-             b"500 Hash%20invalid%20in%20SRS%20address.\n"),
-            (srs0(b"alice", b"example.org", now - 30 * DAY),
-             b"500 Time%20stamp%20out%20of%20date.\n"),
+            (
+                srs0(b"alice", b"example.org", now, b"someone-else"),
+                b"500 Hash%20invalid%20in%20SRS%20address.\n",
+            ),
+            (
+                srs0(b"alice", b"example.org", now - 30 * DAY),
+                b"500 Time%20stamp%20out%20of%20date.\n",
+            ),
             (b"SRS0=abcd@forwarder.test", b"500 No%20timestamp%20in%20SRS0%20address.\n"),
-            (b"SRS0=abcd=!!=example.org=alice@forwarder.test",
-             b"500 Bad%20time%20stamp%20in%20SRS0%20address.\n"),
-            (b"SRS0=ab=AA=example.org=alice@forwarder.test",
-             b"500 Hash%20too%20short%20in%20SRS%20address.\n"),
-        ]  # fmt: skip
+            (
+                b"SRS0=abcd=!!=example.org=alice@forwarder.test",
+                b"500 Bad%20time%20stamp%20in%20SRS0%20address.\n",
+            ),
+            (
+                b"SRS0=ab=AA=example.org=alice@forwarder.test",
+                b"500 Hash%20too%20short%20in%20SRS%20address.\n",
+            ),
+        ]
         for key, expected in cases:
             assert await c.ask(key) == expected, key
         lookups = srv.server.lookups
@@ -389,15 +411,34 @@ async def test_replies_are_always_well_formed(tmp_path: Path) -> None:
     """Random keys, raw and %-encoded, SRS-looking or not: every reply is one valid line."""
     rng = random.Random(20240521)
     safe = set(range(0x21, 0x7F)) - {0x25}
-    pieces = [b"SRS0=", b"SRS1=", b"srs0+", b"SRS0-", b"=", b"==", b"@", b"%", b'"', b"\\",
-              b"example.org", b"forwarder.test", b"\xc3\xa9", b"\xff", b"\r", b" "]  # fmt: skip
+    pieces = [
+        b"SRS0=",
+        b"SRS1=",
+        b"srs0+",
+        b"SRS0-",
+        b"=",
+        b"==",
+        b"@",
+        b"%",
+        b'"',
+        b"\\",
+        b"example.org",
+        b"forwarder.test",
+        b"\xc3\xa9",
+        b"\xff",
+        b"\r",
+        b" ",
+    ]
     keys = []
     for _ in range(1500):
-        raw = b"".join(rng.choice(pieces) if rng.random() < 0.3 else bytes((rng.randrange(1, 256),))
-                       for _ in range(rng.randrange(1, 40)))  # fmt: skip
+        raw = b"".join(
+            rng.choice(pieces) if rng.random() < 0.3 else bytes((rng.randrange(1, 256),))
+            for _ in range(rng.randrange(1, 40))
+        )
         hexes = ("%02X", "%02x")
-        keys.append(b"".join(bytes((b,)) if b in safe else (rng.choice(hexes) % b).encode()
-                             for b in raw))  # fmt: skip
+        keys.append(
+            b"".join(bytes((b,)) if b in safe else (rng.choice(hexes) % b).encode() for b in raw)
+        )
         keys.append(raw.replace(b"\n", b""))  # raw bytes are taken as they are
     async with serving(tmp_path) as srv:
         for role in Role:
@@ -494,8 +535,10 @@ async def test_crlf_line_endings(tmp_path: Path) -> None:
         # a CR inside a key is part of the key, and comes back escaped
         t0 = time.time()
         reply = await c.ask(b"a\rb@example.org")
-        assert reply in {r.replace(b"\r", b"%0D") for r in
-                         forward_replies(b"a\rb", b"example.org", t0, time.time())}  # fmt: skip
+        assert reply in {
+            r.replace(b"\r", b"%0D")
+            for r in forward_replies(b"a\rb", b"example.org", t0, time.time())
+        }
 
 
 async def test_last_request_without_newline_is_answered_at_eof(tmp_path: Path) -> None:
@@ -621,7 +664,8 @@ async def test_many_concurrent_connections(tmp_path: Path) -> None:
                 if role is Role.FORWARD:
                     t0 = time.time()
                     assert await c.ask(user + b"@" + host) in forward_replies(
-                        user, host, t0, time.time())
+                        user, host, t0, time.time()
+                    )
                 else:
                     decoded = await c.ask(srs0(user, host, now))
                     assert decoded == b"200 " + user + b"@" + host + b"\n"
@@ -670,15 +714,17 @@ def _ipv6_loopback() -> bool:
 async def test_ipv6_listener_alongside_ipv4(tmp_path: Path) -> None:
     async with serving(tmp_path, listen=["127.0.0.1", "::1"]) as srv:
         families = {(e.role, e.sock.family) for e in srv.endpoints}
-        assert families == {(role, family) for role in Role
-                            for family in (socket.AF_INET, socket.AF_INET6)}  # fmt: skip
+        assert families == {
+            (role, family) for role in Role for family in (socket.AF_INET, socket.AF_INET6)
+        }
         now = time.time()
         for host in ("::1", "127.0.0.1"):
             forward = await srv.connect(Role.FORWARD, host)
             reverse = await srv.connect(Role.REVERSE, host)
             t0 = time.time()
             assert await forward.ask(b"alice@example.org") in forward_replies(
-                b"alice", b"example.org", t0, time.time())
+                b"alice", b"example.org", t0, time.time()
+            )
             assert await reverse.ask(srs0(b"bob", b"example.net", now)) == b"200 bob@example.net\n"
             await forward.aclose()
             await reverse.aclose()
@@ -720,8 +766,9 @@ async def send_until_closed(sock: trio.socket.SocketType, payload: bytes) -> Non
         pass  # the server closed the connection
 
 
-async def test_client_that_does_not_read_gets_back_pressure(tmp_path: Path,
-                                                            quiet_log: None) -> None:  # fmt: skip
+async def test_client_that_does_not_read_gets_back_pressure(
+    tmp_path: Path, quiet_log: None
+) -> None:
     count = 60_000
     payload = b"".join(b"get u%06d@example.org\n" % i for i in range(count))
     async with serving(tmp_path, ObservedServer) as srv:
@@ -759,8 +806,9 @@ async def test_client_that_does_not_read_gets_back_pressure(tmp_path: Path,
     got = bytes(replies).splitlines()
     assert len(got) == count
     assert all(line.startswith(b"200 SRS0=") for line in got)
-    assert all(line.endswith(b"=example.org=u%06d@forwarder.test" % i)
-               for i, line in enumerate(got))  # fmt: skip
+    assert all(
+        line.endswith(b"=example.org=u%06d@forwarder.test" % i) for i, line in enumerate(got)
+    )
 
 
 # -- logs ---------------------------------------------------------------------------------------
@@ -803,8 +851,9 @@ async def test_log_lines(tmp_path: Path, log: CapturedLog) -> None:
 # -- signals and reload (the signal path in this process; exit codes are in test_serve_process) --
 
 
-async def test_sighup_rotates_secrets_for_open_connections(tmp_path: Path,
-                                                           log: CapturedLog) -> None:  # fmt: skip
+async def test_sighup_rotates_secrets_for_open_connections(
+    tmp_path: Path, log: CapturedLog
+) -> None:
     async with serving(tmp_path, reload_from_files=True) as srv:
         forward = await srv.connect(Role.FORWARD)
         reverse = await srv.connect(Role.REVERSE)
@@ -818,7 +867,8 @@ async def test_sighup_rotates_secrets_for_open_connections(tmp_path: Path,
         # the connections opened before the reload use the new secrets
         t0 = time.time()
         assert await forward.ask(b"alice@example.org") in forward_replies(
-            b"alice", b"example.org", t0, time.time(), NEW_SECRET)
+            b"alice", b"example.org", t0, time.time(), NEW_SECRET
+        )
         assert await reverse.ask(old[4:-1]) == b"200 alice@example.org\n"
 
 
@@ -837,13 +887,15 @@ async def test_failed_reload_keeps_the_configuration(tmp_path: Path, log: Captur
         assert str(config) in failed[0]
         t0 = time.time()
         assert await c.ask(b"alice@example.org") in forward_replies(
-            b"alice", b"example.org", t0, time.time())  # still the old secret
+            b"alice", b"example.org", t0, time.time()
+        )  # still the old secret
         config.write_text("max_age = 21\n")
         os.kill(os.getpid(), signal.SIGHUP)
         await wait_for(lambda: srv.server.reloads["ok"] == 1, "the reload")
         t0 = time.time()
         assert await c.ask(b"alice@example.org") in forward_replies(
-            b"alice", b"example.org", t0, time.time(), NEW_SECRET)
+            b"alice", b"example.org", t0, time.time(), NEW_SECRET
+        )
 
 
 async def test_reload_warns_when_ports_change(tmp_path: Path, log: CapturedLog) -> None:

@@ -119,8 +119,12 @@ def test_environment_beats_toml(tmp_path: Path, secret: Path) -> None:
 def test_command_line_beats_environment(tmp_path: Path, secret: Path) -> None:
     toml = write_toml(tmp_path / "srsd.toml", 'domain = "toml.example"\nseparator = "+"\n')
     environ = {"SRS_DOMAIN": "env.example", "SRS_SEPARATOR": "-", "SRS_HASHLENGTH": "8"}
-    cli = {"domain": "cli.example", "secrets_file": str(secret), "separator": "=",
-           "hash_length": None}  # fmt: skip
+    cli = {
+        "domain": "cli.example",
+        "secrets_file": str(secret),
+        "separator": "=",
+        "hash_length": None,
+    }
     s = settings.load(cli, environ=environ, config=toml)
     assert (s.domain, s.separator) == ("cli.example", "=")
     assert s.hash_length == 8  # None means "not given on the command line"
@@ -137,9 +141,16 @@ def test_first_environment_name_wins(tmp_path: Path, secret: Path) -> None:
 
 
 def test_command_line_values_as_argparse_gives_them(secret: Path) -> None:
-    cli = {**base_cli(secret), "exclude_domains": ["a.example", ".B.example"],
-           "listen": ["[::1]", "127.0.0.2"], "syslog": "yes", "hash_length": "6",
-           "hash_min": "5", "idle_timeout": "2.5", "hash_alphabet": "base64"}  # fmt: skip
+    cli = {
+        **base_cli(secret),
+        "exclude_domains": ["a.example", ".B.example"],
+        "listen": ["[::1]", "127.0.0.2"],
+        "syslog": "yes",
+        "hash_length": "6",
+        "hash_min": "5",
+        "idle_timeout": "2.5",
+        "hash_alphabet": "base64",
+    }
     s = settings.load(cli, environ={})
     assert s.exclude_domains == ("a.example", ".B.example")
     assert b"x.b.example" in s.excluded
@@ -248,9 +259,18 @@ def test_srs_domain_missing(secret: Path) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["localhost", "net", "-bad.example", "exa mple.com", "user@example.com", "example.com.",
-     "b\u00fccher.example", "a..example", "$myhostname"],
-)  # fmt: skip
+    [
+        "localhost",
+        "net",
+        "-bad.example",
+        "exa mple.com",
+        "user@example.com",
+        "example.com.",
+        "b\u00fccher.example",
+        "a..example",
+        "$myhostname",
+    ],
+)
 def test_srs_domain_not_a_domain_name(secret: Path, value: str) -> None:
     message = config_error(cli={"secrets_file": str(secret)}, environ={"SRS_DOMAIN": value})
     assert message.startswith("domain: not a fully qualified domain name")
@@ -277,8 +297,16 @@ def test_bad_port(secret: Path, name: str, key: str, value: str) -> None:
     assert message.endswith(f"(from environment {name})")
 
 
-@pytest.mark.parametrize("name", ["SRS_SEPARATOR", "SRS_REVERSE_PORT", "SRS_LISTEN_ADDR",
-                                  "SRS_HASHLENGTH", "SRS_EXCLUDE_DOMAINS"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SRS_SEPARATOR",
+        "SRS_REVERSE_PORT",
+        "SRS_LISTEN_ADDR",
+        "SRS_HASHLENGTH",
+        "SRS_EXCLUDE_DOMAINS",
+    ],
+)
 def test_empty_environment_variable_means_unset(secret: Path, name: str) -> None:
     # An env file line "SRS_LISTEN_ADDR=" leaves the default, as postsrsd's launcher does.
     s = settings.load(base_cli(secret), environ={name: "  "})
@@ -300,8 +328,9 @@ def test_postsrsd_zero_hash_lengths_are_ignored(secret: Path, name: str) -> None
 def test_short_hash_length_lowers_the_default_hash_min(secret: Path) -> None:
     s = settings.load({**base_cli(secret), "hash_length": "2"}, environ={})
     assert (s.hash_length, s.hash_min) == (2, 2)
-    message = config_error(cli={**base_cli(secret), "hash_length": "2", "hash_min": "3"},
-                           environ={})  # fmt: skip
+    message = config_error(
+        cli={**base_cli(secret), "hash_length": "2", "hash_min": "3"}, environ={}
+    )
     assert message.startswith("hash_min: 3 is more than hash_length 2")
 
 
@@ -513,11 +542,18 @@ def test_exclude_domains_split_on_commas_semicolons_and_white_space(secret: Path
     value = " a.example,b.example;c.example d.example\te.example\n.f.example\r\n,, ;g.example "
     s = settings.load(base_cli(secret), environ={"SRS_EXCLUDE_DOMAINS": value})
     assert s.exclude_domains == (
-        "a.example", "b.example", "c.example", "d.example", "e.example", ".f.example",
+        "a.example",
+        "b.example",
+        "c.example",
+        "d.example",
+        "e.example",
+        ".f.example",
         "g.example",
-    )  # fmt: skip
-    assert settings.load(base_cli(secret), environ={"SRS_EXCLUDE_DOMAINS": ""}).excluded.entries() \
-        == []  # fmt: skip
+    )
+    assert (
+        settings.load(base_cli(secret), environ={"SRS_EXCLUDE_DOMAINS": ""}).excluded.entries()
+        == []
+    )
 
 
 def test_exclude_domains_invalid_entry_names_the_variable(secret: Path) -> None:
@@ -571,18 +607,26 @@ def test_etc_default_postsrsd_sourced_by_the_shell(tmp_path: Path, secret: Path)
     out = subprocess.run(
         ["sh", "-c", 'set -a; . "$1"; exec env -0', "sh", str(defaults)],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        capture_output=True, check=True, timeout=10,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        check=True,
+        timeout=10,
+    ).stdout
     environ = dict(item.split("=", 1) for item in out.decode().split("\0") if item)
     assert "\n" in environ["SRS_EXCLUDE_DOMAINS"]
     s = settings.load(None, environ=environ)
     assert s.domain == "forwarder.example.net"
     assert s.exclude_domains == (
-        "example.net", ".lists.example.net", "partner.example", "Other.Example",
-    )  # fmt: skip
+        "example.net",
+        ".lists.example.net",
+        "partner.example",
+        "Other.Example",
+    )
     assert s.excluded.entries() == [
-        ".lists.example.net", "example.net", "other.example", "partner.example",
-    ]  # fmt: skip
+        ".lists.example.net",
+        "example.net",
+        "other.example",
+        "partner.example",
+    ]
     assert (s.separator, s.hash_length, s.hash_min) == ("=", 4, 4)
     assert s.secrets == (SECRET,)
     assert (s.forward_port, s.reverse_port, s.listen) == (10001, 10002, ("127.0.0.1",))
@@ -618,9 +662,12 @@ def test_exclusion_file(tmp_path: Path, secret: Path) -> None:
     s = settings.load(base_cli(secret), environ=environ)
     assert s.exclude_file == path
     assert s.excluded.entries() == [
-        ".lists.example.net", "env.example", "example.org", "partner.example",
+        ".lists.example.net",
+        "env.example",
+        "example.org",
+        "partner.example",
         "upper.example.com",
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize(
@@ -645,8 +692,10 @@ def test_excluded_domain_set_matches(
 ) -> None:
     path = tmp_path / "excluded"
     path.write_text(EXCLUDE_FILE, encoding="utf-8")
-    s = settings.load({**base_cli(secret), "exclude_domains": ["env.example"],
-                       "exclude_file": str(path)}, environ={})  # fmt: skip
+    s = settings.load(
+        {**base_cli(secret), "exclude_domains": ["env.example"], "exclude_file": str(path)},
+        environ={},
+    )
     assert isinstance(s.excluded, DomainSet)
     assert (domain in s.excluded) is excluded
 
@@ -688,16 +737,30 @@ def test_secrets_are_not_in_the_repr(secret: Path) -> None:
 
 def test_codec_and_policy_reflect_every_setting(tmp_path: Path) -> None:
     secrets = write_secret(tmp_path / "srsd.secret", b"signer\nverifier\n")
-    cli = {"domain": "FW.example", "secrets_file": str(secrets), "separator": "-",
-           "hash_length": "8", "hash_min": "6", "max_age": "30", "hash_alphabet": "base64",
-           "exclude_domains": ["excluded.example"]}  # fmt: skip
+    cli = {
+        "domain": "FW.example",
+        "secrets_file": str(secrets),
+        "separator": "-",
+        "hash_length": "8",
+        "hash_min": "6",
+        "max_age": "30",
+        "hash_alphabet": "base64",
+        "exclude_domains": ["excluded.example"],
+    }
     s = settings.load(cli, environ={})
     codec = s.codec()
     assert codec.domain == b"fw.example"
     assert (codec.hash_length, codec.hash_min, codec.max_age) == (8, 6, 30)
     assert (codec.separator, codec.alphabet) == (b"-", Alphabet.BASE64)
-    expected = Codec([b"signer"], b"fw.example", hash_length=8, hash_min=6, separator=b"-",
-                     max_age=30, alphabet=Alphabet.BASE64)  # fmt: skip
+    expected = Codec(
+        [b"signer"],
+        b"fw.example",
+        hash_length=8,
+        hash_min=6,
+        separator=b"-",
+        max_age=30,
+        alphabet=Alphabet.BASE64,
+    )
     for n in range(40):
         sender = f"user{n}@example.org".encode()
         assert codec.forward(sender, NOW) == expected.forward(sender, NOW)
@@ -807,23 +870,31 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert isinstance(s.idle_timeout, float)
     assert (s.max_connections, s.max_request, s.shutdown_grace) == (200, 1024, 2.5)
     assert (s.max_connections_per_user, s.allowed_users, s.request_timeout) == (
-        60, ("postfix", "0"), 5.0)
+        60,
+        ("postfix", "0"),
+        5.0,
+    )
     assert (s.log_level, s.syslog, s.run_as) == ("debug", True, "srsd")
     assert s.config_file == path
     assert s.warnings == ()
 
 
 def test_full_toml_example_covers_every_setting() -> None:
-    keys = {line.split("=", 1)[0].strip() for line in FULL_TOML.splitlines()
-            if "=" in line and not line.startswith((" ", "#"))}  # fmt: skip
+    keys = {
+        line.split("=", 1)[0].strip()
+        for line in FULL_TOML.splitlines()
+        if "=" in line and not line.startswith((" ", "#"))
+    }
     assert keys == set(settings.FIELD_BY_KEY)
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("mysql://db/srs", "expected sqlite:PATH, redis://"),
-     ("redis://127.0.0.1:99999/0", "bad port")],
-)  # fmt: skip
+    [
+        ("mysql://db/srs", "expected sqlite:PATH, redis://"),
+        ("redis://127.0.0.1:99999/0", "bad port"),
+    ],
+)
 def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
     error = config_error(cli={**base_cli(secret), "envelope_database": value}, environ={})
     assert error.startswith("envelope_database:")
@@ -833,8 +904,10 @@ def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
 
 def test_bad_original_envelope(secret: Path) -> None:
     error = config_error(cli=base_cli(secret), environ={"SRS_ORIGINAL_ENVELOPE": "sometimes"})
-    assert error == ("original_envelope: must be embedded, database or auto, got 'sometimes' "
-                     "(from environment SRS_ORIGINAL_ENVELOPE)")  # fmt: skip
+    assert error == (
+        "original_envelope: must be embedded, database or auto, got 'sometimes' "
+        "(from environment SRS_ORIGINAL_ENVELOPE)"
+    )
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -857,7 +930,8 @@ def test_the_table_is_the_settings_class() -> None:
     assert [f.key for f in settings.FIELDS] == declared[: len(settings.FIELDS)]
     assert len({f.flag for f in settings.FIELDS}) == len(settings.FIELDS)
     assert len({n for f in settings.FIELDS for n in f.env}) == sum(
-        len(f.env) for f in settings.FIELDS)  # fmt: skip
+        len(f.env) for f in settings.FIELDS
+    )
 
 
 # -- SIGHUP: what a reload applies ---------------------------------------------------------------
@@ -867,8 +941,11 @@ def test_plan_reload_applies_what_it_can_and_keeps_the_rest(tmp_path: Path, secr
     old = settings.load({**base_cli(secret), "socketmap": "inet:127.0.0.1:10003"}, environ={})
     same = settings.plan_reload(old, old)
     assert (same.applied, same.restart, same.settings) == ((), (), old)
-    toml = write_toml(tmp_path / "srsd.toml", 'log_level = "debug"\nlog_format = "json"\n'
-                      'max_age = 9\nforward_port = 20001\nsocketmap = ""\nrun_as = "srsd"\n')
+    toml = write_toml(
+        tmp_path / "srsd.toml",
+        'log_level = "debug"\nlog_format = "json"\n'
+        'max_age = 9\nforward_port = 20001\nsocketmap = ""\nrun_as = "srsd"\n',
+    )
     new = settings.load({**base_cli(secret)}, environ={}, config=toml)
     plan = settings.plan_reload(old, new)
     assert plan.applied == ("max_age", "log_level", "log_format")
@@ -893,11 +970,15 @@ def config_round_trip(tmp_path: Path, s: settings.Settings) -> settings.Settings
 
 def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
     secrets = write_secret(tmp_path / "srsd.secret", b"first\nsecond\n")
-    toml = write_toml(tmp_path / "srsd.toml", 'domain = "fw.example"\nmax_age = 9\n'
-                      'envelope_database = "redis://srsd:hunter2@[::1]:6380/3"\n')
+    toml = write_toml(
+        tmp_path / "srsd.toml",
+        'domain = "fw.example"\nmax_age = 9\n'
+        'envelope_database = "redis://srsd:hunter2@[::1]:6380/3"\n',
+    )
     environ = {"SRS_SECRET": str(secrets), "SRS_LISTEN_ADDR": "::1 127.0.0.2"}
-    s = settings.load({"hash_length": "6", "socketmap": "unix:/run/srsd/srsd.sock"},
-                      environ=environ, config=toml)  # fmt: skip
+    s = settings.load(
+        {"hash_length": "6", "socketmap": "unix:/run/srsd/srsd.sock"}, environ=environ, config=toml
+    )
     text = settings_text.effective_config(s)
     lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
     assert lines.keys() == settings.FIELD_BY_KEY.keys()
@@ -905,14 +986,17 @@ def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
     assert lines["hash_length"] == "hash_length = 6  # from command line --hash-length"
     assert lines["listen"] == 'listen = ["::1", "127.0.0.2"]  # from environment SRS_LISTEN_ADDR'
     assert lines["separator"] == 'separator = "="  # default'
-    assert lines["secrets_file"] == (f'secrets_file = "{secrets}"  # from environment '
-                                     "SRS_SECRET; holds 2 secrets (not shown)")  # fmt: skip
+    assert lines["secrets_file"] == (
+        f'secrets_file = "{secrets}"  # from environment SRS_SECRET; holds 2 secrets (not shown)'
+    )
     assert "first" not in text and "second" not in text
     assert "hunter2" not in text
     assert lines["envelope_database"].endswith("; its password is not shown")
     again = config_round_trip(tmp_path, s)
-    assert {**again.values(), "envelope_database": None} == {**s.values(),
-                                                            "envelope_database": None}
+    assert {**again.values(), "envelope_database": None} == {
+        **s.values(),
+        "envelope_database": None,
+    }
     assert again.envelope_database == dataclasses.replace(s.envelope_database, password=None)
     assert again.secrets == s.secrets
 
@@ -921,24 +1005,37 @@ def test_config_changed_shows_only_what_is_not_a_default(tmp_path: Path, secret:
     s = settings.load(base_cli(secret), environ={"SRS_MAX_AGE": "9"})
     text = settings_text.effective_config(s, changed=True)
     assert [line.split(" = ")[0] for line in text.splitlines()[1:]] == [
-        "domain", "secrets_file", "max_age"]  # fmt: skip
+        "domain",
+        "secrets_file",
+        "max_age",
+    ]
     printed = write_toml(tmp_path / "changed.toml", text)
     assert settings.load(None, environ={}, config=printed).values() == s.values()
 
 
 _KEY_VALUES = {
-    "exclude_domains": st.lists(st.from_regex(r"\.?[a-z]{1,8}\.example", fullmatch=True),
-                                max_size=3),
+    "exclude_domains": st.lists(
+        st.from_regex(r"\.?[a-z]{1,8}\.example", fullmatch=True), max_size=3
+    ),
     "separator": st.sampled_from(["=", "+", "-"]),
     "hash_length": st.integers(4, 20),
     "max_age": st.integers(1, 365),
     "hash_alphabet": st.sampled_from(["base64", "base64url"]),
     "original_envelope": st.sampled_from(["embedded", "database", "auto"]),
-    "envelope_database": st.sampled_from(["", "sqlite:x.db", "sqlite:/var/lib/e.db",
-                                          "redis://h:1/2", "redis:/run/r.sock",
-                                          "redis+unix:///run/r%20s.sock?db=3", "redis:rel.sock"]),
-    "listen": st.lists(st.sampled_from(["127.0.0.1", "::1", "[::1]", "0.0.0.0"]), min_size=1,
-                       max_size=3),
+    "envelope_database": st.sampled_from(
+        [
+            "",
+            "sqlite:x.db",
+            "sqlite:/var/lib/e.db",
+            "redis://h:1/2",
+            "redis:/run/r.sock",
+            "redis+unix:///run/r%20s.sock?db=3",
+            "redis:rel.sock",
+        ]
+    ),
+    "listen": st.lists(
+        st.sampled_from(["127.0.0.1", "::1", "[::1]", "0.0.0.0"]), min_size=1, max_size=3
+    ),
     "socketmap": st.sampled_from(["", "inet:127.0.0.1:1", "inet:[::1]:65535", "unix:/run/s a"]),
     "socketmap_mode": st.integers(0, 0o777),
     "socketmap_owner": st.sampled_from(["", "postfix", "postfix:mail"]),
@@ -947,14 +1044,19 @@ _KEY_VALUES = {
     "log_format": st.sampled_from(["plain", "json"]),
     "syslog": st.booleans(),
     "metrics_listen": st.sampled_from(["", "127.0.0.1:9187", "[::1]:1"]),
-    "run_as": st.text(st.characters(min_codepoint=32, max_codepoint=0x10FFFF,
-                                    exclude_characters=" \t\n\r\x85\xa0"), max_size=5),
-    "state_dir": st.sampled_from(["/var/lib/srsd", "/tmp/s \"q\" \\ d"]),
+    "run_as": st.text(
+        st.characters(
+            min_codepoint=32, max_codepoint=0x10FFFF, exclude_characters=" \t\n\r\x85\xa0"
+        ),
+        max_size=5,
+    ),
+    "state_dir": st.sampled_from(["/var/lib/srsd", '/tmp/s "q" \\ d']),
 }
 
 
-@settings_h(max_examples=60, deadline=None,
-            suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings_h(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.fixed_dictionaries({}, optional=_KEY_VALUES))
 def test_config_output_reads_back_to_the_same_settings(
     tmp_path: Path, secret: Path, chosen: dict[str, object]
@@ -967,10 +1069,13 @@ def test_config_output_reads_back_to_the_same_settings(
 
 def test_settings_and_the_command_line_import_no_server_machinery() -> None:
     # Validating envelope_database parses the URL only: no store, no trio, no sqlite3.
-    code = ("import sys, srsd.cli, srsd.settings\n"
-            "srsd.settings.parse_location('redis://h/1')\n"
-            "print(sorted(m for m in ('trio', 'sqlite3', 'redis', 'srsd.envelope.store', "
-            "'srsd.server') if m in sys.modules))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)  # fmt: skip
+    code = (
+        "import sys, srsd.cli, srsd.settings\n"
+        "srsd.settings.parse_location('redis://h/1')\n"
+        "print(sorted(m for m in ('trio', 'sqlite3', 'redis', 'srsd.envelope.store', "
+        "'srsd.server') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout.strip() == "[]"

@@ -37,8 +37,7 @@ from srsd.socketmap import (
 TOO_BIG = TooBig("Too big")
 BAD_LENGTH = BadFraming("Invalid netstring length")
 NO_COMMA = BadFraming("Netstring not terminated by a comma")
-PROPERTY = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STATUS = re.compile(rb"(OK|NOTFOUND|TEMP|PERM) (.*)", re.DOTALL)
 
 
@@ -70,8 +69,10 @@ def parse_reply(reply: bytes) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
-        (ok(b"SRS0=abcd=AA=example.org=alice@forwarder.test"),
-         b"48:OK SRS0=abcd=AA=example.org=alice@forwarder.test,"),
+        (
+            ok(b"SRS0=abcd=AA=example.org=alice@forwarder.test"),
+            b"48:OK SRS0=abcd=AA=example.org=alice@forwarder.test,",
+        ),
         (ok(b"x"), b"4:OK x,"),
         (ok(b"a b,c:d"), b"10:OK a b,c:d,"),  # raw value, no escaping: netstrings need none
         (ok("jörg@example.org".encode()), b"20:OK j\xc3\xb6rg@example.org,"),
@@ -87,7 +88,7 @@ def parse_reply(reply: bytes) -> tuple[bytes, bytes]:
         (netstring(b""), b"0:,"),
         (netstring(b"hello world"), b"11:hello world,"),
     ],
-)  # fmt: skip
+)
 def test_reply_bytes(reply: bytes, expected: bytes) -> None:
     assert reply == expected
 
@@ -120,20 +121,29 @@ def test_long_reason_is_cut_to_the_reply_bound(build: object) -> None:
         (Decision(Outcome.NULL_SENDER, reason="null sender"), b"20:NOTFOUND null sender,"),
         (Decision(Outcome.LOCAL, reason="local domain"), b"21:NOTFOUND local domain,"),
         (Decision(Outcome.EXCLUDED, reason="excluded domain"), b"24:NOTFOUND excluded domain,"),
-        (Decision(Outcome.NOT_SRS, reason="Not an SRS address."),
-         b"28:NOTFOUND Not an SRS address.,"),
-        (Decision(Outcome.BAD_HASH, reason="Hash invalid in SRS address."),
-         b"37:NOTFOUND Hash invalid in SRS address.,"),
-        (Decision(Outcome.EXPIRED, reason="Time stamp out of date."),
-         b"32:NOTFOUND Time stamp out of date.,"),
-        (Decision(Outcome.MALFORMED, reason="No host in SRS1 address."),
-         b"33:NOTFOUND No host in SRS1 address.,"),
-        (Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias."),
-         b"23:NOTFOUND Unknown alias.,"),
-        (Decision(Outcome.ERROR, reason="envelope database unavailable"),
-         b"34:TEMP envelope database unavailable,"),
+        (
+            Decision(Outcome.NOT_SRS, reason="Not an SRS address."),
+            b"28:NOTFOUND Not an SRS address.,",
+        ),
+        (
+            Decision(Outcome.BAD_HASH, reason="Hash invalid in SRS address."),
+            b"37:NOTFOUND Hash invalid in SRS address.,",
+        ),
+        (
+            Decision(Outcome.EXPIRED, reason="Time stamp out of date."),
+            b"32:NOTFOUND Time stamp out of date.,",
+        ),
+        (
+            Decision(Outcome.MALFORMED, reason="No host in SRS1 address."),
+            b"33:NOTFOUND No host in SRS1 address.,",
+        ),
+        (Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias."), b"23:NOTFOUND Unknown alias.,"),
+        (
+            Decision(Outcome.ERROR, reason="envelope database unavailable"),
+            b"34:TEMP envelope database unavailable,",
+        ),
     ],
-)  # fmt: skip
+)
 def test_reply_for_decision(decision: Decision, expected: bytes) -> None:
     """Every "no rewrite" is NOTFOUND (never PERM: that would defer the mail); only srsd's
     own failure is TEMP."""
@@ -180,8 +190,11 @@ def test_every_decision_gives_one_well_formed_reply(
 @given(reason=st.text(max_size=200), size=st.sampled_from([0, 1, MAX_REPLY - 5, MAX_REPLY]))
 def test_status_replies_are_well_formed(reason: str, size: int) -> None:
     reason += "r" * size
-    for build, word in ((not_found, b"NOTFOUND"), (temporary_failure, b"TEMP"),
-                        (permanent_failure, b"PERM")):  # fmt: skip
+    for build, word in (
+        (not_found, b"NOTFOUND"),
+        (temporary_failure, b"TEMP"),
+        (permanent_failure, b"PERM"),
+    ):
         assert parse_reply(build(reason))[0] == word
 
 
@@ -430,9 +443,26 @@ def valid_netstrings(draw: st.DrawFn) -> bytes:
 
 
 junk = st.sampled_from(
-    [b"0", b"00", b"1", b"9", b"4096", b"4097", b"99999", b":", b",", b" ", b"x", b"-", b"+",
-     b"\n", b"get a@b\n", b"3:abc", b"0:"]
-) | st.binary(max_size=6)  # fmt: skip
+    [
+        b"0",
+        b"00",
+        b"1",
+        b"9",
+        b"4096",
+        b"4097",
+        b"99999",
+        b":",
+        b",",
+        b" ",
+        b"x",
+        b"-",
+        b"+",
+        b"\n",
+        b"get a@b\n",
+        b"3:abc",
+        b"0:",
+    ]
+) | st.binary(max_size=6)
 streams = st.lists(valid_netstrings() | junk, max_size=12).map(b"".join)
 bounds = st.sampled_from([1, 9, 10, 64, 100, 4096, MAX_REPLY]) | st.integers(1, 300)
 
@@ -454,8 +484,11 @@ def test_any_split_gives_the_events_of_the_oracle(
 
 
 @PROPERTY
-@given(data=streams | st.binary(max_size=300), cuts=st.lists(st.integers(0, 10_000), max_size=20),
-       max_length=bounds)  # fmt: skip
+@given(
+    data=streams | st.binary(max_size=300),
+    cuts=st.lists(st.integers(0, 10_000), max_size=20),
+    max_length=bounds,
+)
 def test_random_bytes_never_raise_and_the_buffer_stays_bounded(
     data: bytes, cuts: list[int], max_length: int
 ) -> None:
@@ -476,8 +509,11 @@ def test_random_bytes_never_raise_and_the_buffer_stays_bounded(
 
 
 @PROPERTY
-@given(zeros=st.integers(0, 4), max_length=st.integers(1, 60) | st.sampled_from([99, 100, 256]),
-       data=st.binary(max_size=70))  # fmt: skip
+@given(
+    zeros=st.integers(0, 4),
+    max_length=st.integers(1, 60) | st.sampled_from([99, 100, 256]),
+    data=st.binary(max_size=70),
+)
 def test_buffer_bound_under_a_byte_by_byte_feed(zeros: int, max_length: int, data: bytes) -> None:
     """A length prefix (padded with zeros) fed slowly, then a payload up to the bound."""
     reader = RequestReader(max_length)
@@ -511,8 +547,10 @@ def test_regression_leading_zeros_cannot_stretch_the_buffer() -> None:
 
 
 @PROPERTY
-@given(requests=st.lists(st.tuples(names, keys), max_size=10),
-       cuts=st.lists(st.integers(0, 10_000), max_size=10))  # fmt: skip
+@given(
+    requests=st.lists(st.tuples(names, keys), max_size=10),
+    cuts=st.lists(st.integers(0, 10_000), max_size=10),
+)
 def test_encoded_requests_come_back(requests: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
     data = b"".join(netstring(name + b" " + key) for name, key in requests)
     assert feed_all(split(data, cuts)) == [Request(name, key) for name, key in requests]

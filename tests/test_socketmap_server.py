@@ -68,8 +68,9 @@ def srs0_around(user: bytes, host: bytes, t0: float) -> set[bytes]:
 
 def hex_quote(key: bytes) -> bytes:
     """Postfix's tcp_table key encoding: %XX for %, white space, controls and 8-bit bytes."""
-    return b"".join(b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,))
-                    for c in key)  # fmt: skip
+    return b"".join(
+        b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
+    )
 
 
 def unquote(text: bytes) -> bytes:
@@ -205,8 +206,7 @@ class Running:
             return LineClient(await trio.open_tcp_stream("127.0.0.1", port))
 
 
-def server_settings(tmp_path: Path, kind: str, sockdir: Path | None,
-                    **overrides: Any) -> Settings:  # fmt: skip
+def server_settings(tmp_path: Path, kind: str, sockdir: Path | None, **overrides: Any) -> Settings:
     """Settings with two tcp_table ports and a socketmap endpoint on three free ports."""
     port = free_port("127.0.0.1", count=3)
     if kind == "unix":
@@ -214,13 +214,18 @@ def server_settings(tmp_path: Path, kind: str, sockdir: Path | None,
         endpoint = f"unix:{sockdir / 'srsd.sock'}"
     else:
         endpoint = f"inet:127.0.0.1:{port + 2}"
-    values: dict[str, Any] = {"forward_port": port, "reverse_port": port + 1,
-                              "socketmap": endpoint, **overrides}  # fmt: skip
+    values: dict[str, Any] = {
+        "forward_port": port,
+        "reverse_port": port + 1,
+        "socketmap": endpoint,
+        **overrides,
+    }
     return make_settings(tmp_path, **values)
 
 
-async def bound(tmp_path: Path, kind: str, sockdir: Path | None = None,
-                **overrides: Any) -> tuple[Server, list[Endpoint]]:  # fmt: skip
+async def bound(
+    tmp_path: Path, kind: str, sockdir: Path | None = None, **overrides: Any
+) -> tuple[Server, list[Endpoint]]:
     """A bound server (retried when another process takes a free port first)."""
     for _ in range(5):
         settings = server_settings(tmp_path, kind, sockdir, **overrides)
@@ -234,8 +239,9 @@ async def bound(tmp_path: Path, kind: str, sockdir: Path | None = None,
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, kind: str, sockdir: Path | None = None,
-                  **overrides: Any) -> AsyncIterator[Running]:  # fmt: skip
+async def serving(
+    tmp_path: Path, kind: str, sockdir: Path | None = None, **overrides: Any
+) -> AsyncIterator[Running]:
     server, endpoints = await bound(tmp_path, kind, sockdir, **overrides)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, endpoints)
@@ -315,8 +321,9 @@ async def test_inet_port_in_use_is_a_start_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = make_settings(tmp_path, socketmap=f"inet:127.0.0.1:{port}",
-                                 forward_port=0, reverse_port=0)  # fmt: skip
+        settings = make_settings(
+            tmp_path, socketmap=f"inet:127.0.0.1:{port}", forward_port=0, reverse_port=0
+        )
         with pytest.raises(StartError, match=rf"127\.0\.0\.1:{port} for socketmap: .*in use"):
             await Server(settings, lambda: settings).bind()
 
@@ -412,10 +419,13 @@ async def test_same_decisions_as_tcp_table(tmp_path: Path, kind: str, sockdir: P
         ("forward", b"SRS1=xx@other.example", b"NOTFOUND No host in SRS1 address."),
         ("reverse", b"alice@example.org", b"NOTFOUND Not an SRS address."),
         ("reverse", b"", b"NOTFOUND Not an SRS address."),
-        ("reverse", b"SRS0=abcd=AA=example.org=alice@forwarder.test",
-         b"NOTFOUND Hash invalid in SRS address."),
+        (
+            "reverse",
+            b"SRS0=abcd=AA=example.org=alice@forwarder.test",
+            b"NOTFOUND Hash invalid in SRS address.",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_not_found_replies(tmp_path: Path, name: str, key: bytes, reply: bytes) -> None:
     """Nothing a sender controls is PERM or TEMP (either would defer the mail)."""
     async with serving(tmp_path, "inet") as srv:
@@ -603,8 +613,9 @@ async def test_connection_limit_is_shared_with_tcp_table(
 ) -> None:
     # One user (this process): at max_connections a new connection, on either protocol,
     # evicts the connection idle the longest, on either protocol (tests/test_admission_*).
-    async with serving(tmp_path, kind, sockdir, max_connections=2,
-                       max_connections_per_user=2) as srv:  # fmt: skip
+    async with serving(
+        tmp_path, kind, sockdir, max_connections=2, max_connections_per_user=2
+    ) as srv:
         tcp = await srv.connect_tcp_table(Role.FORWARD)
         assert (await tcp.line(b"alice"))[:4] == b"500 "
         sm = await srv.connect()
@@ -639,8 +650,9 @@ async def test_shutdown_closes_idle_socketmap_connections(
 
 
 @pytest.mark.parametrize(("mode", "expected"), [(None, 0o666), ("0660", 0o660), ("600", 0o600)])
-async def test_unix_socket_mode(tmp_path: Path, sockdir: Path, mode: str | None,
-                                expected: int) -> None:  # fmt: skip
+async def test_unix_socket_mode(
+    tmp_path: Path, sockdir: Path, mode: str | None, expected: int
+) -> None:
     path = sockdir / "srsd.sock"
     overrides = {"socketmap_mode": mode} if mode else {}
     async with serving(tmp_path, "unix", sockdir, **overrides) as srv:
@@ -654,16 +666,21 @@ async def test_unix_socket_mode(tmp_path: Path, sockdir: Path, mode: str | None,
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-@pytest.mark.parametrize(("owner", "ids"), [
-    ("nobody:nogroup", ("nobody", "nogroup")),
-    ("nobody", ("nobody", None)),
-])  # fmt: skip
-async def test_unix_socket_owner(tmp_path: Path, sockdir: Path, owner: str,
-                                 ids: tuple[str, str | None]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("owner", "ids"),
+    [
+        ("nobody:nogroup", ("nobody", "nogroup")),
+        ("nobody", ("nobody", None)),
+    ],
+)
+async def test_unix_socket_owner(
+    tmp_path: Path, sockdir: Path, owner: str, ids: tuple[str, str | None]
+) -> None:
     path = sockdir / "srsd.sock"
     os.chmod(sockdir, 0o755)  # let nobody reach the socket
-    async with serving(tmp_path, "unix", sockdir, socketmap_owner=owner,
-                       socketmap_mode="0600") as srv:  # fmt: skip
+    async with serving(
+        tmp_path, "unix", sockdir, socketmap_owner=owner, socketmap_mode="0600"
+    ) as srv:
         info = path.lstat()
         assert info.st_uid == pwd.getpwnam(ids[0]).pw_uid
         assert info.st_gid == (grp.getgrnam(ids[1]).gr_gid if ids[1] else os.getegid())
@@ -676,15 +693,17 @@ async def test_unix_socket_owner(tmp_path: Path, sockdir: Path, owner: str,
             f"s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect({str(path)!r});"
             "s.sendall(b'13:forward alice,'); print(s.recv(100).decode())"
         )
-        done = await trio.run_process([sys.executable, "-c", probe], capture_stdout=True,
-                                      capture_stderr=True, check=False)  # fmt: skip
+        done = await trio.run_process(
+            [sys.executable, "-c", probe], capture_stdout=True, capture_stderr=True, check=False
+        )
         assert done.stdout.strip() == b"18:NOTFOUND no domain,", done.stderr
     assert not path.exists()
 
 
 async def test_unknown_owner_is_a_start_error(tmp_path: Path, sockdir: Path) -> None:
-    settings = server_settings(tmp_path, "unix", sockdir,
-                               socketmap_owner="no-such-user-srsd:nogroup")  # fmt: skip
+    settings = server_settings(
+        tmp_path, "unix", sockdir, socketmap_owner="no-such-user-srsd:nogroup"
+    )
     with pytest.raises(StartError, match=r"unix:.*srsd\.sock: no such user or group"):
         await Server(settings, lambda: settings).bind()
 
@@ -740,8 +759,9 @@ async def test_second_srsd_on_the_same_socket_fails_and_the_first_keeps_it(
 
 
 @pytest.mark.parametrize("what", ["file", "directory", "symlink-to-stale-socket", "fifo"])
-async def test_non_socket_at_the_path_is_never_deleted(tmp_path: Path, sockdir: Path,
-                                                       what: str) -> None:  # fmt: skip
+async def test_non_socket_at_the_path_is_never_deleted(
+    tmp_path: Path, sockdir: Path, what: str
+) -> None:
     path = sockdir / "srsd.sock"
     if what == "file":
         path.write_bytes(b"precious")
@@ -805,8 +825,12 @@ def test_live_socket_that_the_probe_may_not_connect_to_is_left_alone(
         live.listen()
         done = subprocess.run(
             [sys.executable, "-c", PROBE_AS_NOBODY, str(secrets), str(path)],
-            capture_output=True, text=True, timeout=TIMEOUT, check=False, cwd="/",
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+            cwd="/",
+        )
         assert done.returncode == 0, done.stderr
         # the live server's socket file is still the one it listens on
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

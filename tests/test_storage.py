@@ -363,9 +363,18 @@ async def test_redis_credentials(redis_server: RedisServer) -> None:
     raw = redis_client(redis_server)
     # The narrowest user the RedisStore docstring promises to work with.
     raw.execute_command(
-        "ACL", "SETUSER", "srsd", "on", ">pa:ss/word", "~PostSRSd/*",
-        "-@all", "+get", "+set", "+ping", "+select",
-    )  # fmt: skip
+        "ACL",
+        "SETUSER",
+        "srsd",
+        "on",
+        ">pa:ss/word",
+        "~PostSRSd/*",
+        "-@all",
+        "+get",
+        "+set",
+        "+ping",
+        "+select",
+    )
     try:
         ok = RedisStore(f"redis://srsd:pa%3Ass%2Fword@127.0.0.1:{redis_server.port}/0", LIFETIME)
         await ok.check()

@@ -109,8 +109,13 @@ def copy_units(target: Path, *, transform: dict[str, str] | None = None) -> list
 
 def verify(*paths: Path) -> str:
     """systemd-analyze verify's whole output (and its exit status when not 0)."""
-    done = subprocess.run([need_tool("systemd-analyze"), "verify", *map(str, paths)],
-                          capture_output=True, text=True, timeout=60, cwd=paths[0].parent)
+    done = subprocess.run(
+        [need_tool("systemd-analyze"), "verify", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=paths[0].parent,
+    )
     status = "" if done.returncode == 0 else f"\n(exit status {done.returncode})"
     return (done.stdout + done.stderr).strip() + status
 
@@ -124,8 +129,10 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # the commented alternative: a generated secret in the state directory, no credential
     alternative = tmp_path / "alternative"
     alternative.mkdir()
-    copies = copy_units(alternative, transform={r"^LoadCredential=": "#LoadCredential=",
-                                                r"^#ExecStartPre=": "ExecStartPre="})  # fmt: skip
+    copies = copy_units(
+        alternative,
+        transform={r"^LoadCredential=": "#LoadCredential=", r"^#ExecStartPre=": "ExecStartPre="},
+    )
     service = parse_unit(alternative / SERVICE)
     assert "LoadCredential" not in service["Service"]
     assert len(service["Service"]["ExecStartPre"]) == 2
@@ -134,23 +141,34 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_verify_reports_mistakes(tmp_path: Path) -> None:
     """The empty output above means something: these mistakes all show."""
-    copies = copy_units(tmp_path, transform={
-        r"^Type=notify$": "Type=notify-reload",  # systemd 253+, unknown to Debian 12's 252
-        r"^FileDescriptorName=forward$": "FileDescriptorName=for:ward",
-        r"^ProtectHome=yes$": "ProtectHomes=yes",
-        r"^ExecStart=\S+": "ExecStart=/nonexistent/srsd",
-    })  # fmt: skip
+    copies = copy_units(
+        tmp_path,
+        transform={
+            r"^Type=notify$": "Type=notify-reload",  # systemd 253+, unknown to Debian 12's 252
+            r"^FileDescriptorName=forward$": "FileDescriptorName=for:ward",
+            r"^ProtectHome=yes$": "ProtectHomes=yes",
+            r"^ExecStart=\S+": "ExecStart=/nonexistent/srsd",
+        },
+    )
     output = verify(*copies)
-    for expected in ("Failed to parse service type", "Invalid file descriptor name",
-                     "Unknown key 'ProtectHomes'", "/nonexistent/srsd is not executable"):
+    for expected in (
+        "Failed to parse service type",
+        "Invalid file descriptor name",
+        "Unknown key 'ProtectHomes'",
+        "/nonexistent/srsd is not executable",
+    ):
         assert expected in output, output
 
 
 def test_service_exposure_is_ok(tmp_path: Path) -> None:
     (service,) = [p for p in copy_units(tmp_path) if p.name == SERVICE]
-    done = subprocess.run([need_tool("systemd-analyze"), "security", "--offline=yes",
-                           "--no-pager", str(service)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)  # fmt: skip
+    done = subprocess.run(
+        [need_tool("systemd-analyze"), "security", "--offline=yes", "--no-pager", str(service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     match = re.search(r"Overall exposure level for srsd\.service: (\d+\.\d+) (\w+)", done.stdout)
     assert match, done.stdout + done.stderr
     assert float(match[1]) <= 2.0, done.stdout  # 1.4 when written: "OK"
@@ -164,15 +182,24 @@ def test_service_unit_settings() -> None:
     unit = parse_unit(UNITS / SERVICE)
     s = unit["Service"]
     expected = {
-        "Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/sh -c 'kill -HUP $MAINPID'",
-        "Restart": "on-failure", "EnvironmentFile": "-/etc/default/srsd", "SyslogFacility": "mail",
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "ExecReload": "/bin/sh -c 'kill -HUP $MAINPID'",
+        "Restart": "on-failure",
+        "EnvironmentFile": "-/etc/default/srsd",
+        "SyslogFacility": "mail",
         "LoadCredential": f"{settings.SECRETS_CREDENTIAL}:/etc/srsd/secrets",
-        "DynamicUser": "yes", "StateDirectory": "srsd", "ProtectSystem": "strict",
-        "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK", "CapabilityBoundingSet": "",
+        "DynamicUser": "yes",
+        "StateDirectory": "srsd",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        "CapabilityBoundingSet": "",
         "ExecStart": f"{INSTALLED_SRSD} serve",
         "ExecStartPre": f"{INSTALLED_SRSD} serve --check",  # the only one: it gets the credential
-    }  # fmt: skip
+    }
     for key, value in expected.items():
         assert one(unit, "Service", key) == value, key
     assert s["SystemCallFilter"][0] == "@system-service"
@@ -220,8 +247,11 @@ os.execv(sys.argv[1], sys.argv[1:])
 
 def sandboxed(argv: list[str]) -> list[str]:
     """``argv`` under NoNewPrivileges= and (kernel permitting) MemoryDenyWriteExecute=."""
-    code = LAUNCHER % {"nnp": PR_SET_NO_NEW_PRIVS, "mdwe": PR_SET_MDWE,
-                       "refuse": PR_MDWE_REFUSE_EXEC_GAIN}  # fmt: skip
+    code = LAUNCHER % {
+        "nnp": PR_SET_NO_NEW_PRIVS,
+        "mdwe": PR_SET_MDWE,
+        "refuse": PR_MDWE_REFUSE_EXEC_GAIN,
+    }
     return [sys.executable, "-c", code, *argv]
 
 
@@ -255,29 +285,42 @@ def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
     notify = NotifySocket(str(tmp_path / "notify"))
     env = {
         **environment_file(),
-        "PATH": SYSTEMD_PATH, "HOME": "/", "STATE_DIRECTORY": str(state),
-        "CREDENTIALS_DIRECTORY": str(credentials), "NOTIFY_SOCKET": notify.address,
+        "PATH": SYSTEMD_PATH,
+        "HOME": "/",
+        "STATE_DIRECTORY": str(state),
+        "CREDENTIALS_DIRECTORY": str(credentials),
+        "NOTIFY_SOCKET": notify.address,
         "SRS_ALLOW_ROOT": "yes",  # DynamicUser= is never root; this test runs as root
         "PYTHONPATH": str(SRC),
-    }  # fmt: skip
+    }
     domain = env["SRS_DOMAIN"].encode()
     umask = int(one(service, "Service", "UMask"), 8)
 
-    check = subprocess.run(sandboxed(exec_line(service, "ExecStartPre", config)), env=env,
-                           cwd="/", capture_output=True, text=True, timeout=TIMEOUT,
-                           umask=umask)  # fmt: skip
+    check = subprocess.run(
+        sandboxed(exec_line(service, "ExecStartPre", config)),
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        umask=umask,
+    )
     assert check.returncode == 0, check.stderr
     assert f"1 secret(s) from {credentials / credential_id}, " in check.stdout
     if "MemoryDenyWriteExecute unavailable" in check.stderr:
-        warnings.warn("kernel without PR_SET_MDWE: MemoryDenyWriteExecute= not emulated",
-                      stacklevel=1)  # fmt: skip
+        warnings.warn(
+            "kernel without PR_SET_MDWE: MemoryDenyWriteExecute= not emulated", stacklevel=1
+        )
 
     # ExecStart= with the socket units' sockets, on free ports / a temporary path
     forward, reverse = free_port(), free_port()
     unix = tmp_path / "run-srsd" / "srsd.sock"
     unix.parent.mkdir()
-    replace = {"127.0.0.1:10001": f"127.0.0.1:{forward}",
-               "127.0.0.1:10002": f"127.0.0.1:{reverse}", "/run/srsd/srsd.sock": str(unix)}
+    replace = {
+        "127.0.0.1:10001": f"127.0.0.1:{forward}",
+        "127.0.0.1:10002": f"127.0.0.1:{reverse}",
+        "/run/srsd/srsd.sock": str(unix),
+    }
     listen = [replace[one(u, "Socket", "ListenStream")] for u in sockets.values()]
     names = [one(u, "Socket", "FileDescriptorName") for u in sockets.values()]
     argv = activation_argv(listen, names, env, exec_line(service, "ExecStart", config))
@@ -288,21 +331,22 @@ def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
             codec = Codec([secret], domain)
             t0 = time.time()
             reply = lookup(forward, b"alice@example.org", timeout=TIMEOUT)
-            assert reply[4:] in {codec.forward(b"alice@example.org", t) for t in
-                                 (t0, time.time())}, reply  # fmt: skip
+            assert reply[4:] in {
+                codec.forward(b"alice@example.org", t) for t in (t0, time.time())
+            }, reply
             lines, sender = notify.receive()
             assert (lines[0], sender) == ("READY=1", daemon.pid)
             assert lookup(reverse, reply[4:], timeout=TIMEOUT) == b"200 alice@example.org"
-            assert socketmap_query(str(unix), b"reverse " + reply[4:]) == [
-                b"OK alice@example.org"]
+            assert socketmap_query(str(unix), b"reverse " + reply[4:]) == [b"OK alice@example.org"]
             # excluded by the EnvironmentFile's SRS_EXCLUDE_DOMAINS
             assert lookup(forward, b"bob@example.com", timeout=TIMEOUT).startswith(b"500 ")
             status = proc_status(daemon.pid)
             assert status["NoNewPrivs"] == "1"
             assert status["Umask"] == f"{umask:04o}"
 
-            reload = shlex.split(one(service, "Service", "ExecReload").replace(
-                "$MAINPID", str(daemon.pid)))  # fmt: skip
+            reload = shlex.split(
+                one(service, "Service", "ExecReload").replace("$MAINPID", str(daemon.pid))
+            )
             assert subprocess.run(reload, timeout=TIMEOUT).returncode == 0
             assert notify.receive()[0][0] == "RELOADING=1"
             assert notify.receive()[0][0] == "READY=1"
@@ -315,6 +359,7 @@ def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
 
 
 # -- bugs the unit's DynamicUser= met: unreadable places gave tracebacks -------------------------
+
 
 @pytest.fixture
 def world_dir() -> Iterator[Path]:
@@ -333,31 +378,36 @@ sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-def run_as_nobody(default_config: Path, *args: str,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_as_nobody(
+    default_config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``srsd ARGS`` as nobody with DEFAULT_CONFIG moved to ``default_config``."""
     if os.geteuid() != 0:
         pytest.fail("this test needs root (to switch to nobody): run the suite as root")
     return subprocess.run(
         [sys.executable, "-c", AS_NOBODY, str(default_config), *args],
         env={"PATH": SYSTEMD_PATH, "PYTHONPATH": str(SRC), "HOME": "/", **(env or {})},
-        capture_output=True, text=True, timeout=TIMEOUT, cwd="/",
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd="/",
+    )
 
 
 @pytest.mark.parametrize("command", [["serve"], ["serve", "--check"], ["health"]])
-def test_unsearchable_config_directory_is_one_clear_line(world_dir: Path,
-                                                         command: list[str]) -> None:  # fmt: skip
+def test_unsearchable_config_directory_is_one_clear_line(
+    world_dir: Path, command: list[str]
+) -> None:
     """`srsd keygen /etc/srsd/secrets` makes /etc/srsd 0700: the service user cannot even look
     for /etc/srsd/srsd.toml. That was a PermissionError traceback."""
     locked = world_dir / "etc-srsd"
     locked.mkdir(mode=0o700)
     default = locked / "srsd.toml"
-    done = run_as_nobody(default, *command, "--domain", "forwarder.test", "--secret-file",
-                         "/nonexistent")  # fmt: skip
+    done = run_as_nobody(
+        default, *command, "--domain", "forwarder.test", "--secret-file", "/nonexistent"
+    )
     assert done.returncode == 2, done.stderr
-    assert done.stderr == (f"srsd: configuration error: config file {default}: "
-                           "Permission denied\n")  # fmt: skip
+    assert done.stderr == (f"srsd: configuration error: config file {default}: Permission denied\n")
 
 
 @pytest.mark.parametrize("command", [["serve"], ["serve", "--check"]])
@@ -368,12 +418,20 @@ def test_unreadable_credential_is_one_clear_line(world_dir: Path, command: list[
     credentials.mkdir(mode=0o700)
     write_secret(credentials / "srsd-secrets", b"never-read-by-nobody")
     state = world_dir / "state"
-    done = run_as_nobody(world_dir / "absent.toml", *command, "--domain", "forwarder.test",
-                         "--state-dir", str(state),
-                         env={"CREDENTIALS_DIRECTORY": str(credentials)})  # fmt: skip
+    done = run_as_nobody(
+        world_dir / "absent.toml",
+        *command,
+        "--domain",
+        "forwarder.test",
+        "--state-dir",
+        str(state),
+        env={"CREDENTIALS_DIRECTORY": str(credentials)},
+    )
     assert done.returncode == 2, done.stderr
     path = credentials / "srsd-secrets"
-    assert done.stderr == (f"srsd: configuration error: secrets_file: cannot read {path}: "
-                           "Permission denied (from systemd credential srsd-secrets); create "
-                           f"one with: srsd keygen {path}\n")  # fmt: skip
+    assert done.stderr == (
+        f"srsd: configuration error: secrets_file: cannot read {path}: "
+        "Permission denied (from systemd credential srsd-secrets); create "
+        f"one with: srsd keygen {path}\n"
+    )
     assert not state.exists(), "a secret was generated instead of using the credential"

@@ -30,12 +30,17 @@ from srsd import socketmap, tcp_table
 
 #: Examples per machine; ``SRSD_STATEFUL_EXAMPLES=20000`` for a long run by hand.
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
-MACHINE = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
-                   suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+MACHINE = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 MARK = ord("#")  # only valid requests carry it: garbage is stripped of it
 
-key_bodies = st.binary(min_size=0, max_size=30).map(lambda b: b.replace(b"#", b"").replace(
-    b"\0", b""))
+key_bodies = st.binary(min_size=0, max_size=30).map(
+    lambda b: b.replace(b"#", b"").replace(b"\0", b"")
+)
 sizes = st.integers(1, 64) | st.integers(1, 5000)
 
 
@@ -113,9 +118,27 @@ class TcpTableReaderMachine(RuleBasedStateMachine):
             self.request(body, crlf)
 
     @precondition(lambda self: not self.reader.closed)
-    @rule(data=st.binary(max_size=40) | st.sampled_from(
-        [b"get ", b"get", b"\n", b"\r", b"\r\n", b"%", b"%4", b"%00\n", b"get a%zz\n", b"GET a\n",
-         b"get \n", b"get a\x00b\n", b"get a\r\r\n", b" \n"]))  # fmt: skip
+    @rule(
+        data=st.binary(max_size=40)
+        | st.sampled_from(
+            [
+                b"get ",
+                b"get",
+                b"\n",
+                b"\r",
+                b"\r\n",
+                b"%",
+                b"%4",
+                b"%00\n",
+                b"get a%zz\n",
+                b"GET a\n",
+                b"get \n",
+                b"get a\x00b\n",
+                b"get a\r\r\n",
+                b" \n",
+            ]
+        )
+    )
     def garbage(self, data: bytes) -> None:
         data = data.replace(b"#", b"")
         if data:
@@ -225,13 +248,16 @@ class TcpTableReaderMachine(RuleBasedStateMachine):
         for key_end, end, key, has_lf in self.candidates:
             complete = has_lf and end <= cutoff
             # EOF answers a last line that lacks only its ending (LF, CR LF, or all of it)
-            last_at_eof = (self.eof_at is not None and overlong is None and key_end <= fed
-                           and (fed < end or not has_lf))  # fmt: skip
+            last_at_eof = (
+                self.eof_at is not None
+                and overlong is None
+                and key_end <= fed
+                and (fed < end or not has_lf)
+            )
             if complete or last_at_eof:
                 expected.append(key)
         keys = {key for _, _, key, _ in self.candidates}
-        marked = [e.key for e in self.events
-                  if isinstance(e, tcp_table.Request) and e.key in keys]  # fmt: skip
+        marked = [e.key for e in self.events if isinstance(e, tcp_table.Request) and e.key in keys]
         assert marked == expected
 
 
@@ -287,8 +313,7 @@ class SocketmapReaderMachine(RuleBasedStateMachine):
             self.candidates.append((end, (name, key)))
 
     @precondition(lambda self: not self.reader.closed)
-    @rule(requests=st.lists(st.tuples(st.sampled_from(NAMES), key_bodies), min_size=2,
-                            max_size=12))  # fmt: skip
+    @rule(requests=st.lists(st.tuples(st.sampled_from(NAMES), key_bodies), min_size=2, max_size=12))
     def pipelined_requests(self, requests: list[tuple[bytes, bytes]]) -> None:
         for name, body in requests:
             self.request(name, body)
@@ -322,9 +347,12 @@ class SocketmapReaderMachine(RuleBasedStateMachine):
             self.deliver_some(end - len(self.fed) - back, as_bytearray=False)
 
     @precondition(lambda self: not self.reader.closed)
-    @rule(kind=st.sampled_from(["letter", "colon", "comma", "sign", "too big", "no comma",
-                                "too many digits", "space"]),
-          back=st.none() | st.integers(0, 1))  # fmt: skip
+    @rule(
+        kind=st.sampled_from(
+            ["letter", "colon", "comma", "sign", "too big", "no comma", "too many digits", "space"]
+        ),
+        back=st.none() | st.integers(0, 1),
+    )
     def breaking_junk(self, kind: str, back: int | None) -> None:
         """Bytes that close the reader when they arrive at a frame boundary; unless ``back``
         is None, everything queued is then delivered but for the last ``back`` bytes."""
@@ -434,8 +462,11 @@ class SocketmapReaderMachine(RuleBasedStateMachine):
         cutoff = len(self.fed) if uncertain is None else min(uncertain, len(self.fed))
         expected = [request for end, request in self.candidates if end <= cutoff]
         keys = {request for _, request in self.candidates}
-        marked = [(e.name, e.key) for e in self.events
-                  if isinstance(e, socketmap.Request) and (e.name, e.key) in keys]  # fmt: skip
+        marked = [
+            (e.name, e.key)
+            for e in self.events
+            if isinstance(e, socketmap.Request) and (e.name, e.key) in keys
+        ]
         assert marked == expected
 
 

@@ -94,8 +94,10 @@ def _longest_idle(connections: Mapping[K, Connection], owner: Owner) -> K | None
     """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
     best: K | None = None
     for key, conn in connections.items():
-        if conn.owner == owner and not conn.busy and (
-            best is None or conn.last < connections[best].last
+        if (
+            conn.owner == owner
+            and not conn.busy
+            and (best is None or conn.last < connections[best].last)
         ):
             best = key
     return best
@@ -121,8 +123,12 @@ def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) ->
         if key is None and candidate != owner:
             continue
         count = held[candidate] + (candidate == owner)
-        rank = (-count, candidate != owner, 0.0 if key is None else connections[key].last,
-                -1 if key is None else order[key])  # fmt: skip
+        rank = (
+            -count,
+            candidate != owner,
+            0.0 if key is None else connections[key].last,
+            -1 if key is None else order[key],
+        )
         if best is None or rank < best:
             best, victim = rank, key
     return _evicting(connections, victim)

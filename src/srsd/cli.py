@@ -33,8 +33,11 @@ DecideFn = Callable[[bytes, float], Decision]
 
 def _add_settings(parser: argparse.ArgumentParser, fields: Iterable[settings.Field]) -> None:
     for f in fields:
-        kwargs: dict[str, object] = {"dest": f.key, "help": f.help.replace("`", ""),
-                                     "default": None}  # fmt: skip
+        kwargs: dict[str, object] = {
+            "dest": f.key,
+            "help": f.help.replace("`", ""),
+            "default": None,
+        }
         if f.repeatable:
             kwargs["action"] = "append"
         if f.choices:
@@ -47,52 +50,82 @@ def _add_settings(parser: argparse.ArgumentParser, fields: Iterable[settings.Fie
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``srsd`` command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML settings file "
-                        f"(default: {settings.DEFAULT_CONFIG} when it exists)")  # fmt: skip
+    common.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML settings file (default: {settings.DEFAULT_CONFIG} when it exists)",
+    )
     _add_settings(common, _COMMON)
 
-    parser = argparse.ArgumentParser(prog="srsd", description="Sender Rewriting Scheme daemon "
-                                     "for Postfix (tcp_table), compatible with postsrsd.")
+    parser = argparse.ArgumentParser(
+        prog="srsd",
+        description="Sender Rewriting Scheme daemon "
+        "for Postfix (tcp_table), compatible with postsrsd.",
+    )
     parser.add_argument("--version", action="version", version=f"srsd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in (("encode", "rewrite senders into SRS addresses"),
-                       ("decode", "decode SRS addresses back to the original sender")):
-        sub = commands.add_parser(name, parents=[common], help=text, description=text +
-                                  "; with no ADDRESS, read one per line from stdin")
+    for name, text in (
+        ("encode", "rewrite senders into SRS addresses"),
+        ("decode", "decode SRS addresses back to the original sender"),
+    ):
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=text,
+            description=text + "; with no ADDRESS, read one per line from stdin",
+        )
         sub.add_argument("addresses", nargs="*", metavar="ADDRESS")
     keygen = commands.add_parser("keygen", help="write a new random secret to PATH (mode 0600)")
     keygen.add_argument("path", type=Path, metavar="PATH")
     keygen.add_argument("--force", action="store_true", help="replace an existing file")
-    serve = commands.add_parser("serve", parents=[common], help="run the tcp_table server",
-                                description="Answer Postfix's sender_canonical_maps (forward) "
-                                "and recipient_canonical_maps (reverse) over tcp_table.")
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="run the tcp_table server",
+        description="Answer Postfix's sender_canonical_maps (forward) "
+        "and recipient_canonical_maps (reverse) over tcp_table.",
+    )
     _add_settings(serve, _SERVE)
-    serve.add_argument("--check", action="store_true",
-                       help="validate the configuration and exit")  # fmt: skip
+    serve.add_argument("--check", action="store_true", help="validate the configuration and exit")
     config = commands.add_parser(
-        "config", parents=[common], help="print the effective configuration as TOML",
+        "config",
+        parents=[common],
+        help="print the effective configuration as TOML",
         description="Print every setting as TOML that --config accepts, each with a comment "
         "naming where its value came from (default, file, environment variable, flag). "
         "Secrets are never printed.",
-    )  # fmt: skip
+    )
     _add_settings(config, _SERVE)
-    config.add_argument("--changed", action="store_true",
-                        help="only settings not at their default (like postconf -n)")  # fmt: skip
+    config.add_argument(
+        "--changed",
+        action="store_true",
+        help="only settings not at their default (like postconf -n)",
+    )
     health = commands.add_parser(
-        "health", parents=[common], help="probe the running server: forward + reverse",
+        "health",
+        parents=[common],
+        help="probe the running server: forward + reverse",
         description="Connect to the endpoints the settings name, rewrite a probe address and "
         "decode it back; print one line; exit 0 when healthy, 1 when not.",
-    )  # fmt: skip
+    )
     _add_settings(health, _SERVE)
-    health.add_argument("--probe-timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="seconds to wait for each answer (default 5)")  # fmt: skip
+    health.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to wait for each answer (default 5)",
+    )
     return parser
 
 
 def cli_values(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line, by key (absent ones left out)."""
-    values = {f.key: getattr(args, f.key) for f in settings.FIELDS
-              if getattr(args, f.key, None) is not None}  # fmt: skip
+    values = {
+        f.key: getattr(args, f.key)
+        for f in settings.FIELDS
+        if getattr(args, f.key, None) is not None
+    }
     for f in settings.FIELDS:  # --exclude a.com --exclude b.com,c.com
         if f.repeatable and f.key in values:
             values[f.key] = " ".join(values[f.key])
@@ -107,9 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         probe = args.command == "health"  # finds what the unit's srsd uses; no domain, no secret
         environ = service_env.service_environment(os.environ) if probe else None
-        loaded = settings.load(cli_values(args), config=args.config, environ=environ,
-                               create_secret=args.command == "serve" and not args.check,
-                               need_secrets=not probe, need_domain=not probe)  # fmt: skip
+        loaded = settings.load(
+            cli_values(args),
+            config=args.config,
+            environ=environ,
+            create_secret=args.command == "serve" and not args.check,
+            need_secrets=not probe,
+            need_domain=not probe,
+        )
     except settings.ConfigError as err:
         print(f"srsd: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -117,9 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from srsd import server  # noqa: PLC0415  (trio is only needed to serve)
 
         reloaded = service_env.ReloadEnvironment(os.environ)  # re-reads /etc/default/srsd
-        return server.run(loaded, lambda: settings.load(cli_values(args), config=args.config,
-                                                        environ=reloaded()),
-                          check=args.check)  # fmt: skip
+        return server.run(
+            loaded,
+            lambda: settings.load(cli_values(args), config=args.config, environ=reloaded()),
+            check=args.check,
+        )
     if args.command == "health":
         healthy, line = health.check(loaded, args.probe_timeout)
         print(line)
@@ -174,4 +214,3 @@ def _keygen(path: Path, force: bool) -> int:
         return EXIT_USAGE
     print(f"srsd keygen: wrote a new secret to {path} (mode 0600)", file=sys.stderr)
     return EXIT_OK
-

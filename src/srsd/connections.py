@@ -122,12 +122,27 @@ class Service(Protocol):
 class Connection:
     """One accepted connection as the loop, the sweep and admission control see it."""
 
-    __slots__ = ("closed", "detached", "endpoint", "eof", "events", "last", "limit", "next",
-                 "opened", "partial_since", "reader", "scope", "service", "sock",
-                 "stalled")  # fmt: skip
+    __slots__ = (
+        "closed",
+        "detached",
+        "endpoint",
+        "eof",
+        "events",
+        "last",
+        "limit",
+        "next",
+        "opened",
+        "partial_since",
+        "reader",
+        "scope",
+        "service",
+        "sock",
+        "stalled",
+    )
 
-    def __init__(self, sock: socket.socket, endpoint: Endpoint, service: Service,
-                 now: float) -> None:  # fmt: skip
+    def __init__(
+        self, sock: socket.socket, endpoint: Endpoint, service: Service, now: float
+    ) -> None:
         self.sock = sock
         self.endpoint = endpoint
         self.service = service
@@ -208,9 +223,12 @@ class ConnectionLoop:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def serve(self, listeners: Sequence[tuple[Endpoint, Service]], *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                    ) -> None:  # fmt: skip
+    async def serve(
+        self,
+        listeners: Sequence[tuple[Endpoint, Service]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Serve ``listeners`` until :meth:`stop` (then drain and return) or cancellation."""
         selector = self._selector = selectors.DefaultSelector()
         woken, self._wake = socket.socketpair()
@@ -316,8 +334,11 @@ class ConnectionLoop:
         now = trio.current_time()
         for key, _ in self._selector.select(0):
             target = key.data
-            if type(target) is Connection and not target.closed and \
-                    target.next == len(target.events):  # fmt: skip
+            if (
+                type(target) is Connection
+                and not target.closed
+                and target.next == len(target.events)
+            ):
                 self._receive(target, now)
 
     def _pause(self, listening: _Listening) -> None:
@@ -441,8 +462,11 @@ class ConnectionLoop:
                 sent = await send_all(conn.sock, unsent)
                 conn.stalled = False
                 if not sent:
-                    LOGGER.warning("%s client did not read its replies for %g s: closing",
-                                   conn.endpoint.wire.value, SEND_TIMEOUT)  # fmt: skip
+                    LOGGER.warning(
+                        "%s client did not read its replies for %g s: closing",
+                        conn.endpoint.wire.value,
+                        SEND_TIMEOUT,
+                    )
                     return False
             if conn.next >= len(conn.events):
                 break

@@ -57,8 +57,13 @@ WARNING_INTERVAL = 60.0
 #: Bytes of output read from one postconf/postmap run at most.
 OUTPUT_LIMIT = 1 << 20
 #: The parameters read from Postfix, in this order.
-PARAMETERS = ("mydestination", "virtual_mailbox_domains", "virtual_alias_maps",
-              "recipient_delimiter", "myorigin")  # fmt: skip
+PARAMETERS = (
+    "mydestination",
+    "virtual_mailbox_domains",
+    "virtual_alias_maps",
+    "recipient_delimiter",
+    "myorigin",
+)
 _SEPARATORS = " \t\r\n,"
 _TABLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -154,8 +159,13 @@ class PostfixConfig:
                     out.append(entry.lower() if not is_table(bare) else entry)
             return DomainList(tuple(out))
 
-        return cls(domains(mydestination), domains(mailbox), tuple(split_list(aliases)),
-                   delimiters.strip(), origin.strip().lower())  # fmt: skip
+        return cls(
+            domains(mydestination),
+            domains(mailbox),
+            tuple(split_list(aliases)),
+            delimiters.strip(),
+            origin.strip().lower(),
+        )
 
 
 Lookup = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
@@ -261,12 +271,14 @@ class Resolver:
 
     async def _expand(self, local: str, domain: str, is_local: bool) -> list[str] | None:
         """The addresses the first matching virtual alias key gives, or None."""
-        keys = alias_keys(local.lower(), domain, delimiters=self.config.delimiters,
-                          local_domain=is_local)  # fmt: skip
+        keys = alias_keys(
+            local.lower(), domain, delimiters=self.config.delimiters, local_domain=is_local
+        )
         if not self.config.alias_tables:
             return None
-        answers: list[dict[str, str]] = [await self._find(t, keys)
-                                         for t in self.config.alias_tables]  # fmt: skip
+        answers: list[dict[str, str]] = [
+            await self._find(t, keys) for t in self.config.alias_tables
+        ]
         for key in keys:  # key-major, as Postfix's maps_find
             for found in answers:
                 if key in found:
@@ -291,8 +303,13 @@ class PostfixDelivery:
     """The milter's view of this host: ``rewrite_local``, a fixed ``local_domains`` list,
     or what Postfix says (the default)."""
 
-    def __init__(self, *, rewrite_local: bool = False, local_domains: DomainSet | None = None,
-                 environ: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        rewrite_local: bool = False,
+        local_domains: DomainSet | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.rewrite_local = rewrite_local
         self.local_domains = local_domains
         self.environ = dict(os.environ if environ is None else environ)
@@ -337,15 +354,21 @@ class PostfixDelivery:
             now = time.monotonic()
             if now - self._warned >= WARNING_INTERVAL:  # a broken table: once a minute
                 self._warned = now
-                LOGGER.warning("cannot tell where Postfix delivers (%d time(s) so far): %s; "
-                               "rewriting", self.unknown, err)  # fmt: skip
+                LOGGER.warning(
+                    "cannot tell where Postfix delivers (%d time(s) so far): %s; rewriting",
+                    self.unknown,
+                    err,
+                )
             return False
         return True
 
     def _in_fixed(self, recipient: bytes) -> bool:
         parts = address.split(recipient)
-        return (parts is not None and self.local_domains is not None
-                and parts[1].lower() in self.local_domains)  # fmt: skip
+        return (
+            parts is not None
+            and self.local_domains is not None
+            and parts[1].lower() in self.local_domains
+        )
 
     async def _current(self) -> Resolver:
         async with self._lock:
@@ -355,11 +378,13 @@ class PostfixDelivery:
                 config = await self._read_config()
                 self._resolver = Resolver(config, self._lookup, self._cache)
                 self._loaded_at = now
-                LOGGER.info("Postfix delivers here: mydestination %s; virtual mailbox "
-                            "domains %s; virtual alias tables %s",
-                            _show_list(config.local_domains.entries),
-                            _show_list(config.mailbox_domains.entries),
-                            _show_list(config.alias_tables))  # fmt: skip
+                LOGGER.info(
+                    "Postfix delivers here: mydestination %s; virtual mailbox "
+                    "domains %s; virtual alias tables %s",
+                    _show_list(config.local_domains.entries),
+                    _show_list(config.mailbox_domains.entries),
+                    _show_list(config.alias_tables),
+                )
             return self._resolver
 
     async def _read_config(self) -> PostfixConfig:
@@ -389,9 +414,14 @@ class PostfixDelivery:
         try:
             async with self._commands:
                 with trio.fail_after(COMMAND_TIMEOUT):
-                    done = await trio.run_process(args, stdin=stdin, capture_stdout=True,
-                                                  capture_stderr=True, check=False,
-                                                  env=self.environ)  # fmt: skip
+                    done = await trio.run_process(
+                        args,
+                        stdin=stdin,
+                        capture_stdout=True,
+                        capture_stderr=True,
+                        check=False,
+                        env=self.environ,
+                    )
         except trio.TooSlowError:
             raise Unknown(f"{Path(args[0]).name} took over {COMMAND_TIMEOUT:g} s") from None
         except OSError as err:
@@ -404,8 +434,10 @@ class PostfixDelivery:
 
 
 def _program(name: str) -> str:
-    found = shutil.which(name, path=os.pathsep.join(
-        [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]))  # fmt: skip
+    found = shutil.which(
+        name,
+        path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]),
+    )
     return found or name
 
 
@@ -419,4 +451,3 @@ def _read_text(path: str) -> str:
 
 def _show_list(entries: Iterable[str]) -> str:
     return ", ".join(entries) or "(none)"
-

@@ -43,8 +43,13 @@ class Gatekeeper(Generic[C]):
     """Admits, evicts and counts the connections of one server (one per process):
     ``close`` closes a victim, ``is_busy`` says whether a connection is answering."""
 
-    def __init__(self, limits: Limits, owners: PeerOwners, close: Callable[[C], None],
-                 is_busy: Callable[[C], bool]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        limits: Limits,
+        owners: PeerOwners,
+        close: Callable[[C], None],
+        is_busy: Callable[[C], bool],
+    ) -> None:
         self.owners = owners
         self.table: Admission[C] = Admission(limits, is_busy)
         self._close = close
@@ -54,13 +59,11 @@ class Gatekeeper(Generic[C]):
         self._unlogged: Counter[str] = Counter()
 
     @staticmethod
-    def limits(max_connections: int, max_per_user: int,
-               allowed_users: tuple[str, ...]) -> Limits:  # fmt: skip
+    def limits(max_connections: int, max_per_user: int, allowed_users: tuple[str, ...]) -> Limits:
         """The :class:`Limits` of the settings (``max_per_user`` 0: half the total);
         :class:`ValueError` for an unknown user name."""
         share = max_per_user or Limits.default_per_user(max_connections)
-        return Limits(max_connections, min(share, max_connections),
-                      resolve_users(allowed_users))  # fmt: skip
+        return Limits(max_connections, min(share, max_connections), resolve_users(allowed_users))
 
     def configure(self, limits: Limits) -> None:
         """Apply new limits (a reload) to the next connections; open ones stay."""
@@ -76,20 +79,30 @@ class Gatekeeper(Generic[C]):
             return True
         if decision.victim is not None:
             victim = decision.victim
-            self._count("evicted", "evicted the longest idle connection of %s to admit one of "
-                        "%s (max_connections %d, per user %d)", _who(decision.victim_owner),
-                        _who(owner), self.table.limits.max_connections,
-                        self.table.limits.max_per_user)  # fmt: skip
+            self._count(
+                "evicted",
+                "evicted the longest idle connection of %s to admit one of "
+                "%s (max_connections %d, per user %d)",
+                _who(decision.victim_owner),
+                _who(owner),
+                self.table.limits.max_connections,
+                self.table.limits.max_per_user,
+            )
             self._close(victim)
             return True
         if verdict is Verdict.REFUSE_USER:
-            self._count("refused user", "refused a connection of %s: not in allowed_users",
-                        _who(owner))  # fmt: skip
+            self._count(
+                "refused user", "refused a connection of %s: not in allowed_users", _who(owner)
+            )
         else:
-            self._count("refused full", "connection limit reached (max_connections %d, per "
-                        "user %d) and every connection busy: closed a new one of %s",
-                        self.table.limits.max_connections, self.table.limits.max_per_user,
-                        _who(owner))  # fmt: skip
+            self._count(
+                "refused full",
+                "connection limit reached (max_connections %d, per "
+                "user %d) and every connection busy: closed a new one of %s",
+                self.table.limits.max_connections,
+                self.table.limits.max_per_user,
+                _who(owner),
+            )
         return False
 
     def answered(self, conn: C, now: float) -> None:
@@ -102,8 +115,12 @@ class Gatekeeper(Generic[C]):
 
     def timed_out(self, conn: C, seconds: float) -> None:
         """The loop closes ``conn``: a request did not end within ``seconds``."""
-        self._count("timed out", "closed a connection of %s: its request did not end within "
-                    "request_timeout (%g s)", _who(self.table.owner(conn)), seconds)
+        self._count(
+            "timed out",
+            "closed a connection of %s: its request did not end within request_timeout (%g s)",
+            _who(self.table.owner(conn)),
+            seconds,
+        )
 
     def _count(self, kind: str, message: str, *args: object) -> None:
         self.counts[kind] += 1

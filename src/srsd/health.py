@@ -41,14 +41,19 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     host = _WILDCARDS.get(settings.listen[0], settings.listen[0])
     probes: list[tuple[str, Callable[[], str]]] = []
     if settings.forward_port or settings.reverse_port:
-        probes.append((f"tcp_table {_show(host, settings.forward_port, settings.reverse_port)}",
-                       lambda: _tcp_table(host, settings, timeout)))  # fmt: skip
+        probes.append(
+            (
+                f"tcp_table {_show(host, settings.forward_port, settings.reverse_port)}",
+                lambda: _tcp_table(host, settings, timeout),
+            )
+        )
     spec = settings.socketmap
     if spec is not None:
         target: Address = (
-            spec.path.as_posix() if isinstance(spec, UnixEndpoint)
+            spec.path.as_posix()
+            if isinstance(spec, UnixEndpoint)
             else (_WILDCARDS.get(spec.host, spec.host), spec.port)
-        )  # fmt: skip
+        )
         probes.append((f"socketmap {settings.socketmap}", lambda: _socketmap(target, timeout)))
     for name, probe in probes:
         try:
@@ -92,8 +97,9 @@ def _socketmap(target: Address, timeout: float) -> str:
             raise ProbeError(f"forward answered {status.decode(errors='replace')} {srs[:80]!r}")
         status, original = _socketmap_lookup(sock, b"reverse " + srs)
         if status != b"OK" or original != PROBE:
-            raise ProbeError(f"reverse answered {status.decode(errors='replace')} "
-                             f"{original[:80]!r}")  # fmt: skip
+            raise ProbeError(
+                f"reverse answered {status.decode(errors='replace')} {original[:80]!r}"
+            )
     return "round trip ok"
 
 

@@ -97,9 +97,11 @@ async def bind(settings: Settings) -> Bound:
     if passed:
         systemd.unset_listen_env(os.environ)
         adopted = _adopt(passed)
-        LOGGER.info("socket-activated: adopted %s from systemd; the listen addresses "
-                    "and ports in the settings are not used",
-                    ", ".join(p.name for p in passed))  # fmt: skip
+        LOGGER.info(
+            "socket-activated: adopted %s from systemd; the listen addresses "
+            "and ports in the settings are not used",
+            ", ".join(p.name for p in passed),
+        )
         return adopted
     bound = Bound([], [])
     endpoints = bound.endpoints
@@ -110,8 +112,10 @@ async def bind(settings: Settings) -> Bound:
                 trio.SocketListener(trio.socket.from_stdlib_socket(x))
                 for x in await _tcp_sockets(metrics.host, metrics.port, "metrics")
             ]
-        for role, port in ((Role.FORWARD, settings.forward_port),
-                           (Role.REVERSE, settings.reverse_port)):  # fmt: skip
+        for role, port in (
+            (Role.FORWARD, settings.forward_port),
+            (Role.REVERSE, settings.reverse_port),
+        ):
             for host in settings.listen if port else ():
                 opened = await _tcp_sockets(host, port, f"tcp_table {role.value}")
                 endpoints += [Endpoint(Wire.TCP_TABLE, role, x, _where(x)) for x in opened]
@@ -121,16 +125,32 @@ async def bind(settings: Settings) -> Bound:
             endpoints += [Endpoint(Wire.SOCKETMAP, None, x, _where(x)) for x in opened]
         elif isinstance(spec, UnixEndpoint):
             listening = _unix_socket(spec.path, settings)
-            endpoints.append(Endpoint(Wire.SOCKETMAP, None, listening, f"unix:{spec.path}",
-                                      spec.path, spec.path.lstat().st_ino))  # fmt: skip
+            endpoints.append(
+                Endpoint(
+                    Wire.SOCKETMAP,
+                    None,
+                    listening,
+                    f"unix:{spec.path}",
+                    spec.path,
+                    spec.path.lstat().st_ino,
+                )
+            )
         milter = settings.milter
         if isinstance(milter, InetEndpoint):
             opened = await _tcp_sockets(milter.host, milter.port, "milter")
             bound.milter += [Endpoint(Wire.MILTER, None, x, _where(x)) for x in opened]
         elif isinstance(milter, UnixEndpoint):
             listening = _unix_socket(milter.path, settings)
-            bound.milter.append(Endpoint(Wire.MILTER, None, listening, f"unix:{milter.path}",
-                                         milter.path, milter.path.lstat().st_ino))  # fmt: skip
+            bound.milter.append(
+                Endpoint(
+                    Wire.MILTER,
+                    None,
+                    listening,
+                    f"unix:{milter.path}",
+                    milter.path,
+                    milter.path.lstat().st_ino,
+                )
+            )
     except BaseException:
         close_all(endpoints)
         close_all(bound.milter)
@@ -138,8 +158,9 @@ async def bind(settings: Settings) -> Bound:
             await listener.aclose()
         raise
     if not endpoints and not bound.milter:
-        raise StartError("nothing to serve: both tcp_table ports are 0, socketmap and milter "
-                         "are off")
+        raise StartError(
+            "nothing to serve: both tcp_table ports are 0, socketmap and milter are off"
+        )
     return bound
 
 
@@ -148,9 +169,11 @@ def _adopt(passed: list[systemd.PassedSocket]) -> Bound:
     bound = Bound([], [])
     for item in passed:
         if item.name not in ACTIVATION_NAMES:
-            raise StartError(f"socket activation: socket {item.fd} is named {item.name!r}; "
-                             f"name it one of {', '.join(ACTIVATION_NAMES)} with "
-                             "FileDescriptorName=")  # fmt: skip
+            raise StartError(
+                f"socket activation: socket {item.fd} is named {item.name!r}; "
+                f"name it one of {', '.join(ACTIVATION_NAMES)} with "
+                "FileDescriptorName="
+            )
         sock = socket.socket(fileno=item.fd)
         if item.name == "metrics":
             tsock = trio.socket.from_stdlib_socket(sock)
@@ -166,8 +189,7 @@ def _adopt(passed: list[systemd.PassedSocket]) -> Bound:
         else:
             bound.endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), sock, where))
     if not bound.endpoints and not bound.milter:
-        raise StartError("socket activation passed no forward, reverse, socketmap or milter "
-                         "socket")
+        raise StartError("socket activation passed no forward, reverse, socketmap or milter socket")
     return bound
 
 
@@ -210,11 +232,12 @@ def _unix_socket(path: Path, settings: Settings) -> socket.socket:
             except (ConnectionRefusedError, FileNotFoundError):
                 path.unlink(missing_ok=True)  # nobody answers: a stale socket from a crash
             except OSError as err:  # e.g. no permission: we cannot tell, so leave it alone
-                raise StartError(f"cannot listen on unix:{path}: it exists and cannot be "
-                                 f"probed: {err.strerror or err}") from None  # fmt: skip
+                raise StartError(
+                    f"cannot listen on unix:{path}: it exists and cannot be "
+                    f"probed: {err.strerror or err}"
+                ) from None
             else:
-                raise StartError(f"cannot listen on unix:{path}: another server is answering "
-                                 "there")  # fmt: skip
+                raise StartError(f"cannot listen on unix:{path}: another server is answering there")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))

@@ -48,8 +48,13 @@ from typing import TextIO
 LOGGER = logging.getLogger("srsd")
 SYSLOG_SOCKET = Path("/dev/log")
 #: sd-daemon(3) / syslog(3) priorities of srsd's levels (the journal's and syslog's alike).
-JOURNAL_PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4,
-                      logging.INFO: 6, logging.DEBUG: 7}  # fmt: skip
+JOURNAL_PRIORITIES = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
 #: Bytes of stderr lines held while the destination takes none; past it lines are dropped.
 LOG_BUFFER_BYTES = 1 << 20
 #: Lines rendered before they are written even if no flush came (bounds one write).
@@ -59,8 +64,9 @@ FLUSH_LINES = 1024
 class LineFormat:
     """How srsd's lines look at one destination: :meth:`render` gives one record's text."""
 
-    def render(self, level: int, message: str, created: float, pid: int,
-               exception: str | None = None) -> str:  # fmt: skip
+    def render(
+        self, level: int, message: str, created: float, pid: int, exception: str | None = None
+    ) -> str:
         """The text for a record of ``level`` (a logging level) logged at ``created``
         (seconds since the epoch) by ``pid``; ``exception`` is a formatted traceback."""
         raise NotImplementedError
@@ -72,8 +78,9 @@ class PlainFormat(LineFormat):
     def __init__(self) -> None:
         self._second, self._stamp = -1, ""  # the last second rendered, and its text
 
-    def render(self, level: int, message: str, created: float, pid: int,
-               exception: str | None = None) -> str:  # fmt: skip
+    def render(
+        self, level: int, message: str, created: float, pid: int, exception: str | None = None
+    ) -> str:
         """Time with milliseconds, pid, level name, message, then any traceback."""
         second = int(created)
         if second != self._second:
@@ -92,8 +99,9 @@ class JsonFormat(LineFormat):
         self._second, self._stamp = -1, ""  # the last second rendered, and its text
         self._middles: dict[tuple[int, int], str] = {}  # by (level, pid): the text between
 
-    def render(self, level: int, message: str, created: float, pid: int,
-               exception: str | None = None) -> str:  # fmt: skip
+    def render(
+        self, level: int, message: str, created: float, pid: int, exception: str | None = None
+    ) -> str:
         """The record as a single line of JSON."""
         if not exception and created >= 0:  # built directly: the same text as json.dumps
             middle = self._middles.get((level, pid))
@@ -134,8 +142,9 @@ class JournalFormat(LineFormat):
     def __init__(self, inner: LineFormat | None = None) -> None:
         self._inner = inner  # a format kept as it is behind the prefix (JSON)
 
-    def render(self, level: int, message: str, created: float, pid: int,
-               exception: str | None = None) -> str:  # fmt: skip
+    def render(
+        self, level: int, message: str, created: float, pid: int, exception: str | None = None
+    ) -> str:
         """The priority prefix on every line of the text."""
         prefix = f"<{priority(level)}>"
         if self._inner is not None:
@@ -149,8 +158,9 @@ class JournalFormat(LineFormat):
 class SyslogFormat(LineFormat):
     """``srsd[72]: message``: the priority (facility mail) is added by the syslog handler."""
 
-    def render(self, level: int, message: str, created: float, pid: int,
-               exception: str | None = None) -> str:  # fmt: skip
+    def render(
+        self, level: int, message: str, created: float, pid: int, exception: str | None = None
+    ) -> str:
         """Tag, pid and message (then any traceback)."""
         line = f"srsd[{pid}]: {message}"
         return f"{line}\n{exception}" if exception else line
@@ -168,8 +178,9 @@ class RecordFormatter(logging.Formatter):
         exception = None
         if record.exc_info:
             exception = self.formatException(record.exc_info)
-        return self.line_format.render(record.levelno, record.getMessage(), record.created,
-                                       record.process or 0, exception)  # fmt: skip
+        return self.line_format.render(
+            record.levelno, record.getMessage(), record.created, record.process or 0, exception
+        )
 
 
 def priority(level: int) -> int:
@@ -195,8 +206,9 @@ def is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
-def stderr_format(json_lines: bool = False, stream: TextIO | None = None,
-                  environ: Mapping[str, str] | None = None) -> LineFormat:  # fmt: skip
+def stderr_format(
+    json_lines: bool = False, stream: TextIO | None = None, environ: Mapping[str, str] | None = None
+) -> LineFormat:
     """The format of srsd's lines on ``stream`` (stderr): journal, else JSON or plain."""
     chosen: LineFormat = JsonFormat() if json_lines else PlainFormat()
     if is_journal(sys.stderr if stream is None else stream, environ):
@@ -222,8 +234,9 @@ def setup(level: str = "info", *, syslog: bool = False, json_lines: bool = False
     LOGGER.addHandler(_writer.handler)
     if syslog:
         if not SYSLOG_SOCKET.exists():  # no syslog daemon (a container): stderr still works
-            LOGGER.warning("syslog requested but %s does not exist: logging to stderr only",
-                           SYSLOG_SOCKET)  # fmt: skip
+            LOGGER.warning(
+                "syslog requested but %s does not exist: logging to stderr only", SYSLOG_SOCKET
+            )
             return
         # SysLogHandler sends <facility * 8 + priority>, the priority from the level name
         # (mapPriority: ERROR -> error (3), WARNING -> warning (4), INFO -> info (6), ...).
@@ -321,9 +334,14 @@ class LineWriter:
             self._unsent = self._unsent[written:]
         if self.dropped > self._reported:
             count, self._reported = self.dropped - self._reported, self.dropped
-            self._lines.append(self.format.render(
-                logging.WARNING, f"{count} log line(s) dropped: the log destination did not "
-                "take them", time.time(), self.pid))  # fmt: skip
+            self._lines.append(
+                self.format.render(
+                    logging.WARNING,
+                    f"{count} log line(s) dropped: the log destination did not take them",
+                    time.time(),
+                    self.pid,
+                )
+            )
             self.flush()
 
     def close(self) -> None:

@@ -65,8 +65,11 @@ class Lookups:
             if role is _FORWARD:
                 decision = self.policy.forward(key, now)
                 mode = self.envelopes.mode
-                if (decision.value is not None and mode is not _EMBEDDED
-                        and use_database(mode, key, decision.value)):  # fmt: skip
+                if (
+                    decision.value is not None
+                    and mode is not _EMBEDDED
+                    and use_database(mode, key, decision.value)
+                ):
                     return None
             else:
                 decision = self.policy.reverse(key, now)
@@ -94,8 +97,9 @@ class Lookups:
             decision = INTERNAL_ERROR
         return decision
 
-    def record(self, protocol: str, role: Role, key: bytes, decision: Decision,
-               started: float) -> None:  # fmt: skip
+    def record(
+        self, protocol: str, role: Role, key: bytes, decision: Decision, started: float
+    ) -> None:
         """Count, time (from ``started``, a :func:`time.perf_counter` reading) and log one
         answered lookup (the log line is written at the next :func:`srsd.logs.flush`)."""
         self.latency.observe(role.value, time.perf_counter() - started)

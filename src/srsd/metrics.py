@@ -128,8 +128,9 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The current value of every srsd metric."""
         s = self.server
-        lookups = CounterMetricFamily("srsd_lookups", "Lookups answered, by outcome",
-                                      labels=["map", "protocol", "outcome"])  # fmt: skip
+        lookups = CounterMetricFamily(
+            "srsd_lookups", "Lookups answered, by outcome", labels=["map", "protocol", "outcome"]
+        )
         for (protocol, name, outcome), count in sorted(s.lookups.items()):
             lookups.add_metric([name, protocol, outcome], count)
         yield lookups
@@ -143,39 +144,59 @@ class ServerCollector(Collector):
                 buckets.append((bound, cumulative))
             latency.add_metric([name], buckets, s.latency.sums[name])
         yield latency
-        yield GaugeMetricFamily("srsd_connections_open", "Connections open now",
-                                value=s.open_connections)  # fmt: skip
+        yield GaugeMetricFamily(
+            "srsd_connections_open", "Connections open now", value=s.open_connections
+        )
         closed = s.admission
-        yield CounterMetricFamily("srsd_connections_rejected", "Connections closed at once: "
-                                  "the limit was reached and nothing could be evicted",
-                                  value=closed["refused full"])  # fmt: skip
-        yield CounterMetricFamily("srsd_connections_evicted", "Connections closed to admit a "
-                                  "new one (the longest idle of the user who holds the most)",
-                                  value=closed["evicted"])  # fmt: skip
-        yield CounterMetricFamily("srsd_connections_refused_user", "Connections closed at "
-                                  "once: their user is not in allowed_users",
-                                  value=closed["refused user"])  # fmt: skip
-        yield CounterMetricFamily("srsd_requests_timed_out", "Connections closed because a "
-                                  "request did not end within request_timeout",
-                                  value=closed["timed out"])  # fmt: skip
-        reloads = CounterMetricFamily("srsd_reloads", "Configuration reloads (SIGHUP)",
-                                      labels=["result"])  # fmt: skip
+        yield CounterMetricFamily(
+            "srsd_connections_rejected",
+            "Connections closed at once: the limit was reached and nothing could be evicted",
+            value=closed["refused full"],
+        )
+        yield CounterMetricFamily(
+            "srsd_connections_evicted",
+            "Connections closed to admit a "
+            "new one (the longest idle of the user who holds the most)",
+            value=closed["evicted"],
+        )
+        yield CounterMetricFamily(
+            "srsd_connections_refused_user",
+            "Connections closed at once: their user is not in allowed_users",
+            value=closed["refused user"],
+        )
+        yield CounterMetricFamily(
+            "srsd_requests_timed_out",
+            "Connections closed because a request did not end within request_timeout",
+            value=closed["timed out"],
+        )
+        reloads = CounterMetricFamily(
+            "srsd_reloads", "Configuration reloads (SIGHUP)", labels=["result"]
+        )
         for result in ("ok", "failed"):
             reloads.add_metric([result], s.reloads[result])
         yield reloads
-        yield CounterMetricFamily("srsd_database_errors", "Envelope database failures",
-                                  value=s.database_errors)  # fmt: skip
-        yield CounterMetricFamily("srsd_database_writes_refused", "Envelope database writes "
-                                  "refused by the flood cap", value=s.database_writes_refused)
-        yield CounterMetricFamily("srsd_log_lines_dropped", "Log lines dropped because their "
-                                  "destination did not take them", value=s.log_lines_dropped)
-        messages = CounterMetricFamily("srsd_milter_messages", "Messages the milter decided, "
-                                       "by outcome", labels=["outcome"])  # fmt: skip
+        yield CounterMetricFamily(
+            "srsd_database_errors", "Envelope database failures", value=s.database_errors
+        )
+        yield CounterMetricFamily(
+            "srsd_database_writes_refused",
+            "Envelope database writes refused by the flood cap",
+            value=s.database_writes_refused,
+        )
+        yield CounterMetricFamily(
+            "srsd_log_lines_dropped",
+            "Log lines dropped because their destination did not take them",
+            value=s.log_lines_dropped,
+        )
+        messages = CounterMetricFamily(
+            "srsd_milter_messages", "Messages the milter decided, by outcome", labels=["outcome"]
+        )
         for outcome, count in sorted(s.milter_messages.items()):
             messages.add_metric([outcome], count)
         yield messages
-        yield GaugeMetricFamily("srsd_milter_sessions_open", "Milter connections open now",
-                                value=s.milter_sessions)  # fmt: skip
+        yield GaugeMetricFamily(
+            "srsd_milter_sessions_open", "Milter connections open now", value=s.milter_sessions
+        )
 
 
 def registry_for(server: ServerState) -> CollectorRegistry:
@@ -229,19 +250,31 @@ async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> Non
             method, _, rest = head.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
             if method not in (b"GET", b"HEAD"):
-                await stream.send_all(_response(b"405 Method Not Allowed", b"text/plain",
-                                                 b"GET only\n"))  # fmt: skip
+                await stream.send_all(
+                    _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
+                )
             elif path == b"/metrics":
-                await stream.send_all(_response(b"200 OK", CONTENT_TYPE_LATEST.encode(),
-                                                generate_latest(registry),
-                                                head=method == b"HEAD"))  # fmt: skip
+                await stream.send_all(
+                    _response(
+                        b"200 OK",
+                        CONTENT_TYPE_LATEST.encode(),
+                        generate_latest(registry),
+                        head=method == b"HEAD",
+                    )
+                )
             else:
-                await stream.send_all(_response(b"404 Not Found", b"text/plain",
-                                                 b"srsd: metrics are at /metrics\n"))  # fmt: skip
+                await stream.send_all(
+                    _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
+                )
 
 
 def _response(status: bytes, content_type: bytes, body: bytes, *, head: bool = False) -> bytes:
     """An HTTP/1.1 response; for HEAD the headers of GET without the body."""
-    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type +
-            b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) +
-            (b"" if head else body))  # fmt: skip
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + (b"" if head else body)
+    )

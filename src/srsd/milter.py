@@ -105,8 +105,15 @@ class Step(enum.IntFlag):
 #: The actions srsd needs, all of them: without one it cannot rewrite.
 NEEDED_ACTIONS = Action.CHANGE_SENDER | Action.ADD_RECIPIENT | Action.DELETE_RECIPIENT
 #: The steps srsd asks the MTA to leave out (when it offers to).
-SKIPPED_STEPS = (Step.NO_CONNECT | Step.NO_HELO | Step.NO_BODY | Step.NO_HEADERS
-                 | Step.NO_END_OF_HEADERS | Step.NO_UNKNOWN | Step.NO_DATA)  # fmt: skip
+SKIPPED_STEPS = (
+    Step.NO_CONNECT
+    | Step.NO_HELO
+    | Step.NO_BODY
+    | Step.NO_HEADERS
+    | Step.NO_END_OF_HEADERS
+    | Step.NO_UNKNOWN
+    | Step.NO_DATA
+)
 #: Steps answered ``continue`` whatever they carry (sent when the MTA cannot skip them).
 _IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN})
 _QUEUE_ID_MACROS = frozenset({b"i", b"{i}"})
@@ -186,11 +193,22 @@ class _State(enum.Enum):
 class Session:
     """One milter connection, as a state machine fed with the bytes received."""
 
-    __slots__ = ("_buf", "_max_packet", "_recipient_limit", "_recipients", "_sender",
-                 "_state", "actions", "queue_id", "refused", "version")  # fmt: skip
+    __slots__ = (
+        "_buf",
+        "_max_packet",
+        "_recipient_limit",
+        "_recipients",
+        "_sender",
+        "_state",
+        "actions",
+        "queue_id",
+        "refused",
+        "version",
+    )
 
-    def __init__(self, *, recipient_limit: int = MAX_RECIPIENTS,
-                 max_packet: int = MAX_PACKET) -> None:  # fmt: skip
+    def __init__(
+        self, *, recipient_limit: int = MAX_RECIPIENTS, max_packet: int = MAX_PACKET
+    ) -> None:
         if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET:
             raise ValueError("recipient_limit must be >= 1, max_packet 13..MAX_PACKET")
         self._recipient_limit = recipient_limit

@@ -66,8 +66,9 @@ class MessageDecision:
     reason: str
 
 
-async def decide(transaction: milter.Transaction, *, forward: Lookup, reverse: Lookup,
-                 delivery: PostfixDelivery) -> MessageDecision:  # fmt: skip
+async def decide(
+    transaction: milter.Transaction, *, forward: Lookup, reverse: Lookup, delivery: PostfixDelivery
+) -> MessageDecision:
     """The verdict for one message (see the module docstring)."""
     replace: list[tuple[bytes, bytes]] = []
     finals: list[bytes] = []
@@ -125,8 +126,14 @@ def lookups_for(lookups: Lookups) -> tuple[Lookup, Lookup]:
 class MilterService:
     """The milter endpoint's state: how to decide, limits, counters."""
 
-    def __init__(self, *, forward: Lookup, reverse: Lookup, delivery: PostfixDelivery,
-                 recipient_limit: int = milter.MAX_RECIPIENTS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        forward: Lookup,
+        reverse: Lookup,
+        delivery: PostfixDelivery,
+        recipient_limit: int = milter.MAX_RECIPIENTS,
+    ) -> None:
         self.forward = forward
         self.reverse = reverse
         self.delivery = delivery
@@ -209,14 +216,20 @@ class MilterService:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _act(self, stream: trio.abc.Stream, session: milter.Session,
-                   actions: Sequence[milter.MilterAction]) -> bool:  # fmt: skip
+    async def _act(
+        self,
+        stream: trio.abc.Stream,
+        session: milter.Session,
+        actions: Sequence[milter.MilterAction],
+    ) -> bool:
         for action in actions:
             if isinstance(action, milter.Send):
                 reply = action.data
                 if action.data == milter.packet(milter.TEMPORARY_FAILURE):
-                    LOGGER.error("milter: Postfix does not offer CHGFROM, ADDRCPT and DELRCPT "
-                                 "(set milter_protocol = 6): mail deferred")  # fmt: skip
+                    LOGGER.error(
+                        "milter: Postfix does not offer CHGFROM, ADDRCPT and DELRCPT "
+                        "(set milter_protocol = 6): mail deferred"
+                    )
             elif isinstance(action, milter.Decide):
                 reply = session.verdict(await self._decide(action.transaction))
             else:
@@ -227,8 +240,9 @@ class MilterService:
             with trio.move_on_after(SEND_SECONDS) as sending:
                 await stream.send_all(reply)
             if sending.cancelled_caught:
-                LOGGER.warning("milter: Postfix did not read its replies for %g s: closing",
-                               SEND_SECONDS)  # fmt: skip
+                LOGGER.warning(
+                    "milter: Postfix did not read its replies for %g s: closing", SEND_SECONDS
+                )
                 return False
         return True
 
@@ -238,8 +252,9 @@ class MilterService:
         outcome: MessageDecision
         try:
             with trio.fail_after(DECIDE_SECONDS):
-                outcome = await decide(transaction, forward=self.forward, reverse=self.reverse,
-                                       delivery=self.delivery)  # fmt: skip
+                outcome = await decide(
+                    transaction, forward=self.forward, reverse=self.reverse, delivery=self.delivery
+                )
         except trio.TooSlowError:
             reason = f"no decision within {DECIDE_SECONDS:g} s"
             outcome = MessageDecision(_TEMPFAIL, "tempfail", reason)
@@ -251,15 +266,24 @@ class MilterService:
         level = logging.WARNING if verdict.tempfail else logging.INFO
         if LOGGER.isEnabledFor(level):
             for old, new in verdict.replace:
-                LOGGER.log(level, "milter %s: recipient %s restored as <%s>", queue_id,
-                           show(old), show(new))  # fmt: skip
+                LOGGER.log(
+                    level,
+                    "milter %s: recipient %s restored as <%s>",
+                    queue_id,
+                    show(old),
+                    show(new),
+                )
             sender = show(transaction.sender)
             if verdict.tempfail:
                 LOGGER.warning("milter %s: %s deferred: %s", queue_id, sender, outcome.reason)
             elif verdict.sender is not None:
-                LOGGER.info("milter %s: sender %s rewritten as <%s> (%.1f ms)", queue_id,
-                            sender, show(verdict.sender),
-                            (time.perf_counter() - started) * 1000)  # fmt: skip
+                LOGGER.info(
+                    "milter %s: sender %s rewritten as <%s> (%.1f ms)",
+                    queue_id,
+                    sender,
+                    show(verdict.sender),
+                    (time.perf_counter() - started) * 1000,
+                )
             else:
                 LOGGER.info("milter %s: sender %s kept: %s", queue_id, sender, outcome.reason)
         return verdict

@@ -99,8 +99,13 @@ class FourTuple:
         """The 4-tuple of an accepted TCP connection ``conn`` (OSError if not connected)."""
         family = conn.family
         peer, local = conn.getpeername(), conn.getsockname()
-        return cls(family, socket.inet_pton(family, peer[0]), int(peer[1]),
-                   socket.inet_pton(family, local[0]), int(local[1]))  # fmt: skip
+        return cls(
+            family,
+            socket.inet_pton(family, peer[0]),
+            int(peer[1]),
+            socket.inet_pton(family, local[0]),
+            int(local[1]),
+        )
 
     def ipv4(self) -> FourTuple | None:
         """The same connection in IPv4 terms: itself for IPv4, the unmapped addresses of an
@@ -108,8 +113,13 @@ class FourTuple:
         if self.family == socket.AF_INET:
             return self
         if self.peer_addr[:12] == self.local_addr[:12] == _V4_MAPPED:
-            return FourTuple(socket.AF_INET, self.peer_addr[12:], self.peer_port,
-                             self.local_addr[12:], self.local_port)  # fmt: skip
+            return FourTuple(
+                socket.AF_INET,
+                self.peer_addr[12:],
+                self.peer_port,
+                self.local_addr[12:],
+                self.local_port,
+            )
         return None
 
     @property
@@ -125,10 +135,13 @@ def diag_request(peer: FourTuple, seq: int) -> bytes:
     """The sock_diag request for the peer's own socket (local = the peer's address)."""
     protocol_head = _REQ_HEAD.pack(peer.family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES)
     sockid = _SOCKID.pack(
-        peer.peer_port.to_bytes(2, "big"), peer.local_port.to_bytes(2, "big"),
-        peer.peer_addr.ljust(16, b"\0"), peer.local_addr.ljust(16, b"\0"), 0,
+        peer.peer_port.to_bytes(2, "big"),
+        peer.local_port.to_bytes(2, "big"),
+        peer.peer_addr.ljust(16, b"\0"),
+        peer.local_addr.ljust(16, b"\0"),
+        0,
         struct.pack("=II", NO_COOKIE, NO_COOKIE),
-    )  # fmt: skip
+    )
     header = _NLMSGHDR.pack(REQUEST_SIZE, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq & 0xFFFFFFFF, 0)
     return header + protocol_head + sockid
 
@@ -169,10 +182,13 @@ def parse_diag_reply(data: bytes, peer: FourTuple, seq: int) -> Owner | None:
         )
         same_family = family == peer.family
         if (int.from_bytes(sport, "big"), int.from_bytes(dport, "big")) != (
-            peer.peer_port, peer.local_port
-        ) or (same_family and (src[: len(peer.peer_addr)], dst[: len(peer.local_addr)]) != (
-            peer.peer_addr, peer.local_addr
-        )):  # fmt: skip
+            peer.peer_port,
+            peer.local_port,
+        ) or (
+            same_family
+            and (src[: len(peer.peer_addr)], dst[: len(peer.local_addr)])
+            != (peer.peer_addr, peer.local_addr)
+        ):
             raise PeerError("sock_diag answered for another socket")
         if state not in OWNED_STATES or inode == 0:
             return UNKNOWN  # closed by its process: TIME-WAIT and orphans report uid 0
@@ -194,8 +210,10 @@ def parse_proc_net_tcp(text: str, peer: FourTuple) -> Owner:
     ``/proc/net/tcp6`` (IPv6); :data:`ABSENT` when no line has its 4-tuple. A TIME-WAIT or
     orphaned socket (inode 0) is :data:`UNKNOWN`; a matching line that does not parse is
     :class:`PeerError`."""
-    wanted = f" {_proc_hex(peer.peer_addr, peer.peer_port)} " \
-             f"{_proc_hex(peer.local_addr, peer.local_port)} "  # fmt: skip
+    wanted = (
+        f" {_proc_hex(peer.peer_addr, peer.peer_port)} "
+        f"{_proc_hex(peer.local_addr, peer.local_port)} "
+    )
     found = text.find(wanted)
     if found < 0:
         return ABSENT
@@ -232,8 +250,9 @@ class PeerOwners:
         for method in methods:
             if method == "sock_diag":
                 with contextlib.suppress(OSError, AttributeError):  # AttributeError: no netlink
-                    self._diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                               NETLINK_SOCK_DIAG)  # fmt: skip
+                    self._diag = socket.socket(
+                        socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG
+                    )
                     self._diag.setblocking(False)
                     self._diag.connect((0, 0))  # the kernel: nobody else may answer
             self.method = method
@@ -248,8 +267,10 @@ class PeerOwners:
         """Whether the current method finds our own uid for a loopback connection (numeric
         addresses only: no name lookup, which may need modules a dropped user cannot read)."""
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server, \
-                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:  # fmt: skip
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server,
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client,
+            ):
                 server.bind(("127.0.0.1", 0))
                 server.listen(1)
                 client.settimeout(1.0)
@@ -271,8 +292,9 @@ class PeerOwners:
         family = conn.family
         if family == socket.AF_UNIX:
             try:
-                return parse_ucred(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                   _UCRED.size))  # fmt: skip
+                return parse_ucred(
+                    conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+                )
             except (OSError, AttributeError, PeerError):
                 return UNKNOWN
         if family not in (socket.AF_INET, socket.AF_INET6):

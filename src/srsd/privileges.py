@@ -56,5 +56,7 @@ def leave_root(settings: Settings) -> None:
         drop_privileges(settings.run_as, settings.state_dir)
         LOGGER.info("running as %s (uid %d)", settings.run_as, os.getuid())
     elif not settings.allow_root:
-        raise StartError("refusing to serve as root: set run_as (RUN_AS, --run-as) to an "
-                         "unprivileged user, or allow_root (--allow-root) to insist")  # fmt: skip
+        raise StartError(
+            "refusing to serve as root: set run_as (RUN_AS, --run-as) to an "
+            "unprivileged user, or allow_root (--allow-root) to insist"
+        )

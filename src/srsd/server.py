@@ -83,21 +83,27 @@ class Server:
 
     def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
         self.settings = settings
-        store = open_store(settings.envelope_database, settings.state_dir,
-                           lifetime(settings.max_age))  # fmt: skip
-        self.envelopes = EnvelopeDatabase(store, settings.original_envelope,
-                                          settings.envelope_write_limit)  # fmt: skip
+        store = open_store(
+            settings.envelope_database, settings.state_dir, lifetime(settings.max_age)
+        )
+        self.envelopes = EnvelopeDatabase(
+            store, settings.original_envelope, settings.envelope_write_limit
+        )
         #: Decides, counts and logs every lookup (also for callers outside the loop).
         self.lookup = Lookups(settings, settings.policy(), self.envelopes)
         self.loop = ConnectionLoop()
         owners = PeerOwners()
         if owners.method != "sock_diag":
-            LOGGER.warning("the kernel's sock_diag netlink is not available (a sandbox without "
-                           "AF_NETLINK?): the owners of TCP peers %s",
-                           "come from /proc/net/tcp, which is slow on hosts with many sockets"
-                           if owners.method == "proc" else "cannot be told apart")  # fmt: skip
+            LOGGER.warning(
+                "the kernel's sock_diag netlink is not available (a sandbox without "
+                "AF_NETLINK?): the owners of TCP peers %s",
+                "come from /proc/net/tcp, which is slow on hosts with many sockets"
+                if owners.method == "proc"
+                else "cannot be told apart",
+            )
         self.gate: Gatekeeper[Connection] = Gatekeeper(
-            limits_of(settings), owners, self.loop.close, _answering)
+            limits_of(settings), owners, self.loop.close, _answering
+        )
         self.loop.admit = self.admit
         self.loop.after_pass.append(logs.flush)  # the lookups' log lines, once per pass
         self.loop.on_answered = self.gate.answered
@@ -110,8 +116,11 @@ class Server:
         self.reloads: Counter[str] = Counter()
         forward, reverse = milter_server.lookups_for(self.lookup)
         self.milter = milter_server.MilterService(
-            forward=forward, reverse=reverse, delivery=milter_server.delivery_for(settings),
-            recipient_limit=settings.milter_recipient_limit)  # fmt: skip
+            forward=forward,
+            reverse=reverse,
+            delivery=milter_server.delivery_for(settings),
+            recipient_limit=settings.milter_recipient_limit,
+        )
         self.milter_endpoints: list[Endpoint] = []
 
     @property
@@ -202,8 +211,9 @@ class Server:
                         async with trio.open_nursery() as loops:
                             loops.start_soon(self._watch_signals, signals, accepting)
                             if self.envelopes.mode is not EnvelopeMode.EMBEDDED:
-                                loops.start_soon(expire_periodically, self.envelopes.store,
-                                                 self.envelopes.outage)  # fmt: skip
+                                loops.start_soon(
+                                    expire_periodically, self.envelopes.store, self.envelopes.outage
+                                )
                             registry = registry_for(self)
                             for listener in self.metrics_listeners:
                                 loops.start_soon(serve_http, listener, registry)
@@ -211,8 +221,10 @@ class Server:
                                 loops.start_soon(self._report_status)
                             loops.start_soon(self._flush_log)
                             if self.milter_endpoints:
-                                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(
-                                    e.sock)) for e in self.milter_endpoints]  # fmt: skip
+                                listeners = [
+                                    trio.SocketListener(trio.socket.from_stdlib_socket(e.sock))
+                                    for e in self.milter_endpoints
+                                ]
                                 loops.start_soon(self.milter.serve, listeners, connections)
                             self.notifier.notify("READY=1", self.status())
                             task_status.started()
@@ -247,15 +259,19 @@ class Server:
         try:
             self.settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
-            LOGGER.warning("cannot create state directory %s: %s", self.settings.state_dir,
-                           err.strerror)  # fmt: skip
+            LOGGER.warning(
+                "cannot create state directory %s: %s", self.settings.state_dir, err.strerror
+            )
         try:
             await self.envelopes.store.check()
         except StorageError as err:
             self.envelopes.outage.failed(err)
         else:
-            LOGGER.info("envelope database %s, mode %s", self.envelopes.store.description,
-                        self.envelopes.mode.value)  # fmt: skip
+            LOGGER.info(
+                "envelope database %s, mode %s",
+                self.envelopes.store.description,
+                self.envelopes.mode.value,
+            )
 
     async def _drain(self, endpoints: list[Endpoint]) -> None:
         self.notifier.notify("STOPPING=1")
@@ -266,8 +282,9 @@ class Server:
         for listener in self.metrics_listeners:
             await listener.aclose()
 
-    async def _watch_signals(self, signals: AsyncIterator[int],
-                             accepting: trio.CancelScope) -> None:  # fmt: skip
+    async def _watch_signals(
+        self, signals: AsyncIterator[int], accepting: trio.CancelScope
+    ) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -282,10 +299,12 @@ class Server:
     def status(self) -> str:
         """A systemd ``STATUS=`` line with the counts that matter."""
         closed = self.gate.counts
-        return (f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
-                f"connections open, {closed['evicted']} evicted, {closed['refused full']} "
-                f"refused (limit), {closed['refused user']} refused (user), "
-                f"{self.reloads['failed']} failed reloads")  # fmt: skip
+        return (
+            f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
+            f"connections open, {closed['evicted']} evicted, {closed['refused full']} "
+            f"refused (limit), {closed['refused user']} refused (user), "
+            f"{self.reloads['failed']} failed reloads"
+        )
 
     @staticmethod
     async def _flush_log() -> None:
@@ -328,16 +347,20 @@ class Server:
         self.gate.configure(limits)
         self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
-        LOGGER.info("configuration reloaded: %d secret(s), %d excluded domain(s)",
-                    len(new.secrets), len(new.excluded))  # fmt: skip
+        LOGGER.info(
+            "configuration reloaded: %d secret(s), %d excluded domain(s)",
+            len(new.secrets),
+            len(new.excluded),
+        )
         return True
 
 
 def limits_of(settings: Settings) -> Limits:
     """The admission limits ``settings`` describe (user names looked up now)."""
     try:
-        return Gatekeeper.limits(settings.max_connections, settings.max_connections_per_user,
-                                 settings.allowed_users)  # fmt: skip
+        return Gatekeeper.limits(
+            settings.max_connections, settings.max_connections_per_user, settings.allowed_users
+        )
     except ValueError as err:  # a user removed since the settings were checked
         raise ConfigError(f"allowed_users: {err}") from None
 
@@ -357,9 +380,11 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:
-        print(f"srsd: configuration OK: domain {settings.domain}, {len(settings.secrets)} "
-              f"secret(s) from {settings.secrets_file}, {len(settings.excluded)} excluded "
-              f"domain(s)")  # fmt: skip
+        print(
+            f"srsd: configuration OK: domain {settings.domain}, {len(settings.secrets)} "
+            f"secret(s) from {settings.secrets_file}, {len(settings.excluded)} excluded "
+            f"domain(s)"
+        )
         return 0
     return trio.run(_main, settings, reload)
 
@@ -373,9 +398,12 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
         LOGGER.error("cannot start: %s", err)
         return 1
     await server.check_storage()
-    LOGGER.info("srsd ready: %s; SRS domain %s, %d secret(s)",
-                ", ".join(map(str, endpoints + server.milter_endpoints)), settings.domain,
-                len(settings.secrets))  # fmt: skip
+    LOGGER.info(
+        "srsd ready: %s; SRS domain %s, %d secret(s)",
+        ", ".join(map(str, endpoints + server.milter_endpoints)),
+        settings.domain,
+        len(settings.secrets),
+    )
     await server.serve(endpoints)
     LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.values()))
     logs.flush()

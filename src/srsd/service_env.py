@@ -56,7 +56,7 @@ class ReloadEnvironment:
             started_with = None
         in_effect = bool(started_with) and all(
             environ.get(name) == value for name, value in (started_with or {}).items()
-        )  # fmt: skip
+        )
         #: The variables that came from the file, when srsd started with its values.
         self.from_file = frozenset(started_with or ()) if in_effect else None
 

@@ -250,8 +250,11 @@ def _user(raw: object) -> str | None:
 def _users(raw: object) -> tuple[str, ...]:
     """User names or uids (a TOML list may hold numbers), each checked now: an unknown
     name is an error here, not a surprise at the first connection."""
-    items = [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in raw] \
-        if isinstance(raw, list) else raw  # fmt: skip
+    items = (
+        [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in raw]
+        if isinstance(raw, list)
+        else raw
+    )
     users = _words(items)
     resolve_users(users)
     return users
@@ -369,142 +372,313 @@ class Settings:
     """
 
     domain: str = setting(
-        _domain, None, "SRS_DOMAIN", "--domain", "the SRS domain",
-        common=True, required=True, example='"forwarder.example"')
+        _domain,
+        None,
+        "SRS_DOMAIN",
+        "--domain",
+        "the SRS domain",
+        common=True,
+        required=True,
+        example='"forwarder.example"',
+    )
     secrets_file: Path = setting(
-        _optional_path, None, "SRS_SECRET", "--secret-file",
+        _optional_path,
+        None,
+        "SRS_SECRET",
+        "--secret-file",
         "secrets file, one secret per line, the first signs",
-        common=True, doc_default="`STATE_DIR/secrets`", example='"/var/lib/srsd/secrets"')
+        common=True,
+        doc_default="`STATE_DIR/secrets`",
+        example='"/var/lib/srsd/secrets"',
+    )
     exclude_domains: tuple[str, ...] = setting(
-        _domains, (), "SRS_EXCLUDE_DOMAINS", "--exclude",
+        _domains,
+        (),
+        "SRS_EXCLUDE_DOMAINS",
+        "--exclude",
         "domains never rewritten; `.example.com` covers its subdomains, not the apex",
-        common=True, repeatable=True)
+        common=True,
+        repeatable=True,
+    )
     exclude_file: Path | None = setting(
-        _optional_path, None, "SRS_EXCLUDE_DOMAINS_FILE", "--exclude-file",
+        _optional_path,
+        None,
+        "SRS_EXCLUDE_DOMAINS_FILE",
+        "--exclude-file",
         "file of excluded domains, one per line, `#` comments",
-        common=True, example='"/etc/srsd/exclude-domains"')
+        common=True,
+        example='"/etc/srsd/exclude-domains"',
+    )
     separator: str = setting(
-        _separator, "=", "SRS_SEPARATOR", "--separator",
+        _separator,
+        "=",
+        "SRS_SEPARATOR",
+        "--separator",
         "first separator after `SRS0`/`SRS1`: `=` `+` `-`",
-        common=True, choices=("=", "+", "-"))
+        common=True,
+        choices=("=", "+", "-"),
+    )
     hash_length: int = setting(
-        _int_in(1, MAX_HASH_LENGTH), 4, "SRS_HASHLENGTH", "--hash-length",
-        f"hash characters in new addresses (1..{MAX_HASH_LENGTH})", common=True)
+        _int_in(1, MAX_HASH_LENGTH),
+        4,
+        "SRS_HASHLENGTH",
+        "--hash-length",
+        f"hash characters in new addresses (1..{MAX_HASH_LENGTH})",
+        common=True,
+    )
     hash_min: int = setting(
-        _int_in(1, MAX_HASH_LENGTH), 4, "SRS_HASHMIN", "--hash-min",
-        "fewest hash characters accepted when decoding (≤ `hash_length`)", common=True)
+        _int_in(1, MAX_HASH_LENGTH),
+        4,
+        "SRS_HASHMIN",
+        "--hash-min",
+        "fewest hash characters accepted when decoding (≤ `hash_length`)",
+        common=True,
+    )
     max_age: int = setting(
-        _int_in(1, 365), 21, "SRS_MAX_AGE", "--max-age",
-        "days an SRS address stays valid (1..365)", common=True)
+        _int_in(1, 365),
+        21,
+        "SRS_MAX_AGE",
+        "--max-age",
+        "days an SRS address stays valid (1..365)",
+        common=True,
+    )
     hash_alphabet: Alphabet = setting(
-        _alphabet, Alphabet.BASE64URL, "SRS_HASH_ALPHABET", "--hash-alphabet",
+        _alphabet,
+        Alphabet.BASE64URL,
+        "SRS_HASH_ALPHABET",
+        "--hash-alphabet",
         "spelling of new hashes: `base64url` or `base64` (both decode)",
-        common=True, choices=tuple(a.value for a in Alphabet))
+        common=True,
+        choices=tuple(a.value for a in Alphabet),
+    )
     original_envelope: EnvelopeMode = setting(
-        _envelope_mode, EnvelopeMode.EMBEDDED, "SRS_ORIGINAL_ENVELOPE", "--original-envelope",
+        _envelope_mode,
+        EnvelopeMode.EMBEDDED,
+        "SRS_ORIGINAL_ENVELOPE",
+        "--original-envelope",
         "`embedded`, `database` (always) or `auto` (only when the SRS local part would exceed "
-        "64 octets)")
+        "64 octets)",
+    )
     envelope_database: StoreLocation = setting(
-        _store, parse_location(""), "SRS_ENVELOPE_DATABASE", "--envelope-database",
-        "`sqlite:PATH` (relative: in `STATE_DIR`), `redis://HOST:PORT/DB` or "
-        "`redis+unix:///PATH`", reloads=False)
+        _store,
+        parse_location(""),
+        "SRS_ENVELOPE_DATABASE",
+        "--envelope-database",
+        "`sqlite:PATH` (relative: in `STATE_DIR`), `redis://HOST:PORT/DB` or `redis+unix:///PATH`",
+        reloads=False,
+    )
     envelope_write_limit: int = setting(
-        _int_in(0, 10_000_000), 6000, "SRS_ENVELOPE_WRITE_LIMIT", "--envelope-write-limit",
-        "new database entries per minute at most (0: no cap)")
+        _int_in(0, 10_000_000),
+        6000,
+        "SRS_ENVELOPE_WRITE_LIMIT",
+        "--envelope-write-limit",
+        "new database entries per minute at most (0: no cap)",
+    )
     state_dir: Path = setting(
-        _optional_path, None, ("SRS_STATE_DIR", "STATE_DIRECTORY"), "--state-dir",
+        _optional_path,
+        None,
+        ("SRS_STATE_DIR", "STATE_DIRECTORY"),
+        "--state-dir",
         "where a generated secret and the SQLite envelope database live",
-        common=True, reloads=False, example='"/var/lib/srsd"',
-        doc_default="`/var/lib/srsd` (root), else `~/.local/state/srsd`")
+        common=True,
+        reloads=False,
+        example='"/var/lib/srsd"',
+        doc_default="`/var/lib/srsd` (root), else `~/.local/state/srsd`",
+    )
     listen: tuple[str, ...] = setting(
-        _listen, ("127.0.0.1",), "SRS_LISTEN_ADDR", "--listen",
-        'addresses to listen on, IPv4 and IPv6 (`"::1"`)', repeatable=True, reloads=False)
+        _listen,
+        ("127.0.0.1",),
+        "SRS_LISTEN_ADDR",
+        "--listen",
+        'addresses to listen on, IPv4 and IPv6 (`"::1"`)',
+        repeatable=True,
+        reloads=False,
+    )
     forward_port: int = setting(
-        _int_in(0, 65535), 10001, "SRS_FORWARD_PORT", "--forward-port",
-        "port for `sender_canonical_maps` (0: off)", reloads=False)
+        _int_in(0, 65535),
+        10001,
+        "SRS_FORWARD_PORT",
+        "--forward-port",
+        "port for `sender_canonical_maps` (0: off)",
+        reloads=False,
+    )
     reverse_port: int = setting(
-        _int_in(0, 65535), 10002, "SRS_REVERSE_PORT", "--reverse-port",
-        "port for `recipient_canonical_maps` (0: off)", reloads=False)
+        _int_in(0, 65535),
+        10002,
+        "SRS_REVERSE_PORT",
+        "--reverse-port",
+        "port for `recipient_canonical_maps` (0: off)",
+        reloads=False,
+    )
     socketmap: InetEndpoint | UnixEndpoint | None = setting(
-        _socketmap, None, "SRS_SOCKETMAP", "--socketmap",
+        _socketmap,
+        None,
+        "SRS_SOCKETMAP",
+        "--socketmap",
         "socketmap endpoint: `inet:127.0.0.1:10003`, `inet:[::1]:10003` or "
-        "`unix:/run/srsd/srsd.sock` (empty: off)", reloads=False)
+        "`unix:/run/srsd/srsd.sock` (empty: off)",
+        reloads=False,
+    )
     socketmap_mode: int = setting(
-        _mode, 0o666, "SRS_SOCKETMAP_MODE", "--socketmap-mode",
-        "file mode of the unix socket (octal)", reloads=False, literal=_octal)
+        _mode,
+        0o666,
+        "SRS_SOCKETMAP_MODE",
+        "--socketmap-mode",
+        "file mode of the unix socket (octal)",
+        reloads=False,
+        literal=_octal,
+    )
     socketmap_owner: str | None = setting(
-        _owner, None, "SRS_SOCKETMAP_OWNER", "--socketmap-owner",
-        "`USER` or `USER:GROUP` owning the unix socket", reloads=False,
-        doc_default="(unchanged)", example='"postfix:postfix"')
+        _owner,
+        None,
+        "SRS_SOCKETMAP_OWNER",
+        "--socketmap-owner",
+        "`USER` or `USER:GROUP` owning the unix socket",
+        reloads=False,
+        doc_default="(unchanged)",
+        example='"postfix:postfix"',
+    )
     milter: InetEndpoint | UnixEndpoint | None = setting(
-        _socketmap, None, "SRS_MILTER", "--milter",
+        _socketmap,
+        None,
+        "SRS_MILTER",
+        "--milter",
         "milter endpoint for `smtpd_milters`/`non_smtpd_milters`, rewriting forwarded mail "
         "only: `inet:127.0.0.1:10004` or `unix:/run/srsd/milter.sock` (mode and owner as "
-        "for socketmap; empty: off)", reloads=False)
+        "for socketmap; empty: off)",
+        reloads=False,
+    )
     local_domains: tuple[str, ...] = setting(
-        _domains, (), "SRS_LOCAL_DOMAINS", "--local-domains",
+        _domains,
+        (),
+        "SRS_LOCAL_DOMAINS",
+        "--local-domains",
         "milter: recipient domains delivered on this host, instead of asking Postfix "
-        "(`postconf`, `postmap`); `.example.com` covers subdomains", repeatable=True,
-        doc_default="(asked of Postfix)")
+        "(`postconf`, `postmap`); `.example.com` covers subdomains",
+        repeatable=True,
+        doc_default="(asked of Postfix)",
+    )
     rewrite_local: bool = setting(
-        _bool, False, "SRS_REWRITE_LOCAL", "--rewrite-local",
-        "milter: rewrite the sender even when every recipient is delivered on this host")
+        _bool,
+        False,
+        "SRS_REWRITE_LOCAL",
+        "--rewrite-local",
+        "milter: rewrite the sender even when every recipient is delivered on this host",
+    )
     milter_recipient_limit: int = setting(
-        _int_in(1, 100_000), 1000, "SRS_MILTER_RECIPIENT_LIMIT", "--milter-recipient-limit",
-        "milter: recipients per message; each one beyond is answered 452 (sent again later)")
+        _int_in(1, 100_000),
+        1000,
+        "SRS_MILTER_RECIPIENT_LIMIT",
+        "--milter-recipient-limit",
+        "milter: recipients per message; each one beyond is answered 452 (sent again later)",
+    )
     keep_alive: float = setting(
-        _seconds, 30.0, "SRS_KEEP_ALIVE", "--keep-alive",
-        "seconds a socketmap connection may wait for its next request (Postfix closes "
-        "after 10)")
+        _seconds,
+        30.0,
+        "SRS_KEEP_ALIVE",
+        "--keep-alive",
+        "seconds a socketmap connection may wait for its next request (Postfix closes after 10)",
+    )
     idle_timeout: float = setting(
-        _seconds, 1800.0, "SRS_TIMEOUT", "--timeout",
-        "seconds a connection may wait for its next request")
+        _seconds,
+        1800.0,
+        "SRS_TIMEOUT",
+        "--timeout",
+        "seconds a connection may wait for its next request",
+    )
     max_connections: int = setting(
-        _int_in(1, 100_000), 1000, "SRS_MAX_CONNECTIONS", "--max-connections",
+        _int_in(1, 100_000),
+        1000,
+        "SRS_MAX_CONNECTIONS",
+        "--max-connections",
         "concurrent connections; at the limit a new one evicts the longest idle connection "
-        "of the user who holds the most")
+        "of the user who holds the most",
+    )
     max_connections_per_user: int = setting(
-        _int_in(0, 100_000), 0, "SRS_MAX_CONNECTIONS_PER_USER", "--max-connections-per-user",
+        _int_in(0, 100_000),
+        0,
+        "SRS_MAX_CONNECTIONS_PER_USER",
+        "--max-connections-per-user",
         "connections one local user may hold (peers on other hosts count as one user); a "
         "new one beyond evicts that user's longest idle one (0: half of `max_connections`)",
-        doc_default="`0`: half of `max_connections`")
+        doc_default="`0`: half of `max_connections`",
+    )
     allowed_users: tuple[str, ...] = setting(
-        _users, (), "SRS_ALLOWED_USERS", "--allowed-users",
+        _users,
+        (),
+        "SRS_ALLOWED_USERS",
+        "--allowed-users",
         "user names or uids whose connections are served, `remote` for peers on other "
         "hosts; others are closed at once (empty: everyone; suggested: "
-        '`["postfix", "root"]`, root for `srsd health`)', repeatable=True,
-        example='["postfix", "root"]')
+        '`["postfix", "root"]`, root for `srsd health`)',
+        repeatable=True,
+        example='["postfix", "root"]',
+    )
     request_timeout: float = setting(
-        _seconds, 10.0, "SRS_REQUEST_TIMEOUT", "--request-timeout",
-        "seconds a request may take from its first byte to its end; then the connection is "
-        "closed")
+        _seconds,
+        10.0,
+        "SRS_REQUEST_TIMEOUT",
+        "--request-timeout",
+        "seconds a request may take from its first byte to its end; then the connection is closed",
+    )
     max_request: int = setting(
-        _int_in(256, 65536), 4096, "SRS_MAX_REQUEST", "--max-request",
-        "longest request line, in bytes")
+        _int_in(256, 65536),
+        4096,
+        "SRS_MAX_REQUEST",
+        "--max-request",
+        "longest request line, in bytes",
+    )
     shutdown_grace: float = setting(
-        _seconds, 10.0, "SRS_SHUTDOWN_GRACE", "--shutdown-grace",
-        "seconds to finish replies in flight on SIGTERM")
+        _seconds,
+        10.0,
+        "SRS_SHUTDOWN_GRACE",
+        "--shutdown-grace",
+        "seconds to finish replies in flight on SIGTERM",
+    )
     log_level: str = setting(
-        _one_of("debug", "info", "warning", "error"), "info", "SRS_LOG_LEVEL", "--log-level",
-        "`debug`, `info`, `warning`, `error`")
+        _one_of("debug", "info", "warning", "error"),
+        "info",
+        "SRS_LOG_LEVEL",
+        "--log-level",
+        "`debug`, `info`, `warning`, `error`",
+    )
     log_format: str = setting(
-        _one_of("plain", "json"), "plain", "SRS_LOG_FORMAT", "--log-format",
+        _one_of("plain", "json"),
+        "plain",
+        "SRS_LOG_FORMAT",
+        "--log-format",
         "`plain` (syslog-style lines) or `json` (one object per line)",
-        choices=("plain", "json"))
+        choices=("plain", "json"),
+    )
     syslog: bool = setting(
-        _bool, False, "SRS_SYSLOG", "--syslog", "also log to syslog, mail facility")
+        _bool, False, "SRS_SYSLOG", "--syslog", "also log to syslog, mail facility"
+    )
     metrics_listen: InetEndpoint | None = setting(
-        _host_port, None, "SRS_METRICS_LISTEN", "--metrics-listen",
+        _host_port,
+        None,
+        "SRS_METRICS_LISTEN",
+        "--metrics-listen",
         "`HOST:PORT` for Prometheus metrics at `/metrics`, e.g. `127.0.0.1:9187` (empty: off)",
-        reloads=False, literal=_host_port_literal)
+        reloads=False,
+        literal=_host_port_literal,
+    )
     run_as: str | None = setting(
-        _user, None, "RUN_AS", "--run-as",
+        _user,
+        None,
+        "RUN_AS",
+        "--run-as",
         "started as root: switch to this user after binding and reading the secrets",
-        reloads=False, example='"srsd"')
+        reloads=False,
+        example='"srsd"',
+    )
     allow_root: bool = setting(
-        _bool, False, "SRS_ALLOW_ROOT", "--allow-root",
+        _bool,
+        False,
+        "SRS_ALLOW_ROOT",
+        "--allow-root",
         "started as root without `run_as`: serve as root anyway (otherwise srsd refuses)",
-        reloads=False)
+        reloads=False,
+    )
 
     # -- derived by load() --------------------------------------------------------------------
     secrets: tuple[bytes, ...] = field(repr=False)
@@ -627,8 +801,11 @@ def load(
             if raw_env and not (raw_env == "0" and name in _ZERO_MEANS_UNSET):
                 apply(f.key, raw_env, f"environment {name}")
                 break
-    warnings += [f"environment {name} is not used by srsd; ignored"
-                 for name in IGNORED_ENV if environ.get(name)]  # fmt: skip
+    warnings += [
+        f"environment {name} is not used by srsd; ignored"
+        for name in IGNORED_ENV
+        if environ.get(name)
+    ]
     for key, raw in (cli or {}).items():
         if raw is not None:
             apply(key, raw, f"command line {FIELD_BY_KEY[key].flag}")
@@ -649,8 +826,9 @@ def load(
     state_dir = values["state_dir"] or default_state_dir(environ)
     secrets_file = values["secrets_file"]
     if secrets_file is None:
-        secrets_file = _default_secrets_file(state_dir, environ, sources, warnings,
-                                              create=create_secret)  # fmt: skip
+        secrets_file = _default_secrets_file(
+            state_dir, environ, sources, warnings, create=create_secret
+        )
     if need_secrets:
         secrets, secret_warning = read_secrets(secrets_file, sources["secrets_file"])
         warnings += secret_warning
@@ -667,8 +845,14 @@ def load(
     )
 
 
-def _default_secrets_file(state_dir: Path, environ: Mapping[str, str], sources: dict[str, str],
-                          warnings: list[str], *, create: bool) -> Path:  # fmt: skip
+def _default_secrets_file(
+    state_dir: Path,
+    environ: Mapping[str, str],
+    sources: dict[str, str],
+    warnings: list[str],
+    *,
+    create: bool,
+) -> Path:
     """systemd's credential (``LoadCredential=srsd-secrets:PATH``), else STATE_DIR/secrets,
     generated there when ``create`` and missing (a credential is never generated)."""
     found = credential(SECRETS_CREDENTIAL, environ)
@@ -740,8 +924,10 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
         raise ConfigError(f"secrets_file: {path} holds no secret (from {source})")
     warnings = []
     if mode & 0o044:
-        warnings.append(f"secrets file {path} is readable by group or others (mode "
-                        f"{mode & 0o777:04o}); chmod 600 it")  # fmt: skip
+        warnings.append(
+            f"secrets file {path} is readable by group or others (mode "
+            f"{mode & 0o777:04o}); chmod 600 it"
+        )
     return secrets, warnings
 
 
@@ -771,7 +957,8 @@ def _load_exclusions(names: tuple[str, ...], path: Path | None) -> DomainSet:
             if not name:
                 continue
             if not is_domain_entry(name):
-                raise ConfigError(f"exclude_file: {path} line {number}: not a domain name: "
-                                  f"{name!r}")  # fmt: skip
+                raise ConfigError(
+                    f"exclude_file: {path} line {number}: not a domain name: {name!r}"
+                )
             entries.append(name)
     return DomainSet(entries)

@@ -23,8 +23,9 @@ from srsd.settings import FIELDS, Field, Settings
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "packaging" / "srsd.toml.example"
-TABLE_HEADER = ("| TOML key | environment | flag | default | SIGHUP | meaning |\n"
-                "|---|---|---|---|---|---|\n")
+TABLE_HEADER = (
+    "| TOML key | environment | flag | default | SIGHUP | meaning |\n|---|---|---|---|---|---|\n"
+)
 EXAMPLE_HEADER = """\
 # /etc/srsd/srsd.toml: every srsd setting with its default. The environment and the
 # command line override this file (see README.md, "Settings"). Generated from the table in

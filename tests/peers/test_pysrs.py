@@ -81,23 +81,37 @@ def pysrs(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
         import SRS  # pysrs's top-level package
         import SRS.Base
     except (metadata.PackageNotFoundError, ImportError) as err:
-        pytest.fail(f"pysrs is not installed ({err}): pip install -e '.[test]' installs "
-                    f"pysrs=={PYSRS_VERSION} from PyPI", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"pysrs is not installed ({err}): pip install -e '.[test]' installs "
+            f"pysrs=={PYSRS_VERSION} from PyPI",
+            pytrace=False,
+        )
     if version != PYSRS_VERSION:
-        pytest.fail(f"expected pysrs {PYSRS_VERSION} (PyPI's latest), found {version}",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"expected pysrs {PYSRS_VERSION} (PyPI's latest), found {version}", pytrace=False
+        )
     monkeypatch.setattr(SRS.Base, "time", types.SimpleNamespace(time=lambda: NOW))
     yield SRS
 
 
 def make_pysrs(srs: types.ModuleType, hash_length: int = 4, separator: str = "=") -> object:
-    return srs.new(secret=[s.decode() for s in SECRETS], hashlength=hash_length,
-                   hashmin=hash_length, separator=separator)  # fmt: skip
+    return srs.new(
+        secret=[s.decode() for s in SECRETS],
+        hashlength=hash_length,
+        hashmin=hash_length,
+        separator=separator,
+    )
 
 
 def make_codec(hash_length: int = 4, separator: str = "=", domain: bytes = DOMAIN) -> Codec:
-    return Codec(SECRETS, domain, hash_length=hash_length, hash_min=hash_length,
-                 separator=separator.encode(), alphabet=Alphabet.BASE64)  # fmt: skip
+    return Codec(
+        SECRETS,
+        domain,
+        hash_length=hash_length,
+        hash_min=hash_length,
+        separator=separator.encode(),
+        alphabet=Alphabet.BASE64,
+    )
 
 
 def quoting_differs(local: bytes) -> bool:
@@ -105,8 +119,9 @@ def quoting_differs(local: bytes) -> bool:
     if not (local.startswith(b'"') and local.endswith(b'"')):
         return False  # pysrs quotes only what begins and ends with a quote
     plain = local + b"@x"
-    return not (is_quoted_string(local) and b"\\" not in local
-                and canonical_address(plain) == plain)  # fmt: skip
+    return not (
+        is_quoted_string(local) and b"\\" not in local and canonical_address(plain) == plain
+    )
 
 
 def excluded(sender: bytes) -> str | None:
@@ -133,8 +148,9 @@ def attempt(call: object, *args: object) -> str:
 
 
 @pytest.mark.parametrize(("hash_length", "separator"), CONFIGS)
-def test_same_bytes_and_each_decodes_the_other(pysrs: types.ModuleType, hash_length: int,
-                                               separator: str) -> None:  # fmt: skip
+def test_same_bytes_and_each_decodes_the_other(
+    pysrs: types.ModuleType, hash_length: int, separator: str
+) -> None:
     theirs = make_pysrs(pysrs, hash_length, separator)
     ours = make_codec(hash_length, separator)
     failures, compared, tags = [], 0, set()
@@ -150,10 +166,20 @@ def test_same_bytes_and_each_decodes_the_other(pysrs: types.ModuleType, hash_len
         decoded_by_srsd = attempt(ours.reverse, minted_by_pysrs.encode(), NOW)
         decoded_by_pysrs = attempt(theirs.reverse, minted_by_srsd)  # type: ignore[attr-defined]
         if (minted_by_pysrs, decoded_by_srsd, decoded_by_pysrs) != (
-            minted_by_srsd, srsd_decoded(expected).decode(), expected.decode()
+            minted_by_srsd,
+            srsd_decoded(expected).decode(),
+            expected.decode(),
         ):
-            failures.append((category, sender, minted_by_pysrs, minted_by_srsd,
-                             decoded_by_srsd, decoded_by_pysrs))  # fmt: skip
+            failures.append(
+                (
+                    category,
+                    sender,
+                    minted_by_pysrs,
+                    minted_by_srsd,
+                    decoded_by_srsd,
+                    decoded_by_pysrs,
+                )
+            )
     assert compared >= MIN_COMPARED
     assert tags == {"SRS0", "SRS1"}
     assert failures == []
@@ -167,13 +193,17 @@ def test_srs1_chain_across_both(pysrs: types.ModuleType, first: str) -> None:
 
     def pysrs_side(hop: str) -> tuple[object, object]:
         srs = make_pysrs(pysrs)
-        return (lambda a: srs.forward(a, hop),  # type: ignore[attr-defined]
-                srs.reverse)  # type: ignore[attr-defined]  # fmt: skip
+        return (
+            lambda a: srs.forward(a, hop),  # type: ignore[attr-defined]
+            srs.reverse,
+        )  # type: ignore[attr-defined]
 
     def srsd_side(hop: str) -> tuple[object, object]:
         codec = make_codec(domain=hop.encode())
-        return (lambda a: codec.forward(a.encode(), NOW).decode(),
-                lambda a: codec.reverse(a.encode(), NOW).decode())  # fmt: skip
+        return (
+            lambda a: codec.forward(a.encode(), NOW).decode(),
+            lambda a: codec.reverse(a.encode(), NOW).decode(),
+        )
 
     sides = [pysrs_side, srsd_side] if first == "pysrs" else [srsd_side, pysrs_side]
     forward1, reverse1 = sides[0](hop1)
@@ -208,8 +238,9 @@ def test_excluded_senders(pysrs: types.ModuleType) -> None:
     assert {"not-utf8", "quoting"} <= reasons.keys()
 
 
-def test_pypi_pysrs_fails_without_the_shim(pysrs: types.ModuleType,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_pypi_pysrs_fails_without_the_shim(
+    pysrs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """README: PyPI's pysrs imports, but every rewrite raises on Python >= 3.9."""
     assert sys.version_info >= (3, 9)
     monkeypatch.delattr(base64, "encodestring")
@@ -235,16 +266,23 @@ except AssertionError as err:
 """
 
 
-@pytest.mark.parametrize(("flags", "expected"), [
-    ([], "AssertionError: Invalid hash"),
-    (["-O"], "user@example.com"),
-])  # fmt: skip
-def test_pysrs_checks_are_asserts(pysrs: types.ModuleType, flags: list[str],
-                                  expected: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], "AssertionError: Invalid hash"),
+        (["-O"], "user@example.com"),
+    ],
+)
+def test_pysrs_checks_are_asserts(pysrs: types.ModuleType, flags: list[str], expected: str) -> None:
     """README: pysrs validates with ``assert``: under ``python -O`` a forged address
     reverses. srsd refuses it either way (``test_optimize.py`` runs srsd under -O)."""
-    proc = subprocess.run([sys.executable, *flags, "-c", _FORGERY_SCRIPT], capture_output=True,
-                          text=True, timeout=TIMEOUT, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *flags, "-c", _FORGERY_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
     assert proc.stdout.strip() == expected
     with pytest.raises(BadHash):
         make_codec().reverse(_FORGED.encode(), NOW)
@@ -262,8 +300,9 @@ def _stamp_loop_count(srs: types.ModuleType, stamp: str) -> int:
         make_codec().reverse(address.encode(), NOW)
     code = srs.Base.Base.timestamp_check.__code__
     lines = {n for _, _, n in code.co_lines() if n is not None}
-    loop_line = next(n for n in sorted(lines)
-                     if "now += TICKSLOTS" in linecache.getline(code.co_filename, n))  # fmt: skip
+    loop_line = next(
+        n for n in sorted(lines) if "now += TICKSLOTS" in linecache.getline(code.co_filename, n)
+    )
     count = 0
 
     def tracer(frame: types.FrameType, event: str, _arg: object) -> object:

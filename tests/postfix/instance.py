@@ -71,9 +71,12 @@ def run_with_tty(args: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> tuple
     chunks: list[bytes] = []
     try:
         proc = subprocess.Popen(
-            list(args), stdin=subprocess.DEVNULL, stdout=slave_fd, stderr=slave_fd,
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=slave_fd,
+            stderr=slave_fd,
             start_new_session=True,
-        )  # fmt: skip
+        )
         os.close(slave_fd)
         slave_fd = -1
         deadline = time.monotonic() + timeout
@@ -325,7 +328,7 @@ class PostfixInstance:
             raise PostfixError(
                 "a throw-away Postfix instance needs root (postfix start runs the master as "
                 "root and the daemons as mail_owner): run these tests as root, e.g. "
-                'sudo .venv/bin/python -m pytest tests/postfix'
+                "sudo .venv/bin/python -m pytest tests/postfix"
             )
         self.write_config()
         self.postfix_cmd("check")

@@ -120,8 +120,11 @@ class MailFlow:
         return match
 
     def assert_no_map_trouble(self, log_offset: int) -> None:
-        trouble = [line for line in self.postfix.log()[log_offset:].splitlines()
-                   if MAP_TROUBLE.search(line)]  # fmt: skip
+        trouble = [
+            line
+            for line in self.postfix.log()[log_offset:].splitlines()
+            if MAP_TROUBLE.search(line)
+        ]
         report = "\n".join(trouble)
         assert not trouble, f"Postfix had trouble with the srsd maps:\n{report}{self.diagnostics()}"
 
@@ -230,8 +233,9 @@ def test_bounce_to_tampered_srs_address_is_not_delivered(
     assert wrongly is None, (
         f"bounce to forged {forged} was delivered: {wrongly}" + flow.diagnostics()
     )
-    assert not any("alice@origin.test" in d.rcpt_tos and token in d.text()
-                   for d in flow.sink.deliveries), flow.diagnostics()  # fmt: skip
+    assert not any(
+        "alice@origin.test" in d.rcpt_tos and token in d.text() for d in flow.sink.deliveries
+    ), flow.diagnostics()
     if refused is not None:
         # Unknown user in a virtual alias domain: a permanent refusal, never a 4xx.
         assert refused[0] == 550, reaction + flow.diagnostics()
@@ -296,4 +300,3 @@ def test_round_trip_of_address_literal_sender(flow: MailFlow, log_offset: int, h
         flow.postfix.flush()
         time.sleep(0.2)
     flow.assert_no_map_trouble(log_offset)
-

@@ -58,8 +58,9 @@ def test_mail_is_delivered_with_srs_while_two_users_flood_srsd(flooded_flow: Mai
     assert isinstance(srsd, Target)
     log_offset = len(flow.postfix.log())
     start = time.time()
-    with attackers(srsd.forward_port, "idle", (NOBODY, MAX_CONNECTIONS),
-                   (SECOND_UID, MAX_CONNECTIONS)) as attacks:  # fmt: skip
+    with attackers(
+        srsd.forward_port, "idle", (NOBODY, MAX_CONNECTIONS), (SECOND_UID, MAX_CONNECTIONS)
+    ) as attacks:
         full = srsd.metrics()["srsd_connections_open"]
         assert full == MAX_CONNECTIONS, f"the flood did not fill srsd: {full} open"
         for i in range(MESSAGES):
@@ -67,15 +68,19 @@ def test_mail_is_delivered_with_srs_while_two_users_flood_srsd(flooded_flow: Mai
             refused = flow.send(f"alice{i}@origin.test", f"bob@{SRS_DOMAIN}", token=token)
             assert refused is None, f"Postfix refused the mail: {refused}" + flow.diagnostics()
             delivery = flow.sink.wait_for(lambda d, t=token: t in d.text(), UNDEFERRED)
-            assert delivery is not None, f"message {i} not delivered within {UNDEFERRED} s " \
-                "(deferred?)" + flow.diagnostics()  # fmt: skip
+            assert delivery is not None, (
+                f"message {i} not delivered within {UNDEFERRED} s (deferred?)" + flow.diagnostics()
+            )
             assert delivery.rcpt_tos == ("carol@dest.test",)
-            assert delivery.mail_from in expected_srs0_candidates(f"alice{i}", "origin.test",
-                                                                  start), flow.diagnostics()
+            assert delivery.mail_from in expected_srs0_candidates(
+                f"alice{i}", "origin.test", start
+            ), flow.diagnostics()
         evicted = srsd.metrics()["srsd_connections_evicted_total"]
-    print(f"\n[postfix under flood] {MESSAGES} messages delivered with SRS in "
-          f"{time.time() - start:.1f} s; srsd evicted {evicted:.0f} flooder connections; "
-          f"attackers: {attacks}")
+    print(
+        f"\n[postfix under flood] {MESSAGES} messages delivered with SRS in "
+        f"{time.time() - start:.1f} s; srsd evicted {evicted:.0f} flooder connections; "
+        f"attackers: {attacks}"
+    )
     assert evicted > 0
     assert all(a["answers"] == 0 for a in attacks)  # they sent nothing
     flow.assert_no_map_trouble(log_offset)

@@ -65,8 +65,14 @@ class MilterInstance(PostfixInstance):
 class Flow:
     """srsd (milter), the sink, Postfix and dave's maildir."""
 
-    def __init__(self, srsd: SrsdProcess, milter_port: int, sink: SmtpSink,
-                 postfix: PostfixInstance, maildir: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        srsd: SrsdProcess,
+        milter_port: int,
+        sink: SmtpSink,
+        postfix: PostfixInstance,
+        maildir: Path,
+    ) -> None:
         self.srsd = srsd
         self.milter_port = milter_port
         self.sink = sink
@@ -74,9 +80,11 @@ class Flow:
         self.maildir = maildir
 
     def message(self, token: str, to: str) -> bytes:
-        return (f"From: {ALICE}\r\nTo: {to}\r\nSubject: milter test {token}\r\n"
-                f"Date: {formatdate()}\r\nMessage-ID: <{token}@client.test>\r\n\r\n"
-                f"token {token}\r\n").encode()  # fmt: skip
+        return (
+            f"From: {ALICE}\r\nTo: {to}\r\nSubject: milter test {token}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: <{token}@client.test>\r\n\r\n"
+            f"token {token}\r\n"
+        ).encode()
 
     def send(self, sender: str, *recipients: str, token: str) -> tuple[int, bytes] | None:
         """One SMTP transaction; None when accepted, else the first refusal."""
@@ -111,11 +119,14 @@ class Flow:
         raise AssertionError(f"no delivery of {token} to dave's maildir" + self.diagnostics())
 
     def diagnostics(self) -> str:
-        deliveries = "\n".join(f"  MAIL FROM:<{d.mail_from}> RCPT TO:{list(d.rcpt_tos)}"
-                               for d in self.sink.deliveries)  # fmt: skip
-        return (f"\n--- sink ---\n{deliveries or '  (none)'}\n--- postqueue -p ---\n"
-                f"{self.postfix.queue()}\n{self.postfix.diagnostics()}\n--- srsd log ---\n"
-                f"{self.srsd.log()}")  # fmt: skip
+        deliveries = "\n".join(
+            f"  MAIL FROM:<{d.mail_from}> RCPT TO:{list(d.rcpt_tos)}" for d in self.sink.deliveries
+        )
+        return (
+            f"\n--- sink ---\n{deliveries or '  (none)'}\n--- postqueue -p ---\n"
+            f"{self.postfix.queue()}\n{self.postfix.diagnostics()}\n--- srsd log ---\n"
+            f"{self.srsd.log()}"
+        )
 
     def wait_milter(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -129,8 +140,9 @@ class Flow:
 
 
 @pytest.fixture(scope="module")
-def flow(postfix_programs: PostfixPrograms,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:  # fmt: skip
+def flow(
+    postfix_programs: PostfixPrograms, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Flow]:
     root = tmp_path_factory.mktemp("milter-flow")
     owner = pwd.getpwnam(MAILBOX_USER)
     # virtual(8) writes as MAILBOX_USER, who cannot traverse pytest's 0700 directories.
@@ -168,10 +180,15 @@ def flow(postfix_programs: PostfixPrograms,
         # srsd first: Postfix's own readiness probe is an SMTP session, which calls the milter.
         postfix = MilterInstance(root / "postfix", main_cf=main_cf)
         (root / "srsd").mkdir()
-        srsd = stack.enter_context(SrsdProcess(
-            root / "srsd", domain=SRS_DOMAIN, secrets=(SECRET,),
-            extra_args=["--milter", milter, "--socketmap", socketmap, "--log-level", "debug"],
-            env={"MAIL_CONFIG": str(postfix.config_dir)}))  # fmt: skip
+        srsd = stack.enter_context(
+            SrsdProcess(
+                root / "srsd",
+                domain=SRS_DOMAIN,
+                secrets=(SECRET,),
+                extra_args=["--milter", milter, "--socketmap", socketmap, "--log-level", "debug"],
+                env={"MAIL_CONFIG": str(postfix.config_dir)},
+            )
+        )
         flow = Flow(srsd, milter_port, sink, postfix, base / "dave")
         flow.wait_milter()
         stack.enter_context(postfix)
@@ -193,11 +210,15 @@ def test_mail_to_a_virtual_alias_that_forwards_gets_srs0(flow: Flow) -> None:
     delivery = flow.at_sink(token)
     assert delivery.rcpt_tos == (CAROL,), flow.diagnostics()
     assert delivery.mail_from in expected_srs0_candidates("alice", "origin.test", start), (
-        delivery.mail_from + flow.diagnostics())
+        delivery.mail_from + flow.diagnostics()
+    )
     assert f"From: {ALICE}" in delivery.text()  # only the envelope changes
     # Postfix took every reply as it is (no "milter ... unexpected/ignoring" warnings).
-    trouble = [line for line in flow.postfix.log().splitlines()
-               if "warning" in line and "milter" in line.lower()]  # fmt: skip
+    trouble = [
+        line
+        for line in flow.postfix.log().splitlines()
+        if "warning" in line and "milter" in line.lower()
+    ]
     assert not trouble, "\n".join(trouble)
 
 
@@ -218,9 +239,13 @@ def test_sendmail_submission_goes_through_non_smtpd_milters(flow: Flow) -> None:
     token = uuid.uuid4().hex
     program = find_program("sendmail")
     assert program is not None, "Postfix's sendmail is not installed"
-    done = subprocess.run([program, "-C", str(flow.postfix.config_dir), "-f", ALICE, FWD],
-                          input=flow.message(token, FWD).replace(b"\r\n", b"\n"),
-                          capture_output=True, timeout=30, check=False)  # fmt: skip
+    done = subprocess.run(
+        [program, "-C", str(flow.postfix.config_dir), "-f", ALICE, FWD],
+        input=flow.message(token, FWD).replace(b"\r\n", b"\n"),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     delivery = flow.at_sink(token)
     assert delivery.rcpt_tos == (CAROL,), flow.diagnostics()
@@ -252,9 +277,13 @@ def test_srsd_stopped_defers_mail_then_it_is_delivered(flow: Flow) -> None:
         assert refused is not None and refused[0] == 451, f"{refused}" + flow.diagnostics()
         program = find_program("sendmail")
         assert program is not None
-        done = subprocess.run([program, "-C", str(flow.postfix.config_dir), "-f", ALICE, FWD],
-                              input=flow.message(sendmail_token, FWD), capture_output=True,
-                              timeout=30, check=False)  # fmt: skip
+        done = subprocess.run(
+            [program, "-C", str(flow.postfix.config_dir), "-f", ALICE, FWD],
+            input=flow.message(sendmail_token, FWD),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         # Nothing leaves while srsd is down: nothing goes out unrewritten.
         assert flow.sink.wait_for(lambda d: sendmail_token in d.text(), 3.0) is None
@@ -266,5 +295,4 @@ def test_srsd_stopped_defers_mail_then_it_is_delivered(flow: Flow) -> None:
     assert flow.send(ALICE, FWD, token=smtp_token) is None, flow.diagnostics()  # the retry
     for token in (smtp_token, sendmail_token):
         delivery = flow.at_sink(token)
-        assert delivery.mail_from in expected and delivery.rcpt_tos == (CAROL,), (
-            flow.diagnostics())
+        assert delivery.mail_from in expected and delivery.rcpt_tos == (CAROL,), flow.diagnostics()

@@ -63,8 +63,9 @@ def message(token: str) -> bytes:
 class Outage:
     """srsd, the sink and Postfix; srsd can be killed and started again on its ports."""
 
-    def __init__(self, srsd: SrsdProcess, sink: SmtpSink, postfix: PostfixInstance,
-                 postqueue: str) -> None:  # fmt: skip
+    def __init__(
+        self, srsd: SrsdProcess, sink: SmtpSink, postfix: PostfixInstance, postqueue: str
+    ) -> None:
         self.srsd = srsd
         self.sink = sink
         self.postfix = postfix
@@ -77,8 +78,13 @@ class Outage:
 
     def queue(self) -> list[dict[str, object]]:
         """``postqueue -j``: one JSON object per queued message."""
-        out = subprocess.run([self.postqueue, "-c", str(self.postfix.config_dir), "-j"],
-                             capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        out = subprocess.run(
+            [self.postqueue, "-c", str(self.postfix.config_dir), "-j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
     def kill_srsd(self) -> None:
@@ -92,19 +98,23 @@ class Outage:
         return found
 
     def diagnostics(self) -> str:
-        deliveries = "\n".join(f"  MAIL FROM:<{d.mail_from}> RCPT TO:{list(d.rcpt_tos)}"
-                               for d in self.sink.deliveries)  # fmt: skip
-        return (f"\n--- sink ---\n{deliveries or '  (none)'}\n--- postqueue -j ---\n"
-                f"{self.queue()}\n{self.postfix.diagnostics()}\n--- srsd log ---\n"
-                f"{self.srsd.log()}")  # fmt: skip
+        deliveries = "\n".join(
+            f"  MAIL FROM:<{d.mail_from}> RCPT TO:{list(d.rcpt_tos)}" for d in self.sink.deliveries
+        )
+        return (
+            f"\n--- sink ---\n{deliveries or '  (none)'}\n--- postqueue -j ---\n"
+            f"{self.queue()}\n{self.postfix.diagnostics()}\n--- srsd log ---\n"
+            f"{self.srsd.log()}"
+        )
 
 
 @pytest.fixture
 def outage(postfix_programs: PostfixPrograms, tmp_path: Path) -> Iterator[Outage]:
     (tmp_path / "srsd").mkdir()
     with ExitStack() as stack:
-        srsd = stack.enter_context(SrsdProcess(tmp_path / "srsd", domain=SRS_DOMAIN,
-                                               secrets=(SECRET,)))  # fmt: skip
+        srsd = stack.enter_context(
+            SrsdProcess(tmp_path / "srsd", domain=SRS_DOMAIN, secrets=(SECRET,))
+        )
         sink = stack.enter_context(SmtpSink())
         relay = f"smtp:[127.0.0.1]:{sink.port}"
         main_cf = {
@@ -150,9 +160,11 @@ def test_mail_sent_while_srsd_is_down_is_deferred_then_delivered_with_srs(
     assert program is not None, "Postfix's sendmail is not installed"
     sendmail = subprocess.run(
         [program, "-C", str(outage.postfix.config_dir), "-f", ALICE, BOB],
-        input=message(tokens["sendmail"]).replace(b"\r\n", b"\n"), capture_output=True,
-        timeout=30, check=False,
-    )  # fmt: skip
+        input=message(tokens["sendmail"]).replace(b"\r\n", b"\n"),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert sendmail.returncode == 0, sendmail.stderr
 
     # 2. A new session: smtpd's recipient check cannot ask the reverse map.

@@ -36,8 +36,10 @@ pytestmark = pytest.mark.postfix
 POSTMAP_TIMEOUT = 30.0
 SRS0_RE = re.compile(
     r'^"?SRS0=(?P<hash>[A-Za-z0-9_-]{4})=(?P<stamp>[A-Z2-7]{2})=(?P<host>[^=]+)=(?P<local>.+?)"?'
-    + "@" + re.escape(SRS_DOMAIN) + "$"
-)  # fmt: skip
+    + "@"
+    + re.escape(SRS_DOMAIN)
+    + "$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +224,9 @@ def test_odd_senders_round_trip(postmap: Postmap, sender: str) -> None:
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 RFC5321_MAILBOX = re.compile(
     rf'(?:{_ATEXT}+(?:\.{_ATEXT}+)*|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*")@'
-    + re.escape(SRS_DOMAIN) + r"\Z"
-)  # fmt: skip
+    + re.escape(SRS_DOMAIN)
+    + r"\Z"
+)
 
 
 @pytest.mark.parametrize(
@@ -234,8 +237,9 @@ RFC5321_MAILBOX = re.compile(
         pytest.param('""@origin.test', "SRS0=", id="empty-quoted-local-part"),
     ],
 )
-def test_answers_are_rfc5321_mailboxes_and_bounces_decode(postmap: Postmap, sender: str,
-                                                          srs_form: str) -> None:  # fmt: skip
+def test_answers_are_rfc5321_mailboxes_and_bounces_decode(
+    postmap: Postmap, sender: str, srs_form: str
+) -> None:
     """An address literal's '[', ']', ':' get the SRS local part quoted as a whole; an
     empty quoted local part comes back as '""' (README, "What srsd answers")."""
     done = postmap.forward(sender)
@@ -245,7 +249,8 @@ def test_answers_are_rfc5321_mailboxes_and_bounces_decode(postmap: Postmap, send
     for bounce in (value, value.lower()):  # smtpd looks recipients up lower-cased
         back = postmap.reverse(bounce)
         assert postmap.found(back) == (sender if bounce == value else sender.lower()), (
-            postmap.context(back))  # fmt: skip
+            postmap.context(back)
+        )
 
 
 @pytest.mark.parametrize("key", ["SRS0=abcd=JM=origin.test=alice@", "SRS0=abcd=JM=o.test=a"])

@@ -53,8 +53,11 @@ class EnvelopeDatabase:
     def _no_database_yet(self) -> bool:
         """In embedded mode, a SQLite file that does not exist holds no alias: say so,
         rather than create the file (a stateless srsd writes nothing) or fail."""
-        return (self.mode is EnvelopeMode.EMBEDDED and isinstance(self.store, SQLiteStore)
-                and not self.store.path.exists())  # fmt: skip
+        return (
+            self.mode is EnvelopeMode.EMBEDDED
+            and isinstance(self.store, SQLiteStore)
+            and not self.store.path.exists()
+        )
 
     @property
     def refused(self) -> int:
@@ -69,8 +72,9 @@ class EnvelopeDatabase:
             self.limiter = WriteLimiter(writes_per_minute)
             self.limiter.refused = refused
 
-    async def forward(self, policy: Policy, sender: bytes, embedded: Decision,
-                      now: float) -> Decision:  # fmt: skip
+    async def forward(
+        self, policy: Policy, sender: bytes, embedded: Decision, now: float
+    ) -> Decision:
         """``embedded`` (the policy's decision for ``sender``), or its database form."""
         if embedded.value is None or not use_database(self.mode, sender, embedded.value):
             return embedded
@@ -82,9 +86,11 @@ class EnvelopeDatabase:
             flooding = self.limiter.refusing
             if not self.limiter.allow(now):
                 if not flooding:
-                    LOGGER.warning("envelope database write cap (%d per minute) reached: new "
-                                   "senders get the embedded SRS form until the rate drops",
-                                   self.limiter.max_per_minute)  # fmt: skip
+                    LOGGER.warning(
+                        "envelope database write cap (%d per minute) reached: new "
+                        "senders get the embedded SRS form until the rate drops",
+                        self.limiter.max_per_minute,
+                    )
                 return embedded
             try:
                 await self.store.put(key, sender, now)
@@ -93,8 +99,11 @@ class EnvelopeDatabase:
                 return UNAVAILABLE
             self.outage.succeeded()
             self.recent.note(key, now)
-        return Decision(Outcome.REWRITTEN, policy.codec.forward(alias_address(key), now),
-                        "rewritten through the envelope database")  # fmt: skip
+        return Decision(
+            Outcome.REWRITTEN,
+            policy.codec.forward(alias_address(key), now),
+            "rewritten through the envelope database",
+        )
 
     async def reverse(self, decoded: Decision, now: float) -> Decision:
         """``decoded`` (the policy's decision), with an alias replaced by the stored sender."""
