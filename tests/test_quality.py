@@ -1,4 +1,4 @@
-# Lint and type gates as tests: ruff over src, tests, fuzz and bench; mypy --strict over src.
+# Gates as tests: ruff lint and format over src, tests, fuzz and bench; mypy --strict over src.
 """The project's static checks run with the suite, so CI fails when they fail."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "src" / "srsd").glob("*.py"))
+SOURCES = sorted((ROOT / "src" / "srsd").rglob("*.py"))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -20,6 +20,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_is_clean() -> None:
     result = _run("ruff", "check", "--no-cache", "src", "tests", "fuzz", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_applied() -> None:
+    """One layout, the formatter's: no hand-wrapped lines kept with ``# fmt: skip``."""
+    result = _run("ruff", "format", "--check", "--no-cache", "src", "tests", "fuzz", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -42,8 +48,9 @@ def test_public_functions_have_docstrings() -> None:
     kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
     for path in SOURCES:
         tree = ast.parse(path.read_text())
-        classes = [n for n in tree.body
-                   if isinstance(n, ast.ClassDef) and not n.name.startswith("_")]  # fmt: skip
+        classes = [
+            n for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")
+        ]
         for node in [*tree.body, *(m for c in classes for m in c.body)]:
             public = isinstance(node, kinds) and not node.name.startswith("_")
             if public and not ast.get_docstring(node):
