@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -487,6 +488,70 @@ def test_create_secret_writes_state_dir_secrets(tmp_path: Path) -> None:
     again = settings.load(cli, environ={}, create_secret=True)
     assert again.secrets == (line,)
     assert again.warnings == ()
+
+
+def test_system_secret_is_the_default_when_readable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A host set up for the units (/etc/srsd/secrets) signs with that secret when srsd runs
+    by hand: no second, different secret in STATE_DIR; a credential still comes first."""
+    system = write_secret(tmp_path / "etc-srsd-secrets", b"the-service-secret")
+    monkeypatch.setattr(settings, "SYSTEM_SECRETS", system)
+    state = tmp_path / "state"
+    cli = {"domain": DOMAIN, "state_dir": str(state)}
+    s = settings.load(cli, environ={}, create_secret=True)
+    assert (s.secrets_file, s.secrets, s.sources["secrets_file"]) == (
+        system,
+        (b"the-service-secret",),
+        "default",
+    )
+    assert not state.exists()  # nothing generated
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    write_secret(credentials / settings.SECRETS_CREDENTIAL, b"from-the-credential")
+    s = settings.load(cli, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert s.secrets == (b"from-the-credential",)
+    monkeypatch.setattr(settings, "SYSTEM_SECRETS", tmp_path / "absent")
+    s = settings.load(cli, environ={}, create_secret=True)
+    assert s.secrets_file == state / "secrets"
+
+
+def test_an_unreadable_system_secret_leaves_a_user_their_own(tmp_path: Path) -> None:
+    """Another user than root cannot read a root-only /etc/srsd/secrets: their srsd uses its
+    own state directory. Checked in a child running as nobody, with Debian's python3 and a
+    copy of the sources in a directory nobody can reach (the checkout may be root-only)."""
+    place = Path(tempfile.mkdtemp(prefix="srsd-nobody-"))
+    try:
+        place.chmod(0o755)
+        shutil.copytree(Path(settings.__file__).parent, place / "srsd")
+        system = write_secret(place / "system-secrets", b"root-only")
+        state = place / "nobody-state"
+        state.mkdir()
+        write_secret(state / "secrets", b"nobody-secret")
+        for path in (state, state / "secrets"):
+            shutil.chown(path, "nobody")
+        child = (
+            "from pathlib import Path; from srsd import settings;"
+            f"settings.SYSTEM_SECRETS = Path({str(system)!r});"
+            f"s = settings.load({{'domain': {DOMAIN!r}, 'state_dir': {str(state)!r}}},"
+            " environ={});"
+            "print(s.secrets_file, s.secrets[0].decode())"
+        )
+        out = subprocess.run(
+            ["/usr/bin/python3", "-c", child],
+            env={"PYTHONPATH": str(place), "PATH": "/usr/bin:/bin"},
+            user="nobody",
+            group="nogroup",
+            extra_groups=[],
+            cwd=place,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [str(state / "secrets"), "nobody-secret"]
+    finally:
+        shutil.rmtree(place)
 
 
 def test_create_secret_never_creates_a_configured_secrets_file(tmp_path: Path) -> None:

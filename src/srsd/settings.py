@@ -49,6 +49,10 @@ from srsd.systemd import SECRETS_CREDENTIAL, credential
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
+#: The secret the systemd units and the Debian package hand srsd as its credential: used when
+#: no secrets file is configured and no credential is passed, so that srsd run by hand on
+#: such a host signs and decodes with the service's secret.
+SYSTEM_SECRETS = Path("/etc/srsd/secrets")
 #: The largest settings, secrets or exclusion file read, in bytes.
 MAX_FILE_SIZE = 16 << 20
 #: The longest time a ``seconds`` setting may be, in seconds (a week).
@@ -388,7 +392,7 @@ class Settings:
         "--secret-file",
         "secrets file, one secret per line, the first signs",
         common=True,
-        doc_default="`STATE_DIR/secrets`",
+        doc_default="`/etc/srsd/secrets` if readable, else `STATE_DIR/secrets`",
         example='"/var/lib/srsd/secrets"',
     )
     exclude_domains: tuple[str, ...] = setting(
@@ -853,12 +857,16 @@ def _default_secrets_file(
     *,
     create: bool,
 ) -> Path:
-    """systemd's credential (``LoadCredential=srsd-secrets:PATH``), else STATE_DIR/secrets,
-    generated there when ``create`` and missing (a credential is never generated)."""
+    """systemd's credential (``LoadCredential=srsd-secrets:PATH``), else
+    :data:`SYSTEM_SECRETS` when it exists and this user may read it (the service's secret),
+    else STATE_DIR/secrets, generated there when ``create`` and missing (a credential or the
+    system secret is never generated)."""
     found = credential(SECRETS_CREDENTIAL, environ)
     if found is not None:
         sources["secrets_file"] = f"systemd credential {SECRETS_CREDENTIAL}"
         return found
+    if SYSTEM_SECRETS.is_file() and os.access(SYSTEM_SECRETS, os.R_OK):
+        return SYSTEM_SECRETS  # still the default rule: the source stays "default"
     path = state_dir / SECRETS_NAME
     if create and not path.exists():
         try:
