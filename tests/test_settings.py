@@ -516,10 +516,11 @@ def test_system_secret_is_the_default_when_readable(
     assert s.secrets_file == state / "secrets"
 
 
-def test_an_unreadable_system_secret_leaves_a_user_their_own(tmp_path: Path) -> None:
-    """Another user than root cannot read a root-only /etc/srsd/secrets: their srsd uses its
-    own state directory. Checked in a child running as nobody, with Debian's python3 and a
-    copy of the sources in a directory nobody can reach (the checkout may be root-only)."""
+def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: Path) -> None:
+    """A user who cannot read a root-only /etc/srsd/secrets is told so; srsd never falls
+    back to another secret (after run_as, a reload would switch secrets quietly). Checked in a
+    child running as nobody, with Debian's python3 and a copy of the sources in a directory
+    nobody can reach (the checkout may be root-only)."""
     place = Path(tempfile.mkdtemp(prefix="srsd-nobody-"))
     try:
         place.chmod(0o755)
@@ -535,7 +536,7 @@ def test_an_unreadable_system_secret_leaves_a_user_their_own(tmp_path: Path) -> 
             f"settings.SYSTEM_SECRETS = Path({str(system)!r});"
             f"s = settings.load({{'domain': {DOMAIN!r}, 'state_dir': {str(state)!r}}},"
             " environ={});"
-            "print(s.secrets_file, s.secrets[0].decode())"
+            "print(s.secrets_file)"
         )
         out = subprocess.run(
             ["/usr/bin/python3", "-c", child],
@@ -548,8 +549,11 @@ def test_an_unreadable_system_secret_leaves_a_user_their_own(tmp_path: Path) -> 
             text=True,
             timeout=60,
         )
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == [str(state / "secrets"), "nobody-secret"]
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith(
+            f"srsd.settings.ConfigError: secrets_file: cannot read {system}: Permission denied"
+        ), out.stderr
     finally:
         shutil.rmtree(place)
 

@@ -392,7 +392,7 @@ class Settings:
         "--secret-file",
         "secrets file, one secret per line, the first signs",
         common=True,
-        doc_default="`/etc/srsd/secrets` if readable, else `STATE_DIR/secrets`",
+        doc_default="`/etc/srsd/secrets` if it exists, else `STATE_DIR/secrets`",
         example='"/var/lib/srsd/secrets"',
     )
     exclude_domains: tuple[str, ...] = setting(
@@ -858,14 +858,15 @@ def _default_secrets_file(
     create: bool,
 ) -> Path:
     """systemd's credential (``LoadCredential=srsd-secrets:PATH``), else
-    :data:`SYSTEM_SECRETS` when it exists and this user may read it (the service's secret),
-    else STATE_DIR/secrets, generated there when ``create`` and missing (a credential or the
-    system secret is never generated)."""
+    :data:`SYSTEM_SECRETS` when it exists (the service's secret; a user who may not read it
+    gets that error, never another secret: after ``run_as`` a reload must not switch to a
+    different secret quietly), else STATE_DIR/secrets, generated there when ``create`` and
+    missing (a credential or the system secret is never generated)."""
     found = credential(SECRETS_CREDENTIAL, environ)
     if found is not None:
         sources["secrets_file"] = f"systemd credential {SECRETS_CREDENTIAL}"
         return found
-    if SYSTEM_SECRETS.is_file() and os.access(SYSTEM_SECRETS, os.R_OK):
+    if SYSTEM_SECRETS.is_file():
         return SYSTEM_SECRETS  # still the default rule: the source stays "default"
     path = state_dir / SECRETS_NAME
     if create and not path.exists():
