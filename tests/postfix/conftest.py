@@ -83,6 +83,22 @@ def srsd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SrsdProces
 # -- the SRS oracle -----------------------------------------------------------------------
 
 
+def canonical_maps_flow(forward_port: int, reverse_port: int, sink_port: int) -> dict[str, str]:
+    """main.cf for mail through srsd's tcp_table maps, as README's "Postfix" section says:
+    bob@SRS_DOMAIN is a virtual alias forwarding to carol@dest.test, and dest.test and
+    origin.test are relayed to the SMTP sink on ``sink_port``."""
+    relay = f"smtp:[127.0.0.1]:{sink_port}"
+    return {
+        "sender_canonical_maps": f"tcp:127.0.0.1:{forward_port}",
+        "sender_canonical_classes": "envelope_sender",
+        "recipient_canonical_maps": f"tcp:127.0.0.1:{reverse_port}",
+        "recipient_canonical_classes": "envelope_recipient, header_recipient",
+        "virtual_alias_domains": SRS_DOMAIN,
+        "virtual_alias_maps": f"inline:{{ bob@{SRS_DOMAIN}=carol@dest.test }}",
+        "transport_maps": f"inline:{{ dest.test={relay}, origin.test={relay} }}",
+    }
+
+
 def day_stamp(when: float) -> str:
     """The two-character base32 day stamp for Unix time ``when``."""
     day = int(when // 86400)

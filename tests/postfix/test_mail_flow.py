@@ -30,6 +30,7 @@ import pytest
 from tests.postfix.conftest import (
     SRS_DOMAIN,
     PostfixPrograms,
+    canonical_maps_flow,
     expected_srs0_candidates,
     tamper_hash,
 )
@@ -148,16 +149,7 @@ def flow(
     root: Path = tmp_path_factory.mktemp("postfix")
     with ExitStack() as stack:
         sink = stack.enter_context(SmtpSink())
-        relay = f"smtp:[127.0.0.1]:{sink.port}"
-        main_cf = {
-            "sender_canonical_maps": f"tcp:127.0.0.1:{srsd_server.forward_port}",
-            "sender_canonical_classes": "envelope_sender",
-            "recipient_canonical_maps": f"tcp:127.0.0.1:{srsd_server.reverse_port}",
-            "recipient_canonical_classes": "envelope_recipient, header_recipient",
-            "virtual_alias_domains": SRS_DOMAIN,
-            "virtual_alias_maps": f"inline:{{ bob@{SRS_DOMAIN}=carol@dest.test }}",
-            "transport_maps": f"inline:{{ dest.test={relay}, origin.test={relay} }}",
-        }
+        main_cf = canonical_maps_flow(srsd_server.forward_port, srsd_server.reverse_port, sink.port)
         instance = PostfixInstance(root / "instance", main_cf=main_cf)
         stack.enter_context(instance)
         yield MailFlow(srsd=srsd_server, sink=sink, postfix=instance)

@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.local_users import NOBODY, SECOND_UID
-from tests.postfix.conftest import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
+from tests.postfix.conftest import (
+    SRS_DOMAIN,
+    PostfixPrograms,
+    canonical_maps_flow,
+    expected_srs0_candidates,
+)
 from tests.postfix.instance import PostfixInstance
 from tests.postfix.smtp_sink import SmtpSink
 from tests.postfix.test_mail_flow import MailFlow
@@ -38,16 +43,7 @@ def flooded_flow(postfix_programs: PostfixPrograms, tmp_path: Path) -> Iterator[
     with ExitStack() as stack:
         srsd = stack.enter_context(Target(tmp_path))
         sink = stack.enter_context(SmtpSink())
-        relay = f"smtp:[127.0.0.1]:{sink.port}"
-        main_cf = {
-            "sender_canonical_maps": f"tcp:127.0.0.1:{srsd.forward_port}",
-            "sender_canonical_classes": "envelope_sender",
-            "recipient_canonical_maps": f"tcp:127.0.0.1:{srsd.reverse_port}",
-            "recipient_canonical_classes": "envelope_recipient, header_recipient",
-            "virtual_alias_domains": SRS_DOMAIN,
-            "virtual_alias_maps": f"inline:{{ bob@{SRS_DOMAIN}=carol@dest.test }}",
-            "transport_maps": f"inline:{{ dest.test={relay}, origin.test={relay} }}",
-        }
+        main_cf = canonical_maps_flow(srsd.forward_port, srsd.reverse_port, sink.port)
         postfix = stack.enter_context(PostfixInstance(tmp_path / "postfix", main_cf=main_cf))
         yield MailFlow(srsd=srsd, sink=sink, postfix=postfix)
 

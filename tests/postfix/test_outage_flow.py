@@ -38,7 +38,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.postfix.conftest import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
+from tests.postfix.conftest import (
+    SRS_DOMAIN,
+    PostfixPrograms,
+    canonical_maps_flow,
+    expected_srs0_candidates,
+)
 from tests.postfix.instance import PostfixInstance, find_program
 from tests.postfix.smtp_sink import Delivery, SmtpSink
 from tests.server_process import SECRET, SrsdProcess
@@ -116,16 +121,7 @@ def outage(postfix_programs: PostfixPrograms, tmp_path: Path) -> Iterator[Outage
             SrsdProcess(tmp_path / "srsd", domain=SRS_DOMAIN, secrets=(SECRET,))
         )
         sink = stack.enter_context(SmtpSink())
-        relay = f"smtp:[127.0.0.1]:{sink.port}"
-        main_cf = {
-            "sender_canonical_maps": f"tcp:127.0.0.1:{srsd.forward_port}",
-            "sender_canonical_classes": "envelope_sender",
-            "recipient_canonical_maps": f"tcp:127.0.0.1:{srsd.reverse_port}",
-            "recipient_canonical_classes": "envelope_recipient, header_recipient",
-            "virtual_alias_domains": SRS_DOMAIN,
-            "virtual_alias_maps": f"inline:{{ {BOB}=carol@dest.test }}",
-            "transport_maps": f"inline:{{ dest.test={relay}, origin.test={relay} }}",
-        }
+        main_cf = canonical_maps_flow(srsd.forward_port, srsd.reverse_port, sink.port)
         postfix = stack.enter_context(PostfixInstance(tmp_path / "postfix", main_cf=main_cf))
         yield Outage(srsd, sink, postfix, postfix_programs.postqueue)
 
