@@ -131,6 +131,18 @@ class SrsdProcess:
         self.stop()
 
 
+def fd_targets(pid: int) -> dict[int, str]:
+    """What each of the process's file descriptors points at (``/proc/PID/fd``); a descriptor
+    closed between listing and reading is left out (the server opens and closes some)."""
+    targets = {}
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            targets[int(entry.name)] = os.readlink(entry)
+        except FileNotFoundError:
+            continue
+    return targets
+
+
 def lookup(port: int, key: bytes, host: str = "127.0.0.1", timeout: float = 10.0) -> bytes:
     """One tcp_table request on a new connection; returns the reply line without LF."""
     with socket.create_connection((host, port), timeout=timeout) as s:

@@ -45,7 +45,7 @@ import srsd
 from srsd import socketmap, tcp_table
 from srsd.codec import Codec
 from tests.ports import free_port
-from tests.server_process import lookup
+from tests.server_process import fd_targets, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 SRC = Path(srsd.__file__).resolve().parents[1]
@@ -361,7 +361,7 @@ def test_socket_activation_tcp_table(tmp_path: Path) -> None:
         # srsd adopted the passed sockets and bound nothing by itself
         assert bindable(configured)
         assert bindable(configured + 1)
-        fds = {os.readlink(p) for p in Path(f"/proc/{daemon.pid}/fd").iterdir()}
+        fds = set(fd_targets(daemon.pid).values())
         assert sum(fd.startswith("socket:") for fd in fds) >= 2
         daemon.signal(signal.SIGHUP)  # a reload keeps the passed sockets, binds nothing
         daemon.wait_log("configuration reloaded")

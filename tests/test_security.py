@@ -15,7 +15,6 @@ And ``docs/security.md`` cites tests as proof of its claims: every one it names 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 import struct
@@ -23,18 +22,14 @@ import time
 from pathlib import Path
 
 from tests.ports import free_port
-from tests.server_process import SrsdProcess, lookup
+from tests.server_process import SrsdProcess, fd_targets, lookup
 
 DOMAIN = b"forwarder.test"
 
 
 def open_fds(pid: int) -> list[str]:
     """What the process's file descriptors point at, sorted."""
-    fds = []
-    for entry in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            fds.append(os.readlink(entry))
-    return sorted(fds)
+    return sorted(fd_targets(pid).values())
 
 
 def reset(sock: socket.socket) -> None:
@@ -130,10 +125,7 @@ def test_closed_stdio_never_puts_log_lines_into_sockets(tmp_path: Path) -> None:
     srsd.args = ["sh", "-c", 'exec "$@" 0<&- 1>&- 2>&-', "sh", *srsd.args]
     with srsd:
         assert srsd.proc is not None
-        fds = {
-            int(entry.name): os.readlink(entry)
-            for entry in Path(f"/proc/{srsd.proc.pid}/fd").iterdir()
-        }
+        fds = fd_targets(srsd.proc.pid)
         assert any(fds.get(n, "").startswith("socket:") for n in (0, 1, 2)), fds
         forward = ask(srsd.forward_port, b"get alice@example.org\nget bob\nput x\n", 3)
         lines = forward.split(b"\n")
