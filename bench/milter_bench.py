@@ -34,6 +34,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent / "src"))
 
+from harness import cpu_seconds, free_ports  # noqa: E402  (bench/ is sys.path[0])
+
 from srsd import milter  # noqa: E402
 from srsd.codec import Codec  # noqa: E402
 
@@ -41,17 +43,6 @@ DOMAIN = "forwarder.test"
 SECRET = b"bench-secret-for-the-milter"
 START_TIMEOUT = 20.0
 CONNECTIONS = (1, 4, 16)
-
-
-def free_port() -> int:
-    for port in range(21000, 32000, 7):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def read_reply(sock: socket.socket, buf: bytearray) -> bytes:
@@ -101,11 +92,6 @@ def client(port: int, cell: str, seconds: float, worker: int, out: multiprocessi
     sock.sendall(milter.command(milter.QUIT))
     sock.close()
     out.put(done)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_srsd(
@@ -159,7 +145,7 @@ def run_cell(port: int, pid: int, cell: str, connections: int, seconds: float) -
         multiprocessing.Process(target=client, args=(port, cell, seconds, i, out))
         for i in range(connections)
     ]
-    cpu = cpu_seconds(pid)
+    cpu = cpu_seconds(pid, with_children=False)
     started = time.monotonic()
     for w in workers:
         w.start()
@@ -167,7 +153,7 @@ def run_cell(port: int, pid: int, cell: str, connections: int, seconds: float) -
     for w in workers:
         w.join(10)
     elapsed = time.monotonic() - started
-    used = cpu_seconds(pid) - cpu
+    used = cpu_seconds(pid, with_children=False) - cpu
     return {
         "messages": total,
         "per_second": total / elapsed,
@@ -203,7 +189,7 @@ def main() -> int:
             ):
                 print("postconf not found: skipping the discovered cell")
                 continue
-            port = free_port()
+            port = free_ports(1)
             (work / f"srsd-{name}").mkdir()
             proc = start_srsd(work / f"srsd-{name}", port, *extra, env=env)
             try:
