@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from srsd.config.postfix import split_list
 from srsd.serve import delivery
-from srsd.serve.delivery import PostfixDelivery, alias_keys, domain_keys, split_list
+from srsd.serve.delivery import PostfixDelivery, alias_keys, domain_keys
 from srsd.srs.policy import DomainSet
 from tests.postfix.instance import backdate, find_program
 
