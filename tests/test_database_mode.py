@@ -36,11 +36,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from srsd.config import settings as srsd_settings
 from srsd.envelope import EnvelopeMode
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, StorageError
+from srsd.serve.answers import Lookups, TcpTableService
 from srsd.srs.codec import Codec
-from srsd.srs.policy import Decision, Outcome, Policy
+from srsd.srs.policy import Decision, Outcome, Policy, Role
 from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer
@@ -645,3 +647,60 @@ def test_reloading_the_flood_cap_keeps_the_refused_count(tmp_path: Path) -> None
     envelopes.configure(EnvelopeMode.AUTO, 5)
     assert envelopes.limiter.max_per_minute == 5
     assert envelopes.refused == 1
+
+
+class CountingPolicy(Policy):
+    """The real policy, counting its decisions."""
+
+    decided = 0
+
+    def forward(self, sender: bytes, now: float) -> Decision:
+        self.decided += 1
+        return super().forward(sender, now)
+
+    def reverse(self, recipient: bytes, now: float) -> Decision:
+        self.decided += 1
+        return super().reverse(recipient, now)
+
+
+async def test_each_lookup_is_decided_once_and_remembered_senders_answer_at_once(
+    tmp_path: Path,
+) -> None:
+    # A database-mode lookup is decided by the policy once, its decision carried to the
+    # write or read; a sender written lately is answered at once (bytes, not a Later: the
+    # connection stays in the loop) with the same reply, and nothing is written again.
+    secrets = tmp_path / "secrets"
+    secrets.write_bytes(SECRET + b"\n")
+    secrets.chmod(0o600)
+    cli = {"domain": DOMAIN.decode(), "secrets_file": str(secrets)}
+    (tmp_path / "srsd.toml").write_text("")
+    settings = srsd_settings.load(cli=cli, environ={}, config=tmp_path / "srsd.toml")
+    store = ForgetfulStore()
+    envelopes = EnvelopeDatabase(store, EnvelopeMode.DATABASE, 0)
+    policy = CountingPolicy(Codec([SECRET], DOMAIN))
+    lookups = Lookups(settings, policy, envelopes)
+    forward = TcpTableService(lookups, Role.FORWARD)
+    reverse = TcpTableService(lookups, Role.REVERSE)
+    (request,) = forward.reader().feed(b"get " + ALICE + b"\n")
+
+    later = forward.answer(request)
+    assert not isinstance(later, bytes)  # a write to wait for
+    assert (policy.decided, store.puts) == (1, 0)
+    written = await later()
+    assert (policy.decided, store.puts) == (1, 1)
+    alias = written.removeprefix(b"200 ").rstrip(b"\n")
+    assert alias in aliased(ALICE, time.time())
+
+    assert forward.answer(request) == written  # remembered: at once, nothing written
+    assert (policy.decided, store.puts) == (2, 1)
+
+    (bounce,) = reverse.reader().feed(b"get " + alias + b"\n")
+    later = reverse.answer(bounce)
+    assert not isinstance(later, bytes)  # a read to wait for
+    assert await later() == b"200 " + ALICE + b"\n"
+    assert policy.decided == 3
+    assert await lookups.decide(Role.FORWARD, ALICE) == Decision(
+        Outcome.REWRITTEN, alias, "rewritten through the envelope database"
+    )
+    assert policy.decided == 4
+    assert sum(lookups.counts.values()) == 3  # the three answered on the wire

@@ -7,9 +7,11 @@ instead, and for a decoded address that is an alias, looks the original sender u
 the three things around the store that must be shared by every connection:
 
 * :class:`~srsd.envelope.keys.RecentWrites`: a sender written in the last hour is not written
-  again (writes are idempotent and only refresh the lifetime). It is forgotten after any
-  storage failure: a store that failed may have lost entries (a Redis restarted without
-  persistence comes back empty), and an alias handed out unwritten bounces into nothing;
+  again (writes are idempotent and only refresh the lifetime), and its alias is answered at
+  once (:meth:`EnvelopeDatabase.remembered`, synchronous: such a lookup never waits). The
+  memory is forgotten after any storage failure: a store that failed may have lost entries
+  (a Redis restarted without persistence comes back empty), and an alias handed out
+  unwritten bounces into nothing;
 * :class:`~srsd.envelope.keys.WriteLimiter`: the flood cap. When it is reached the sender gets
   the embedded form instead (the mail still leaves signed, nothing is deferred or lost), one
   warning is logged per flood and :attr:`EnvelopeDatabase.refused` counts;
@@ -72,6 +74,23 @@ class EnvelopeDatabase:
             self.limiter = WriteLimiter(writes_per_minute)
             self.limiter.refused = refused
 
+    def _forget(self) -> None:
+        self.recent = RecentWrites(self.recent.capacity, self.recent.refresh_after)
+
+    def _remembered(self, key: bytes, now: float) -> bool:
+        """Whether ``key`` was written lately, to the store as it is now."""
+        if self.outage.failures != self._failures_seen:  # the store failed since: re-write
+            self._failures_seen = self.outage.failures
+            self._forget()
+        return self.recent.fresh(key, now)
+
+    def remembered(self, policy: Policy, sender: bytes, now: float) -> Decision | None:
+        """The database form of ``sender`` at once when this process wrote it lately
+        (nothing to write or read: the lookup stays on the fast path), else None (then
+        :meth:`forward` it). ``sender`` must be one :func:`use_database` says to alias."""
+        key = alias_key(sender)
+        return _aliased(policy, key, now) if self._remembered(key, now) else None
+
     async def forward(
         self, policy: Policy, sender: bytes, embedded: Decision, now: float
     ) -> Decision:
@@ -79,10 +98,7 @@ class EnvelopeDatabase:
         if embedded.value is None or not use_database(self.mode, sender, embedded.value):
             return embedded
         key = alias_key(sender)
-        if self.outage.failures != self._failures_seen:  # the store failed since: re-write
-            self._failures_seen = self.outage.failures
-            self.recent = RecentWrites(self.recent.capacity, self.recent.refresh_after)
-        if not self.recent.fresh(key, now):
+        if not self._remembered(key, now):
             flooding = self.limiter.refusing
             if not self.limiter.allow(now):
                 if not flooding:
@@ -99,11 +115,7 @@ class EnvelopeDatabase:
                 return UNAVAILABLE
             self.outage.succeeded()
             self.recent.note(key, now)
-        return Decision(
-            Outcome.REWRITTEN,
-            policy.codec.forward(alias_address(key), now),
-            "rewritten through the envelope database",
-        )
+        return _aliased(policy, key, now)
 
     async def reverse(self, decoded: Decision, now: float) -> Decision:
         """``decoded`` (the policy's decision), with an alias replaced by the stored sender."""
@@ -121,3 +133,12 @@ class EnvelopeDatabase:
         if original is None:
             return UNKNOWN
         return Decision(Outcome.REWRITTEN, original, "resolved through the envelope database")
+
+
+def _aliased(policy: Policy, key: bytes, now: float) -> Decision:
+    """The forward decision of a sender stored under ``key``: the SRS form of its alias."""
+    return Decision(
+        Outcome.REWRITTEN,
+        policy.codec.forward(alias_address(key), now),
+        "rewritten through the envelope database",
+    )

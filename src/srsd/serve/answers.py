@@ -1,11 +1,13 @@
 # Lookups: the policy and the envelope database decide; counts, log lines and replies follow.
 """Turn one request into its reply: everything srsd does between the wire and the socket.
 
-:class:`Lookups` decides a lookup (:meth:`Lookups.decide_now`, synchronous, for every
-lookup that needs no storage; :meth:`Lookups.decide`, asynchronous, when the envelope
-database must be read or written), counts it (the metrics), times it, logs it, and rate-
-limits the log lines of bad requests. It is callable from anywhere, not only from the
-connection loop (the milter decides forward rewrites with it too).
+:class:`Lookups` decides a lookup once: :meth:`Lookups.decide_now` (synchronous) asks the
+policy and, when the envelope database must be written or read, hands the policy's decision
+on as :class:`Pending` to :meth:`Lookups.finish` (asynchronous), which never decides again;
+a sender written lately needs no storage and is decided at once. It counts each lookup (the
+metrics), times it, logs it, and rate-limits the log lines of bad requests. It is callable
+from anywhere, not only from the connection loop (the milter decides with
+:meth:`Lookups.decide`, both steps in one).
 
 :class:`TcpTableService` and :class:`SocketmapService` are what the connection loop
 (:mod:`srsd.serve.loop`) asks for a reader and for the reply bytes of each event; turning
@@ -18,6 +20,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from srsd.config.settings import Settings
@@ -25,6 +29,7 @@ from srsd.envelope import EnvelopeMode, key_of, use_database
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.host.logs import LOGGER, line, show
 from srsd.host.metrics import Latency
+from srsd.serve.loop import Later
 from srsd.srs.policy import QUIET, Decision, Outcome, Policy, Role
 from srsd.wire import Wire, socketmap, tcp_table
 
@@ -38,6 +43,18 @@ _FORWARD = Role.FORWARD
 _REWRITTEN = Outcome.REWRITTEN
 _ERROR = Outcome.ERROR
 _DEBUG, _INFO = logging.DEBUG, logging.INFO
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A lookup the policy has decided whose answer needs the envelope database: the
+    decision, carried to :meth:`Lookups.finish` so that nothing is decided twice."""
+
+    role: Role
+    key: bytes
+    decision: Decision  # the policy's
+    policy: Policy  # that decided it (a reload may replace the current one meanwhile)
+    now: float
 
 
 class Lookups:
@@ -57,44 +74,53 @@ class Lookups:
         self.settings, self.policy = settings, policy
         self.envelopes.configure(settings.original_envelope, settings.envelope_write_limit)
 
-    def decide_now(self, role: Role, key: bytes, now: float) -> Decision | None:
-        """The decision for one lookup if it needs no storage, else None (then
-        :meth:`decide` it). Never raises: a bug answers :data:`INTERNAL_ERROR`."""
+    def decide_now(self, role: Role, key: bytes, now: float) -> Decision | Pending:
+        """The decision for one lookup, or, when the envelope database must be written or
+        read, the policy's decision as :class:`Pending` (then :meth:`finish` it). A sender
+        written lately is decided here (:meth:`EnvelopeDatabase.remembered`). Never
+        raises: a bug answers :data:`INTERNAL_ERROR`."""
         try:
+            policy = self.policy
             if role is _FORWARD:
-                decision = self.policy.forward(key, now)
-                mode = self.envelopes.mode
+                decision = policy.forward(key, now)
+                envelopes = self.envelopes
+                mode = envelopes.mode
                 if (
                     decision.value is not None
                     and mode is not _EMBEDDED
                     and use_database(mode, key, decision.value)
                 ):
-                    return None
+                    aliased = envelopes.remembered(policy, key, now)
+                    if aliased is None:
+                        return Pending(role, key, decision, policy, now)
+                    decision = aliased
             else:
-                decision = self.policy.reverse(key, now)
+                decision = policy.reverse(key, now)
                 if decision.value is not None and key_of(decision.value) is not None:
-                    return None
+                    return Pending(role, key, decision, policy, now)
         except Exception:
             LOGGER.exception("%s <%s>: internal error", role.value, show(key))
             return INTERNAL_ERROR
         return decision
 
+    async def finish(self, pending: Pending) -> Decision:
+        """The decision of a :class:`Pending` lookup, through the envelope database."""
+        try:
+            if pending.role is _FORWARD:
+                return await self.envelopes.forward(
+                    pending.policy, pending.key, pending.decision, pending.now
+                )
+            return await self.envelopes.reverse(pending.decision, pending.now)
+        except Exception:
+            LOGGER.exception("%s <%s>: internal error", pending.role.value, show(pending.key))
+            return INTERNAL_ERROR
+
     async def decide(self, role: Role, key: bytes) -> Decision:
         """The decision for one lookup, through the envelope database when it applies."""
-        now = time.time()
-        try:
-            if role is _FORWARD:
-                decision = self.policy.forward(key, now)
-                if decision.value is not None and self.envelopes.mode is not _EMBEDDED:
-                    decision = await self.envelopes.forward(self.policy, key, decision, now)
-            else:
-                decision = self.policy.reverse(key, now)
-                if decision.value is not None:
-                    decision = await self.envelopes.reverse(decision, now)
-        except Exception:
-            LOGGER.exception("%s <%s>: internal error", role.value, show(key))
-            decision = INTERNAL_ERROR
-        return decision
+        decided = self.decide_now(role, key, time.time())
+        if isinstance(decided, Pending):
+            return await self.finish(decided)
+        return decided
 
     def record(
         self, protocol: str, role: Role, key: bytes, decision: Decision, started: float
@@ -173,26 +199,22 @@ class TcpTableService:
         """A request reader for a new connection."""
         return tcp_table.RequestReader(self.lookups.settings.max_request)
 
-    def answer(self, event: object) -> bytes | None:
-        """The reply to ``event``, or None when it must wait for storage (:meth:`answer_later`)."""
+    def answer(self, event: object) -> bytes | Later:
+        """The reply to ``event``, or, when it must wait for storage, what gives it."""
         if type(event) is _TcpRequest:
             started = time.perf_counter()
             lookups = self.lookups
-            decision = lookups.decide_now(self.role, event.key, time.time())
-            if decision is None:
-                return None
-            lookups.record(_TCP_TABLE, self.role, event.key, decision, started)
-            return tcp_table_reply(decision)
+            decided = lookups.decide_now(self.role, event.key, time.time())
+            if isinstance(decided, Pending):
+                return partial(self._finish, decided, started)
+            lookups.record(_TCP_TABLE, self.role, event.key, decided, started)
+            return tcp_table_reply(decided)
         return self._refuse(event)
 
-    async def answer_later(self, event: object) -> bytes:
-        """The reply to ``event``, waiting for the envelope database if need be."""
-        if type(event) is _TcpRequest:
-            started = time.perf_counter()
-            decision = await self.lookups.decide(self.role, event.key)
-            self.lookups.record(_TCP_TABLE, self.role, event.key, decision, started)
-            return tcp_table_reply(decision)
-        return self._refuse(event)
+    async def _finish(self, pending: Pending, started: float) -> bytes:
+        decision = await self.lookups.finish(pending)
+        self.lookups.record(_TCP_TABLE, pending.role, pending.key, decision, started)
+        return tcp_table_reply(decision)
 
     def _refuse(self, event: object) -> bytes:
         reason = getattr(event, "reason", "Invalid request")
@@ -215,26 +237,22 @@ class SocketmapService:
         """A request reader for a new connection."""
         return socketmap.RequestReader(self.lookups.settings.max_request)
 
-    def answer(self, event: object) -> bytes | None:
-        """The reply to ``event``, or None when it must wait for storage (:meth:`answer_later`)."""
+    def answer(self, event: object) -> bytes | Later:
+        """The reply to ``event``, or, when it must wait for storage, what gives it."""
         if type(event) is _SocketmapRequest and (role := MAP_NAMES.get(event.name)):
             started = time.perf_counter()
             lookups = self.lookups
-            decision = lookups.decide_now(role, event.key, time.time())
-            if decision is None:
-                return None
-            lookups.record(_SOCKETMAP, role, event.key, decision, started)
-            return socketmap_reply(decision)
+            decided = lookups.decide_now(role, event.key, time.time())
+            if isinstance(decided, Pending):
+                return partial(self._finish, decided, started)
+            lookups.record(_SOCKETMAP, role, event.key, decided, started)
+            return socketmap_reply(decided)
         return self._refuse(event)
 
-    async def answer_later(self, event: object) -> bytes:
-        """The reply to ``event``, waiting for the envelope database if need be."""
-        if type(event) is _SocketmapRequest and (role := MAP_NAMES.get(event.name)):
-            started = time.perf_counter()
-            decision = await self.lookups.decide(role, event.key)
-            self.lookups.record(_SOCKETMAP, role, event.key, decision, started)
-            return socketmap_reply(decision)
-        return self._refuse(event)
+    async def _finish(self, pending: Pending, started: float) -> bytes:
+        decision = await self.lookups.finish(pending)
+        self.lookups.record(_SOCKETMAP, pending.role, pending.key, decision, started)
+        return socketmap_reply(decision)
 
     def _refuse(self, event: object) -> bytes:
         if isinstance(event, socketmap.Request):  # a configuration error on the Postfix side
