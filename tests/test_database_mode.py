@@ -40,9 +40,10 @@ from srsd.config import settings as srsd_settings
 from srsd.envelope import EnvelopeMode
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, StorageError
-from srsd.serve.answers import Lookups, TcpTableService
+from srsd.serve.answers import Lookups, MapService
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Outcome, Policy, Role
+from srsd.wire import Wire
 from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer
@@ -679,8 +680,8 @@ async def test_each_lookup_is_decided_once_and_remembered_senders_answer_at_once
     envelopes = EnvelopeDatabase(store, EnvelopeMode.DATABASE, 0)
     policy = CountingPolicy(Codec([SECRET], DOMAIN))
     lookups = Lookups(settings, policy, envelopes)
-    forward = TcpTableService(lookups, Role.FORWARD)
-    reverse = TcpTableService(lookups, Role.REVERSE)
+    forward = MapService(lookups, Wire.TCP_TABLE, Role.FORWARD)
+    reverse = MapService(lookups, Wire.TCP_TABLE, Role.REVERSE)
     (request,) = forward.reader().feed(b"get " + ALICE + b"\n")
 
     later = forward.answer(request)

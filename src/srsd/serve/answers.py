@@ -9,10 +9,10 @@ metrics), times it, logs it, and rate-limits the log lines of bad requests. It i
 from anywhere, not only from the connection loop (the milter decides with
 :meth:`Lookups.decide`, both steps in one).
 
-:class:`TcpTableService` and :class:`SocketmapService` are what the connection loop
-(:mod:`srsd.serve.loop`) asks for a reader and for the reply bytes of each event; turning
-a :class:`~srsd.srs.policy.Decision` into a wire reply happens here, so the wire modules know
-nothing of the policy.
+:class:`MapService` is what the connection loop (:mod:`srsd.serve.loop`) asks for a reader
+and for the reply bytes of each event, on a tcp_table or a socketmap endpoint alike (what
+differs by wire is one :class:`MapWire` each); turning a :class:`~srsd.srs.policy.Decision`
+into a wire reply happens here, so the wire modules know nothing of the policy.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -29,7 +30,7 @@ from srsd.envelope import EnvelopeMode, key_of, use_database
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.host.logs import LOGGER, line, show
 from srsd.host.metrics import Latency
-from srsd.serve.loop import Later
+from srsd.serve.loop import Later, Reader
 from srsd.srs.policy import QUIET, Decision, Outcome, Policy, Role
 from srsd.wire import Wire, socketmap, tcp_table
 
@@ -45,7 +46,7 @@ _ERROR = Outcome.ERROR
 _DEBUG, _INFO = logging.DEBUG, logging.INFO
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made on the hot path, and frozen costs a setattr each
 class Pending:
     """A lookup the policy has decided whose answer needs the envelope database: the
     decision, carried to :meth:`Lookups.finish` so that nothing is decided twice."""
@@ -175,90 +176,101 @@ def socketmap_reply(decision: Decision) -> bytes:
     return socketmap.not_found(decision.reason)
 
 
-# -- what the connection loop asks of an endpoint ------------------------------------------------
+# -- what the connection loop asks of a map endpoint ----------------------------------------
 
-_TCP_TABLE = Wire.TCP_TABLE.value
-_SOCKETMAP = Wire.SOCKETMAP.value
 _TcpRequest = tcp_table.Request
 _SocketmapRequest = socketmap.Request
 
 
-class TcpTableService:
-    """A tcp_table endpoint of one map: its readers, idle limit and replies."""
+def _tcp_table_lookup(event: object, role: Role | None) -> tuple[Role, bytes] | None:
+    """The map and key ``event`` asks for on a tcp_table endpoint of map ``role``."""
+    if type(event) is _TcpRequest and role is not None:
+        return role, event.key
+    return None
 
-    def __init__(self, lookups: Lookups, role: Role) -> None:
+
+def _socketmap_lookup(event: object, role: Role | None) -> tuple[Role, bytes] | None:
+    """The map and key ``event`` asks for on a socketmap endpoint (the map by its name)."""
+    if type(event) is _SocketmapRequest and (named := MAP_NAMES.get(event.name)):
+        return named, event.key
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MapWire:
+    """What a map endpoint's wire format brings to :class:`MapService`."""
+
+    lookup: Callable[[object, Role | None], tuple[Role, bytes] | None]
+    reader: Callable[[int], Reader]  # of ``max_request`` bytes
+    reply: Callable[[Decision], bytes]
+    refusal: Callable[[str], bytes]  # the reply to what is not a lookup
+    idle_limit: Callable[[Settings], float]
+
+
+WIRES: Final = {
+    Wire.TCP_TABLE: MapWire(
+        _tcp_table_lookup,
+        tcp_table.RequestReader,
+        tcp_table_reply,
+        tcp_table.not_found,
+        lambda settings: settings.idle_timeout,
+    ),
+    Wire.SOCKETMAP: MapWire(
+        _socketmap_lookup,
+        socketmap.RequestReader,
+        socketmap_reply,
+        socketmap.permanent_failure,
+        lambda settings: settings.keep_alive,
+    ),
+}
+
+
+class MapService:
+    """A map endpoint of the connection loop: tcp_table, one map (``role``, chosen by the
+    port), or socketmap, both maps (by the name in each request, ``role`` None)."""
+
+    def __init__(self, lookups: Lookups, wire: Wire, role: Role | None = None) -> None:
+        if (wire is Wire.TCP_TABLE) != (role is not None):
+            raise ValueError("a tcp_table endpoint serves one map, a socketmap endpoint both")
         self.lookups = lookups
+        self.wire = wire
         self.role = role
+        self._protocol = wire.value
+        self._map = WIRES[wire]
 
     @property
     def idle_limit(self) -> float:
-        """Seconds a connection may stay without a complete request (``idle_timeout``)."""
-        return self.lookups.settings.idle_timeout
+        """Seconds a connection may stay without a complete request (``idle_timeout`` for
+        tcp_table, ``keep_alive`` for socketmap)."""
+        return self._map.idle_limit(self.lookups.settings)
 
-    def reader(self) -> tcp_table.RequestReader:
+    def reader(self) -> Reader:
         """A request reader for a new connection."""
-        return tcp_table.RequestReader(self.lookups.settings.max_request)
+        return self._map.reader(self.lookups.settings.max_request)
 
     def answer(self, event: object) -> bytes | Later:
         """The reply to ``event``, or, when it must wait for storage, what gives it."""
-        if type(event) is _TcpRequest:
-            started = time.perf_counter()
-            lookups = self.lookups
-            decided = lookups.decide_now(self.role, event.key, time.time())
-            if isinstance(decided, Pending):
-                return partial(self._finish, decided, started)
-            lookups.record(_TCP_TABLE, self.role, event.key, decided, started)
-            return tcp_table_reply(decided)
-        return self._refuse(event)
+        asked = self._map.lookup(event, self.role)
+        if asked is None:
+            return self._refuse(event)
+        role, key = asked
+        started = time.perf_counter()
+        lookups = self.lookups
+        decided = lookups.decide_now(role, key, time.time())
+        if isinstance(decided, Pending):
+            return partial(self._finish, decided, started)
+        lookups.record(self._protocol, role, key, decided, started)
+        return self._map.reply(decided)
 
     async def _finish(self, pending: Pending, started: float) -> bytes:
         decision = await self.lookups.finish(pending)
-        self.lookups.record(_TCP_TABLE, pending.role, pending.key, decision, started)
-        return tcp_table_reply(decision)
-
-    def _refuse(self, event: object) -> bytes:
-        reason = getattr(event, "reason", "Invalid request")
-        self.lookups.bad_request(_TCP_TABLE, self.role.value, reason)
-        return tcp_table.not_found(reason)
-
-
-class SocketmapService:
-    """A socketmap endpoint (both maps, by the name in each request)."""
-
-    def __init__(self, lookups: Lookups) -> None:
-        self.lookups = lookups
-
-    @property
-    def idle_limit(self) -> float:
-        """Seconds a connection may stay without a complete request (``keep_alive``)."""
-        return self.lookups.settings.keep_alive
-
-    def reader(self) -> socketmap.RequestReader:
-        """A request reader for a new connection."""
-        return socketmap.RequestReader(self.lookups.settings.max_request)
-
-    def answer(self, event: object) -> bytes | Later:
-        """The reply to ``event``, or, when it must wait for storage, what gives it."""
-        if type(event) is _SocketmapRequest and (role := MAP_NAMES.get(event.name)):
-            started = time.perf_counter()
-            lookups = self.lookups
-            decided = lookups.decide_now(role, event.key, time.time())
-            if isinstance(decided, Pending):
-                return partial(self._finish, decided, started)
-            lookups.record(_SOCKETMAP, role, event.key, decided, started)
-            return socketmap_reply(decided)
-        return self._refuse(event)
-
-    async def _finish(self, pending: Pending, started: float) -> bytes:
-        decision = await self.lookups.finish(pending)
-        self.lookups.record(_SOCKETMAP, pending.role, pending.key, decision, started)
-        return socketmap_reply(decision)
+        self.lookups.record(self._protocol, pending.role, pending.key, decision, started)
+        return self._map.reply(decision)
 
     def _refuse(self, event: object) -> bytes:
         if isinstance(event, socketmap.Request):  # a configuration error on the Postfix side
-            reason = f"unknown map name {show(event.name)!r}"
-            self.lookups.bad_request(_SOCKETMAP, "-", reason)
-            return socketmap.permanent_failure("Unknown map name")
-        reason = getattr(event, "reason", "Invalid request")
-        self.lookups.bad_request(_SOCKETMAP, "-", reason)
-        return socketmap.permanent_failure(reason)
+            logged, sent = f"unknown map name {show(event.name)!r}", "Unknown map name"
+        else:
+            logged = sent = getattr(event, "reason", "Invalid request")
+        self.lookups.bad_request(self._protocol, self.role.value if self.role else "-", logged)
+        return self._map.refusal(sent)
