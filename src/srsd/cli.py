@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser(
         "health",
         parents=[common],
-        help="probe the running server: forward + reverse",
+        help="probe the running server: forward + reverse, the milter",
         description="Connect to the endpoints the settings name, rewrite a probe address and "
-        "decode it back; print one line; exit 0 when healthy, 1 when not.",
+        "decode it back, negotiate with the milter and abort a test message; print one line; "
+        "exit 0 when healthy, 1 when not.",
     )
     _add_settings(health, _SERVE)
     health.add_argument(
