@@ -175,8 +175,8 @@ class Server:
 
     @property
     def database_errors(self) -> int:
-        """Envelope database failures so far (a metric)."""
-        return self.envelopes.outage.failures
+        """Envelope database failures so far, recovered ones included (a metric)."""
+        return self.envelopes.errors
 
     @property
     def database_writes_refused(self) -> int:
@@ -262,16 +262,16 @@ class Server:
             LOGGER.warning(
                 "cannot create state directory %s: %s", self.settings.state_dir, err.strerror
             )
+        store = self.envelopes.store
         try:
-            await self.envelopes.store.check()
+            await store.check()
+            risk = await store.durability()
         except StorageError as err:
             self.envelopes.outage.failed(err)
-        else:
-            LOGGER.info(
-                "envelope database %s, mode %s",
-                self.envelopes.store.description,
-                self.envelopes.mode.value,
-            )
+            return
+        LOGGER.info("envelope database %s, mode %s", store.description, self.envelopes.mode.value)
+        if risk is not None:
+            LOGGER.warning("%s", risk)
 
     async def _drain(self, endpoints: list[Endpoint]) -> None:
         self.notifier.notify("STOPPING=1")
