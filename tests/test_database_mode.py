@@ -27,10 +27,12 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +48,7 @@ from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, StorageError
 from srsd.policy import Decision, Outcome, Policy
 from tests.immutable import immutable
+from tests.local_users import SECOND_UID, require_root, run_as
 from tests.ports import free_port
 from tests.redis_server import RedisServer
 from tests.server_process import SECRET, SrsdProcess, lookup, metric_samples
@@ -430,6 +433,65 @@ def test_sqlite_outage_defers_logs_once_and_heals(tmp_path: Path) -> None:
             assert srsd.decode(old_address) == old
             assert srsd.count(BACK) == outage, srsd.context()
         assert srsd.count(UNAVAILABLE) == 2  # once per outage, never per lookup
+
+
+READ_AS_OTHER = """
+import sys
+for path in sys.argv[1:]:
+    try:
+        open(path, "rb").read(1)
+    except PermissionError:
+        print("denied")
+    else:
+        print("read")
+"""
+
+
+def readable_by_another_user(*paths: Path) -> list[bool]:
+    """Whether uid :data:`SECOND_UID` (no group of ours) can read each of ``paths``."""
+    proc = run_as(SECOND_UID, READ_AS_OTHER, [str(p) for p in paths])
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    return [line == "read" for line in out.decode().split()]
+
+
+def test_every_file_srsd_creates_is_private_whatever_the_umask() -> None:
+    # umask 0, directories every user may enter and write (the state directory already
+    # there, 0777; a database elsewhere, sqlite:/abs/path): what srsd creates is 0600 and
+    # another user cannot read it; a database an older srsd left 0644 is made private.
+    require_root()
+    world = Path(tempfile.mkdtemp(prefix="srsd-modes-", dir="/tmp"))
+    old_umask = os.umask(0)
+    try:
+        world.chmod(0o777)
+        (world / "a").mkdir()
+        (world / "a" / "state").mkdir()
+        (world / "b").mkdir()
+        (world / "elsewhere").mkdir()
+        secret = world / "a" / "state" / "secrets"
+        subprocess.run([sys.executable, "-m", "srsd", "keygen", str(secret)], check=True)
+        left = world / "elsewhere" / "old.sqlite"
+        sqlite3.connect(left).execute("CREATE TABLE t (x)").connection.close()
+        left.chmod(0o644)
+        for workdir, args in [
+            (world / "a", ()),
+            (world / "b", ("--envelope-database", f"sqlite:{world}/elsewhere/new.sqlite")),
+            (world / "b", ("--envelope-database", f"sqlite:{left}")),
+        ]:
+            with Srsd(workdir, "--original-envelope", "database", *args) as srsd:
+                db = srsd.db_path if not args else Path(args[1].removeprefix("sqlite:"))
+                srsd.rewrite(long_sender(str(workdir)))  # creates the database, -wal, -shm
+                files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+                if db == left:
+                    assert srsd.count("made it private") == 1, srsd.context()
+                assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+                assert readable_by_another_user(*files) == [False] * 3
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert readable_by_another_user(secret) == [False]
+        assert readable_by_another_user(world / "b" / "srsd.log") == [True]  # the probe reads
+    finally:
+        os.umask(old_umask)
+        shutil.rmtree(world)
 
 
 #: Holds SQLite's write lock on a database (argv[1]) for argv[2] seconds, like a stuck writer.

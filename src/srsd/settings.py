@@ -948,6 +948,7 @@ def write_new_secret(path: Path, *, force: bool = False) -> None:
     target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)  # exactly: a umask such as 0277 would leave it unwritable
         f.write(line)
     if force:
         target.replace(path)
