@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from srsd import logs, milter_server, systemd
+from srsd import hangups, logs, milter_server, systemd
 from srsd.admission import Limits
 from srsd.connections import Connection, ConnectionLoop, Service
 from srsd.envelope import EnvelopeMode, lifetime
@@ -285,16 +285,22 @@ class Server:
     async def _watch_signals(
         self, signals: AsyncIterator[int], accepting: trio.CancelScope
     ) -> None:
+        if hangups.pending():  # held off while srsd started (srsd.hangups): apply it now
+            LOGGER.info("SIGHUP received while starting: reloading now")
+            self._reload_signalled()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-                self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
-                self.reload()
-                self.notifier.notify("READY=1", self.status())
+                self._reload_signalled()
             else:
                 LOGGER.info("%s received: stopping", signal.Signals(signum).name)
                 accepting.cancel()
                 return
+
+    def _reload_signalled(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self.reload()
+        self.notifier.notify("READY=1", self.status())
 
     def status(self) -> str:
         """A systemd ``STATUS=`` line with the counts that matter."""

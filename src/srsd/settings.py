@@ -925,8 +925,8 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
         mode = path.stat().st_mode
     except OSError as err:
         raise ConfigError(
-            f"secrets_file: cannot read {path}: {err.strerror} (from {source}); "
-            f"create one with: srsd keygen {path}"
+            f"secrets_file: cannot read {path}: {err.strerror} (from {source})"
+            + _secrets_advice(path, err)
         ) from None
     secrets = tuple(line for line in data.splitlines() if line)
     if not secrets:
@@ -938,6 +938,20 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
             f"{mode & 0o777:04o}); chmod 600 it"
         )
     return secrets, warnings
+
+
+def _secrets_advice(path: Path, err: OSError) -> str:
+    """What to do about a secrets file that cannot be read: create a missing one; fix the
+    permissions of one that exists, never replace it (a new secret breaks every bounce to an
+    address signed with the old one)."""
+    if err.errno == errno.ENOENT:
+        return f"; create one with: srsd keygen {path}"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"; fix its permissions so that uid {os.geteuid()} can read it (chown or chmod), "
+            "and keep it: bounces to the addresses it signed decode only with it"
+        )
+    return ""
 
 
 def write_new_secret(path: Path, *, force: bool = False) -> None:
