@@ -595,7 +595,7 @@ def _persistence_warning(client: redis.Redis, description: str) -> str | None:
             "(CONFIG is not allowed): with anything but appendfsync always, a crash of the "
             "host loses the last acknowledged writes"
         )
-    lost = "about the last second" if fsync == "everysec" else "up to about 30 s"
+    lost = "the last second or two" if fsync == "everysec" else "up to about 30 s"
     return (
         f"Redis at {description} runs with appendfsync {fsync}: a crash of the host or a "
         f"power loss loses {lost} of acknowledged writes (aliases whose bounces are then "
