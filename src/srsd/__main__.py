@@ -2,7 +2,7 @@
 """Entry point of the ``srsd`` command and of ``python -m srsd``.
 
 It does one thing before importing the rest of srsd (about a quarter of a second for
-``serve``): hold SIGHUP off (:func:`srsd.hangups.hold`), so that a reload signal sent while
+``serve``): hold SIGHUP off (:func:`srsd.serve.hangups.hold`), so that a reload signal sent while
 srsd starts is applied once it is ready instead of ending it.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from srsd import hangups
+from srsd.serve import hangups
 
 
 def main() -> int:

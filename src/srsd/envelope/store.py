@@ -22,7 +22,7 @@ stores recover by themselves: SQLite reopens its file after an error, redis-py r
 A store also says when it may have lost entries behind srsd's back (:attr:`EnvelopeStore.generation`
 changes: a new connection to a Redis that may have restarted empty) and whether it lives in a
 server that can (:attr:`EnvelopeStore.remote`): the caller then confirms with a read what it
-remembers having written, before it hands out an alias (:mod:`srsd.envelope.lookups`).
+remembers having written, before it hands out an alias (:mod:`srsd.envelope.database`).
 
 The clock is a parameter (``now``, Unix seconds) for SQLite, which stores the expiry time
 in each row; Redis expires keys by its own clock and ignores ``now``.
