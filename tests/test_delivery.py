@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from srsd import delivery
-from srsd.delivery import PostfixDelivery, alias_keys, domain_keys, split_list
+from srsd.config.postfix import split_list
+from srsd.delivery import PostfixDelivery, alias_keys, domain_keys
 from srsd.policy import DomainSet
 from tests.postfix.instance import backdate, find_program
 

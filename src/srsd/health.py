@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable
 
 from srsd import socketmap, tcp_table
+from srsd.config.postfix import reachable_host
 from srsd.settings import Settings, UnixEndpoint
 
 PROBE = b"srsd-health-probe@health.invalid"
-# A server listening on a wildcard address is probed on loopback.
-_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}  # noqa: S104
 _REPLY_LIMIT = 200_000
 
 Address = tuple[str, int] | str  # (host, port) or a unix socket path
@@ -38,7 +37,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     started = time.monotonic()
     results: list[str] = []
     healthy = True
-    host = _WILDCARDS.get(settings.listen[0], settings.listen[0])
+    host = reachable_host(settings.listen[0])
     probes: list[tuple[str, Callable[[], str]]] = []
     if settings.forward_port or settings.reverse_port:
         probes.append(
@@ -52,7 +51,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
         target: Address = (
             spec.path.as_posix()
             if isinstance(spec, UnixEndpoint)
-            else (_WILDCARDS.get(spec.host, spec.host), spec.port)
+            else (reachable_host(spec.host), spec.port)
         )
         probes.append((f"socketmap {settings.socketmap}", lambda: _socketmap(target, timeout)))
     for name, probe in probes:

@@ -235,6 +235,9 @@ def test_deliberate_differences(cross: CrossCheck) -> None:
             assert srsd_reverse(ours) == canonical_address(sender), (sender, ours)
             if theirs.ok:  # Mail::SRS's form carries the quotes in the middle
                 assert b'="' in theirs.value, (sender, theirs)
+                # ... and srsd decodes it to the quoted sender as it was given, "[", "]"
+                # and ":" included ("a:b"@x, never "\"a:b\""@x).
+                assert srsd_reverse(theirs.value) == sender, (sender, theirs)
         elif category == "at-in-local":
             # srsd splits at the last "@" and round-trips; Mail::SRS refuses the sender.
             assert not theirs.ok and b"may not contain an @" in theirs.value, (sender, theirs)
