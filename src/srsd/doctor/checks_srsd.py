@@ -68,7 +68,10 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
         return _no_answer(name, facts, user)
     if facts.role is Role.MILTER:
         return Result.ok(name, f"milter {facts.where} negotiates")
-    found = {look.asked.partition(b" ")[0] if facts.role is Role.SOCKETMAP else b"": look for look in facts.lookups}
+    found = {
+        look.asked.partition(b" ")[0] if facts.role is Role.SOCKETMAP else b"": look
+        for look in facts.lookups
+    }
     if facts.role in (Role.FORWARD, Role.SOCKETMAP):
         look = found.get(b"forward" if facts.role is Role.SOCKETMAP else b"")
         if look is None or look.status not in ("200", "OK"):
@@ -82,9 +85,9 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
                 + ("socketmap" if facts.role is Role.SOCKETMAP else "tcp_table forward port")
                 + " and that srsd runs with this configuration (srsd config --changed)",
             )
-        if not look.answer.upper().startswith((b"SRS0", b'"SRS0')) or not look.answer.lower().endswith(
-            b"@" + domain.lower()
-        ):
+        if not look.answer.upper().startswith(
+            (b"SRS0", b'"SRS0')
+        ) or not look.answer.lower().endswith(b"@" + domain.lower()):
             return Result.fail(
                 name,
                 f"{facts.where} rewrites to {look.answer[:80].decode(errors='replace')}, not to "
@@ -171,7 +174,7 @@ def secret_strength(facts: SecretFacts, user: str) -> Result:
             f"{MIN_SECRET_BITS}): it may be guessed, and with it bounces forged",
             FixKind.SHELL,
             f"srsd keygen {path}.new && cat {path} >> {path}.new && mv {path}.new {path}",
-            "systemctl reload srsd   # the new secret signs; remove the old line after max_age days",
+            "systemctl reload srsd  # the new one signs; remove the old line after max_age days",
         )
     return Result.ok("secret-strength", f"{len(facts.secrets)} secret(s), each ≥ {bits:.0f} bits")
 
@@ -224,4 +227,6 @@ def secret_in_use(
             FixKind.SHELL,
             "systemctl restart srsd",
         )
-    return Result.ok("secret-in-use", f"the running srsd signs with the first secret of {facts.path}")
+    return Result.ok(
+        "secret-in-use", f"the running srsd signs with the first secret of {facts.path}"
+    )

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import dns.exception
 import dns.resolver
-import spf
+import spf  # type: ignore[import-untyped]
 
 from srsd.doctor.facts import DnsFacts, SpfVerdict
 from srsd.settings import InetEndpoint
@@ -95,9 +95,7 @@ def dns_facts(
         resolver = make_resolver(servers, timeout)
         record = _txt(resolver, domain, "v=spf1 ")
         with _spf_through(resolver):
-            verdicts = tuple(
-                SpfVerdict(a, *_spf(a, domain, timeout)) for a in sending
-            )
+            verdicts = tuple(SpfVerdict(a, *_spf(a, domain, timeout)) for a in sending)
         mx: tuple[tuple[int, str], ...] | None
         try:
             answer = resolver.resolve(domain, "MX")

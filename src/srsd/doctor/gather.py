@@ -20,7 +20,6 @@ import pwd
 import smtplib
 import socket
 import subprocess
-from pathlib import Path
 
 from srsd import health, milter
 from srsd.delivery import _program
@@ -290,9 +289,7 @@ def host_addresses(timeout: float = COMMAND_TIMEOUT) -> tuple[str, ...]:
         ]
     except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
         try:
-            found = [
-                str(a[4][0]) for a in socket.getaddrinfo(socket.gethostname(), None)
-            ]
+            found = [str(a[4][0]) for a in socket.getaddrinfo(socket.gethostname(), None)]
         except OSError:
             found = []
     return tuple(dict.fromkeys(found))
@@ -307,15 +304,19 @@ def sending_addresses(
         return settings.sending_addresses, "sending_addresses"
     bound = tuple(
         a
-        for a in (postfix.expanded.get("smtp_bind_address", ""), postfix.expanded.get("smtp_bind_address6", ""))
+        for a in (
+            postfix.expanded.get("smtp_bind_address", ""),
+            postfix.expanded.get("smtp_bind_address6", ""),
+        )
         if a
     )
     if bound:
         return bound, "smtp_bind_address"
-    return tuple(a for a in host if ipaddress.ip_address(a).is_global), "this host's global addresses"
+    return tuple(
+        a for a in host if ipaddress.ip_address(a).is_global
+    ), "this host's global addresses"
 
 
 def environment_user() -> str:
     """Who runs doctor, for messages about what it could not read."""
     return _user_name(os.geteuid())
-

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from srsd.delivery import is_table, split_list
+from srsd.config.postfix import split_list
+from srsd.delivery import is_table
 from srsd.doctor.facts import PostfixFacts, Role
 from srsd.settings import InetEndpoint, Settings, UnixEndpoint
 
@@ -77,7 +78,10 @@ def endpoints(settings: Settings) -> list[Endpoint]:
         host = "::1" if host == "::" else "127.0.0.1"
     found = [
         Endpoint(role, (host, port))
-        for role, port in ((Role.FORWARD, settings.forward_port), (Role.REVERSE, settings.reverse_port))
+        for role, port in (
+            (Role.FORWARD, settings.forward_port),
+            (Role.REVERSE, settings.reverse_port),
+        )
         if port
     ]
     for role, spec in ((Role.SOCKETMAP, settings.socketmap), (Role.MILTER, settings.milter)):

@@ -101,8 +101,12 @@ def render_json(results: Sequence[Result]) -> str:
             "check": r.check,
             "status": r.status.value,
             "summary": r.summary,
-            "fix": None if r.fix is None else {"kind": r.fix.kind.value, "lines": list(r.fix.lines)},
+            "fix": None
+            if r.fix is None
+            else {"kind": r.fix.kind.value, "lines": list(r.fix.lines)},
         }
         for r in results
     ]
-    return json.dumps({"ok": healthy(results), "checks": checks}, ensure_ascii=False, indent=2) + "\n"
+    return (
+        json.dumps({"ok": healthy(results), "checks": checks}, ensure_ascii=False, indent=2) + "\n"
+    )
