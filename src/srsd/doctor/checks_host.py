@@ -38,13 +38,6 @@ def spf_record_for(record: str | None, addresses: Sequence[str], keep: bool) -> 
 def spf(facts: DnsFacts, sending: Sequence[str], source: str) -> Result:
     """The SRS domain's SPF passes for every address this host sends from."""
     name = "spf"
-    if facts.error is not None:
-        return Result.fail(
-            name,
-            f"cannot check SPF of {facts.domain} ({facts.resolver}): {facts.error}",
-            FixKind.DNS,
-            f'{facts.domain}. TXT "{spf_record_for(None, sending, keep=False)}"' if sending else "",
-        )
     if not sending:
         return Result.warn(
             name,
@@ -52,6 +45,13 @@ def spf(facts: DnsFacts, sending: Sequence[str], source: str) -> Result:
             "behind NAT, list the addresses mail leaves from",
             FixKind.SETTINGS,
             'sending_addresses = ["192.0.2.25"]   # your public address(es)',
+        )
+    if facts.error is not None:
+        return Result.fail(
+            name,
+            f"cannot check SPF of {facts.domain} ({facts.resolver}): {facts.error}",
+            FixKind.DNS,
+            f'{facts.domain}. TXT "{spf_record_for(None, sending, keep=False)}"',
         )
     failing = [v for v in facts.spf if v.result != "pass"]
     if not failing:
