@@ -6,7 +6,6 @@ printed DNS record and must then be ✓."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from tests.dns_server import NsdServer
 DOMAIN = "srs.example.test"
 HOST = "mx.example.test"
 SENDING = ("192.0.2.25", "2001:db8::25")
-BASE = f"mx 60 IN A 192.0.2.25\nmx 60 IN AAAA 2001:db8::25\nelsewhere 60 IN A 198.51.100.7\n"
+BASE = "mx 60 IN A 192.0.2.25\nmx 60 IN AAAA 2001:db8::25\nelsewhere 60 IN A 198.51.100.7\n"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +104,9 @@ def test_ten_lookups_is_within_the_limit(nsd: NsdServer) -> None:
     """The limit itself: 10 include terms still evaluate (9 + the one that matches)."""
     includes = " ".join(f"include:i{n}.example.test" for n in range(9))
     records = (
-        "srs 60 IN TXT " + txt(f"v=spf1 {includes} include:ok.example.test -all") + "\n"
+        "srs 60 IN TXT "
+        + txt(f"v=spf1 {includes} include:ok.example.test -all")
+        + "\n"
         + "".join(f'i{n} 60 IN TXT "v=spf1 ip4:203.0.113.{n} -all"\n' for n in range(9))
         + 'ok 60 IN TXT "v=spf1 ip4:192.0.2.25 ip6:2001:db8::25 -all"\n'
     )
@@ -170,8 +171,11 @@ def test_an_inbound_relay_counts_as_home(nsd: NsdServer) -> None:
         ('_dmarc.srs 60 IN TXT "v=DMARC1; p=reject"\n', Status.FAIL),
         ('_dmarc 60 IN TXT "v=DMARC1; p=none; sp=quarantine"\n', Status.FAIL),  # parent's sp=
         ('_dmarc 60 IN TXT "v=DMARC1; p=reject; sp=none"\n', Status.OK),
-        ('_dmarc.srs 60 IN TXT "v=DMARC1; p=reject"\nsrs 60 IN TXT "v=spf1 ip4:192.0.2.25 '
-         'ip6:2001:db8::25 -all"\n', Status.OK),
+        (
+            '_dmarc.srs 60 IN TXT "v=DMARC1; p=reject"\nsrs 60 IN TXT "v=spf1 ip4:192.0.2.25 '
+            'ip6:2001:db8::25 -all"\n',
+            Status.OK,
+        ),
         ("", Status.OK),
     ],
     ids=["reject-spf-failing", "parent-sp", "parent-sp-none", "reject-spf-passing", "none"],

@@ -340,8 +340,20 @@ def exclusions(facts: PostfixFacts, settings: Settings) -> Result:
     )
 
 
-def bounce_path(facts: SmtpFacts | None, mode: Mode | None) -> Result:
-    """smtpd takes a bounce to a fresh SRS address of ours (250) and refuses a forged one."""
+def way_back(settings: Settings, facts: PostfixFacts, mode: Mode) -> tuple[str, ...]:
+    """The commands of ``srsd postfix-config`` that make smtpd take bounces to valid SRS
+    addresses and refuse others (the same in both modes), then ``postfix reload``."""
+    try:
+        steps = wiring(settings, mode, site(facts))
+    except postfix.WiringError as err:
+        return (str(err),)
+    names = ("recipient_canonical_maps", "recipient_canonical_classes", "virtual_alias_domains")
+    return _step_fix([s for s in steps if s.name in names])
+
+
+def bounce_path(facts: SmtpFacts | None, fix: Sequence[str]) -> Result:
+    """smtpd takes a bounce to a fresh SRS address of ours (250) and refuses a forged one;
+    ``fix``: the commands that wire the way back (:func:`way_back`)."""
     if facts is None:
         return Result.warn(
             "bounce-path",
@@ -357,7 +369,6 @@ def bounce_path(facts: SmtpFacts | None, mode: Mode | None) -> Result:
             "start Postfix (systemctl start postfix) and check its log",
         )
     assert facts.valid_reply is not None and facts.forged_reply is not None
-    fix = f"srsd postfix-config --mode {(mode or Mode.CANONICAL).value} | sh && postfix reload"
     code, text = facts.valid_reply
     if code // 100 != 2:
         cause = "srsd or Postfix is failing now" if code // 100 == 4 else "they would be refused"
@@ -366,7 +377,7 @@ def bounce_path(facts: SmtpFacts | None, mode: Mode | None) -> Result:
             f"smtpd at {facts.where} answers a bounce to a fresh SRS address of ours {code} "
             f"{text}: {cause}, and the senders of forwarded mail never hear of non-delivery",
             FixKind.SHELL,
-            fix,
+            *fix,
         )
     code, text = facts.forged_reply
     if code // 100 != 5:
@@ -375,7 +386,7 @@ def bounce_path(facts: SmtpFacts | None, mode: Mode | None) -> Result:
             f"smtpd at {facts.where} answers a bounce to a forged SRS address {code} {text}, not "
             "550: forged bounces are taken in and then bounced again (backscatter)",
             FixKind.SHELL,
-            fix,
+            *fix,
         )
     return Result.ok(
         "bounce-path",

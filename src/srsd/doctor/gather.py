@@ -133,14 +133,16 @@ def _negotiate(target: Target, timeout: float) -> Lookup:
     with health._connect(target, timeout) as sock:
         sock.sendall(milter.negotiate())
         data = b""
-        while True:
+        replies: list[tuple[bytes, bytes]] = []
+        while not replies:
             try:
                 replies = milter.split_replies(data)
-                break
-            except ValueError:
+            except ValueError:  # a packet cut short: read on
+                replies = []
+            if not replies:
                 chunk = sock.recv(4096)
                 if not chunk or len(data) > 65536:
-                    raise health.ProbeError("closed without a complete reply") from None
+                    raise health.ProbeError("closed without a complete reply")
                 data += chunk
     command, body = replies[0]
     return Lookup(b"O", command.decode("latin-1"), body)

@@ -178,5 +178,6 @@ def _postfix_results(
                 timeout,
             )
         )
-        results.append(checks_postfix.bounce_path(smtp, mode))
+        fix = checks_postfix.way_back(settings, postfix, mode)
+        results.append(checks_postfix.bounce_path(smtp, fix))
     return results
