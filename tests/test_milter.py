@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from srsd import milter
-from srsd.milter import (
+from srsd.wire import milter
+from srsd.wire.milter import (
     MAX_PACKET,
     Close,
     Decide,

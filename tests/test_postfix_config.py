@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from srsd import cli, service_env, settings
-from srsd.config import postfix
+from srsd import cli
+from srsd.config import postfix, service_env, settings
 from srsd.config.postfix import Mode, Site, Step
 from tests.postfix.instance import backdate, find_program
 

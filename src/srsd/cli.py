@@ -1,4 +1,4 @@
-# The `srsd` command line: encode, decode, keygen and serve, with the shared settings flags.
+# The `srsd` command line: serve, encode, decode, keygen, config, health; shared settings flags.
 """Command-line entry point.
 
 ``srsd encode`` / ``srsd decode`` rewrite addresses given as arguments, or one per line
@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from srsd import __version__, health, service_env, settings
-from srsd.config import postfix
-from srsd.logs import show
-from srsd.policy import Decision
+from srsd import __version__
+from srsd.config import postfix, service_env, settings
+from srsd.host import health
+from srsd.host.logs import show
+from srsd.srs.policy import Decision
 
 EXIT_OK, EXIT_NOT_REWRITTEN, EXIT_USAGE = 0, 1, 2
 # Settings flags every command takes; the server-only ones come with `serve` and `health`.
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"srsd: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
-        from srsd import server  # noqa: PLC0415  (trio is only needed to serve)
+        from srsd.serve import server  # noqa: PLC0415  (trio is only needed to serve)
 
         reloaded = service_env.ReloadEnvironment(os.environ)  # re-reads /etc/default/srsd
         return server.run(
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wire:
         return _postfix_config(loaded, args.mode)
     if args.command == "config":
-        from srsd.settings_text import effective_config  # noqa: PLC0415
+        from srsd.config.render import effective_config  # noqa: PLC0415
 
         sys.stdout.write(effective_config(loaded, changed=args.changed))
         return EXIT_OK

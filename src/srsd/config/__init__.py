@@ -1,2 +1,6 @@
-# srsd's configuration: settings, their rendering, the service environment, Postfix's wiring.
-"""What srsd is configured with, and how Postfix is configured to use it (pure, no I/O)."""
+# Configuration: the one table of settings, their sources, settings as text, Postfix's wiring.
+""":mod:`.settings` (every setting declared once; defaults < TOML < environment < flags),
+:mod:`.render` (``srsd config``, README's table, the example file), :mod:`.service_env`
+(the unit's ``/etc/default/srsd``) and :mod:`.postfix` (how Postfix is wired to srsd:
+``srsd postfix-config``).
+"""

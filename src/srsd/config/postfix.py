@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
 
-from srsd.settings import InetEndpoint, Settings, UnixEndpoint
+from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
 
 #: Postfix's default queue directory (``postconf -d queue_directory``).
 DEFAULT_QUEUE_DIRECTORY = "/var/spool/postfix"

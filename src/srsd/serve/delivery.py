@@ -34,10 +34,10 @@ from pathlib import Path
 
 import trio
 
-from srsd import address
 from srsd.config.postfix import split_list
-from srsd.logs import LOGGER, show
-from srsd.policy import DomainSet
+from srsd.host.logs import LOGGER, show
+from srsd.srs import address
+from srsd.srs.policy import DomainSet
 
 #: Seconds a postconf or postmap command may take before its answer counts as unknown.
 COMMAND_TIMEOUT = 10.0

@@ -4,7 +4,7 @@
 The endpoints come from the same settings as ``srsd serve`` (so the check finds what the
 server listens on): the TOML file (``/etc/srsd/srsd.toml`` by default), the environment and
 the command line, and, beneath the environment, ``/etc/default/srsd`` when it exists (the
-packaged unit's ``EnvironmentFile=``, see :mod:`srsd.service_env`), so that a root shell
+packaged unit's ``EnvironmentFile=``, see :mod:`srsd.config.service_env`), so that a root shell
 sees what the unit's srsd sees without sourcing anything. Neither the SRS domain nor the
 secret is needed: the server signs the probe. For each configured protocol, a probe sender
 is rewritten through the forward map and the answer decoded through the reverse map; the
@@ -18,9 +18,9 @@ import socket
 import time
 from collections.abc import Callable
 
-from srsd import socketmap, tcp_table
 from srsd.config.postfix import reachable_host
-from srsd.settings import Settings, UnixEndpoint
+from srsd.config.settings import Settings, UnixEndpoint
+from srsd.wire import socketmap, tcp_table
 
 PROBE = b"srsd-health-probe@health.invalid"
 _REPLY_LIMIT = 200_000

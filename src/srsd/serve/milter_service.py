@@ -2,14 +2,14 @@
 """Serve Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` connections.
 
 Milter connections are few and long (one per SMTP session, or per local submission), so
-each is an ordinary trio task reading a :class:`srsd.milter.Session`, outside the lookup
+each is an ordinary trio task reading a :class:`srsd.wire.milter.Session`, outside the lookup
 reactor. At the end of each message :func:`decide` says what to change:
 
 1. each recipient that is a valid SRS address of ours is replaced by the original address
    (DELRCPT + ADDRCPT); one srsd cannot decode now (its database entry unreadable) makes
    the message fail temporarily; invalid ones stay, for Postfix to reject as usual;
 2. unless every (restored) recipient is delivered on this host
-   (:class:`srsd.delivery.PostfixDelivery`), the sender goes through the same policy as the
+   (:class:`srsd.serve.delivery.PostfixDelivery`), the sender goes through the same policy as the
    forward map (null sender, excluded and SRS domains, SRS1 for SRS senders, database mode)
    and, when rewritten, is changed (CHGFROM);
 3. anything srsd cannot decide (a lookup error, an internal error, no answer within
@@ -33,14 +33,13 @@ from dataclasses import dataclass
 
 import trio
 
-from srsd import milter
-from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
-from srsd.delivery import PostfixDelivery
-from srsd.listeners import Role, Wire
-from srsd.logs import LOGGER, show
-from srsd.lookups import Lookups
-from srsd.policy import Decision, DomainSet, Outcome
-from srsd.settings import Settings
+from srsd.config.settings import Settings
+from srsd.host.logs import LOGGER, show
+from srsd.serve.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.serve.answers import Lookups
+from srsd.serve.delivery import PostfixDelivery
+from srsd.srs.policy import Decision, DomainSet, Outcome, Role
+from srsd.wire import Wire, milter
 
 #: Seconds a milter connection may stay silent (Postfix's smtpd_timeout is 300 s).
 IDLE_SECONDS = 600.0
