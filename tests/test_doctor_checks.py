@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd import settings
+from srsd.config import settings
 from srsd.doctor import checks_host, checks_srsd, refs, run
 from srsd.doctor.facts import ClockFacts, ClockState, PostfixFacts, SecretFacts, Service
 from srsd.doctor.result import FixKind, Result, Status, healthy, render_json, render_text

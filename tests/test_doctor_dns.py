@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from srsd.config.settings import InetEndpoint
 from srsd.doctor import checks_host
 from srsd.doctor.dns import dns_facts
 from srsd.doctor.facts import DnsFacts
 from srsd.doctor.result import FixKind, Result, Status
-from srsd.settings import InetEndpoint
 from tests.dns_server import NsdServer
 
 DOMAIN = "srs.example.test"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd import settings
+from srsd.config import settings
 from srsd.doctor import checks_postfix, gather, run
 from srsd.doctor.result import FixKind, Result, Status
 from tests.dns_server import NsdServer

@@ -1,5 +1,4 @@
-# doctor's checks of the world around the host: the SRS domain's SPF, MX and DMARC, and the
-# clock. Pure functions over DnsFacts and ClockFacts.
+# doctor's checks of the SRS domain's SPF, MX and DMARC, and of the clock: pure functions.
 """Judge what receivers will see: the SRS domain's SPF must pass for every address this
 host sends from, its MX (or A/AAAA fallback) must lead back to this host or a configured
 inbound relay, a DMARC policy on it must not fail SRS senders, and the clock must be

@@ -1,5 +1,4 @@
-# doctor's checks of Postfix's wiring to srsd: maps and milters point at the right endpoint,
-# classes, the SRS domain, exclusions, and the bounce path as smtpd answers it. Pure.
+# doctor's checks of Postfix's wiring to srsd, the SRS domain and the bounce path: pure.
 """Judge Postfix's configuration (:class:`PostfixFacts`) against what ``srsd postfix-config``
 prints for the mode in use (:func:`srsd.config.postfix.wiring`), and the SMTP dialogue
 (:class:`SmtpFacts`) against what a bounce needs.
@@ -19,6 +18,7 @@ from collections.abc import Sequence
 
 from srsd.config import postfix
 from srsd.config.postfix import Mode, Site, Step, split_list, wiring
+from srsd.config.settings import Settings
 from srsd.doctor.facts import PostfixFacts, Role, Service, SmtpFacts
 from srsd.doctor.refs import (
     MAP_PARAMETERS,
@@ -32,7 +32,6 @@ from srsd.doctor.refs import (
     show_target,
 )
 from srsd.doctor.result import FixKind, Result
-from srsd.settings import Settings
 
 RELOAD = "postfix reload"
 _KIND_OF = {

@@ -1,5 +1,4 @@
-# doctor's checks of srsd itself: each endpoint answers its role; the secret is private,
-# strong and the one the running server signs with. Pure functions over gathered facts.
+# doctor's checks of srsd itself: endpoints answer their roles; the secret is private and in use.
 """Judge srsd's own side from :class:`EndpointFacts` and :class:`SecretFacts`.
 
 Each function returns :class:`Result` objects and does no I/O; the wording is the
@@ -13,11 +12,11 @@ import string
 import time
 from collections.abc import Sequence
 
-from srsd.codec import Codec, SRSError
+from srsd.config.settings import Settings
 from srsd.doctor.facts import EndpointFacts, Role, SecretFacts
 from srsd.doctor.result import FixKind, Result
-from srsd.health import PROBE
-from srsd.settings import Settings
+from srsd.host.health import PROBE
+from srsd.srs.codec import Codec, SRSError
 
 #: Bits of entropy below which a secret is reported as weak (16 bytes).
 MIN_SECRET_BITS = 128

@@ -28,8 +28,8 @@ import dns.exception
 import dns.resolver
 import spf  # type: ignore[import-untyped]
 
+from srsd.config.settings import InetEndpoint
 from srsd.doctor.facts import DnsFacts, SpfVerdict
-from srsd.settings import InetEndpoint
 
 
 def make_resolver(servers: tuple[InetEndpoint, ...], timeout: float) -> dns.resolver.Resolver:

@@ -17,12 +17,12 @@ import ipaddress
 import json
 import os
 import pwd
+import shutil
 import smtplib
 import socket
 import subprocess
 
-from srsd import health, milter
-from srsd.delivery import _program
+from srsd.config.settings import ConfigError, Settings, read_secrets
 from srsd.doctor.facts import (
     ClockFacts,
     ClockState,
@@ -35,7 +35,8 @@ from srsd.doctor.facts import (
     SmtpFacts,
 )
 from srsd.doctor.refs import Endpoint, Target, hit, opened_target, references, show_target
-from srsd.settings import ConfigError, Settings, read_secrets
+from srsd.host import health
+from srsd.wire import milter
 
 #: Parameters doctor reads with ``postconf``.
 PARAMETERS = (
@@ -146,6 +147,11 @@ def _negotiate(target: Target, timeout: float) -> Lookup:
                 data += chunk
     command, body = replies[0]
     return Lookup(b"O", command.decode("latin-1"), body)
+
+
+def _program(name: str) -> str:
+    """A Postfix program, found on PATH or in the sbin directories (not on a user's PATH)."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or name
 
 
 def _reason(err: BaseException) -> str:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from srsd.config.postfix import split_list
-from srsd.delivery import is_table
+from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
 from srsd.doctor.facts import PostfixFacts, Role
-from srsd.settings import InetEndpoint, Settings, UnixEndpoint
 
 #: Parameters that take maps, with the srsd map each must use (None: none of srsd's).
 MAP_PARAMETERS: dict[str, Role | None] = {
@@ -109,8 +108,6 @@ def parse_entry(where: str, param: str, entry: str) -> Ref | None:
             return Ref(where, param, entry, "milter", inet)
         if kind in ("unix", "local") and rest:
             return Ref(where, param, entry, "milter", rest)
-        return None
-    if not is_table(entry):
         return None
     text = entry.removeprefix("proxy:")
     kind, _, rest = text.partition(":")

@@ -11,15 +11,15 @@ from __future__ import annotations
 import socket
 import time
 
-from srsd.codec import Codec
 from srsd.config.postfix import Mode, WiringError, script, wiring
+from srsd.config.settings import Settings
 from srsd.doctor import checks_host, checks_postfix, checks_srsd, gather
 from srsd.doctor.dns import dns_facts
 from srsd.doctor.facts import EndpointFacts, PostfixFacts, Role, SecretFacts
 from srsd.doctor.refs import endpoints
 from srsd.doctor.result import FixKind, Result
-from srsd.health import PROBE
-from srsd.settings import Settings
+from srsd.host.health import PROBE
+from srsd.srs.codec import Codec
 
 
 def forge(address: str) -> str:
