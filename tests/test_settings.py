@@ -893,6 +893,7 @@ milter = "unix:{dir}/milter.sock"     # smtpd_milters: rewrite forwarded mail on
 local_domains = ["example.net", ".hosted.example"]
 rewrite_local = false
 milter_recipient_limit = 500
+split_mixed = "off"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
 max_connections = 200
@@ -937,7 +938,7 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
     assert s.local_domains == ("example.net", ".hosted.example")
-    assert (s.rewrite_local, s.milter_recipient_limit) == (False, 500)
+    assert (s.rewrite_local, s.milter_recipient_limit, s.split_mixed) == (False, 500, "off")
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)

@@ -628,6 +628,17 @@ class Settings:
         "--milter-recipient-limit",
         "milter: recipients per message; each one beyond is answered 452 (sent again later)",
     )
+    split_mixed: str = setting(
+        _one_of("smtpd", "off"),
+        "smtpd",
+        "SRS_SPLIT_MIXED",
+        "--split-mixed",
+        "milter: `smtpd`: the first recipient of an SMTP transaction fixes its class (delivered "
+        "here or leaves), one of the other class is answered 452 4.5.3 and sent again in a "
+        "transaction of its own, so local copies keep their sender; `off`: a mixed message is "
+        "rewritten as a whole (sendmail submissions always are: they cannot be sent again)",
+        choices=("smtpd", "off"),
+    )
     keep_alive: float = setting(
         _seconds,
         30.0,

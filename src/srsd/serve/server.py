@@ -123,6 +123,7 @@ class Server:
             reverse=reverse,
             delivery=milter_service.delivery_for(settings),
             recipient_limit=settings.milter_recipient_limit,
+            split=settings.split_mixed == "smtpd",
         )
         self.milter_endpoints: list[Endpoint] = []
 
@@ -347,6 +348,7 @@ class Server:
         self.lookup.configure(new, new.policy())
         self.milter.delivery = milter_service.delivery_for(new)  # reads Postfix's config again
         self.milter.recipient_limit = new.milter_recipient_limit
+        self.milter.split = new.split_mixed == "smtpd"
         self.gate.configure(limits)
         self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
