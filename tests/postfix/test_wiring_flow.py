@@ -336,6 +336,70 @@ def test_alias_to_a_local_user_and_a_remote_address(flow: Flow) -> None:
     assert seen in local_return_path(flow, start), seen + flow.diagnostics()
 
 
+def test_mixed_recipients_from_a_sending_postfix(
+    flow: Flow, tmp_path: Path, postfix_programs: PostfixPrograms
+) -> None:
+    """A real Postfix sends one message to a local mailbox and a remote forward: with the
+    milter the second recipient gets 452 4.5.3 and comes in a later transaction (the sending
+    Postfix defers it until its next queue run), so the local copy keeps its sender;
+    canonical maps rewrite the message as a whole."""
+    start, token = time.time(), uuid.uuid4().hex
+    to_wired = f"smtp:[127.0.0.1]:{flow.postfix.smtpd_port}"
+    client_cf = {"default_transport": to_wired, "relay_transport": to_wired}
+    with PostfixInstance(tmp_path / "mta", main_cf=client_cf, myhostname="mta.origin.test") as mta:
+        done = subprocess.run(
+            [
+                postfix_programs.postfix.replace("postfix", "sendmail"),
+                "-C",
+                str(mta.config_dir),
+                "-f",
+                ALICE,
+                MAILBOX,
+                CAROL,
+            ],
+            input=flow.message(token, f"{MAILBOX}, {CAROL}"),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        delivery = flow.at_sink(token)
+        local = flow.in_mailbox(token)
+        sent = sent_lines(mta, 2)
+        mta_log = mta.log()
+    delays = {line.split("to=<")[1].split(">")[0]: delay_of(line) for line in sent}
+    flow.report(
+        "mixed recipients (a real Postfix sends)",
+        f"remote MAIL FROM:<{delivery.mail_from}>; local {local}; the sending Postfix's "
+        f"delay= per recipient {delays}",
+    )
+    assert delivery.rcpt_tos == (CAROL,) and delivery.mail_from in flow.srs0(start)
+    assert local in local_return_path(flow, start), local + flow.diagnostics()
+    if flow.mode == "milter":
+        assert "452 4.5.3" in flow.postfix.log() and "comes in a transaction of its own" in (
+            flow.srsd.log()
+        ), flow.diagnostics()
+        # Postfix's smtp(8) defers a recipient answered 452 and sends it at its next
+        # deferred-queue run (here within seconds: minimal_backoff_time = 1s).
+        deferred = [line for line in mta_log.splitlines() if "status=deferred" in line]
+        assert len(deferred) == 1 and "452 4.5.3" in deferred[0], mta_log
+
+
+def sent_lines(mta: PostfixInstance, count: int) -> list[str]:
+    """The sending Postfix's ``status=sent`` lines, once there are ``count`` of them."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT
+    while True:
+        lines = [line for line in mta.log().splitlines() if "status=sent" in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            assert len(lines) >= count, mta.diagnostics()
+            return lines
+        time.sleep(0.1)
+
+
+def delay_of(line: str) -> float:
+    return float(line.split(" delay=")[1].split(",")[0])
+
+
 def test_remote_bounce_to_the_srs_address_reaches_the_sender(flow: Flow) -> None:
     token = uuid.uuid4().hex
     assert flow.send(ALICE, "fwd@local.test", token=token) is None, flow.diagnostics()
