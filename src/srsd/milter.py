@@ -53,6 +53,7 @@ MAX_RECIPIENTS = 1000
 #: The milter protocol version srsd speaks (Postfix: ``milter_protocol = 6``).
 VERSION = 6
 _LENGTH = struct.Struct("!I")
+_unpack_length = _LENGTH.unpack_from
 _NEGOTIATION = struct.Struct("!III")
 
 # MTA commands (libmilter mfdef.h, SMFIC_*).
@@ -190,6 +191,13 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+_CLOSED = _State.CLOSED
+# Replies that never change, made once.
+_SEND_CONTINUE = Send(packet(CONTINUE))
+_SEND_TEMPFAIL = Send(packet(TEMPORARY_FAILURE))
+_CONTINUE_PACKET = _SEND_CONTINUE.data
+
+
 class Session:
     """One milter connection, as a state machine fed with the bytes received."""
 
@@ -198,6 +206,7 @@ class Session:
         "_max_packet",
         "_recipient_limit",
         "_recipients",
+        "_rewrites",
         "_sender",
         "_state",
         "actions",
@@ -220,6 +229,7 @@ class Session:
         #: The protocol version and actions agreed on (0 before the negotiation).
         self.version = 0
         self.actions = Action(0)
+        self._rewrites = False
         #: The latest queue id the MTA sent (macro ``i``), empty if none.
         self.queue_id = b""
         #: Recipients answered "too many" so far (a metric).
@@ -243,31 +253,40 @@ class Session:
     @property
     def can_rewrite(self) -> bool:
         """Whether the MTA offered every action srsd needs."""
-        return NEEDED_ACTIONS in self.actions
+        return self._rewrites
 
     def feed(self, data: bytes | bytearray) -> list[MilterAction]:
         """Take the next bytes received; return what to do, in order."""
-        if self._state is _State.CLOSED:
+        if self._state is _CLOSED:
             return []
-        self._buf += data
+        held = self._buf
+        if held:
+            held += data
+            buf: bytes | bytearray = held
+        else:
+            buf = data  # the usual case, nothing held: the packets are read where they came
         out: list[MilterAction] = []
-        buf = self._buf
-        start = 0
-        while len(buf) - start >= 4 and not self.closed:
-            (length,) = _LENGTH.unpack_from(buf, start)
-            if not 1 <= length <= self._max_packet:
-                self._fail(out, f"packet length {length} out of range 1..{self._max_packet}")
+        start, size, most = 0, len(buf), self._max_packet
+        handle = self._handle
+        while size - start >= 4:
+            (length,) = _unpack_length(buf, start)
+            if not 1 <= length <= most:
+                self._fail(out, f"packet length {length} out of range 1..{most}")
                 break
             end = start + 4 + length
-            if len(buf) < end:
+            if size < end:
                 break
             command, payload = buf[start + 4], bytes(buf[start + 5 : end])
             start = end
-            self._handle(command, payload, out)
-        if self.closed:
+            handle(command, payload, out)
+            if self._state is _CLOSED:
+                break
+        if self._state is _CLOSED:
             self._buf = bytearray()
-        else:
-            del buf[:start]
+        elif held:
+            del held[:start]
+        elif start < size:
+            held += buf[start:]
         return out
 
     def feed_eof(self) -> list[MilterAction]:
@@ -281,14 +300,18 @@ class Session:
     def verdict(self, verdict: Verdict) -> bytes:
         """The reply to the end of a message: the changes, then ``continue``."""
         if verdict.tempfail:
-            return packet(TEMPORARY_FAILURE)
+            return _SEND_TEMPFAIL.data
+        if not verdict.replace:  # the usual case: a new sender or none
+            if verdict.sender is None:
+                return _CONTINUE_PACKET
+            return packet(CHANGE_SENDER, verdict.sender + b"\x00") + _CONTINUE_PACKET
         parts = []
         for old, new in verdict.replace:
             parts.append(packet(DELETE_RECIPIENT, old + b"\x00"))
             parts.append(packet(ADD_RECIPIENT, new + b"\x00"))
         if verdict.sender is not None:
             parts.append(packet(CHANGE_SENDER, verdict.sender + b"\x00"))
-        parts.append(packet(CONTINUE))
+        parts.append(_CONTINUE_PACKET)
         return b"".join(parts)
 
     # -- one packet -------------------------------------------------------------------------
@@ -311,7 +334,7 @@ class Session:
         elif command in _IGNORED_STEPS:
             if command in (CONNECT, HELO):
                 self._reset()  # a new SMTP session or EHLO ends any message
-            out.append(Send(packet(CONTINUE)))
+            out.append(_SEND_CONTINUE)
         elif command == RCPT and state is _State.MESSAGE:
             self._rcpt(data, out)
         elif command == END_OF_MESSAGE and state is _State.MESSAGE:
@@ -341,6 +364,7 @@ class Session:
             return
         self.version = min(version, VERSION)
         self.actions = Action(offered_actions & NEEDED_ACTIONS)
+        self._rewrites = NEEDED_ACTIONS in self.actions  # asked at every sender: once here
         steps = offered_steps & SKIPPED_STEPS
         self._state = _State.READY
         reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
@@ -354,9 +378,9 @@ class Session:
         if strings is None or len(strings) % 2:
             self._fail(out, "malformed macro packet")
             return
-        for name, value in zip(strings[::2], strings[1::2], strict=True):
-            if name in _QUEUE_ID_MACROS:
-                self.queue_id = value
+        for i in range(0, len(strings), 2):
+            if strings[i] in _QUEUE_ID_MACROS:
+                self.queue_id = strings[i + 1]
 
     def _mail(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -366,7 +390,7 @@ class Session:
         self._reset()
         self._state = _State.MESSAGE
         self._sender = args[0]
-        out.append(Send(packet(CONTINUE if self.can_rewrite else TEMPORARY_FAILURE)))
+        out.append(_SEND_CONTINUE if self._rewrites else _SEND_TEMPFAIL)
 
     def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -378,7 +402,7 @@ class Session:
             out.append(Send(packet(REPLY_CODE, _TOO_MANY + b"\x00")))
             return
         self._recipients.append(args[0])
-        out.append(Send(packet(CONTINUE)))
+        out.append(_SEND_CONTINUE)
 
 
 def _name(command: int) -> str:
