@@ -43,7 +43,7 @@ LAYERS = (
     ("wire codecs (tcp_table, socketmap, milter)", ("tcp_table.py", "socketmap.py", "milter.py")),
     (
         "logging / counting",
-        ("logging/", "logs.py", "record (lookups.py", "collections/", "metrics.py"),
+        ("logging/", "logs.py", "record (answers.py", "collections/", "metrics.py"),
     ),
     (
         "trio cancel scopes and deadlines",
@@ -60,7 +60,7 @@ LAYERS = (
     ("selectors (the loop's readiness set)", ("selectors.py",)),
     (
         "srsd connection loop, lookups, milter service",
-        ("connections.py", "lookups.py", "server.py", "milter_server.py", "delivery.py"),
+        ("loop.py", "answers.py", "server.py", "milter_service.py", "delivery.py"),
     ),
     ("trio scheduler / epoll", ("trio/",)),
 )
