@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import smtplib
 import socket
 import subprocess
 import sys
@@ -34,12 +33,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
-from tests.postfix.conftest import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
+from tests.postfix.conftest import (
+    SRS_DOMAIN,
+    PostfixPrograms,
+    SmtpClient,
+    expected_srs0_candidates,
+)
 from tests.postfix.instance import PostfixInstance, backdate, find_program
 from tests.postfix.smtp_sink import Delivery, SmtpSink
 from tests.server_process import SECRET, SrsdProcess
@@ -71,8 +74,10 @@ class WiredInstance(PostfixInstance):
             backdate(self.config_dir / name)
 
 
-class Flow:
+class Flow(SmtpClient):
     """srsd, the sink, the instance, nobody's mailbox; what was seen, for the report."""
+
+    subject = "wiring test"
 
     def __init__(self, mode: str, srsd: SrsdProcess, sink: SmtpSink, spool: Path) -> None:
         self.mode = mode
@@ -80,27 +85,6 @@ class Flow:
         self.sink = sink
         self.spool = spool
         self.postfix: WiredInstance
-
-    def message(self, token: str, to: str) -> bytes:
-        return (
-            f"From: {ALICE}\r\nTo: {to}\r\nSubject: wiring test {token}\r\n"
-            f"Date: {formatdate()}\r\nMessage-ID: <{token}@client.test>\r\n\r\n"
-            f"token {token}\r\n"
-        ).encode()
-
-    def send(self, sender: str, *recipients: str, token: str) -> tuple[int, bytes] | None:
-        """One SMTP transaction; None when accepted, else the first refusal."""
-        with smtplib.SMTP("127.0.0.1", self.postfix.smtpd_port, timeout=SMTP_TIMEOUT) as smtp:
-            smtp.ehlo("client.test")
-            code, text = smtp.mail(sender)
-            if code != 250:
-                return code, text
-            for recipient in recipients:
-                code, text = smtp.rcpt(recipient)
-                if code not in (250, 251):
-                    return code, text
-            code, text = smtp.data(self.message(token, ", ".join(recipients)))
-            return None if code == 250 else (code, text)
 
     def at_sink(self, token: str, predicate: Callable[[Delivery], bool] = bool) -> Delivery:
         def match(d: Delivery) -> bool:
@@ -284,29 +268,19 @@ def test_wiring_is_what_postfix_config_printed(flow: Flow) -> None:
     assert "postconf -e" in flow.postfix.wiring
 
 
-def test_virtual_alias_forward_gets_srs0(flow: Flow) -> None:
+@pytest.mark.parametrize(
+    ("case", "recipient"),
+    [
+        ("virtual alias forward", "fwd@local.test"),
+        ("aliases(5) forward", "alias-fwd@local.test"),
+        (".forward", DOT_FORWARD),
+    ],
+)
+def test_forward_gets_srs0(flow: Flow, case: str, recipient: str) -> None:
     start, token = time.time(), uuid.uuid4().hex
-    assert flow.send(ALICE, "fwd@local.test", token=token) is None, flow.diagnostics()
+    assert flow.send(ALICE, recipient, token=token) is None, flow.diagnostics()
     delivery = flow.at_sink(token)
-    flow.report("virtual alias forward", f"MAIL FROM:<{delivery.mail_from}>")
-    assert delivery.rcpt_tos == (CAROL,), flow.diagnostics()
-    assert delivery.mail_from in flow.srs0(start), flow.diagnostics()
-
-
-def test_aliases_forward_gets_srs0(flow: Flow) -> None:
-    start, token = time.time(), uuid.uuid4().hex
-    assert flow.send(ALICE, "alias-fwd@local.test", token=token) is None, flow.diagnostics()
-    delivery = flow.at_sink(token)
-    flow.report("aliases(5) forward", f"MAIL FROM:<{delivery.mail_from}>")
-    assert delivery.rcpt_tos == (CAROL,), flow.diagnostics()
-    assert delivery.mail_from in flow.srs0(start), flow.diagnostics()
-
-
-def test_dot_forward_gets_srs0(flow: Flow) -> None:
-    start, token = time.time(), uuid.uuid4().hex
-    assert flow.send(ALICE, DOT_FORWARD, token=token) is None, flow.diagnostics()
-    delivery = flow.at_sink(token)
-    flow.report(".forward", f"MAIL FROM:<{delivery.mail_from}>")
+    flow.report(case, f"MAIL FROM:<{delivery.mail_from}>")
     assert delivery.rcpt_tos == (CAROL,), flow.diagnostics()
     assert delivery.mail_from in flow.srs0(start), flow.diagnostics()
 
