@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from srsd.admission.gatekeeper import Gatekeeper
-from srsd.admission.owners import REMOTE, UNKNOWN, Owner
+from srsd.admission.owners import REMOTE, UNKNOWN_OWNER, Owner
 from srsd.admission.rule import (
     Action,
     Admission,
@@ -46,7 +46,7 @@ MACHINE = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN]
+OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN_OWNER]
 POSTFIX, FLOODER = 103, 65534
 
 
@@ -243,7 +243,7 @@ def test_allowed_users_refuse_everyone_else() -> None:
     table: Admission[int] = Admission(Limits(10, 5, frozenset({0, POSTFIX})))
     assert table.admit(1, POSTFIX, 0.0).action is Action.ADMIT
     assert table.admit(2, 0, 0.0).action is Action.ADMIT
-    for owner in (FLOODER, REMOTE, UNKNOWN):
+    for owner in (FLOODER, REMOTE, UNKNOWN_OWNER):
         assert table.admit(3, owner, 0.0).action is Action.REFUSE_USER
     assert len(table) == 2
 
