@@ -36,7 +36,7 @@ from srsd.doctor.facts import (
 )
 from srsd.doctor.refs import Endpoint, Target, hit, opened_target, references, show_target
 from srsd.host import health
-from srsd.wire import milter
+from srsd.wire import host_port, milter
 
 #: Parameters doctor reads with ``postconf``.
 PARAMETERS = (
@@ -250,7 +250,7 @@ def smtp_facts(
 ) -> SmtpFacts:
     """``EHLO``, ``MAIL FROM:<>``, ``RCPT TO:<valid>``, ``RSET``, ``MAIL FROM:<>``,
     ``RCPT TO:<forged>``, ``RSET``, ``QUIT``: the replies a bounce would get."""
-    shown = f"[{where[0]}]:{where[1]}" if ":" in where[0] else f"{where[0]}:{where[1]}"
+    shown = host_port(*where)
     replies: list[tuple[int, str]] = []
     try:
         with smtplib.SMTP(where[0], where[1], local_hostname=helo, timeout=timeout) as smtp:
