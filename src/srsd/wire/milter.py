@@ -14,8 +14,8 @@ other step is switched off in the negotiation (``SMFIP_NOCONNECT`` unless splitt
 only.
 
 :class:`Session` turns received bytes into :class:`Send`, :class:`Decide`,
-:class:`Classify` and :class:`Close` actions; :meth:`Session.verdict` turns the decision for a message into the
-reply bytes. Rules:
+:class:`Classify` and :class:`Close` actions; :meth:`Session.verdict` turns the decision for
+a message into the reply bytes. Rules:
 
 * a packet length of 0 or over ``max_packet`` (:data:`MAX_PACKET`) is refused as soon as its
   four bytes are in, before any payload is read: the session buffers at most one packet;
