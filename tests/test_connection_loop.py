@@ -26,7 +26,6 @@ from srsd.serve.server import Server
 from srsd.srs.policy import Role
 from tests.test_server import (
     TIMEOUT,
-    _no_system_config,  # noqa: F401  (autouse: never read /etc/srsd)
     forward_replies,
     serving,
     srs0,

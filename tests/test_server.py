@@ -90,12 +90,6 @@ def check_reply(reply: bytes) -> bytes:
 # -- a running server -----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never read /etc/srsd/srsd.toml, whatever the machine has."""
-    monkeypatch.setattr(srsd_settings, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
-
-
 def make_settings(
     tmp_path: Path,
     forward_port: int,

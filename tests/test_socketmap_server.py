@@ -82,12 +82,6 @@ def unquote(text: bytes) -> bytes:
 # -- a running server -----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never read /etc/srsd/srsd.toml, whatever the machine has."""
-    monkeypatch.setattr(srsd_settings, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
-
-
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A short directory for unix sockets (sun_path holds 107 bytes; tmp_path can be longer)."""
