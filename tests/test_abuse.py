@@ -45,9 +45,9 @@ import trio
 from srsd.serve import loop
 from srsd.serve.server import Server
 from srsd.srs.codec import Codec
-from tests.local_users import NOBODY
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess, metric_samples
+from tests.harness.local_users import NOBODY
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SECRET, SrsdProcess, metric_samples
 from tests.test_admission_attacks import attackers
 
 TIMEOUT = 10.0  # the bound on every single wait
@@ -699,7 +699,7 @@ def test_connection_flood_past_the_limit(target: Target) -> None:
     # 300 connections at a time (twice the limit), each asking one lookup and keeping the
     # connection for a second, replaced as soon as it ends: each new one evicts the one idle
     # the longest (which had its answer already); none is refused. The flood comes from
-    # another user (nobody, tests/attacker.py): had it come from the good client's user,
+    # another user (nobody, tests/harness/attacker.py): had it come from the good client's user,
     # any stall of the good client longer than the flood's connections live (tens of ms)
     # would make its connection the one idle the longest, and the rule would rightly take
     # it (tests/test_admission_attacks.py has more of this).

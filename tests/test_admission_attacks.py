@@ -2,7 +2,7 @@
 """No local user can shut the good client out (issue 13, item 5).
 
 Each test starts ``srsd serve`` with a small ``max_connections`` (:data:`MAX_CONNECTIONS`)
-and runs an attacker (``tests/attacker.py``) as another uid (``nobody``, and a second uid
+and runs an attacker (``tests/harness/attacker.py``) as another uid (``nobody``, and a second uid
 for the tests that need two users to fill srsd), while two good clients run as root in
 this process: one that opens a fresh connection per lookup, as a newly started Postfix
 process does, and one that keeps its connection, as a running one does. Every answer is
@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from srsd.srs.codec import Codec
-from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess, metric_samples
+from tests.harness.local_users import NOBODY, SECOND_UID, require_root, run_as
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SECRET, SrsdProcess, metric_samples
 from tests.test_operations import health
 
 DOMAIN = b"forwarder.test"
@@ -46,7 +46,7 @@ P99_BOUND = 0.050
 ATTACKER_NICE = 10
 ATTACKER_SECONDS = 60.0  # the bound on an attacker's life, should the test not stop it
 TIMEOUT = 5.0  # one good lookup may take at most this long before it counts as failed
-ATTACKER = (Path(__file__).parent / "attacker.py").read_text()
+ATTACKER = (Path(__file__).parent / "harness" / "attacker.py").read_text()
 
 
 class Target(SrsdProcess):

@@ -41,10 +41,10 @@ from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, StorageError
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Outcome, Policy
-from tests.immutable import immutable
-from tests.ports import free_port
-from tests.redis_server import RedisServer
-from tests.server_process import SECRET, SrsdProcess, lookup
+from tests.harness.immutable import immutable
+from tests.harness.ports import free_port
+from tests.harness.redis_server import RedisServer
+from tests.harness.srsd_process import SECRET, SrsdProcess, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"

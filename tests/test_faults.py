@@ -36,8 +36,8 @@ import pytest
 
 from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS
 from srsd.srs.codec import Codec
-from tests.immutable import immutable
-from tests.server_process import SECRET, SrsdProcess, lookup
+from tests.harness.immutable import immutable
+from tests.harness.srsd_process import SECRET, SrsdProcess, lookup
 from tests.test_abuse import LineConn, Target
 from tests.test_serve_process import (
     ALICE,

@@ -17,8 +17,8 @@ import pytest
 
 from srsd.config import service_env
 from srsd.host.systemd import parse_environment_file
-from tests.ports import free_port
-from tests.server_process import lookup
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import lookup
 from tests.test_operations import SRC, TIMEOUT, Daemon, child_env, write_secret
 from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
 

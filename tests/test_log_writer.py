@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srsd.host import logs
-from tests.ports import free_port
+from tests.harness.ports import free_port
 from tests.test_operations import TIMEOUT, child_env, serve_args, write_secret
 
 OLD_PLAIN = "%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s"

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srsd.host import logs
-from tests.ports import free_port
+from tests.harness.ports import free_port
 from tests.test_operations import SRC, TIMEOUT, write_secret
 
 MAIL_INFO = (2 << 3) | 6  # facility mail (2), severity info (6): "<22>"

@@ -25,8 +25,8 @@ from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
 from srsd.wire import milter
 from srsd.wire.milter import command, macros, negotiate, split_replies
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SECRET, SrsdProcess
 from tests.test_operations import (
     Daemon,
     activation_argv,

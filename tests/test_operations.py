@@ -44,8 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import srsd
 from srsd.srs.codec import Codec
 from srsd.wire import socketmap, tcp_table
-from tests.ports import free_port
-from tests.server_process import fd_targets, lookup
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import fd_targets, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 SRC = Path(srsd.__file__).resolve().parents[1]

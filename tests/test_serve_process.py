@@ -29,8 +29,8 @@ import pytest
 
 import srsd
 from srsd.srs.codec import Codec
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess, lookup
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SECRET, SrsdProcess, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"

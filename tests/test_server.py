@@ -41,7 +41,7 @@ from srsd.serve.loop import Connection
 from srsd.serve.server import BAD_REQUEST_LOG_RATE, Endpoint, Server, StartError
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Role
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 SECRET = b"in-process-secret-7f3a9c0d"
 NEW_SECRET = b"in-process-rotated-secret-41b2"

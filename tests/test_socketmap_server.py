@@ -39,7 +39,7 @@ from srsd.serve.server import Endpoint, Server, StartError
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Role
 from srsd.wire import Wire
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 SECRET = b"socketmap-secret-5e1d0a77"
 DOMAIN = "forwarder.test"

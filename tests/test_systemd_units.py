@@ -35,8 +35,8 @@ import pytest
 from srsd.config import settings
 from srsd.serve import server
 from srsd.srs.codec import Codec
-from tests.ports import free_port
-from tests.server_process import lookup
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import lookup
 from tests.test_operations import (
     SRC,
     TIMEOUT,

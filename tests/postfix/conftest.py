@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.postfix.instance import backdate, find_program
-from tests.server_process import SECRET, SrsdProcess
+from tests.harness.postfix import backdate, find_program
+from tests.harness.srsd_process import SECRET, SrsdProcess
 
 SRS_DOMAIN = "forwarder.test"
 REQUIRED_PROGRAMS = ("postfix", "postmap", "postconf", "postqueue")

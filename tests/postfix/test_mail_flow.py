@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.postfix import PostfixInstance
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SrsdProcess
 from tests.postfix.conftest import (
     SRS_DOMAIN,
     PostfixPrograms,
@@ -34,9 +37,6 @@ from tests.postfix.conftest import (
     expected_srs0_candidates,
     tamper_hash,
 )
-from tests.postfix.instance import PostfixInstance
-from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.server_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

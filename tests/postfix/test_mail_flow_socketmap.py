@@ -31,7 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.harness.ports import free_port
+from tests.harness.postfix import PostfixInstance
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SrsdProcess
 from tests.postfix.conftest import (
     SRS_DOMAIN,
     PostfixPrograms,
@@ -39,10 +42,7 @@ from tests.postfix.conftest import (
     srs_hash,
     stamps_around,
 )
-from tests.postfix.instance import PostfixInstance
-from tests.postfix.smtp_sink import Delivery, SmtpSink
 from tests.postfix.test_mail_flow import MAP_TROUBLE, MailFlow
-from tests.server_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.local_users import NOBODY, SECOND_UID
+from tests.harness.local_users import NOBODY, SECOND_UID
+from tests.harness.postfix import PostfixInstance
+from tests.harness.smtp_sink import SmtpSink
 from tests.postfix.conftest import (
     SRS_DOMAIN,
     PostfixPrograms,
     canonical_maps_flow,
     expected_srs0_candidates,
 )
-from tests.postfix.instance import PostfixInstance
-from tests.postfix.smtp_sink import SmtpSink
 from tests.postfix.test_mail_flow import MailFlow
 from tests.test_admission_attacks import MAX_CONNECTIONS, Target, attackers
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.postfix import backdate
+from tests.harness.srsd_process import SrsdProcess
 from tests.postfix.conftest import (
     SRS_DOMAIN,
     PostfixPrograms,
@@ -27,8 +29,6 @@ from tests.postfix.conftest import (
     srs_hash,
     tamper_hash,
 )
-from tests.postfix.instance import backdate
-from tests.server_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

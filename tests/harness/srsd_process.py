@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 SECRET = b"test-secret-0123456789abcdef"
 START_TIMEOUT = 20.0
