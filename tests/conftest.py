@@ -19,10 +19,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,11 @@ SYSTEMD_VARIABLES = (
 SYSCONFDIR = Path(tempfile.mkdtemp(prefix="srsd-tests-etc-"))
 os.environ["SRSD_SYSCONFDIR"] = str(SYSCONFDIR)
 
-from srsd.config import settings  # noqa: E402  (after SRSD_SYSCONFDIR: it is read at import)
+# srsd is imported only now, after SRSD_SYSCONFDIR (read at import).
+from srsd.config import settings  # noqa: E402
+from srsd.host.logs import LOGGER  # noqa: E402
+from tests.harness.daemon import world_traversable_dir  # noqa: E402
+from tests.harness.inprocess import NEW_SECRET, SECRET, CapturedLog  # noqa: E402
 
 assert settings.DEFAULT_CONFIG.is_relative_to(SYSCONFDIR), "srsd was imported before conftest"
 for _name in {*SYSTEMD_VARIABLES, *(name for f in settings.FIELDS for name in f.env)}:
@@ -63,6 +68,40 @@ def _private_host_configuration() -> Iterator[None]:
     assert not any(SYSCONFDIR.iterdir()), f"{SYSCONFDIR} is not empty"
     yield
     assert not any(SYSCONFDIR.iterdir()), f"a test left files in {SYSCONFDIR}"
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory every user may traverse (pytest's tmp_path is root-only)."""
+    with world_traversable_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def log() -> Iterable[CapturedLog]:
+    """Every srsd log record of the test, at debug level too; no secret may be among them."""
+    handler = CapturedLog()
+    old_level = LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(old_level)
+    assert SECRET.decode() not in handler.text()
+    assert NEW_SECRET.decode() not in handler.text()
+
+
+@pytest.fixture
+def quiet_log() -> Iterable[None]:
+    """srsd logs warnings and errors only (no handler, pytest's included, keeps records)."""
+    old_level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(old_level)
 
 
 __all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]

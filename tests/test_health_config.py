@@ -17,10 +17,10 @@ import pytest
 
 from srsd.config import service_env
 from srsd.host.systemd import parse_environment_file
+from tests.harness.daemon import TIMEOUT, Daemon, write_secret
 from tests.harness.ports import free_port
-from tests.harness.srsd_process import lookup
-from tests.test_operations import SRC, TIMEOUT, Daemon, child_env, write_secret
-from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
+from tests.harness.srsd_process import SRC, child_env, lookup
+from tests.harness.units import UNITS, environment_file, one, parse_unit
 
 # srsd health with the unit's environment file and the default TOML file moved.
 AS_ROOT_SHELL = r"""

@@ -18,8 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srsd.host import logs
+from tests.harness.daemon import TIMEOUT, write_secret
 from tests.harness.ports import free_port
-from tests.test_operations import SRC, TIMEOUT, write_secret
+from tests.harness.srsd_process import SRC
 
 MAIL_INFO = (2 << 3) | 6  # facility mail (2), severity info (6): "<22>"
 MAIL_WARNING = (2 << 3) | 4

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.postfix import backdate
-from tests.harness.srsd_process import SrsdProcess
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
     day_stamp,
@@ -29,6 +27,8 @@ from tests.postfix.conftest import (
     srs_hash,
     tamper_hash,
 )
+from tests.harness.postfix import backdate
+from tests.harness.srsd_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.mail_flow import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
 from tests.harness.postfix import PostfixInstance, backdate, find_program
 from tests.harness.smtp_sink import Delivery, SmtpSink
 from tests.harness.srsd_process import SECRET, SrsdProcess
-from tests.postfix.conftest import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
 
 pytestmark = pytest.mark.postfix
 
