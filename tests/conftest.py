@@ -44,6 +44,7 @@ SYSTEMD_VARIABLES = (
 )
 
 SYSCONFDIR = Path(tempfile.mkdtemp(prefix="srsd-tests-etc-"))
+SYSCONFDIR.chmod(0o755)  # searchable by every user, as /etc is (run_as and nobody tests)
 os.environ["SRSD_SYSCONFDIR"] = str(SYSCONFDIR)
 
 # srsd is imported only now, after SRSD_SYSCONFDIR (read at import).

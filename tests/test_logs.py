@@ -102,6 +102,7 @@ def srsd_failing_to_start(tmp_path: Path, journal_stream: str | None) -> tuple[s
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),
             "PYTHONPATH": str(SRC),
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
             "SRS_ALLOW_ROOT": "yes",
             "SRS_PID_FILE": "/run/x.pid",
             "JOURNAL_STREAM": journal_stream,

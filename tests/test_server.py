@@ -29,8 +29,9 @@ import pytest
 import trio
 
 from srsd.config.settings import Settings
+from srsd.serve.answers import BAD_REQUEST_LOG_RATE
 from srsd.serve.loop import Connection
-from srsd.serve.server import BAD_REQUEST_LOG_RATE, Server
+from srsd.serve.server import Server
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Role
 from tests.harness.inprocess import (
@@ -185,7 +186,7 @@ class ExplodingPolicy:
 
 async def test_internal_error_is_a_temporary_failure(tmp_path: Path, log: CapturedLog) -> None:
     async with serving(tmp_path) as srv:
-        srv.server.policy = ExplodingPolicy()  # type: ignore[assignment]
+        srv.server.lookup.policy = ExplodingPolicy()  # type: ignore[assignment]
         for role in Role:
             c = await srv.connect(role)
             assert await c.ask(b"alice@example.org") == b"400 srsd%20internal%20error\n"

@@ -535,7 +535,11 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         )
         out = subprocess.run(
             ["/usr/bin/python3", "-c", child],
-            env={"PYTHONPATH": str(place), "PATH": "/usr/bin:/bin"},
+            env={
+                "PYTHONPATH": str(place),
+                "PATH": "/usr/bin:/bin",
+                "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],
+            },
             user="nobody",
             group="nogroup",
             extra_groups=[],

@@ -35,7 +35,8 @@ import trio
 
 from srsd.config import settings as srsd_settings
 from srsd.config.settings import Settings
-from srsd.serve.server import Endpoint, Server, StartError
+from srsd.serve.listeners import Endpoint, StartError
+from srsd.serve.server import Server
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Role
 from srsd.wire import Wire
@@ -784,7 +785,8 @@ async def test_non_socket_at_the_path_is_never_deleted(
 PROBE_AS_NOBODY = r"""
 import os, sys, trio
 from srsd.config import settings
-from srsd.serve.server import Server, StartError
+from srsd.serve.listeners import StartError
+from srsd.serve.server import Server
 loaded = settings.load(cli={"domain": "forwarder.test", "secrets_file": sys.argv[1],
                             "forward_port": 0, "reverse_port": 0,
                             "socketmap": "unix:" + sys.argv[2]}, environ={}, config=None)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from srsd.config import settings
-from srsd.serve import server
+from srsd.serve import listeners
 from srsd.srs.codec import Codec
 from tests.harness.daemon import (
     TIMEOUT,
@@ -190,7 +190,7 @@ def test_socket_units_match_srsd() -> None:
     ):
         unit = parse_unit(UNITS / name)
         assert one(unit, "Socket", "FileDescriptorName") == fd_name
-        assert fd_name in server.ACTIVATION_NAMES
+        assert fd_name in listeners.ACTIVATION_NAMES
         assert one(unit, "Socket", "ListenStream") == listen
         assert one(unit, "Socket", "Service") == SERVICE
         assert one(unit, "Install", "WantedBy") == "sockets.target"
@@ -251,6 +251,7 @@ def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
         **environment_file(),
         "PATH": SYSTEMD_PATH,
         "HOME": "/",
+        "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         "STATE_DIRECTORY": str(state),
         "CREDENTIALS_DIRECTORY": str(credentials),
         "NOTIFY_SOCKET": notify.address,
@@ -345,7 +346,13 @@ def run_as_nobody(
         pytest.fail("this test needs root (to switch to nobody): run the suite as root")
     return subprocess.run(
         [sys.executable, "-c", AS_NOBODY, str(default_config), *args],
-        env={"PATH": SYSTEMD_PATH, "PYTHONPATH": str(SRC), "HOME": "/", **(env or {})},
+        env={
+            "PATH": SYSTEMD_PATH,
+            "PYTHONPATH": str(SRC),
+            "HOME": "/",
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

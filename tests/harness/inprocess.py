@@ -27,7 +27,8 @@ import trio
 
 from srsd.config import settings as srsd_settings
 from srsd.config.settings import Settings
-from srsd.serve.server import Endpoint, Server, StartError
+from srsd.serve.listeners import Endpoint, StartError
+from srsd.serve.server import Server
 from srsd.srs.policy import Role
 from tests.harness.ports import free_port
 

@@ -171,6 +171,7 @@ def postfix_config(mode: str, endpoints: list[str], config_dir: Path, workdir: P
             "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin",
             "MAIL_CONFIG": str(config_dir),
             "PYTHONPATH": str(SRC),
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         },
     )
     return done.stdout

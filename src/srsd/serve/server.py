@@ -48,32 +48,17 @@ from srsd.host.logs import LOGGER, setup
 from srsd.host.metrics import Latency, registry_for
 from srsd.serve import milter_service
 from srsd.serve.answers import (
-    BAD_REQUEST_LOG_RATE,
-    MAP_NAMES,
     Lookups,
     SocketmapService,
     TcpTableService,
 )
-from srsd.serve.listeners import ACTIVATION_NAMES, Endpoint, StartError, bind, close_all
+from srsd.serve.listeners import Endpoint, StartError, bind, close_all
 from srsd.serve.loop import Connection, ConnectionLoop, Service
 from srsd.serve.metrics_endpoint import serve_http
-from srsd.serve.privileges import drop_privileges, leave_root
-from srsd.srs.policy import Policy, Role
+from srsd.serve.privileges import leave_root
 from srsd.wire import Wire
 
-__all__ = [
-    "ACTIVATION_NAMES",
-    "BAD_REQUEST_LOG_RATE",
-    "MAP_NAMES",
-    "Endpoint",
-    "Role",
-    "Server",
-    "StartError",
-    "Wire",
-    "drop_privileges",
-    "leave_root",
-    "run",
-]
+__all__ = ["Server", "run"]
 
 #: Seconds between systemd STATUS= updates (when running under systemd).
 STATUS_INTERVAL = 30.0
@@ -125,16 +110,6 @@ class Server:
             recipient_limit=settings.milter_recipient_limit,
         )
         self.milter_endpoints: list[Endpoint] = []
-
-    @property
-    def policy(self) -> Policy:
-        """The policy lookups are decided with (replaced on reload)."""
-        return self.lookup.policy
-
-    @policy.setter
-    def policy(self, policy: Policy) -> None:
-        """Decide the next lookups with ``policy``."""
-        self.lookup.policy = policy
 
     @property
     def lookups(self) -> Counter[tuple[str, str, str]]:
