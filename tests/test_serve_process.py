@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.clients import LineConn
+from tests.harness.local_users import NOBODY, require_root
 from tests.harness.ports import free_port
 from tests.harness.srsd_process import (
     ALICE,
@@ -88,6 +89,50 @@ def test_sighup_rotates_secrets(tmp_path: Path) -> None:
         assert lookup(srv.reverse_port, old) == b"500 Hash%20invalid%20in%20SRS%20address."
         assert lookup(srv.reverse_port, new[4:]) == b"200 " + ALICE
         kept.close()
+
+
+def catches_sighup(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGHUP (``SigCgt`` in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_sighup_at_any_moment_of_the_start_is_never_fatal(tmp_path: Path, attempt: int) -> None:
+    # logrotate or a script may send SIGHUP while srsd starts. From the moment srsd's own
+    # code runs (Python's start-up before it cannot be covered) until well after it is ready,
+    # a SIGHUP every millisecond: srsd starts, serves, and applies the change made meanwhile.
+    srv = SrsdProcess(tmp_path)
+    srv.spawn()
+    assert srv.proc is not None
+    deadline = time.monotonic() + 10
+    while not catches_sighup(srv.proc.pid):
+        assert srv.proc.poll() is None, srv.log()
+        assert time.monotonic() < deadline, "srsd never took SIGHUP over"
+        time.sleep(0.001)
+    srv.secret_file.write_bytes(NEW_SECRET + b"\n" + SECRET + b"\n")  # changed while starting
+    sent = 0
+    try:
+        while not all(srv._accepting(p) for p in (srv.forward_port, srv.reverse_port)):
+            assert srv.proc.poll() is None, f"srsd died after {sent} SIGHUPs:\n{srv.log()}"
+            assert time.monotonic() < deadline, srv.log()
+            for _ in range(5):
+                srv.signal(signal.SIGHUP)
+                sent += 1
+                time.sleep(0.001)
+        srv.wait_ready()
+        for _ in range(100):  # and on, once ready
+            srv.signal(signal.SIGHUP)
+            time.sleep(0.001)
+        assert srv.proc.poll() is None, srv.log()
+        wait_log(srv, "configuration reloaded: 2 secret(s)")
+        reply, t0, t1 = forward(srv.forward_port)
+        assert reply[4:] in signed(NEW_SECRET, ALICE, t0, t1), srv.log()
+        assert sent > 0
+    finally:
+        assert srv.stop() == 0, srv.log()
 
 
 def test_sighup_with_a_broken_file_keeps_the_configuration(tmp_path: Path) -> None:
@@ -325,6 +370,39 @@ def test_start_failures_are_one_clear_line(tmp_path: Path) -> None:
         assert got_status == status, (name, lines)
         assert len(lines) == 1, (name, lines)
         assert message in lines[0], (name, lines)
+
+
+def test_check_fails_when_srsd_could_not_create_its_unix_socket(tmp_path: Path) -> None:
+    """The packaged unit's read-only /var/spool/postfix made srsd fail at every start while
+    --check passed: the socket's directory must exist and be writable by the user that binds
+    and the user srsd runs as (run_as: it removes the socket at exit)."""
+    require_root()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET + b"\n")
+    secret.chmod(0o600)
+    rooted = tmp_path / "root-only"  # 0755 root: root may bind, nobody may not remove
+    rooted.mkdir(mode=0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    base = ["serve", "--check", "--config", str(empty_config(tmp_path)), "--domain", "f.test"]
+    base += ["--secret-file", str(secret), "--forward-port", "0", "--reverse-port", "0"]
+    nobody = ["--run-as", "nobody"]
+    runs = {
+        "missing": [*base, "--socketmap", f"unix:{tmp_path}/no/such/dir/s.sock"],
+        "root only, run as nobody": [*base, *nobody, "--milter", f"unix:{rooted}/m.sock"],
+        "root only, as root": [*base, "--allow-root", "--milter", f"unix:{rooted}/m.sock"],
+        "shared": [*base, *nobody, "--socketmap", f"unix:{shared}/s.sock"],
+    }
+    results = run_all(tmp_path, runs)
+    status, lines = results["missing"]
+    assert status == 2 and "No such file or directory" in lines[-1], lines
+    status, lines = results["root only, run as nobody"]
+    assert status == 2, lines
+    assert f"milter unix:{rooted}/m.sock: nobody (uid {NOBODY}) cannot create files" in lines[-1]
+    for name in ("root only, as root", "shared"):
+        status, lines = results[name]
+        assert status == 0 and "configuration OK" in lines[-1], (name, lines)
 
 
 def test_check_validates_without_listening(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from srsd.config import render, settings
 from srsd.config.settings import ConfigError
 from srsd.envelope import EnvelopeMode
-from srsd.envelope.location import SQLiteLocation
+from srsd.envelope.location import RedisTarget, SQLiteLocation
 from srsd.srs.codec import Alphabet, BadHash, Codec, Expired, day_stamp
 from srsd.srs.policy import DomainSet, Outcome
 
@@ -880,6 +880,7 @@ hash_alphabet = "base64"              # postsrsd 1.x spelling
 original_envelope = "auto"            # long senders through the envelope database
 envelope_database = "sqlite:{dir}/state/envelopes.sqlite"
 envelope_write_limit = 600
+redis_password_file = "{dir}/redis-password"  # read only for a Redis envelope_database
 state_dir = "{dir}/state"
 
 listen = ["127.0.0.1", "[::1]"]
@@ -892,6 +893,7 @@ milter = "unix:{dir}/milter.sock"     # smtpd_milters: rewrite forwarded mail on
 local_domains = ["example.net", ".hosted.example"]
 rewrite_local = false
 milter_recipient_limit = 500
+split_mixed = "off"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
 max_connections = 200
@@ -906,6 +908,9 @@ syslog = true
 metrics_listen = "127.0.0.1:9187"
 run_as = "srsd"
 allow_root = true
+dns_servers = ["127.0.0.1:5353", "::1"]
+sending_addresses = ["192.0.2.25"]
+inbound_relays = ["mx1.example.org"]
 """
 
 
@@ -926,6 +931,7 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.original_envelope is EnvelopeMode.AUTO
     assert s.envelope_database == SQLiteLocation(tmp_path / "state" / "envelopes.sqlite")
     assert s.envelope_write_limit == 600
+    assert s.redis_password_file == tmp_path / "redis-password"
     assert s.listen == ("127.0.0.1", "::1")
     assert (s.forward_port, s.reverse_port) == (20001, 20002)
     assert s.socketmap == settings.InetEndpoint("::1", 20003)
@@ -933,7 +939,7 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
     assert s.local_domains == ("example.net", ".hosted.example")
-    assert (s.rewrite_local, s.milter_recipient_limit) == (False, 500)
+    assert (s.rewrite_local, s.milter_recipient_limit, s.split_mixed) == (False, 500, "off")
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)
@@ -969,6 +975,59 @@ def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
     assert error.startswith("envelope_database:")
     assert message in error
     assert error.endswith("(from command line --envelope-database)")
+
+
+def test_a_redis_password_on_the_command_line_is_refused(secret: Path) -> None:
+    # Every local user can read a process's arguments (/proc/PID/cmdline).
+    url = "redis://srsd:hunter2@redis.internal:6379/0"
+    error = config_error(cli={**base_cli(secret), "envelope_database": url}, environ={})
+    assert error.startswith("envelope_database: a password on the command line is visible")
+    assert "hunter2" not in error
+    # Without a password, or from the environment, it is fine.
+    plain = settings.load({**base_cli(secret), "envelope_database": "redis://h:1/0"}, environ={})
+    assert isinstance(plain.envelope_database, RedisTarget)
+    s = settings.load(base_cli(secret), environ={"SRS_ENVELOPE_DATABASE": url})
+    assert isinstance(s.envelope_database, RedisTarget)
+    assert s.envelope_database.password == "hunter2"
+    assert s.warnings == ()
+
+
+def test_redis_password_file(tmp_path: Path, secret: Path) -> None:
+    password = write_secret(tmp_path / "redis-password", b"p@ss word:/\nignored\n")
+    cli = {
+        **base_cli(secret),
+        "envelope_database": "redis://srsd@redis.internal/2",
+        "redis_password_file": str(password),
+    }
+    s = settings.load(cli, environ={})
+    assert isinstance(s.envelope_database, RedisTarget)
+    assert (s.envelope_database.username, s.envelope_database.password) == ("srsd", "p@ss word:/")
+    assert s.envelope_database.db == 2
+    assert s.warnings == ()
+    password.chmod(0o644)
+    assert settings.load(cli, environ={}).warnings == (
+        f"{password} is a Redis password and is readable by group or others (mode 0644); "
+        "chmod 600 it",
+    )
+    write_secret(password, b"\nsecond line\n")
+    error = config_error(cli=cli, environ={})
+    assert error == f"redis_password_file: {password} holds no password on its first line"
+    password.unlink()
+    error = config_error(cli=cli, environ={})
+    assert error == f"redis_password_file: cannot read {password}: No such file or directory"
+
+
+def test_a_settings_file_with_a_redis_password_others_can_read_is_warned_about(
+    tmp_path: Path, secret: Path
+) -> None:
+    toml = write_toml(tmp_path / "srsd.toml", 'envelope_database = "redis://:pw@h/0"\n')
+    toml.chmod(0o600)
+    assert settings.load(base_cli(secret), environ={}, config=toml).warnings == ()
+    toml.chmod(0o644)
+    assert settings.load(base_cli(secret), environ={}, config=toml).warnings == (
+        f"{toml} holds a Redis password and is readable by group or others (mode 0644); "
+        "chmod 600 it",
+    )
 
 
 def test_bad_original_envelope(secret: Path) -> None:

@@ -219,3 +219,35 @@ class MailFlow:
             assert refused is None, f"Postfix refused the mail: {refused}" + self.diagnostics()
             self.forwarded[sender] = self.wait_for_token(token)
         return self.forwarded[sender]
+
+
+class SmtpClient:
+    """Test messages into ``self.postfix``'s smtpd, one SMTP transaction each."""
+
+    postfix: PostfixInstance
+    author = "alice@origin.test"
+    subject = "test"
+    timeout = 30.0
+
+    def message(self, token: str, to: str) -> bytes:
+        """A message from :attr:`author` to ``to`` whose subject and body carry ``token``."""
+        return (
+            f"From: {self.author}\r\nTo: {to}\r\nSubject: {self.subject} {token}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: <{token}@client.test>\r\n\r\n"
+            f"token {token}\r\n"
+        ).encode()
+
+    def send(self, sender: str, *recipients: str, token: str) -> tuple[int, bytes] | None:
+        """One SMTP transaction; None when accepted, else the first refusal."""
+        port = self.postfix.smtpd_port
+        with smtplib.SMTP("127.0.0.1", port, timeout=self.timeout) as smtp:
+            smtp.ehlo("client.test")
+            code, text = smtp.mail(sender)
+            if code != 250:
+                return code, text
+            for recipient in recipients:
+                code, text = smtp.rcpt(recipient)
+                if code not in (250, 251):
+                    return code, text
+            code, text = smtp.data(self.message(token, ", ".join(recipients)))
+            return None if code == 250 else (code, text)

@@ -29,8 +29,10 @@ nothing later can fail for want of configuration.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import ipaddress
 import os
 import re
 import tomllib
@@ -42,7 +44,7 @@ from typing import Any
 
 from srsd.admission.rule import resolve_users
 from srsd.envelope.keys import EnvelopeMode
-from srsd.envelope.location import StoreLocation, parse_location
+from srsd.envelope.location import RedisTarget, StoreLocation, parse_location
 from srsd.host.systemd import SECRETS_CREDENTIAL, credential
 from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
@@ -288,6 +290,57 @@ def _mode(raw: object) -> int:
     return value
 
 
+def _dns_servers(raw: object) -> tuple[InetEndpoint, ...]:
+    """Resolver addresses, each ``ADDRESS`` (port 53) or ``ADDRESS:PORT`` (``[::1]:PORT``)."""
+    servers = []
+    for word in _words(raw):
+        try:
+            servers.append(InetEndpoint(str(ipaddress.ip_address(word)), 53))
+            continue
+        except ValueError:
+            pass
+        endpoint = parse_endpoint(f"inet:{word}") if ":" in word else None
+        try:
+            ok = isinstance(endpoint, InetEndpoint) and bool(ipaddress.ip_address(endpoint.host))
+        except ValueError:
+            ok = False
+        if not ok or not isinstance(endpoint, InetEndpoint):
+            raise ValueError(f"expected ADDRESS or ADDRESS:PORT (an IP address), got {word!r}")
+        servers.append(endpoint)
+    return tuple(servers)
+
+
+def _addresses(raw: object) -> tuple[str, ...]:
+    """IP addresses, written back in their standard form."""
+    found = []
+    for word in _words(raw):
+        try:
+            found.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
+        except ValueError:
+            raise ValueError(f"not an IP address: {word!r}") from None
+    return tuple(found)
+
+
+def _hosts(raw: object) -> tuple[str, ...]:
+    """Host names or IP addresses."""
+    hosts = []
+    for word in _words(raw):
+        try:
+            hosts.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
+        except ValueError:
+            if not is_domain_name(word.lower().rstrip(".")):
+                raise ValueError(f"not a host name or IP address: {word!r}") from None
+            hosts.append(word.lower().rstrip("."))
+    return tuple(hosts)
+
+
+def _endpoints_literal(value: object) -> str:
+    items = value if isinstance(value, tuple) else ()
+    return toml_literal(
+        [e.host_port if isinstance(e, InetEndpoint) and e.port != 53 else e.host for e in items]
+    )
+
+
 # -- TOML literals (srsd config, the example file) ----------------------------------------------
 
 
@@ -475,6 +528,15 @@ class Settings:
         "`sqlite:PATH` (relative: in `STATE_DIR`), `redis://HOST:PORT/DB` or `redis+unix:///PATH`",
         reloads=False,
     )
+    redis_password_file: Path | None = setting(
+        _optional_path,
+        None,
+        "SRS_REDIS_PASSWORD_FILE",
+        "--redis-password-file",
+        "file whose first line is the Redis password (never on the command line)",
+        reloads=False,
+        example='"/etc/srsd/redis-password"',
+    )
     envelope_write_limit: int = setting(
         _int_in(0, 10_000_000),
         6000,
@@ -579,6 +641,17 @@ class Settings:
         "SRS_MILTER_RECIPIENT_LIMIT",
         "--milter-recipient-limit",
         "milter: recipients per message; each one beyond is answered 452 (sent again later)",
+    )
+    split_mixed: str = setting(
+        _one_of("smtpd", "off"),
+        "smtpd",
+        "SRS_SPLIT_MIXED",
+        "--split-mixed",
+        "milter: `smtpd`: the first recipient of an SMTP transaction fixes its class (delivered "
+        "here or leaves), one of the other class is answered 452 4.5.3 and sent again in a "
+        "transaction of its own, so local copies keep their sender; `off`: a mixed message is "
+        "rewritten as a whole (sendmail submissions always are: they cannot be sent again)",
+        choices=("smtpd", "off"),
     )
     keep_alive: float = setting(
         _seconds,
@@ -686,6 +759,39 @@ class Settings:
         "--allow-root",
         "started as root without `run_as`: serve as root anyway (otherwise srsd refuses)",
         reloads=False,
+    )
+
+    dns_servers: tuple[InetEndpoint, ...] = setting(
+        _dns_servers,
+        (),
+        "SRS_DNS_SERVERS",
+        "--dns-servers",
+        "doctor: resolvers to ask, `ADDRESS` or `ADDRESS:PORT` (empty: the system's, from "
+        "`/etc/resolv.conf`)",
+        repeatable=True,
+        literal=_endpoints_literal,
+        example='["127.0.0.53"]',
+    )
+    sending_addresses: tuple[str, ...] = setting(
+        _addresses,
+        (),
+        "SRS_SENDING_ADDRESSES",
+        "--sending-addresses",
+        "doctor: public addresses this host's mail leaves from, for the SPF check when NAT "
+        "hides them (empty: `smtp_bind_address`/`smtp_bind_address6`, else the host's global "
+        "addresses)",
+        repeatable=True,
+        example='["192.0.2.25", "2001:db8::25"]',
+    )
+    inbound_relays: tuple[str, ...] = setting(
+        _hosts,
+        (),
+        "SRS_INBOUND_RELAYS",
+        "--inbound-relays",
+        "doctor: host names or addresses of MX hosts that relay the SRS domain's mail to this "
+        "host (empty: the MX must be this host)",
+        repeatable=True,
+        example='["mx1.example.org"]',
     )
 
     # -- derived by load() --------------------------------------------------------------------
@@ -843,6 +949,7 @@ def load(
     else:  # `srsd health` only needs to know where the endpoints are
         secrets = ()
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
+    values["envelope_database"] = _redis_password(values, sources, warnings)
     return Settings(
         **{**values, "state_dir": state_dir, "secrets_file": secrets_file},
         secrets=secrets,
@@ -851,6 +958,54 @@ def load(
         warnings=tuple(warnings),
         sources=sources,
     )
+
+
+def _redis_password(
+    values: dict[str, Any], sources: dict[str, str], warnings: list[str]
+) -> StoreLocation:
+    """``envelope_database`` with the password of ``redis_password_file`` when one is set.
+
+    A password in a Redis URL given on the command line is refused: every local user sees
+    a process's arguments (``ps``, ``/proc/PID/cmdline``). The environment (``/proc/PID/
+    environ`` is the process owner's only), a settings file or the password file are fine;
+    a settings file or password file holding one is warned about when others may read it.
+    """
+    store: StoreLocation = values["envelope_database"]
+    source = sources["envelope_database"]
+    path: Path | None = values["redis_password_file"]
+    if not isinstance(store, RedisTarget):
+        return store  # a password file for no Redis is not read, like socketmap_mode for no socket
+    if store.password is not None:
+        if source.startswith("command line"):
+            raise ConfigError(
+                "envelope_database: a password on the command line is visible to every local "
+                "user (ps, /proc/PID/cmdline): put it in redis_password_file "
+                "(--redis-password-file), or the URL in SRS_ENVELOPE_DATABASE or the settings "
+                "file"
+            )
+        if source.startswith("config file"):
+            _warn_if_others_read(Path(source.removeprefix("config file ")), "holds", warnings)
+    if path is None:
+        return store
+    try:
+        lines = _read_file(path).decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(f"redis_password_file: cannot read {path}: {reason}") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"redis_password_file: {path} holds no password on its first line")
+    _warn_if_others_read(path, "is", warnings)
+    return dataclasses.replace(store, password=lines[0])
+
+
+def _warn_if_others_read(path: Path, verb: str, warnings: list[str]) -> None:
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if mode & 0o044:
+            warnings.append(
+                f"{path} {verb} a Redis password and is readable by group or others "
+                f"(mode {mode & 0o777:04o}); chmod 600 it"
+            )
 
 
 def _default_secrets_file(
@@ -929,8 +1084,8 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
         mode = path.stat().st_mode
     except OSError as err:
         raise ConfigError(
-            f"secrets_file: cannot read {path}: {err.strerror} (from {source}); "
-            f"create one with: srsd keygen {path}"
+            f"secrets_file: cannot read {path}: {err.strerror} (from {source})"
+            + _secrets_advice(path, err)
         ) from None
     secrets = tuple(line for line in data.splitlines() if line)
     if not secrets:
@@ -944,6 +1099,20 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
     return secrets, warnings
 
 
+def _secrets_advice(path: Path, err: OSError) -> str:
+    """What to do about a secrets file that cannot be read: create a missing one; fix the
+    permissions of one that exists, never replace it (a new secret breaks every bounce to an
+    address signed with the old one)."""
+    if err.errno == errno.ENOENT:
+        return f"; create one with: srsd keygen {path}"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"; fix its permissions so that uid {os.geteuid()} can read it (chown or chmod), "
+            "and keep it: bounces to the addresses it signed decode only with it"
+        )
+    return ""
+
+
 def write_new_secret(path: Path, *, force: bool = False) -> None:
     """Create ``path`` with one new random secret, mode 0600 (never overwrite unless forced)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -952,6 +1121,7 @@ def write_new_secret(path: Path, *, force: bool = False) -> None:
     target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)  # exactly: a umask such as 0277 would leave it unwritable
         f.write(line)
     if force:
         target.replace(path)

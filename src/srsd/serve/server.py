@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -46,13 +47,18 @@ from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.host import logs, systemd
 from srsd.host.logs import LOGGER, setup
 from srsd.host.metrics import Latency, registry_for
-from srsd.serve import milter_service
+from srsd.serve import hangups, milter_service
 from srsd.serve.answers import (
     Lookups,
-    SocketmapService,
-    TcpTableService,
+    MapService,
 )
-from srsd.serve.listeners import Endpoint, StartError, bind, close_all
+from srsd.serve.listeners import (
+    Endpoint,
+    StartError,
+    bind,
+    close_all,
+    socket_directory_problems,
+)
 from srsd.serve.loop import Connection, ConnectionLoop, Service
 from srsd.serve.metrics_endpoint import serve_http
 from srsd.serve.privileges import leave_root
@@ -108,6 +114,7 @@ class Server:
             reverse=reverse,
             delivery=milter_service.delivery_for(settings),
             recipient_limit=settings.milter_recipient_limit,
+            split=settings.split_mixed == "smtpd",
         )
         self.milter_endpoints: list[Endpoint] = []
 
@@ -153,8 +160,8 @@ class Server:
 
     @property
     def database_errors(self) -> int:
-        """Envelope database failures so far (a metric)."""
-        return self.envelopes.outage.failures
+        """Envelope database failures so far, recovered ones included (a metric)."""
+        return self.envelopes.errors
 
     @property
     def database_writes_refused(self) -> int:
@@ -215,8 +222,8 @@ class Server:
     def service(self, endpoint: Endpoint) -> Service:
         """What answers ``endpoint``'s requests."""
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
-            return SocketmapService(self.lookup)
-        return TcpTableService(self.lookup, endpoint.role)
+            return MapService(self.lookup, Wire.SOCKETMAP)
+        return MapService(self.lookup, Wire.TCP_TABLE, endpoint.role)
 
     def admit(self, conn: Connection) -> bool:
         """Whether to serve a connection just accepted (:class:`Gatekeeper`); at the
@@ -240,16 +247,16 @@ class Server:
             LOGGER.warning(
                 "cannot create state directory %s: %s", self.settings.state_dir, err.strerror
             )
+        store = self.envelopes.store
         try:
-            await self.envelopes.store.check()
+            await store.check()
+            risk = await store.durability()
         except StorageError as err:
             self.envelopes.outage.failed(err)
-        else:
-            LOGGER.info(
-                "envelope database %s, mode %s",
-                self.envelopes.store.description,
-                self.envelopes.mode.value,
-            )
+            return
+        LOGGER.info("envelope database %s, mode %s", store.description, self.envelopes.mode.value)
+        if risk is not None:
+            LOGGER.warning("%s", risk)
 
     async def _drain(self, endpoints: list[Endpoint]) -> None:
         self.notifier.notify("STOPPING=1")
@@ -263,16 +270,22 @@ class Server:
     async def _watch_signals(
         self, signals: AsyncIterator[int], accepting: trio.CancelScope
     ) -> None:
+        if hangups.pending():  # held off while srsd started (serve.hangups): apply it now
+            LOGGER.info("SIGHUP received while starting: reloading now")
+            self._reload_signalled()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-                self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
-                self.reload()
-                self.notifier.notify("READY=1", self.status())
+                self._reload_signalled()
             else:
                 LOGGER.info("%s received: stopping", signal.Signals(signum).name)
                 accepting.cancel()
                 return
+
+    def _reload_signalled(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self.reload()
+        self.notifier.notify("READY=1", self.status())
 
     def status(self) -> str:
         """A systemd ``STATUS=`` line with the counts that matter."""
@@ -322,6 +335,7 @@ class Server:
         self.lookup.configure(new, new.policy())
         self.milter.delivery = milter_service.delivery_for(new)  # reads Postfix's config again
         self.milter.recipient_limit = new.milter_recipient_limit
+        self.milter.split = new.split_mixed == "smtpd"
         self.gate.configure(limits)
         self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
@@ -358,6 +372,11 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:
+        problems = socket_directory_problems(settings)
+        for problem in problems:
+            print(f"srsd: configuration error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
         print(
             f"srsd: configuration OK: domain {settings.domain}, {len(settings.secrets)} "
             f"secret(s) from {settings.secrets_file}, {len(settings.excluded)} excluded "

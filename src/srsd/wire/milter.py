@@ -24,6 +24,16 @@ reply bytes. Rules:
 * at most ``recipient_limit`` recipients are kept per message; each one over it is answered
   ``452 4.5.3 Too many recipients``, so the client sends it again in a later transaction and
   every recipient srsd decides on is one Postfix accepted;
+* a session that splits (``split=True``, setting ``split_mixed``) and serves an SMTP client
+  keeps one class of recipient per message: each recipient is handed out as
+  :class:`Classify`, the caller says whether it is delivered on this host, and
+  :meth:`Session.admit` accepts it when it is of the first recipient's class, else answers
+  ``452 4.5.3``: the client sends it again in a transaction of its own. A session splits
+  only when the MTA's connect step names a client port: Postfix's ``non_smtpd_milters``
+  sessions (sendmail, pickup) give port 0, and their client cannot send a recipient again
+  (Postfix defers the whole submission), so they are never split; nor is a bounce (null
+  sender, nothing to rewrite). While a recipient is being classified no further packet is
+  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on);
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
   gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through.
 
@@ -53,6 +63,7 @@ MAX_RECIPIENTS = 1000
 #: The milter protocol version srsd speaks (Postfix: ``milter_protocol = 6``).
 VERSION = 6
 _LENGTH = struct.Struct("!I")
+_unpack_length = _LENGTH.unpack_from
 _NEGOTIATION = struct.Struct("!III")
 
 # MTA commands (libmilter mfdef.h, SMFIC_*).
@@ -174,13 +185,21 @@ class Decide:
 
 
 @dataclass(frozen=True, slots=True)
+class Classify:
+    """A recipient arrived in a session that splits: find out whether it is delivered on
+    this host, then send :meth:`Session.admit`'s bytes and call ``feed(b"")``."""
+
+    recipient: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """The session is over: ``reason`` is None after QUIT, else the protocol error."""
 
     reason: str | None
 
 
-MilterAction = Send | Decide | Close
+MilterAction = Send | Decide | Classify | Close
 
 
 class _State(enum.Enum):
@@ -190,24 +209,41 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+_CLOSED = _State.CLOSED
+# Replies that never change, made once.
+_SEND_CONTINUE = Send(packet(CONTINUE))
+_SEND_TEMPFAIL = Send(packet(TEMPORARY_FAILURE))
+_CONTINUE_PACKET = _SEND_CONTINUE.data
+
+
 class Session:
     """One milter connection, as a state machine fed with the bytes received."""
 
     __slots__ = (
         "_buf",
+        "_classifying",
+        "_here",
         "_max_packet",
         "_recipient_limit",
         "_recipients",
+        "_rewrites",
         "_sender",
+        "_split",
         "_state",
         "actions",
+        "client_port",
         "queue_id",
         "refused",
+        "split",
         "version",
     )
 
     def __init__(
-        self, *, recipient_limit: int = MAX_RECIPIENTS, max_packet: int = MAX_PACKET
+        self,
+        *,
+        recipient_limit: int = MAX_RECIPIENTS,
+        max_packet: int = MAX_PACKET,
+        split: bool = False,
     ) -> None:
         if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET:
             raise ValueError("recipient_limit must be >= 1, max_packet 13..MAX_PACKET")
@@ -217,13 +253,21 @@ class Session:
         self._state = _State.NEGOTIATE
         self._sender = b""
         self._recipients: list[bytes] = []
+        self._split = split
+        self._here: bool | None = None  # the class of this message's first recipient
+        self._classifying: bytes | None = None  # the recipient awaiting admit()
+        #: The client port of the MTA's connect step (0: a local submission), None if none.
+        self.client_port: int | None = None
         #: The protocol version and actions agreed on (0 before the negotiation).
         self.version = 0
         self.actions = Action(0)
+        self._rewrites = False
         #: The latest queue id the MTA sent (macro ``i``), empty if none.
         self.queue_id = b""
         #: Recipients answered "too many" so far (a metric).
         self.refused = 0
+        #: Recipients answered 452 because they are of the other class (a metric).
+        self.split = 0
 
     @property
     def closed(self) -> bool:
@@ -241,33 +285,58 @@ class Session:
         return len(self._buf)
 
     @property
+    def splitting(self) -> bool:
+        """Whether this message's recipients are classified (see the module docstring)."""
+        return (
+            self._split
+            and bool(self.client_port)
+            and self._state is _State.MESSAGE
+            and unbracket(self._sender) != b""
+        )
+
+    @property
     def can_rewrite(self) -> bool:
         """Whether the MTA offered every action srsd needs."""
-        return NEEDED_ACTIONS in self.actions
+        return self._rewrites
 
     def feed(self, data: bytes | bytearray) -> list[MilterAction]:
         """Take the next bytes received; return what to do, in order."""
-        if self._state is _State.CLOSED:
+        if self._state is _CLOSED:
             return []
-        self._buf += data
         out: list[MilterAction] = []
-        buf = self._buf
-        start = 0
-        while len(buf) - start >= 4 and not self.closed:
-            (length,) = _LENGTH.unpack_from(buf, start)
-            if not 1 <= length <= self._max_packet:
-                self._fail(out, f"packet length {length} out of range 1..{self._max_packet}")
+        held = self._buf
+        buffered = bool(held) or self._classifying is not None
+        if buffered:
+            held += data
+            buf: bytes | bytearray = held
+            if self._classifying is not None:
+                if len(buf) > 4 + self._max_packet:
+                    self._fail(out, "input while a recipient is being classified")
+                    self._buf = bytearray()
+                return out
+        else:
+            buf = data  # the usual case, nothing held: the packets are read where they came
+        start, size, most = 0, len(buf), self._max_packet
+        handle = self._handle
+        while size - start >= 4:
+            (length,) = _unpack_length(buf, start)
+            if not 1 <= length <= most:
+                self._fail(out, f"packet length {length} out of range 1..{most}")
                 break
             end = start + 4 + length
-            if len(buf) < end:
+            if size < end:
                 break
             command, payload = buf[start + 4], bytes(buf[start + 5 : end])
             start = end
-            self._handle(command, payload, out)
-        if self.closed:
+            handle(command, payload, out)
+            if self._state is _CLOSED or self._classifying is not None:
+                break
+        if self._state is _CLOSED:
             self._buf = bytearray()
-        else:
-            del buf[:start]
+        elif buffered:
+            del held[:start]
+        elif start < size:
+            held += buf[start:]
         return out
 
     def feed_eof(self) -> list[MilterAction]:
@@ -278,17 +347,36 @@ class Session:
         self._buf = bytearray()
         return [Close(None)]
 
+    def admit(self, here: bool | None) -> bytes:
+        """The reply to the recipient of the last :class:`Classify`: ``here`` says whether it
+        is delivered on this host (None: cannot tell, a temporary failure for it)."""
+        recipient, self._classifying = self._classifying, None
+        if recipient is None or self._state is not _State.MESSAGE:
+            raise RuntimeError("admit() without a recipient being classified")
+        if here is None:
+            return packet(TEMPORARY_FAILURE)
+        if self._here is not None and here is not self._here:
+            self.split += 1
+            return packet(REPLY_CODE, _TOO_MANY + b"\x00")
+        self._here = here
+        self._recipients.append(recipient)
+        return _CONTINUE_PACKET
+
     def verdict(self, verdict: Verdict) -> bytes:
         """The reply to the end of a message: the changes, then ``continue``."""
         if verdict.tempfail:
-            return packet(TEMPORARY_FAILURE)
+            return _SEND_TEMPFAIL.data
+        if not verdict.replace:  # the usual case: a new sender or none
+            if verdict.sender is None:
+                return _CONTINUE_PACKET
+            return packet(CHANGE_SENDER, verdict.sender + b"\x00") + _CONTINUE_PACKET
         parts = []
         for old, new in verdict.replace:
             parts.append(packet(DELETE_RECIPIENT, old + b"\x00"))
             parts.append(packet(ADD_RECIPIENT, new + b"\x00"))
         if verdict.sender is not None:
             parts.append(packet(CHANGE_SENDER, verdict.sender + b"\x00"))
-        parts.append(packet(CONTINUE))
+        parts.append(_CONTINUE_PACKET)
         return b"".join(parts)
 
     # -- one packet -------------------------------------------------------------------------
@@ -311,7 +399,9 @@ class Session:
         elif command in _IGNORED_STEPS:
             if command in (CONNECT, HELO):
                 self._reset()  # a new SMTP session or EHLO ends any message
-            out.append(Send(packet(CONTINUE)))
+            if command == CONNECT:
+                self.client_port = _client_port(data)
+            out.append(_SEND_CONTINUE)
         elif command == RCPT and state is _State.MESSAGE:
             self._rcpt(data, out)
         elif command == END_OF_MESSAGE and state is _State.MESSAGE:
@@ -320,6 +410,8 @@ class Session:
             out.append(Decide(transaction))
         elif command in (ABORT, QUIT_NEW_CONNECTION):
             self._reset()  # no reply; K: the MTA reuses the connection for a new session
+            if command == QUIT_NEW_CONNECTION:
+                self.client_port = None
         elif command == QUIT:
             self._state = _State.CLOSED
             out.append(Close(None))
@@ -330,18 +422,21 @@ class Session:
         self._state = _State.READY
         self._sender = b""
         self._recipients = []
+        self._here = None
 
     def _negotiate(self, data: bytes, out: list[MilterAction]) -> None:
         if len(data) < _NEGOTIATION.size:
             self._fail(out, f"option negotiation of {len(data)} bytes")
             return
         version, offered_actions, offered_steps = _NEGOTIATION.unpack_from(data)
+        skipped = SKIPPED_STEPS & ~Step.NO_CONNECT if self._split else SKIPPED_STEPS
         if version < 2:
             self._fail(out, f"milter protocol version {version} (2 to {VERSION} supported)")
             return
         self.version = min(version, VERSION)
         self.actions = Action(offered_actions & NEEDED_ACTIONS)
-        steps = offered_steps & SKIPPED_STEPS
+        self._rewrites = NEEDED_ACTIONS in self.actions  # asked at every sender: once here
+        steps = offered_steps & skipped
         self._state = _State.READY
         reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
         out.append(Send(packet(b"O", reply)))
@@ -354,9 +449,9 @@ class Session:
         if strings is None or len(strings) % 2:
             self._fail(out, "malformed macro packet")
             return
-        for name, value in zip(strings[::2], strings[1::2], strict=True):
-            if name in _QUEUE_ID_MACROS:
-                self.queue_id = value
+        for i in range(0, len(strings), 2):
+            if strings[i] in _QUEUE_ID_MACROS:
+                self.queue_id = strings[i + 1]
 
     def _mail(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -366,7 +461,7 @@ class Session:
         self._reset()
         self._state = _State.MESSAGE
         self._sender = args[0]
-        out.append(Send(packet(CONTINUE if self.can_rewrite else TEMPORARY_FAILURE)))
+        out.append(_SEND_CONTINUE if self._rewrites else _SEND_TEMPFAIL)
 
     def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -377,8 +472,21 @@ class Session:
             self.refused += 1
             out.append(Send(packet(REPLY_CODE, _TOO_MANY + b"\x00")))
             return
+        if self.splitting:
+            self._classifying = args[0]
+            out.append(Classify(args[0]))
+            return
         self._recipients.append(args[0])
-        out.append(Send(packet(CONTINUE)))
+        out.append(_SEND_CONTINUE)
+
+
+def _client_port(data: bytes) -> int | None:
+    """The client port of a connect packet (host name, family, port, address); None when it
+    names none (family ``U``, unknown) or is cut short."""
+    host_end = data.find(b"\x00")
+    if host_end < 0 or len(data) < host_end + 4 or data[host_end + 1] not in b"46L":
+        return None
+    return int.from_bytes(data[host_end + 2 : host_end + 4], "big")
 
 
 def _name(command: int) -> str:
