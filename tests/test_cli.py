@@ -166,11 +166,8 @@ SERVE_FLAGS = [
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        (
-            [],
-            ["encode", "decode", "keygen", "serve", "config", "health", "postfix-config"]
-            + ["--version"],
-        ),
+        ([], ["encode", "decode", "keygen", "serve", "config", "health", "postfix-config"]),
+        ([], ["--version"]),
         (["config"], [*COMMON_FLAGS, *SERVE_FLAGS[:-1], "--changed"]),
         (["encode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["decode"], [*COMMON_FLAGS, "ADDRESS"]),
