@@ -31,6 +31,8 @@ from srsd.settings import Settings
 
 #: socketmap map names, as in ``socketmap:inet:127.0.0.1:10003:forward``.
 MAP_NAMES = {b"forward": Role.FORWARD, b"reverse": Role.REVERSE}
+#: What a socketmap request holds besides its key: the longest map name and a space.
+_NAME_ROOM = max(map(len, MAP_NAMES)) + 1
 #: Bad-request log lines per second at most (the rest are counted in one line).
 BAD_REQUEST_LOG_RATE = 10
 INTERNAL_ERROR: Final = Decision(Outcome.ERROR, reason="srsd internal error")
@@ -172,7 +174,7 @@ class TcpTableService:
 
     def reader(self) -> tcp_table.RequestReader:
         """A request reader for a new connection."""
-        return tcp_table.RequestReader(self.lookups.settings.max_request)
+        return tcp_table.RequestReader(tcp_table.line_limit(self.lookups.settings.max_request))
 
     def answer(self, event: object) -> bytes | None:
         """The reply to ``event``, or None when it must wait for storage (:meth:`answer_later`)."""
@@ -214,7 +216,7 @@ class SocketmapService:
 
     def reader(self) -> socketmap.RequestReader:
         """A request reader for a new connection."""
-        return socketmap.RequestReader(self.lookups.settings.max_request)
+        return socketmap.RequestReader(self.lookups.settings.max_request + _NAME_ROOM)
 
     def answer(self, event: object) -> bytes | None:
         """The reply to ``event``, or None when it must wait for storage (:meth:`answer_later`)."""
@@ -244,4 +246,6 @@ class SocketmapService:
             return socketmap.permanent_failure("Unknown map name")
         reason = getattr(event, "reason", "Invalid request")
         self.lookups.bad_request(_SOCKETMAP, "-", reason)
+        if isinstance(event, socketmap.TooBig):  # a sender's address: never defer for it
+            return socketmap.not_found(reason)
         return socketmap.permanent_failure(reason)

@@ -40,6 +40,7 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
 
+from srsd.address import MAX_LENGTH
 from srsd.admission import resolve_users
 from srsd.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.envelope.keys import EnvelopeMode
@@ -627,10 +628,12 @@ class Settings:
     )
     max_request: int = setting(
         _int_in(256, 65536),
-        4096,
+        MAX_LENGTH,
         "SRS_MAX_REQUEST",
         "--max-request",
-        "longest request line, in bytes",
+        "longest address, in bytes: every endpoint refuses a longer one alike "
+        "(500 Address too long), however its wire encodes it",
+        common=True,
     )
     shutdown_grace: float = setting(
         _seconds,
@@ -707,7 +710,7 @@ class Settings:
 
     def policy(self) -> Policy:
         """The rewrite policy these settings describe."""
-        return Policy(self.codec(), self.excluded)
+        return Policy(self.codec(), self.excluded, max_length=self.max_request)
 
     def values(self) -> dict[str, Any]:
         """Every setting's value, by key (the table's fields only)."""
