@@ -1,5 +1,5 @@
 # Address bytes and quoted local parts: split, dot-atom, quote/unquote, quoted SRS both ways.
-"""Unit tests for :mod:`srsd.address` and the codec's handling of RFC 5322 quoted local
+"""Unit tests for :mod:`srsd.srs.address` and the codec's handling of RFC 5322 quoted local
 parts (spec ``docs/srs-format.md``, "Quoted local parts"; research
 ``postfix-protocols.md`` §3.3-3.4 for what Postfix sends and expects back)."""
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from srsd import address
-from srsd.codec import Alphabet, BadHash, Codec, NotSRS
-from srsd.policy import Outcome, Policy
+from srsd.srs import address
+from srsd.srs.codec import Alphabet, BadHash, Codec, NotSRS
+from srsd.srs.policy import Outcome, Policy
 from tests import srsref as ref
 from tests.srsref import DOMAIN, NOW, SECRET
 

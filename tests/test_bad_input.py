@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from srsd import address, milter, socketmap, tcp_table
-from srsd.codec import Alphabet, Codec
+from srsd.srs import address
+from srsd.srs.codec import Alphabet, Codec
+from srsd.wire import milter, socketmap, tcp_table
 from tests import srsref
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess, metric_samples
@@ -151,7 +152,7 @@ class Endpoints:
 
     def milter_sender_log(self, sender: bytes, reason: str) -> bool:
         """Whether the server logged that the milter kept ``sender`` for ``reason``."""
-        from srsd.logs import show
+        from srsd.host.logs import show
 
         wanted = f"sender {show(b'<' + sender + b'>')} kept: {reason}"
         deadline = time.monotonic() + TIMEOUT

@@ -3,7 +3,7 @@
 same new address, or none for the same reason (issue 18, deliverable 6). In-process, so
 that Hypothesis can try many keys: the bytes of a tcp_table request line, of a socketmap
 netstring and of a milter conversation go through the real readers and the services the
-server uses (:mod:`srsd.lookups`, :func:`srsd.milter_server.decide`); the CLI is
+server uses (:mod:`srsd.lookups`, :func:`srsd.milter_service.decide`); the CLI is
 :func:`srsd.cli.main` with its standard streams replaced. The same endpoints over real
 sockets and as real commands: ``test_bad_input.py``.
 
@@ -29,16 +29,19 @@ import trio
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from srsd import address, cli, milter, milter_server, socketmap, tcp_table
-from srsd import settings as srsd_settings
-from srsd.codec import Codec
-from srsd.delivery import PostfixDelivery
+from srsd import cli
+from srsd.config import settings as srsd_settings
 from srsd.envelope import EnvelopeMode
-from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import SQLiteStore
-from srsd.listeners import Role
-from srsd.lookups import Lookups, SocketmapService, TcpTableService
-from srsd.policy import Decision, DomainSet
+from srsd.serve import milter_service
+from srsd.serve.answers import Lookups, SocketmapService, TcpTableService
+from srsd.serve.delivery import PostfixDelivery
+from srsd.serve.listeners import Role
+from srsd.srs import address
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Decision, DomainSet
+from srsd.wire import milter, socketmap, tcp_table
 
 DOMAIN = "forwarder.test"
 SECRET = b"property-secret-0123456789"
@@ -99,7 +102,7 @@ class World:
             + milter.command(milter.END_OF_MESSAGE)
         )
         [decide] = [a for a in actions if isinstance(a, milter.Decide)]
-        forward, reverse = milter_server.lookups_for(self.lookups)
+        forward, reverse = milter_service.lookups_for(self.lookups)
         decided: list[Decision] = []
 
         async def seen(recipient: bytes) -> Decision:
@@ -108,7 +111,7 @@ class World:
 
         delivery = PostfixDelivery(local_domains=DomainSet(["mailbox.test"]))
         outcome = trio.run(
-            lambda: milter_server.decide(
+            lambda: milter_service.decide(
                 decide.transaction, forward=forward, reverse=seen, delivery=delivery
             )
         )

@@ -36,11 +36,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode
-from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, StorageError
-from srsd.policy import Decision, Outcome, Policy
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Decision, Outcome, Policy
 from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer
@@ -636,7 +636,7 @@ async def test_redis_background_expiry_fails_while_redis_is_down(tmp_path: Path)
 def test_reloading_the_flood_cap_keeps_the_refused_count(tmp_path: Path) -> None:
     # srsd_database_writes_refused_total is a Prometheus counter: a reload must not reset it.
     from srsd.envelope import EnvelopeMode
-    from srsd.envelope.lookups import EnvelopeDatabase
+    from srsd.envelope.database import EnvelopeDatabase
     from srsd.envelope.store import SQLiteStore
 
     envelopes = EnvelopeDatabase(SQLiteStore(tmp_path / "db.sqlite", 60.0), EnvelopeMode.AUTO, 1)

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Codec
-from srsd.metrics import HTTP_CONNECTIONS
+from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS
+from srsd.srs.codec import Codec
 from tests.immutable import immutable
 from tests.server_process import SECRET, SrsdProcess, lookup
 from tests.test_abuse import LineConn, Target

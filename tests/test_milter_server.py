@@ -1,5 +1,5 @@
 # The milter endpoint in-process over real loopback sockets: decisions, failures, time-outs.
-"""A :class:`srsd.milter_server.MilterService` on a real TCP listener, driven by a milter
+"""A :class:`srsd.serve.milter_service.MilterService` on a real TCP listener, driven by a milter
 client speaking what Postfix 3.7 sends (``milter_protocol = 6``). The policy and codec are
 the real ones; where recipients are delivered is a fixed ``local_domains`` list here (the
 discovery through Postfix is tested in ``test_delivery.py`` and end to end in
@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import trio
 
-from srsd import milter, milter_server
-from srsd.codec import Codec
-from srsd.delivery import PostfixDelivery
-from srsd.milter import command, macros, negotiate, split_replies
-from srsd.milter_server import MilterService
-from srsd.policy import Decision, DomainSet, Outcome, Policy
+from srsd.serve import milter_service
+from srsd.serve.delivery import PostfixDelivery
+from srsd.serve.milter_service import MilterService
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
+from srsd.wire import milter
+from srsd.wire.milter import command, macros, negotiate, split_replies
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess
 from tests.test_operations import (
@@ -194,7 +195,7 @@ async def hanging(_: bytes) -> Decision:
 def test_what_srsd_cannot_decide_is_deferred(
     overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(milter_server, "DECIDE_SECONDS", 0.5)
+    monkeypatch.setattr(milter_service, "DECIDE_SECONDS", 0.5)
     svc = service(**overrides)
 
     async def body(client: Client) -> None:
@@ -218,7 +219,7 @@ def test_protocol_error_closes_the_connection() -> None:
 
 
 def test_idle_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(milter_server, "IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(milter_service, "IDLE_SECONDS", 0.3)
     svc = service()
 
     async def body(client: Client) -> None:

@@ -5,7 +5,7 @@ log as a postmaster reads it, and the first start with nothing but a domain.
 Every child gets a clean environment (no SRS_* variable of this machine leaks in), an empty
 ``--config`` file (so a real /etc/srsd/srsd.toml cannot change anything), free loopback
 ports below 32768, and is stopped at the end; every wait has a deadline. Expected SRS
-addresses are computed with :class:`srsd.codec.Codec` from the secrets the test wrote, for
+addresses are computed with :class:`srsd.srs.codec.Codec` from the secrets the test wrote, for
 the time before and after each lookup (a day may turn). The reply paths, framing, limits
 and time-outs are tested in-process in ``test_server.py``.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import srsd
-from srsd.codec import Codec
+from srsd.srs.codec import Codec
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess, lookup
 

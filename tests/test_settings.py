@@ -1,5 +1,5 @@
 # Settings: precedence of defaults < TOML < environment < command line, validation, files.
-"""Tests for :mod:`srsd.settings`.
+"""Tests for :mod:`srsd.config.settings`.
 
 Every call passes an explicit ``environ`` so the machine's environment cannot leak in, and
 an autouse fixture points ``DEFAULT_CONFIG`` at a path that does not exist, so a real
@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_h
 from hypothesis import strategies as st
 
-from srsd import settings, settings_text
-from srsd.codec import Alphabet, BadHash, Codec, Expired, day_stamp
+from srsd.config import render, settings
+from srsd.config.settings import ConfigError
 from srsd.envelope import EnvelopeMode
 from srsd.envelope.location import SQLiteLocation
-from srsd.policy import DomainSet, Outcome
-from srsd.settings import ConfigError
+from srsd.srs.codec import Alphabet, BadHash, Codec, Expired, day_stamp
+from srsd.srs.policy import DomainSet, Outcome
 
 DOMAIN = "forwarder.example.net"
 SECRET = b"s3cr3t-for-settings"
@@ -524,7 +524,7 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
     place = Path(tempfile.mkdtemp(prefix="srsd-nobody-"))
     try:
         place.chmod(0o755)
-        shutil.copytree(Path(settings.__file__).parent, place / "srsd")
+        shutil.copytree(Path(settings.__file__).parent.parent, place / "srsd")
         system = write_secret(place / "system-secrets", b"root-only")
         state = place / "nobody-state"
         state.mkdir()
@@ -532,7 +532,7 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         for path in (state, state / "secrets"):
             shutil.chown(path, "nobody")
         child = (
-            "from pathlib import Path; from srsd import settings;"
+            "from pathlib import Path; from srsd.config import settings;"
             f"settings.SYSTEM_SECRETS = Path({str(system)!r});"
             f"s = settings.load({{'domain': {DOMAIN!r}, 'state_dir': {str(state)!r}}},"
             " environ={});"
@@ -552,7 +552,8 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         assert out.returncode == 1, (out.stdout, out.stderr)
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(
-            f"srsd.settings.ConfigError: secrets_file: cannot read {system}: Permission denied"
+            "srsd.config.settings.ConfigError: secrets_file: "
+            f"cannot read {system}: Permission denied"
         ), out.stderr
     finally:
         shutil.rmtree(place)
@@ -892,6 +893,7 @@ milter = "unix:{dir}/milter.sock"     # smtpd_milters: rewrite forwarded mail on
 local_domains = ["example.net", ".hosted.example"]
 rewrite_local = false
 milter_recipient_limit = 500
+split_mixed = "off"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
 max_connections = 200
@@ -933,7 +935,7 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
     assert s.local_domains == ("example.net", ".hosted.example")
-    assert (s.rewrite_local, s.milter_recipient_limit) == (False, 500)
+    assert (s.rewrite_local, s.milter_recipient_limit, s.split_mixed) == (False, 500, "off")
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)
@@ -1033,7 +1035,7 @@ def test_plan_reload_applies_what_it_can_and_keeps_the_rest(tmp_path: Path, secr
 
 def config_round_trip(tmp_path: Path, s: settings.Settings) -> settings.Settings:
     printed = tmp_path / "printed.toml"
-    printed.write_text(settings_text.effective_config(s), encoding="utf-8")
+    printed.write_text(render.effective_config(s), encoding="utf-8")
     return settings.load(None, environ={}, config=printed)
 
 
@@ -1048,7 +1050,7 @@ def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
     s = settings.load(
         {"hash_length": "6", "socketmap": "unix:/run/srsd/srsd.sock"}, environ=environ, config=toml
     )
-    text = settings_text.effective_config(s)
+    text = render.effective_config(s)
     lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
     assert lines.keys() == settings.FIELD_BY_KEY.keys()
     assert lines["max_age"] == f"max_age = 9  # from config file {toml}"
@@ -1072,7 +1074,7 @@ def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
 
 def test_config_changed_shows_only_what_is_not_a_default(tmp_path: Path, secret: Path) -> None:
     s = settings.load(base_cli(secret), environ={"SRS_MAX_AGE": "9"})
-    text = settings_text.effective_config(s, changed=True)
+    text = render.effective_config(s, changed=True)
     assert [line.split(" = ")[0] for line in text.splitlines()[1:]] == [
         "domain",
         "secrets_file",
@@ -1139,10 +1141,10 @@ def test_config_output_reads_back_to_the_same_settings(
 def test_settings_and_the_command_line_import_no_server_machinery() -> None:
     # Validating envelope_database parses the URL only: no store, no trio, no sqlite3.
     code = (
-        "import sys, srsd.cli, srsd.settings\n"
-        "srsd.settings.parse_location('redis://h/1')\n"
+        "import sys, srsd.cli, srsd.config.settings\n"
+        "srsd.config.settings.parse_location('redis://h/1')\n"
         "print(sorted(m for m in ('trio', 'sqlite3', 'redis', 'srsd.envelope.store', "
-        "'srsd.server') if m in sys.modules))"
+        "'srsd.serve.server') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode, alias_address, alias_key, key_of, use_database
 from srsd.envelope.location import DEFAULT_SQLITE_NAME, parse_redis_url
 from srsd.envelope.store import (
@@ -30,6 +29,7 @@ from srsd.envelope.store import (
     expire_periodically,
     open_store,
 )
+from srsd.srs.codec import Codec
 from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer

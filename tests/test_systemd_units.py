@@ -32,8 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from srsd import server, settings
-from srsd.codec import Codec
+from srsd.config import settings
+from srsd.serve import server
+from srsd.srs.codec import Codec
 from tests.ports import free_port
 from tests.server_process import lookup
 from tests.test_operations import (
@@ -371,7 +372,8 @@ AS_NOBODY = r"""
 # imported before the drop: this python may live in /root, which nobody cannot read
 import argparse, gettext, locale, os, shutil, sys
 from pathlib import Path
-from srsd import cli, settings
+from srsd import cli
+from srsd.config import settings
 settings.DEFAULT_CONFIG = Path(sys.argv[1])
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(cli.main(sys.argv[2:]))

@@ -3,7 +3,7 @@
 
 A deterministic corpus of a few hundred senders (``tests.peers.sender_corpus``) is run
 through Mail::SRS once per batch (``mailsrs.pl`` under libfaketime, date pinned) and
-through srsd's :class:`~srsd.codec.Codec` with the *standard* base64 alphabet at the same
+through srsd's :class:`~srsd.srs.codec.Codec` with the *standard* base64 alphabet at the same
 instant. Required, for every sender not excluded below:
 
 * Mail::SRS's SRS address and srsd's are the same bytes;
@@ -23,8 +23,8 @@ from collections import Counter
 
 import pytest
 
-from srsd.codec import Alphabet, Codec, SRSError
-from srsd.policy import DomainSet, Outcome, Policy
+from srsd.srs.codec import Alphabet, Codec, SRSError
+from srsd.srs.policy import DomainSet, Outcome, Policy
 from tests.peers import (
     DAY,
     DOMAIN,

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Alphabet, Codec
+from srsd.srs.codec import Alphabet, Codec
 from tests.peers import (
     DAY,
     DOMAIN,

@@ -3,7 +3,7 @@
 
 :func:`refusal` is the one declaration of what srsd accepts as an address at all: every
 endpoint (tcp_table, socketmap, milter, ``srsd encode`` / ``decode``) refuses the same
-bytes with the same reason, through :class:`srsd.policy.Policy`.
+bytes with the same reason, through :class:`srsd.srs.policy.Policy`.
 
 Postfix gives canonical maps the *external* form of an address: a local part that is
 not a dot-atom arrives quoted (``"a b"@example.org``). srsd unquotes such a local part

@@ -5,7 +5,7 @@ The policy sits between a wire codec and the SRS codec. :meth:`Policy.forward` t
 sender as Postfix's ``sender_canonical_maps`` sends it; :meth:`Policy.reverse` takes a
 recipient as ``recipient_canonical_maps`` (and smtpd's RCPT check) sends it. Both return a
 :class:`Decision`: the new address, or the :class:`Outcome` that says why there is none.
-Both first refuse what is no address (:func:`srsd.address.refusal`: a NUL, a control
+Both first refuse what is no address (:func:`srsd.srs.address.refusal`: a NUL, a control
 character, more than ``max_length`` bytes), so every endpoint answers those alike.
 Nothing here reads a clock, a file or a socket.
 """
@@ -17,7 +17,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from srsd import address, codec
+from srsd.srs import address, codec
+
+
+class Role(enum.Enum):
+    """Which map a lookup is for."""
+
+    FORWARD = "forward"  # sender_canonical_maps
+    REVERSE = "reverse"  # recipient_canonical_maps
 
 
 class Outcome(enum.Enum):

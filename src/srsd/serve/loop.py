@@ -29,7 +29,7 @@ of that reader into reply bytes. The loop owns the sockets:
   :meth:`ConnectionLoop.stop` closes the idle connections at once and gives the others a
   grace period to finish what they were answering.
 
-Seams for admission control (:mod:`srsd.gatekeeper`): :attr:`ConnectionLoop.admit` is
+Seams for admission control (:mod:`srsd.admission.gatekeeper`): :attr:`ConnectionLoop.admit` is
 asked about every accepted connection before it is served (the default admits all);
 :attr:`ConnectionLoop.on_answered` hears when a connection has answered all it
 received, :attr:`ConnectionLoop.on_close` when one ends, however, and
@@ -51,9 +51,9 @@ from typing import Protocol
 
 import trio
 
-from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
-from srsd.listeners import Endpoint
-from srsd.logs import LOGGER
+from srsd.host.logs import LOGGER
+from srsd.serve.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.serve.listeners import Endpoint
 
 #: Bytes read from a connection at once; the requests in them are answered in order.
 RECEIVE_SIZE = 16384

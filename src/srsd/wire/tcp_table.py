@@ -47,10 +47,10 @@ Precise rules implemented here:
   An empty key, another command or a bad ``%`` escape make a :class:`BadRequest`, and the
   reader carries on. Other raw bytes in the key are taken as they are, NUL (raw or
   ``%00``) and control bytes too: whether a key is an address at all is decided once for
-  every endpoint (:func:`srsd.address.refusal`), not by this wire format.
+  every endpoint (:func:`srsd.srs.address.refusal`), not by this wire format.
 * :func:`line_limit` gives the line bound that carries every key of up to so many bytes
   (an address of ``max_request`` bytes, %-encoded); a :class:`TooLong` then says the same
-  as a key over that many bytes does on every endpoint (:data:`srsd.address.TOO_LONG`).
+  as a key over that many bytes does on every endpoint (:data:`srsd.srs.address.TOO_LONG`).
 * A last line without LF before EOF is still a request (postsrsd answers it too).
 * Replies encode every byte <= 0x20, >= 0x7F and ``%`` as ``%XX`` with upper-case hex,
   like Postfix's own ``hex_quote``, and end in a bare LF (Postfix would keep a CR).
@@ -60,7 +60,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from srsd import address
+from srsd.srs import address
 
 __all__ = [
     "MAX_REPLY",
@@ -126,7 +126,7 @@ def line_limit(max_key: int) -> int:
 
 
 #: Default limit on a request line, in bytes, its LF or CR LF ending not counted: the line
-#: of any key of :data:`srsd.address.MAX_LENGTH` bytes.
+#: of any key of :data:`srsd.srs.address.MAX_LENGTH` bytes.
 MAX_REQUEST: int = line_limit(address.MAX_LENGTH)
 
 

@@ -11,13 +11,13 @@ takes it, and whether ``SIGHUP`` can apply it. :data:`FIELDS` is that table, rea
 from the class. Everything else follows from it: TOML loading and the environment
 (:func:`load`), the argparse flags and ``--help`` (:mod:`srsd.cli`), the error messages,
 what a reload applies (:func:`plan_reload`), ``srsd config``, the README settings table
-and ``packaging/srsd.toml.example`` (:mod:`srsd.settings_text`; tests fail when the files
+and ``packaging/srsd.toml.example`` (:mod:`srsd.config.render`; tests fail when the files
 and the table disagree).
 
 To add a setting: add one ``name: Type = setting(...)`` line to :class:`Settings` (a new
 parser beside the others if none fits: raw TOML value or string -> typed value, raising
 ValueError with a short reason), then regenerate the README table and the example file
-(``python3 -m srsd.settings_text --write``) and use ``settings.name`` where it matters.
+(``python3 -m srsd.config.render --write``) and use ``settings.name`` where it matters.
 
 Sources apply in order, the later winning: built-in defaults, the TOML file (``--config
 PATH``, else ``/etc/srsd/srsd.toml`` when it exists), the environment, the command line.
@@ -40,13 +40,13 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
 
-from srsd.address import MAX_LENGTH
-from srsd.admission import resolve_users
-from srsd.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
+from srsd.admission.rule import resolve_users
 from srsd.envelope.keys import EnvelopeMode
 from srsd.envelope.location import StoreLocation, parse_location
-from srsd.policy import DomainSet, Policy, is_domain_entry, is_domain_name
-from srsd.systemd import SECRETS_CREDENTIAL, credential
+from srsd.host.systemd import SECRETS_CREDENTIAL, credential
+from srsd.srs.address import MAX_LENGTH
+from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
+from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
@@ -576,6 +576,17 @@ class Settings:
         "SRS_MILTER_RECIPIENT_LIMIT",
         "--milter-recipient-limit",
         "milter: recipients per message; each one beyond is answered 452 (sent again later)",
+    )
+    split_mixed: str = setting(
+        _one_of("smtpd", "off"),
+        "smtpd",
+        "SRS_SPLIT_MIXED",
+        "--split-mixed",
+        "milter: `smtpd`: the first recipient of an SMTP transaction fixes its class (delivered "
+        "here or leaves), one of the other class is answered 452 4.5.3 and sent again in a "
+        "transaction of its own, so local copies keep their sender; `off`: a mixed message is "
+        "rewritten as a whole (sendmail submissions always are: they cannot be sent again)",
+        choices=("smtpd", "off"),
     )
     keep_alive: float = setting(
         _seconds,

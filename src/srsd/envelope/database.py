@@ -32,8 +32,8 @@ from srsd.envelope.keys import (
     use_database,
 )
 from srsd.envelope.store import EnvelopeStore, Outage, SQLiteStore, StorageError
-from srsd.logs import LOGGER
-from srsd.policy import Decision, Outcome, Policy
+from srsd.host.logs import LOGGER
+from srsd.srs.policy import Decision, Outcome, Policy
 
 UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
 UNKNOWN = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")

@@ -24,12 +24,22 @@ reply bytes. Rules:
 * at most ``recipient_limit`` recipients are kept per message; each one over it is answered
   ``452 4.5.3 Too many recipients``, so the client sends it again in a later transaction and
   every recipient srsd decides on is one Postfix accepted;
+* a session that splits (``split=True``, setting ``split_mixed``) and serves an SMTP client
+  keeps one class of recipient per message: each recipient is handed out as
+  :class:`Classify`, the caller says whether it is delivered on this host, and
+  :meth:`Session.admit` accepts it when it is of the first recipient's class, else answers
+  ``452 4.5.3``: the client sends it again in a transaction of its own. A session splits
+  only when the MTA's connect step names a client port: Postfix's ``non_smtpd_milters``
+  sessions (sendmail, pickup) give port 0, and their client cannot send a recipient again
+  (Postfix defers the whole submission), so they are never split; nor is a bounce (null
+  sender, nothing to rewrite). While a recipient is being classified no further packet is
+  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on);
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
   gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through;
 * a change whose address is empty or holds a control byte (NUL, CR, LF, ...:
-  :data:`srsd.address.CONTROLS`) is never written: :func:`writable` leaves that sender or
+  :data:`srsd.srs.address.CONTROLS`) is never written: :func:`writable` leaves that sender or
   recipient as it is (a NUL would cut the string, a CR LF forge a line). Addresses with
-  those bytes are refused before any decision (:func:`srsd.address.refusal`); this holds
+  those bytes are refused before any decision (:func:`srsd.srs.address.refusal`); this holds
   even for a value that did not come from the input (an envelope database entry).
 
 Why not ``kilter-protocol`` (PyPI, 0.6.0, the one sans-IO milter codec for Python): under
@@ -51,7 +61,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from srsd import address
+from srsd.srs import address
 
 #: Longest packet accepted, counting the command byte (libmilter's MILTER_MAX_DATA_SIZE is
 #: 65535 bytes of data; srsd switches off the body and header steps that could need more).
@@ -182,13 +192,21 @@ class Decide:
 
 
 @dataclass(frozen=True, slots=True)
+class Classify:
+    """A recipient arrived in a session that splits: find out whether it is delivered on
+    this host, then send :meth:`Session.admit`'s bytes and call ``feed(b"")``."""
+
+    recipient: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """The session is over: ``reason`` is None after QUIT, else the protocol error."""
 
     reason: str | None
 
 
-MilterAction = Send | Decide | Close
+MilterAction = Send | Decide | Classify | Close
 
 
 class _State(enum.Enum):
@@ -203,19 +221,28 @@ class Session:
 
     __slots__ = (
         "_buf",
+        "_classifying",
+        "_here",
         "_max_packet",
         "_recipient_limit",
         "_recipients",
         "_sender",
+        "_split",
         "_state",
         "actions",
+        "client_port",
         "queue_id",
         "refused",
+        "split",
         "version",
     )
 
     def __init__(
-        self, *, recipient_limit: int = MAX_RECIPIENTS, max_packet: int = MAX_PACKET
+        self,
+        *,
+        recipient_limit: int = MAX_RECIPIENTS,
+        max_packet: int = MAX_PACKET,
+        split: bool = False,
     ) -> None:
         if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET:
             raise ValueError("recipient_limit must be >= 1, max_packet 13..MAX_PACKET")
@@ -225,6 +252,11 @@ class Session:
         self._state = _State.NEGOTIATE
         self._sender = b""
         self._recipients: list[bytes] = []
+        self._split = split
+        self._here: bool | None = None  # the class of this message's first recipient
+        self._classifying: bytes | None = None  # the recipient awaiting admit()
+        #: The client port of the MTA's connect step (0: a local submission), None if none.
+        self.client_port: int | None = None
         #: The protocol version and actions agreed on (0 before the negotiation).
         self.version = 0
         self.actions = Action(0)
@@ -232,6 +264,8 @@ class Session:
         self.queue_id = b""
         #: Recipients answered "too many" so far (a metric).
         self.refused = 0
+        #: Recipients answered 452 because they are of the other class (a metric).
+        self.split = 0
 
     @property
     def closed(self) -> bool:
@@ -249,6 +283,16 @@ class Session:
         return len(self._buf)
 
     @property
+    def splitting(self) -> bool:
+        """Whether this message's recipients are classified (see the module docstring)."""
+        return (
+            self._split
+            and bool(self.client_port)
+            and self._state is _State.MESSAGE
+            and unbracket(self._sender) != b""
+        )
+
+    @property
     def can_rewrite(self) -> bool:
         """Whether the MTA offered every action srsd needs."""
         return NEEDED_ACTIONS in self.actions
@@ -260,8 +304,13 @@ class Session:
         self._buf += data
         out: list[MilterAction] = []
         buf = self._buf
+        if self._classifying is not None:
+            if len(buf) > 4 + self._max_packet:
+                self._fail(out, "input while a recipient is being classified")
+                self._buf = bytearray()
+            return out
         start = 0
-        while len(buf) - start >= 4 and not self.closed:
+        while len(buf) - start >= 4 and not self.closed and self._classifying is None:
             (length,) = _LENGTH.unpack_from(buf, start)
             if not 1 <= length <= self._max_packet:
                 self._fail(out, f"packet length {length} out of range 1..{self._max_packet}")
@@ -285,6 +334,21 @@ class Session:
         self._state = _State.CLOSED
         self._buf = bytearray()
         return [Close(None)]
+
+    def admit(self, here: bool | None) -> bytes:
+        """The reply to the recipient of the last :class:`Classify`: ``here`` says whether it
+        is delivered on this host (None: cannot tell, a temporary failure for it)."""
+        recipient, self._classifying = self._classifying, None
+        if recipient is None or self._state is not _State.MESSAGE:
+            raise RuntimeError("admit() without a recipient being classified")
+        if here is None:
+            return packet(TEMPORARY_FAILURE)
+        if self._here is not None and here is not self._here:
+            self.split += 1
+            return packet(REPLY_CODE, _TOO_MANY + b"\x00")
+        self._here = here
+        self._recipients.append(recipient)
+        return packet(CONTINUE)
 
     def verdict(self, verdict: Verdict) -> bytes:
         """The reply to the end of a message: the changes, then ``continue``."""
@@ -320,6 +384,8 @@ class Session:
         elif command in _IGNORED_STEPS:
             if command in (CONNECT, HELO):
                 self._reset()  # a new SMTP session or EHLO ends any message
+            if command == CONNECT:
+                self.client_port = _client_port(data)
             out.append(Send(packet(CONTINUE)))
         elif command == RCPT and state is _State.MESSAGE:
             self._rcpt(data, out)
@@ -329,6 +395,8 @@ class Session:
             out.append(Decide(transaction))
         elif command in (ABORT, QUIT_NEW_CONNECTION):
             self._reset()  # no reply; K: the MTA reuses the connection for a new session
+            if command == QUIT_NEW_CONNECTION:
+                self.client_port = None
         elif command == QUIT:
             self._state = _State.CLOSED
             out.append(Close(None))
@@ -339,18 +407,20 @@ class Session:
         self._state = _State.READY
         self._sender = b""
         self._recipients = []
+        self._here = None
 
     def _negotiate(self, data: bytes, out: list[MilterAction]) -> None:
         if len(data) < _NEGOTIATION.size:
             self._fail(out, f"option negotiation of {len(data)} bytes")
             return
         version, offered_actions, offered_steps = _NEGOTIATION.unpack_from(data)
+        skipped = SKIPPED_STEPS & ~Step.NO_CONNECT if self._split else SKIPPED_STEPS
         if version < 2:
             self._fail(out, f"milter protocol version {version} (2 to {VERSION} supported)")
             return
         self.version = min(version, VERSION)
         self.actions = Action(offered_actions & NEEDED_ACTIONS)
-        steps = offered_steps & SKIPPED_STEPS
+        steps = offered_steps & skipped
         self._state = _State.READY
         reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
         out.append(Send(packet(b"O", reply)))
@@ -386,6 +456,10 @@ class Session:
             self.refused += 1
             out.append(Send(packet(REPLY_CODE, _TOO_MANY + b"\x00")))
             return
+        if self.splitting:
+            self._classifying = args[0]
+            out.append(Classify(args[0]))
+            return
         self._recipients.append(args[0])
         out.append(Send(packet(CONTINUE)))
 
@@ -405,6 +479,15 @@ def writable(verdict: Verdict) -> Verdict:
     if sender is verdict.sender and len(kept) == len(verdict.replace):
         return verdict
     return dataclasses.replace(verdict, sender=sender, replace=kept)
+
+
+def _client_port(data: bytes) -> int | None:
+    """The client port of a connect packet (host name, family, port, address); None when it
+    names none (family ``U``, unknown) or is cut short."""
+    host_end = data.find(b"\x00")
+    if host_end < 0 or len(data) < host_end + 4 or data[host_end + 1] not in b"46L":
+        return None
+    return int.from_bytes(data[host_end + 2 : host_end + 4], "big")
 
 
 def _name(command: int) -> str:

@@ -2,18 +2,23 @@
 """Serve Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` connections.
 
 Milter connections are few and long (one per SMTP session, or per local submission), so
-each is an ordinary trio task reading a :class:`srsd.milter.Session`, outside the lookup
+each is an ordinary trio task reading a :class:`srsd.wire.milter.Session`, outside the lookup
 reactor. At the end of each message :func:`decide` says what to change:
 
 1. each recipient that is a valid SRS address of ours is replaced by the original address
    (DELRCPT + ADDRCPT); one srsd cannot decode now (its database entry unreadable) makes
    the message fail temporarily; invalid ones stay, for Postfix to reject as usual;
 2. unless every (restored) recipient is delivered on this host
-   (:class:`srsd.delivery.PostfixDelivery`), the sender goes through the same policy as the
+   (:class:`srsd.serve.delivery.PostfixDelivery`), the sender goes through the same policy as the
    forward map (null sender, excluded and SRS domains, SRS1 for SRS senders, database mode)
    and, when rewritten, is changed (CHGFROM);
 3. anything srsd cannot decide (a lookup error, an internal error, no answer within
    :data:`DECIDE_SECONDS`) is a temporary failure: Postfix defers the message.
+
+With ``split_mixed = "smtpd"`` each recipient of an SMTP transaction is classified as it
+arrives (:func:`delivered_here`: restored when it is an SRS address, then asked of Postfix):
+one of the other class than the transaction's first recipient is answered ``452 4.5.3`` and
+sent again by the client in a transaction of its own, so step 2 sees one class only.
 
 Time-outs: a connection idle for :data:`IDLE_SECONDS` (longer than Postfix's
 ``smtpd_timeout``) is closed, so is one whose replies are not read within
@@ -27,20 +32,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
-from srsd import milter
-from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
-from srsd.delivery import PostfixDelivery
-from srsd.listeners import Role, Wire
-from srsd.logs import LOGGER, show
-from srsd.lookups import Lookups
-from srsd.policy import Decision, DomainSet, Outcome
-from srsd.settings import Settings
+from srsd.config.settings import Settings
+from srsd.host.logs import LOGGER, show
+from srsd.serve.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.serve.answers import Lookups
+from srsd.serve.delivery import PostfixDelivery
+from srsd.srs.policy import Decision, DomainSet, Outcome, Role
+from srsd.wire import Wire, milter
 
 #: Seconds a milter connection may stay silent (Postfix's smtpd_timeout is 300 s).
 IDLE_SECONDS = 600.0
@@ -98,6 +102,20 @@ async def decide(
     return MessageDecision(kept, "not rewritten", forwarded.reason)
 
 
+async def delivered_here(
+    recipient: bytes, *, reverse: Lookup, delivery: PostfixDelivery
+) -> bool | None:
+    """Whether one recipient (as the MTA sent it) is delivered on this host, SRS addresses
+    restored first; None when that cannot be known now (the recipient is deferred)."""
+    address = milter.unbracket(recipient)
+    restored = await reverse(address)
+    if restored.outcome is Outcome.ERROR:
+        return None
+    if restored.outcome is Outcome.REWRITTEN and restored.value is not None:
+        address = restored.value
+    return await delivery.all_delivered_here([address])
+
+
 def delivery_for(settings: Settings) -> PostfixDelivery:
     """How the milter tells locally delivered mail: from the settings, else from Postfix."""
     local = DomainSet(settings.local_domains) if settings.local_domains else None
@@ -133,11 +151,13 @@ class MilterService:
         reverse: Lookup,
         delivery: PostfixDelivery,
         recipient_limit: int = milter.MAX_RECIPIENTS,
+        split: bool = False,
     ) -> None:
         self.forward = forward
         self.reverse = reverse
         self.delivery = delivery
         self.recipient_limit = recipient_limit
+        self.split = split
         self.sessions = 0
         self.refused_sessions = 0
         self._stopping = False
@@ -190,7 +210,7 @@ class MilterService:
     async def converse(self, stream: trio.abc.Stream) -> None:
         """Serve one milter connection until QUIT, EOF, a protocol error or a time-out."""
         self.sessions += 1
-        session = milter.Session(recipient_limit=self.recipient_limit)
+        session = milter.Session(recipient_limit=self.recipient_limit, split=self.split)
         scope = trio.CancelScope()
         self._active[scope] = session
         try:
@@ -222,7 +242,9 @@ class MilterService:
         session: milter.Session,
         actions: Sequence[milter.MilterAction],
     ) -> bool:
-        for action in actions:
+        pending = deque(actions)
+        while pending:
+            action = pending.popleft()
             if isinstance(action, milter.Send):
                 reply = action.data
                 if action.data == milter.packet(milter.TEMPORARY_FAILURE):
@@ -232,6 +254,16 @@ class MilterService:
                     )
             elif isinstance(action, milter.Decide):
                 reply = session.verdict(await self._decide(action.transaction))
+            elif isinstance(action, milter.Classify):
+                before = session.split
+                reply = session.admit(await self._classify(session, action.recipient))
+                if session.split > before:
+                    LOGGER.info(
+                        "milter %s: recipient %s answered 452 4.5.3: not of the class of "
+                        "the first (delivered here or not), it comes in a transaction of its own",
+                        show(session.queue_id) or "-",
+                        show(action.recipient),
+                    )
             else:
                 if action.reason is not None:
                     self.messages["protocol error"] += 1
@@ -244,7 +276,27 @@ class MilterService:
                     "milter: Postfix did not read its replies for %g s: closing", SEND_SECONDS
                 )
                 return False
+            if isinstance(action, milter.Classify):
+                pending.extend(session.feed(b""))  # what came in behind that recipient
         return True
+
+    async def _classify(self, session: milter.Session, recipient: bytes) -> bool | None:
+        """Where ``recipient`` is delivered, for :meth:`milter.Session.admit`."""
+        try:
+            with trio.fail_after(DECIDE_SECONDS):
+                here = await delivered_here(recipient, reverse=self.reverse, delivery=self.delivery)
+        except trio.TooSlowError:
+            here = None
+        except Exception:
+            LOGGER.exception("milter: internal error classifying a recipient")
+            here = None
+        if here is None:
+            LOGGER.warning(
+                "milter %s: recipient %s deferred: cannot tell where it goes",
+                show(session.queue_id) or "-",
+                show(recipient),
+            )
+        return here
 
     async def _decide(self, transaction: milter.Transaction) -> milter.Verdict:
         started = time.perf_counter()

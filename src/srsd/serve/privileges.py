@@ -13,9 +13,9 @@ import os
 import pwd
 from pathlib import Path
 
-from srsd.listeners import StartError
-from srsd.logs import LOGGER
-from srsd.settings import Settings
+from srsd.config.settings import Settings
+from srsd.host.logs import LOGGER
+from srsd.serve.listeners import StartError
 
 
 def drop_privileges(user: str, state_dir: Path) -> None:

@@ -22,7 +22,7 @@ controls. ``OK`` with an empty value counts as not found, and a reply payload ov
   allowed within that width); it may not exceed ``max_length``, and a length over the
   limit is :class:`TooBig` as soon as its digits prove it, so the reader never holds more
   than the bound plus its framing, however the bytes are split; its reason is the one
-  every endpoint gives for a key over so many bytes (:data:`srsd.address.TOO_LONG`), and
+  every endpoint gives for a key over so many bytes (:data:`srsd.srs.address.TOO_LONG`), and
   srsd answers it ``NOTFOUND`` (then closes), as a sender controls it. Anything else before
   ``:`` (more digits too), or a payload not followed by ``,``, is :class:`BadFraming`.
   Both close the reader: the framing can no longer be trusted.
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from srsd import address
+from srsd.srs import address
 
 #: Default bound on a request payload, in bytes.
 MAX_REQUEST = 4096

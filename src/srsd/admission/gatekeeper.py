@@ -1,8 +1,8 @@
 # Admission control of the connection loop: each peer's owner, the rule, evictions, counts, logs.
-"""Put :mod:`srsd.admission`'s rule in front of the connection loop.
+"""Put :mod:`srsd.admission.rule`'s rule in front of the connection loop.
 
 For every accepted connection the :class:`Gatekeeper` learns the owner of the peer
-(:class:`srsd.peercred.PeerOwners`: one ``SO_PEERCRED`` or sock_diag round trip), asks the
+(:class:`srsd.admission.owners.PeerOwners`: one ``SO_PEERCRED`` or sock_diag round trip), asks the
 admission table, closes the victim of an eviction, and counts and logs what it did:
 connections refused because their user is not in ``allowed_users``, refused because
 nothing could be evicted, evicted, and requests that timed out half-way
@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
-from srsd.admission import Admission, Limits, Verdict, resolve_users
-from srsd.logs import LOGGER
-from srsd.peercred import Owner, PeerOwners
+from srsd.admission.owners import Owner, PeerOwners
+from srsd.admission.rule import Admission, Limits, Verdict, resolve_users
+from srsd.host.logs import LOGGER
 
 #: At most one log line per kind (refused user, full, evicted, timed out) per this many s.
 LOG_INTERVAL = 10.0

@@ -5,7 +5,7 @@ A process or system out of file descriptors or memory (``EMFILE``, ``ENFILE``, `
 ``ENOBUFS``) is a passing condition: the loop logs it, waits :data:`ACCEPT_RETRY_DELAY`
 seconds and tries again, rather than dying (and taking every listener with it) or spinning.
 Any other error is a bug and is raised. The tcp_table/socketmap listeners
-(:mod:`srsd.connections`) and the metrics endpoint (:mod:`srsd.metrics`) both follow this.
+(:mod:`srsd.serve.loop`) and the metrics endpoint (:mod:`srsd.host.metrics`) both follow this.
 """
 
 from __future__ import annotations

@@ -1,28 +1,28 @@
 # The server's lifecycle: bind, drop privileges, serve, signals, reload, drain, exit.
 """``srsd serve``: answer Postfix's canonical-map lookups over tcp_table and socketmap.
 
-Data flows one way: bytes in, the wire decoder (:mod:`srsd.tcp_table` or
-:mod:`srsd.socketmap`), the decision (:mod:`srsd.lookups`: the policy and the envelope
+Data flows one way: bytes in, the wire decoder (:mod:`srsd.wire.tcp_table` or
+:mod:`srsd.wire.socketmap`), the decision (:mod:`srsd.serve.answers`: the policy and the envelope
 database), the reply, bytes out. A tcp_table endpoint serves one map, chosen by its port;
 a socketmap endpoint (TCP or a unix socket) serves both, chosen by the map name in each
 request. The parts:
 
-* :mod:`srsd.listeners` opens the listening sockets (or adopts systemd's);
-* :mod:`srsd.privileges` then leaves root;
-* :mod:`srsd.connections` serves every connection from one readiness set, a pass at a time,
+* :mod:`srsd.serve.listeners` opens the listening sockets (or adopts systemd's);
+* :mod:`srsd.serve.privileges` then leaves root;
+* :mod:`srsd.serve.loop` serves every connection from one readiness set, a pass at a time,
   with slow paths as trio tasks (storage waits, back-pressure, lingering), idle and
   request time-outs and the drain;
-* :mod:`srsd.gatekeeper` admits each new connection by its peer's user
-  (:mod:`srsd.admission`: ``allowed_users``, ``max_connections``,
+* :mod:`srsd.admission.gatekeeper` admits each new connection by its peer's user
+  (:mod:`srsd.admission.rule`: ``allowed_users``, ``max_connections``,
   ``max_connections_per_user``), evicting the longest idle connection of the user who
   holds the most when full;
-* :mod:`srsd.lookups` decides, counts, logs and builds the replies;
-* :mod:`srsd.milter_server` serves the milter endpoint (``smtpd_milters``), one trio task per
+* :mod:`srsd.serve.answers` decides, counts, logs and builds the replies;
+* :mod:`srsd.serve.milter_service` serves the milter endpoint (``smtpd_milters``), one trio task per
   connection outside the loop, deciding through the same lookups;
 * this module runs them: :class:`Server` binds, serves until SIGTERM/SIGINT, then stops
   accepting, lets replies in flight finish within ``shutdown_grace`` seconds and exits 0;
   SIGHUP reloads settings, secrets and exclusions, keeping the old ones when anything is
-  invalid, and says which changes need a restart (:func:`srsd.settings.plan_reload`). It
+  invalid, and says which changes need a restart (:func:`srsd.config.settings.plan_reload`). It
   also serves the metrics endpoint and tells systemd how it is doing.
 """
 
@@ -36,27 +36,30 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from srsd import logs, milter_server, systemd
-from srsd.admission import Limits
-from srsd.connections import Connection, ConnectionLoop, Service
+from srsd.admission.gatekeeper import Gatekeeper
+from srsd.admission.owners import PeerOwners
+from srsd.admission.rule import Limits
+from srsd.config.settings import ConfigError, Settings, plan_reload
 from srsd.envelope import EnvelopeMode, lifetime
-from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
-from srsd.gatekeeper import Gatekeeper
-from srsd.listeners import ACTIVATION_NAMES, Endpoint, Role, StartError, Wire, bind, close_all
-from srsd.logs import LOGGER, setup
-from srsd.lookups import (
+from srsd.host import logs, systemd
+from srsd.host.logs import LOGGER, setup
+from srsd.host.metrics import Latency, registry_for
+from srsd.serve import milter_service
+from srsd.serve.answers import (
     BAD_REQUEST_LOG_RATE,
     MAP_NAMES,
     Lookups,
     SocketmapService,
     TcpTableService,
 )
-from srsd.metrics import Latency, registry_for, serve_http
-from srsd.peercred import PeerOwners
-from srsd.policy import Policy
-from srsd.privileges import drop_privileges, leave_root
-from srsd.settings import ConfigError, Settings, plan_reload
+from srsd.serve.listeners import ACTIVATION_NAMES, Endpoint, StartError, bind, close_all
+from srsd.serve.loop import Connection, ConnectionLoop, Service
+from srsd.serve.metrics_endpoint import serve_http
+from srsd.serve.privileges import drop_privileges, leave_root
+from srsd.srs.policy import Policy, Role
+from srsd.wire import Wire
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -114,12 +117,13 @@ class Server:
         self.notifier = systemd.Notifier(os.environ)
         self.metrics_listeners: list[trio.SocketListener] = []
         self.reloads: Counter[str] = Counter()
-        forward, reverse = milter_server.lookups_for(self.lookup)
-        self.milter = milter_server.MilterService(
+        forward, reverse = milter_service.lookups_for(self.lookup)
+        self.milter = milter_service.MilterService(
             forward=forward,
             reverse=reverse,
-            delivery=milter_server.delivery_for(settings),
+            delivery=milter_service.delivery_for(settings),
             recipient_limit=settings.milter_recipient_limit,
+            split=settings.split_mixed == "smtpd",
         )
         self.milter_endpoints: list[Endpoint] = []
 
@@ -342,8 +346,9 @@ class Server:
             setup_logging(new)
         self.settings = new
         self.lookup.configure(new, new.policy())
-        self.milter.delivery = milter_server.delivery_for(new)  # reads Postfix's config again
+        self.milter.delivery = milter_service.delivery_for(new)  # reads Postfix's config again
         self.milter.recipient_limit = new.milter_recipient_limit
+        self.milter.split = new.split_mixed == "smtpd"
         self.gate.configure(limits)
         self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
