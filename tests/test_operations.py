@@ -633,6 +633,8 @@ def test_run_as_drops_every_privilege(world_dir: Path) -> None:
         assert status["Groups"] == ""
         assert status["CapEff"] == "0000000000000000"
         assert f"running as nobody (uid {nobody.pw_uid})" in daemon.log()
+        # nobody is every other daemon too: they could read the secret. srsd says so.
+        assert "WARNING: run_as nobody: every daemon running as nobody can read" in daemon.log()
         # the generated secret was handed over with the state directory
         secrets = state / "secrets"
         for path in (state, secrets):

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from srsd.config import render, settings
 from srsd.config.settings import ConfigError
 from srsd.envelope import EnvelopeMode
-from srsd.envelope.location import SQLiteLocation
+from srsd.envelope.location import RedisTarget, SQLiteLocation
 from srsd.srs.codec import Alphabet, BadHash, Codec, Expired, day_stamp
 from srsd.srs.policy import DomainSet, Outcome
 
@@ -881,6 +881,7 @@ hash_alphabet = "base64"              # postsrsd 1.x spelling
 original_envelope = "auto"            # long senders through the envelope database
 envelope_database = "sqlite:{dir}/state/envelopes.sqlite"
 envelope_write_limit = 600
+redis_password_file = "{dir}/redis-password"  # read only for a Redis envelope_database
 state_dir = "{dir}/state"
 
 listen = ["127.0.0.1", "[::1]"]
@@ -928,6 +929,7 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.original_envelope is EnvelopeMode.AUTO
     assert s.envelope_database == SQLiteLocation(tmp_path / "state" / "envelopes.sqlite")
     assert s.envelope_write_limit == 600
+    assert s.redis_password_file == tmp_path / "redis-password"
     assert s.listen == ("127.0.0.1", "::1")
     assert (s.forward_port, s.reverse_port) == (20001, 20002)
     assert s.socketmap == settings.InetEndpoint("::1", 20003)
@@ -971,6 +973,59 @@ def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
     assert error.startswith("envelope_database:")
     assert message in error
     assert error.endswith("(from command line --envelope-database)")
+
+
+def test_a_redis_password_on_the_command_line_is_refused(secret: Path) -> None:
+    # Every local user can read a process's arguments (/proc/PID/cmdline).
+    url = "redis://srsd:hunter2@redis.internal:6379/0"
+    error = config_error(cli={**base_cli(secret), "envelope_database": url}, environ={})
+    assert error.startswith("envelope_database: a password on the command line is visible")
+    assert "hunter2" not in error
+    # Without a password, or from the environment, it is fine.
+    plain = settings.load({**base_cli(secret), "envelope_database": "redis://h:1/0"}, environ={})
+    assert isinstance(plain.envelope_database, RedisTarget)
+    s = settings.load(base_cli(secret), environ={"SRS_ENVELOPE_DATABASE": url})
+    assert isinstance(s.envelope_database, RedisTarget)
+    assert s.envelope_database.password == "hunter2"
+    assert s.warnings == ()
+
+
+def test_redis_password_file(tmp_path: Path, secret: Path) -> None:
+    password = write_secret(tmp_path / "redis-password", b"p@ss word:/\nignored\n")
+    cli = {
+        **base_cli(secret),
+        "envelope_database": "redis://srsd@redis.internal/2",
+        "redis_password_file": str(password),
+    }
+    s = settings.load(cli, environ={})
+    assert isinstance(s.envelope_database, RedisTarget)
+    assert (s.envelope_database.username, s.envelope_database.password) == ("srsd", "p@ss word:/")
+    assert s.envelope_database.db == 2
+    assert s.warnings == ()
+    password.chmod(0o644)
+    assert settings.load(cli, environ={}).warnings == (
+        f"{password} is a Redis password and is readable by group or others (mode 0644); "
+        "chmod 600 it",
+    )
+    write_secret(password, b"\nsecond line\n")
+    error = config_error(cli=cli, environ={})
+    assert error == f"redis_password_file: {password} holds no password on its first line"
+    password.unlink()
+    error = config_error(cli=cli, environ={})
+    assert error == f"redis_password_file: cannot read {password}: No such file or directory"
+
+
+def test_a_settings_file_with_a_redis_password_others_can_read_is_warned_about(
+    tmp_path: Path, secret: Path
+) -> None:
+    toml = write_toml(tmp_path / "srsd.toml", 'envelope_database = "redis://:pw@h/0"\n')
+    toml.chmod(0o600)
+    assert settings.load(base_cli(secret), environ={}, config=toml).warnings == ()
+    toml.chmod(0o644)
+    assert settings.load(base_cli(secret), environ={}, config=toml).warnings == (
+        f"{toml} holds a Redis password and is readable by group or others (mode 0644); "
+        "chmod 600 it",
+    )
 
 
 def test_bad_original_envelope(secret: Path) -> None:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -433,7 +434,8 @@ def test_unreadable_credential_is_one_clear_line(world_dir: Path, command: list[
     path = credentials / "srsd-secrets"
     assert done.stderr == (
         f"srsd: configuration error: secrets_file: cannot read {path}: "
-        "Permission denied (from systemd credential srsd-secrets); create "
-        f"one with: srsd keygen {path}\n"
+        "Permission denied (from systemd credential srsd-secrets); fix its permissions so "
+        f"that uid {pwd.getpwnam('nobody').pw_uid} can read it (chown or chmod), and keep it: "
+        "bounces to the addresses it signed decode only with it\n"
     )
     assert not state.exists(), "a secret was generated instead of using the credential"

@@ -20,7 +20,7 @@ from pathlib import Path
 from srsd.config.settings import FIELDS, Field, Settings
 from srsd.envelope.location import RedisTarget
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "packaging" / "srsd.toml.example"
 TABLE_HEADER = (

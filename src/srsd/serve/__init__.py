@@ -3,5 +3,6 @@
 :mod:`.server` (lifecycle, signals, reload, drain), :mod:`.listeners` (binding, socket
 activation), :mod:`.loop` (the readiness loop), :mod:`.answers` (a lookup decided, counted,
 logged, replied), :mod:`.milter_service`, :mod:`.delivery` (what Postfix delivers here),
-:mod:`.privileges` (leaving root) and :mod:`.accept`.
+:mod:`.privileges` (leaving root), :mod:`.accept` and :mod:`.hangups` (SIGHUP while
+starting).
 """

@@ -46,7 +46,7 @@ from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.host import logs, systemd
 from srsd.host.logs import LOGGER, setup
 from srsd.host.metrics import Latency, registry_for
-from srsd.serve import milter_service
+from srsd.serve import hangups, milter_service
 from srsd.serve.answers import (
     BAD_REQUEST_LOG_RATE,
     MAP_NAMES,
@@ -179,8 +179,8 @@ class Server:
 
     @property
     def database_errors(self) -> int:
-        """Envelope database failures so far (a metric)."""
-        return self.envelopes.outage.failures
+        """Envelope database failures so far, recovered ones included (a metric)."""
+        return self.envelopes.errors
 
     @property
     def database_writes_refused(self) -> int:
@@ -266,16 +266,16 @@ class Server:
             LOGGER.warning(
                 "cannot create state directory %s: %s", self.settings.state_dir, err.strerror
             )
+        store = self.envelopes.store
         try:
-            await self.envelopes.store.check()
+            await store.check()
+            risk = await store.durability()
         except StorageError as err:
             self.envelopes.outage.failed(err)
-        else:
-            LOGGER.info(
-                "envelope database %s, mode %s",
-                self.envelopes.store.description,
-                self.envelopes.mode.value,
-            )
+            return
+        LOGGER.info("envelope database %s, mode %s", store.description, self.envelopes.mode.value)
+        if risk is not None:
+            LOGGER.warning("%s", risk)
 
     async def _drain(self, endpoints: list[Endpoint]) -> None:
         self.notifier.notify("STOPPING=1")
@@ -289,16 +289,22 @@ class Server:
     async def _watch_signals(
         self, signals: AsyncIterator[int], accepting: trio.CancelScope
     ) -> None:
+        if hangups.pending():  # held off while srsd started (serve.hangups): apply it now
+            LOGGER.info("SIGHUP received while starting: reloading now")
+            self._reload_signalled()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-                self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
-                self.reload()
-                self.notifier.notify("READY=1", self.status())
+                self._reload_signalled()
             else:
                 LOGGER.info("%s received: stopping", signal.Signals(signum).name)
                 accepting.cancel()
                 return
+
+    def _reload_signalled(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self.reload()
+        self.notifier.notify("READY=1", self.status())
 
     def status(self) -> str:
         """A systemd ``STATUS=`` line with the counts that matter."""
