@@ -48,9 +48,14 @@ def refusal(address: bytes, max_length: int) -> str | None:
     """
     if len(address) > max_length:
         return TOO_LONG
-    if len(address.translate(None, CONTROLS)) == len(address):
+    if not has_control(address):
         return None
     return NUL_BYTE if 0 in address else CONTROL_CHARACTER
+
+
+def has_control(data: bytes) -> bool:
+    """Whether ``data`` holds any of :data:`CONTROLS`."""
+    return len(data.translate(None, CONTROLS)) != len(data)
 
 
 def split(address: bytes) -> tuple[bytes, bytes] | None:

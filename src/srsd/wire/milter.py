@@ -466,7 +466,7 @@ class Session:
 
 def _writable(value: bytes) -> bool:
     """Whether ``value`` can be a CHGFROM / ADDRCPT argument: not empty, no control byte."""
-    return bool(value) and len(value.translate(None, address.CONTROLS)) == len(value)
+    return bool(value) and not address.has_control(value)
 
 
 def writable(verdict: Verdict) -> Verdict:
