@@ -247,6 +247,7 @@ _PUT = (
     " ON CONFLICT (k) DO UPDATE SET v = excluded.v, lt = excluded.lt"
 )
 _GET = "SELECT v FROM kv WHERE k = ? AND lt > ?"
+_HAS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
 _EXPIRE = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE lt <= ? LIMIT ?)"
 
 
@@ -357,9 +358,7 @@ class SQLiteStore(_ThreadedStore):
             conn.text_factory = bytes  # values postsrsd wrote as TEXT come back as bytes
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
-            ).fetchone()
+            exists = conn.execute(_HAS_TABLE).fetchone()
             if exists is None:  # only then: a read-only file still serves lookups
                 conn.executescript(_SCHEMA)
         except BaseException:
@@ -379,9 +378,7 @@ class SQLiteStore(_ThreadedStore):
         )
         try:
             conn.text_factory = bytes
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
-            ).fetchone()
+            exists = conn.execute(_HAS_TABLE).fetchone()
         except BaseException:
             conn.close()
             raise
@@ -673,11 +670,12 @@ class RedisStore(_ThreadedStore):
                 result = op(self._redis)
             except RedisConnectionError as err:
                 # A pooled connection the server broke (it restarted, or dropped us): once
-                # more, on a new one. Counted: redis-py's own retry hid these.
+                # more, on a new one. A retry that works is counted here (redis-py's own
+                # retry hid these); one that fails is the caller's outage.
+                LOG.debug("envelope database %s: %s; retrying once", self.description, err)
+                result = op(self._redis)
                 with self._lock:
                     self._retried += 1
-                LOG.info("envelope database %s: %s; retrying once", self.description, err)
-                result = op(self._redis)
         except Exception as err:
             raise StorageError(f"{self.description}: {err}") from err
         if self._connections.made != self._checked:

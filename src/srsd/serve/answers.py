@@ -40,6 +40,8 @@ _FORWARD = Role.FORWARD
 _REWRITTEN = Outcome.REWRITTEN
 _ERROR = Outcome.ERROR
 _DEBUG, _INFO = logging.DEBUG, logging.INFO
+#: The level of each outcome's log line, by the outcome's value.
+_LEVELS = {o.value: _DEBUG if o in QUIET else _INFO for o in Outcome}
 
 
 class Lookups:
@@ -103,14 +105,17 @@ class Lookups:
     ) -> None:
         """Count, time (from ``started``, a :func:`time.perf_counter` reading) and log one
         answered lookup (the log line is written at the next :func:`srsd.host.logs.flush`)."""
-        self.latency.observe(role.value, time.perf_counter() - started)
-        self.counts[(protocol, role.value, decision.outcome.value)] += 1
-        level = _DEBUG if decision.outcome in QUIET else _INFO
+        # Enum ``.value`` is a Python-level property and hashing a member a Python-level
+        # call: on this path, for every lookup, the plain attribute and a str key instead.
+        name, outcome = role._value_, decision.outcome._value_
+        self.latency.observe(name, time.perf_counter() - started)
+        self.counts[(protocol, name, outcome)] += 1
+        level = _LEVELS[outcome]
         if LOGGER.isEnabledFor(level):  # one line per lookup, as postsrsd: the fast way
             if decision.value is not None:
-                line(level, f"{role.value} <{show(key)}> rewritten as <{show(decision.value)}>")
+                line(level, f"{name} <{show(key)}> rewritten as <{show(decision.value)}>")
             else:
-                line(level, f"{role.value} <{show(key)}> not rewritten: {decision.reason}")
+                line(level, f"{name} <{show(key)}> not rewritten: {decision.reason}")
 
     def bad_request(self, protocol: str, name: str, reason: str) -> None:
         """Count a request that is not a lookup; log it, a few lines a second at most."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -54,7 +55,14 @@ from srsd.serve.answers import (
     SocketmapService,
     TcpTableService,
 )
-from srsd.serve.listeners import ACTIVATION_NAMES, Endpoint, StartError, bind, close_all
+from srsd.serve.listeners import (
+    ACTIVATION_NAMES,
+    Endpoint,
+    StartError,
+    bind,
+    close_all,
+    socket_directory_problems,
+)
 from srsd.serve.loop import Connection, ConnectionLoop, Service
 from srsd.serve.metrics_endpoint import serve_http
 from srsd.serve.privileges import drop_privileges, leave_root
@@ -391,6 +399,11 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:
+        problems = socket_directory_problems(settings)
+        for problem in problems:
+            print(f"srsd: configuration error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
         print(
             f"srsd: configuration OK: domain {settings.domain}, {len(settings.secrets)} "
             f"secret(s) from {settings.secrets_file}, {len(settings.excluded)} excluded "
