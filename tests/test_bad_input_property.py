@@ -35,9 +35,9 @@ from srsd.envelope import EnvelopeMode
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import SQLiteStore
 from srsd.serve import milter_service
-from srsd.serve.answers import Lookups, SocketmapService, TcpTableService
+from srsd.serve.answers import Lookups, MapService
 from srsd.serve.delivery import PostfixDelivery
-from srsd.serve.listeners import Role
+from srsd.serve.listeners import Role, Wire
 from srsd.srs import address
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, DomainSet
@@ -68,20 +68,20 @@ class World:
     def tcp_table(self, role: Role, key: bytes) -> Answer | None:
         if not key:
             return None  # "get " + nothing is no request
-        service = TcpTableService(self.lookups, role)
+        service = MapService(self.lookups, Wire.TCP_TABLE, role)
         events = service.reader().feed(tcp_table.encode_request(key))
         assert len(events) == 1, events
         reply = service.answer(events[0])
-        assert reply is not None  # embedded mode: never waits for storage
+        assert isinstance(reply, bytes)  # embedded mode: never waits for storage
         code, text = tcp_table.parse_reply(reply)
         return Answer(text) if code == 200 else Answer(None, text.decode())
 
     def socketmap(self, role: Role, key: bytes) -> Answer:
-        service = SocketmapService(self.lookups)
+        service = MapService(self.lookups, Wire.SOCKETMAP)
         events = service.reader().feed(socketmap.netstring(role.value.encode() + b" " + key))
         assert len(events) == 1, events
         reply = service.answer(events[0])
-        assert reply is not None
+        assert isinstance(reply, bytes)
         payload = socketmap.parse_netstring(reply)
         assert payload is not None
         word, _, text = payload[0].partition(b" ")

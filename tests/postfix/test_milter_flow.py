@@ -243,6 +243,28 @@ def test_sendmail_submission_goes_through_non_smtpd_milters(flow: Flow) -> None:
     assert delivery.mail_from in expected_srs0_candidates("alice", "origin.test", start)
 
 
+def test_a_mixed_sendmail_submission_is_not_split(flow: Flow) -> None:
+    """A local submission (non_smtpd_milters, client port 0) cannot send a recipient again:
+    it is rewritten as a whole, and both copies are delivered."""
+    start = time.time()
+    token = uuid.uuid4().hex
+    program = find_program("sendmail")
+    assert program is not None, "Postfix's sendmail is not installed"
+    done = subprocess.run(
+        [program, "-C", str(flow.postfix.config_dir), "-f", ALICE, DAVE, CAROL],
+        input=flow.message(token, f"{DAVE}, {CAROL}").replace(b"\r\n", b"\n"),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = expected_srs0_candidates("alice", "origin.test", start)
+    delivery = flow.at_sink(token)
+    assert delivery.rcpt_tos == (CAROL,) and delivery.mail_from in expected, flow.diagnostics()
+    return_path = flow.in_mailbox(token).split("\n", 1)[0]
+    assert return_path in {f"Return-Path: <{e}>" for e in expected}, return_path
+
+
 def test_bounce_to_srs0_address_reaches_the_original_sender(flow: Flow) -> None:
     token = uuid.uuid4().hex
     assert flow.send(ALICE, FWD, token=token) is None, flow.diagnostics()

@@ -52,8 +52,7 @@ from srsd.serve.answers import (
     BAD_REQUEST_LOG_RATE,
     MAP_NAMES,
     Lookups,
-    SocketmapService,
-    TcpTableService,
+    MapService,
 )
 from srsd.serve.listeners import (
     ACTIVATION_NAMES,
@@ -249,8 +248,8 @@ class Server:
     def service(self, endpoint: Endpoint) -> Service:
         """What answers ``endpoint``'s requests."""
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
-            return SocketmapService(self.lookup)
-        return TcpTableService(self.lookup, endpoint.role)
+            return MapService(self.lookup, Wire.SOCKETMAP)
+        return MapService(self.lookup, Wire.TCP_TABLE, endpoint.role)
 
     def admit(self, conn: Connection) -> bool:
         """Whether to serve a connection just accepted (:class:`Gatekeeper`); at the

@@ -6,14 +6,16 @@ Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` open one connection per SMTP
 command byte, then the command byte and its data; strings are NUL-terminated. srsd takes
 part in four steps only: option negotiation (``O``), the envelope sender (``M``), each
 envelope recipient (``R``) and the end of the message (``E``), where it may change the
-sender (``e``, CHGFROM) and replace recipients (``-`` DELRCPT, ``+`` ADDRCPT). Every other
-step is switched off in the negotiation (``SMFIP_NOCONNECT``, ``NOHELO``, ``NOHDRS``,
-``NOEOH``, ``NOBODY``, ``NODATA``, ``NOUNKNOWN``), and answered ``continue`` when an MTA
-sends it anyway. Macros (``D``) are read for the queue id (``i``) only.
+sender (``e``, CHGFROM) and replace recipients (``-`` DELRCPT, ``+`` ADDRCPT), plus the
+connect step (``C``) for its client port when it splits mixed transactions (below). Every
+other step is switched off in the negotiation (``SMFIP_NOCONNECT`` unless splitting,
+``NOHELO``, ``NOHDRS``, ``NOEOH``, ``NOBODY``, ``NODATA``, ``NOUNKNOWN``), and answered
+``continue`` when an MTA sends it anyway. Macros (``D``) are read for the queue id (``i``)
+only.
 
-:class:`Session` turns received bytes into :class:`Send`, :class:`Decide` and
-:class:`Close` actions; :meth:`Session.verdict` turns the decision for a message into the
-reply bytes. Rules:
+:class:`Session` turns received bytes into :class:`Send`, :class:`Decide`,
+:class:`Classify` and :class:`Close` actions; :meth:`Session.verdict` turns the decision for
+a message into the reply bytes. Rules:
 
 * a packet length of 0 or over ``max_packet`` (:data:`MAX_PACKET`) is refused as soon as its
   four bytes are in, before any payload is read: the session buffers at most one packet;
