@@ -19,7 +19,10 @@ from __future__ import annotations
 import os
 import pwd
 from collections import Counter, OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,16 +30,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from srsd.admission.gatekeeper import Gatekeeper
-from srsd.admission.owners import REMOTE, UNKNOWN, Owner
-from srsd.admission.rule import (
-    Admission,
-    Connection,
-    Decision,
-    Limits,
-    Verdict,
-    decide,
-    resolve_users,
-)
+from srsd.admission.owners import REMOTE, UNKNOWN_OWNER, Owner
+from srsd.admission.rule import Action, Admission, Limits, Ruling, resolve_users
 from srsd.config import settings as srsd_settings
 
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
@@ -46,17 +41,81 @@ MACHINE = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN]
+OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN_OWNER]
 POSTFIX, FLOODER = 103, 65534
 
 
+# -- the reference: the rule of srsd.admission.rule's docstring as a plain function -----------
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldConnection:
+    """One open connection as the reference rule (:func:`decide`) sees it."""
+
+    owner: Owner
+    last: float  # time of the connect or of the last request answered
+    busy: bool = False  # a request is being answered
+
+
+def _longest_idle(connections: Mapping[K, HeldConnection], owner: Owner) -> K | None:
+    """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
+    best: K | None = None
+    for key, conn in connections.items():
+        if (
+            conn.owner == owner
+            and not conn.busy
+            and (best is None or conn.last < connections[best].last)
+        ):
+            best = key
+    return best
+
+
+def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits) -> Ruling[K]:
+    """The rule (module docstring) for a new connection of ``owner``, over every open
+    connection, in the order they last became idle (which breaks ties in idle time)."""
+    if limits.allowed and owner not in limits.allowed:
+        return Ruling(Action.REFUSE_USER)
+    held = Counter(conn.owner for conn in connections.values())
+    if held[owner] >= limits.max_per_user:
+        return _evicting(connections, _longest_idle(connections, owner))
+    if len(connections) < limits.max_connections:
+        return Ruling(Action.ADMIT)
+    order = {key: index for index, key in enumerate(connections)}
+    # The newcomer's owner competes too, evictable connection or not: ranked first on the
+    # most held, then the newcomer's own, then the connection idle the longest.
+    best: tuple[int, bool, float, int] | None = None
+    victim = None
+    for candidate in {*held, owner}:
+        key = _longest_idle(connections, candidate)
+        if key is None and candidate != owner:
+            continue
+        count = held[candidate] + (candidate == owner)
+        rank = (
+            -count,
+            candidate != owner,
+            0.0 if key is None else connections[key].last,
+            -1 if key is None else order[key],
+        )
+        if best is None or rank < best:
+            best, victim = rank, key
+    return _evicting(connections, victim)
+
+
+def _evicting(connections: Mapping[K, HeldConnection], victim: K | None) -> Ruling[K]:
+    if victim is None:
+        return Ruling(Action.REFUSE_BUSY)
+    return Ruling(Action.EVICT, victim, connections[victim].owner)
+
+
 class AdmissionMachine(RuleBasedStateMachine):
-    """A model (an ordered dict of :class:`Connection`, in the order connections last
+    """A model (an ordered dict of :class:`HeldConnection`, in the order connections last
     became idle) beside the incremental table, driven by the same steps."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.model: OrderedDict[int, Connection] = OrderedDict()
+        self.model: OrderedDict[int, HeldConnection] = OrderedDict()
         self.now = 0.0
         self.next_key = 0
         self.table: Admission[int]
@@ -82,24 +141,24 @@ class AdmissionMachine(RuleBasedStateMachine):
         got = self.table.admit(key, owner, self.now)
         assert got == expected
         assert self.asking.admit(key, owner, self.now) == expected
-        self.check_decision(got, owner, held)
+        self.check_ruling(got, owner, held)
         if got.victim is not None:
             del self.model[got.victim]
         if got.admitted:
-            self.model[key] = Connection(owner, self.now)
+            self.model[key] = HeldConnection(owner, self.now)
 
-    def check_decision(self, got: Decision[int], owner: Owner, held: Counter[Owner]) -> None:
+    def check_ruling(self, got: Ruling[int], owner: Owner, held: Counter[Owner]) -> None:
         allowed = not self.limits.allowed or owner in self.limits.allowed
-        assert (got.verdict is Verdict.REFUSE_USER) == (not allowed)
+        assert (got.action is Action.REFUSE_USER) == (not allowed)
         idle = [k for k, c in self.model.items() if not c.busy]
-        if got.verdict is Verdict.REFUSE_BUSY:  # nothing of owner's own could be evicted,
+        if got.action is Action.REFUSE_BUSY:  # nothing of owner's own could be evicted,
             # and no one else holds more than owner would
             assert not [k for k in idle if self.model[k].owner == owner]
             assert held[owner] >= self.limits.max_per_user or (
                 len(self.model) >= self.limits.max_connections
                 and all(held[self.model[k].owner] <= held[owner] + 1 for k in idle)
             )
-        if got.verdict is Verdict.ADMIT:
+        if got.action is Action.ADMIT:
             assert len(self.model) < self.limits.max_connections
             assert held[owner] < self.limits.max_per_user
         if got.victim is None:
@@ -124,7 +183,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = idle[pick % len(idle)]
             self.table.busy(key)
             old = self.model[key]
-            self.model[key] = Connection(old.owner, old.last, busy=True)
+            self.model[key] = HeldConnection(old.owner, old.last, busy=True)
 
     @rule(pick=st.integers(0, 1000), later=st.sampled_from([0.0, 0.5]))
     def answered(self, pick: int, later: float) -> None:
@@ -134,7 +193,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = busy[pick % len(busy)]
             self.table.idle(key, self.now)
             self.asking.idle(key, self.now)
-            self.model[key] = Connection(self.model[key].owner, self.now)
+            self.model[key] = HeldConnection(self.model[key].owner, self.now)
             self.model.move_to_end(key)
 
     @rule(pick=st.integers(0, 1000))
@@ -193,8 +252,8 @@ def test_flooders_never_shut_postfix_out(
     for step, (what, who, pick) in enumerate(steps):
         now += 0.01
         if len(postfix) < postfix_connections:
-            decision = table.admit(-step - 1, POSTFIX, now)
-            assert decision.admitted
+            ruling = table.admit(-step - 1, POSTFIX, now)
+            assert ruling.admitted
             postfix.append(-step - 1)
         if what == "postfix":  # Postfix looks something up on one of its connections
             key = postfix[pick % len(postfix)]
@@ -202,13 +261,13 @@ def test_flooders_never_shut_postfix_out(
             table.idle(key, now)
         mine = flooders[who]
         if what == "connect":
-            decision = table.admit(step, who, now)
-            assert decision.victim not in postfix
-            assert decision.admitted
+            ruling = table.admit(step, who, now)
+            assert ruling.victim not in postfix
+            assert ruling.admitted
             mine.append(step)
             for held in flooders.values():
-                if decision.victim in held:
-                    held.remove(decision.victim)
+                if ruling.victim in held:
+                    held.remove(ruling.victim)
         elif what == "close-own" and mine:
             table.closed(mine.pop(pick % len(mine)))
         elif what == "request" and mine:
@@ -225,26 +284,26 @@ def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
     limits = Limits(10, 5)
     table: Admission[str] = Admission(limits)
     for i in range(5):
-        assert table.admit(f"a{i}", 1001, float(i)).verdict is Verdict.ADMIT
-        assert table.admit(f"b{i}", 1002, float(i) + 0.5).verdict is Verdict.ADMIT
-    decision = table.admit("postfix", POSTFIX, 10.0)
-    assert decision == Decision(Verdict.EVICT, "a0", 1001)
+        assert table.admit(f"a{i}", 1001, float(i)).action is Action.ADMIT
+        assert table.admit(f"b{i}", 1002, float(i) + 0.5).action is Action.ADMIT
+    ruling = table.admit("postfix", POSTFIX, 10.0)
+    assert ruling == Ruling(Action.EVICT, "a0", 1001)
     # the flooder at its cap evicts its own, oldest first
-    assert table.admit("b5", 1002, 11.0) == Decision(Verdict.EVICT, "b0", 1002)
+    assert table.admit("b5", 1002, 11.0) == Ruling(Action.EVICT, "b0", 1002)
     # a flooder whose connections are all busy and at its cap is refused
     for key in ("b1", "b2", "b3", "b4", "b5"):
         table.busy(key)
-    assert table.admit("b6", 1002, 12.0).verdict is Verdict.REFUSE_BUSY
+    assert table.admit("b6", 1002, 12.0).action is Action.REFUSE_BUSY
     # Postfix holds 1, flooder 1001 holds 4: its connection is taken, not Postfix's
-    assert table.admit("postfix-2", POSTFIX, 13.0) == Decision(Verdict.EVICT, "a1", 1001)
+    assert table.admit("postfix-2", POSTFIX, 13.0) == Ruling(Action.EVICT, "a1", 1001)
 
 
 def test_allowed_users_refuse_everyone_else() -> None:
     table: Admission[int] = Admission(Limits(10, 5, frozenset({0, POSTFIX})))
-    assert table.admit(1, POSTFIX, 0.0).verdict is Verdict.ADMIT
-    assert table.admit(2, 0, 0.0).verdict is Verdict.ADMIT
-    for owner in (FLOODER, REMOTE, UNKNOWN):
-        assert table.admit(3, owner, 0.0).verdict is Verdict.REFUSE_USER
+    assert table.admit(1, POSTFIX, 0.0).action is Action.ADMIT
+    assert table.admit(2, 0, 0.0).action is Action.ADMIT
+    for owner in (FLOODER, REMOTE, UNKNOWN_OWNER):
+        assert table.admit(3, owner, 0.0).action is Action.REFUSE_USER
     assert len(table) == 2
 
 

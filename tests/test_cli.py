@@ -40,6 +40,7 @@ class Srsd:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(workdir / "home"),
             "PYTHONPATH": str(SRC),  # the srsd this test process imported
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         }
         self.config = workdir / "empty.toml"
         self.config.write_text("# no settings\n", encoding="utf-8")
@@ -166,12 +167,17 @@ SERVE_FLAGS = [
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        ([], ["encode", "decode", "keygen", "serve", "config", "health", "--version"]),
+        ([], ["encode", "decode", "keygen", "serve", "config", "health", "postfix-config"]),
+        ([], ["--version"]),
         (["config"], [*COMMON_FLAGS, *SERVE_FLAGS[:-1], "--changed"]),
         (["encode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["decode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["keygen"], ["PATH", "--force"]),
         (["serve"], [*COMMON_FLAGS, *SERVE_FLAGS, *(f.flag for f in settings.FIELDS if f.flag)]),
+        (
+            ["postfix-config"],
+            [*COMMON_FLAGS, "--mode", "--milter", "--socketmap", "--listen", "--forward-port"],
+        ),
     ],
 )
 def test_help(cli: Srsd, command: list[str], flags: list[str]) -> None:
@@ -181,7 +187,7 @@ def test_help(cli: Srsd, command: list[str], flags: list[str]) -> None:
     assert out.startswith("usage: srsd")
     missing = [flag for flag in flags if flag not in out]
     assert not missing, out
-    if command not in (["serve"], ["config"]):
+    if command not in (["serve"], ["config"], ["postfix-config"]):
         assert "--listen" not in out
 
 

@@ -50,11 +50,12 @@ from srsd.serve.answers import Lookups, MapService
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Outcome, Policy, Role
 from srsd.wire import Wire
-from tests.immutable import immutable
-from tests.local_users import SECOND_UID, require_root, run_as
-from tests.ports import free_port
-from tests.redis_server import RedisServer
-from tests.server_process import SECRET, SrsdProcess, lookup, metric_samples
+from tests.harness.immutable import immutable
+from tests.harness.local_users import SECOND_UID, require_root, run_as
+from tests.harness.metrics import metric_samples
+from tests.harness.ports import free_port
+from tests.harness.redis_server import RedisServer
+from tests.harness.srsd_process import SECRET, SrsdProcess, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"
@@ -660,6 +661,11 @@ def test_every_alias_answered_reverses_across_redis_crashes(
     redis.start()
     try:
         with Srsd(tmp_path / "srsd", *args, "--metrics-listen", f"127.0.0.1:{metrics}") as srsd:
+            # At start srsd says what a crash of this Redis would lose: without AOF, all.
+            deadline = time.monotonic() + TIMEOUT
+            while "srsd ready" not in srsd.my_log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srsd.count("runs without AOF") == (persistence == "none"), srsd.context()
             answers = Answers(srsd)
             senders = [long_sender(i) for i in range(20)]
             for sender in senders:

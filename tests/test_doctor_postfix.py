@@ -13,8 +13,10 @@ check reads the real kernel, so it may be ! on a test machine; everything else m
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,11 +28,11 @@ import pytest
 from srsd.config import settings
 from srsd.doctor import checks_postfix, gather, run
 from srsd.doctor.result import FixKind, Result, Status
-from tests.dns_server import NsdServer
-from tests.ports import free_port
-from tests.postfix.conftest import SRS_DOMAIN
-from tests.postfix.instance import PostfixInstance
-from tests.server_process import SrsdProcess
+from tests.harness.dns_server import NsdServer
+from tests.harness.mail_flow import SRS_DOMAIN
+from tests.harness.ports import free_port
+from tests.harness.postfix import PostfixInstance
+from tests.harness.srsd_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 
@@ -41,6 +43,8 @@ ZONE = (
     f"mx 60 IN A {SENDING}\n"
 )
 HOSTED = "hosted.test"
+NOBODY = pwd.getpwnam("nobody").pw_uid
+NOBODY_GID = grp.getgrnam("nogroup").gr_gid
 
 
 class Instance(PostfixInstance):
@@ -88,6 +92,27 @@ class Host:
         else:
             raise AssertionError(f"not a fix a test can apply: {result}")
 
+    def wire(self, mode: str) -> None:
+        """``srsd postfix-config --mode MODE | sh`` with these settings, then a reload."""
+        wiring = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "srsd",
+                "postfix-config",
+                "--config",
+                str(self.config),
+                "--mode",
+                mode,
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=True,
+            timeout=60,
+        ).stdout
+        self.sh(wiring + "postfix reload\n")
+
 
 def not_ok(results: dict[str, Result]) -> dict[str, Result]:
     """Every result that is not ✓, the clock aside (it reads this machine's kernel; never ✗)."""
@@ -129,24 +154,7 @@ def make_host(root: Path, srsd: SrsdProcess, nsd: NsdServer, mode: str) -> Itera
     with postfix:
         host = Host(srsd, postfix, root / "srsd.toml", lines)
         host.write_settings()
-        wiring = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "srsd",
-                "postfix-config",
-                "--config",
-                str(host.config),
-                "--mode",
-                mode,
-            ],
-            capture_output=True,
-            text=True,
-            env=host.env,
-            check=True,
-            timeout=60,
-        ).stdout
-        host.sh(wiring + "postfix reload\n")
+        host.wire(mode)
         yield host
 
 
@@ -202,7 +210,7 @@ def break_and_fix(
     !), apply every printed fix, expect all ✓; returns the broken results."""
     host.sh(breaking + "\npostfix reload\n")
     broken = host.doctor(monkeypatch)
-    assert {k for k, r in broken.items() if r.status is Status.FAIL} == failing, broken
+    assert {k for k, r in broken.items() if r.status is Status.FAIL} == failing, not_ok(broken)
     for name in sorted(failing):
         host.apply(broken[name])
     fixed = host.doctor(monkeypatch)
@@ -318,3 +326,92 @@ def test_the_command_line_json_and_exit_status(canonical: Host) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert report["ok"] is True
     assert {c["check"] for c in report["checks"]} >= {"bounce-path", "spf", "mx"}
+
+
+def test_a_map_postfix_cannot_reach(canonical: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The right port on an address srsd does not listen on (srsd: 127.0.0.1 only)."""
+    broken = break_and_fix(
+        canonical,
+        monkeypatch,
+        f"postconf -e 'sender_canonical_maps = tcp:[::1]:{canonical.srsd.forward_port}'",
+        {"postfix:sender_canonical_maps"},
+    )
+    assert "Postfix cannot reach" in broken["postfix:sender_canonical_maps"].summary
+
+
+def test_a_socket_hidden_by_a_chroot(
+    canonical: Host, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """srsd's socketmap socket inside the queue directory, named by its absolute path while a
+    cleanup runs chrooted there: that cleanup looks for it under the queue directory a second
+    time, and (in this test) the unchrooted smtpd cannot reach it either, because the path
+    crosses root's 0700 temporary directory, which Postfix's mail_owner may not traverse:
+    doctor tries unix sockets as mail_owner. The fix names the socket relative to the queue
+    directory (where Postfix's daemons run), which works chrooted or not."""
+    path = canonical.postfix.queue_dir / "srsd" / "srsd.sock"
+    path.parent.mkdir()
+    saved = dict(canonical.lines)
+    with SrsdProcess(
+        tmp_path, domain=SRS_DOMAIN, extra_args=["--socketmap", f"unix:{path}"]
+    ) as unix:
+        canonical.lines.update(
+            forward_port=str(unix.forward_port),
+            reverse_port=str(unix.reverse_port),
+            socketmap=f'"unix:{path}"',
+        )
+        canonical.write_settings()
+        try:
+            broken = break_and_fix(
+                canonical,
+                monkeypatch,
+                "postconf -M 'cleanup-chroot/unix=cleanup-chroot unix n - y - 0 cleanup'\n"
+                f"postconf -e 'sender_canonical_maps = socketmap:unix:{path}:forward' "
+                f"'recipient_canonical_maps = socketmap:unix:{path}:reverse'",
+                {
+                    "postfix:sender_canonical_maps",
+                    "postfix:recipient_canonical_maps",
+                    "bounce-path",
+                },
+            )
+            summary = broken["postfix:sender_canonical_maps"].summary
+            assert "run chrooted in the queue directory" in summary
+            fix = broken["postfix:sender_canonical_maps"].fix
+            assert fix is not None and "socketmap:unix:srsd/srsd.sock:forward" in fix.lines[0]
+        finally:
+            canonical.lines = saved
+            canonical.write_settings()
+            canonical.sh("postconf -MX cleanup-chroot/unix\n")
+            canonical.wire("canonical")
+    assert not_ok(canonical.doctor(monkeypatch)) == {}
+
+
+def test_as_a_user_who_cannot_read_everything(
+    canonical: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As nobody (effective uid) nothing crashes, and what it cannot read (the secret, in
+    root's 0700 temporary directory) each secret check says."""
+    monkeypatch.setenv("MAIL_CONFIG", str(canonical.postfix.config_dir))
+    loaded = settings.load({}, environ={}, config=canonical.config, need_secrets=False)
+    os.setegid(NOBODY_GID)
+    os.seteuid(NOBODY)
+    try:
+        results = {r.check: r for r in run.run(loaded, timeout=5.0)}
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+    for name in ("secret-private", "secret-strength", "secret-in-use"):
+        assert results[name].status is Status.WARN, results[name]
+        assert "nobody cannot read" in results[name].summary
+    assert results["endpoint-forward"].status is Status.OK
+    assert "postfix" in results or "postfix-wiring" in results
+    assert results["spf"].status is Status.OK
+
+
+def test_postfix_not_there(
+    canonical: Host, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MAIL_CONFIG", str(tmp_path / "no-such-directory"))
+    loaded = settings.load({}, environ={}, config=canonical.config, need_secrets=False)
+    results = {r.check: r for r in run.run(loaded, timeout=5.0)}
+    assert results["postfix"].status is Status.FAIL
+    assert "postconf failed" in results["postfix"].summary

@@ -6,7 +6,7 @@ Each connection has an owner (:mod:`srsd.admission.owners`: a uid, ``"remote"`` 
 another host, ``"unknown"``), the time of its last activity (the connect, or the last
 request answered) and whether srsd is answering a request of it right now and waits for its
 own work to do so (busy: the server says which, :mod:`srsd.serve.loop`). The rule, for
-a new connection of owner ``u`` (:func:`decide`):
+a new connection of owner ``u`` (:meth:`Admission.decide`):
 
 1. ``allowed_users`` is not empty and ``u`` is not in it: **refuse** (close at once).
 2. ``u`` already holds ``max_connections_per_user``: ``u`` gives way itself: **evict**
@@ -25,9 +25,10 @@ connection holds more. So a user who floods srsd reaches its own
 cap and from then on closes its own connections; while it holds more than Postfix, none of
 Postfix's connections is evicted (``tests/test_admission.py`` states these as properties).
 
-:func:`decide` is the rule as a plain function over all connections (the reference);
-:class:`Admission` applies the same rule incrementally, in time proportional to the number
-of owners, keeping per owner its idle connections in the order they became idle.
+:class:`Admission` applies the rule incrementally, in time proportional to the number of
+owners, keeping per owner its idle connections in the order they became idle
+(``tests/test_admission.py`` checks it against the rule written as a plain function over all
+connections, the reference).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import enum
 import pwd
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -44,27 +45,28 @@ from srsd.admission.owners import REMOTE, Owner
 K = TypeVar("K", bound=Hashable)
 
 
-class Verdict(enum.Enum):
+class Action(enum.Enum):
     """What to do with a new connection."""
 
     ADMIT = "admit"
-    EVICT = "evict"  # admit, and close ``Decision.victim``
+    EVICT = "evict"  # admit, and close ``Ruling.victim``
     REFUSE_USER = "refuse user"  # not in allowed_users
     REFUSE_BUSY = "refuse busy"  # full (or at its cap) and no connection may be evicted
 
 
 @dataclass(frozen=True, slots=True)
-class Decision(Generic[K]):
-    """A verdict, and the connection to close for :attr:`Verdict.EVICT` and its owner."""
+class Ruling(Generic[K]):
+    """The rule's ruling on a new connection: an action, and the connection to close for
+    :attr:`Action.EVICT` and its owner."""
 
-    verdict: Verdict
+    action: Action
     victim: K | None = None
     victim_owner: Owner | None = None
 
     @property
     def admitted(self) -> bool:
         """Whether the new connection is served."""
-        return self.verdict in (Verdict.ADMIT, Verdict.EVICT)
+        return self.action in (Action.ADMIT, Action.EVICT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,65 +81,6 @@ class Limits:
     def default_per_user(cls, max_connections: int) -> int:
         """``max_connections_per_user`` when not set: half of ``max_connections``."""
         return max(1, max_connections // 2)
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """One open connection as the reference rule sees it."""
-
-    owner: Owner
-    last: float  # time of the connect or of the last request answered
-    busy: bool = False  # a request is being answered
-
-
-def _longest_idle(connections: Mapping[K, Connection], owner: Owner) -> K | None:
-    """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
-    best: K | None = None
-    for key, conn in connections.items():
-        if (
-            conn.owner == owner
-            and not conn.busy
-            and (best is None or conn.last < connections[best].last)
-        ):
-            best = key
-    return best
-
-
-def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) -> Decision[K]:
-    """The rule (module docstring) for a new connection of ``owner``, over every open
-    connection, in the order they last became idle (which breaks ties in idle time)."""
-    if limits.allowed and owner not in limits.allowed:
-        return Decision(Verdict.REFUSE_USER)
-    held = Counter(conn.owner for conn in connections.values())
-    if held[owner] >= limits.max_per_user:
-        return _evicting(connections, _longest_idle(connections, owner))
-    if len(connections) < limits.max_connections:
-        return Decision(Verdict.ADMIT)
-    order = {key: index for index, key in enumerate(connections)}
-    # The newcomer's owner competes too, evictable connection or not: ranked first on the
-    # most held, then the newcomer's own, then the connection idle the longest.
-    best: tuple[int, bool, float, int] | None = None
-    victim = None
-    for candidate in {*held, owner}:
-        key = _longest_idle(connections, candidate)
-        if key is None and candidate != owner:
-            continue
-        count = held[candidate] + (candidate == owner)
-        rank = (
-            -count,
-            candidate != owner,
-            0.0 if key is None else connections[key].last,
-            -1 if key is None else order[key],
-        )
-        if best is None or rank < best:
-            best, victim = rank, key
-    return _evicting(connections, victim)
-
-
-def _evicting(connections: Mapping[K, Connection], victim: K | None) -> Decision[K]:
-    if victim is None:
-        return Decision(Verdict.REFUSE_BUSY)
-    return Decision(Verdict.EVICT, victim, connections[victim].owner)
 
 
 class _Entry:
@@ -190,16 +133,16 @@ class Admission(Generic[K]):
         entry = self._entries.get(key)
         return None if entry is None else entry.owner
 
-    def decide(self, owner: Owner) -> Decision[K]:
-        """What :func:`decide` says for a new connection of ``owner``, without applying it."""
+    def decide(self, owner: Owner) -> Ruling[K]:
+        """What the rule says for a new connection of ``owner``, without applying it."""
         limits = self.limits
         if limits.allowed and owner not in limits.allowed:
-            return Decision(Verdict.REFUSE_USER)
+            return Ruling(Action.REFUSE_USER)
         if self._held[owner] >= limits.max_per_user:
             return self._evicting(self._oldest(owner))
         if len(self._entries) < limits.max_connections:
-            return Decision(Verdict.ADMIT)
-        # Ranked as in decide(): the newcomer's owner wins ties, so another owner gives
+            return Ruling(Action.ADMIT)
+        # Ranked as in the rule: the newcomer's owner wins ties, so another owner gives
         # way only when it holds more than the newcomer's owner would.
         victim = self._oldest(owner)
         best: tuple[int, bool, float, int] = (-(self._held[owner] + 1), False, 0.0, 0)
@@ -215,22 +158,22 @@ class Admission(Generic[K]):
                 best, victim = rank, key
         return self._evicting(victim)
 
-    def _evicting(self, victim: K | None) -> Decision[K]:
+    def _evicting(self, victim: K | None) -> Ruling[K]:
         if victim is None:
-            return Decision(Verdict.REFUSE_BUSY)
-        return Decision(Verdict.EVICT, victim, self._entries[victim].owner)
+            return Ruling(Action.REFUSE_BUSY)
+        return Ruling(Action.EVICT, victim, self._entries[victim].owner)
 
-    def admit(self, key: K, owner: Owner, now: float) -> Decision[K]:
-        """Decide for the new connection ``key`` of ``owner`` and apply the decision."""
-        decision = self.decide(owner)
-        if decision.victim is not None:
-            self.closed(decision.victim)
-        if decision.admitted:
+    def admit(self, key: K, owner: Owner, now: float) -> Ruling[K]:
+        """Decide for the new connection ``key`` of ``owner`` and apply the ruling."""
+        ruling = self.decide(owner)
+        if ruling.victim is not None:
+            self.closed(ruling.victim)
+        if ruling.admitted:
             self._seq += 1
             self._entries[key] = _Entry(owner, now, self._seq)
             self._held[owner] += 1
             self._idle.setdefault(owner, OrderedDict())[key] = None
-        return decision
+        return ruling
 
     def busy(self, key: K) -> None:
         """A request of ``key`` is being answered: it may not be evicted."""

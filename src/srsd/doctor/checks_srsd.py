@@ -66,7 +66,8 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
     if facts.error is not None and not facts.lookups:
         return _no_answer(name, facts, user)
     if facts.role is Role.MILTER:
-        return Result.ok(name, f"milter {facts.where} negotiates")
+        said = facts.lookups[0].answer.decode(errors="replace")
+        return Result.ok(name, f"milter {facts.where}: {said}")
     found = {
         look.asked.partition(b" ")[0] if facts.role is Role.SOCKETMAP else b"": look
         for look in facts.lookups
@@ -124,6 +125,8 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
 def secret_private(facts: SecretFacts, run_as: str | None, user: str) -> Result:
     """Only srsd (and root) can read the secret."""
     path = facts.path
+    if facts.mode is None and not facts.missing:
+        return _unreadable("secret-private", facts, user)
     if facts.mode is None:
         return Result.fail(
             "secret-private",
@@ -179,6 +182,8 @@ def secret_strength(facts: SecretFacts, user: str) -> Result:
 
 
 def _unreadable(name: str, facts: SecretFacts, user: str) -> Result:
+    if facts.missing:
+        return Result.warn(name, f"no secret to check: {facts.path} does not exist", FixKind.TEXT)
     return Result.warn(
         name,
         f"cannot check the secret: {user} cannot read {facts.path} ({facts.error})",

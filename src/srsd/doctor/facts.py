@@ -53,6 +53,7 @@ class SecretFacts:
     group: str = ""
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     error: str | None = None  # why it could not be read (then ``secrets`` is empty)
+    missing: bool = False  # it does not exist (else an error means: not readable by this user)
 
 
 @dataclass(frozen=True)

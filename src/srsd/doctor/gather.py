@@ -4,9 +4,9 @@
 fact. Nothing here changes anything or sends mail: the SMTP dialogue ends with ``RSET`` and
 ``QUIT`` before any ``DATA``.
 
-Endpoints are asked the way ``srsd health`` asks them (its protocol helpers are reused), the
-milter with an option negotiation; Postfix with ``postconf`` as this user, so ``MAIL_CONFIG``
-applies as it does to Postfix's own commands.
+Endpoints are asked the way ``srsd health`` asks them (its probes are reused: the milter
+gets a negotiation and a test message it aborts); Postfix with ``postconf`` as this user, so
+``MAIL_CONFIG`` applies as it does to Postfix's own commands.
 """
 
 from __future__ import annotations
@@ -34,14 +34,23 @@ from srsd.doctor.facts import (
     Service,
     SmtpFacts,
 )
-from srsd.doctor.refs import Endpoint, Target, hit, opened_target, references, show_target
+from srsd.doctor.refs import (
+    Endpoint,
+    Target,
+    chrooted,
+    hit,
+    opened_target,
+    references,
+    show_target,
+)
 from srsd.host import health
-from srsd.wire import milter
+from srsd.wire import host_port
 
 #: Parameters doctor reads with ``postconf``.
 PARAMETERS = (
     "config_directory",
     "queue_directory",
+    "mail_owner",
     "sender_canonical_maps",
     "sender_canonical_classes",
     "recipient_canonical_maps",
@@ -74,7 +83,8 @@ def secret_facts(settings: Settings) -> SecretFacts:
     try:
         info = path.stat()
     except OSError as err:
-        return SecretFacts(path, error=err.strerror or str(err))
+        missing = isinstance(err, FileNotFoundError)
+        return SecretFacts(path, error=err.strerror or str(err), missing=missing)
     owner, group = _user_name(info.st_uid), _group_name(info.st_gid)
     try:
         secrets, _ = read_secrets(path)
@@ -99,8 +109,8 @@ def _group_name(gid: int) -> str:
 
 def probe_endpoint(endpoint: Endpoint, fresh: bytes | None, timeout: float) -> EndpointFacts:
     """Ask ``endpoint`` what Postfix would: the forward map a probe sender, the reverse map
-    ``fresh`` (an SRS address of ours, when known), the socketmap both, the milter an option
-    negotiation."""
+    ``fresh`` (an SRS address of ours, when known), the socketmap both, the milter what
+    ``srsd health`` asks it."""
     lookups: list[Lookup] = []
     try:
         if endpoint.role is Role.FORWARD:
@@ -118,7 +128,8 @@ def probe_endpoint(endpoint: Endpoint, fresh: bytes | None, timeout: float) -> E
                 status, answer = health._socketmap_lookup(sock, asked)
                 lookups.append(Lookup(asked, status.decode(), answer))
         else:
-            lookups.append(_negotiate(endpoint.target, timeout))
+            said = health._milter(endpoint.target, timeout)  # as srsd health probes it
+            lookups.append(Lookup(b"negotiate", "ok", said.encode()))
     except (OSError, health.ProbeError, ValueError) as err:
         return EndpointFacts(endpoint.role, endpoint.where, tuple(lookups), _reason(err))
     return EndpointFacts(endpoint.role, endpoint.where, tuple(lookups))
@@ -128,25 +139,6 @@ def _inet(target: Target) -> tuple[str, int]:
     if isinstance(target, str):
         raise ValueError(f"a tcp_table endpoint cannot be a unix socket: {target}")
     return target
-
-
-def _negotiate(target: Target, timeout: float) -> Lookup:
-    with health._connect(target, timeout) as sock:
-        sock.sendall(milter.negotiate())
-        data = b""
-        replies: list[tuple[bytes, bytes]] = []
-        while not replies:
-            try:
-                replies = milter.split_replies(data)
-            except ValueError:  # a packet cut short: read on
-                replies = []
-            if not replies:
-                chunk = sock.recv(4096)
-                if not chunk or len(data) > 65536:
-                    raise health.ProbeError("closed without a complete reply")
-                data += chunk
-    command, body = replies[0]
-    return Lookup(b"O", command.decode("latin-1"), body)
 
 
 def _program(name: str) -> str:
@@ -197,8 +189,9 @@ def postfix_facts(ours: list[Endpoint], timeout: float = COMMAND_TIMEOUT) -> Pos
     for ref in references(facts):
         if hit(ref, facts, ours) is None:
             continue
-        target = opened_target(ref.target, facts)
-        reachable.setdefault(show_target(target), _connectable(target, timeout))
+        key = show_target(opened_target(ref.target, facts))
+        if key not in reachable:
+            reachable[key] = _reachable(ref.target, facts, timeout)
     return PostfixFacts(facts.config_dir, raw, expanded, facts.services, reachable)
 
 
@@ -218,12 +211,54 @@ def _run(args: list[str], timeout: float) -> str:
     return done.stdout[:_OUTPUT_LIMIT].decode("utf-8", "replace")
 
 
-def _connectable(target: Target, timeout: float) -> str | None:
+def _reachable(target: Target, facts: PostfixFacts, timeout: float) -> str | None:
+    """None when Postfix's daemons can connect to ``target``, else why not. As root, a unix
+    socket is tried the way they try it: in a child that enters the queue directory (chroot
+    when smtpd or cleanup runs chrooted), becomes ``mail_owner`` and connects to the path as
+    written; otherwise the path they would open is tried as this user."""
+    if isinstance(target, str) and os.geteuid() == 0:
+        owner = facts.raw.get("mail_owner") or "postfix"
+        try:
+            user = pwd.getpwnam(owner)
+        except KeyError:
+            return f"Postfix's mail_owner {owner} does not exist"
+        queue = facts.expanded.get("queue_directory", "/var/spool/postfix")
+        return _connect_as(
+            user.pw_uid, user.pw_gid, queue, chroot=chrooted(facts), path=target, timeout=timeout
+        )
     try:
-        health._connect(target, timeout).close()
+        health._connect(opened_target(target, facts), timeout).close()
     except OSError as err:
         return _reason(err)
     return None
+
+
+def _connect_as(
+    uid: int, gid: int, queue: str, *, chroot: bool, path: str, timeout: float
+) -> str | None:
+    """Connect to the unix socket ``path`` from ``queue`` (chrooted there when ``chroot``) in a
+    child process running as ``uid``/``gid``; its exit status is the errno."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.chdir(queue)
+            if chroot:
+                os.chroot(queue)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            health._connect(path, timeout).close()
+        except OSError as err:
+            code = err.errno or 255
+        except BaseException:
+            code = 255
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return None
+    return os.strerror(code) if 0 < code < 255 else "cannot connect"
 
 
 def smtpd_address(facts: PostfixFacts) -> tuple[str, int] | None:
@@ -250,7 +285,7 @@ def smtp_facts(
 ) -> SmtpFacts:
     """``EHLO``, ``MAIL FROM:<>``, ``RCPT TO:<valid>``, ``RSET``, ``MAIL FROM:<>``,
     ``RCPT TO:<forged>``, ``RSET``, ``QUIT``: the replies a bounce would get."""
-    shown = f"[{where[0]}]:{where[1]}" if ":" in where[0] else f"{where[0]}:{where[1]}"
+    shown = host_port(*where)
     replies: list[tuple[int, str]] = []
     try:
         with smtplib.SMTP(where[0], where[1], local_hostname=helo, timeout=timeout) as smtp:
