@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 from srsd.admission.owners import Owner, PeerOwners
-from srsd.admission.rule import Admission, Limits, Verdict, resolve_users
+from srsd.admission.rule import Action, Admission, Limits, resolve_users
 from srsd.host.logs import LOGGER
 
 #: At most one log line per kind (refused user, full, evicted, timed out) per this many s.
@@ -73,24 +73,24 @@ class Gatekeeper(Generic[C]):
         """Whether to serve ``conn``, just accepted at ``now``; evicts a victim if the rule
         says so (before returning True)."""
         owner = self.owners.owner(conn.sock)
-        decision = self.table.admit(conn, owner, now)
-        verdict = decision.verdict
-        if verdict is Verdict.ADMIT:
+        ruling = self.table.admit(conn, owner, now)
+        action = ruling.action
+        if action is Action.ADMIT:
             return True
-        if decision.victim is not None:
-            victim = decision.victim
+        if ruling.victim is not None:
+            victim = ruling.victim
             self._count(
                 "evicted",
                 "evicted the longest idle connection of %s to admit one of "
                 "%s (max_connections %d, per user %d)",
-                _who(decision.victim_owner),
+                _who(ruling.victim_owner),
                 _who(owner),
                 self.table.limits.max_connections,
                 self.table.limits.max_per_user,
             )
             self._close(victim)
             return True
-        if verdict is Verdict.REFUSE_USER:
+        if action is Action.REFUSE_USER:
             self._count(
                 "refused user", "refused a connection of %s: not in allowed_users", _who(owner)
             )
