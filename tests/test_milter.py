@@ -364,3 +364,66 @@ def test_input_while_classifying_is_bounded() -> None:
     assert session.feed(b"x" * 200) == [Close("input while a recipient is being classified")]
     with pytest.raises(RuntimeError):
         session.admit(True)
+
+
+def where(recipient: bytes) -> bool | None:
+    """A made-up class per recipient: here, not here, or cannot tell."""
+    return (True, False, None)[len(recipient) % 3]
+
+
+def feed_splitting(stream: bytes, cuts: list[int]) -> list[milter.MilterAction]:
+    """Feed ``stream`` in pieces to a splitting session, answering each Classify as a server
+    does (admit, then feed(b"") for what waited behind it)."""
+    session = Session(recipient_limit=3, max_packet=128, split=True)
+    actions: list[milter.MilterAction] = []
+
+    def take(new: list[milter.MilterAction]) -> None:
+        while new:
+            actions.extend(new)
+            last = new[-1]
+            new = []
+            if isinstance(last, milter.Classify) and not session.closed:
+                reply = session.admit(where(last.recipient))
+                assert split_replies(reply)
+                new = session.feed(b"")
+            assert session.buffered <= 4 + 128
+
+    last = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        take(session.feed(stream[last:cut]))
+        last = cut
+    take(session.feed_eof())
+    return actions
+
+
+messages = st.tuples(addresses, st.lists(addresses, max_size=5)).map(
+    lambda m: (
+        command(milter.MAIL, m[0])
+        + b"".join(command(milter.RCPT, r) for r in m[1])
+        + command(milter.END_OF_MESSAGE)
+    )
+)
+
+
+@PROPERTY
+@given(
+    st.lists(st.one_of(messages, packets), max_size=8),
+    st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_a_splitting_session_keeps_one_class_per_message(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    # One SMTP session throughout: no new connection (K) or connect step after the first.
+    kept = [p for p in parts if p[4:5] not in (b"K", b"C")]
+    stream = negotiate() + connect(2525) + b"".join(kept)
+    # Not the same actions for every cut: input piled up behind a recipient being classified
+    # (no MTA sends it) is refused once over one packet, which depends on how it came.
+    actions = feed_splitting(stream, cuts)
+    assert [type(a) for a in actions].count(Close) == 1 and isinstance(actions[-1], Close)
+    for action in actions:
+        if isinstance(action, Decide):
+            recipients = action.transaction.recipients
+            assert len(recipients) <= 3
+            if milter.unbracket(action.transaction.sender):
+                assert len({where(r) for r in recipients}) <= 1, recipients
+                assert None not in {where(r) for r in recipients}

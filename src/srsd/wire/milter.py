@@ -35,7 +35,8 @@ a message into the reply bytes. Rules:
   sessions (sendmail, pickup) give port 0, and their client cannot send a recipient again
   (Postfix defers the whole submission), so they are never split; nor is a bounce (null
   sender, nothing to rewrite). While a recipient is being classified no further packet is
-  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on);
+  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on); an MTA waits
+  for each reply, so more than one packet's worth behind it is a protocol error;
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
   gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through;
 * a change whose address is empty or holds a control byte (NUL, CR, LF, ...:
@@ -341,6 +342,10 @@ class Session:
             handle(command, payload, out)
             if self._state is _CLOSED or self._classifying is not None:
                 break
+        if self._classifying is not None and size - start > 4 + most:
+            out.pop()  # an MTA waits for each reply: that much input behind it is no MTA
+            self._classifying = None
+            self._fail(out, "input while a recipient is being classified")
         if self._state is _CLOSED:
             self._buf = bytearray()
         elif buffered:
