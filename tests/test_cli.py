@@ -40,6 +40,7 @@ class Srsd:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(workdir / "home"),
             "PYTHONPATH": str(SRC),  # the srsd this test process imported
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         }
         self.config = workdir / "empty.toml"
         self.config.write_text("# no settings\n", encoding="utf-8")

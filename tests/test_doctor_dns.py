@@ -14,7 +14,7 @@ from srsd.doctor import checks_host
 from srsd.doctor.dns import dns_facts
 from srsd.doctor.facts import DnsFacts
 from srsd.doctor.result import FixKind, Result, Status
-from tests.dns_server import NsdServer
+from tests.harness.dns_server import NsdServer
 
 DOMAIN = "srs.example.test"
 HOST = "mx.example.test"

@@ -21,8 +21,8 @@ import struct
 import time
 from pathlib import Path
 
-from tests.ports import free_port
-from tests.server_process import SrsdProcess, fd_targets, lookup
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SrsdProcess, fd_targets, lookup
 
 DOMAIN = b"forwarder.test"
 

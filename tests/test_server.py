@@ -11,10 +11,7 @@ failures) are in ``test_serve_process.py``.
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import hashlib
-import hmac
 import logging
 import os
 import random
@@ -25,54 +22,42 @@ import struct
 import termios
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from srsd.config import settings as srsd_settings
 from srsd.config.settings import Settings
-from srsd.host.logs import LOGGER
+from srsd.serve.answers import BAD_REQUEST_LOG_RATE
 from srsd.serve.loop import Connection
-from srsd.serve.server import BAD_REQUEST_LOG_RATE, Endpoint, Server, StartError
+from srsd.serve.server import Server
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Role
-from tests.ports import free_port
+from tests.harness.inprocess import (
+    DAY,
+    DOMAIN,
+    NEW_SECRET,
+    SECRET,
+    TIMEOUT,
+    CapturedLog,
+    Client,
+    connect_small_window,
+    forward_replies,
+    make_settings,
+    send_until_closed,
+    serving,
+    srs0,
+    start,
+    wait_for,
+)
 
-SECRET = b"in-process-secret-7f3a9c0d"
-NEW_SECRET = b"in-process-rotated-secret-41b2"
-DOMAIN = "forwarder.test"
-TIMEOUT = 10.0  # the bound on every wait in this file
-DAY = 86400
-B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 # A reply as Postfix accepts it: code, one space, text of printable non-space bytes with every
 # "%" starting an upper-case %XX escape, a bare LF.
-WELL_FORMED = re.compile(rb"[245]\d\d (?:[!-$&-~]|%[0-9A-F]{2})*\n")
-BRIEF_SHAPE = re.compile(rb"^[245]\d\d [^\s]*\n$")
 TOO_LONG = b"500 Request%20too%20long\n"
 
 
 # -- an independent SRS oracle -------------------------------------------------------------
-
-
-def srs0(user: bytes, host: bytes, when: float, secret: bytes = SECRET) -> bytes:
-    """The SRS0 address srsd must give ``user@host`` on the day of ``when``."""
-    day = int(when // DAY)
-    stamp = bytes((B32[(day >> 5) & 31], B32[day & 31]))
-    mac = hmac.new(secret, (stamp + host + user).lower(), hashlib.sha1).digest()
-    tag = base64.urlsafe_b64encode(mac)[:4]
-    return b"=".join((b"SRS0=" + tag, stamp, host, user)) + b"@" + DOMAIN.encode()
-
-
-def forward_replies(
-    user: bytes, host: bytes, t0: float, t1: float, secret: bytes = SECRET
-) -> set[bytes]:
-    """The 200 reply for ``user@host`` asked between ``t0`` and ``t1`` (a day may turn)."""
-    return {b"200 " + srs0(user, host, t, secret) + b"\n" for t in (t0, t1)}
 
 
 def unquote(text: bytes) -> bytes:
@@ -80,199 +65,7 @@ def unquote(text: bytes) -> bytes:
     return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
 
 
-def check_reply(reply: bytes) -> bytes:
-    assert WELL_FORMED.fullmatch(reply), reply
-    assert BRIEF_SHAPE.match(reply), reply
-    assert b"\r" not in reply
-    return reply
-
-
 # -- a running server -----------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never read /etc/srsd/srsd.toml, whatever the machine has."""
-    monkeypatch.setattr(srsd_settings, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
-
-
-def make_settings(
-    tmp_path: Path,
-    forward_port: int,
-    reverse_port: int,
-    *,
-    config: Path | None = None,
-    **overrides: Any,
-) -> Settings:
-    secrets = tmp_path / "secrets"
-    if not secrets.exists():
-        secrets.write_bytes(SECRET + b"\n")
-        secrets.chmod(0o600)
-    cli = {
-        "domain": DOMAIN,
-        "secrets_file": str(secrets),
-        "listen": ["127.0.0.1"],
-        "forward_port": forward_port,
-        "reverse_port": reverse_port,
-        "exclude_domains": ["excluded.example"],
-        "state_dir": str(tmp_path / "state"),
-        **overrides,
-    }
-    return srsd_settings.load(cli=cli, environ={}, config=config)
-
-
-class Client:
-    """One tcp_table connection, every operation bounded by :data:`TIMEOUT`."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def send(self, data: bytes) -> None:
-        with trio.fail_after(TIMEOUT):
-            await self.stream.send_all(data)
-
-    async def line(self) -> bytes:
-        """The next reply line, LF included (EOFError if the server closes first)."""
-        with trio.fail_after(TIMEOUT):
-            while (end := self.buffer.find(b"\n")) < 0:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    raise EOFError(f"EOF after {bytes(self.buffer)!r}")
-                self.buffer += data
-        reply = bytes(self.buffer[: end + 1])
-        del self.buffer[: end + 1]
-        return check_reply(reply)
-
-    async def lines(self, count: int) -> list[bytes]:
-        return [await self.line() for _ in range(count)]
-
-    async def ask(self, key: bytes) -> bytes:
-        await self.send(b"get " + key + b"\n")
-        return await self.line()
-
-    async def rest(self, *, reset_ok: bool = False) -> bytes:
-        """Everything up to EOF (a reset ends it too when ``reset_ok``)."""
-        with trio.fail_after(TIMEOUT):
-            try:
-                while data := await self.stream.receive_some(65536):
-                    self.buffer += data
-            except trio.BrokenResourceError:
-                if not reset_ok:
-                    raise
-        rest = bytes(self.buffer)
-        self.buffer.clear()
-        return rest
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-@dataclass
-class Running:
-    server: Server
-    settings: Settings
-    endpoints: list[Endpoint]
-    forward: int
-    reverse: int
-
-    async def connect(self, role: Role = Role.FORWARD, host: str = "127.0.0.1") -> Client:
-        port = self.forward if role is Role.FORWARD else self.reverse
-        with trio.fail_after(TIMEOUT):
-            return Client(await trio.open_tcp_stream(host, port))
-
-
-async def start(
-    tmp_path: Path,
-    server_class: type[Server] = Server,
-    *,
-    reload_from_files: bool = False,
-    config: Path | None = None,
-    **overrides: Any,
-) -> tuple[Server, list[Endpoint]]:
-    """A bound server on two free ports (retried if another process takes them first)."""
-    for _ in range(5):
-        port = free_port("127.0.0.1", count=2)
-        settings = make_settings(tmp_path, port, port + 1, config=config, **overrides)
-
-        def reload(port: int = port, settings: Settings = settings) -> Settings:
-            if reload_from_files:
-                return make_settings(tmp_path, port, port + 1, config=config, **overrides)
-            return settings
-
-        server = server_class(settings, reload)
-        try:
-            return server, await server.bind()
-        except StartError:
-            continue
-    raise RuntimeError("could not bind a test server")
-
-
-@asynccontextmanager
-async def serving(
-    tmp_path: Path, server_class: type[Server] = Server, **kwargs: Any
-) -> AsyncIterator[Running]:
-    server, endpoints = await start(tmp_path, server_class, **kwargs)
-    settings = server.settings
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, endpoints)
-        try:
-            yield Running(server, settings, endpoints, settings.forward_port, settings.reverse_port)
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` until true, failing after :data:`TIMEOUT`."""
-    with trio.move_on_after(TIMEOUT):
-        while not predicate():
-            await trio.sleep(0.01)
-        return
-    pytest.fail(f"timed out waiting for {what}")
-
-
-class CapturedLog(logging.Handler):
-    """Every srsd log record, at debug level too."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def text(self) -> str:
-        return "\n".join(self.format(r) for r in self.records)
-
-    def messages(self, level: int | None = None) -> list[str]:
-        return [r.getMessage() for r in self.records if level is None or r.levelno == level]
-
-
-@pytest.fixture
-def log() -> Iterable[CapturedLog]:
-    handler = CapturedLog()
-    old_level = LOGGER.level
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        LOGGER.removeHandler(handler)
-        LOGGER.setLevel(old_level)
-    assert SECRET.decode() not in handler.text()
-    assert NEW_SECRET.decode() not in handler.text()
-
-
-@pytest.fixture
-def quiet_log() -> Iterable[None]:
-    """srsd logs warnings and errors only (no handler, pytest's included, keeps records)."""
-    old_level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(old_level)
 
 
 # -- every reply path ------------------------------------------------------------------------
@@ -393,7 +186,7 @@ class ExplodingPolicy:
 
 async def test_internal_error_is_a_temporary_failure(tmp_path: Path, log: CapturedLog) -> None:
     async with serving(tmp_path) as srv:
-        srv.server.policy = ExplodingPolicy()  # type: ignore[assignment]
+        srv.server.lookup.policy = ExplodingPolicy()  # type: ignore[assignment]
         for role in Role:
             c = await srv.connect(role)
             assert await c.ask(b"alice@example.org") == b"400 srsd%20internal%20error\n"
@@ -742,28 +535,9 @@ async def until_steady(value: Callable[[], int]) -> int:
     return last
 
 
-async def connect_small_window(port: int) -> trio.socket.SocketType:
-    """A client socket whose receive buffer is small, so that back-pressure comes early."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    with trio.fail_after(TIMEOUT):
-        await sock.connect(("127.0.0.1", port))
-    return sock
-
-
 def unread(sock: trio.socket.SocketType, request: int) -> int:
     """Bytes in a socket's receive (FIONREAD) or send (TIOCOUTQ) queue (Linux)."""
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0])
-
-
-async def send_until_closed(sock: trio.socket.SocketType, payload: bytes) -> None:
-    view = memoryview(payload)
-    sent = 0
-    try:
-        while sent < len(payload):
-            sent += await sock.send(view[sent : sent + 65536])
-    except OSError:
-        pass  # the server closed the connection
 
 
 async def test_client_that_does_not_read_gets_back_pressure(

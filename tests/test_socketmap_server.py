@@ -35,11 +35,12 @@ import trio
 
 from srsd.config import settings as srsd_settings
 from srsd.config.settings import Settings
-from srsd.serve.server import Endpoint, Server, StartError
+from srsd.serve.listeners import Endpoint, StartError
+from srsd.serve.server import Server
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Role
 from srsd.wire import Wire
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 SECRET = b"socketmap-secret-5e1d0a77"
 DOMAIN = "forwarder.test"
@@ -80,12 +81,6 @@ def unquote(text: bytes) -> bytes:
 
 
 # -- a running server -----------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never read /etc/srsd/srsd.toml, whatever the machine has."""
-    monkeypatch.setattr(srsd_settings, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
 
 
 @pytest.fixture
@@ -790,7 +785,8 @@ async def test_non_socket_at_the_path_is_never_deleted(
 PROBE_AS_NOBODY = r"""
 import os, sys, trio
 from srsd.config import settings
-from srsd.serve.server import Server, StartError
+from srsd.serve.listeners import StartError
+from srsd.serve.server import Server
 loaded = settings.load(cli={"domain": "forwarder.test", "secrets_file": sys.argv[1],
                             "forward_port": 0, "reverse_port": 0,
                             "socketmap": "unix:" + sys.argv[2]}, environ={}, config=None)

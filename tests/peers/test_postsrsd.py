@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from srsd.srs.codec import Alphabet, Codec
+from tests.harness.srsd_process import SrsdProcess, lookup
 from tests.peers import (
     DAY,
     DOMAIN,
@@ -53,7 +54,6 @@ from tests.peers import (
     swap_alphabet,
     tcp_encode,
 )
-from tests.server_process import SrsdProcess, lookup
 
 pytestmark = pytest.mark.peer
 

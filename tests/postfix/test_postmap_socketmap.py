@@ -27,15 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
     expected_srs0_candidates,
     tamper_hash,
 )
-from tests.postfix.instance import backdate
-from tests.server_process import SECRET, SrsdProcess
+from tests.harness.ports import free_port
+from tests.harness.postfix import backdate
+from tests.harness.srsd_process import SECRET, SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

@@ -50,12 +50,16 @@ from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabe
 from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
 from srsd.wire import host_port
 
-DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
+#: The host's configuration directory, ``/etc``; the environment variable ``SRSD_SYSCONFDIR``
+#: (read once, at import) moves it, like a build's ``sysconfdir``: the test suite points it at
+#: an empty directory of its own, so that a host where srsd is configured changes nothing.
+SYSCONFDIR = Path(os.environ.get("SRSD_SYSCONFDIR") or "/etc")
+DEFAULT_CONFIG = SYSCONFDIR / "srsd" / "srsd.toml"
 SECRETS_NAME = "secrets"
 #: The secret the systemd units and the Debian package hand srsd as its credential: used when
 #: no secrets file is configured and no credential is passed, so that srsd run by hand on
 #: such a host signs and decodes with the service's secret.
-SYSTEM_SECRETS = Path("/etc/srsd/secrets")
+SYSTEM_SECRETS = SYSCONFDIR / "srsd" / SECRETS_NAME
 #: The largest settings, secrets or exclusion file read, in bytes.
 MAX_FILE_SIZE = 16 << 20
 #: The longest time a ``seconds`` setting may be, in seconds (a week).

@@ -49,13 +49,10 @@ from srsd.host.logs import LOGGER, setup
 from srsd.host.metrics import Latency, registry_for
 from srsd.serve import hangups, milter_service
 from srsd.serve.answers import (
-    BAD_REQUEST_LOG_RATE,
-    MAP_NAMES,
     Lookups,
     MapService,
 )
 from srsd.serve.listeners import (
-    ACTIVATION_NAMES,
     Endpoint,
     StartError,
     bind,
@@ -64,23 +61,10 @@ from srsd.serve.listeners import (
 )
 from srsd.serve.loop import Connection, ConnectionLoop, Service
 from srsd.serve.metrics_endpoint import serve_http
-from srsd.serve.privileges import drop_privileges, leave_root
-from srsd.srs.policy import Policy, Role
+from srsd.serve.privileges import leave_root
 from srsd.wire import Wire
 
-__all__ = [
-    "ACTIVATION_NAMES",
-    "BAD_REQUEST_LOG_RATE",
-    "MAP_NAMES",
-    "Endpoint",
-    "Role",
-    "Server",
-    "StartError",
-    "Wire",
-    "drop_privileges",
-    "leave_root",
-    "run",
-]
+__all__ = ["Server", "run"]
 
 #: Seconds between systemd STATUS= updates (when running under systemd).
 STATUS_INTERVAL = 30.0
@@ -133,16 +117,6 @@ class Server:
             split=settings.split_mixed == "smtpd",
         )
         self.milter_endpoints: list[Endpoint] = []
-
-    @property
-    def policy(self) -> Policy:
-        """The policy lookups are decided with (replaced on reload)."""
-        return self.lookup.policy
-
-    @policy.setter
-    def policy(self, policy: Policy) -> None:
-        """Decide the next lookups with ``policy``."""
-        self.lookup.policy = policy
 
     @property
     def lookups(self) -> Counter[tuple[str, str, str]]:
