@@ -46,6 +46,7 @@ from srsd.admission.rule import resolve_users
 from srsd.envelope.keys import EnvelopeMode
 from srsd.envelope.location import RedisTarget, StoreLocation, parse_location
 from srsd.host.systemd import SECRETS_CREDENTIAL, credential
+from srsd.srs.address import MAX_LENGTH
 from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
 from srsd.wire import host_port
@@ -704,10 +705,12 @@ class Settings:
     )
     max_request: int = setting(
         _int_in(256, 65536),
-        4096,
+        MAX_LENGTH,
         "SRS_MAX_REQUEST",
         "--max-request",
-        "longest request line, in bytes",
+        "longest address, in bytes: every endpoint refuses a longer one alike "
+        "(500 Address too long), however its wire encodes it",
+        common=True,
     )
     shutdown_grace: float = setting(
         _seconds,
@@ -817,7 +820,7 @@ class Settings:
 
     def policy(self) -> Policy:
         """The rewrite policy these settings describe."""
-        return Policy(self.codec(), self.excluded)
+        return Policy(self.codec(), self.excluded, max_length=self.max_request)
 
     def values(self) -> dict[str, Any]:
         """Every setting's value, by key (the table's fields only)."""
