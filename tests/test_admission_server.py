@@ -1,5 +1,5 @@
 # Admission control in a real server over real sockets: eviction, shares, allowed users, deadlines.
-"""The in-process trio server (``tests/test_server.py``'s ``serving``) with small limits;
+"""The in-process trio server (``tests/harness/inprocess.py``'s ``serving``) with small limits;
 every client here is this process, so one user (root, or whoever runs the tests): the
 shares between different users are in ``tests/test_admission_attacks.py``.
 
@@ -27,7 +27,7 @@ from srsd.serve.listeners import Endpoint
 from srsd.serve.loop import Later, Service
 from srsd.serve.server import Server
 from srsd.srs.policy import Role
-from tests.test_server import (
+from tests.harness.inprocess import (
     TIMEOUT,
     CapturedLog,
     Client,
@@ -36,8 +36,6 @@ from tests.test_server import (
     serving,
     wait_for,
 )
-from tests.test_server import log as log
-from tests.test_server import quiet_log as quiet_log
 
 ME = str(os.geteuid())
 

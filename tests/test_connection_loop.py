@@ -24,14 +24,7 @@ from srsd.envelope.store import EnvelopeStore
 from srsd.serve.loop import ANSWERS_PER_PASS
 from srsd.serve.server import Server
 from srsd.srs.policy import Role
-from tests.test_server import (
-    TIMEOUT,
-    _no_system_config,  # noqa: F401  (autouse: never read /etc/srsd)
-    forward_replies,
-    serving,
-    srs0,
-    wait_for,
-)
+from tests.harness.inprocess import TIMEOUT, forward_replies, serving, srs0, wait_for
 
 
 class StepWatch(trio.abc.Instrument):

@@ -50,11 +50,12 @@ from srsd.serve.answers import Lookups, MapService
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Outcome, Policy, Role
 from srsd.wire import Wire
-from tests.immutable import immutable
-from tests.local_users import SECOND_UID, require_root, run_as
-from tests.ports import free_port
-from tests.redis_server import RedisServer
-from tests.server_process import SECRET, SrsdProcess, lookup, metric_samples
+from tests.harness.immutable import immutable
+from tests.harness.local_users import SECOND_UID, require_root, run_as
+from tests.harness.metrics import metric_samples
+from tests.harness.ports import free_port
+from tests.harness.redis_server import RedisServer
+from tests.harness.srsd_process import SECRET, SrsdProcess, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"

@@ -1,7 +1,7 @@
 # README's quick start, upgrade and uninstall, run as written in a freshly bootstrapped Debian 12.
 """The commands under README's ``## Quick start`` are read out of README.md (so README and
 this test cannot drift) and run verbatim in a minimal Debian 12 root made by
-:mod:`tests.roots` (python3, postfix, sudo, git; no pip, no venv), in a clean clone of this
+:mod:`tests.harness.roots` (python3, postfix, sudo, git; no pip, no venv), in a clean clone of this
 checkout's HEAD (uncommitted files do not leak in). Postfix's own client inside the root must
 then get an SRS0 address from the server the quick start left running in the foreground:
 ``postmap -q alice@origin.example tcp:127.0.0.1:10001``.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import roots
+from tests.harness import roots
 
 README = roots.REPO / "README.md"
 SUITE = os.environ.get("SRSD_FRESH_SUITE", "bookworm")

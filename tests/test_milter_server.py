@@ -25,18 +25,10 @@ from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
 from srsd.wire import milter
 from srsd.wire.milter import command, macros, negotiate, split_replies
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess
-from tests.test_operations import (
-    Daemon,
-    activation_argv,
-    child_env,
-    labels,
-    samples,
-    scrape,
-    serve_args,
-    write_secret,
-)
+from tests.harness.daemon import Daemon, activation_argv, serve_args, write_secret
+from tests.harness.metrics import labels, samples, scrape
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SECRET, SrsdProcess, child_env
 
 DOMAIN = b"forwarder.test"
 POLICY = Policy(Codec([SECRET], DOMAIN))

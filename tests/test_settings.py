@@ -1,9 +1,9 @@
 # Settings: precedence of defaults < TOML < environment < command line, validation, files.
 """Tests for :mod:`srsd.config.settings`.
 
-Every call passes an explicit ``environ`` so the machine's environment cannot leak in, and
-an autouse fixture points ``DEFAULT_CONFIG`` at a path that does not exist, so a real
-``/etc/srsd/srsd.toml`` cannot change the results.
+Every call passes an explicit ``environ`` so the machine's environment cannot leak in;
+``DEFAULT_CONFIG`` lies in the suite's private, empty configuration directory
+(``tests/conftest.py``), so a real ``/etc/srsd/srsd.toml`` cannot change the results.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ DOMAIN = "forwarder.example.net"
 SECRET = b"s3cr3t-for-settings"
 NOW = 1_577_836_860.0  # 2020-01-01 00:01:00 UTC
 DAY = 86400
-
-
-@pytest.fixture(autouse=True)
-def _no_default_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(settings, "DEFAULT_CONFIG", tmp_path / "absent" / "srsd.toml")
 
 
 @pytest.fixture
@@ -540,7 +535,11 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         )
         out = subprocess.run(
             ["/usr/bin/python3", "-c", child],
-            env={"PYTHONPATH": str(place), "PATH": "/usr/bin:/bin"},
+            env={
+                "PYTHONPATH": str(place),
+                "PATH": "/usr/bin:/bin",
+                "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],
+            },
             user="nobody",
             group="nogroup",
             extra_groups=[],

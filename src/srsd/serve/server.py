@@ -48,13 +48,10 @@ from srsd.host import logs, systemd
 from srsd.host.logs import LOGGER, setup
 from srsd.serve import hangups, milter_service
 from srsd.serve.answers import (
-    BAD_REQUEST_LOG_RATE,
-    MAP_NAMES,
     Lookups,
     MapService,
 )
 from srsd.serve.listeners import (
-    ACTIVATION_NAMES,
     Endpoint,
     StartError,
     bind,
@@ -63,23 +60,10 @@ from srsd.serve.listeners import (
 )
 from srsd.serve.loop import Connection, ConnectionLoop, Service
 from srsd.serve.metrics_endpoint import registry_for, serve_http
-from srsd.serve.privileges import drop_privileges, leave_root
-from srsd.srs.policy import Policy, Role
+from srsd.serve.privileges import leave_root
 from srsd.wire import Wire
 
-__all__ = [
-    "ACTIVATION_NAMES",
-    "BAD_REQUEST_LOG_RATE",
-    "MAP_NAMES",
-    "Endpoint",
-    "Role",
-    "Server",
-    "StartError",
-    "Wire",
-    "drop_privileges",
-    "leave_root",
-    "run",
-]
+__all__ = ["Server", "run"]
 
 #: Seconds between systemd STATUS= updates (when running under systemd).
 STATUS_INTERVAL = 30.0
@@ -133,16 +117,6 @@ class Server:
             split=settings.split_mixed == "smtpd",
         )
         self.milter_endpoints: list[Endpoint] = []
-
-    @property
-    def policy(self) -> Policy:
-        """The policy lookups are decided with (replaced on reload)."""
-        return self.lookups.policy
-
-    @policy.setter
-    def policy(self, policy: Policy) -> None:
-        """Decide the next lookups with ``policy``."""
-        self.lookups.policy = policy
 
     # -- start-up -----------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Where the tarballs live; CI sets it to a persistent directory so every fresh clone reuses them.
 CACHE_ENV = "SRSD_ROOT_CACHE"
 DEFAULT_CACHE = REPO / ".cache" / "roots"
