@@ -8,6 +8,7 @@ step srsd did not switch off, and sends ``A`` between messages and ``Q`` at the 
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -201,6 +202,7 @@ def test_unbracket() -> None:
 
 # -- properties ---------------------------------------------------------------------------
 
+CONTROL = re.compile(rb"[\x00-\x1f\x7f]|\A\Z")  # written out here, independently of srsd
 addresses = st.binary(max_size=40).map(lambda b: b"<" + b.replace(b"\x00", b"") + b">")
 packets = st.one_of(
     addresses.map(lambda a: command(milter.MAIL, a)),
@@ -258,9 +260,27 @@ def test_any_bytes_give_actions_never_an_exception(data: bytes) -> None:
 def test_verdict_is_well_formed(replace: list[tuple[bytes, bytes]], sender: bytes | None) -> None:
     replies = split_replies(Session().verdict(Verdict(sender=sender, replace=tuple(replace))))
     assert replies[-1] == (b"c", b"")
-    changes = [b"-", b"+"] * len(replace) + [b"e"] * (sender is not None)
+    kept = [pair for pair in replace if not CONTROL.search(pair[1])]
+    written = sender is not None and not CONTROL.search(sender)
+    changes = [b"-", b"+"] * len(kept) + [b"e"] * written
     assert [c for c, _ in replies[:-1]] == changes
     assert all(data.endswith(b"\x00") and data.count(b"\x00") == 1 for _, data in replies[:-1])
+    assert not any(CONTROL.search(data[:-1]) for c, data in replies[:-1] if c in b"+e")
+
+
+@pytest.mark.parametrize(
+    "bad", [b"a\r\nb@x.example", b"a@x.example\r\nRCPT TO:<c@d>", b"a\0b@x.example", b"a\tb@x", b""]
+)
+def test_verdict_never_writes_control_bytes(bad: bytes) -> None:
+    # Such addresses are refused before any decision (address.refusal); a value that did
+    # not come from the input (an old envelope database entry) is still never written:
+    # that sender or recipient is left as it is.
+    good = b"ok@x.example"
+    verdict = Verdict(sender=bad, replace=((b"<r1>", bad), (b"<r2>", good)))
+    assert milter.writable(verdict) == Verdict(replace=((b"<r2>", good),))
+    replies = split_replies(Session().verdict(verdict))
+    assert replies == [(b"-", b"<r2>\x00"), (b"+", good + b"\x00"), (b"c", b"")]
+    assert milter.writable(Verdict(sender=good)) == Verdict(sender=good)
 
 
 # -- splitting mixed transactions ----------------------------------------------------------
