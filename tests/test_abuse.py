@@ -481,7 +481,7 @@ def swarm_attack(attack: Attack, swarm: Swarm, seconds: float = ATTACK_SECONDS) 
 
 
 RANDOM = os.urandom(1 << 20)
-TOO_LONG = b"500 Request%20too%20long\n"
+TOO_LONG = b"500 Address%20too%20long\n"
 
 
 # -- tcp_table attacks --------------------------------------------------------------------------

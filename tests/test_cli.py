@@ -645,4 +645,4 @@ def test_argument_with_a_line_break_is_a_usage_error(cli: Srsd) -> None:
     result = cli.run("encode", *cli.common(), "a@x.example", "b\n@y.example")
     assert result.returncode == 2
     assert result.stdout == b""
-    assert "line break" in text(result.stderr)
+    assert "not rewritten: Control character in address" in text(result.stderr)

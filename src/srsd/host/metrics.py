@@ -8,7 +8,7 @@ serves them over HTTP. Exposed:
 
 * ``srsd_lookups_total{map, protocol, outcome}``: every answer given, by outcome
   (rewritten, local, excluded, null sender, not SRS, bad hash, expired, malformed, error,
-  bad request, ...);
+  bad address (a NUL, a control character, over ``max_request``), bad request, ...);
 * ``srsd_lookup_duration_seconds{map}``: time from request to decision, a histogram;
 * ``srsd_connections_open``; connections closed by admission control
   (:mod:`srsd.admission.gatekeeper`): ``srsd_connections_evicted_total`` (closed to make room for a

@@ -319,7 +319,7 @@ class MilterService:
             LOGGER.exception("milter %s: internal error", queue_id)
             outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
         self.messages[outcome.label] += 1
-        verdict = outcome.verdict
+        verdict = milter.writable(outcome.verdict)  # what is sent, and so logged
         level = logging.WARNING if verdict.tempfail else logging.INFO
         if LOGGER.isEnabledFor(level):
             for old, new in verdict.replace:

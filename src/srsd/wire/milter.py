@@ -35,9 +35,15 @@ a message into the reply bytes. Rules:
   sessions (sendmail, pickup) give port 0, and their client cannot send a recipient again
   (Postfix defers the whole submission), so they are never split; nor is a bounce (null
   sender, nothing to rewrite). While a recipient is being classified no further packet is
-  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on);
+  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on); an MTA waits
+  for each reply, so more than one packet's worth behind it is a protocol error;
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
-  gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through.
+  gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through;
+* a change whose address is empty or holds a control byte (NUL, CR, LF, ...:
+  :data:`srsd.srs.address.CONTROLS`) is never written: :func:`writable` leaves that sender or
+  recipient as it is (a NUL would cut the string, a CR LF forge a line). Addresses with
+  those bytes are refused before any decision (:func:`srsd.srs.address.refusal`); this holds
+  even for a value that did not come from the input (an envelope database entry).
 
 Why not ``kilter-protocol`` (PyPI, 0.6.0, the one sans-IO milter codec for Python): under
 hostile input it fails in ways a server must not: a packet length of 0 leaves the command
@@ -52,10 +58,13 @@ part of the protocol srsd needs is small, so it is written here and fuzzed
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from srsd.srs import address
 
 #: Longest packet accepted, counting the command byte (libmilter's MILTER_MAX_DATA_SIZE is
 #: 65535 bytes of data; srsd switches off the body and header steps that could need more).
@@ -333,6 +342,10 @@ class Session:
             handle(command, payload, out)
             if self._state is _CLOSED or self._classifying is not None:
                 break
+        if self._classifying is not None and size - start > 4 + most:
+            out.pop()  # an MTA waits for each reply: that much input behind it is no MTA
+            self._classifying = None
+            self._fail(out, "input while a recipient is being classified")
         if self._state is _CLOSED:
             self._buf = bytearray()
         elif buffered:
@@ -368,6 +381,7 @@ class Session:
         """The reply to the end of a message: the changes, then ``continue``."""
         if verdict.tempfail:
             return _SEND_TEMPFAIL.data
+        verdict = writable(verdict)
         if not verdict.replace:  # the usual case: a new sender or none
             if verdict.sender is None:
                 return _CONTINUE_PACKET
@@ -480,6 +494,23 @@ class Session:
             return
         self._recipients.append(args[0])
         out.append(_SEND_CONTINUE)
+
+
+def _writable(value: bytes) -> bool:
+    """Whether ``value`` can be a CHGFROM / ADDRCPT argument: not empty, no control byte."""
+    return bool(value) and not address.has_control(value)
+
+
+def writable(verdict: Verdict) -> Verdict:
+    """``verdict`` without the changes no MTA should be given: a new sender or recipient
+    that is empty or holds a control byte (that sender or recipient is left as it is)."""
+    sender = verdict.sender
+    if sender is not None and not _writable(sender):
+        sender = None
+    kept = tuple(pair for pair in verdict.replace if _writable(pair[1]))
+    if sender is verdict.sender and len(kept) == len(verdict.replace):
+        return verdict
+    return dataclasses.replace(verdict, sender=sender, replace=kept)
 
 
 def _client_port(data: bytes) -> int | None:
