@@ -114,6 +114,15 @@ def test_ten_lookups_is_within_the_limit(nsd: NsdServer) -> None:
     assert spf_of(nsd).status is Status.OK, spf_of(nsd)
 
 
+def test_two_void_lookups_are_within_the_limit(nsd: NsdServer) -> None:
+    serve(
+        nsd,
+        'srs 60 IN TXT "v=spf1 a:v1.example.test a:v2.example.test ip4:192.0.2.25 '
+        'ip6:2001:db8::25 -all"\n',
+    )
+    assert spf_of(nsd).status is Status.OK, spf_of(nsd)
+
+
 def test_no_sending_address_known_is_a_warning(nsd: NsdServer) -> None:
     serve(nsd, "")
     result = checks_host.spf(gather(nsd, ()), (), "this host's global addresses")

@@ -292,23 +292,25 @@ def _mode(raw: object) -> int:
     return value
 
 
+def _ip(word: str) -> str | None:
+    """``word`` (``[brackets]`` allowed) as an IP address in its standard form, else None."""
+    try:
+        return str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
+
+
 def _dns_servers(raw: object) -> tuple[InetEndpoint, ...]:
     """Resolver addresses, each ``ADDRESS`` (port 53) or ``ADDRESS:PORT`` (``[::1]:PORT``)."""
     servers = []
     for word in _words(raw):
-        try:
-            servers.append(InetEndpoint(str(ipaddress.ip_address(word)), 53))
-            continue
-        except ValueError:
-            pass
-        endpoint = parse_endpoint(f"inet:{word}") if ":" in word else None
-        try:
-            ok = isinstance(endpoint, InetEndpoint) and bool(ipaddress.ip_address(endpoint.host))
-        except ValueError:
-            ok = False
-        if not ok or not isinstance(endpoint, InetEndpoint):
+        host, _, port = word.rpartition(":")
+        if (address := _ip(word)) is not None:
+            servers.append(InetEndpoint(address, 53))
+        elif (address := _ip(host)) is not None and port.isdigit() and 0 < int(port) < 65536:
+            servers.append(InetEndpoint(address, int(port)))
+        else:
             raise ValueError(f"expected ADDRESS or ADDRESS:PORT (an IP address), got {word!r}")
-        servers.append(endpoint)
     return tuple(servers)
 
 
@@ -316,10 +318,9 @@ def _addresses(raw: object) -> tuple[str, ...]:
     """IP addresses, written back in their standard form."""
     found = []
     for word in _words(raw):
-        try:
-            found.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
-        except ValueError:
-            raise ValueError(f"not an IP address: {word!r}") from None
+        if (address := _ip(word)) is None:
+            raise ValueError(f"not an IP address: {word!r}")
+        found.append(address)
     return tuple(found)
 
 
@@ -327,12 +328,10 @@ def _hosts(raw: object) -> tuple[str, ...]:
     """Host names or IP addresses."""
     hosts = []
     for word in _words(raw):
-        try:
-            hosts.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
-        except ValueError:
-            if not is_domain_name(word.lower().rstrip(".")):
-                raise ValueError(f"not a host name or IP address: {word!r}") from None
-            hosts.append(word.lower().rstrip("."))
+        name = word.lower().rstrip(".")
+        if (address := _ip(word)) is None and not is_domain_name(name):
+            raise ValueError(f"not a host name or IP address: {word!r}")
+        hosts.append(address or name)
     return tuple(hosts)
 
 
