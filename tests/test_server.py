@@ -396,28 +396,41 @@ async def test_line_limit_boundary(tmp_path: Path) -> None:
 # -- time-outs --------------------------------------------------------------------------------
 
 
-async def test_idle_connection_is_closed(tmp_path: Path) -> None:
-    async with serving(tmp_path, idle_timeout=0.5) as srv:
+# The time-outs run on trio's autojump clock (pytest-trio's ``autojump_clock``): the server
+# runs in the test's trio loop and keeps time with ``trio.current_time()``, so waiting out an
+# idle time-out takes no real time, and the figures can be as a postmaster sets them. (Each
+# client operation stays bounded by TIMEOUT, in the same virtual seconds.)
+IDLE = 5.0
+
+
+async def test_idle_connection_is_closed(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with serving(tmp_path, idle_timeout=IDLE) as srv:
         idle = await srv.connect(Role.FORWARD)  # never sends anything
         used = await srv.connect(Role.REVERSE)
+        opened = trio.current_time()
         assert await used.ask(b"alice@example.org") == b"500 Not%20an%20SRS%20address.\n"
         assert await idle.rest() == b""
         assert await used.rest() == b""
+        assert IDLE <= trio.current_time() - opened < 2 * IDLE
         await wait_for(lambda: srv.server.open_connections == 0, "both connections to close")
 
 
-async def test_requests_keep_a_connection_open(tmp_path: Path) -> None:
-    async with serving(tmp_path, idle_timeout=1.0) as srv:
+async def test_requests_keep_a_connection_open(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with serving(tmp_path, idle_timeout=IDLE) as srv:
         c = await srv.connect(Role.REVERSE)
-        for _ in range(8):  # 1.6 s in all, longer than the idle time-out
+        for _ in range(8):  # 3 x IDLE in all, each pause shorter than the idle time-out
             assert await c.ask(b"alice@example.org") == b"500 Not%20an%20SRS%20address.\n"
-            await trio.sleep(0.2)
+            await trio.sleep(IDLE * 3 / 8)
         assert await c.ask(b"alice@example.org") == b"500 Not%20an%20SRS%20address.\n"
 
 
-async def test_client_that_never_sends_a_newline_is_closed(tmp_path: Path) -> None:
+async def test_client_that_never_sends_a_newline_is_closed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
     sent = 0
-    async with serving(tmp_path, idle_timeout=0.5) as srv:
+    async with serving(tmp_path, idle_timeout=IDLE) as srv:
         c = await srv.connect(Role.FORWARD)
         async with trio.open_nursery() as nursery:
 
@@ -436,7 +449,7 @@ async def test_client_that_never_sends_a_newline_is_closed(tmp_path: Path) -> No
             assert await c.rest(reset_ok=True) == b""  # closed, and nothing answered
             nursery.cancel_scope.cancel()
         # closed by the idle time-out, long before the line limit could have been reached
-        assert sent < srv.settings.max_request
+        assert IDLE / 0.02 - 10 <= sent < srv.settings.max_request
         assert sum(srv.server.lookups.values()) == 0
 
 
