@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Hashable
 from typing import Final
 
 from srsd import socketmap, tcp_table
+from srsd.connections import Reader
 from srsd.envelope import EnvelopeMode, key_of, use_database
 from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.listeners import Role, Wire
@@ -158,7 +160,21 @@ _TcpRequest = tcp_table.Request
 _SocketmapRequest = socketmap.Request
 
 
-class TcpTableService:
+class _MapService:
+    """What the map endpoints share as services of the loop: no transactions, nothing
+    held beyond a connection's reader."""
+
+    transaction_limit = 0.0
+
+    def in_transaction(self, reader: Reader) -> bool:
+        """Never: a lookup is one request."""
+        return False
+
+    def discard(self, reader: Reader) -> None:
+        """Nothing to free."""
+
+
+class TcpTableService(_MapService):
     """A tcp_table endpoint of one map: its readers, idle limit and replies."""
 
     def __init__(self, lookups: Lookups, role: Role) -> None:
@@ -170,7 +186,7 @@ class TcpTableService:
         """Seconds a connection may stay without a complete request (``idle_timeout``)."""
         return self.lookups.settings.idle_timeout
 
-    def reader(self) -> tcp_table.RequestReader:
+    def reader(self, owner: Hashable = None) -> tcp_table.RequestReader:
         """A request reader for a new connection."""
         return tcp_table.RequestReader(self.lookups.settings.max_request)
 
@@ -201,7 +217,7 @@ class TcpTableService:
         return tcp_table.not_found(reason)
 
 
-class SocketmapService:
+class SocketmapService(_MapService):
     """A socketmap endpoint (both maps, by the name in each request)."""
 
     def __init__(self, lookups: Lookups) -> None:
@@ -212,7 +228,7 @@ class SocketmapService:
         """Seconds a connection may stay without a complete request (``keep_alive``)."""
         return self.lookups.settings.keep_alive
 
-    def reader(self) -> socketmap.RequestReader:
+    def reader(self, owner: Hashable = None) -> socketmap.RequestReader:
         """A request reader for a new connection."""
         return socketmap.RequestReader(self.lookups.settings.max_request)
 

@@ -20,7 +20,17 @@ only when scraped, so metrics cost nothing measurable per lookup. Exposed:
 * ``srsd_log_lines_dropped_total``: log lines stderr did not take (it blocked);
 * ``srsd_milter_messages_total{outcome}`` (rewritten, delivered here, not rewritten,
   tempfail, protocol error) and ``srsd_milter_sessions_open``; the milter's own lookups are
-  in ``srsd_lookups_total{protocol="milter"}``.
+  in ``srsd_lookups_total{protocol="milter"}``;
+* milter sessions closed by its admission control: ``srsd_milter_sessions_evicted_total``,
+  ``srsd_milter_sessions_refused_user_total``, ``srsd_milter_sessions_rejected_total``;
+  closed by time-outs: ``srsd_milter_sessions_timed_out_total{what}`` (request: a packet
+  did not end within ``request_timeout``; message: ``milter_message_timeout``);
+* the milter's memory bounds: ``srsd_milter_memory_bytes`` (kept now),
+  ``srsd_milter_recipients_refused_total`` (answered 452: too many, too many bytes, or no
+  room; counted when the session ends), ``srsd_milter_memory_refused_total`` (takes the
+  memory budget refused);
+* ``srsd_internal_errors_total``: connections closed because serving them raised (a bug,
+  ``MemoryError``): that connection only, srsd goes on.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from srsd.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.connections import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
 
 #: Upper bounds of the latency buckets, in seconds.
 BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
@@ -116,6 +126,27 @@ class ServerState(Protocol):
     @property
     def milter_sessions(self) -> int:
         """Milter connections open now."""
+        ...
+
+    @property
+    def milter_admission(self) -> Counter[str]:
+        """Milter sessions closed by admission control and time-outs, by kind: the kinds
+        of :attr:`admission` and ``transaction timed out``."""
+        ...
+
+    @property
+    def milter_refused(self) -> Counter[str]:
+        """``recipients`` answered 452, ``memory`` takes refused by the budget."""
+        ...
+
+    @property
+    def milter_memory(self) -> int:
+        """Bytes the milter sessions keep now."""
+        ...
+
+    @property
+    def internal_errors(self) -> int:
+        """Connections closed because serving them raised."""
         ...
 
 
@@ -196,6 +227,52 @@ class ServerCollector(Collector):
         yield messages
         yield GaugeMetricFamily(
             "srsd_milter_sessions_open", "Milter connections open now", value=s.milter_sessions
+        )
+        milter = s.milter_admission
+        yield CounterMetricFamily(
+            "srsd_milter_sessions_rejected",
+            "Milter sessions closed at once: the limit was reached and nothing could be evicted",
+            value=milter["refused full"],
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_sessions_evicted",
+            "Milter sessions closed to admit a new one (the longest idle between messages "
+            "of the user who holds the most)",
+            value=milter["evicted"],
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_sessions_refused_user",
+            "Milter sessions closed at once: their user is not in allowed_users",
+            value=milter["refused user"],
+        )
+        timed_out = CounterMetricFamily(
+            "srsd_milter_sessions_timed_out",
+            "Milter sessions closed because a packet or a message did not end in time",
+            labels=["what"],
+        )
+        timed_out.add_metric(["request"], milter["timed out"])
+        timed_out.add_metric(["message"], milter["transaction timed out"])
+        yield timed_out
+        yield GaugeMetricFamily(
+            "srsd_milter_memory_bytes",
+            "Bytes of senders and recipients the milter sessions keep now",
+            value=s.milter_memory,
+        )
+        refused = s.milter_refused
+        yield CounterMetricFamily(
+            "srsd_milter_recipients_refused",
+            "Recipients answered 452 (too many, too many bytes, no room), by ended sessions",
+            value=refused["recipients"],
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_memory_refused",
+            "Senders or recipients refused because the milter memory budget was full",
+            value=refused["memory"],
+        )
+        yield CounterMetricFamily(
+            "srsd_internal_errors",
+            "Connections closed because serving them raised (that connection only)",
+            value=s.internal_errors,
         )
 
 

@@ -21,9 +21,16 @@ reply bytes. Rules:
   end of a message outside one, a second negotiation), an unknown command or a malformed
   packet is a protocol error: the session says why in :class:`Close` and takes no more
   input. Postfix then applies ``milter_default_action`` (``tempfail``) to that SMTP session;
-* at most ``recipient_limit`` recipients are kept per message; each one over it is answered
-  ``452 4.5.3 Too many recipients``, so the client sends it again in a later transaction and
-  every recipient srsd decides on is one Postfix accepted;
+* at most ``recipient_limit`` recipients and ``message_bytes`` bytes of sender and
+  recipients (each counted with :data:`ITEM_OVERHEAD` bytes more, what Python adds) are kept
+  per message; each recipient over either is answered ``452 4.5.3 Too many recipients``, so
+  the client sends it again in a later transaction and every recipient srsd decides on is
+  one Postfix accepted;
+* the bytes a session keeps are also taken from an :class:`Allowance` shared with other
+  sessions (the server's memory budget): a recipient it refuses is answered ``452 4.3.1
+  Insufficient system storage``, a sender ``t`` (temporary failure); both are retried by
+  the client later. The bytes of a message go back to the allowance when its verdict is
+  rendered (:meth:`Session.verdict`), or at :meth:`Session.release` when the session ends;
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
   gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through.
 
@@ -42,14 +49,20 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Longest packet accepted, counting the command byte (libmilter's MILTER_MAX_DATA_SIZE is
 #: 65535 bytes of data; srsd switches off the body and header steps that could need more).
 MAX_PACKET = 65536
 #: Default recipients kept per message (postsrsd's ``milter-recipient-limit``).
 MAX_RECIPIENTS = 1000
+#: Default bytes of sender and recipients kept per message.
+MESSAGE_BYTES = 512 * 1024
+#: Bytes counted for each address kept beyond its length (a bytes object and its list slot).
+ITEM_OVERHEAD = 64
 #: The milter protocol version srsd speaks (Postfix: ``milter_protocol = 6``).
 VERSION = 6
 _LENGTH = struct.Struct("!I")
@@ -118,6 +131,30 @@ SKIPPED_STEPS = (
 _IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN})
 _QUEUE_ID_MACROS = frozenset({b"i", b"{i}"})
 _TOO_MANY = b"452 4.5.3 Too many recipients"
+_NO_ROOM = b"452 4.3.1 Insufficient system storage"
+
+
+class Allowance(Protocol):
+    """Bytes a session may keep, shared with other sessions."""
+
+    def take(self, size: int) -> bool:
+        """Take ``size`` bytes; False (nothing taken) when there is no room."""
+        ...
+
+    def give(self, size: int) -> None:
+        """Give back ``size`` bytes taken before."""
+        ...
+
+
+class Unlimited:
+    """An allowance that always has room."""
+
+    def take(self, size: int) -> bool:
+        """Always True."""
+        return True
+
+    def give(self, size: int) -> None:
+        """Nothing to give back."""
 
 
 def packet(command: bytes, data: bytes = b"") -> bytes:
@@ -194,8 +231,12 @@ class Session:
     """One milter connection, as a state machine fed with the bytes received."""
 
     __slots__ = (
+        "_allowance",
         "_buf",
+        "_deciding",
+        "_held",
         "_max_packet",
+        "_message_bytes",
         "_recipient_limit",
         "_recipients",
         "_sender",
@@ -207,12 +248,23 @@ class Session:
     )
 
     def __init__(
-        self, *, recipient_limit: int = MAX_RECIPIENTS, max_packet: int = MAX_PACKET
+        self,
+        *,
+        recipient_limit: int = MAX_RECIPIENTS,
+        max_packet: int = MAX_PACKET,
+        message_bytes: int = MESSAGE_BYTES,
+        allowance: Allowance | None = None,
     ) -> None:
-        if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET:
-            raise ValueError("recipient_limit must be >= 1, max_packet 13..MAX_PACKET")
+        if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET or message_bytes < 1:
+            raise ValueError(
+                "recipient_limit and message_bytes must be >= 1, max_packet 13..MAX_PACKET"
+            )
         self._recipient_limit = recipient_limit
         self._max_packet = max_packet
+        self._message_bytes = message_bytes
+        self._allowance: Allowance = allowance or Unlimited()
+        self._held = 0  # bytes of the message now received, taken from the allowance
+        self._deciding: deque[int] = deque()  # bytes of the messages awaiting their verdict
         self._buf = bytearray()
         self._state = _State.NEGOTIATE
         self._sender = b""
@@ -239,6 +291,19 @@ class Session:
     def buffered(self) -> int:
         """Bytes held for an incomplete packet (at most four plus ``max_packet``)."""
         return len(self._buf)
+
+    @property
+    def held(self) -> int:
+        """Bytes of sender and recipients kept (overhead counted), decided messages included."""
+        return self._held + sum(self._deciding)
+
+    def release(self) -> None:
+        """The session is over: give every byte it keeps back to the allowance."""
+        self._allowance.give(self.held)
+        self._held = 0
+        self._deciding.clear()
+        self._sender = b""
+        self._recipients = []
 
     @property
     def can_rewrite(self) -> bool:
@@ -279,7 +344,10 @@ class Session:
         return [Close(None)]
 
     def verdict(self, verdict: Verdict) -> bytes:
-        """The reply to the end of a message: the changes, then ``continue``."""
+        """The reply to the end of a message: the changes, then ``continue``. The message's
+        bytes go back to the allowance (verdicts come in the order of the messages)."""
+        if self._deciding:
+            self._allowance.give(self._deciding.popleft())
         if verdict.tempfail:
             return packet(TEMPORARY_FAILURE)
         parts = []
@@ -316,6 +384,8 @@ class Session:
             self._rcpt(data, out)
         elif command == END_OF_MESSAGE and state is _State.MESSAGE:
             transaction = Transaction(self.queue_id, self._sender, tuple(self._recipients))
+            self._deciding.append(self._held)  # given back by verdict()
+            self._held = 0
             self._reset()
             out.append(Decide(transaction))
         elif command in (ABORT, QUIT_NEW_CONNECTION):
@@ -327,6 +397,9 @@ class Session:
             self._fail(out, f"{_name(command)} out of place ({state.value})")
 
     def _reset(self) -> None:
+        if self._held:
+            self._allowance.give(self._held)
+            self._held = 0
         self._state = _State.READY
         self._sender = b""
         self._recipients = []
@@ -364,6 +437,11 @@ class Session:
             self._fail(out, "malformed sender packet")
             return
         self._reset()
+        size = len(args[0]) + ITEM_OVERHEAD
+        if size > self._message_bytes or not self._allowance.take(size):
+            out.append(Send(packet(TEMPORARY_FAILURE)))  # no room: the client tries later
+            return
+        self._held = size
         self._state = _State.MESSAGE
         self._sender = args[0]
         out.append(Send(packet(CONTINUE if self.can_rewrite else TEMPORARY_FAILURE)))
@@ -373,10 +451,19 @@ class Session:
         if args is None:
             self._fail(out, "malformed recipient packet")
             return
-        if len(self._recipients) >= self._recipient_limit:
+        size = len(args[0]) + ITEM_OVERHEAD
+        if (
+            len(self._recipients) >= self._recipient_limit
+            or self._held + size > self._message_bytes
+        ):
             self.refused += 1
             out.append(Send(packet(REPLY_CODE, _TOO_MANY + b"\x00")))
             return
+        if not self._allowance.take(size):
+            self.refused += 1
+            out.append(Send(packet(REPLY_CODE, _NO_ROOM + b"\x00")))
+            return
+        self._held += size
         self._recipients.append(args[0])
         out.append(Send(packet(CONTINUE)))
 

@@ -9,16 +9,23 @@ request. The parts:
 
 * :mod:`srsd.listeners` opens the listening sockets (or adopts systemd's);
 * :mod:`srsd.privileges` then leaves root;
-* :mod:`srsd.connections` serves every connection from one readiness set, a pass at a time,
-  with slow paths as trio tasks (storage waits, back-pressure, lingering), idle and
-  request time-outs and the drain;
+* :mod:`srsd.connections` serves every connection of every endpoint (tcp_table,
+  socketmap, milter) from one readiness set, a pass at a time, with slow paths as trio
+  tasks (storage waits, back-pressure, lingering), idle, request and transaction
+  time-outs and the drain; it is srsd's one accept path;
 * :mod:`srsd.gatekeeper` admits each new connection by its peer's user
   (:mod:`srsd.admission`: ``allowed_users``, ``max_connections``,
-  ``max_connections_per_user``), evicting the longest idle connection of the user who
-  holds the most when full;
+  ``max_connections_per_user`` for the maps; ``milter_max_sessions``,
+  ``milter_max_sessions_per_user`` for the milter, a gatekeeper of its own), evicting the
+  longest idle connection of the user who holds the most when full;
 * :mod:`srsd.lookups` decides, counts, logs and builds the replies;
-* :mod:`srsd.milter_server` serves the milter endpoint (``smtpd_milters``), one trio task per
-  connection outside the loop, deciding through the same lookups;
+* :mod:`srsd.milter_server` is the milter endpoint's service (``smtpd_milters``), deciding
+  through the same lookups, with its memory budget;
+* descriptors: at start srsd raises its soft ``RLIMIT_NOFILE`` to the hard limit and, if
+  ``max_connections`` plus ``milter_max_sessions`` plus :data:`RESERVED_DESCRIPTORS` do not
+  fit in it, lowers both in proportion (with a warning): every limit is then reached
+  before the descriptors run out, so a flood on one endpoint cannot stop another from
+  accepting (:func:`fit_descriptors`);
 * this module runs them: :class:`Server` binds, serves until SIGTERM/SIGINT, then stops
   accepting, lets replies in flight finish within ``shutdown_grace`` seconds and exits 0;
   SIGHUP reloads settings, secrets and exclusions, keeping the old ones when anything is
@@ -28,7 +35,9 @@ request. The parts:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import signal
 import time
 from collections import Counter
@@ -38,7 +47,7 @@ import trio
 
 from srsd import logs, milter_server, systemd
 from srsd.admission import Limits
-from srsd.connections import Connection, ConnectionLoop, Service
+from srsd.connections import Connection, ConnectionLoop, Gate, Service
 from srsd.envelope import EnvelopeMode, lifetime
 from srsd.envelope.lookups import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
@@ -76,6 +85,10 @@ __all__ = [
 STATUS_INTERVAL = 30.0
 #: Longest time a rendered log line waits to be written when no pass of the loop comes.
 LOG_FLUSH_INTERVAL = 0.5
+#: Descriptors kept apart from the connection limits: listeners, the selector, the envelope
+#: database, logs, metrics connections, ``postconf`` pipes, accepts about to be refused
+#: (half the limit when that is less).
+RESERVED_DESCRIPTORS = 64
 
 
 class Server:
@@ -102,13 +115,17 @@ class Server:
                 else "cannot be told apart",
             )
         self.gate: Gatekeeper[Connection] = Gatekeeper(
-            limits_of(settings), owners, self.loop.close, _answering
+            limits_of(settings), owners, self.loop.close, _busy
         )
-        self.loop.admit = self.admit
+        self.milter_gate: Gatekeeper[Connection] = Gatekeeper(
+            milter_limits_of(settings),
+            owners,
+            self.loop.close,
+            _busy,
+            noun="milter session",
+            names=("milter_max_sessions", "request_timeout", "milter_message_timeout"),
+        )
         self.loop.after_pass.append(logs.flush)  # the lookups' log lines, once per pass
-        self.loop.on_answered = self.gate.answered
-        self.loop.on_close = self.gate.closed
-        self.loop.on_timeout = self.gate.timed_out
         self.loop.request_timeout = settings.request_timeout
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
@@ -119,8 +136,8 @@ class Server:
             forward=forward,
             reverse=reverse,
             delivery=milter_server.delivery_for(settings),
-            recipient_limit=settings.milter_recipient_limit,
         )
+        self.milter.configure(settings)
         self.milter_endpoints: list[Endpoint] = []
 
     @property
@@ -145,8 +162,8 @@ class Server:
 
     @property
     def open_connections(self) -> int:
-        """Connections open now (a metric)."""
-        return len(self.loop.connections)
+        """Map connections open now (a metric; milter sessions are counted apart)."""
+        return len(self.gate.table)
 
     @property
     def log_lines_dropped(self) -> int:
@@ -161,7 +178,30 @@ class Server:
     @property
     def milter_sessions(self) -> int:
         """Milter connections open now (a metric)."""
-        return self.milter.sessions
+        return len(self.milter_gate.table)
+
+    @property
+    def milter_admission(self) -> Counter[str]:
+        """Milter sessions closed by admission control and time-outs, by kind (metrics)."""
+        return self.milter_gate.counts
+
+    @property
+    def milter_refused(self) -> Counter[str]:
+        """What the milter's memory bounds refused (metrics): recipients answered 452 by
+        ended sessions, takes refused by the memory budget."""
+        return Counter(
+            {"recipients": self.milter.recipients_refused, "memory": self.milter.budget.refused}
+        )
+
+    @property
+    def milter_memory(self) -> int:
+        """Bytes of senders and recipients the milter sessions keep now (a metric)."""
+        return self.milter.budget.used
+
+    @property
+    def internal_errors(self) -> int:
+        """Connections closed because serving them raised (a metric)."""
+        return self.loop.faults
 
     @property
     def admission(self) -> Counter[str]:
@@ -202,7 +242,12 @@ class Server:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation), then drain and return."""
-        services = [(endpoint, self.service(endpoint)) for endpoint in endpoints]
+        services: list[tuple[Endpoint, Service, Gate]] = [
+            (endpoint, self.service(endpoint), self.gate) for endpoint in endpoints
+        ]
+        services += [
+            (endpoint, self.milter, self.milter_gate) for endpoint in self.milter_endpoints
+        ]
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as connections:
                 await connections.start(self.loop.serve, services)
@@ -220,12 +265,6 @@ class Server:
                             if self.notifier.enabled:
                                 loops.start_soon(self._report_status)
                             loops.start_soon(self._flush_log)
-                            if self.milter_endpoints:
-                                listeners = [
-                                    trio.SocketListener(trio.socket.from_stdlib_socket(e.sock))
-                                    for e in self.milter_endpoints
-                                ]
-                                loops.start_soon(self.milter.serve, listeners, connections)
                             self.notifier.notify("READY=1", self.status())
                             task_status.started()
                 finally:
@@ -239,14 +278,6 @@ class Server:
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
             return SocketmapService(self.lookup)
         return TcpTableService(self.lookup, endpoint.role)
-
-    def admit(self, conn: Connection) -> bool:
-        """Whether to serve a connection just accepted (:class:`Gatekeeper`); at the
-        limit, connections closed since the pass began are reaped first, so that they,
-        not an idle one, make room."""
-        if len(self.loop.connections) >= self.settings.max_connections:
-            self.loop.reap()
-        return self.gate.admit(conn, conn.opened)
 
     async def check_storage(self) -> None:
         """At start, in database modes: say at once whether the envelope database works.
@@ -278,7 +309,6 @@ class Server:
         self.loop.stop(self.settings.shutdown_grace)
         close_all(endpoints)
         close_all(self.milter_endpoints)
-        self.milter.stop(self.settings.shutdown_grace)  # a message in flight may finish
         for listener in self.metrics_listeners:
             await listener.aclose()
 
@@ -322,8 +352,9 @@ class Server:
     def reload(self) -> bool:
         """Re-read settings, secrets and exclusions; keep the old ones if anything is wrong."""
         try:
-            new = self._reload()
+            new = fit_descriptors(self._reload(), descriptor_limit())
             limits = limits_of(new)
+            milter_limits = milter_limits_of(new)
         except ConfigError as err:
             self.reloads["failed"] += 1
             LOGGER.error("reload failed, keeping the previous configuration: %s", err)
@@ -343,8 +374,9 @@ class Server:
         self.settings = new
         self.lookup.configure(new, new.policy())
         self.milter.delivery = milter_server.delivery_for(new)  # reads Postfix's config again
-        self.milter.recipient_limit = new.milter_recipient_limit
+        self.milter.configure(new)
         self.gate.configure(limits)
+        self.milter_gate.configure(milter_limits)
         self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
         LOGGER.info(
@@ -365,8 +397,61 @@ def limits_of(settings: Settings) -> Limits:
         raise ConfigError(f"allowed_users: {err}") from None
 
 
-def _answering(conn: Connection) -> bool:
-    return conn.answering
+def milter_limits_of(settings: Settings) -> Limits:
+    """The milter's admission limits ``settings`` describe (user names looked up now)."""
+    try:
+        return Gatekeeper.limits(
+            settings.milter_max_sessions,
+            settings.milter_max_sessions_per_user,
+            settings.allowed_users,
+        )
+    except ValueError as err:
+        raise ConfigError(f"allowed_users: {err}") from None
+
+
+def _busy(conn: Connection) -> bool:
+    return conn.busy
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (a shell's 1,024 is far below
+    what the connection limits need); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as err:
+            LOGGER.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, err)
+    return descriptor_limit()
+
+
+def descriptor_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` (a large number when unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft
+
+
+def fit_descriptors(settings: Settings, limit: int) -> Settings:
+    """``settings`` with ``max_connections`` and ``milter_max_sessions`` lowered in
+    proportion when, with :data:`RESERVED_DESCRIPTORS`, they need more than ``limit``
+    descriptors (a warning says so); unchanged otherwise."""
+    milter = settings.milter_max_sessions if settings.milter is not None else 0
+    wanted = settings.max_connections + milter
+    room = limit - min(RESERVED_DESCRIPTORS, limit // 2)
+    if wanted <= room:
+        return settings
+    maps = max(1, settings.max_connections * room // wanted)
+    sessions = max(1, milter * room // wanted) if milter else settings.milter_max_sessions
+    LOGGER.warning(
+        "the open files limit (%d) cannot hold max_connections %d%s: serving at most %d "
+        "connections%s (raise LimitNOFILE= or ulimit -Hn)",
+        limit,
+        settings.max_connections,
+        f" and milter_max_sessions {milter}" if milter else "",
+        maps,
+        f" and {sessions} milter sessions" if milter else "",
+    )
+    return dataclasses.replace(settings, max_connections=maps, milter_max_sessions=sessions)
 
 
 def setup_logging(settings: Settings) -> None:
@@ -390,6 +475,7 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
 
 
 async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
+    settings = fit_descriptors(settings, raise_descriptor_limit())
     server = Server(settings, reload)
     try:
         endpoints = await server.bind()
