@@ -4,12 +4,12 @@
 Measured in this one process, best of 5 runs of each loop (run it with Debian's
 ``/usr/bin/python3`` for figures comparable with the other benchmarks):
 
-* ``sock_diag``: :meth:`srsd.peercred.PeerOwners.owner` of a loopback TCP connection (one
+* ``sock_diag``: :meth:`srsd.admission.owners.PeerOwners.owner` of a loopback TCP connection (one
   netlink round trip: what srsd pays per accepted TCP connection);
 * ``proc``: the same through the ``/proc/net/tcp`` fallback (grows with the number of
   sockets on the host: printed with it);
 * ``SO_PEERCRED``: a unix socket's peer;
-* ``admit (evict)``: :meth:`srsd.admission.Admission.admit` with N connections held by
+* ``admit (evict)``: :meth:`srsd.admission.rule.Admission.admit` with N connections held by
   four owners, every admission evicting (the cost during a flood at the limit);
 * ``admit (free)``: the same below the limit.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from srsd.admission import Admission, Limits
-from srsd.peercred import PeerOwners
+from srsd.admission.owners import PeerOwners
+from srsd.admission.rule import Admission, Limits
 
 
 def best_of(runs: int, count: int, work: Callable[[], object]) -> float:

@@ -7,14 +7,14 @@ and keeps the fastest run, timeit-style, in this one process (pinned to one CPU 
 can be), timed in CPU seconds of this process so that a busy machine does not count.
 Measured:
 
-* ``codec.forward`` / ``codec.reverse``: :class:`srsd.codec.Codec` alone (the issue's
+* ``codec.forward`` / ``codec.reverse``: :class:`srsd.srs.codec.Codec` alone (the issue's
   target: at least 150,000 each per second);
 * ``hmac``: the raw hash as the codec computes it (a copy of a keyed HMAC-SHA1 object,
   update, digest, base64), plus the alternatives (``hmac.new`` per call, the one-shot
   ``hmac.digest``) for comparison;
-* ``policy.forward`` / ``policy.reverse``: :class:`srsd.policy.Policy`, what the server
+* ``policy.forward`` / ``policy.reverse``: :class:`srsd.srs.policy.Policy`, what the server
   calls for every lookup;
-* ``tcp_table.parse+encode``: :class:`srsd.tcp_table.RequestReader` fed one request line,
+* ``tcp_table.parse+encode``: :class:`srsd.wire.tcp_table.RequestReader` fed one request line,
   plus the ``200`` reply encoded;
 * ``request.forward`` / ``request.reverse``: parse + policy + reply, the whole pure work
   of one lookup without any I/O (what the server can never go below);
@@ -43,13 +43,15 @@ from pathlib import Path
 # this work tree's srsd, or the one in $SRSD_BENCH_SRC (to compare a candidate change)
 sys.path.insert(0, os.environ.get("SRSD_BENCH_SRC", str(Path(__file__).parent.parent / "src")))
 
-from srsd import codec, logs, tcp_table
+from srsd.host import logs
+from srsd.srs import codec
+from srsd.wire import tcp_table
 
 try:
-    from srsd.lookups import tcp_table_reply
+    from srsd.serve.answers import tcp_table_reply
 except ImportError:  # an srsd from before issue 12 (SRSD_BENCH_SRC)
     tcp_table_reply = tcp_table.reply_for  # type: ignore[attr-defined]
-from srsd.policy import Policy
+from srsd.srs.policy import Policy
 
 SECRET = b"bench-secret-0123456789abcdef"
 DOMAIN = b"forwarder.test"

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from srsd.codec import BadHash, Codec, SRSError, day_stamp
-from srsd.policy import Policy
+from srsd.srs.codec import BadHash, Codec, SRSError, day_stamp
+from srsd.srs.policy import Policy
 
 STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 PRESENTED = STANDARD + b"-_"

@@ -36,8 +36,8 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 
 from harness import cpu_seconds, free_ports  # noqa: E402  (bench/ is sys.path[0])
 
-from srsd import milter  # noqa: E402
-from srsd.codec import Codec  # noqa: E402
+from srsd.srs.codec import Codec  # noqa: E402
+from srsd.wire import milter  # noqa: E402
 
 DOMAIN = "forwarder.test"
 SECRET = b"bench-secret-for-the-milter"

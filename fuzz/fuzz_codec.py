@@ -1,5 +1,5 @@
 # atheris harness for the SRS codec and policy: any bytes in, only SRSError out, round trips hold.
-"""Coverage-guided fuzzing of :mod:`srsd.codec` and :mod:`srsd.policy` (``fuzz/README.md``).
+"""Coverage-guided fuzzing of :mod:`srsd.srs.codec` and :mod:`srsd.srs.policy` (``fuzz/README.md``).
 
 For any input, under one of several codec configurations:
 
@@ -26,9 +26,9 @@ except ImportError:  # replaying an input (tests/test_fuzz_campaign.py) needs no
 
 if atheris is not None:
     with atheris.instrument_imports():
-        from srsd import address, codec, policy
+        from srsd.srs import address, codec, policy
 else:
-    from srsd import address, codec, policy
+    from srsd.srs import address, codec, policy
 
 from common import Input, run
 

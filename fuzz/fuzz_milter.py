@@ -1,5 +1,5 @@
 # atheris harness for the milter wire format: any bytes, any split, bounded and consistent.
-"""Coverage-guided fuzzing of :mod:`srsd.milter` (``fuzz/README.md``).
+"""Coverage-guided fuzzing of :mod:`srsd.wire.milter` (``fuzz/README.md``).
 
 The first input byte picks a packet bound and a recipient limit, the next up to 12
 two-byte numbers cut points (a count byte first); the rest is the stream, which follows a
@@ -27,9 +27,9 @@ except ImportError:  # replaying an input needs no fuzzer
 
 if atheris is not None:
     with atheris.instrument_imports():
-        from srsd import milter
+        from srsd.wire import milter
 else:
-    from srsd import milter
+    from srsd.wire import milter
 
 PACKET_BOUNDS = [13, 64, 200, milter.MAX_PACKET]
 RECIPIENT_LIMITS = [1, 3, milter.MAX_RECIPIENTS]

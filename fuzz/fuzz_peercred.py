@@ -1,10 +1,10 @@
 # atheris harness for the peer-owner parsers: any netlink reply, any /proc/net/tcp text.
-"""Coverage-guided fuzzing of :mod:`srsd.peercred`'s byte parsers (``fuzz/README.md``).
+"""Coverage-guided fuzzing of :mod:`srsd.admission.owners`'s byte parsers (``fuzz/README.md``).
 
 The input's last bytes choose a sequence number and the 4-tuple asked about; the rest is
-handed to :func:`~srsd.peercred.parse_diag_reply` as a netlink datagram (raw, and wrapped
+handed to :func:`~srsd.admission.owners.parse_diag_reply` as a netlink datagram (raw, and wrapped
 after a well-formed header so that the message bodies are reached) and, decoded, to
-:func:`~srsd.peercred.parse_proc_net_tcp`. Asserted: only :class:`PeerError` escapes; the
+:func:`~srsd.admission.owners.parse_proc_net_tcp`. Asserted: only :class:`PeerError` escapes; the
 result is a uid (0 to 2^32 - 1), ``unknown``, ``absent`` or None (netlink: another
 request's reply), and a uid from netlink only when the socket's two ports are in the bytes.
 Importable without atheris (the tests import it to replay inputs).
@@ -23,11 +23,11 @@ except ImportError:  # replaying inputs in the tests needs no atheris
     atheris = None
 
 with atheris.instrument_imports() if atheris else contextlib.nullcontext():
-    from srsd import peercred
+    from srsd.admission import owners
 
 TUPLES = [
-    peercred.FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 45678, bytes([127, 0, 0, 1]), 10001),
-    peercred.FourTuple(socket.AF_INET6, bytes(15) + b"\1", 40000, bytes(15) + b"\1", 10002),
+    owners.FourTuple(socket.AF_INET, bytes([127, 0, 0, 1]), 45678, bytes([127, 0, 0, 1]), 10001),
+    owners.FourTuple(socket.AF_INET6, bytes(15) + b"\1", 40000, bytes(15) + b"\1", 10002),
 ]
 _HEADER = struct.Struct("=IHHII")
 SEEDS = [
@@ -61,7 +61,7 @@ SEEDS = [
 def check(result: object, *, may_be_none: bool) -> None:
     if result is None and may_be_none:
         return
-    if result in (peercred.UNKNOWN, peercred.ABSENT):
+    if result in (owners.UNKNOWN, owners.ABSENT):
         return
     if not isinstance(result, int) or not 0 <= result < 2**32:
         raise AssertionError(f"not an owner: {result!r}")
@@ -76,16 +76,16 @@ def test_one_input(data: bytes) -> None:
     body = data[:-5]
     for blob in (body, _HEADER.pack(16 + len(body), 20, 0, seq, 0) + body):
         try:
-            got = peercred.parse_diag_reply(blob, peer, seq)
-        except peercred.PeerError:
+            got = owners.parse_diag_reply(blob, peer, seq)
+        except owners.PeerError:
             continue
         check(got, may_be_none=True)
         ports = struct.pack(">HH", peer.peer_port, peer.local_port)
         if isinstance(got, int) and ports not in blob:
             raise AssertionError(f"uid {got} from a reply about another socket")
     try:
-        got = peercred.parse_proc_net_tcp(body.decode("ascii", errors="replace"), peer)
-    except peercred.PeerError:
+        got = owners.parse_proc_net_tcp(body.decode("ascii", errors="replace"), peer)
+    except owners.PeerError:
         return
     check(got, may_be_none=False)
 

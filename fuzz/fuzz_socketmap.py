@@ -1,8 +1,8 @@
 # atheris harness for the socketmap wire format: any bytes, any split, bounded and consistent.
-"""Coverage-guided fuzzing of :mod:`srsd.socketmap` (``fuzz/README.md``).
+"""Coverage-guided fuzzing of :mod:`srsd.wire.socketmap` (``fuzz/README.md``).
 
 The input chooses a length bound and a segmentation, then is fed to a
-:class:`~srsd.socketmap.RequestReader` in those pieces. Asserted:
+:class:`~srsd.wire.socketmap.RequestReader` in those pieces. Asserted:
 
 * the reader never holds more than the bound plus its framing (digits, ``:`` and ``,``),
   and nothing once closed;
@@ -23,9 +23,9 @@ except ImportError:  # replaying an input (tests/test_fuzz_campaign.py) needs no
 
 if atheris is not None:
     with atheris.instrument_imports():
-        from srsd import socketmap
+        from srsd.wire import socketmap
 else:
-    from srsd import socketmap
+    from srsd.wire import socketmap
 
 from common import Input, run, split_rest
 

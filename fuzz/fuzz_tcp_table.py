@@ -1,8 +1,8 @@
 # atheris harness for the tcp_table wire format: any bytes, any split, bounded and consistent.
-"""Coverage-guided fuzzing of :mod:`srsd.tcp_table` (``fuzz/README.md``).
+"""Coverage-guided fuzzing of :mod:`srsd.wire.tcp_table` (``fuzz/README.md``).
 
 The input chooses a line limit and a segmentation, then is fed to a
-:class:`~srsd.tcp_table.RequestReader` in those pieces. Asserted:
+:class:`~srsd.wire.tcp_table.RequestReader` in those pieces. Asserted:
 
 * the reader never holds more than ``max_line + 1`` bytes, and nothing once closed;
 * events are Request, BadRequest or TooLong; a Request's key is non-empty, without NUL;
@@ -22,9 +22,9 @@ except ImportError:  # replaying an input (tests/test_fuzz_campaign.py) needs no
 
 if atheris is not None:
     with atheris.instrument_imports():
-        from srsd import tcp_table
+        from srsd.wire import tcp_table
 else:
-    from srsd import tcp_table
+    from srsd.wire import tcp_table
 
 from common import Input, run, split_rest
 

@@ -2,8 +2,11 @@
 """Start Debian's ``redis-server`` in the foreground, without persistence, and stop it.
 
 It listens on 127.0.0.1 at a port below 32768 (``tests.ports.free_port``) and on a unix
-socket in its own directory; :meth:`RedisServer.stop` and :meth:`RedisServer.start` can be
-called again to simulate an outage on the same port. Every wait is bounded.
+socket in its own directory; :meth:`RedisServer.stop` (or :meth:`RedisServer.kill`, a
+crash) and :meth:`RedisServer.start` can be called again to simulate an outage or a restart
+on the same port. ``appendonly=True`` runs it as README asks a fleet to (AOF with
+``appendfsync always``, in its directory, so a restart loads what it had); ``extra`` adds
+``redis-server`` arguments. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -44,8 +47,12 @@ def require_redis_py() -> None:
 class RedisServer:
     """One redis-server process: ``port`` on 127.0.0.1 and ``unix_path``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, extra: tuple[str, ...] = ()
+    ) -> None:
         self.binary = require_redis_server()
+        self.appendonly = appendonly
+        self.extra = extra
         require_redis_py()
         self.workdir = workdir
         self.port = free_port("127.0.0.1")
@@ -72,14 +79,18 @@ class RedisServer:
             "700",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(
+                ("--appendonly", "yes", "--appendfsync", "always")
+                if self.appendonly
+                else ("--appendonly", "no")
+            ),
             "--dir",
             str(self.workdir),
             "--daemonize",
             "no",
             "--loglevel",
             "warning",
+            *self.extra,
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -112,6 +123,14 @@ class RedisServer:
         """Let a paused server run again (SIGCONT)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Crash the server (SIGKILL): what it had not made durable is lost."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
 
     def stop(self) -> None:
         """Stop the server (TERM, then KILL after a bounded wait)."""

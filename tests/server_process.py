@@ -70,6 +70,10 @@ class SrsdProcess:
 
     def start(self) -> SrsdProcess:
         """Start the server and wait until both ports accept connections."""
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> SrsdProcess:
+        """Start the server process; return at once (see :meth:`wait_ready`)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args,
@@ -79,6 +83,11 @@ class SrsdProcess:
                 env=self.env,
                 cwd=self.workdir,
             )
+        return self
+
+    def wait_ready(self) -> SrsdProcess:
+        """Wait until both ports accept connections (bounded); raise if srsd exits first."""
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

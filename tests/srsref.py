@@ -125,9 +125,11 @@ def external(local: bytes) -> bytes:
 def answer_local(local: bytes, *, quoted: bool) -> bytes:
     """An answer's local part as the spec ("Quoted local parts") says: the external form
     when the input was quoted, and also when the local part is empty (``""@host`` is a
-    mailbox, ``@host`` is not) or holds an address literal's ``[``, ``]`` or ``:``;
+    mailbox, ``@host`` is not) or holds an address literal's ``[``, ``]`` or ``:`` and is
+    not a quoted-string already (postsrsd's ``SRS0=…=x="a:b"@D`` decodes to ``"a:b"@x``);
     otherwise the bytes as they are (postsrsd's)."""
-    if quoted or not local or re.search(rb"[\[\]:]", local):
+    literal = re.search(rb"[\[\]:]", local) and not re.fullmatch(rb'"(?:[^"\\]|\\.)*"', local, re.S)
+    if quoted or not local or literal:
         return external(local)
     return local
 

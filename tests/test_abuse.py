@@ -42,9 +42,9 @@ from typing import Any
 import pytest
 import trio
 
-from srsd import connections
-from srsd.codec import Codec
-from srsd.server import Server
+from srsd.serve import loop
+from srsd.serve.server import Server
+from srsd.srs.codec import Codec
 from tests.local_users import NOBODY
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess, metric_samples
@@ -915,7 +915,7 @@ async def test_a_chunk_of_many_requests_does_not_hold_the_event_loop(tmp_path: P
         async with serving(tmp_path, config=config) as srv:
             watch.server = srv.server
             client = await trio.open_tcp_stream("127.0.0.1", srv.forward)
-            lines = 4 * connections.RECEIVE_SIZE
+            lines = 4 * loop.RECEIVE_SIZE
             received = bytearray()
 
             async def read_all() -> None:
@@ -933,4 +933,4 @@ async def test_a_chunk_of_many_requests_does_not_hold_the_event_loop(tmp_path: P
     finally:
         trio.lowlevel.remove_instrument(watch)
     print(f"\nmost requests answered in one task step: {watch.most}")
-    assert 0 < watch.most <= connections.ANSWERS_PER_PASS
+    assert 0 < watch.most <= loop.ANSWERS_PER_PASS

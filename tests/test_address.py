@@ -1,5 +1,5 @@
 # Address bytes and quoted local parts: split, dot-atom, quote/unquote, quoted SRS both ways.
-"""Unit tests for :mod:`srsd.address` and the codec's handling of RFC 5322 quoted local
+"""Unit tests for :mod:`srsd.srs.address` and the codec's handling of RFC 5322 quoted local
 parts (spec ``docs/srs-format.md``, "Quoted local parts"; research
 ``postfix-protocols.md`` §3.3-3.4 for what Postfix sends and expects back)."""
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from srsd import address
-from srsd.codec import Alphabet, BadHash, Codec, NotSRS
-from srsd.policy import Outcome, Policy
+from srsd.srs import address
+from srsd.srs.codec import Alphabet, BadHash, Codec, NotSRS
+from srsd.srs.policy import Outcome, Policy
 from tests import srsref as ref
 from tests.srsref import DOMAIN, NOW, SECRET
 
@@ -334,3 +334,18 @@ def test_address_literal_senders_get_a_quoted_srs_local_part(host: bytes) -> Non
     srs1 = hop2.forward(minted.replace(DOMAIN, b"hop1.example"), NOW)
     assert srs1.startswith(b'"SRS1=')
     assert hop2.reverse(srs1, NOW) == minted.replace(DOMAIN, b"hop1.example")
+
+
+@pytest.mark.parametrize(
+    "local", [b'"a:b"', b'"[192.0.2.1]"', b'"a]b[c"', b'"IPv6:2001:db8::1"', b'"x\\"y:z"']
+)
+def test_quoted_senders_minted_by_postsrsd_decode_as_before(local: bytes) -> None:
+    # postsrsd 1.x and Mail::SRS keep a quoted sender's quotes inside the SRS local part;
+    # the decoded local part is a quoted-string already, so "[", "]" and ":" in it do not
+    # get it quoted a second time (before the address-literal rule it came back as is).
+    minted = srs0_local(local, b"x.example") + b"@" + DOMAIN
+    assert STD.reverse(minted, NOW) == local + b"@x.example"
+    assert STD.reverse(minted.lower(), NOW) == local.lower() + b"@x.example"
+    # A stray quote is no quoted-string: plain bytes, quoted as a whole (mailbox).
+    stray = srs0_local(b'a"b:c', b"x.example") + b"@" + DOMAIN
+    assert STD.reverse(stray, NOW) == b'"a\\"b:c"@x.example'

@@ -1,9 +1,9 @@
 # The admission policy: hypothesis properties of the rule, and the incremental table against it.
-"""Properties of :mod:`srsd.admission`, over random sequences of connects, requests and
+"""Properties of :mod:`srsd.admission.rule`, over random sequences of connects, requests and
 closes by a few owners (hypothesis state machine), checked after every step:
 
-* the incremental :class:`~srsd.admission.Admission` decides exactly what the reference
-  :func:`~srsd.admission.decide` decides over the model's connections, both when busy
+* the incremental :class:`~srsd.admission.rule.Admission` decides exactly what the reference
+  :func:`~srsd.admission.rule.decide` decides over the model's connections, both when busy
   connections are reported to it and when it asks ``is_busy``;
 * never more than ``max_connections`` open, nor more than the cap for any one owner;
 * a busy connection is never evicted; a disallowed owner is never admitted; an allowed
@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from srsd import settings as srsd_settings
-from srsd.admission import (
+from srsd.admission.gatekeeper import Gatekeeper
+from srsd.admission.owners import REMOTE, UNKNOWN, Owner
+from srsd.admission.rule import (
     Admission,
     Connection,
     Decision,
@@ -36,8 +37,7 @@ from srsd.admission import (
     decide,
     resolve_users,
 )
-from srsd.gatekeeper import Gatekeeper
-from srsd.peercred import REMOTE, UNKNOWN, Owner
+from srsd.config import settings as srsd_settings
 
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
 MACHINE = settings(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Codec
+from srsd.srs.codec import Codec
 from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess, metric_samples

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import trio
 
-from srsd.connections import Service
-from srsd.listeners import Endpoint, Role
-from srsd.server import Server
+from srsd.serve.listeners import Endpoint
+from srsd.serve.loop import Service
+from srsd.serve.server import Server
+from srsd.srs.policy import Role
 from tests.test_server import (
     TIMEOUT,
     CapturedLog,

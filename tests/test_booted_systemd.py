@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Codec
+from srsd.srs.codec import Codec
 from tests import roots
 
 REPO = Path(__file__).resolve().parents[1]

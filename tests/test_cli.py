@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import srsd
-from srsd import settings
-from srsd.codec import Alphabet, Codec
+from srsd.config import settings
+from srsd.srs.codec import Alphabet, Codec
 
 TIMEOUT = 20.0
 DOMAIN = "forwarder.example.net"

@@ -1,5 +1,5 @@
 # SRS codec: SRS0/SRS1 forward and reverse, hashes, separators, ages, secrets, errors, properties.
-"""Unit tests and hypothesis properties for :mod:`srsd.codec` (spec: ``docs/srs-format.md``).
+"""Unit tests and hypothesis properties for :mod:`srsd.srs.codec` (spec: ``docs/srs-format.md``).
 
 Expected addresses come from :mod:`tests.srsref`, an independent reference (hand-written
 HMAC, base64 and base32), or are literal known answers from postsrsd and Mail::SRS.
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from srsd.codec import (
+from srsd.srs.codec import (
     Alphabet,
     BadHash,
     Codec,

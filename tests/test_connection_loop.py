@@ -1,7 +1,7 @@
 # What the connection loop makes new: one pass for every ready connection, slow paths, fairness.
-"""The reactor of :mod:`srsd.connections` seen from its clients, in-process, on loopback.
+"""The reactor of :mod:`srsd.serve.loop` seen from its clients, in-process, on loopback.
 
-A real :class:`srsd.server.Server` (the harness of ``test_server.py``) serves real sockets.
+A real :class:`srsd.serve.server.Server` (the harness of ``test_server.py``) serves real sockets.
 Asserted are behaviours the one-readiness-set loop must keep: requests of many connections
 that are ready together are all answered in one pass, each connection's in order; a
 connection that closes or resets while others are served disturbs nobody; a lookup waiting
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import trio
 
-from srsd.connections import ANSWERS_PER_PASS
 from srsd.envelope.store import EnvelopeStore
-from srsd.listeners import Role
-from srsd.server import Server
+from srsd.serve.loop import ANSWERS_PER_PASS
+from srsd.serve.server import Server
+from srsd.srs.policy import Role
 from tests.test_server import (
     TIMEOUT,
     _no_system_config,  # noqa: F401  (autouse: never read /etc/srsd)

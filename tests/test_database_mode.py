@@ -27,24 +27,31 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import trio
 
-from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode
-from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, StorageError
-from srsd.policy import Decision, Outcome, Policy
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Decision, Outcome, Policy
 from tests.immutable import immutable
+from tests.local_users import SECOND_UID, require_root, run_as
 from tests.ports import free_port
 from tests.redis_server import RedisServer
-from tests.server_process import SECRET, SrsdProcess, lookup
+from tests.server_process import SECRET, SrsdProcess, lookup, metric_samples
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"
@@ -428,6 +435,107 @@ def test_sqlite_outage_defers_logs_once_and_heals(tmp_path: Path) -> None:
         assert srsd.count(UNAVAILABLE) == 2  # once per outage, never per lookup
 
 
+READ_AS_OTHER = """
+import sys
+for path in sys.argv[1:]:
+    try:
+        open(path, "rb").read(1)
+    except PermissionError:
+        print("denied")
+    else:
+        print("read")
+"""
+
+
+def readable_by_another_user(*paths: Path) -> list[bool]:
+    """Whether uid :data:`SECOND_UID` (no group of ours) can read each of ``paths``."""
+    proc = run_as(SECOND_UID, READ_AS_OTHER, [str(p) for p in paths])
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    return [line == "read" for line in out.decode().split()]
+
+
+def test_every_file_srsd_creates_is_private_whatever_the_umask() -> None:
+    # umask 0, directories every user may enter and write (the state directory already
+    # there, 0777; a database elsewhere, sqlite:/abs/path): what srsd creates is 0600 and
+    # another user cannot read it; a database an older srsd left 0644 is made private.
+    require_root()
+    world = Path(tempfile.mkdtemp(prefix="srsd-modes-", dir="/tmp"))
+    old_umask = os.umask(0)
+    try:
+        world.chmod(0o777)
+        (world / "a").mkdir()
+        (world / "a" / "state").mkdir()
+        (world / "b").mkdir()
+        (world / "elsewhere").mkdir()
+        secret = world / "a" / "state" / "secrets"
+        subprocess.run([sys.executable, "-m", "srsd", "keygen", str(secret)], check=True)
+        left = world / "elsewhere" / "old.sqlite"
+        sqlite3.connect(left).execute("CREATE TABLE t (x)").connection.close()
+        left.chmod(0o644)
+        for workdir, args in [
+            (world / "a", ()),
+            (world / "b", ("--envelope-database", f"sqlite:{world}/elsewhere/new.sqlite")),
+            (world / "b", ("--envelope-database", f"sqlite:{left}")),
+        ]:
+            with Srsd(workdir, "--original-envelope", "database", *args) as srsd:
+                db = srsd.db_path if not args else Path(args[1].removeprefix("sqlite:"))
+                srsd.rewrite(long_sender(str(workdir)))  # creates the database, -wal, -shm
+                files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+                if db == left:
+                    assert srsd.count("made it private") == 1, srsd.context()
+                assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+                assert readable_by_another_user(*files) == [False] * 3
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert readable_by_another_user(secret) == [False]
+        assert readable_by_another_user(world / "b" / "srsd.log") == [True]  # the probe reads
+    finally:
+        os.umask(old_umask)
+        shutil.rmtree(world)
+
+
+#: Holds SQLite's write lock on a database (argv[1]) for argv[2] seconds, like a stuck writer.
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+print("released", flush=True)
+"""
+LOCK_HOLD = 10.0
+
+
+def test_reads_are_answered_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    # Writes wait out busy_timeout (2 s) each and queue; bounces to existing aliases must not
+    # queue behind them: WAL lets them read while the lock is held.
+    with Srsd(tmp_path, "--original-envelope", "database") as srsd:
+        old = [long_sender(f"old-{i}") for i in range(5)]
+        addresses = [srsd.rewrite(sender) for sender in old]
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(srsd.db_path), str(LOCK_HOLD)],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert locker.stdout is not None
+            assert locker.stdout.readline() == b"locked\n"
+            with ThreadPoolExecutor(16) as pool:
+                # More queued writes than the lock is held: 6 x busy_timeout > LOCK_HOLD.
+                writes = [pool.submit(srsd.forward, long_sender(f"new-{i}")) for i in range(6)]
+                time.sleep(0.5)  # the writes are waiting on the lock first
+                reverses = [pool.submit(srsd.reverse, address) for address in addresses]
+                for future, sender in zip(reverses, old, strict=True):
+                    assert future.result(timeout=LOCK_HOLD * 2) == b"200 " + sender
+                assert locker.poll() is None, "answered only once the lock was released"
+                locker.terminate()
+                for future in writes:  # 400 while locked, or 200 once released: never lost
+                    assert future.result(timeout=LOCK_HOLD * 2)[:4] in (b"200 ", b"400 ")
+        finally:
+            locker.kill()
+            locker.wait()
+
+
 # -- Redis -------------------------------------------------------------------------------------
 
 
@@ -492,6 +600,105 @@ def test_redis_outage_defers_logs_once_and_heals(tmp_path: Path, redis: RedisSer
         # The old sender writes again on its next mail, so its new bounces come home.
         again = srsd.rewrite(old)
         assert srsd.decode(again) == old, srsd.context()
+
+
+class Answers:
+    """Forward lookups from a thread, each reply recorded with when its request was sent."""
+
+    def __init__(self, srsd: Srsd) -> None:
+        self.srsd = srsd
+        #: (monotonic time the request was sent, sender, reply line)
+        self.replies: list[tuple[float, bytes, bytes]] = []
+
+    def forward(self, sender: bytes) -> bytes:
+        sent = time.monotonic()
+        reply = self.srsd.forward(sender)
+        self.replies.append((sent, sender, reply))
+        return reply
+
+    def issued(self, since: float = 0.0) -> list[tuple[bytes, bytes]]:
+        """(sender, address) of every ``200`` whose request was sent at ``since`` or later."""
+        return [(s, r[4:]) for t, s, r in self.replies if t >= since and r.startswith(b"200 ")]
+
+    def unreversible(self, since: float = 0.0) -> list[tuple[bytes, bytes]]:
+        """The ``200``s sent since ``since`` whose address does not reverse to its sender."""
+        return [
+            (sender, address)
+            for sender, address in self.issued(since)
+            if self.srsd.reverse(address) != b"200 " + sender
+        ]
+
+
+def _lookups_until(answers: Answers, senders: list[bytes], done: threading.Event) -> None:
+    """Forward ``senders`` round and round, and a new sender every few lookups, until done."""
+    n = 0
+    while not done.is_set():
+        n += 1
+        sender = senders[n % len(senders)] if n % 4 else long_sender(f"new-{n}")
+        answers.forward(sender)
+        if sender not in senders and answers.replies[-1][2].startswith(b"200 "):
+            senders.append(sender)
+
+
+@pytest.mark.parametrize("persistence", ["none", "aof"])
+def test_every_alias_answered_reverses_across_redis_crashes(
+    tmp_path: Path, persistence: str
+) -> None:
+    """Redis is killed (-9) and restarted on the same port, once between lookups and once
+    during them. Without persistence it comes back empty: every 200 answered once it is back
+    must reverse at once (srsd never answers with an alias from its memory of writes to the
+    server that died), and every earlier one once its sender has mailed again. With AOF and
+    appendfsync always, every 200 ever answered reverses. 400s while it is down are fine."""
+    redis = RedisServer(tmp_path / "redis", appendonly=persistence == "aof")
+    redis.workdir.mkdir()
+    (tmp_path / "srsd").mkdir()
+    args = ("--original-envelope", "database", "--envelope-database", redis.url)
+    metrics = free_port("127.0.0.1")
+    redis.start()
+    try:
+        with Srsd(tmp_path / "srsd", *args, "--metrics-listen", f"127.0.0.1:{metrics}") as srsd:
+            answers = Answers(srsd)
+            senders = [long_sender(i) for i in range(20)]
+            for sender in senders:
+                assert answers.forward(sender).startswith(b"200 "), srsd.context()
+            # Between lookups.
+            redis.kill()
+            redis.start()
+            back = time.monotonic()
+            for sender in senders:
+                answers.forward(sender)
+            lost = answers.unreversible(back)
+            assert not lost, (lost[:3], srsd.context())
+            # During lookups.
+            done = threading.Event()
+            load = threading.Thread(target=_lookups_until, args=(answers, senders, done))
+            load.start()
+            try:
+                time.sleep(0.5)
+                redis.kill()
+                time.sleep(0.3)
+                redis.start()
+                back = time.monotonic()
+                time.sleep(0.5)
+            finally:
+                done.set()
+                load.join(TIMEOUT)
+            lost = answers.unreversible(back)
+            assert not lost, (lost[:3], srsd.context())
+            if persistence == "none":
+                for sender in senders:  # each sender mails again: its alias is written again
+                    assert answers.forward(sender).startswith(b"200 "), srsd.context()
+            lost = answers.unreversible()
+            assert not lost, (lost[:3], srsd.context())
+            replies = [r[:4] for _, _, r in answers.replies]
+            assert replies.count(b"200 ") > 60
+            assert set(replies) <= {b"200 ", b"400 "}
+            assert srsd.count("restarted or failed over") == 2, srsd.context()
+            # Each crash is a database error, even where a retry on a new connection hid it.
+            errors = metric_samples(metrics)["srsd_database_errors_total"]
+            assert errors >= 2, srsd.context()
+    finally:
+        redis.stop()
 
 
 # -- flood cap and a store that is down at start -----------------------------------------------
@@ -563,6 +770,9 @@ class ForgetfulStore:
     without persistence)."""
 
     description = "memory"
+    remote = True
+    generation = 0
+    recovered = 0
 
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
@@ -588,6 +798,9 @@ class ForgetfulStore:
 
     async def check(self) -> None:
         self._up()
+
+    async def durability(self) -> str | None:
+        return None
 
     async def aclose(self) -> None:
         pass
@@ -636,7 +849,7 @@ async def test_redis_background_expiry_fails_while_redis_is_down(tmp_path: Path)
 def test_reloading_the_flood_cap_keeps_the_refused_count(tmp_path: Path) -> None:
     # srsd_database_writes_refused_total is a Prometheus counter: a reload must not reset it.
     from srsd.envelope import EnvelopeMode
-    from srsd.envelope.lookups import EnvelopeDatabase
+    from srsd.envelope.database import EnvelopeDatabase
     from srsd.envelope.store import SQLiteStore
 
     envelopes = EnvelopeDatabase(SQLiteStore(tmp_path / "db.sqlite", 60.0), EnvelopeMode.AUTO, 1)

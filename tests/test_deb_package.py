@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Codec
+from srsd.srs.codec import Codec
 from tests import roots
 from tests.ports import free_port
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from srsd import delivery
-from srsd.delivery import PostfixDelivery, alias_keys, domain_keys, split_list
-from srsd.policy import DomainSet
+from srsd.config.postfix import split_list
+from srsd.serve import delivery
+from srsd.serve.delivery import PostfixDelivery, alias_keys, domain_keys
+from srsd.srs.policy import DomainSet
 from tests.postfix.instance import backdate, find_program
 
 ALIASES = (

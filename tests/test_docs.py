@@ -2,7 +2,7 @@
 """Documentation drifts silently; these tests make it drift loudly.
 
 The README's settings table and ``packaging/srsd.toml.example`` are generated from the one
-table in :mod:`srsd.settings` (``python3 -m srsd.settings_text --write``): they must be
+table in :mod:`srsd.config.settings` (``python3 -m srsd.config.render --write``): they must be
 exactly what the table gives.
 """
 
@@ -14,21 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from srsd import settings, settings_text
+from srsd.config import render, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 TOML_EXAMPLE = ROOT / "packaging" / "srsd.toml.example"
 ENV_EXAMPLE = ROOT / "packaging" / "systemd" / "srsd.env.example"
-REGENERATE = "regenerate with: python3 -m srsd.settings_text --write"
+REGENERATE = "regenerate with: python3 -m srsd.config.render --write"
 
 
 def test_readme_settings_table_is_the_table() -> None:
-    assert settings_text.readme_with_table(README) == README, REGENERATE
+    assert render.readme_with_table(README) == README, REGENERATE
 
 
 def test_toml_example_is_the_table() -> None:
-    assert TOML_EXAMPLE.read_text(encoding="utf-8") == settings_text.example_file(), REGENERATE
+    assert TOML_EXAMPLE.read_text(encoding="utf-8") == render.example_file(), REGENERATE
 
 
 @pytest.mark.parametrize("field", settings.FIELDS, ids=lambda f: f.key)

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srsd import envelope
-from srsd.codec import Alphabet, Codec, Expired, SRSError
 from srsd.envelope.keys import (
     EnvelopeMode,
     RecentWrites,
@@ -26,6 +25,7 @@ from srsd.envelope.keys import (
     needs_database,
     use_database,
 )
+from srsd.srs.codec import Alphabet, Codec, Expired, SRSError
 
 NOW = 1577836860  # 2020-01-01 00:01:00 UTC, postsrsd's test clock
 SENDER = b"test@otherdomain.com"

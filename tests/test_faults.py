@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Codec
-from srsd.metrics import HTTP_CONNECTIONS
+from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS
+from srsd.srs.codec import Codec
 from tests.immutable import immutable
 from tests.server_process import SECRET, SrsdProcess, lookup
 from tests.test_abuse import LineConn, Target
@@ -223,6 +223,9 @@ def test_secrets_file_unreadable_for_the_run_as_user_at_sighup() -> None:
             assert (
                 RELOAD_FAILED + f"secrets_file: cannot read {srv.secret_file}: Permission denied"
             ) in srv.log()
+            # The advice is to fix its permissions, never to make a new secret.
+            assert f"fix its permissions so that uid {nobody.pw_uid} can read it" in srv.log()
+            assert "keygen" not in srv.log()
             still_serving(srv, secret)
             os.chown(srv.secret_file, nobody.pw_uid, nobody.pw_gid)  # the postmaster's fix
             srv.signal(signal.SIGHUP)

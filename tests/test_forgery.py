@@ -38,9 +38,9 @@ from fractions import Fraction
 
 import pytest
 
-from srsd import codec
-from srsd.codec import BadHash, Codec, SRSError, day_stamp
-from srsd.policy import Policy
+from srsd.srs import codec
+from srsd.srs.codec import BadHash, Codec, SRSError, day_stamp
+from srsd.srs.policy import Policy
 from tests import srsref as ref
 from tests.srsref import DAY, DOMAIN, NOW, SECRET
 

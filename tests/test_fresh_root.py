@@ -220,6 +220,13 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     assert status.returncode == 0 and status.stdout == "", status.stdout
     secret = in_root(root, f"cat {SECRET}").stdout
     assert secret
+    # srsd ran as a system user of its own, which owns its private state; not as nobody.
+    assert "running as srsd (uid " in started, started
+    assert "run_as nobody" not in started
+    user = in_root(root, "getent passwd srsd").stdout.strip().split(":")
+    assert len(user) == 7 and int(user[2]) < 1000 and user[5] == "/var/lib/srsd", user
+    modes = in_root(root, f"stat -c '%U %a' {SECRET.parent} {SECRET}").stdout.split("\n")
+    assert modes[:2] == ["srsd 700", "srsd 600"], modes
 
     marker = f"upgrade-check-{time.time_ns()}"
     commit_upstream(root, tmp_path / "upstream", marker)
@@ -238,6 +245,7 @@ def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path
     left = in_root(root, "command -v srsd || ls -d /opt/srsd || ls -d /usr/local/bin/srsd")
     assert left.returncode != 0, f"left after uninstall: {left.stdout}"
     assert in_root(root, f"cat {SECRET}").stdout == secret  # kept: old bounces still decode
+    assert in_root(root, "id -u srsd").returncode == 0  # kept: it owns the secret
 
     for step, seconds in timings.items():  # shown with -s / -rP, and in the closing note
         print(f"{step}: {seconds:.1f} s")

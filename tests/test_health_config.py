@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from srsd import service_env
-from srsd.systemd import parse_environment_file
+from srsd.config import service_env
+from srsd.host.systemd import parse_environment_file
 from tests.ports import free_port
 from tests.server_process import lookup
 from tests.test_operations import SRC, TIMEOUT, Daemon, child_env, write_secret
@@ -26,7 +26,8 @@ from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
 AS_ROOT_SHELL = r"""
 import sys
 from pathlib import Path
-from srsd import cli, service_env, settings
+from srsd import cli
+from srsd.config import service_env, settings
 settings.DEFAULT_CONFIG = Path(sys.argv[1])
 service_env.ENVIRONMENT_FILE = Path(sys.argv[2])
 sys.exit(cli.main(["health", *sys.argv[3:]]))
@@ -139,7 +140,8 @@ def test_environment_file_example_parses_as_the_unit_tests_read_it() -> None:
 SERVE_WITH_ENV_FILE = r"""
 import sys
 from pathlib import Path
-from srsd import cli, service_env
+from srsd import cli
+from srsd.config import service_env
 service_env.ENVIRONMENT_FILE = Path(sys.argv[1])
 sys.exit(cli.main(["serve", *sys.argv[2:]]))
 """

@@ -1,5 +1,5 @@
 # The stderr log writer: the text as before, batched writes, a full destination never waited for.
-"""``srsd.logs.LineWriter`` and the line formats it renders without :mod:`logging`.
+"""``srsd.host.logs.LineWriter`` and the line formats it renders without :mod:`logging`.
 
 The formats' fast paths must give exactly the text of the formats they replace (the
 :mod:`logging` formatter for plain lines, ``json.dumps`` for JSON lines), whatever the
@@ -27,7 +27,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srsd import logs
+from srsd.host import logs
 from tests.ports import free_port
 from tests.test_operations import TIMEOUT, child_env, serve_args, write_secret
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srsd import logs
+from srsd.host import logs
 from tests.ports import free_port
 from tests.test_operations import SRC, TIMEOUT, write_secret
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from srsd import milter
-from srsd.milter import (
+from srsd.wire import milter
+from srsd.wire.milter import (
     MAX_PACKET,
     Close,
     Decide,
@@ -334,3 +334,83 @@ def test_a_sender_over_the_message_bytes_is_a_temporary_failure() -> None:
     actions = session.feed(negotiate() + command(milter.MAIL, b"<" + b"s" * 2000 + b"@x>"))
     assert actions[1:] == [TEMPFAIL]
     assert not session.in_message and session.held == 0
+
+
+# -- splitting mixed transactions ----------------------------------------------------------
+
+
+def connect(port: int, family: bytes = b"4") -> bytes:
+    """Postfix's connect step: host name, family, port, address (port 0: sendmail/pickup)."""
+    return packet(b"C", b"client.test\x00" + family + struct.pack("!H", port) + b"127.0.0.1\x00")
+
+
+def test_a_splitting_session_asks_for_the_connect_step() -> None:
+    [reply] = Session(split=True).feed(negotiate())
+    steps = struct.unpack("!III", reply.data[5:])[2]  # type: ignore[union-attr]
+    assert not steps & milter.Step.NO_CONNECT and steps & milter.Step.NO_HELO
+
+
+def test_recipients_of_the_other_class_get_452_and_the_message_keeps_one_class() -> None:
+    session = Session(split=True)
+    actions = session.feed(
+        negotiate()
+        + connect(40000)
+        + command(milter.MAIL, b"<a@b.test>")
+        + command(milter.RCPT, b"<local@here>")
+    )
+    assert actions[-1] == milter.Classify(b"<local@here>") and session.splitting
+    assert session.admit(True) == CONTINUE.data
+    assert session.feed(command(milter.RCPT, b"<x@away>")) == [milter.Classify(b"<x@away>")]
+    assert session.admit(False) == TOO_MANY.data  # the other class: sent again later
+    assert session.feed(command(milter.RCPT, b"<y@away>")) == [milter.Classify(b"<y@away>")]
+    assert session.admit(None) == packet(b"t")  # cannot tell: that recipient is deferred
+    assert session.feed(command(milter.RCPT, b"<other@here>")) == [milter.Classify(b"<other@here>")]
+    assert session.admit(True) == CONTINUE.data
+    [decide] = session.feed(command(milter.END_OF_MESSAGE))
+    assert decide == Decide(Transaction(b"", b"<a@b.test>", (b"<local@here>", b"<other@here>")))
+    assert session.split == 1
+    # The next message starts over: its first recipient fixes its class.
+    session.feed(command(milter.MAIL, b"<a@b.test>") + command(milter.RCPT, b"<x@away>"))
+    assert session.admit(False) == CONTINUE.data
+
+
+@pytest.mark.parametrize(
+    ("stream", "why"),
+    [
+        (connect(0) + command(milter.MAIL, b"<a@b.test>"), "a local submission (port 0)"),
+        (command(milter.MAIL, b"<a@b.test>"), "no connect step"),
+        (packet(b"C", b"client.test\x00U") + command(milter.MAIL, b"<a@b>"), "family U"),
+        (connect(40000) + command(milter.MAIL, b"<>"), "a bounce"),
+    ],
+)
+def test_sessions_that_are_never_split(stream: bytes, why: str) -> None:
+    session = Session(split=True)
+    actions = session.feed(negotiate() + stream + command(milter.RCPT, b"<x@y>"))
+    assert actions[-1] == CONTINUE and not session.splitting, why
+
+
+def test_packets_behind_a_recipient_wait_for_its_class() -> None:
+    session = Session(split=True)
+    stream = negotiate() + connect(1234) + command(milter.MAIL, b"<a@b.test>")
+    stream += command(milter.RCPT, b"<r1@x>") + command(milter.RCPT, b"<r2@y>")
+    stream += command(milter.END_OF_MESSAGE)
+    actions = session.feed(stream)
+    assert actions[-1] == milter.Classify(b"<r1@x>")
+    assert session.feed(b"more") == []  # still waiting; kept, bounded
+    assert session.admit(False) == CONTINUE.data
+    session = Session(split=True)
+    session.feed(stream)
+    session.admit(False)
+    assert session.feed(b"") == [milter.Classify(b"<r2@y>")]
+    session.admit(True)  # the other class
+    assert session.feed(b"") == [Decide(Transaction(b"", b"<a@b.test>", (b"<r1@x>",)))]
+
+
+def test_input_while_classifying_is_bounded() -> None:
+    session = Session(split=True, max_packet=100)
+    session.feed(
+        negotiate() + connect(1234) + command(milter.MAIL, b"<a@b>") + command(milter.RCPT, b"<r>")
+    )
+    assert session.feed(b"x" * 200) == [Close("input while a recipient is being classified")]
+    with pytest.raises(RuntimeError):
+        session.admit(True)

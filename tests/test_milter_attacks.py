@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from srsd import milter
-from srsd.milter import command, negotiate, split_replies
+from srsd.wire import milter
+from srsd.wire.milter import command, negotiate, split_replies
 from tests.local_users import NOBODY, require_root, run_as
 from tests.ports import free_port
 from tests.server_process import SrsdProcess, metric_samples

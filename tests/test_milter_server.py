@@ -1,12 +1,13 @@
 # The milter endpoint in-process over real loopback sockets: decisions, failures, time-outs.
-"""A :class:`srsd.milter_server.MilterService` served by the connection loop on a real TCP
-listener, driven by a milter client speaking what Postfix 3.7 sends (``milter_protocol =
-6``). The policy and codec are the real ones; where recipients are delivered is a fixed
-``local_domains`` list here (the discovery through Postfix is tested in
-``test_delivery.py`` and end to end in ``tests/postfix/test_milter_flow.py``)."""
+"""A :class:`srsd.serve.milter_service.MilterService` served by the connection loop on a
+real TCP listener, driven by a milter client speaking what Postfix 3.7 sends
+(``milter_protocol = 6``). The policy and codec are the real ones; where recipients are
+delivered is a fixed ``local_domains`` list here (the discovery through Postfix is tested
+in ``test_delivery.py`` and end to end in ``tests/postfix/test_milter_flow.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import stat
@@ -19,17 +20,18 @@ from typing import Any
 import pytest
 import trio
 
-from srsd import milter, milter_server
-from srsd.codec import Codec
-from srsd.admission import Limits
-from srsd.connections import AdmitAll, Connection, ConnectionLoop, Gate
-from srsd.gatekeeper import Gatekeeper
-from srsd.delivery import PostfixDelivery
-from srsd.listeners import Endpoint, Wire
-from srsd.milter import command, macros, negotiate, packet, split_replies
-from srsd.milter_server import MemoryBudget, MilterReader, MilterService
-from srsd.peercred import PeerOwners
-from srsd.policy import Decision, DomainSet, Outcome, Policy
+from srsd.admission.gatekeeper import Gatekeeper
+from srsd.admission.owners import PeerOwners
+from srsd.admission.rule import Limits
+from srsd.serve import milter_service
+from srsd.serve.delivery import PostfixDelivery
+from srsd.serve.listeners import Endpoint
+from srsd.serve.loop import AdmitAll, Connection, ConnectionLoop, Gate
+from srsd.serve.milter_service import MemoryBudget, MilterReader, MilterService
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
+from srsd.wire import Wire, milter
+from srsd.wire.milter import command, macros, negotiate, packet, split_replies
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess
 from tests.test_operations import (
@@ -224,7 +226,7 @@ async def hanging(_: bytes) -> Decision:
 def test_what_srsd_cannot_decide_is_deferred(
     overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(milter_server, "DECIDE_SECONDS", 0.5)
+    monkeypatch.setattr(milter_service, "DECIDE_SECONDS", 0.5)
     svc = service(**overrides)
 
     async def body(client: Client) -> None:
@@ -412,7 +414,7 @@ def test_a_session_in_the_middle_of_a_message_is_never_evicted() -> None:
         return Gatekeeper(Limits(2, 2), PeerOwners(), loop.close, lambda c: c.busy)
 
     async def main() -> None:
-        async with serving(svc, gate) as (loop, port):
+        async with serving(svc, gate) as (_, port):
             busy = await negotiated(port)
             await busy.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
             assert await busy.replies(1) == [CONTINUE]
@@ -447,11 +449,14 @@ def test_neither_dribbled_bytes_nor_recipients_extend_a_session() -> None:
             started = trio.current_time()
             with trio.fail_after(5):
                 for i in range(len(partial) - 1):
-                    await dribbler.stream.send_all(partial[i : i + 1])
-                    await messenger.stream.send_all(command(milter.RCPT, b"<r%d@dest.test>" % i))
-                    await trio.sleep(0.05)
                     if not loop.connections:
                         break
+                    with contextlib.suppress(trio.BrokenResourceError):  # closed by srsd
+                        await dribbler.stream.send_all(partial[i : i + 1])
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        rcpt = command(milter.RCPT, b"<r%d@dest.test>" % i)
+                        await messenger.stream.send_all(rcpt)
+                    await trio.sleep(0.05)
             assert not loop.connections, "a session outlived its time-outs"
             assert trio.current_time() - started < 3
             assert await dribbler.replies(1) == []
@@ -502,3 +507,40 @@ def test_the_memory_budget_gives_each_owner_half() -> None:
     mallory.give(500)
     postfix.give(500)
     assert budget.used == 0 and not budget.by_owner
+
+
+def test_a_split_transaction_is_classified_off_the_loop_packets_behind_wait() -> None:
+    """split_mixed: each recipient is classified off the loop; the packets that came in the
+    same read behind it are answered after it, in order; the bytes kept go back to the
+    budget when the session ends."""
+    svc = service(split=True)
+    connect = packet(b"C", b"client.test\x00" + b"4" + (40000).to_bytes(2) + b"127.0.0.1\x00")
+
+    async def main() -> None:
+        async with serving(svc) as (loop, port):
+            client = await negotiated(port)
+            await client.stream.send_all(
+                connect
+                + command(milter.MAIL, b"<alice@origin.test>")
+                + command(milter.RCPT, b"<carol@dest.test>")
+                + command(milter.RCPT, b"<dave@mailbox.test>")
+                + command(milter.END_OF_MESSAGE)
+            )
+            replies = await client.replies(6)
+            too_many = (b"y", b"452 4.5.3 Too many recipients\x00")
+            assert replies[:4] == [CONTINUE, CONTINUE, CONTINUE, too_many]
+            assert [c for c, _ in replies[4:]] == [b"e", b"c"]  # rewritten: it leaves
+            assert svc.budget.used == 0  # the message was decided
+            await client.stream.send_all(
+                command(milter.MAIL, b"<alice@origin.test>")
+                + command(milter.RCPT, b"<dave@mailbox.test>")
+            )
+            assert await client.replies(2) == [CONTINUE, CONTINUE]
+            assert svc.budget.used > 0
+            await client.stream.aclose()
+            with trio.fail_after(5):
+                while loop.connections:
+                    await trio.sleep(0.01)
+            assert svc.budget.used == 0
+
+    trio.run(main)

@@ -8,7 +8,7 @@ with ``--run-as nobody`` for the privilege drop (the serving process's ``/proc/P
 is read), with ``--metrics-listen`` scraped over HTTP and parsed with prometheus_client's
 own parser, and ``srsd health`` as a subprocess. Nothing is mocked. Every listener is on
 loopback below port 32768, every wait is bounded by :data:`TIMEOUT`, every process started
-is stopped. Expected SRS addresses come from :class:`srsd.codec.Codec` and the secret the
+is stopped. Expected SRS addresses come from :class:`srsd.srs.codec.Codec` and the secret the
 test wrote, for the time before and after each lookup (a day may turn in between).
 """
 
@@ -42,8 +42,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import srsd
-from srsd import socketmap, tcp_table
-from srsd.codec import Codec
+from srsd.srs.codec import Codec
+from srsd.wire import socketmap, tcp_table
 from tests.ports import free_port
 from tests.server_process import fd_targets, lookup
 
@@ -633,6 +633,8 @@ def test_run_as_drops_every_privilege(world_dir: Path) -> None:
         assert status["Groups"] == ""
         assert status["CapEff"] == "0000000000000000"
         assert f"running as nobody (uid {nobody.pw_uid})" in daemon.log()
+        # nobody is every other daemon too: they could read the secret. srsd says so.
+        assert "WARNING: run_as nobody: every daemon running as nobody can read" in daemon.log()
         # the generated secret was handed over with the state directory
         secrets = state / "secrets"
         for path in (state, secrets):

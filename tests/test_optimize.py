@@ -20,8 +20,8 @@ SRC = Path(srsd.__file__).resolve().parent
 # Runs in the child. Every check is an explicit comparison, never an assert.
 CHILD = r"""
 import base64, hashlib, hmac, json, sys
-from srsd.codec import Alphabet, Codec, SRSError
-from srsd.policy import Outcome, Policy
+from srsd.srs.codec import Alphabet, Codec, SRSError
+from srsd.srs.policy import Outcome, Policy
 
 NOW, DAY, SECRET, DOMAIN = 1704110400, 86400, b"Vector-Secret-1", b"forwarder.test"
 srs = Codec([SECRET], DOMAIN, alphabet=Alphabet.BASE64)
@@ -138,8 +138,8 @@ def test_codec_rejects_forgeries_under_python_O() -> None:
 
 
 def test_sources_contain_no_assert_statement() -> None:
-    sources = sorted(SRC.glob("*.py"))
-    assert {p.name for p in sources} >= {"codec.py", "address.py", "policy.py"}
+    sources = sorted(SRC.rglob("*.py"))
+    assert {str(p.relative_to(SRC)) for p in sources} >= {"srs/codec.py", "srs/address.py"}
     for path in sources:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         found = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]

@@ -1,12 +1,12 @@
 # The owner of each peer: real peers as other users over TCP and unix sockets; the parsers.
-"""Tests of :mod:`srsd.peercred`.
+"""Tests of :mod:`srsd.admission.owners`.
 
 Real peers: a child process running as ``nobody`` (or a uid without a name) connects over
 loopback TCP (IPv4, IPv6, IPv4 on a dual-stack listener) and over a unix socket; srsd's
 lookup must name that uid, by sock_diag and by the /proc fallback; a peer that has closed
 must never be reported as root (the kernel says uid 0 for TIME-WAIT and orphaned sockets).
 The byte parsers: exact replies built here, then any bytes (hypothesis): only a valid
-owner, None or :class:`~srsd.peercred.PeerError`, never another exception.
+owner, None or :class:`~srsd.admission.owners.PeerError`, never another exception.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srsd import peercred
-from srsd.peercred import ABSENT, REMOTE, UNKNOWN, FourTuple, PeerError, PeerOwners
+from srsd.admission import owners as owner_wire
+from srsd.admission.owners import ABSENT, REMOTE, UNKNOWN, FourTuple, PeerError, PeerOwners
 from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
 
 TIMEOUT = 10.0
@@ -236,8 +236,8 @@ def error_message(seq: int, error: int) -> bytes:
 
 
 def test_diag_request_layout() -> None:
-    request = peercred.diag_request(PEER_TUPLE, 7)
-    assert len(request) == peercred.REQUEST_SIZE == 72
+    request = owner_wire.diag_request(PEER_TUPLE, 7)
+    assert len(request) == owner_wire.REQUEST_SIZE == 72
     length, kind, flags, seq, _ = struct.unpack_from("=IHHII", request)
     assert (length, kind, flags, seq) == (72, 20, 1, 7)
     family, protocol, _, _, states = struct.unpack_from("=BBBBI", request, 16)
@@ -249,7 +249,7 @@ def test_diag_request_layout() -> None:
 
 
 def test_diag_replies() -> None:
-    parse = peercred.parse_diag_reply
+    parse = owner_wire.parse_diag_reply
     assert parse(diag_message(PEER_TUPLE, 5, uid=65534), PEER_TUPLE, 5) == 65534
     assert parse(diag_message(PEER_TUPLE, 5, uid=0, state=6, inode=0), PEER_TUPLE, 5) == UNKNOWN
     assert parse(diag_message(PEER_TUPLE, 5, inode=0), PEER_TUPLE, 5) == UNKNOWN  # orphan
@@ -282,17 +282,17 @@ def test_proc_net_tcp_lines() -> None:
     )
     if os.uname().machine not in ("x86_64", "aarch64"):
         pytest.skip("the lines above are little-endian")
-    assert peercred.parse_proc_net_tcp(header + mine, PEER_TUPLE) == 65534
-    assert peercred.parse_proc_net_tcp(header + waiting, PEER_TUPLE) == UNKNOWN
-    assert peercred.parse_proc_net_tcp(header, PEER_TUPLE) == ABSENT
+    assert owner_wire.parse_proc_net_tcp(header + mine, PEER_TUPLE) == 65534
+    assert owner_wire.parse_proc_net_tcp(header + waiting, PEER_TUPLE) == UNKNOWN
+    assert owner_wire.parse_proc_net_tcp(header, PEER_TUPLE) == ABSENT
     with pytest.raises(PeerError):
-        peercred.parse_proc_net_tcp(header + mine[:60], PEER_TUPLE)
+        owner_wire.parse_proc_net_tcp(header + mine[:60], PEER_TUPLE)
 
 
 def test_ucred() -> None:
-    assert peercred.parse_ucred(struct.pack("=iII", 42, 103, 106)) == 103
+    assert owner_wire.parse_ucred(struct.pack("=iII", 42, 103, 106)) == 103
     with pytest.raises(PeerError):
-        peercred.parse_ucred(b"\0" * 11)
+        owner_wire.parse_ucred(b"\0" * 11)
 
 
 @settings(max_examples=500, deadline=None)
@@ -310,7 +310,7 @@ def test_any_netlink_bytes_give_an_owner_none_or_peer_error(
     )
     for blob in (data, framed, framed + data):
         try:
-            got = peercred.parse_diag_reply(blob, PEER_TUPLE, seq)
+            got = owner_wire.parse_diag_reply(blob, PEER_TUPLE, seq)
         except PeerError:
             continue
         assert got is None or got in (UNKNOWN, ABSENT) or (isinstance(got, int) and got >= 0)
@@ -322,7 +322,7 @@ def test_any_proc_text_gives_an_owner_or_peer_error(text: str) -> None:
     line = "   1: 0100007F:B26E 0100007F:2711 " + text
     for blob in (text, line):
         try:
-            got = peercred.parse_proc_net_tcp(blob, PEER_TUPLE)
+            got = owner_wire.parse_proc_net_tcp(blob, PEER_TUPLE)
         except PeerError:
             continue
         assert got in (UNKNOWN, ABSENT) or (isinstance(got, int) and got >= 0)

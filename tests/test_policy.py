@@ -1,5 +1,5 @@
 # Rewrite policy: which senders are rewritten, which recipients decoded, and every Outcome.
-"""Unit tests for :mod:`srsd.policy`: null senders, missing domains, the SRS domain,
+"""Unit tests for :mod:`srsd.srs.policy`: null senders, missing domains, the SRS domain,
 exclusions (:class:`DomainSet`), addresses that are already ours, foreign SRS, and the
 reverse outcomes. Expected SRS addresses come from the independent :mod:`tests.srsref`."""
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srsd.codec import Alphabet, Codec
-from srsd.policy import QUIET, Decision, DomainSet, Outcome, Policy, is_domain_name
+from srsd.srs.codec import Alphabet, Codec
+from srsd.srs.policy import QUIET, Decision, DomainSet, Outcome, Policy, is_domain_name
 from tests import srsref as ref
 from tests.srsref import DAY, DOMAIN, NOW, SECRET
 

@@ -72,7 +72,7 @@ def test_the_walk_sees_the_project() -> None:
     seen = texts()
     for name in (
         "README.md",
-        "src/srsd/codec.py",
+        "src/srsd/srs/codec.py",
         "tests/data/srs-golden.jsonl",
         "bench/loadgen/tcpmap_load.c",
         "docs/srs-format.md",

@@ -5,7 +5,7 @@ log as a postmaster reads it, and the first start with nothing but a domain.
 Every child gets a clean environment (no SRS_* variable of this machine leaks in), an empty
 ``--config`` file (so a real /etc/srsd/srsd.toml cannot change anything), free loopback
 ports below 32768, and is stopped at the end; every wait has a deadline. Expected SRS
-addresses are computed with :class:`srsd.codec.Codec` from the secrets the test wrote, for
+addresses are computed with :class:`srsd.srs.codec.Codec` from the secrets the test wrote, for
 the time before and after each lookup (a day may turn). The reply paths, framing, limits
 and time-outs are tested in-process in ``test_server.py``.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import srsd
-from srsd.codec import Codec
+from srsd.srs.codec import Codec
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess, lookup
 
@@ -188,6 +188,50 @@ def test_sighup_rotates_secrets(tmp_path: Path) -> None:
         assert lookup(srv.reverse_port, old) == b"500 Hash%20invalid%20in%20SRS%20address."
         assert lookup(srv.reverse_port, new[4:]) == b"200 " + ALICE
         kept.close()
+
+
+def catches_sighup(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGHUP (``SigCgt`` in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    return False
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_sighup_at_any_moment_of_the_start_is_never_fatal(tmp_path: Path, attempt: int) -> None:
+    # logrotate or a script may send SIGHUP while srsd starts. From the moment srsd's own
+    # code runs (Python's start-up before it cannot be covered) until well after it is ready,
+    # a SIGHUP every millisecond: srsd starts, serves, and applies the change made meanwhile.
+    srv = SrsdProcess(tmp_path)
+    srv.spawn()
+    assert srv.proc is not None
+    deadline = time.monotonic() + 10
+    while not catches_sighup(srv.proc.pid):
+        assert srv.proc.poll() is None, srv.log()
+        assert time.monotonic() < deadline, "srsd never took SIGHUP over"
+        time.sleep(0.001)
+    srv.secret_file.write_bytes(NEW_SECRET + b"\n" + SECRET + b"\n")  # changed while starting
+    sent = 0
+    try:
+        while not all(srv._accepting(p) for p in (srv.forward_port, srv.reverse_port)):
+            assert srv.proc.poll() is None, f"srsd died after {sent} SIGHUPs:\n{srv.log()}"
+            assert time.monotonic() < deadline, srv.log()
+            for _ in range(5):
+                srv.signal(signal.SIGHUP)
+                sent += 1
+                time.sleep(0.001)
+        srv.wait_ready()
+        for _ in range(100):  # and on, once ready
+            srv.signal(signal.SIGHUP)
+            time.sleep(0.001)
+        assert srv.proc.poll() is None, srv.log()
+        wait_log(srv, "configuration reloaded: 2 secret(s)")
+        reply, t0, t1 = forward(srv.forward_port)
+        assert reply[4:] in signed(NEW_SECRET, ALICE, t0, t1), srv.log()
+        assert sent > 0
+    finally:
+        assert srv.stop() == 0, srv.log()
 
 
 def test_sighup_with_a_broken_file_keeps_the_configuration(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 # In-process tests of the trio tcp_table server: replies, framing, limits, time-outs, signals.
-"""``srsd.server.Server`` run inside the test's own trio loop on free loopback ports.
+"""``srsd.serve.server.Server`` run inside the test's own trio loop on free loopback ports.
 
 Each test binds a real :class:`Server` (``bind`` then ``nursery.start(serve)``), talks to it
 over TCP with ``trio.open_tcp_stream`` and looks at its counters and log records. Every wait
@@ -34,13 +34,13 @@ from typing import Any
 import pytest
 import trio
 
-from srsd import settings as srsd_settings
-from srsd.codec import Codec
-from srsd.connections import Connection
-from srsd.logs import LOGGER
-from srsd.policy import Decision
-from srsd.server import BAD_REQUEST_LOG_RATE, Endpoint, Role, Server, StartError
-from srsd.settings import Settings
+from srsd.config import settings as srsd_settings
+from srsd.config.settings import Settings
+from srsd.host.logs import LOGGER
+from srsd.serve.loop import Connection
+from srsd.serve.server import BAD_REQUEST_LOG_RATE, Endpoint, Server, StartError
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Decision, Role
 from tests.ports import free_port
 
 SECRET = b"in-process-secret-7f3a9c0d"

@@ -1,5 +1,5 @@
 # Settings: precedence of defaults < TOML < environment < command line, validation, files.
-"""Tests for :mod:`srsd.settings`.
+"""Tests for :mod:`srsd.config.settings`.
 
 Every call passes an explicit ``environ`` so the machine's environment cannot leak in, and
 an autouse fixture points ``DEFAULT_CONFIG`` at a path that does not exist, so a real
@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_h
 from hypothesis import strategies as st
 
-from srsd import settings, settings_text
-from srsd.codec import Alphabet, BadHash, Codec, Expired, day_stamp
+from srsd.config import render, settings
+from srsd.config.settings import ConfigError
 from srsd.envelope import EnvelopeMode
-from srsd.envelope.location import SQLiteLocation
-from srsd.policy import DomainSet, Outcome
-from srsd.settings import ConfigError
+from srsd.envelope.location import RedisTarget, SQLiteLocation
+from srsd.srs.codec import Alphabet, BadHash, Codec, Expired, day_stamp
+from srsd.srs.policy import DomainSet, Outcome
 
 DOMAIN = "forwarder.example.net"
 SECRET = b"s3cr3t-for-settings"
@@ -524,7 +524,7 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
     place = Path(tempfile.mkdtemp(prefix="srsd-nobody-"))
     try:
         place.chmod(0o755)
-        shutil.copytree(Path(settings.__file__).parent, place / "srsd")
+        shutil.copytree(Path(settings.__file__).parent.parent, place / "srsd")
         system = write_secret(place / "system-secrets", b"root-only")
         state = place / "nobody-state"
         state.mkdir()
@@ -532,7 +532,7 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         for path in (state, state / "secrets"):
             shutil.chown(path, "nobody")
         child = (
-            "from pathlib import Path; from srsd import settings;"
+            "from pathlib import Path; from srsd.config import settings;"
             f"settings.SYSTEM_SECRETS = Path({str(system)!r});"
             f"s = settings.load({{'domain': {DOMAIN!r}, 'state_dir': {str(state)!r}}},"
             " environ={});"
@@ -552,7 +552,8 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         assert out.returncode == 1, (out.stdout, out.stderr)
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(
-            f"srsd.settings.ConfigError: secrets_file: cannot read {system}: Permission denied"
+            "srsd.config.settings.ConfigError: secrets_file: "
+            f"cannot read {system}: Permission denied"
         ), out.stderr
     finally:
         shutil.rmtree(place)
@@ -880,6 +881,7 @@ hash_alphabet = "base64"              # postsrsd 1.x spelling
 original_envelope = "auto"            # long senders through the envelope database
 envelope_database = "sqlite:{dir}/state/envelopes.sqlite"
 envelope_write_limit = 600
+redis_password_file = "{dir}/redis-password"  # read only for a Redis envelope_database
 state_dir = "{dir}/state"
 
 listen = ["127.0.0.1", "[::1]"]
@@ -898,6 +900,7 @@ milter_max_sessions = 300
 milter_max_sessions_per_user = 100
 milter_idle_timeout = 400
 milter_message_timeout = 1800
+split_mixed = "off"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
 max_connections = 200
@@ -932,6 +935,7 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.original_envelope is EnvelopeMode.AUTO
     assert s.envelope_database == SQLiteLocation(tmp_path / "state" / "envelopes.sqlite")
     assert s.envelope_write_limit == 600
+    assert s.redis_password_file == tmp_path / "redis-password"
     assert s.listen == ("127.0.0.1", "::1")
     assert (s.forward_port, s.reverse_port) == (20001, 20002)
     assert s.socketmap == settings.InetEndpoint("::1", 20003)
@@ -939,10 +943,10 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
     assert s.local_domains == ("example.net", ".hosted.example")
-    assert (s.rewrite_local, s.milter_recipient_limit) == (False, 500)
     assert (s.milter_message_bytes, s.milter_memory) == (262144, 32 << 20)
     assert (s.milter_max_sessions, s.milter_max_sessions_per_user) == (300, 100)
     assert (s.milter_idle_timeout, s.milter_message_timeout) == (400.0, 1800.0)
+    assert (s.rewrite_local, s.milter_recipient_limit, s.split_mixed) == (False, 500, "off")
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0
     assert isinstance(s.idle_timeout, float)
@@ -978,6 +982,59 @@ def test_bad_envelope_database(secret: Path, value: str, message: str) -> None:
     assert error.startswith("envelope_database:")
     assert message in error
     assert error.endswith("(from command line --envelope-database)")
+
+
+def test_a_redis_password_on_the_command_line_is_refused(secret: Path) -> None:
+    # Every local user can read a process's arguments (/proc/PID/cmdline).
+    url = "redis://srsd:hunter2@redis.internal:6379/0"
+    error = config_error(cli={**base_cli(secret), "envelope_database": url}, environ={})
+    assert error.startswith("envelope_database: a password on the command line is visible")
+    assert "hunter2" not in error
+    # Without a password, or from the environment, it is fine.
+    plain = settings.load({**base_cli(secret), "envelope_database": "redis://h:1/0"}, environ={})
+    assert isinstance(plain.envelope_database, RedisTarget)
+    s = settings.load(base_cli(secret), environ={"SRS_ENVELOPE_DATABASE": url})
+    assert isinstance(s.envelope_database, RedisTarget)
+    assert s.envelope_database.password == "hunter2"
+    assert s.warnings == ()
+
+
+def test_redis_password_file(tmp_path: Path, secret: Path) -> None:
+    password = write_secret(tmp_path / "redis-password", b"p@ss word:/\nignored\n")
+    cli = {
+        **base_cli(secret),
+        "envelope_database": "redis://srsd@redis.internal/2",
+        "redis_password_file": str(password),
+    }
+    s = settings.load(cli, environ={})
+    assert isinstance(s.envelope_database, RedisTarget)
+    assert (s.envelope_database.username, s.envelope_database.password) == ("srsd", "p@ss word:/")
+    assert s.envelope_database.db == 2
+    assert s.warnings == ()
+    password.chmod(0o644)
+    assert settings.load(cli, environ={}).warnings == (
+        f"{password} is a Redis password and is readable by group or others (mode 0644); "
+        "chmod 600 it",
+    )
+    write_secret(password, b"\nsecond line\n")
+    error = config_error(cli=cli, environ={})
+    assert error == f"redis_password_file: {password} holds no password on its first line"
+    password.unlink()
+    error = config_error(cli=cli, environ={})
+    assert error == f"redis_password_file: cannot read {password}: No such file or directory"
+
+
+def test_a_settings_file_with_a_redis_password_others_can_read_is_warned_about(
+    tmp_path: Path, secret: Path
+) -> None:
+    toml = write_toml(tmp_path / "srsd.toml", 'envelope_database = "redis://:pw@h/0"\n')
+    toml.chmod(0o600)
+    assert settings.load(base_cli(secret), environ={}, config=toml).warnings == ()
+    toml.chmod(0o644)
+    assert settings.load(base_cli(secret), environ={}, config=toml).warnings == (
+        f"{toml} holds a Redis password and is readable by group or others (mode 0644); "
+        "chmod 600 it",
+    )
 
 
 def test_bad_original_envelope(secret: Path) -> None:
@@ -1042,7 +1099,7 @@ def test_plan_reload_applies_what_it_can_and_keeps_the_rest(tmp_path: Path, secr
 
 def config_round_trip(tmp_path: Path, s: settings.Settings) -> settings.Settings:
     printed = tmp_path / "printed.toml"
-    printed.write_text(settings_text.effective_config(s), encoding="utf-8")
+    printed.write_text(render.effective_config(s), encoding="utf-8")
     return settings.load(None, environ={}, config=printed)
 
 
@@ -1057,7 +1114,7 @@ def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
     s = settings.load(
         {"hash_length": "6", "socketmap": "unix:/run/srsd/srsd.sock"}, environ=environ, config=toml
     )
-    text = settings_text.effective_config(s)
+    text = render.effective_config(s)
     lines = {line.split(" = ")[0]: line for line in text.splitlines() if " = " in line}
     assert lines.keys() == settings.FIELD_BY_KEY.keys()
     assert lines["max_age"] == f"max_age = 9  # from config file {toml}"
@@ -1081,7 +1138,7 @@ def test_config_names_every_source_and_reads_back(tmp_path: Path) -> None:
 
 def test_config_changed_shows_only_what_is_not_a_default(tmp_path: Path, secret: Path) -> None:
     s = settings.load(base_cli(secret), environ={"SRS_MAX_AGE": "9"})
-    text = settings_text.effective_config(s, changed=True)
+    text = render.effective_config(s, changed=True)
     assert [line.split(" = ")[0] for line in text.splitlines()[1:]] == [
         "domain",
         "secrets_file",
@@ -1148,10 +1205,10 @@ def test_config_output_reads_back_to_the_same_settings(
 def test_settings_and_the_command_line_import_no_server_machinery() -> None:
     # Validating envelope_database parses the URL only: no store, no trio, no sqlite3.
     code = (
-        "import sys, srsd.cli, srsd.settings\n"
-        "srsd.settings.parse_location('redis://h/1')\n"
+        "import sys, srsd.cli, srsd.config.settings\n"
+        "srsd.config.settings.parse_location('redis://h/1')\n"
         "print(sorted(m for m in ('trio', 'sqlite3', 'redis', 'srsd.envelope.store', "
-        "'srsd.server') if m in sys.modules))"
+        "'srsd.serve.server') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -1,7 +1,7 @@
 # Tests of the socketmap wire format (sans-IO): netstring framing, limits, exact reply bytes.
 """Exact bytes in, exact events or bytes out; then properties checked with hypothesis.
 
-The framing rules under test (``srsd.socketmap``): a request is ``LENGTH:PAYLOAD,``;
+The framing rules under test (``srsd.wire.socketmap``): a request is ``LENGTH:PAYLOAD,``;
 LENGTH is 1 to ``len(str(max_length))`` ASCII digits whose value is at most ``max_length``;
 a value over the bound is :class:`TooBig` at the digit that proves it, whatever follows and
 however the bytes were split; any other irregularity is :class:`BadFraming`; both close the
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from srsd.lookups import socketmap_reply
-from srsd.policy import Decision, Outcome
-from srsd.socketmap import (
+from srsd.serve.answers import socketmap_reply
+from srsd.srs.policy import Decision, Outcome
+from srsd.wire.socketmap import (
     MAX_REPLY,
     MAX_REQUEST,
     BadFraming,
@@ -523,7 +523,7 @@ def test_buffer_bound_under_a_byte_by_byte_feed(zeros: int, max_length: int, dat
         assert reader.buffered <= max_length + len(str(max_length)) + 2
 
 
-# -- regressions (bugs found by the tests above, fixed in srsd.socketmap) ---------------------
+# -- regressions (bugs found by the tests above, fixed in srsd.wire.socketmap) ---------------------
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 # In-process tests of the socketmap endpoint (TCP and unix socket) beside the tcp_table ports.
-"""``srsd.server.Server`` with ``socketmap`` set, run inside the test's own trio loop.
+"""``srsd.serve.server.Server`` with ``socketmap`` set, run inside the test's own trio loop.
 
 Each test binds a real :class:`Server` (``bind`` then ``nursery.start(serve, endpoints)``)
 with its two tcp_table ports and one socketmap endpoint, ``inet:127.0.0.1:PORT`` or
@@ -33,10 +33,12 @@ from typing import Any
 import pytest
 import trio
 
-from srsd import settings as srsd_settings
-from srsd.codec import Codec
-from srsd.server import Endpoint, Role, Server, StartError, Wire
-from srsd.settings import Settings
+from srsd.config import settings as srsd_settings
+from srsd.config.settings import Settings
+from srsd.serve.server import Endpoint, Server, StartError
+from srsd.srs.codec import Codec
+from srsd.srs.policy import Role
+from srsd.wire import Wire
 from tests.ports import free_port
 
 SECRET = b"socketmap-secret-5e1d0a77"
@@ -787,8 +789,8 @@ async def test_non_socket_at_the_path_is_never_deleted(
 
 PROBE_AS_NOBODY = r"""
 import os, sys, trio
-from srsd import settings
-from srsd.server import Server, StartError
+from srsd.config import settings
+from srsd.serve.server import Server, StartError
 loaded = settings.load(cli={"domain": "forwarder.test", "secrets_file": sys.argv[1],
                             "forward_port": 0, "reverse_port": 0,
                             "socketmap": "unix:" + sys.argv[2]}, environ={}, config=None)

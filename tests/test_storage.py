@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from srsd.codec import Codec
 from srsd.envelope import EnvelopeMode, alias_address, alias_key, key_of, use_database
 from srsd.envelope.location import DEFAULT_SQLITE_NAME, parse_redis_url
 from srsd.envelope.store import (
@@ -30,6 +29,7 @@ from srsd.envelope.store import (
     expire_periodically,
     open_store,
 )
+from srsd.srs.codec import Codec
 from tests.immutable import immutable
 from tests.ports import free_port
 from tests.redis_server import RedisServer
@@ -239,7 +239,7 @@ async def test_sqlite_corrupt_file_is_a_storage_error(tmp_path: Path) -> None:
 async def test_sqlite_missing_directory_then_recovery(tmp_path: Path) -> None:
     state = tmp_path / "state"
     s = SQLiteStore(state / "env.sqlite", LIFETIME)
-    with pytest.raises(StorageError, match="unable to open"):
+    with pytest.raises(StorageError, match="No such file or directory"):
         await s.put(KEY, SENDER, NOW)
     state.mkdir()
     await s.put(KEY, SENDER, NOW)
@@ -380,6 +380,8 @@ async def test_redis_credentials(redis_server: RedisServer) -> None:
         await ok.check()
         await ok.put(key(5), b"five@x", NOW)
         assert await ok.get(key(5), NOW) == b"five@x"
+        # Neither CONFIG nor INFO: srsd cannot tell how durable the server is, and says so.
+        assert "cannot tell" in (await ok.durability() or "")
         await ok.aclose()
         db2 = RedisStore(f"redis://srsd:pa%3Ass%2Fword@127.0.0.1:{redis_server.port}/2", LIFETIME)
         await db2.put(key(5), b"five@x", NOW)
@@ -439,6 +441,61 @@ async def test_redis_restart_while_idle_costs_no_failure(own_redis: RedisServer)
         await s.put(KEY, SENDER, NOW)  # the broken pooled connection is replaced
         assert await s.get(KEY, NOW) == SENDER
     await s.aclose()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+async def test_redis_restart_is_noticed_and_counted(own_redis: RedisServer, crash: bool) -> None:
+    # The restart hides behind redis-py's pool, which replaces the dead connection silently:
+    # it must still change the generation (the caller forgets what it wrote) and count as a
+    # database error, once per restart however many pooled connections it broke.
+    s = RedisStore(own_redis.url, LIFETIME, timeout=1.0)
+    async with trio.open_nursery() as nursery:  # several pooled connections
+        for i in range(4):
+            nursery.start_soon(s.put, key(i), b"x@y", NOW)
+    generation, recovered = s.generation, s.recovered
+    assert recovered == 0
+    for _ in (1, 2):
+        if crash:
+            own_redis.kill()
+        else:
+            own_redis.stop()
+        own_redis.start()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(s.put, key(i), b"x@y", NOW)
+        assert s.generation > generation
+        assert s.recovered > recovered
+        generation, recovered = s.generation, s.recovered
+    await s.aclose()
+
+
+@pytest.mark.parametrize(
+    ("appendonly", "extra", "warning"),
+    [
+        (False, (), "without AOF (appendonly no)"),
+        (True, (), None),
+        (True, ("--appendfsync", "everysec"), "appendfsync everysec"),
+        (True, ("--appendfsync", "no"), "appendfsync no"),
+        (False, ("--rename-command", "CONFIG", ""), "without AOF (appendonly no)"),
+        (True, ("--rename-command", "CONFIG", ""), "appendfsync policy cannot be read"),
+    ],
+)
+async def test_redis_durability_says_what_a_crash_would_lose(
+    tmp_path: Path, appendonly: bool, extra: tuple[str, ...], warning: str | None
+) -> None:
+    server = RedisServer(tmp_path, appendonly=appendonly, extra=extra).start()
+    try:
+        s = RedisStore(server.url, LIFETIME)
+        said = await s.durability()
+        await s.aclose()
+    finally:
+        server.stop()
+    if warning is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert warning in said
 
 
 async def test_redis_frozen_server_times_out_without_blocking_trio(own_redis: RedisServer) -> None:
@@ -603,10 +660,34 @@ def test_outage_is_logged_once_and_its_end_too(caplog: pytest.LogCaptureFixture)
     assert caplog.records[0].getMessage().startswith("envelope database sqlite:/x is back after")
 
 
+def test_an_outage_of_writes_is_logged_once_while_reads_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outage = Outage("sqlite:/x")
+    caplog.set_level(logging.INFO, logger="srsd")
+    for _ in range(1000):  # a read-only file: every write fails, every read works
+        outage.failed(StorageError("sqlite:/x: attempt to write a readonly database"), write=True)
+        outage.succeeded()
+    assert outage.down
+    assert len(caplog.records) == 1
+    assert "unavailable" in caplog.records[0].getMessage()
+    outage.failed(StorageError("sqlite:/x: disk I/O error"))  # reads fail too now
+    outage.succeeded()  # reads are back, writes not yet
+    assert outage.down
+    assert len(caplog.records) == 1
+    outage.succeeded(write=True)
+    assert not outage.down
+    assert len(caplog.records) == 2
+    assert "is back after" in caplog.records[1].getMessage()
+
+
 class FlakyStore:
     """A store whose expire fails ``failures`` times, then removes 3 entries each call."""
 
     description = "flaky"
+    remote = False
+    generation = 0
+    recovered = 0
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
@@ -625,6 +706,9 @@ class FlakyStore:
         raise NotImplementedError
 
     async def check(self) -> None:
+        raise NotImplementedError
+
+    async def durability(self) -> str | None:
         raise NotImplementedError
 
     async def aclose(self) -> None:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -32,8 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from srsd import server, settings
-from srsd.codec import Codec
+from srsd.config import settings
+from srsd.serve import server
+from srsd.srs.codec import Codec
 from tests.ports import free_port
 from tests.server_process import lookup
 from tests.test_operations import (
@@ -371,7 +373,8 @@ AS_NOBODY = r"""
 # imported before the drop: this python may live in /root, which nobody cannot read
 import argparse, gettext, locale, os, shutil, sys
 from pathlib import Path
-from srsd import cli, settings
+from srsd import cli
+from srsd.config import settings
 settings.DEFAULT_CONFIG = Path(sys.argv[1])
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(cli.main(sys.argv[2:]))
@@ -431,7 +434,8 @@ def test_unreadable_credential_is_one_clear_line(world_dir: Path, command: list[
     path = credentials / "srsd-secrets"
     assert done.stderr == (
         f"srsd: configuration error: secrets_file: cannot read {path}: "
-        "Permission denied (from systemd credential srsd-secrets); create "
-        f"one with: srsd keygen {path}\n"
+        "Permission denied (from systemd credential srsd-secrets); fix its permissions so "
+        f"that uid {pwd.getpwnam('nobody').pw_uid} can read it (chown or chmod), and keep it: "
+        "bounces to the addresses it signed decode only with it\n"
     )
     assert not state.exists(), "a secret was generated instead of using the credential"

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srsd.lookups import tcp_table_reply
-from srsd.policy import Decision, Outcome
-from srsd.tcp_table import (
+from srsd.serve.answers import tcp_table_reply
+from srsd.srs.policy import Decision, Outcome
+from srsd.wire.tcp_table import (
     MAX_REPLY,
     MAX_REQUEST,
     BadRequest,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from srsd.codec import Alphabet, Codec, SRSError, day_stamp
-from srsd.policy import Outcome, Policy
+from srsd.srs.codec import Alphabet, Codec, SRSError, day_stamp
+from srsd.srs.policy import Outcome, Policy
 from tests import srsref
 from tests.vectors import Row, load_golden
 

@@ -1,6 +1,6 @@
 # Stateful fuzzing of the two wire decoders: random splits, joins, garbage between requests, EOF.
-"""hypothesis state machines drive :class:`srsd.tcp_table.RequestReader` and
-:class:`srsd.socketmap.RequestReader` the way a hostile or clumsy client drives a connection.
+"""hypothesis state machines drive :class:`srsd.wire.tcp_table.RequestReader` and
+:class:`srsd.wire.socketmap.RequestReader` the way a hostile or clumsy client drives a connection.
 
 Rules queue bytes (a valid request, garbage, an over-long line or length) and deliver the
 queue in pieces of any size, or all at once, or end the stream; once the reader is closed
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from srsd import socketmap, tcp_table
+from srsd.wire import socketmap, tcp_table
 
 #: Examples per machine; ``SRSD_STATEFUL_EXAMPLES=20000`` for a long run by hand.
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))

@@ -1,4 +1,4 @@
-# The `srsd` command line: encode, decode, keygen and serve, with the shared settings flags.
+# The `srsd` command line: serve, encode, decode, keygen, config, health; shared settings flags.
 """Command-line entry point.
 
 ``srsd encode`` / ``srsd decode`` rewrite addresses given as arguments, or one per line
@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from srsd import __version__, health, service_env, settings
-from srsd.logs import show
-from srsd.policy import Decision
+from srsd import __version__
+from srsd.config import postfix, service_env, settings
+from srsd.host import health
+from srsd.host.logs import show
+from srsd.srs.policy import Decision
 
 EXIT_OK, EXIT_NOT_REWRITTEN, EXIT_USAGE = 0, 1, 2
 # Settings flags every command takes; the server-only ones come with `serve` and `health`.
@@ -116,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds to wait for each answer (default 5)",
     )
+    wiring = commands.add_parser(
+        "postfix-config",
+        parents=[common],
+        help="print the postconf commands that wire Postfix to srsd",
+        description="Print the postconf commands (main.cf and master.cf) that connect Postfix "
+        "to the endpoints the settings name, each with a comment saying why: pipe them into sh "
+        "and run postfix reload. --mode milter rewrites only mail that leaves this host; the "
+        "default is milter when a milter endpoint is configured, else canonical.",
+    )
+    _add_settings(wiring, _SERVE)
+    wiring.add_argument(
+        "--mode", choices=[m.value for m in postfix.Mode], help="canonical or milter"
+    )
     return parser
 
 
@@ -139,20 +156,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keygen(args.path, args.force)
     try:
         probe = args.command == "health"  # finds what the unit's srsd uses; no domain, no secret
-        environ = service_env.service_environment(os.environ) if probe else None
+        wire = args.command == "postfix-config"  # the same, with the domain
+        environ = service_env.service_environment(os.environ) if probe or wire else None
         loaded = settings.load(
             cli_values(args),
             config=args.config,
             environ=environ,
             create_secret=args.command == "serve" and not args.check,
-            need_secrets=not probe,
+            need_secrets=not (probe or wire),
             need_domain=not probe,
         )
     except settings.ConfigError as err:
         print(f"srsd: configuration error: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
-        from srsd import server  # noqa: PLC0415  (trio is only needed to serve)
+        from srsd.serve import server  # noqa: PLC0415  (trio is only needed to serve)
 
         reloaded = service_env.ReloadEnvironment(os.environ)  # re-reads /etc/default/srsd
         return server.run(
@@ -166,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if healthy else EXIT_NOT_REWRITTEN
     for warning in loaded.warnings:
         print(f"srsd: warning: {warning}", file=sys.stderr)
+    if wire:
+        return _postfix_config(loaded, args.mode)
     if args.command == "config":
-        from srsd.settings_text import effective_config  # noqa: PLC0415
+        from srsd.config.render import effective_config  # noqa: PLC0415
 
         sys.stdout.write(effective_config(loaded, changed=args.changed))
         return EXIT_OK
@@ -214,3 +234,53 @@ def _keygen(path: Path, force: bool) -> int:
         return EXIT_USAGE
     print(f"srsd keygen: wrote a new secret to {path} (mode 0600)", file=sys.stderr)
     return EXIT_OK
+
+
+def _postfix_config(loaded: settings.Settings, mode_name: str | None) -> int:
+    if mode_name is None:
+        mode = postfix.Mode.MILTER if loaded.milter is not None else postfix.Mode.CANONICAL
+    else:
+        mode = postfix.Mode(mode_name)
+    site, problem = live_site(os.environ)
+    if problem:
+        print(f"srsd postfix-config: {problem}; assuming Postfix's defaults", file=sys.stderr)
+    try:
+        steps = postfix.wiring(loaded, mode, site)
+    except postfix.WiringError as err:
+        print(f"srsd postfix-config: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(postfix.preamble(mode, loaded) + postfix.script(steps))
+    return EXIT_OK
+
+
+def live_site(environ: Mapping[str, str]) -> tuple[postfix.Site, str]:
+    """What :func:`srsd.config.postfix.wiring` needs of the Postfix whose configuration
+    ``postconf`` reads (``MAIL_CONFIG`` in ``environ``, else its default); Postfix's defaults
+    and the reason when it cannot be asked."""
+    lists = list(postfix.LIST_DEFAULTS)
+    domains = ("mydestination", "virtual_mailbox_domains", "relay_domains")
+    try:
+        plain = _postconf(["-h", "queue_directory", *lists], environ)
+        expanded = _postconf(["-xh", *domains], environ)
+    except (OSError, subprocess.SubprocessError, ValueError) as err:
+        return postfix.Site(), f"cannot ask postconf ({err})"
+    names = {
+        item.lower()
+        for value in expanded
+        for item in postfix.split_list(value)
+        if ":" not in item and not item.startswith(("/", "!"))
+    }
+    return postfix.Site(plain[0], dict(zip(lists, plain[1:], strict=True)), frozenset(names)), ""
+
+
+def _postconf(args: list[str], environ: Mapping[str, str]) -> list[str]:
+    program = shutil.which("postconf", path=f"{environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if program is None:
+        raise ValueError("postconf not found")
+    done = subprocess.run(
+        [program, *args], env=dict(environ), capture_output=True, text=True, timeout=30, check=True
+    )
+    values = done.stdout.split("\n")[: len(args) - 1]
+    if len(values) != len(args) - 1:
+        raise ValueError(f"postconf printed {done.stdout!r}")
+    return values

@@ -296,6 +296,11 @@ def sender_corpus(seed: int = 20240101) -> list[tuple[str, bytes]]:
         b'"\\\\"',
         b'"a=b c"',
         b'"SRS0=abcd=IL=ex.org=u v"',
+        # an address literal's "[", "]", ":" in a quoted sender (issue 18)
+        b'"a:b"',
+        b'"[192.0.2.1]"',
+        b'"a]b[c"',
+        b'"IPv6:2001:db8::1"',
     ):
         add("quoted", local, _domain(rng))
     for local in (b"a@b", b"x@y@z", b"SRS0=abcd=IL=ex.org=a@b", b"user@example.com"):

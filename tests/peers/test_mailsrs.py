@@ -3,7 +3,7 @@
 
 A deterministic corpus of a few hundred senders (``tests.peers.sender_corpus``) is run
 through Mail::SRS once per batch (``mailsrs.pl`` under libfaketime, date pinned) and
-through srsd's :class:`~srsd.codec.Codec` with the *standard* base64 alphabet at the same
+through srsd's :class:`~srsd.srs.codec.Codec` with the *standard* base64 alphabet at the same
 instant. Required, for every sender not excluded below:
 
 * Mail::SRS's SRS address and srsd's are the same bytes;
@@ -23,8 +23,8 @@ from collections import Counter
 
 import pytest
 
-from srsd.codec import Alphabet, Codec, SRSError
-from srsd.policy import DomainSet, Outcome, Policy
+from srsd.srs.codec import Alphabet, Codec, SRSError
+from srsd.srs.policy import DomainSet, Outcome, Policy
 from tests.peers import (
     DAY,
     DOMAIN,
@@ -235,6 +235,9 @@ def test_deliberate_differences(cross: CrossCheck) -> None:
             assert srsd_reverse(ours) == canonical_address(sender), (sender, ours)
             if theirs.ok:  # Mail::SRS's form carries the quotes in the middle
                 assert b'="' in theirs.value, (sender, theirs)
+                # ... and srsd decodes it to the quoted sender as it was given, "[", "]"
+                # and ":" included ("a:b"@x, never "\"a:b\""@x).
+                assert srsd_reverse(theirs.value) == sender, (sender, theirs)
         elif category == "at-in-local":
             # srsd splits at the last "@" and round-trips; Mail::SRS refuses the sender.
             assert not theirs.ok and b"may not contain an @" in theirs.value, (sender, theirs)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from srsd.codec import Alphabet, Codec
+from srsd.srs.codec import Alphabet, Codec
 from tests.peers import (
     DAY,
     DOMAIN,
@@ -575,6 +575,28 @@ def test_srsd_decodes_postsrsd(results: Results) -> None:
     ]
     assert len(rows) >= 280
     problems = [str(r) for r in rows if r.std.text != r.expected or r.url.text != r.expected]
+    assert not problems, report(problems)
+
+
+def test_quoted_senders_minted_by_postsrsd_decode_as_before(results: Results) -> None:
+    """postsrsd 1.10 keeps a quoted sender's quotes inside the SRS address it mints
+    (``SRS0=…=x.example="a:b"@D``); srsd decodes that, with either alphabet setting, to the
+    sender as it was given, as postsrsd does, also when the quoted-string holds an address
+    literal's ``[``, ``]`` or ``:`` (issue 18: never ``"\\"a:b\\""@x.example``)."""
+    minted = {
+        r.postsrsd.text: r.key
+        for r in results.forward
+        if r.category == "quoted" and r.postsrsd.found and b"@" not in r.key[: r.key.rfind(b"@")]
+    }
+    literal = [key for key in minted.values() if re.search(rb"[\[\]:]", key)]
+    assert len(literal) >= 4, minted
+    rows = {r.key: r for r in results.reverse}
+    problems = []
+    for address, sender in minted.items():
+        assert re.fullmatch(rb'SRS0=[^"]*="[^@]*"@forwarder\.test', address), address
+        row = rows[address]
+        if not (row.postsrsd.text == row.std.text == row.url.text == sender):
+            problems.append(f"{row} (want {sender!r})")
     assert not problems, report(problems)
 
 

@@ -40,7 +40,7 @@ from importlib import metadata
 
 import pytest
 
-from srsd.codec import Alphabet, BadHash, Codec, Malformed, SRSError
+from srsd.srs.codec import Alphabet, BadHash, Codec, Malformed, SRSError
 from tests.peers import (
     DOMAIN,
     PINNED,

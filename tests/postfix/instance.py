@@ -19,7 +19,10 @@ What it took (``docs/postfix-protocols.md`` §6):
   everything not routed explicitly goes to the ``error`` transport, so nothing leaves
   loopback.
 
-Nothing runs chrooted. :meth:`PostfixInstance.stop` runs ``postfix stop`` and then makes
+Nothing runs chrooted, unless ``stock_master_cf``: then ``master.cf`` is Debian's own, as the
+package installs it (``/usr/share/postfix/master.cf.dist``: smtpd, cleanup and most daemons
+chrooted in the queue directory), with its ``smtp inet`` listener moved to the loopback port.
+:meth:`PostfixInstance.stop` runs ``postfix stop`` and then makes
 sure the master and every process it had started are gone (SIGKILL after a bounded wait).
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import select
 import shutil
 import signal
@@ -46,6 +50,8 @@ COMMAND_TIMEOUT = 30.0
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 MAIL_OWNER = "postfix"
+#: Debian's master.cf, which the postfix package copies to /etc/postfix/master.cf.
+DEBIAN_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
 
 
 def find_program(name: str) -> str | None:
@@ -187,6 +193,7 @@ class PostfixInstance:
         *,
         main_cf: Mapping[str, str] | None = None,
         myhostname: str = "mx.forwarder.test",
+        stock_master_cf: bool = False,
     ) -> None:
         self.root = root
         self.config_dir = root / "etc"
@@ -195,6 +202,7 @@ class PostfixInstance:
         self.data_dir: Path | None = None
         self.log_path = root / "postfix.log"
         self.myhostname = myhostname
+        self.stock_master_cf = stock_master_cf
         self.smtpd_port = free_port("127.0.0.1")
         self.extra_main_cf = dict(main_cf or {})
         self.postfix = find_program("postfix") or "postfix"
@@ -255,6 +263,11 @@ class PostfixInstance:
         return settings
 
     def master_cf(self) -> str:
+        if self.stock_master_cf:
+            text = DEBIAN_MASTER_CF.read_text()
+            listener = re.compile(r"^smtp(\s+inet\s)", re.M)
+            assert listener.search(text), f"no smtp inet service in {DEBIAN_MASTER_CF}"
+            return listener.sub(f"127.0.0.1:{self.smtpd_port}\\1", text, count=1)
         # service type private unpriv chroot wakeup maxproc command
         rows = [
             (f"127.0.0.1:{self.smtpd_port}", "inet", "n", "-", "n", "-", "-", "smtpd"),

@@ -1,5 +1,5 @@
 # An SMTP sink on loopback (aiosmtpd) that records every delivery for the real-Postfix tests.
-"""A tiny SMTP server that accepts everything and remembers what it got.
+"""A tiny SMTP server that accepts everything (but :data:`REFUSED_DOMAIN`) and remembers it.
 
 Postfix relays ``dest.test`` and ``origin.test`` here. The sink advertises SMTPUTF8 (Postfix
 bounces a UTF-8 message to a server that does not) and greets with its own host name
@@ -38,11 +38,24 @@ class Delivery:
         return self.data.decode("utf-8", errors="replace")
 
 
+#: Recipients at this domain are refused at RCPT (550), the next hop that says "no such user".
+REFUSED_DOMAIN = "refuse.test"
+
+
 class _Recorder:
-    """aiosmtpd handler: accept every message and append it to the sink's list."""
+    """aiosmtpd handler: accept every message (recipients at :data:`REFUSED_DOMAIN` excepted)
+    and append it to the sink's list."""
 
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower().endswith("@" + REFUSED_DOMAIN):
+            return f"550 5.1.1 <{address}>: no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         content = envelope.original_content or envelope.content or b""

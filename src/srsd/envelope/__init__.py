@@ -4,7 +4,7 @@
 * :mod:`srsd.envelope.keys` - pure: why and how a sender is stored, the key scheme, when
   to alias, the flood cap (no I/O, no clock);
 * :mod:`srsd.envelope.store` - the stores (SQLite, Redis) behind one async interface;
-* :mod:`srsd.envelope.lookups` - the database between the policy and the wire at lookup
+* :mod:`srsd.envelope.database` - the database between the policy and the wire at lookup
   time (aliasing, resolving, the flood cap, outages).
 
 The pure names are re-exported here; importing this package never imports trio.

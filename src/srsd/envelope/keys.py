@@ -50,7 +50,7 @@ import enum
 import hashlib
 from collections import OrderedDict
 
-from srsd import address, codec
+from srsd.srs import address, codec
 
 #: The domain of an alias address: not a valid mail domain, so it cannot clash with one.
 ALIAS_DOMAIN = b"1"

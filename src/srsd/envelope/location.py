@@ -1,7 +1,7 @@
 # Where the envelope database lives (setting envelope_database): parsed once, pure, no I/O.
 """The value of ``envelope_database``, parsed into a :data:`StoreLocation`.
 
-Pure on purpose: :mod:`srsd.settings` validates the setting with it without importing the
+Pure on purpose: :mod:`srsd.config.settings` validates the setting with it without importing the
 stores (trio, sqlite3, redis-py); :func:`srsd.envelope.store.open_store` opens what it
 describes. Accepted forms:
 

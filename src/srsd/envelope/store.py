@@ -19,6 +19,11 @@ is raised as :class:`StorageError` and nothing else, so the caller has one thing
 a temporary failure (``400``/``TEMP``: Postfix defers and retries, no mail is lost). Both
 stores recover by themselves: SQLite reopens its file after an error, redis-py reconnects.
 
+A store also says when it may have lost entries behind srsd's back (:attr:`EnvelopeStore.generation`
+changes: a new connection to a Redis that may have restarted empty) and whether it lives in a
+server that can (:attr:`EnvelopeStore.remote`): the caller then confirms with a read what it
+remembers having written, before it hands out an alias (:mod:`srsd.envelope.database`).
+
 The clock is a parameter (``now``, Unix seconds) for SQLite, which stores the expiry time
 in each row; Redis expires keys by its own clock and ignores ``now``.
 """
@@ -28,11 +33,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sqlite3
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar, cast
 
 import trio
 
@@ -74,6 +82,24 @@ class EnvelopeStore(Protocol):
     #: Where the data lives, for logs (never contains a password).
     description: str
 
+    @property
+    def remote(self) -> bool:
+        """True when the data lives in a server that can restart, be flushed or fail over
+        while srsd runs (Redis): what srsd wrote there lately is confirmed before use."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the store may have lost entries written before (a new
+        connection to the server: it may have restarted empty)."""
+        ...
+
+    @property
+    def recovered(self) -> int:
+        """Failures the store recovered from by itself (a command retried on a new
+        connection, a restart noticed): database errors no caller saw (the metric)."""
+        ...
+
     async def put(self, key: bytes, sender: bytes, now: float) -> None:
         """Store ``sender`` under ``key`` until ``now + lifetime``; idempotent (refreshes)."""
         ...
@@ -90,6 +116,11 @@ class EnvelopeStore(Protocol):
         """Open or connect now and raise StorageError if the store is not usable."""
         ...
 
+    async def durability(self) -> str | None:
+        """Why acknowledged writes could be lost on a crash of the store, or None if they
+        cannot; raises StorageError when the store cannot be asked."""
+        ...
+
     async def aclose(self) -> None:
         """Release the connection; the store is unusable afterwards."""
         ...
@@ -99,32 +130,46 @@ class Outage:
     """Log a storage outage once: its first failure and its end, nothing in between.
 
     Call :meth:`failed` with each StorageError and :meth:`succeeded` after each successful
-    operation; :attr:`down` says whether the store is failing now and :attr:`failures`
-    counts every failure (a metric). One tracker per store, shared by every caller.
+    operation, both saying whether the operation wrote; :attr:`down` says whether the store
+    is failing now and :attr:`failures` counts every failure (a metric). One tracker per
+    store, shared by every caller. An outage of writes (a read-only file, a full disk, a
+    Redis replica) ends only with a write that works, not with the reads that go on working
+    meanwhile, so it is logged once however reads and writes alternate; a write that works
+    ends any outage (what can write can read).
     """
 
     def __init__(self, description: str, logger: logging.Logger = LOG) -> None:
         self.description = description
         self.logger = logger
-        self.down = False
         self.failures = 0
+        self._failing: set[bool] = set()  # the kinds failing now: True for writes
         self._since = 0.0
 
-    def failed(self, err: StorageError) -> None:
+    @property
+    def down(self) -> bool:
+        """True from a failure until the operations that failed work again."""
+        return bool(self._failing)
+
+    def failed(self, err: StorageError, *, write: bool = False) -> None:
         """Count a failure; log a warning if it starts an outage."""
         self.failures += 1
-        if not self.down:
-            self.down = True
+        if not self._failing:
             self._since = time.monotonic()
             self.logger.warning(
                 "envelope database unavailable, lookups fail temporarily until it is back: %s",
                 err,
             )
+        self._failing.add(write)
 
-    def succeeded(self) -> None:
-        """Note a success; log the end of an outage if there was one."""
-        if self.down:
-            self.down = False
+    def succeeded(self, *, write: bool = False) -> None:
+        """Note a success; log the end of an outage if this ends it."""
+        if not self._failing:
+            return
+        if write:
+            self._failing.clear()
+        else:
+            self._failing.discard(False)
+        if not self._failing:
             self.logger.warning(
                 "envelope database %s is back after %.1f s",
                 self.description,
@@ -146,13 +191,14 @@ async def expire_periodically(
     retried at the next interval; lookups are never held up for long (see
     :meth:`SQLiteStore.expire`). For Redis it costs one ``PING`` (see :meth:`RedisStore.expire`).
     """
+    write = not store.remote  # a SQLite expiry deletes rows; Redis's only pings
     while True:
         try:
             removed = await store.expire(clock())
         except StorageError as err:
-            outage.failed(err)
+            outage.failed(err, write=write)
         else:
-            outage.succeeded()
+            outage.succeeded(write=write)
             if removed:
                 outage.logger.info("envelope database: %d expired entries removed", removed)
         await trio.sleep(interval)
@@ -209,6 +255,44 @@ def _is_readonly(err: BaseException | None) -> bool:
     return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_READONLY
 
 
+#: The mode of every file srsd's SQLite store creates: the table maps keys to real senders.
+PRIVATE_FILE = 0o600
+_SIDE_FILES = ("", "-wal", "-shm")
+
+
+def make_private(path: Path, logger: logging.Logger = LOG) -> None:
+    """Create ``path`` empty with mode 0600 if missing, whatever the umask; and take group and
+    others' access away from it and its ``-wal``/``-shm`` when this user owns them (files an
+    older srsd made 0644 in a directory every user can enter). SQLite gives the ``-wal`` and
+    ``-shm`` files it creates the database file's mode, so they follow."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, PRIVATE_FILE)  # exactly 0600, even under a umask like 0277
+        finally:
+            os.close(fd)
+        return
+    for suffix in _SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            info = side.lstat()
+            if info.st_uid == os.geteuid() and info.st_mode & 0o077 and side.is_file():
+                side.chmod(info.st_mode & 0o700)
+                logger.warning(
+                    "envelope database file %s was readable by other users (mode %04o): "
+                    "made it private",
+                    side,
+                    info.st_mode & 0o777,
+                )
+
+
+class _NoReader(Exception):
+    """The file or its table does not exist yet: the writer creates them."""
+
+
 class SQLiteStore(_ThreadedStore):
     """Envelope store in one SQLite file (WAL mode), for a single host.
 
@@ -218,14 +302,23 @@ class SQLiteStore(_ThreadedStore):
       ``synchronous=FULL``: an entry is on disk before its SRS address leaves.
     * Reads ignore expired rows, so an entry is gone on time even before :meth:`expire`.
     * :meth:`expire` deletes in batches of ``batch_size`` rows, each its own short
-      transaction, so lookups queued behind it wait for one batch at most.
-    * One connection, used by one worker thread at a time (a ``CapacityLimiter(1)``; the OS
-      thread may change between calls, hence ``check_same_thread=False``). Another process
-      holding a lock makes an operation wait up to ``busy_timeout`` seconds, then fail.
-    * After any error the connection is closed and the next operation opens the file
+      transaction, so writes queued behind it wait for one batch at most.
+    * Two connections, each used by one worker thread at a time (a ``CapacityLimiter(1)``
+      each; the OS thread may change between calls, hence ``check_same_thread=False``): one
+      writes, the other (opened read-only) only reads, so that a lookup of an existing entry
+      never queues behind writes. In WAL mode a read needs no lock a writer holds: while
+      another process holds the write lock, writes wait up to ``busy_timeout`` seconds then
+      fail, and reads go on.
+    * The file is created 0600 whatever the umask (:func:`make_private`); ``-wal`` and
+      ``-shm`` take its mode.
+    * After any error a connection is closed and the next operation opens the file
       again: a file that was unwritable (or missing, or locked) works again as soon as the
-      condition is gone, without a restart. The connection is opened lazily.
+      condition is gone, without a restart. Connections are opened lazily.
     """
+
+    remote = False
+    generation = 0
+    recovered = 0
 
     def __init__(
         self,
@@ -243,7 +336,9 @@ class SQLiteStore(_ThreadedStore):
         self.batch_size = batch_size
         self.description = f"sqlite:{self.path}"
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
         self._closed = False
 
     # -- worker-thread side ----------------------------------------------------------------
@@ -251,6 +346,7 @@ class SQLiteStore(_ThreadedStore):
     def _open(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
+        make_private(self.path)
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout,
@@ -272,10 +368,39 @@ class SQLiteStore(_ThreadedStore):
         self._conn = conn
         return conn
 
+    def _open_reader(self) -> sqlite3.Connection:
+        if self._reader is not None:
+            return self._reader
+        if not self.path.exists():
+            raise _NoReader
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.text_factory = bytes
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
+            ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if exists is None:
+            conn.close()
+            raise _NoReader
+        self._reader = conn
+        return conn
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):  # a broken connection: nothing to do
+                conn.close()
+
+    def _drop_reader(self) -> None:
+        conn, self._reader = self._reader, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
                 conn.close()
 
     def _client(self) -> sqlite3.Connection:
@@ -295,6 +420,25 @@ class SQLiteStore(_ThreadedStore):
         except StorageError:
             self._drop()
             raise
+
+    def _read_call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return op(self._open_reader())
+        except _NoReader:
+            raise
+        except Exception as err:
+            self._drop_reader()
+            raise StorageError(f"{self.description}: {err}") from err
+
+    async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on the read-only connection; through the writer (which creates the
+        file and the table) while they do not exist."""
+        if self._closed:
+            raise StorageError(f"{self.description}: store is closed")
+        try:
+            return await trio.to_thread.run_sync(self._read_call, op, limiter=self._read_limiter)
+        except _NoReader:
+            return await self._run(op)
 
     # -- trio side ---------------------------------------------------------------------------
 
@@ -316,7 +460,7 @@ class SQLiteStore(_ThreadedStore):
             row = conn.execute(_GET, (name, math.floor(now))).fetchone()
             return None if row is None else row[0]
 
-        value = await self._run(op)
+        value = await self._read(op)
         if value is None:
             return None
         if not isinstance(value, bytes):
@@ -345,28 +489,50 @@ class SQLiteStore(_ThreadedStore):
             row = conn.execute("SELECT count(*) FROM kv").fetchone()
             return int(row[0])
 
-        return await self._run(op)
+        return await self._read(op)
 
     async def check(self) -> None:
-        """Open the file (creating the table if needed) and raise StorageError if unusable."""
+        """Open the file (creating it 0600, and the table, if needed) and raise StorageError
+        if unusable."""
         await self._run(lambda conn: conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall())
 
+    async def durability(self) -> str | None:
+        """None: ``synchronous = FULL`` puts every entry on disk before srsd answers."""
+        return None
+
     async def aclose(self) -> None:
-        """Close the connection (after any operation in flight)."""
-        async with self._limiter:
+        """Close both connections (after any operation in flight)."""
+        async with self._limiter, self._read_limiter:
             self._closed = True
             await trio.to_thread.run_sync(self._drop)
+            await trio.to_thread.run_sync(self._drop_reader)
 
 
 # -- Redis ------------------------------------------------------------------------------------
 
 
-def _redis_client(target: RedisTarget, timeout: float, max_connections: int) -> redis.Redis:
+class _Connections:
+    """Counts the connections redis-py makes (its ``redis_connect_func``): its pool replaces
+    a connection the server closed without telling anyone, and each new one may reach a
+    server that restarted empty."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, connection: Any) -> None:
+        connection.on_connect()  # what redis-py does without a connect function
+        with self._lock:
+            self.made += 1
+
+
+def _redis_client(
+    target: RedisTarget, timeout: float, max_connections: int, on_connect: _Connections
+) -> redis.Redis:
     """A redis-py client for ``target``; imported here: redis-py is an optional dependency."""
     try:
         import redis  # noqa: PLC0415
         from redis.backoff import NoBackoff  # noqa: PLC0415
-        from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
         from redis.retry import Retry  # noqa: PLC0415
     except ImportError:
         raise ValueError(
@@ -383,10 +549,57 @@ def _redis_client(target: RedisTarget, timeout: float, max_connections: int) -> 
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         socket_keepalive=True,  # TCP only, as postsrsd 2.0.5+
-        # One immediate retry, on a broken connection only (a stale pooled connection
-        # after a Redis restart); a time-out is not retried, so it costs one time-out.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # No retry inside redis-py, where it would be invisible: RedisStore retries itself
+        # and counts each retry as a database error.
+        retry=Retry(NoBackoff(), 0),
+        redis_connect_func=cast(Callable[[], None], on_connect),  # called with the connection
         max_connections=max_connections,
+    )
+
+
+def _persistence_warning(client: redis.Redis, description: str) -> str | None:
+    """Why ``client``'s server would lose acknowledged writes on a crash, or None.
+
+    ``CONFIG GET appendonly`` / ``appendfsync``; where CONFIG is renamed away or not allowed,
+    ``INFO persistence`` (which tells whether AOF is on, not its fsync policy).
+    """
+    from redis.exceptions import ResponseError  # noqa: PLC0415
+
+    fsync: str | None
+    try:
+        aof = str(client.config_get("appendonly").get("appendonly", ""))
+        fsync = str(client.config_get("appendfsync").get("appendfsync", ""))
+    except ResponseError:
+        try:
+            info = client.info("persistence")
+        except ResponseError:
+            return (
+                f"cannot tell whether Redis at {description} keeps what srsd writes across a "
+                "crash (CONFIG and INFO are not allowed): make sure it runs with "
+                "appendonly yes and appendfsync always"
+            )
+        aof = "yes" if info.get("aof_enabled") else "no"
+        fsync = None
+    if aof != "yes":
+        return (
+            f"Redis at {description} runs without AOF (appendonly no): a crash or restart of "
+            "redis-server loses every alias written since its last snapshot, and bounces to "
+            "the SRS addresses srsd answered with them are refused; set appendonly yes and "
+            "appendfsync always (README: the envelope database)"
+        )
+    if fsync == "always":
+        return None
+    if fsync is None:
+        return (
+            f"Redis at {description} has AOF on but its appendfsync policy cannot be read "
+            "(CONFIG is not allowed): with anything but appendfsync always, a crash of the "
+            "host loses the last acknowledged writes"
+        )
+    lost = "the last second or two" if fsync == "everysec" else "up to about 30 s"
+    return (
+        f"Redis at {description} runs with appendfsync {fsync}: a crash of the host or a "
+        f"power loss loses {lost} of acknowledged writes (aliases whose bounces are then "
+        "refused); appendfsync always loses none"
     )
 
 
@@ -401,11 +614,18 @@ class RedisStore(_ThreadedStore):
     * Connect and read time-outs (``timeout``, 2 s) bound every operation during an outage
       (an unresponsive server costs one time-out); a refused connection fails at once.
       A broken connection is retried once at once, which covers pooled connections that
-      went stale while Redis restarted: the first operation after a restart succeeds.
+      went stale while Redis restarted; the retry is counted (:attr:`recovered`).
+    * Every new connection (redis-py's pool also replaces closed ones silently) changes
+      :attr:`generation`: it may reach a server that restarted empty. The server's
+      ``run_id`` is then read (``INFO server``) and a changed one logged and counted.
     * Commands used: ``GET``, ``SET``, ``PING`` (and ``SELECT`` for a database other than 0),
       so a Redis ACL user can be this narrow:
-      ``ACL SETUSER srsd on >PASSWORD ~PostSRSd/* -@all +get +set +ping +select``.
+      ``ACL SETUSER srsd on >PASSWORD ~PostSRSd/* -@all +get +set +ping +select``; with
+      ``+info +config|get`` too, srsd also notices restarts by their ``run_id`` and checks the
+      server's persistence at start (:meth:`durability`).
     """
+
+    remote = True
 
     def __init__(
         self,
@@ -418,15 +638,81 @@ class RedisStore(_ThreadedStore):
         if lifetime <= 0 or timeout <= 0 or max_threads < 1:
             raise ValueError("lifetime, timeout and max_threads must be positive")
         target = parse_redis_url(url) if isinstance(url, str) else url
-        self._redis = _redis_client(target, timeout, max_threads)
+        self._connections = _Connections()
+        self._redis = _redis_client(target, timeout, max_threads, self._connections)
         self.lifetime = lifetime
         self.description = target.description
         self._ttl = max(1, math.ceil(lifetime))
         self._limiter = trio.CapacityLimiter(max_threads)
         self._closed = False
+        self._lock = threading.Lock()
+        self._retried = 0
+        self._restarts = 0
+        self._run_id: str | None = None
+        self._checked = 0  # connections made when the run_id was last read
+        self._info_allowed = True
+
+    @property
+    def generation(self) -> int:
+        """Connections made so far: a new one may reach a server that lost its data."""
+        return self._connections.made
+
+    @property
+    def recovered(self) -> int:
+        """Commands retried on a new connection, plus restarts noticed by ``run_id``."""
+        return self._retried + self._restarts
 
     def _client(self) -> redis.Redis:
         return self._redis
+
+    def _call(self, op: Callable[[redis.Redis], T]) -> T:
+        from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+
+        try:
+            try:
+                result = op(self._redis)
+            except RedisConnectionError as err:
+                # A pooled connection the server broke (it restarted, or dropped us): once
+                # more, on a new one. Counted: redis-py's own retry hid these.
+                with self._lock:
+                    self._retried += 1
+                LOG.info("envelope database %s: %s; retrying once", self.description, err)
+                result = op(self._redis)
+        except Exception as err:
+            raise StorageError(f"{self.description}: {err}") from err
+        if self._connections.made != self._checked:
+            self._check_identity()
+        return result
+
+    def _check_identity(self) -> None:
+        """After new connections: the server's ``run_id``; a changed one means a restart
+        (or a fail-over), which may have lost entries. Never raises."""
+        made = self._connections.made
+        if not self._info_allowed:
+            self._checked = made
+            return
+        from redis.exceptions import RedisError, ResponseError  # noqa: PLC0415
+
+        try:
+            run_id = str(self._redis.info("server").get("run_id", ""))
+        except ResponseError:  # INFO not allowed for this user: connections still count
+            self._info_allowed = False
+            return
+        except RedisError:
+            return  # the next operation will tell
+        with self._lock:
+            self._checked = made
+            before, self._run_id = self._run_id, run_id
+            if before is None or before == run_id:
+                return
+            self._restarts += 1
+        LOG.warning(
+            "envelope database %s restarted or failed over (run_id %s, was %s): entries "
+            "written before are checked again before srsd relies on them",
+            self.description,
+            run_id,
+            before,
+        )
 
     async def put(self, key: bytes, sender: bytes, now: float) -> None:
         """``SET PostSRSd/KEY@1 sender EX lifetime`` (``now`` unused: Redis keeps time)."""
@@ -456,6 +742,11 @@ class RedisStore(_ThreadedStore):
     async def check(self) -> None:
         """``PING`` the server; raise StorageError if it does not answer."""
         await self._run(lambda client: client.ping())
+
+    async def durability(self) -> str | None:
+        """Why this Redis would lose acknowledged writes on a crash (AOF off, or an
+        ``appendfsync`` other than ``always``), or None."""
+        return await self._run(lambda client: _persistence_warning(client, self.description))
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

@@ -1,16 +1,17 @@
-# Prometheus metrics: cheap counters kept by the server, exposed over a small trio HTTP endpoint.
+# Prometheus metrics: cheap counters kept by the server, turned into metric families when scraped.
 """Metrics in the Prometheus text format (``metrics_listen = "127.0.0.1:9187"``).
 
 The server counts into plain Python structures on the hot path (a ``Counter`` increment and
 a histogram bucket per lookup); :class:`ServerCollector` turns them into metric families
-only when scraped, so metrics cost nothing measurable per lookup. Exposed:
+only when scraped, so metrics cost nothing measurable per lookup; :mod:`srsd.serve.metrics_endpoint`
+serves them over HTTP. Exposed:
 
 * ``srsd_lookups_total{map, protocol, outcome}``: every answer given, by outcome
   (rewritten, local, excluded, null sender, not SRS, bad hash, expired, malformed, error,
   bad request, ...);
 * ``srsd_lookup_duration_seconds{map}``: time from request to decision, a histogram;
 * ``srsd_connections_open``; connections closed by admission control
-  (:mod:`srsd.gatekeeper`): ``srsd_connections_evicted_total`` (closed to make room for a
+  (:mod:`srsd.admission.gatekeeper`): ``srsd_connections_evicted_total`` (closed to make room for a
   new one), ``srsd_connections_refused_user_total`` (their user is not in
   ``allowed_users``), ``srsd_connections_rejected_total`` (full, and nothing could be
   evicted); ``srsd_requests_timed_out_total`` (a request that did not end within
@@ -40,8 +41,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
 
-import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -50,15 +50,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from srsd.connections import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
-
 #: Upper bounds of the latency buckets, in seconds.
 BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0)
-#: Bounds on one HTTP request to the metrics endpoint.
-HTTP_HEAD_LIMIT = 8192
-HTTP_TIMEOUT = 5.0
-#: Metrics connections served at once; more are closed at once (a scraper needs one).
-HTTP_CONNECTIONS = 8
 
 
 class Latency:
@@ -281,77 +274,3 @@ def registry_for(server: ServerState) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(server))
     return registry
-
-
-async def serve_http(listener: trio.SocketListener, registry: CollectorRegistry) -> None:
-    """Answer ``GET /metrics`` on ``listener`` until cancelled, one request per connection.
-
-    At most :data:`HTTP_CONNECTIONS` at once: the endpoint must not let anyone spend the
-    descriptors the lookups need. When descriptors run out anyway, accepting waits and
-    retries, as the lookup listeners do: a scrape never takes srsd down.
-    """
-    active = 0
-
-    async def handle(stream: trio.SocketStream) -> None:
-        nonlocal active
-        try:
-            await _handle(stream, registry)
-        finally:
-            active -= 1
-
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as err:
-                if err.errno not in ACCEPT_RETRY_ERRNOS:
-                    raise
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            if active >= HTTP_CONNECTIONS:
-                await stream.aclose()
-                continue
-            active += 1
-            nursery.start_soon(handle, stream)
-
-
-async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
-    async with stream:
-        with trio.move_on_after(HTTP_TIMEOUT):
-            head = b""
-            while b"\r\n\r\n" not in head and b"\n\n" not in head:
-                chunk = await stream.receive_some(HTTP_HEAD_LIMIT)
-                if not chunk or len(head) > HTTP_HEAD_LIMIT:
-                    return
-                head += chunk
-            method, _, rest = head.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                await stream.send_all(
-                    _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
-                )
-            elif path == b"/metrics":
-                await stream.send_all(
-                    _response(
-                        b"200 OK",
-                        CONTENT_TYPE_LATEST.encode(),
-                        generate_latest(registry),
-                        head=method == b"HEAD",
-                    )
-                )
-            else:
-                await stream.send_all(
-                    _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
-                )
-
-
-def _response(status: bytes, content_type: bytes, body: bytes, *, head: bool = False) -> bytes:
-    """An HTTP/1.1 response; for HEAD the headers of GET without the body."""
-    return (
-        b"HTTP/1.1 "
-        + status
-        + b"\r\nContent-Type: "
-        + content_type
-        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-        + (b"" if head else body)
-    )

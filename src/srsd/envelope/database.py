@@ -7,9 +7,14 @@ instead, and for a decoded address that is an alias, looks the original sender u
 the three things around the store that must be shared by every connection:
 
 * :class:`~srsd.envelope.keys.RecentWrites`: a sender written in the last hour is not written
-  again (writes are idempotent and only refresh the lifetime). It is forgotten after any
-  storage failure: a store that failed may have lost entries (a Redis restarted without
-  persistence comes back empty), and an alias handed out unwritten bounces into nothing;
+  again (writes are idempotent and only refresh the lifetime). An alias handed out unwritten
+  bounces into nothing (``500 Unknown alias.`` forever), so srsd never answers with an alias
+  it has not confirmed stored in the database it talks to now: the memory is forgotten after
+  any storage failure and whenever the store may have lost entries
+  (:attr:`~srsd.envelope.store.EnvelopeStore.generation`: a new connection to a Redis that
+  may have restarted empty), and for a store in a server (Redis: restarts, ``FLUSHALL``,
+  fail-over, eviction) a remembered sender is confirmed with a read before its alias is
+  answered; a sender found missing is written again and the whole memory forgotten;
 * :class:`~srsd.envelope.keys.WriteLimiter`: the flood cap. When it is reached the sender gets
   the embedded form instead (the mail still leaves signed, nothing is deferred or lost), one
   warning is logged per flood and :attr:`EnvelopeDatabase.refused` counts;
@@ -32,8 +37,8 @@ from srsd.envelope.keys import (
     use_database,
 )
 from srsd.envelope.store import EnvelopeStore, Outage, SQLiteStore, StorageError
-from srsd.logs import LOGGER
-from srsd.policy import Decision, Outcome, Policy
+from srsd.host.logs import LOGGER
+from srsd.srs.policy import Decision, Outcome, Policy
 
 UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
 UNKNOWN = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")
@@ -48,7 +53,8 @@ class EnvelopeDatabase:
         self.outage = Outage(store.description)
         self.limiter = WriteLimiter(writes_per_minute)
         self.recent = RecentWrites()
-        self._failures_seen = 0  # outage.failures when ``recent`` was last trusted
+        # (outage.failures, store.generation) when ``recent`` was last trusted
+        self._trusted = (0, store.generation)
 
     def _no_database_yet(self) -> bool:
         """In embedded mode, a SQLite file that does not exist holds no alias: say so,
@@ -58,6 +64,23 @@ class EnvelopeDatabase:
             and isinstance(self.store, SQLiteStore)
             and not self.store.path.exists()
         )
+
+    @property
+    def errors(self) -> int:
+        """Envelope database failures so far, those the store recovered from included (the
+        metric ``srsd_database_errors_total``)."""
+        return self.outage.failures + self.store.recovered
+
+    def _forget(self) -> None:
+        self.recent = RecentWrites(self.recent.capacity, self.recent.refresh_after)
+
+    def _remembered(self, key: bytes, now: float) -> bool:
+        """Whether ``key`` was written lately, to the store as it is now."""
+        marks = (self.outage.failures, self.store.generation)
+        if marks != self._trusted:  # the store failed or reconnected since: re-write
+            self._trusted = marks
+            self._forget()
+        return self.recent.fresh(key, now)
 
     @property
     def refused(self) -> int:
@@ -79,10 +102,18 @@ class EnvelopeDatabase:
         if embedded.value is None or not use_database(self.mode, sender, embedded.value):
             return embedded
         key = alias_key(sender)
-        if self.outage.failures != self._failures_seen:  # the store failed since: re-write
-            self._failures_seen = self.outage.failures
-            self.recent = RecentWrites(self.recent.capacity, self.recent.refresh_after)
-        if not self.recent.fresh(key, now):
+        remembered = self._remembered(key, now)
+        if remembered and self.store.remote:
+            try:
+                stored = await self.store.get(key, now)
+            except StorageError as err:
+                self.outage.failed(err)
+                return UNAVAILABLE
+            self.outage.succeeded()
+            if stored != sender:  # lost (a restart, a flush, an eviction): write it again
+                self._forget()
+                remembered = False
+        if not remembered:
             flooding = self.limiter.refusing
             if not self.limiter.allow(now):
                 if not flooding:
@@ -95,9 +126,9 @@ class EnvelopeDatabase:
             try:
                 await self.store.put(key, sender, now)
             except StorageError as err:
-                self.outage.failed(err)
+                self.outage.failed(err, write=True)
                 return UNAVAILABLE
-            self.outage.succeeded()
+            self.outage.succeeded(write=True)
             self.recent.note(key, now)
         return Decision(
             Outcome.REWRITTEN,

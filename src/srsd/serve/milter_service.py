@@ -1,11 +1,11 @@
 # The milter endpoint: a service of the connection loop, its memory budget, the decision.
 """Serve Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` connections.
 
-Milter connections are served by the connection loop (:mod:`srsd.connections`) like the
+Milter connections are served by the connection loop (:mod:`srsd.serve.loop`) like the
 map endpoints, under their own admission control (``milter_max_sessions``, per user
 ``milter_max_sessions_per_user``, ``allowed_users``): :class:`MilterService` is the loop's
-:class:`~srsd.connections.Service` for them. Each connection reads a
-:class:`srsd.milter.Session`; every reply is answered in the loop, the end of a message off
+:class:`~srsd.serve.loop.Service` for them. Each connection reads a
+:class:`srsd.wire.milter.Session`; every reply is answered in the loop, the end of a message off
 it (the decision may wait for the envelope database). At the end of each message
 :func:`decide` says what to change:
 
@@ -13,11 +13,17 @@ it (the decision may wait for the envelope database). At the end of each message
    (DELRCPT + ADDRCPT); one srsd cannot decode now (its database entry unreadable) makes
    the message fail temporarily; invalid ones stay, for Postfix to reject as usual;
 2. unless every (restored) recipient is delivered on this host
-   (:class:`srsd.delivery.PostfixDelivery`), the sender goes through the same policy as the
+   (:class:`srsd.serve.delivery.PostfixDelivery`), the sender goes through the same policy as the
    forward map (null sender, excluded and SRS domains, SRS1 for SRS senders, database mode)
    and, when rewritten, is changed (CHGFROM);
 3. anything srsd cannot decide (a lookup error, an internal error, no answer within
    :data:`DECIDE_SECONDS`) is a temporary failure: Postfix defers the message.
+
+With ``split_mixed = "smtpd"`` each recipient of an SMTP transaction is classified as it
+arrives (:func:`delivered_here`: restored when it is an SRS address, then asked of Postfix):
+one of the other class than the transaction's first recipient is answered ``452 4.5.3`` and
+sent again by the client in a transaction of its own, so step 2 sees one class only. Such
+a recipient, like the end of a message, is answered off the loop.
 
 Limits (each a setting): a session that sends no complete packet for
 ``milter_idle_timeout`` seconds (longer than Postfix's ``smtpd_timeout``) is closed, so is
@@ -35,20 +41,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
 import trio
 
-from srsd import milter
-from srsd.connections import Reader
-from srsd.delivery import PostfixDelivery
-from srsd.listeners import Role, Wire
-from srsd.logs import LOGGER, RateLimited, show
-from srsd.lookups import Lookups
-from srsd.policy import Decision, DomainSet, Outcome
-from srsd.settings import Settings
+from srsd.config.settings import Settings
+from srsd.host.logs import LOGGER, RateLimited, show
+from srsd.serve.answers import Lookups
+from srsd.serve.delivery import PostfixDelivery
+from srsd.serve.loop import Reader
+from srsd.srs.policy import Decision, DomainSet, Outcome, Role
+from srsd.wire import Wire, milter
 
 #: Seconds the decision for one message may take (Postfix waits milter_content_timeout, 300 s).
 DECIDE_SECONDS = 30.0
@@ -99,6 +104,20 @@ async def decide(
         rewritten = milter.Verdict(forwarded.value, tuple(replace))
         return MessageDecision(rewritten, "rewritten", "forwarded")
     return MessageDecision(kept, "not rewritten", forwarded.reason)
+
+
+async def delivered_here(
+    recipient: bytes, *, reverse: Lookup, delivery: PostfixDelivery
+) -> bool | None:
+    """Whether one recipient (as the MTA sent it) is delivered on this host, SRS addresses
+    restored first; None when that cannot be known now (the recipient is deferred)."""
+    address = milter.unbracket(recipient)
+    restored = await reverse(address)
+    if restored.outcome is Outcome.ERROR:
+        return None
+    if restored.outcome is Outcome.REWRITTEN and restored.value is not None:
+        address = restored.value
+    return await delivery.all_delivered_here([address])
 
 
 def delivery_for(settings: Settings) -> PostfixDelivery:
@@ -226,6 +245,7 @@ class MilterService:
         memory: int = 64 << 20,
         idle_limit: float = 600.0,
         transaction_limit: float = 3600.0,
+        split: bool = False,
     ) -> None:
         self.forward = forward
         self.reverse = reverse
@@ -235,6 +255,7 @@ class MilterService:
         self.budget = MemoryBudget(memory)
         self.idle_limit = idle_limit
         self.transaction_limit = transaction_limit
+        self.split = split
         #: Messages decided, by outcome label; protocol errors under "protocol error".
         self.messages: Counter[str] = Counter()
         #: Recipients answered 452 (too many, too many bytes, no room), of ended sessions.
@@ -248,6 +269,7 @@ class MilterService:
         self.budget.total = settings.milter_memory
         self.idle_limit = settings.milter_idle_timeout
         self.transaction_limit = settings.milter_message_timeout
+        self.split = settings.split_mixed == "smtpd"
 
     # -- the loop's Service -----------------------------------------------------------------
 
@@ -258,6 +280,7 @@ class MilterService:
                 recipient_limit=self.recipient_limit,
                 message_bytes=self.message_bytes,
                 allowance=self.budget.allowance(owner),
+                split=self.split,
             )
         )
 
@@ -285,7 +308,7 @@ class MilterService:
                     "(set milter_protocol = 6): mail deferred",
                 )
             return action.data
-        if isinstance(action, milter.Decide):
+        if isinstance(action, milter.Decide | milter.Classify):
             return None
         if action.reason is not None:
             self.messages["protocol error"] += 1
@@ -298,10 +321,50 @@ class MilterService:
         return b""
 
     async def answer_later(self, event: object) -> bytes:
-        """The reply to the end of a message: the verdict (or any other action's reply)."""
-        if isinstance(event, _Step) and isinstance(event.action, milter.Decide):
-            return event.session.verdict(await self._decide(event.action.transaction))
-        return self.answer(event) or b""
+        """The reply to the end of a message (the verdict) or to a recipient to classify,
+        and then to the packets that came in behind that recipient."""
+        if not isinstance(event, _Step):
+            raise TypeError(f"not a milter step: {event!r}")
+        session = event.session
+        replies: list[bytes] = []
+        pending = deque([event.action])
+        while pending:
+            action = pending.popleft()
+            if isinstance(action, milter.Decide):
+                replies.append(session.verdict(await self._decide(action.transaction)))
+            elif isinstance(action, milter.Classify):
+                before = session.split
+                here = await self._classify(session, action.recipient)
+                replies.append(session.admit(here))
+                if session.split > before:
+                    LOGGER.info(
+                        "milter %s: recipient %s answered 452 4.5.3: not of the class of "
+                        "the first (delivered here or not), it comes in a transaction of its own",
+                        show(session.queue_id) or "-",
+                        show(action.recipient),
+                    )
+                pending.extend(session.feed(b""))  # what came in behind that recipient
+            else:
+                replies.append(self.answer(_Step(session, action)) or b"")
+        return b"".join(replies)
+
+    async def _classify(self, session: milter.Session, recipient: bytes) -> bool | None:
+        """Where ``recipient`` is delivered, for :meth:`milter.Session.admit`."""
+        try:
+            with trio.fail_after(DECIDE_SECONDS):
+                here = await delivered_here(recipient, reverse=self.reverse, delivery=self.delivery)
+        except trio.TooSlowError:
+            here = None
+        except Exception:
+            LOGGER.exception("milter: internal error classifying a recipient")
+            here = None
+        if here is None:
+            LOGGER.warning(
+                "milter %s: recipient %s deferred: cannot tell where it goes",
+                show(session.queue_id) or "-",
+                show(recipient),
+            )
+        return here
 
     async def _decide(self, transaction: milter.Transaction) -> milter.Verdict:
         started = time.perf_counter()

@@ -14,7 +14,6 @@ closes endpoints and removes the unix socket files srsd created. Every failure i
 from __future__ import annotations
 
 import contextlib
-import enum
 import grp
 import os
 import pwd
@@ -25,29 +24,16 @@ from pathlib import Path
 
 import trio
 
-from srsd import systemd
-from srsd.logs import LOGGER
-from srsd.settings import InetEndpoint, Settings, UnixEndpoint
+from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
+from srsd.host import systemd
+from srsd.host.logs import LOGGER
+from srsd.srs.policy import Role
+from srsd.wire import Wire
 
 #: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
 ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "milter", "metrics")
 #: Seconds to wait for an answer when probing an existing unix socket file.
 PROBE_TIMEOUT = 1.0
-
-
-class Role(enum.Enum):
-    """Which map a lookup is for."""
-
-    FORWARD = "forward"  # sender_canonical_maps
-    REVERSE = "reverse"  # recipient_canonical_maps
-
-
-class Wire(enum.Enum):
-    """The protocol an endpoint speaks."""
-
-    TCP_TABLE = "tcp_table"
-    SOCKETMAP = "socketmap"
-    MILTER = "milter"  # served by srsd.milter_server, not by the connection loop
 
 
 class StartError(Exception):

@@ -34,9 +34,10 @@ from pathlib import Path
 
 import trio
 
-from srsd import address
-from srsd.logs import LOGGER, show
-from srsd.policy import DomainSet
+from srsd.config.postfix import split_list
+from srsd.host.logs import LOGGER, show
+from srsd.srs import address
+from srsd.srs.policy import DomainSet
 
 #: Seconds a postconf or postmap command may take before its answer counts as unknown.
 COMMAND_TIMEOUT = 10.0
@@ -64,34 +65,11 @@ PARAMETERS = (
     "recipient_delimiter",
     "myorigin",
 )
-_SEPARATORS = " \t\r\n,"
 _TABLE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 class Unknown(Exception):
     """Postfix could not answer (command failed, timed out, table unreadable)."""
-
-
-def split_list(value: str) -> list[str]:
-    """Split a Postfix list parameter at commas and white space, keeping ``{...}`` whole
-    (``inline:{ a=b, c=d }`` is one table)."""
-    items: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for char in value:
-        if char == "{":
-            depth += 1
-        elif char == "}" and depth:
-            depth -= 1
-        if depth == 0 and char in _SEPARATORS:
-            if current:
-                items.append("".join(current))
-                current = []
-            continue
-        current.append(char)
-    if current:
-        items.append("".join(current))
-    return items
 
 
 def is_table(entry: str) -> bool:

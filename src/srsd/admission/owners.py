@@ -1,7 +1,7 @@
 # Who is on the other end of a connection: the local uid owning each peer socket.
 """Learn which local user owns the peer of an accepted connection.
 
-srsd shares its connections between users (:mod:`srsd.admission`) and may admit only some
+srsd shares its connections between users (:mod:`srsd.admission.rule`) and may admit only some
 (``allowed_users``). The owner of a peer is:
 
 * on a unix socket, the peer's uid from ``SO_PEERCRED`` (Linux);

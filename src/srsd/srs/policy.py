@@ -15,7 +15,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from srsd import address, codec
+from srsd.srs import address, codec
+
+
+class Role(enum.Enum):
+    """Which map a lookup is for."""
+
+    FORWARD = "forward"  # sender_canonical_maps
+    REVERSE = "reverse"  # recipient_canonical_maps
 
 
 class Outcome(enum.Enum):

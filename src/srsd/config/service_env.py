@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from srsd.settings import ConfigError
-from srsd.systemd import parse_environment_file
+from srsd.config.settings import ConfigError
+from srsd.host.systemd import parse_environment_file
 
 #: The packaged unit's environment file (``EnvironmentFile=-/etc/default/srsd``).
 ENVIRONMENT_FILE = Path("/etc/default/srsd")

@@ -4,7 +4,7 @@
 The endpoints come from the same settings as ``srsd serve`` (so the check finds what the
 server listens on): the TOML file (``/etc/srsd/srsd.toml`` by default), the environment and
 the command line, and, beneath the environment, ``/etc/default/srsd`` when it exists (the
-packaged unit's ``EnvironmentFile=``, see :mod:`srsd.service_env`), so that a root shell
+packaged unit's ``EnvironmentFile=``, see :mod:`srsd.config.service_env`), so that a root shell
 sees what the unit's srsd sees without sourcing anything. Neither the SRS domain nor the
 secret is needed: the server signs the probe. For each configured protocol, a probe sender
 is rewritten through the forward map and the answer decoded through the reverse map; the
@@ -18,12 +18,11 @@ import socket
 import time
 from collections.abc import Callable
 
-from srsd import socketmap, tcp_table
-from srsd.settings import Settings, UnixEndpoint
+from srsd.config.postfix import reachable_host
+from srsd.config.settings import Settings, UnixEndpoint
+from srsd.wire import socketmap, tcp_table
 
 PROBE = b"srsd-health-probe@health.invalid"
-# A server listening on a wildcard address is probed on loopback.
-_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}  # noqa: S104
 _REPLY_LIMIT = 200_000
 
 Address = tuple[str, int] | str  # (host, port) or a unix socket path
@@ -38,7 +37,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     started = time.monotonic()
     results: list[str] = []
     healthy = True
-    host = _WILDCARDS.get(settings.listen[0], settings.listen[0])
+    host = reachable_host(settings.listen[0])
     probes: list[tuple[str, Callable[[], str]]] = []
     if settings.forward_port or settings.reverse_port:
         probes.append(
@@ -52,7 +51,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
         target: Address = (
             spec.path.as_posix()
             if isinstance(spec, UnixEndpoint)
-            else (_WILDCARDS.get(spec.host, spec.host), spec.port)
+            else (reachable_host(spec.host), spec.port)
         )
         probes.append((f"socketmap {settings.socketmap}", lambda: _socketmap(target, timeout)))
     for name, probe in probes:

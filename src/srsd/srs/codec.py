@@ -24,7 +24,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-from srsd import address
+from srsd.srs import address
 
 B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _B32_VALUE = {c: i for i, c in enumerate(B32)} | {c: i for i, c in enumerate(B32.lower())}

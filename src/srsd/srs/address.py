@@ -7,7 +7,9 @@ before it builds or reads an SRS address and quotes the result again, so that Po
 can parse the answer (see ``docs/srs-format.md``, "Quoted local parts"). An unquoted
 input gives an unquoted answer, byte-identical to postsrsd's, with two exceptions that
 keep the answer a valid RFC 5321 mailbox (:func:`needs_quotes`): an empty local part
-(``""@host``) and one holding an address literal's ``[``, ``]`` or ``:``.
+(``""@host``) and one holding an address literal's ``[``, ``]`` or ``:`` (unless it is a
+quoted-string already, as postsrsd 1.x and Mail::SRS keep a quoted sender's quotes inside
+the SRS address: ``SRS0=…=x.example="a:b"@D`` decodes to ``"a:b"@x.example``).
 """
 
 from __future__ import annotations
@@ -74,8 +76,12 @@ def plain_local(local: bytes) -> tuple[bytes, bool]:
 def needs_quotes(local: bytes, *, was_quoted: bool) -> bool:
     """Whether an SRS answer's local part must be quoted: when the input was quoted, when
     it is empty (``""@host`` stays a mailbox) and when it holds an address literal's
-    ``[``, ``]`` or ``:``. Any other unquoted input gives unquoted bytes, as postsrsd's."""
-    return was_quoted or not local or not _LITERAL.isdisjoint(local)
+    ``[``, ``]`` or ``:`` outside a quoted-string (``"a:b"``, a quoted sender inside an
+    address postsrsd 1.x or Mail::SRS minted, is a mailbox local part already). Any other
+    unquoted input gives unquoted bytes, as postsrsd's."""
+    if was_quoted or not local:
+        return True
+    return not _LITERAL.isdisjoint(local) and unquote(local) is None
 
 
 def quote(local: bytes) -> bytes:

@@ -38,8 +38,8 @@ connection, then the task would have to ask), the decision needs what only the l
 (which connections are idle, which are being answered or inside a message: the victims
 of an eviction), and the map endpoints are served from the readiness set anyway.
 
-Every listener comes with a :class:`Gate` (:mod:`srsd.gatekeeper`, one per endpoint
-kind): asked about every accepted connection before it is served (:class:`AdmitAll`
+Every listener comes with a :class:`Gate` (:mod:`srsd.admission.gatekeeper`, one per
+endpoint kind): asked about every accepted connection before it is served (:class:`AdmitAll`
 admits all), told when a connection has answered all it received, when one ends,
 however, and when the sweep closes one for a time-out. A :class:`Connection` records its
 owner (set by the gate), when it opened, when its last complete request came
@@ -59,7 +59,7 @@ logged, at most :data:`FAULT_LOG_INTERVAL` apart, and closes that connection onl
 (``EMFILE``, ``ENFILE``, ``ENOMEM``, ``ENOBUFS``) pauses that listener for
 :data:`ACCEPT_RETRY_DELAY` seconds and is logged, rate-limited; any other error is a bug
 and is raised. srsd sizes its limits so that descriptors do not run out
-(:mod:`srsd.server`), this is the last line.
+(:mod:`srsd.serve.server`), this is the last line.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ from typing import Protocol
 
 import trio
 
-from srsd.listeners import Endpoint
-from srsd.logs import LOGGER, RateLimited
+from srsd.host.logs import LOGGER, RateLimited
+from srsd.serve.listeners import Endpoint
 
 #: Bytes read from a connection at once; the requests in them are answered in order.
 RECEIVE_SIZE = 16384
@@ -163,7 +163,7 @@ class Service(Protocol):
 
 
 class Gate(Protocol):
-    """Admission control of one kind of endpoint (:class:`srsd.gatekeeper.Gatekeeper`)."""
+    """Admission control of one kind of endpoint (:class:`srsd.admission.gatekeeper.Gatekeeper`)."""
 
     @property
     def full(self) -> bool:
@@ -520,10 +520,7 @@ class ConnectionLoop:
         elif events or conn.partial_since is None:  # a request began in these bytes
             conn.partial_since = now
         if conn.tracks:
-            if not conn.service.in_transaction(reader):
-                conn.transaction_since = None
-            elif conn.transaction_since is None:
-                conn.transaction_since = now
+            _track(conn, now)
         if events:
             conn.last = now
             conn.events = events
@@ -634,6 +631,8 @@ class ConnectionLoop:
         conn.events = _NOTHING
         conn.next = 0
         conn.last = trio.current_time()
+        if conn.tracks:  # answering may have taken packets that were held back
+            _track(conn, conn.last)
         conn.gate.answered(conn, conn.last)
         if conn.eof:
             return False
@@ -745,6 +744,14 @@ class ConnectionLoop:
         if self._wake is not None:
             with contextlib.suppress(OSError):
                 self._wake.send(b"\0")  # the loop may be waiting: let it see it is done
+
+
+def _track(conn: Connection, now: float) -> None:
+    """Note whether ``conn``'s reader is inside a transaction now, and since when."""
+    if not conn.service.in_transaction(conn.reader):
+        conn.transaction_since = None
+    elif conn.transaction_since is None:
+        conn.transaction_since = now
 
 
 async def send_all(sock: socket.socket, data: bytes) -> bool:

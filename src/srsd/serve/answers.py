@@ -8,8 +8,8 @@ limits the log lines of bad requests. It is callable from anywhere, not only fro
 connection loop (the milter decides forward rewrites with it too).
 
 :class:`TcpTableService` and :class:`SocketmapService` are what the connection loop
-(:mod:`srsd.connections`) asks for a reader and for the reply bytes of each event; turning
-a :class:`~srsd.policy.Decision` into a wire reply happens here, so the wire modules know
+(:mod:`srsd.serve.loop`) asks for a reader and for the reply bytes of each event; turning
+a :class:`~srsd.srs.policy.Decision` into a wire reply happens here, so the wire modules know
 nothing of the policy.
 """
 
@@ -21,15 +21,14 @@ from collections import Counter
 from collections.abc import Hashable
 from typing import Final
 
-from srsd import socketmap, tcp_table
-from srsd.connections import Reader
+from srsd.config.settings import Settings
 from srsd.envelope import EnvelopeMode, key_of, use_database
-from srsd.envelope.lookups import EnvelopeDatabase
-from srsd.listeners import Role, Wire
-from srsd.logs import LOGGER, line, show
-from srsd.metrics import Latency
-from srsd.policy import QUIET, Decision, Outcome, Policy
-from srsd.settings import Settings
+from srsd.envelope.database import EnvelopeDatabase
+from srsd.host.logs import LOGGER, line, show
+from srsd.host.metrics import Latency
+from srsd.serve.loop import Reader
+from srsd.srs.policy import QUIET, Decision, Outcome, Policy, Role
+from srsd.wire import Wire, socketmap, tcp_table
 
 #: socketmap map names, as in ``socketmap:inet:127.0.0.1:10003:forward``.
 MAP_NAMES = {b"forward": Role.FORWARD, b"reverse": Role.REVERSE}
@@ -103,7 +102,7 @@ class Lookups:
         self, protocol: str, role: Role, key: bytes, decision: Decision, started: float
     ) -> None:
         """Count, time (from ``started``, a :func:`time.perf_counter` reading) and log one
-        answered lookup (the log line is written at the next :func:`srsd.logs.flush`)."""
+        answered lookup (the log line is written at the next :func:`srsd.host.logs.flush`)."""
         self.latency.observe(role.value, time.perf_counter() - started)
         self.counts[(protocol, role.value, decision.outcome.value)] += 1
         level = _DEBUG if decision.outcome in QUIET else _INFO

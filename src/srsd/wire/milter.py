@@ -31,6 +31,16 @@ reply bytes. Rules:
   Insufficient system storage``, a sender ``t`` (temporary failure); both are retried by
   the client later. The bytes of a message go back to the allowance when its verdict is
   rendered (:meth:`Session.verdict`), or at :meth:`Session.release` when the session ends;
+* a session that splits (``split=True``, setting ``split_mixed``) and serves an SMTP client
+  keeps one class of recipient per message: each recipient is handed out as
+  :class:`Classify`, the caller says whether it is delivered on this host, and
+  :meth:`Session.admit` accepts it when it is of the first recipient's class, else answers
+  ``452 4.5.3``: the client sends it again in a transaction of its own. A session splits
+  only when the MTA's connect step names a client port: Postfix's ``non_smtpd_milters``
+  sessions (sendmail, pickup) give port 0, and their client cannot send a recipient again
+  (Postfix defers the whole submission), so they are never split; nor is a bounce (null
+  sender, nothing to rewrite). While a recipient is being classified no further packet is
+  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on);
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
   gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through.
 
@@ -211,13 +221,21 @@ class Decide:
 
 
 @dataclass(frozen=True, slots=True)
+class Classify:
+    """A recipient arrived in a session that splits: find out whether it is delivered on
+    this host, then send :meth:`Session.admit`'s bytes and call ``feed(b"")``."""
+
+    recipient: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """The session is over: ``reason`` is None after QUIT, else the protocol error."""
 
     reason: str | None
 
 
-MilterAction = Send | Decide | Close
+MilterAction = Send | Decide | Classify | Close
 
 
 class _State(enum.Enum):
@@ -233,17 +251,22 @@ class Session:
     __slots__ = (
         "_allowance",
         "_buf",
+        "_classifying",
         "_deciding",
         "_held",
+        "_here",
         "_max_packet",
         "_message_bytes",
         "_recipient_limit",
         "_recipients",
         "_sender",
+        "_split",
         "_state",
         "actions",
+        "client_port",
         "queue_id",
         "refused",
+        "split",
         "version",
     )
 
@@ -254,6 +277,7 @@ class Session:
         max_packet: int = MAX_PACKET,
         message_bytes: int = MESSAGE_BYTES,
         allowance: Allowance | None = None,
+        split: bool = False,
     ) -> None:
         if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET or message_bytes < 1:
             raise ValueError(
@@ -269,6 +293,11 @@ class Session:
         self._state = _State.NEGOTIATE
         self._sender = b""
         self._recipients: list[bytes] = []
+        self._split = split
+        self._here: bool | None = None  # the class of this message's first recipient
+        self._classifying: bytes | None = None  # the recipient awaiting admit()
+        #: The client port of the MTA's connect step (0: a local submission), None if none.
+        self.client_port: int | None = None
         #: The protocol version and actions agreed on (0 before the negotiation).
         self.version = 0
         self.actions = Action(0)
@@ -276,6 +305,8 @@ class Session:
         self.queue_id = b""
         #: Recipients answered "too many" so far (a metric).
         self.refused = 0
+        #: Recipients answered 452 because they are of the other class (a metric).
+        self.split = 0
 
     @property
     def closed(self) -> bool:
@@ -306,6 +337,16 @@ class Session:
         self._recipients = []
 
     @property
+    def splitting(self) -> bool:
+        """Whether this message's recipients are classified (see the module docstring)."""
+        return (
+            self._split
+            and bool(self.client_port)
+            and self._state is _State.MESSAGE
+            and unbracket(self._sender) != b""
+        )
+
+    @property
     def can_rewrite(self) -> bool:
         """Whether the MTA offered every action srsd needs."""
         return NEEDED_ACTIONS in self.actions
@@ -317,8 +358,13 @@ class Session:
         self._buf += data
         out: list[MilterAction] = []
         buf = self._buf
+        if self._classifying is not None:
+            if len(buf) > 4 + self._max_packet:
+                self._fail(out, "input while a recipient is being classified")
+                self._buf = bytearray()
+            return out
         start = 0
-        while len(buf) - start >= 4 and not self.closed:
+        while len(buf) - start >= 4 and not self.closed and self._classifying is None:
             (length,) = _LENGTH.unpack_from(buf, start)
             if not 1 <= length <= self._max_packet:
                 self._fail(out, f"packet length {length} out of range 1..{self._max_packet}")
@@ -342,6 +388,24 @@ class Session:
         self._state = _State.CLOSED
         self._buf = bytearray()
         return [Close(None)]
+
+    def admit(self, here: bool | None) -> bytes:
+        """The reply to the recipient of the last :class:`Classify`: ``here`` says whether it
+        is delivered on this host (None: cannot tell, a temporary failure for it)."""
+        recipient, self._classifying = self._classifying, None
+        if recipient is None or self._state is not _State.MESSAGE:
+            raise RuntimeError("admit() without a recipient being classified")
+        if here is None or (self._here is not None and here is not self._here):
+            size = len(recipient) + ITEM_OVERHEAD  # taken in _rcpt, not kept after all
+            self._held -= size
+            self._allowance.give(size)
+            if here is None:
+                return packet(TEMPORARY_FAILURE)
+            self.split += 1
+            return packet(REPLY_CODE, _TOO_MANY + b"\x00")
+        self._here = here
+        self._recipients.append(recipient)
+        return packet(CONTINUE)
 
     def verdict(self, verdict: Verdict) -> bytes:
         """The reply to the end of a message: the changes, then ``continue``. The message's
@@ -379,6 +443,8 @@ class Session:
         elif command in _IGNORED_STEPS:
             if command in (CONNECT, HELO):
                 self._reset()  # a new SMTP session or EHLO ends any message
+            if command == CONNECT:
+                self.client_port = _client_port(data)
             out.append(Send(packet(CONTINUE)))
         elif command == RCPT and state is _State.MESSAGE:
             self._rcpt(data, out)
@@ -390,6 +456,8 @@ class Session:
             out.append(Decide(transaction))
         elif command in (ABORT, QUIT_NEW_CONNECTION):
             self._reset()  # no reply; K: the MTA reuses the connection for a new session
+            if command == QUIT_NEW_CONNECTION:
+                self.client_port = None
         elif command == QUIT:
             self._state = _State.CLOSED
             out.append(Close(None))
@@ -403,18 +471,20 @@ class Session:
         self._state = _State.READY
         self._sender = b""
         self._recipients = []
+        self._here = None
 
     def _negotiate(self, data: bytes, out: list[MilterAction]) -> None:
         if len(data) < _NEGOTIATION.size:
             self._fail(out, f"option negotiation of {len(data)} bytes")
             return
         version, offered_actions, offered_steps = _NEGOTIATION.unpack_from(data)
+        skipped = SKIPPED_STEPS & ~Step.NO_CONNECT if self._split else SKIPPED_STEPS
         if version < 2:
             self._fail(out, f"milter protocol version {version} (2 to {VERSION} supported)")
             return
         self.version = min(version, VERSION)
         self.actions = Action(offered_actions & NEEDED_ACTIONS)
-        steps = offered_steps & SKIPPED_STEPS
+        steps = offered_steps & skipped
         self._state = _State.READY
         reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
         out.append(Send(packet(b"O", reply)))
@@ -464,8 +534,21 @@ class Session:
             out.append(Send(packet(REPLY_CODE, _NO_ROOM + b"\x00")))
             return
         self._held += size
+        if self.splitting:
+            self._classifying = args[0]
+            out.append(Classify(args[0]))
+            return
         self._recipients.append(args[0])
         out.append(Send(packet(CONTINUE)))
+
+
+def _client_port(data: bytes) -> int | None:
+    """The client port of a connect packet (host name, family, port, address); None when it
+    names none (family ``U``, unknown) or is cut short."""
+    host_end = data.find(b"\x00")
+    if host_end < 0 or len(data) < host_end + 4 or data[host_end + 1] not in b"46L":
+        return None
+    return int.from_bytes(data[host_end + 2 : host_end + 4], "big")
 
 
 def _name(command: int) -> str:

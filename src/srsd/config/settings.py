@@ -11,13 +11,13 @@ takes it, and whether ``SIGHUP`` can apply it. :data:`FIELDS` is that table, rea
 from the class. Everything else follows from it: TOML loading and the environment
 (:func:`load`), the argparse flags and ``--help`` (:mod:`srsd.cli`), the error messages,
 what a reload applies (:func:`plan_reload`), ``srsd config``, the README settings table
-and ``packaging/srsd.toml.example`` (:mod:`srsd.settings_text`; tests fail when the files
+and ``packaging/srsd.toml.example`` (:mod:`srsd.config.render`; tests fail when the files
 and the table disagree).
 
 To add a setting: add one ``name: Type = setting(...)`` line to :class:`Settings` (a new
 parser beside the others if none fits: raw TOML value or string -> typed value, raising
 ValueError with a short reason), then regenerate the README table and the example file
-(``python3 -m srsd.settings_text --write``) and use ``settings.name`` where it matters.
+(``python3 -m srsd.config.render --write``) and use ``settings.name`` where it matters.
 
 Sources apply in order, the later winning: built-in defaults, the TOML file (``--config
 PATH``, else ``/etc/srsd/srsd.toml`` when it exists), the environment, the command line.
@@ -29,6 +29,7 @@ nothing later can fail for want of configuration.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -40,12 +41,12 @@ from pathlib import Path
 from secrets import token_urlsafe
 from typing import Any
 
-from srsd.admission import resolve_users
-from srsd.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
+from srsd.admission.rule import resolve_users
 from srsd.envelope.keys import EnvelopeMode
-from srsd.envelope.location import StoreLocation, parse_location
-from srsd.policy import DomainSet, Policy, is_domain_entry, is_domain_name
-from srsd.systemd import SECRETS_CREDENTIAL, credential
+from srsd.envelope.location import RedisTarget, StoreLocation, parse_location
+from srsd.host.systemd import SECRETS_CREDENTIAL, credential
+from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
+from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
@@ -471,6 +472,15 @@ class Settings:
         "`sqlite:PATH` (relative: in `STATE_DIR`), `redis://HOST:PORT/DB` or `redis+unix:///PATH`",
         reloads=False,
     )
+    redis_password_file: Path | None = setting(
+        _optional_path,
+        None,
+        "SRS_REDIS_PASSWORD_FILE",
+        "--redis-password-file",
+        "file whose first line is the Redis password (never on the command line)",
+        reloads=False,
+        example='"/etc/srsd/redis-password"',
+    )
     envelope_write_limit: int = setting(
         _int_in(0, 10_000_000),
         6000,
@@ -624,6 +634,17 @@ class Settings:
         "--milter-message-timeout",
         "milter: seconds from a message's `MAIL` to its end; then the session is closed "
         "(Postfix defers that message)",
+    )
+    split_mixed: str = setting(
+        _one_of("smtpd", "off"),
+        "smtpd",
+        "SRS_SPLIT_MIXED",
+        "--split-mixed",
+        "milter: `smtpd`: the first recipient of an SMTP transaction fixes its class (delivered "
+        "here or leaves), one of the other class is answered 452 4.5.3 and sent again in a "
+        "transaction of its own, so local copies keep their sender; `off`: a mixed message is "
+        "rewritten as a whole (sendmail submissions always are: they cannot be sent again)",
+        choices=("smtpd", "off"),
     )
     keep_alive: float = setting(
         _seconds,
@@ -888,6 +909,7 @@ def load(
     else:  # `srsd health` only needs to know where the endpoints are
         secrets = ()
     excluded = _load_exclusions(values["exclude_domains"], values["exclude_file"])
+    values["envelope_database"] = _redis_password(values, sources, warnings)
     return Settings(
         **{**values, "state_dir": state_dir, "secrets_file": secrets_file},
         secrets=secrets,
@@ -896,6 +918,54 @@ def load(
         warnings=tuple(warnings),
         sources=sources,
     )
+
+
+def _redis_password(
+    values: dict[str, Any], sources: dict[str, str], warnings: list[str]
+) -> StoreLocation:
+    """``envelope_database`` with the password of ``redis_password_file`` when one is set.
+
+    A password in a Redis URL given on the command line is refused: every local user sees
+    a process's arguments (``ps``, ``/proc/PID/cmdline``). The environment (``/proc/PID/
+    environ`` is the process owner's only), a settings file or the password file are fine;
+    a settings file or password file holding one is warned about when others may read it.
+    """
+    store: StoreLocation = values["envelope_database"]
+    source = sources["envelope_database"]
+    path: Path | None = values["redis_password_file"]
+    if not isinstance(store, RedisTarget):
+        return store  # a password file for no Redis is not read, like socketmap_mode for no socket
+    if store.password is not None:
+        if source.startswith("command line"):
+            raise ConfigError(
+                "envelope_database: a password on the command line is visible to every local "
+                "user (ps, /proc/PID/cmdline): put it in redis_password_file "
+                "(--redis-password-file), or the URL in SRS_ENVELOPE_DATABASE or the settings "
+                "file"
+            )
+        if source.startswith("config file"):
+            _warn_if_others_read(Path(source.removeprefix("config file ")), "holds", warnings)
+    if path is None:
+        return store
+    try:
+        lines = _read_file(path).decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(f"redis_password_file: cannot read {path}: {reason}") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"redis_password_file: {path} holds no password on its first line")
+    _warn_if_others_read(path, "is", warnings)
+    return dataclasses.replace(store, password=lines[0])
+
+
+def _warn_if_others_read(path: Path, verb: str, warnings: list[str]) -> None:
+    with contextlib.suppress(OSError):
+        mode = path.stat().st_mode
+        if mode & 0o044:
+            warnings.append(
+                f"{path} {verb} a Redis password and is readable by group or others "
+                f"(mode {mode & 0o777:04o}); chmod 600 it"
+            )
 
 
 def _default_secrets_file(
@@ -974,8 +1044,8 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
         mode = path.stat().st_mode
     except OSError as err:
         raise ConfigError(
-            f"secrets_file: cannot read {path}: {err.strerror} (from {source}); "
-            f"create one with: srsd keygen {path}"
+            f"secrets_file: cannot read {path}: {err.strerror} (from {source})"
+            + _secrets_advice(path, err)
         ) from None
     secrets = tuple(line for line in data.splitlines() if line)
     if not secrets:
@@ -989,6 +1059,20 @@ def read_secrets(path: Path, source: str = "default") -> tuple[tuple[bytes, ...]
     return secrets, warnings
 
 
+def _secrets_advice(path: Path, err: OSError) -> str:
+    """What to do about a secrets file that cannot be read: create a missing one; fix the
+    permissions of one that exists, never replace it (a new secret breaks every bounce to an
+    address signed with the old one)."""
+    if err.errno == errno.ENOENT:
+        return f"; create one with: srsd keygen {path}"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"; fix its permissions so that uid {os.geteuid()} can read it (chown or chmod), "
+            "and keep it: bounces to the addresses it signed decode only with it"
+        )
+    return ""
+
+
 def write_new_secret(path: Path, *, force: bool = False) -> None:
     """Create ``path`` with one new random secret, mode 0600 (never overwrite unless forced)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -997,6 +1081,7 @@ def write_new_secret(path: Path, *, force: bool = False) -> None:
     target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)  # exactly: a umask such as 0277 would leave it unwritable
         f.write(line)
     if force:
         target.replace(path)

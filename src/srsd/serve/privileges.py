@@ -13,9 +13,12 @@ import os
 import pwd
 from pathlib import Path
 
-from srsd.listeners import StartError
-from srsd.logs import LOGGER
-from srsd.settings import Settings
+from srsd.config.settings import Settings
+from srsd.host.logs import LOGGER
+from srsd.serve.listeners import StartError
+
+#: The account many unprivileged daemons share: srsd warns when it is told to run as it.
+SHARED_USER = "nobody"
 
 
 def drop_privileges(user: str, state_dir: Path) -> None:
@@ -55,6 +58,14 @@ def leave_root(settings: Settings) -> None:
     if settings.run_as:
         drop_privileges(settings.run_as, settings.state_dir)
         LOGGER.info("running as %s (uid %d)", settings.run_as, os.getuid())
+        if settings.run_as == SHARED_USER:
+            LOGGER.warning(
+                "run_as %s: every daemon running as %s can read srsd's secret (and forge SRS "
+                "addresses with it) and its envelope database; run srsd as a user of its own "
+                "(install.sh creates the system user srsd: --run-as srsd)",
+                SHARED_USER,
+                SHARED_USER,
+            )
     elif not settings.allow_root:
         raise StartError(
             "refusing to serve as root: set run_as (RUN_AS, --run-as) to an "

@@ -1,5 +1,5 @@
 # Settings as text: `srsd config`, the README settings table and the example TOML file.
-"""Write settings out, from the one table in :mod:`srsd.settings`.
+"""Write settings out, from the one table in :mod:`srsd.config.settings`.
 
 * :func:`effective_config` - ``srsd config``: the effective configuration as TOML that
   ``--config`` accepts, each key followed by a comment naming where its value came from.
@@ -8,7 +8,7 @@
 * :func:`readme_table` - the "Settings" table of README.md;
 * :func:`example_file` - ``packaging/srsd.toml.example``.
 
-``python3 -m srsd.settings_text --write`` rewrites the two files from the table (the tests
+``python3 -m srsd.config.render --write`` rewrites the two files from the table (the tests
 fail when they disagree with it).
 """
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from srsd.config.settings import FIELDS, Field, Settings
 from srsd.envelope.location import RedisTarget
-from srsd.settings import FIELDS, Field, Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "packaging" / "srsd.toml.example"
 TABLE_HEADER = (
@@ -29,7 +29,7 @@ TABLE_HEADER = (
 EXAMPLE_HEADER = """\
 # /etc/srsd/srsd.toml: every srsd setting with its default. The environment and the
 # command line override this file (see README.md, "Settings"). Generated from the table in
-# src/srsd/settings.py (python3 -m srsd.settings_text --write): edit that, not this.
+# src/srsd/config/settings.py (python3 -m srsd.config.render --write): edit that, not this.
 """
 
 

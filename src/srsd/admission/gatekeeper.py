@@ -1,12 +1,12 @@
 # Admission control of the connection loop: each peer's owner, the rule, evictions, counts, logs.
-"""Put :mod:`srsd.admission`'s rule in front of the connection loop.
+"""Put :mod:`srsd.admission.rule`'s rule in front of the connection loop.
 
 One :class:`Gatekeeper` guards one kind of endpoint (the map endpoints share one, the
 milter has its own, each with its own limits: a flood on one cannot take the places of
 the other). For every accepted connection it learns the owner of the peer
-(:class:`srsd.peercred.PeerOwners`: one ``SO_PEERCRED`` or sock_diag round trip), asks the
-admission table, closes the victim of an eviction, and counts and logs what it did:
-connections refused because their user is not in ``allowed_users``, refused because
+(:class:`srsd.admission.owners.PeerOwners`: one ``SO_PEERCRED`` or sock_diag round trip),
+asks the admission table, closes the victim of an eviction, and counts and logs what it
+did: connections refused because their user is not in ``allowed_users``, refused because
 nothing could be evicted, evicted, and requests or transactions that timed out half-way
 (``request_timeout``, ``milter_message_timeout``, enforced by the loop's sweep). Log lines
 are rate-limited: at most one line per kind and :data:`LOG_INTERVAL` seconds, with the
@@ -21,9 +21,9 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
-from srsd.admission import Admission, Limits, Verdict, resolve_users
-from srsd.logs import RateLimited
-from srsd.peercred import Owner, PeerOwners
+from srsd.admission.owners import Owner, PeerOwners
+from srsd.admission.rule import Admission, Limits, Verdict, resolve_users
+from srsd.host.logs import RateLimited
 
 #: At most one log line per kind (refused user, full, evicted, timed out) per this many s.
 LOG_INTERVAL = 10.0

@@ -1,26 +1,26 @@
 # The server's lifecycle: bind, drop privileges, serve, signals, reload, drain, exit.
 """``srsd serve``: answer Postfix's canonical-map lookups over tcp_table and socketmap.
 
-Data flows one way: bytes in, the wire decoder (:mod:`srsd.tcp_table` or
-:mod:`srsd.socketmap`), the decision (:mod:`srsd.lookups`: the policy and the envelope
+Data flows one way: bytes in, the wire decoder (:mod:`srsd.wire.tcp_table` or
+:mod:`srsd.wire.socketmap`), the decision (:mod:`srsd.serve.answers`: the policy and the envelope
 database), the reply, bytes out. A tcp_table endpoint serves one map, chosen by its port;
 a socketmap endpoint (TCP or a unix socket) serves both, chosen by the map name in each
 request. The parts:
 
-* :mod:`srsd.listeners` opens the listening sockets (or adopts systemd's);
-* :mod:`srsd.privileges` then leaves root;
-* :mod:`srsd.connections` serves every connection of every endpoint (tcp_table,
+* :mod:`srsd.serve.listeners` opens the listening sockets (or adopts systemd's);
+* :mod:`srsd.serve.privileges` then leaves root;
+* :mod:`srsd.serve.loop` serves every connection of every endpoint (tcp_table,
   socketmap, milter) from one readiness set, a pass at a time, with slow paths as trio
   tasks (storage waits, back-pressure, lingering), idle, request and transaction
   time-outs and the drain; it is srsd's one accept path;
-* :mod:`srsd.gatekeeper` admits each new connection by its peer's user
-  (:mod:`srsd.admission`: ``allowed_users``, ``max_connections``,
+* :mod:`srsd.admission.gatekeeper` admits each new connection by its peer's user
+  (:mod:`srsd.admission.rule`: ``allowed_users``, ``max_connections``,
   ``max_connections_per_user`` for the maps; ``milter_max_sessions``,
   ``milter_max_sessions_per_user`` for the milter, a gatekeeper of its own), evicting the
   longest idle connection of the user who holds the most when full;
-* :mod:`srsd.lookups` decides, counts, logs and builds the replies;
-* :mod:`srsd.milter_server` is the milter endpoint's service (``smtpd_milters``), deciding
-  through the same lookups, with its memory budget;
+* :mod:`srsd.serve.answers` decides, counts, logs and builds the replies;
+* :mod:`srsd.serve.milter_service` is the milter endpoint's service (``smtpd_milters``),
+  deciding through the same lookups, with its memory budget;
 * descriptors: at start srsd raises its soft ``RLIMIT_NOFILE`` to the hard limit and, if
   ``max_connections`` plus ``milter_max_sessions`` plus :data:`RESERVED_DESCRIPTORS` do not
   fit in it, lowers both in proportion (with a warning): every limit is then reached
@@ -29,7 +29,7 @@ request. The parts:
 * this module runs them: :class:`Server` binds, serves until SIGTERM/SIGINT, then stops
   accepting, lets replies in flight finish within ``shutdown_grace`` seconds and exits 0;
   SIGHUP reloads settings, secrets and exclusions, keeping the old ones when anything is
-  invalid, and says which changes need a restart (:func:`srsd.settings.plan_reload`). It
+  invalid, and says which changes need a restart (:func:`srsd.config.settings.plan_reload`). It
   also serves the metrics endpoint and tells systemd how it is doing.
 """
 
@@ -45,27 +45,30 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from srsd import logs, milter_server, systemd
-from srsd.admission import Limits
-from srsd.connections import Connection, ConnectionLoop, Gate, Service
+from srsd.admission.gatekeeper import Gatekeeper
+from srsd.admission.owners import PeerOwners
+from srsd.admission.rule import Limits
+from srsd.config.settings import ConfigError, Settings, plan_reload
 from srsd.envelope import EnvelopeMode, lifetime
-from srsd.envelope.lookups import EnvelopeDatabase
+from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
-from srsd.gatekeeper import Gatekeeper
-from srsd.listeners import ACTIVATION_NAMES, Endpoint, Role, StartError, Wire, bind, close_all
-from srsd.logs import LOGGER, setup
-from srsd.lookups import (
+from srsd.host import logs, systemd
+from srsd.host.logs import LOGGER, setup
+from srsd.host.metrics import Latency, registry_for
+from srsd.serve import hangups, milter_service
+from srsd.serve.answers import (
     BAD_REQUEST_LOG_RATE,
     MAP_NAMES,
     Lookups,
     SocketmapService,
     TcpTableService,
 )
-from srsd.metrics import Latency, registry_for, serve_http
-from srsd.peercred import PeerOwners
-from srsd.policy import Policy
-from srsd.privileges import drop_privileges, leave_root
-from srsd.settings import ConfigError, Settings, plan_reload
+from srsd.serve.listeners import ACTIVATION_NAMES, Endpoint, StartError, bind, close_all
+from srsd.serve.loop import Connection, ConnectionLoop, Gate, Service
+from srsd.serve.metrics_endpoint import serve_http
+from srsd.serve.privileges import drop_privileges, leave_root
+from srsd.srs.policy import Policy, Role
+from srsd.wire import Wire
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -131,11 +134,11 @@ class Server:
         self.notifier = systemd.Notifier(os.environ)
         self.metrics_listeners: list[trio.SocketListener] = []
         self.reloads: Counter[str] = Counter()
-        forward, reverse = milter_server.lookups_for(self.lookup)
-        self.milter = milter_server.MilterService(
+        forward, reverse = milter_service.lookups_for(self.lookup)
+        self.milter = milter_service.MilterService(
             forward=forward,
             reverse=reverse,
-            delivery=milter_server.delivery_for(settings),
+            delivery=milter_service.delivery_for(settings),
         )
         self.milter.configure(settings)
         self.milter_endpoints: list[Endpoint] = []
@@ -215,8 +218,8 @@ class Server:
 
     @property
     def database_errors(self) -> int:
-        """Envelope database failures so far (a metric)."""
-        return self.envelopes.outage.failures
+        """Envelope database failures so far, recovered ones included (a metric)."""
+        return self.envelopes.errors
 
     @property
     def database_writes_refused(self) -> int:
@@ -293,16 +296,16 @@ class Server:
             LOGGER.warning(
                 "cannot create state directory %s: %s", self.settings.state_dir, err.strerror
             )
+        store = self.envelopes.store
         try:
-            await self.envelopes.store.check()
+            await store.check()
+            risk = await store.durability()
         except StorageError as err:
             self.envelopes.outage.failed(err)
-        else:
-            LOGGER.info(
-                "envelope database %s, mode %s",
-                self.envelopes.store.description,
-                self.envelopes.mode.value,
-            )
+            return
+        LOGGER.info("envelope database %s, mode %s", store.description, self.envelopes.mode.value)
+        if risk is not None:
+            LOGGER.warning("%s", risk)
 
     async def _drain(self, endpoints: list[Endpoint]) -> None:
         self.notifier.notify("STOPPING=1")
@@ -315,16 +318,22 @@ class Server:
     async def _watch_signals(
         self, signals: AsyncIterator[int], accepting: trio.CancelScope
     ) -> None:
+        if hangups.pending():  # held off while srsd started (serve.hangups): apply it now
+            LOGGER.info("SIGHUP received while starting: reloading now")
+            self._reload_signalled()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-                self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
-                self.reload()
-                self.notifier.notify("READY=1", self.status())
+                self._reload_signalled()
             else:
                 LOGGER.info("%s received: stopping", signal.Signals(signum).name)
                 accepting.cancel()
                 return
+
+    def _reload_signalled(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self.reload()
+        self.notifier.notify("READY=1", self.status())
 
     def status(self) -> str:
         """A systemd ``STATUS=`` line with the counts that matter."""
@@ -373,7 +382,7 @@ class Server:
             setup_logging(new)
         self.settings = new
         self.lookup.configure(new, new.policy())
-        self.milter.delivery = milter_server.delivery_for(new)  # reads Postfix's config again
+        self.milter.delivery = milter_service.delivery_for(new)  # reads Postfix's config again
         self.milter.configure(new)
         self.gate.configure(limits)
         self.milter_gate.configure(milter_limits)

@@ -2,10 +2,10 @@
 """Decide, for each new connection, whether to refuse it, admit it, or admit it and close
 another one (evict), so that no local user can shut Postfix out by holding connections.
 
-Each connection has an owner (:mod:`srsd.peercred`: a uid, ``"remote"`` for every peer on
+Each connection has an owner (:mod:`srsd.admission.owners`: a uid, ``"remote"`` for every peer on
 another host, ``"unknown"``), the time of its last activity (the connect, or the last
 request answered) and whether srsd is answering a request of it right now and waits for its
-own work to do so (busy: the server says which, :mod:`srsd.connections`). The rule, for
+own work to do so (busy: the server says which, :mod:`srsd.serve.loop`). The rule, for
 a new connection of owner ``u`` (:func:`decide`):
 
 1. ``allowed_users`` is not empty and ``u`` is not in it: **refuse** (close at once).
@@ -39,7 +39,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from srsd.peercred import REMOTE, Owner
+from srsd.admission.owners import REMOTE, Owner
 
 K = TypeVar("K", bound=Hashable)
 
