@@ -1,17 +1,22 @@
-# The metrics endpoint: GET /metrics over a small trio HTTP server, a few connections at once.
+# The metrics endpoint: GET /metrics as a service of the connection loop, a few at once.
 """Serve :mod:`srsd.host.metrics`' registry at ``metrics_listen`` in the Prometheus text format.
 
-One request per connection, at most :data:`HTTP_CONNECTIONS` connections at once, each
-bounded by :data:`HTTP_TIMEOUT` and :data:`HTTP_HEAD_LIMIT`: the endpoint must not let anyone
-spend the descriptors or the time the lookups need.
+The endpoint is served by the connection loop (:mod:`srsd.serve.loop`), srsd's one accept
+path, like the map and milter endpoints, behind a gate of its own (:class:`Capped`): at
+most :data:`HTTP_CONNECTIONS` connections at once, more are closed at once; a scraper is
+not Postfix, so ``allowed_users`` and the per-user shares do not apply. One request per
+connection, its head at most :data:`HTTP_HEAD_LIMIT` bytes, sent within
+:data:`HTTP_TIMEOUT` seconds: the endpoint must not let anyone spend the descriptors or the
+time the lookups need.
 """
 
 from __future__ import annotations
 
-import trio
+from collections.abc import Hashable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from srsd.serve.loop import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.serve.loop import Connection, Reader
 
 #: Bounds on one HTTP request to the metrics endpoint.
 HTTP_HEAD_LIMIT = 8192
@@ -20,66 +25,108 @@ HTTP_TIMEOUT = 5.0
 HTTP_CONNECTIONS = 8
 
 
-async def serve_http(listener: trio.SocketListener, registry: CollectorRegistry) -> None:
-    """Answer ``GET /metrics`` on ``listener`` until cancelled, one request per connection.
+class HeadReader:
+    """The head of one HTTP request, sans-IO: its bytes as one event once complete; closed
+    then, or when the head grows past :data:`HTTP_HEAD_LIMIT` (answered with nothing)."""
 
-    At most :data:`HTTP_CONNECTIONS` at once: the endpoint must not let anyone spend the
-    descriptors the lookups need. When descriptors run out anyway, accepting waits and
-    retries, as the lookup listeners do: a scrape never takes srsd down.
-    """
-    active = 0
+    __slots__ = ("_head", "closed")
 
-    async def handle(stream: trio.SocketStream) -> None:
-        nonlocal active
-        try:
-            await _handle(stream, registry)
-        finally:
-            active -= 1
+    def __init__(self) -> None:
+        self._head = b""
+        self.closed = False
 
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as err:
-                if err.errno not in ACCEPT_RETRY_ERRNOS:
-                    raise
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            if active >= HTTP_CONNECTIONS:
-                await stream.aclose()
-                continue
-            active += 1
-            nursery.start_soon(handle, stream)
+    @property
+    def buffered(self) -> int:
+        """Bytes of a head not complete yet."""
+        return len(self._head)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The head, once ``data`` completes it."""
+        if self.closed:
+            return []
+        self._head += data
+        if b"\r\n\r\n" in self._head or b"\n\n" in self._head:
+            head, self._head, self.closed = self._head, b"", True
+            return [head]
+        if len(self._head) > HTTP_HEAD_LIMIT:
+            self._head, self.closed = b"", True
+        return []
+
+    def feed_eof(self) -> list[bytes]:
+        """Nothing: a head cut short is not answered."""
+        self._head, self.closed = b"", True
+        return []
 
 
-async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
-    async with stream:
-        with trio.move_on_after(HTTP_TIMEOUT):
-            head = b""
-            while b"\r\n\r\n" not in head and b"\n\n" not in head:
-                chunk = await stream.receive_some(HTTP_HEAD_LIMIT)
-                if not chunk or len(head) > HTTP_HEAD_LIMIT:
-                    return
-                head += chunk
-            method, _, rest = head.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                await stream.send_all(
-                    _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
-                )
-            elif path == b"/metrics":
-                await stream.send_all(
-                    _response(
-                        b"200 OK",
-                        CONTENT_TYPE_LATEST.encode(),
-                        generate_latest(registry),
-                        head=method == b"HEAD",
-                    )
-                )
-            else:
-                await stream.send_all(
-                    _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
-                )
+class MetricsService:
+    """The metrics endpoint as a service of the connection loop."""
+
+    idle_limit = HTTP_TIMEOUT
+    transaction_limit = 0.0
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def reader(self, owner: Hashable) -> HeadReader:
+        """A reader for a new connection."""
+        return HeadReader()
+
+    def in_transaction(self, reader: Reader) -> bool:
+        """Never: one request per connection."""
+        return False
+
+    def discard(self, reader: Reader) -> None:
+        """Nothing to free."""
+
+    def answer(self, event: object) -> bytes:
+        """The response to one request head: the metrics for ``GET /metrics``."""
+        head = event if isinstance(event, bytes) else b""
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
+        if path == b"/metrics":
+            return _response(
+                b"200 OK",
+                CONTENT_TYPE_LATEST.encode(),
+                generate_latest(self.registry),
+                head=method == b"HEAD",
+            )
+        return _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
+
+    async def answer_later(self, event: object) -> bytes:
+        """As :meth:`answer` (never needed: every answer is immediate)."""
+        return self.answer(event)
+
+
+class Capped:
+    """A gate that admits at most ``limit`` connections at once, whoever they are from."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: set[Connection] = set()
+
+    @property
+    def full(self) -> bool:
+        """At the limit."""
+        return len(self.open) >= self.limit
+
+    def admit(self, conn: Connection, now: float) -> bool:
+        """Whether there is room for ``conn``."""
+        if len(self.open) >= self.limit:
+            return False
+        self.open.add(conn)
+        return True
+
+    def answered(self, conn: Connection, now: float) -> None:
+        """Nothing to note."""
+
+    def closed(self, conn: Connection) -> None:
+        """A connection ended: room for another."""
+        self.open.discard(conn)
+
+    def timed_out(self, conn: Connection, what: str, seconds: float) -> None:
+        """Nothing to note (the connection is closed)."""
 
 
 def _response(status: bytes, content_type: bytes, body: bytes, *, head: bool = False) -> bytes:

@@ -65,7 +65,7 @@ from srsd.serve.answers import (
 )
 from srsd.serve.listeners import ACTIVATION_NAMES, Endpoint, StartError, bind, close_all
 from srsd.serve.loop import Connection, ConnectionLoop, Gate, Service
-from srsd.serve.metrics_endpoint import serve_http
+from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS, Capped, MetricsService
 from srsd.serve.privileges import drop_privileges, leave_root
 from srsd.srs.policy import Policy, Role
 from srsd.wire import Wire
@@ -132,7 +132,7 @@ class Server:
         self.loop.request_timeout = settings.request_timeout
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
-        self.metrics_listeners: list[trio.SocketListener] = []
+        self.metrics_endpoints: list[Endpoint] = []
         self.reloads: Counter[str] = Counter()
         forward, reverse = milter_service.lookups_for(self.lookup)
         self.milter = milter_service.MilterService(
@@ -232,7 +232,7 @@ class Server:
         """Open every configured listener (or adopt systemd's); raise :class:`StartError`
         with one clear line."""
         bound = await bind(self.settings)
-        self.metrics_listeners = bound.metrics
+        self.metrics_endpoints = bound.metrics
         self.milter_endpoints = bound.milter
         return bound.endpoints
 
@@ -251,6 +251,8 @@ class Server:
         services += [
             (endpoint, self.milter, self.milter_gate) for endpoint in self.milter_endpoints
         ]
+        metrics, scrapers = MetricsService(registry_for(self)), Capped(HTTP_CONNECTIONS)
+        services += [(e, metrics, scrapers) for e in self.metrics_endpoints]
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as connections:
                 await connections.start(self.loop.serve, services)
@@ -262,9 +264,6 @@ class Server:
                                 loops.start_soon(
                                     expire_periodically, self.envelopes.store, self.envelopes.outage
                                 )
-                            registry = registry_for(self)
-                            for listener in self.metrics_listeners:
-                                loops.start_soon(serve_http, listener, registry)
                             if self.notifier.enabled:
                                 loops.start_soon(self._report_status)
                             loops.start_soon(self._flush_log)
@@ -312,8 +311,7 @@ class Server:
         self.loop.stop(self.settings.shutdown_grace)
         close_all(endpoints)
         close_all(self.milter_endpoints)
-        for listener in self.metrics_listeners:
-            await listener.aclose()
+        close_all(self.metrics_endpoints)
 
     async def _watch_signals(
         self, signals: AsyncIterator[int], accepting: trio.CancelScope
