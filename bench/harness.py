@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import random
 import resource
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,11 @@ BUILD = BENCH / "build"
 RESULTS = BENCH / "results"
 LOADGEN_SRC = BENCH / "loadgen"
 POSTSRSD = Path("/usr/sbin/postsrsd")
+#: postsrsd 2.4 (socketmap and milter), built from its tag as bench/README.md says
+POSTSRSD2 = Path(os.environ.get("SRSD_BENCH_POSTSRSD2", BENCH / "build" / "postsrsd-2.4"))
 DOMAIN = "forwarder.test"
+#: The milter's local domain: mail to it is delivered here, not forwarded
+LOCAL_DOMAIN = "mailbox.test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 START_TIMEOUT = 20.0
@@ -47,6 +53,7 @@ START_TIMEOUT = 20.0
 
 _TOOLS = {
     "tcpmap_load": ["-O2", "-Wall", "-Wextra", "-pthread"],
+    "milter_load": ["-O2", "-Wall", "-Wextra"],
     "fixed_reply_server": ["-O2", "-Wall", "-Wextra"],
 }
 
@@ -246,6 +253,7 @@ class Server:
     forward_port: int
     reverse_port: int
     forks: bool = False  # one process per connection (postsrsd): count the children
+    ports: dict[str, int] = field(default_factory=dict)  # other endpoints: "socketmap", "milter"
     stderr_path: Path | None = None
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -272,7 +280,7 @@ class Server:
             if self.stderr_path:
                 err.close()  # type: ignore[union-attr]
         deadline = time.monotonic() + START_TIMEOUT
-        ports = {self.forward_port, self.reverse_port}
+        ports = {self.forward_port, self.reverse_port, *self.ports.values()} - {0}
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -321,10 +329,19 @@ def _accepting(port: int) -> bool:
 
 
 def srsd_server(
-    secret: Path, workdir: Path, *, log_level: str = "warning", name: str = "srsd"
+    secret: Path,
+    workdir: Path,
+    *,
+    log_level: str = "warning",
+    name: str = "srsd",
+    tcp_table: bool = True,
+    endpoints: bool = False,
+    alphabet: str = "base64",
 ) -> Server:
-    """``python -m srsd serve`` from this work tree, base64 alphabet (postsrsd's)."""
-    port = free_ports(2)
+    """``python -m srsd serve`` from this work tree: the tcp_table ports (``tcp_table``),
+    socketmap and milter endpoints with the milter's local domain (``endpoints``)."""
+    port = free_ports(4)
+    forward, reverse = (port, port + 1) if tcp_table else (0, 0)
     argv = [
         sys.executable,
         "-m",
@@ -337,16 +354,21 @@ def srsd_server(
         "--listen",
         "127.0.0.1",
         "--forward-port",
-        str(port),
+        str(forward),
         "--reverse-port",
-        str(port + 1),
+        str(reverse),
         "--hash-alphabet",
-        "base64",
+        alphabet,
         "--state-dir",
         str(workdir / "state"),
         "--max-connections",
         "4000",
     ]
+    ports = {}
+    if endpoints:
+        ports = {"socketmap": port + 2, "milter": port + 3}
+        argv += ["--socketmap", f"inet:127.0.0.1:{port + 2}"]
+        argv += ["--milter", f"inet:127.0.0.1:{port + 3}", "--local-domains", LOCAL_DOMAIN]
     if log_level != "info":  # info is the default: leave the flag out to measure that
         argv += ["--log-level", log_level]
     if os.geteuid() == 0 and _srsd_has_flag("--allow-root"):
@@ -355,7 +377,7 @@ def srsd_server(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     # at info level stderr goes to /dev/null: the cost of formatting and writing remains
     log = workdir / f"{name}.log" if log_level != "info" else None
-    return Server(name, argv, port, port + 1, stderr_path=log, env=env)
+    return Server(name, argv, forward, reverse, stderr_path=log, env=env, ports=ports)
 
 
 def _srsd_has_flag(flag: str) -> bool:
@@ -403,6 +425,35 @@ def postsrsd_server(secret: Path, workdir: Path) -> Server | None:
     )
 
 
+def postsrsd2_server(secret: Path, workdir: Path) -> Server | None:
+    """postsrsd 2.4 (:data:`POSTSRSD2`) with a socketmap and a milter endpoint and srsd's
+    settings (its own alphabet, base64url, is srsd's default); None if it is not built."""
+    if not (POSTSRSD2.is_file() and os.access(POSTSRSD2, os.X_OK)):
+        return None
+    port = free_ports(2)
+    conf = workdir / "postsrsd2.conf"
+    conf.write_text(
+        f'srs-domain = "{DOMAIN}"\n'
+        f'domains = {{ "{LOCAL_DOMAIN}" }}\n'
+        f'secrets-file = "{secret}"\n'
+        f'socketmap = "inet:127.0.0.1:{port}"\n'
+        f'milter = "inet:127.0.0.1:{port + 1}"\n'
+        "keep-alive = 1800\n"  # as srsd's and postsrsd 1.x's -t 1800: no reconnects
+        "connection-limit = 4000\n"
+        'chroot-dir = ""\n'
+        'unprivileged-user = ""\n'
+    )
+    return Server(
+        "postsrsd2",
+        [str(POSTSRSD2), "-C", str(conf)],
+        0,
+        0,
+        forks=True,
+        stderr_path=workdir / "postsrsd2.log",
+        ports={"socketmap": port, "milter": port + 1},
+    )
+
+
 def fixed_server(exe: Path, workdir: Path) -> Server:
     """The C fixed-reply server (``200 x`` to every request): the protocol's ceiling."""
     port = free_ports(1)
@@ -422,6 +473,75 @@ def ceiling_server(variant: str, workdir: Path) -> Server:
         variant,
     ]
     return Server(variant, argv, port, port, stderr_path=workdir / f"{variant}.log")
+
+
+# -- one measured load run ----------------------------------------------------------------
+
+
+def _lines(stream: Any, deadline: float) -> Iterator[str]:
+    """Lines from a pipe, giving up at ``deadline`` (monotonic)."""
+    buf = b""
+    fd = stream.fileno()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode(errors="replace")
+
+
+def measure(
+    argv: Sequence[str],
+    server: Server,
+    *,
+    client_cpu: int | None,
+    server_cpu: int | None,
+    seconds: float,
+    label: str,
+) -> dict[str, Any]:
+    """Run one load generator (``--json --markers``) against ``server``: its JSON result
+    under ``"loadgen"``, and the server's CPU time, the other programs' load on the
+    server's core and the server's memory, sampled at the load generator's markers
+    (``# measure start`` / ``# measure end`` on its stderr)."""
+    proc = spawn(argv, client_cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + seconds + 30
+    snaps: dict[str, tuple[float, float, float]] = {}
+    held = None
+    try:
+        for line in _lines(proc.stderr, deadline):
+            if line.startswith("# measure"):
+                core = core_busy_seconds(server_cpu) if server_cpu is not None else 0
+                snaps[line[10:]] = (time.monotonic(), server.cpu(), core)
+                if line == "# measure end":
+                    held = server.memory()
+                    break
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        result = json.loads(out)
+    except json.JSONDecodeError:
+        raise RuntimeError(
+            f"{label}: load generator failed: {err.decode(errors='replace')}"
+        ) from None
+    cell: dict[str, Any] = {"loadgen": result}
+    if "start" in snaps and "end" in snaps:
+        (t0, c0, k0), (t1, c1, k1) = snaps["start"], snaps["end"]
+        wall, used = t1 - t0, c1 - c0
+        cell["server_cpu_s"] = used
+        cell["server_cpu_pct"] = 100 * used / wall
+        # whatever else ran on the server's core meanwhile: other people's programs
+        cell["other_load_pct"] = max(0.0, 100 * ((k1 - k0) - used) / wall) if k1 else None
+    if held is not None:
+        cell.update(rss_mib=held.rss_mib, pss_mib=held.pss_kib / 1024, processes=held.processes)
+    return cell
 
 
 def write_secret(path: Path) -> None:

@@ -40,10 +40,10 @@ LAYERS = (
         "SRS work (policy, codec, hmac)",
         ("policy.py", "codec.py", "address.py", "hmac.py", "base64.py"),
     ),
-    ("tcp_table parse/encode", ("tcp_table.py", "socketmap.py")),
+    ("wire codecs (tcp_table, socketmap, milter)", ("tcp_table.py", "socketmap.py", "milter.py")),
     (
         "logging / counting",
-        ("logging/", "logs.py", "record (lookups.py", "collections/", "metrics.py"),
+        ("logging/", "logs.py", "record (answers.py", "collections/", "metrics.py"),
     ),
     (
         "trio cancel scopes and deadlines",
@@ -58,7 +58,10 @@ LAYERS = (
     ),
     ("socket send/recv (syscalls + trio wrappers)", ("_socket.py", "_highlevel_socket.py")),
     ("selectors (the loop's readiness set)", ("selectors.py",)),
-    ("srsd connection loop and lookups", ("connections.py", "lookups.py", "server.py")),
+    (
+        "srsd connection loop, lookups, milter service",
+        ("loop.py", "answers.py", "server.py", "milter_service.py", "delivery.py"),
+    ),
     ("trio scheduler / epoll", ("trio/",)),
 )
 
@@ -128,6 +131,14 @@ def analyse_pstats(path: Path, top: int = 25) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="profile srsd under tcp_table load")
     parser.add_argument("--conns", type=int, default=16)
+    parser.add_argument(
+        "--endpoint",
+        choices=("tcp_table", "socketmap", "milter"),
+        default="tcp_table",
+        help="what to load (milter: one remote recipient per message, --recipients)",
+    )
+    parser.add_argument("--recipients", type=int, default=1, help="milter: per message")
+    parser.add_argument("--quickack", action="store_true", help="milter: a QUICKACK client")
     parser.add_argument("--mode", choices=("lockstep", "reconnect"), default="lockstep")
     parser.add_argument("--direction", choices=("forward", "reverse"), default="forward")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -152,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {client_cpu})
     tools = h.build_tools()
     h.RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = h.RESULTS / f"profile-{args.direction}-{args.mode}-{args.conns}"
+    cell = f"{args.direction}-{args.mode}-{args.conns}"
+    if args.endpoint == "milter":
+        cell = f"milter-{args.recipients}rcpt-{args.conns}"
+    elif args.endpoint == "socketmap":
+        cell = f"socketmap-{cell}"
+    stem = h.RESULTS / f"profile-{cell}"
     h.RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="work-", dir=h.RESULTS))
     try:
@@ -160,7 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         h.write_secret(secret)
         keys = workdir / "forward.keys"
         keys.write_bytes(b"".join(k + b"\n" for k in h.forward_keys()))
-        srsd = h.srsd_server(secret, workdir, log_level=args.log_level)
+        tcp_table = args.endpoint == "tcp_table"
+        srsd = h.srsd_server(
+            secret,
+            workdir,
+            log_level=args.log_level,
+            tcp_table=tcp_table,
+            endpoints=not tcp_table,
+        )
+        socketmap = ["--socketmap", "forward"] if args.endpoint == "socketmap" else []
+        forward_at = srsd.ports.get("socketmap", srsd.forward_port)
         serve = srsd.argv
         if tool == "py-spy":
             fmt = (
@@ -182,22 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(target, {server_cpu})  # ...srsd itself on the server CPU
         if args.direction == "reverse":
             rev = workdir / "reverse.keys"
-            h.run_quiet(
-                [
-                    str(tools["tcpmap_load"]),
-                    "--dump",
-                    str(rev),
-                    "-k",
-                    str(keys),
-                    "-q",
-                    f"127.0.0.1:{srsd.forward_port}",
-                ],
-                timeout=60,
-            )
+            dump = [str(tools["tcpmap_load"]), *socketmap, "--dump", str(rev), "-k", str(keys)]
+            h.run_quiet([*dump, "-q", f"127.0.0.1:{forward_at}"], timeout=60)
             keys = rev
+        if socketmap:
+            socketmap[1] = args.direction
         port = srsd.forward_port if args.direction == "forward" else srsd.reverse_port
         load = [
             str(tools["tcpmap_load"]),
+            *socketmap,
             "-c",
             str(args.conns),
             "-d",
@@ -206,14 +224,23 @@ def main(argv: list[str] | None = None) -> int:
             str(keys),
             "--json",
             "-q",
-            f"127.0.0.1:{port}",
+            f"127.0.0.1:{srsd.ports.get('socketmap', port)}",
         ]
         if args.mode == "reconnect":
             load += ["--reconnect", "--linger0"]
+        if args.endpoint == "milter":
+            load = [str(tools["milter_load"]), "-c", str(args.conns), "-r", str(args.recipients)]
+            load += ["-d", str(args.duration), "--json", "-q"]
+            load += [
+                *(["--quickack"] if args.quickack else []),
+                f"127.0.0.1:{srsd.ports['milter']}",
+            ]
         cpu0 = h.cpu_seconds(target, with_children=False)
         done = h.run_quiet(load, timeout=args.duration + 60)
         cpu = h.cpu_seconds(target, with_children=False) - cpu0
         result = json.loads(done.stdout)
+        if args.endpoint == "milter":
+            result.update(rps=result["rate"], replies=result["messages"])
         os.kill(target, signal.SIGTERM)
         assert srsd.proc is not None
         srsd.proc.wait(60)
@@ -222,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             srsd.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(
-        f"srsd under {tool}: {args.mode}, {args.conns} connection(s), {args.direction}: "
+        f"srsd under {tool}: {cell}: "
         f"{result['rps']:,.0f} req/s (profiler attached), p50 {result['latency_us']['p50']:.0f}"
         f" us, server CPU {cpu / result['replies'] * 1e6:.1f} us/req"
     )

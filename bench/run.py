@@ -31,14 +31,11 @@ import datetime
 import json
 import os
 import platform
-import select
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import codec_bench
+import endpoints
 import harness as h
 
 CONNECTIONS = (1, 4, 16, 64)
@@ -77,23 +75,6 @@ class Rig:
     keys: dict[str, Path]  # "forward", "reverse:<server name>"
     duration: float
     warmup: float
-
-
-def _lines(stream: Any, deadline: float) -> Iterator[str]:
-    """Lines from a pipe, giving up at ``deadline`` (monotonic)."""
-    buf = b""
-    fd = stream.fileno()
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line.decode(errors="replace")
 
 
 def run_cell(
@@ -131,29 +112,15 @@ def run_cell(
     if mode == "reconnect":
         argv += ["--reconnect", "--linger0"]  # RST: no TIME_WAIT pile-up on the client
     argv.append(f"127.0.0.1:{port}")
-    proc = h.spawn(argv, rig.client_cpu, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + rig.warmup + duration + 30
-    snaps: dict[str, tuple[float, float, float]] = {}
-    memory = None
-    try:
-        for line in _lines(proc.stderr, deadline):
-            if line.startswith("# measure"):
-                core = h.core_busy_seconds(rig.server_cpu) if rig.server_cpu is not None else 0
-                snaps[line[10:]] = (time.monotonic(), server.cpu(), core)
-                if line == "# measure end":
-                    memory = server.memory()
-                    break
-        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    try:
-        result = json.loads(out)
-    except json.JSONDecodeError:
-        raise RuntimeError(
-            f"{label}: load generator failed: {err.decode(errors='replace')}"
-        ) from None
+    measured = h.measure(
+        argv,
+        server,
+        client_cpu=rig.client_cpu,
+        server_cpu=rig.server_cpu,
+        seconds=rig.warmup + duration,
+        label=label,
+    )
+    result = measured["loadgen"]
     cell: dict[str, Any] = {
         "server": server.name,
         "conns": conns,
@@ -168,21 +135,11 @@ def run_cell(
         "errors": result["errors"],
         "malformed": result["malformed"],
         "client_cpu_pct": result["client_cpu"]["pct"],
-        "loadgen": result,
+        **measured,
     }
-    if "start" in snaps and "end" in snaps:
-        (t0, c0, k0), (t1, c1, k1) = snaps["start"], snaps["end"]
-        wall, used = t1 - t0, c1 - c0
-        cell["server_cpu_s"] = used
+    if "server_cpu_s" in cell:
         replies = result["replies"]
-        cell["server_cpu_us_per_req"] = used / replies * 1e6 if replies else None
-        cell["server_cpu_pct"] = 100 * used / wall
-        # whatever else ran on the server's core meanwhile: other people's programs
-        cell["other_load_pct"] = max(0.0, 100 * ((k1 - k0) - used) / wall) if k1 else None
-    if memory is not None:
-        cell.update(
-            rss_mib=memory.rss_mib, pss_mib=memory.pss_kib / 1024, processes=memory.processes
-        )
+        cell["server_cpu_us_per_req"] = cell["server_cpu_s"] / replies * 1e6 if replies else None
     ok = result["codes"]["200"] == result["replies"] and not result["errors"]
     cell["all_200"] = ok and not result["malformed"]
     return cell
@@ -401,10 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-postsrsd", action="store_true", help="srsd (and ceilings) only")
     parser.add_argument(
         "--rows",
-        help="only these matrix rows, e.g. lockstep:16,reconnect:64 "
+        help="only these rows, e.g. lockstep:16,reconnect:64,socketmap:16,milter:1:16 "
         "(to run a noisy cell again); no diagnostics, no idle test",
     )
+    parser.add_argument(
+        "--no-endpoints", action="store_true", help="no socketmap and milter rows (postsrsd 2.4)"
+    )
+    parser.add_argument("--repeats", type=int, help="socketmap and milter: rounds per row (3)")
     args = parser.parse_args(argv)
+    wanted = args.rows.split(",") if args.rows else []
+    elsewhere = ("socketmap", "milter")
+    matrix_rows = [x for x in wanted if not x.startswith(elsewhere)]
+    endpoint_rows = [x for x in wanted if x.startswith(elsewhere)]
+    if wanted and not matrix_rows:  # socketmap and milter rows only
+        return run_endpoints(args, endpoint_rows)
+    args.rows = ",".join(matrix_rows)
     duration = args.duration or (0.4 if args.quick else 3.0)
     warmup = 0.1 if args.quick else 0.5
     started = time.monotonic()
@@ -530,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    if not args.no_endpoints and (endpoint_rows or not wanted):
+        print()
+        report["endpoints"] = endpoints.run(_endpoint_args(args, endpoint_rows))
     report["codec"] = codec_bench.run(quick=args.quick)
     report["rows"] = [
         {k: v for k, v in r.items() if k in ("mode", "conns", "direction", "targets")} for r in rows
@@ -541,6 +512,28 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     print(f"\nraw numbers: {args.json}   ({report['meta']['elapsed_s']:.0f} s)")
+    return 0
+
+
+def _endpoint_args(args: argparse.Namespace, rows: list[str]) -> argparse.Namespace:
+    """bench/endpoints.py's options from this run's."""
+    ns = argparse.Namespace(
+        duration=args.duration,
+        repeats=args.repeats,
+        quick=args.quick,
+        rows=",".join(rows),
+        no_warning=False,
+    )
+    endpoints.settle(ns)
+    return ns
+
+
+def run_endpoints(args: argparse.Namespace, rows: list[str]) -> int:
+    """Only socketmap and milter rows: bench/endpoints.py's run, its JSON beside ours."""
+    report = endpoints.run(_endpoint_args(args, rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"endpoints": report}, indent=1, default=str))
+    print(f"\nraw numbers: {args.json}")
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 from srsd.serve.listeners import Endpoint
-from srsd.serve.loop import Service
+from srsd.serve.loop import Later, Service
 from srsd.serve.server import Server
 from srsd.srs.policy import Role
 from tests.test_server import (
@@ -97,12 +97,12 @@ class HeldService:
         self.in_transaction = inner.in_transaction
         self.discard = inner.discard
 
-    def answer(self, event: object) -> bytes | None:
+    def answer(self, event: object) -> bytes | Later:
         if getattr(event, "key", None) == b"hold":
-            return None
+            return self.held
         return self.inner.answer(event)
 
-    async def answer_later(self, event: object) -> bytes:
+    async def held(self) -> bytes:
         await self.release.wait()
         return b"500 released\n"
 

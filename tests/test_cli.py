@@ -166,12 +166,17 @@ SERVE_FLAGS = [
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        ([], ["encode", "decode", "keygen", "serve", "config", "health", "--version"]),
+        ([], ["encode", "decode", "keygen", "serve", "config", "health", "postfix-config"]),
+        ([], ["--version"]),
         (["config"], [*COMMON_FLAGS, *SERVE_FLAGS[:-1], "--changed"]),
         (["encode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["decode"], [*COMMON_FLAGS, "ADDRESS"]),
         (["keygen"], ["PATH", "--force"]),
         (["serve"], [*COMMON_FLAGS, *SERVE_FLAGS, *(f.flag for f in settings.FIELDS if f.flag)]),
+        (
+            ["postfix-config"],
+            [*COMMON_FLAGS, "--mode", "--milter", "--socketmap", "--listen", "--forward-port"],
+        ),
     ],
 )
 def test_help(cli: Srsd, command: list[str], flags: list[str]) -> None:
@@ -181,7 +186,7 @@ def test_help(cli: Srsd, command: list[str], flags: list[str]) -> None:
     assert out.startswith("usage: srsd")
     missing = [flag for flag in flags if flag not in out]
     assert not missing, out
-    if command not in (["serve"], ["config"]):
+    if command not in (["serve"], ["config"], ["postfix-config"]):
         assert "--listen" not in out
 
 

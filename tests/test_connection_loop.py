@@ -167,8 +167,17 @@ class GatedStore:
     def __init__(self, store: EnvelopeStore) -> None:
         self.store = store
         self.description = store.description
+        self.remote = store.remote
         self.gate = trio.Event()
         self.waiting = 0
+
+    @property
+    def generation(self) -> int:
+        return self.store.generation
+
+    @property
+    def recovered(self) -> int:
+        return self.store.recovered
 
     async def put(self, key: bytes, sender: bytes, now: float) -> None:
         self.waiting += 1

@@ -42,11 +42,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from srsd.config import settings as srsd_settings
 from srsd.envelope import EnvelopeMode
 from srsd.envelope.database import EnvelopeDatabase
-from srsd.envelope.store import RedisStore, StorageError
+from srsd.envelope.store import RedisStore, SQLiteStore, StorageError
+from srsd.serve.answers import Lookups, MapService
 from srsd.srs.codec import Codec
-from srsd.srs.policy import Decision, Outcome, Policy
+from srsd.srs.policy import Decision, Outcome, Policy, Role
+from srsd.wire import Wire
 from tests.immutable import immutable
 from tests.local_users import SECOND_UID, require_root, run_as
 from tests.ports import free_port
@@ -858,3 +861,78 @@ def test_reloading_the_flood_cap_keeps_the_refused_count(tmp_path: Path) -> None
     envelopes.configure(EnvelopeMode.AUTO, 5)
     assert envelopes.limiter.max_per_minute == 5
     assert envelopes.refused == 1
+
+
+class CountingPolicy(Policy):
+    """The real policy, counting its decisions."""
+
+    decided = 0
+
+    def forward(self, sender: bytes, now: float) -> Decision:
+        self.decided += 1
+        return super().forward(sender, now)
+
+    def reverse(self, recipient: bytes, now: float) -> Decision:
+        self.decided += 1
+        return super().reverse(recipient, now)
+
+
+class CountingSQLite(SQLiteStore):
+    """The real SQLite store, counting its writes."""
+
+    puts = 0
+
+    async def put(self, key: bytes, sender: bytes, now: float) -> None:
+        self.puts += 1
+        await super().put(key, sender, now)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["sqlite", "store in a server"])
+async def test_each_lookup_is_decided_once_and_remembered_senders_answer_at_once(
+    tmp_path: Path, remote: bool
+) -> None:
+    # A database-mode lookup is decided by the policy once, its decision carried to the
+    # write or read; a sender written lately is answered with the same reply and not
+    # written again: at once (bytes, not a Later: the connection stays in the loop) from
+    # SQLite, after a confirming read (a Later) from a store in a server.
+    secrets = tmp_path / "secrets"
+    secrets.write_bytes(SECRET + b"\n")
+    secrets.chmod(0o600)
+    cli = {"domain": DOMAIN.decode(), "secrets_file": str(secrets)}
+    (tmp_path / "srsd.toml").write_text("")
+    settings = srsd_settings.load(cli=cli, environ={}, config=tmp_path / "srsd.toml")
+    store = ForgetfulStore() if remote else CountingSQLite(tmp_path / DB_NAME, 86400.0)
+    envelopes = EnvelopeDatabase(store, EnvelopeMode.DATABASE, 0)
+    policy = CountingPolicy(Codec([SECRET], DOMAIN))
+    lookups = Lookups(settings, policy, envelopes)
+    forward = MapService(lookups, Wire.TCP_TABLE, Role.FORWARD)
+    reverse = MapService(lookups, Wire.TCP_TABLE, Role.REVERSE)
+    (request,) = forward.reader().feed(b"get " + ALICE + b"\n")
+    try:
+        later = forward.answer(request)
+        assert not isinstance(later, bytes)  # a write to wait for
+        assert (policy.decided, store.puts) == (1, 0)
+        written = await later()
+        assert (policy.decided, store.puts) == (1, 1)
+        alias = written.removeprefix(b"200 ").rstrip(b"\n")
+        assert alias in aliased(ALICE, time.time())
+
+        again = forward.answer(request)
+        if remote:
+            assert not isinstance(again, bytes)  # a read to confirm it
+            again = await again()
+        assert again == written
+        assert (policy.decided, store.puts) == (2, 1)
+
+        (bounce,) = reverse.reader().feed(b"get " + alias + b"\n")
+        later = reverse.answer(bounce)
+        assert not isinstance(later, bytes)  # a read to wait for
+        assert await later() == b"200 " + ALICE + b"\n"
+        assert policy.decided == 3
+        assert await lookups.decide(Role.FORWARD, ALICE) == Decision(
+            Outcome.REWRITTEN, alias, "rewritten through the envelope database"
+        )
+        assert (policy.decided, store.puts) == (4, 1)
+        assert sum(lookups.counts.values()) == 3  # the three answered on the wire
+    finally:
+        await store.aclose()

@@ -882,9 +882,18 @@ def test_health_against_live_servers(tmp_path: Path) -> None:
     unix = tmp_path / "srsd.sock"
     tcp = ("--forward-port", str(port), "--reverse-port", str(port + 1))
     off = ("--forward-port", "0", "--reverse-port", "0")
+    mt = free_port()
+    milter_unix = tmp_path / "milter.sock"
     with (
-        serving(tmp_path, *tcp, "--socketmap", f"inet:127.0.0.1:{sm}"),
-        serving(tmp_path, *off, "--socketmap", f"unix:{unix}"),
+        serving(
+            tmp_path,
+            *tcp,
+            "--socketmap",
+            f"inet:127.0.0.1:{sm}",
+            "--milter",
+            f"inet:127.0.0.1:{mt}",
+        ),
+        serving(tmp_path, *off, "--socketmap", f"unix:{unix}", "--milter", f"unix:{milter_unix}"),
     ):
         cases = {
             "tcp_table only": (
@@ -911,6 +920,16 @@ def test_health_against_live_servers(tmp_path: Path) -> None:
             "reverse only": (
                 ("--forward-port", "0", "--reverse-port", str(port + 1)),
                 f"srsd OK: tcp_table 127.0.0.1:-/{port + 1}: reverse ok (",
+            ),
+            "milter inet, test message aborted": (
+                (*off, "--milter", f"inet:127.0.0.1:{mt}"),
+                f"srsd OK: milter inet:127.0.0.1:{mt}: negotiated version 6, test message "
+                "aborted (",
+            ),
+            "socketmap and milter on unix sockets": (
+                (*off, "--socketmap", f"unix:{unix}", "--milter", f"unix:{milter_unix}"),
+                f"srsd OK: socketmap unix:{unix}: round trip ok; milter unix:{milter_unix}: "
+                "negotiated version 6, test message aborted (",
             ),
             # a server listening on 0.0.0.0 (the container) is probed on loopback
             "wildcard listen": (
@@ -946,6 +965,17 @@ def test_health_against_dead_endpoints(tmp_path: Path) -> None:
     )
     assert (status, len(lines)) == (1, 1), lines
     assert lines[0].startswith(f"srsd CRITICAL: socketmap unix:{tmp_path / 'gone.sock'}: ")
+
+    # a milter-only set-up is probed too (it passed with no probe at all)
+    off = ("--forward-port", "0", "--reverse-port", "0")
+    status, lines, took = health(tmp_path, *off, "--milter", f"inet:127.0.0.1:{dead}")
+    assert (status, len(lines)) == (1, 1), lines
+    assert lines[0].startswith(f"srsd CRITICAL: milter inet:127.0.0.1:{dead}: "), lines
+    # something else answering there (a socketmap server) is not a milter
+    with serving(tmp_path, *off, "--socketmap", f"inet:127.0.0.1:{dead}"):
+        status, lines, took = health(tmp_path, *off, "--milter", f"inet:127.0.0.1:{dead}")
+    assert (status, len(lines)) == (1, 1), lines
+    assert lines[0].startswith(f"srsd CRITICAL: milter inet:127.0.0.1:{dead}: "), lines
 
     # a port that accepts and never answers: the probe time-out bounds the check
     silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -178,3 +178,17 @@ def test_without_postconf_the_defaults_are_assumed(
     captured = capsys.readouterr()
     assert "(postconf not found); assuming Postfix's defaults" in captured.err
     assert "'virtual_alias_domains=$virtual_alias_maps, forwarder.example'" in captured.out
+
+
+def test_the_default_mode_follows_the_milter_setting_and_a_missing_endpoint_is_an_error(
+    defaults_only: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["postfix-config", "--domain", "forwarder.example", "--config", str(defaults_only)]
+    assert cli.main([*base, "--milter", "inet:127.0.0.1:10004"]) == 0
+    assert capsys.readouterr().out.startswith("# srsd postfix-config --mode milter:")
+    assert cli.main(base) == 0
+    assert capsys.readouterr().out.startswith("# srsd postfix-config --mode canonical:")
+    assert cli.main([*base, "--mode", "milter"]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "milter mode needs srsd's milter endpoint (setting milter)" in captured.err

@@ -29,6 +29,7 @@ import pytest
 
 import srsd
 from srsd.srs.codec import Codec
+from tests.local_users import NOBODY, require_root
 from tests.ports import free_port
 from tests.server_process import SECRET, SrsdProcess, lookup
 
@@ -473,6 +474,39 @@ def test_start_failures_are_one_clear_line(tmp_path: Path) -> None:
         assert got_status == status, (name, lines)
         assert len(lines) == 1, (name, lines)
         assert message in lines[0], (name, lines)
+
+
+def test_check_fails_when_srsd_could_not_create_its_unix_socket(tmp_path: Path) -> None:
+    """The packaged unit's read-only /var/spool/postfix made srsd fail at every start while
+    --check passed: the socket's directory must exist and be writable by the user that binds
+    and the user srsd runs as (run_as: it removes the socket at exit)."""
+    require_root()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET + b"\n")
+    secret.chmod(0o600)
+    rooted = tmp_path / "root-only"  # 0755 root: root may bind, nobody may not remove
+    rooted.mkdir(mode=0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    base = ["serve", "--check", "--config", str(empty_config(tmp_path)), "--domain", "f.test"]
+    base += ["--secret-file", str(secret), "--forward-port", "0", "--reverse-port", "0"]
+    nobody = ["--run-as", "nobody"]
+    runs = {
+        "missing": [*base, "--socketmap", f"unix:{tmp_path}/no/such/dir/s.sock"],
+        "root only, run as nobody": [*base, *nobody, "--milter", f"unix:{rooted}/m.sock"],
+        "root only, as root": [*base, "--allow-root", "--milter", f"unix:{rooted}/m.sock"],
+        "shared": [*base, *nobody, "--socketmap", f"unix:{shared}/s.sock"],
+    }
+    results = run_all(tmp_path, runs)
+    status, lines = results["missing"]
+    assert status == 2 and "No such file or directory" in lines[-1], lines
+    status, lines = results["root only, run as nobody"]
+    assert status == 2, lines
+    assert f"milter unix:{rooted}/m.sock: nobody (uid {NOBODY}) cannot create files" in lines[-1]
+    for name in ("root only, as root", "shared"):
+        status, lines = results[name]
+        assert status == 0 and "configuration OK" in lines[-1], (name, lines)
 
 
 def test_check_validates_without_listening(tmp_path: Path) -> None:

@@ -915,6 +915,9 @@ syslog = true
 metrics_listen = "127.0.0.1:9187"
 run_as = "srsd"
 allow_root = true
+dns_servers = ["127.0.0.1:5353", "::1"]
+sending_addresses = ["192.0.2.25"]
+inbound_relays = ["mx1.example.org"]
 """
 
 

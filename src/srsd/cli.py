@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser(
         "health",
         parents=[common],
-        help="probe the running server: forward + reverse",
+        help="probe the running server: forward + reverse, the milter",
         description="Connect to the endpoints the settings name, rewrite a probe address and "
-        "decode it back; print one line; exit 0 when healthy, 1 when not.",
+        "decode it back, negotiate with the milter and abort a test message; print one line; "
+        "exit 0 when healthy, 1 when not.",
     )
     _add_settings(health, _SERVE)
     health.add_argument(
@@ -133,6 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     wiring.add_argument(
         "--mode", choices=[m.value for m in postfix.Mode], help="canonical or milter"
     )
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="check that SRS works on this host end to end, and say how to fix what does not",
+        description="Read-only: probe srsd's endpoints and secret, Postfix's wiring (postconf, "
+        "MAIL_CONFIG honoured), the bounce path through smtpd (no mail is sent), the SRS "
+        "domain's SPF, MX and DMARC, and the clock. One line per check: ✓ works, ! works but "
+        "risky, ✗ broken, each ! and ✗ with its fix. Exit 0 when nothing is ✗, else 1.",
+    )
+    _add_settings(doctor, _SERVE)
+    doctor.add_argument("--json", action="store_true", help="print the results as JSON")
+    doctor.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to wait for each answer (default 5)",
+    )
     return parser
 
 
@@ -154,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
         return _keygen(args.path, args.force)
+    if args.command == "doctor":
+        return _doctor(args)
     try:
         probe = args.command == "health"  # finds what the unit's srsd uses; no domain, no secret
         wire = args.command == "postfix-config"  # the same, with the domain
@@ -221,6 +242,34 @@ def _rewrite_all(inputs: Iterable[bytes], decide: DecideFn, command: str) -> int
             out.write(decision.value + b"\n")
         out.flush()  # one answer per line as it comes: usable as a co-process
     return status
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """``srsd doctor``: settings as ``srsd health`` reads them; a broken one is a ✗ result."""
+    from srsd.doctor import result, run  # noqa: PLC0415
+
+    try:
+        loaded = settings.load(
+            cli_values(args),
+            config=args.config,
+            environ=service_env.service_environment(os.environ),
+            need_secrets=False,  # doctor reads the secret itself, and says when it cannot
+            need_domain=False,
+        )
+    except settings.ConfigError as err:
+        results = [
+            result.Result.fail(
+                "settings",
+                f"srsd's configuration is unusable: {err}",
+                result.FixKind.TEXT,
+                "correct it; srsd serve --check must pass",
+            )
+        ]
+    else:
+        results = run.run(loaded, args.probe_timeout)
+    render = result.render_json if args.json else result.render_text
+    sys.stdout.write(render(results))
+    return EXIT_OK if result.healthy(results) else EXIT_NOT_REWRITTEN
 
 
 def _keygen(path: Path, force: bool) -> int:

@@ -15,14 +15,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import smtplib
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
 
 import pytest
 
-from tests.postfix.instance import backdate, find_program
+from tests.postfix.instance import PostfixInstance, backdate, find_program
 from tests.server_process import SECRET, SrsdProcess
 
 SRS_DOMAIN = "forwarder.test"
@@ -78,6 +80,38 @@ def srsd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SrsdProces
     workdir = tmp_path_factory.mktemp("srsd")
     with SrsdProcess(workdir, domain=SRS_DOMAIN, secrets=(SECRET,)) as server:
         yield server
+
+
+class SmtpClient:
+    """Test messages into ``self.postfix``'s smtpd, one SMTP transaction each."""
+
+    postfix: PostfixInstance
+    author = "alice@origin.test"
+    subject = "test"
+    timeout = 30.0
+
+    def message(self, token: str, to: str) -> bytes:
+        """A message from :attr:`author` to ``to`` whose subject and body carry ``token``."""
+        return (
+            f"From: {self.author}\r\nTo: {to}\r\nSubject: {self.subject} {token}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: <{token}@client.test>\r\n\r\n"
+            f"token {token}\r\n"
+        ).encode()
+
+    def send(self, sender: str, *recipients: str, token: str) -> tuple[int, bytes] | None:
+        """One SMTP transaction; None when accepted, else the first refusal."""
+        port = self.postfix.smtpd_port
+        with smtplib.SMTP("127.0.0.1", port, timeout=self.timeout) as smtp:
+            smtp.ehlo("client.test")
+            code, text = smtp.mail(sender)
+            if code != 250:
+                return code, text
+            for recipient in recipients:
+                code, text = smtp.rcpt(recipient)
+                if code not in (250, 251):
+                    return code, text
+            code, text = smtp.data(self.message(token, ", ".join(recipients)))
+            return None if code == 250 else (code, text)
 
 
 # -- the SRS oracle -----------------------------------------------------------------------

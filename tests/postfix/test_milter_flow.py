@@ -31,13 +31,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
 from tests.ports import free_port
-from tests.postfix.conftest import SRS_DOMAIN, PostfixPrograms, expected_srs0_candidates
+from tests.postfix.conftest import (
+    SRS_DOMAIN,
+    PostfixPrograms,
+    SmtpClient,
+    expected_srs0_candidates,
+)
 from tests.postfix.instance import PostfixInstance, find_program
 from tests.postfix.smtp_sink import Delivery, SmtpSink
 from tests.server_process import SECRET, SrsdProcess
@@ -62,8 +66,10 @@ class MilterInstance(PostfixInstance):
         return super().master_cf() + row
 
 
-class Flow:
+class Flow(SmtpClient):
     """srsd (milter), the sink, Postfix and dave's maildir."""
+
+    subject = "milter test"
 
     def __init__(
         self,
@@ -78,27 +84,6 @@ class Flow:
         self.sink = sink
         self.postfix = postfix
         self.maildir = maildir
-
-    def message(self, token: str, to: str) -> bytes:
-        return (
-            f"From: {ALICE}\r\nTo: {to}\r\nSubject: milter test {token}\r\n"
-            f"Date: {formatdate()}\r\nMessage-ID: <{token}@client.test>\r\n\r\n"
-            f"token {token}\r\n"
-        ).encode()
-
-    def send(self, sender: str, *recipients: str, token: str) -> tuple[int, bytes] | None:
-        """One SMTP transaction; None when accepted, else the first refusal."""
-        with smtplib.SMTP("127.0.0.1", self.postfix.smtpd_port, timeout=SMTP_TIMEOUT) as smtp:
-            smtp.ehlo("client.test")
-            code, text = smtp.mail(sender)
-            if code != 250:
-                return code, text
-            for recipient in recipients:
-                code, text = smtp.rcpt(recipient)
-                if code not in (250, 251):
-                    return code, text
-            code, text = smtp.data(self.message(token, ", ".join(recipients)))
-            return None if code == 250 else (code, text)
 
     def at_sink(self, token: str) -> Delivery:
         found = self.sink.wait_for(lambda d: token in d.text(), DELIVERY_TIMEOUT / 4)
@@ -256,6 +241,28 @@ def test_sendmail_submission_goes_through_non_smtpd_milters(flow: Flow) -> None:
     delivery = flow.at_sink(token)
     assert delivery.rcpt_tos == (CAROL,), flow.diagnostics()
     assert delivery.mail_from in expected_srs0_candidates("alice", "origin.test", start)
+
+
+def test_a_mixed_sendmail_submission_is_not_split(flow: Flow) -> None:
+    """A local submission (non_smtpd_milters, client port 0) cannot send a recipient again:
+    it is rewritten as a whole, and both copies are delivered."""
+    start = time.time()
+    token = uuid.uuid4().hex
+    program = find_program("sendmail")
+    assert program is not None, "Postfix's sendmail is not installed"
+    done = subprocess.run(
+        [program, "-C", str(flow.postfix.config_dir), "-f", ALICE, DAVE, CAROL],
+        input=flow.message(token, f"{DAVE}, {CAROL}").replace(b"\r\n", b"\n"),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = expected_srs0_candidates("alice", "origin.test", start)
+    delivery = flow.at_sink(token)
+    assert delivery.rcpt_tos == (CAROL,) and delivery.mail_from in expected, flow.diagnostics()
+    return_path = flow.in_mailbox(token).split("\n", 1)[0]
+    assert return_path in {f"Return-Path: <{e}>" for e in expected}, return_path
 
 
 def test_bounce_to_srs0_address_reaches_the_original_sender(flow: Flow) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import os
 import re
 import tomllib
@@ -283,6 +284,57 @@ def _mode(raw: object) -> int:
     if not 0 <= value <= 0o777:
         raise ValueError(f"expected a file mode between 0000 and 0777, got {raw!r}")
     return value
+
+
+def _dns_servers(raw: object) -> tuple[InetEndpoint, ...]:
+    """Resolver addresses, each ``ADDRESS`` (port 53) or ``ADDRESS:PORT`` (``[::1]:PORT``)."""
+    servers = []
+    for word in _words(raw):
+        try:
+            servers.append(InetEndpoint(str(ipaddress.ip_address(word)), 53))
+            continue
+        except ValueError:
+            pass
+        endpoint = parse_endpoint(f"inet:{word}") if ":" in word else None
+        try:
+            ok = isinstance(endpoint, InetEndpoint) and bool(ipaddress.ip_address(endpoint.host))
+        except ValueError:
+            ok = False
+        if not ok or not isinstance(endpoint, InetEndpoint):
+            raise ValueError(f"expected ADDRESS or ADDRESS:PORT (an IP address), got {word!r}")
+        servers.append(endpoint)
+    return tuple(servers)
+
+
+def _addresses(raw: object) -> tuple[str, ...]:
+    """IP addresses, written back in their standard form."""
+    found = []
+    for word in _words(raw):
+        try:
+            found.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
+        except ValueError:
+            raise ValueError(f"not an IP address: {word!r}") from None
+    return tuple(found)
+
+
+def _hosts(raw: object) -> tuple[str, ...]:
+    """Host names or IP addresses."""
+    hosts = []
+    for word in _words(raw):
+        try:
+            hosts.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
+        except ValueError:
+            if not is_domain_name(word.lower().rstrip(".")):
+                raise ValueError(f"not a host name or IP address: {word!r}") from None
+            hosts.append(word.lower().rstrip("."))
+    return tuple(hosts)
+
+
+def _endpoints_literal(value: object) -> str:
+    items = value if isinstance(value, tuple) else ()
+    return toml_literal(
+        [e.host_port if isinstance(e, InetEndpoint) and e.port != 53 else e.host for e in items]
+    )
 
 
 # -- TOML literals (srsd config, the example file) ----------------------------------------------
@@ -752,6 +804,39 @@ class Settings:
         "--allow-root",
         "started as root without `run_as`: serve as root anyway (otherwise srsd refuses)",
         reloads=False,
+    )
+
+    dns_servers: tuple[InetEndpoint, ...] = setting(
+        _dns_servers,
+        (),
+        "SRS_DNS_SERVERS",
+        "--dns-servers",
+        "doctor: resolvers to ask, `ADDRESS` or `ADDRESS:PORT` (empty: the system's, from "
+        "`/etc/resolv.conf`)",
+        repeatable=True,
+        literal=_endpoints_literal,
+        example='["127.0.0.53"]',
+    )
+    sending_addresses: tuple[str, ...] = setting(
+        _addresses,
+        (),
+        "SRS_SENDING_ADDRESSES",
+        "--sending-addresses",
+        "doctor: public addresses this host's mail leaves from, for the SPF check when NAT "
+        "hides them (empty: `smtp_bind_address`/`smtp_bind_address6`, else the host's global "
+        "addresses)",
+        repeatable=True,
+        example='["192.0.2.25", "2001:db8::25"]',
+    )
+    inbound_relays: tuple[str, ...] = setting(
+        _hosts,
+        (),
+        "SRS_INBOUND_RELAYS",
+        "--inbound-relays",
+        "doctor: host names or addresses of MX hosts that relay the SRS domain's mail to this "
+        "host (empty: the MX must be this host)",
+        repeatable=True,
+        example='["mx1.example.org"]',
     )
 
     # -- derived by load() --------------------------------------------------------------------

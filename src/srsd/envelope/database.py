@@ -14,7 +14,9 @@ the three things around the store that must be shared by every connection:
   (:attr:`~srsd.envelope.store.EnvelopeStore.generation`: a new connection to a Redis that
   may have restarted empty), and for a store in a server (Redis: restarts, ``FLUSHALL``,
   fail-over, eviction) a remembered sender is confirmed with a read before its alias is
-  answered; a sender found missing is written again and the whole memory forgotten;
+  answered; a sender found missing is written again and the whole memory forgotten. With a
+  store on this host (SQLite) a remembered sender's alias is answered at once
+  (:meth:`EnvelopeDatabase.remembered`, synchronous: such a lookup never waits);
 * :class:`~srsd.envelope.keys.WriteLimiter`: the flood cap. When it is reached the sender gets
   the embedded form instead (the mail still leaves signed, nothing is deferred or lost), one
   warning is logged per flood and :attr:`EnvelopeDatabase.refused` counts;
@@ -95,6 +97,16 @@ class EnvelopeDatabase:
             self.limiter = WriteLimiter(writes_per_minute)
             self.limiter.refused = refused
 
+    def remembered(self, policy: Policy, sender: bytes, now: float) -> Decision | None:
+        """The database form of ``sender`` at once when this process wrote it lately to a
+        store on this host (nothing to write or read: the lookup never waits), else None
+        (then :meth:`forward` it: a store in a server confirms a remembered sender with a
+        read). ``sender`` must be one :func:`use_database` says to alias."""
+        if self.store.remote:
+            return None
+        key = alias_key(sender)
+        return _aliased(policy, key, now) if self._remembered(key, now) else None
+
     async def forward(
         self, policy: Policy, sender: bytes, embedded: Decision, now: float
     ) -> Decision:
@@ -130,11 +142,7 @@ class EnvelopeDatabase:
                 return UNAVAILABLE
             self.outage.succeeded(write=True)
             self.recent.note(key, now)
-        return Decision(
-            Outcome.REWRITTEN,
-            policy.codec.forward(alias_address(key), now),
-            "rewritten through the envelope database",
-        )
+        return _aliased(policy, key, now)
 
     async def reverse(self, decoded: Decision, now: float) -> Decision:
         """``decoded`` (the policy's decision), with an alias replaced by the stored sender."""
@@ -152,3 +160,12 @@ class EnvelopeDatabase:
         if original is None:
             return UNKNOWN
         return Decision(Outcome.REWRITTEN, original, "resolved through the envelope database")
+
+
+def _aliased(policy: Policy, key: bytes, now: float) -> Decision:
+    """The forward decision of a sender stored under ``key``: the SRS form of its alias."""
+    return Decision(
+        Outcome.REWRITTEN,
+        policy.codec.forward(alias_address(key), now),
+        "rewritten through the envelope database",
+    )

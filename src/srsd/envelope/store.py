@@ -206,11 +206,26 @@ async def expire_periodically(
 
 class _ThreadedStore:
     """What both stores share: a synchronous client used from worker threads, at most
-    ``_limiter``'s worth at a time, every failure turned into :class:`StorageError`."""
+    ``_limiter``'s worth at a time, every failure turned into :class:`StorageError`. A
+    worker thread never logs (srsd's log writer belongs to the trio thread): it leaves a
+    warning in :attr:`_notes`, logged when the operation returns (:meth:`_in_thread`)."""
 
     description: str
     _closed: bool
     _limiter: trio.CapacityLimiter
+    _notes: list[str]
+
+    async def _in_thread(
+        self, call: Callable[[Callable[[Any], T]], T], op: Callable[[Any], T], limiter: Any
+    ) -> T:
+        """``call(op)`` in a worker thread under ``limiter``, then the notes it left logged."""
+        if self._closed:
+            raise StorageError(f"{self.description}: store is closed")
+        try:
+            return await trio.to_thread.run_sync(call, op, limiter=limiter)
+        finally:
+            while self._notes:
+                LOG.warning("%s", self._notes.pop(0))
 
     def _call(self, op: Callable[[Any], T]) -> T:
         """Run ``op`` on the client in this (worker) thread; any failure is a StorageError."""
@@ -223,9 +238,7 @@ class _ThreadedStore:
         raise NotImplementedError
 
     async def _run(self, op: Callable[[Any], T]) -> T:
-        if self._closed:
-            raise StorageError(f"{self.description}: store is closed")
-        return await trio.to_thread.run_sync(self._call, op, limiter=self._limiter)
+        return await self._in_thread(self._call, op, self._limiter)
 
 
 # -- SQLite -----------------------------------------------------------------------------------
@@ -247,6 +260,7 @@ _PUT = (
     " ON CONFLICT (k) DO UPDATE SET v = excluded.v, lt = excluded.lt"
 )
 _GET = "SELECT v FROM kv WHERE k = ? AND lt > ?"
+_HAS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
 _EXPIRE = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE lt <= ? LIMIT ?)"
 
 
@@ -260,11 +274,13 @@ PRIVATE_FILE = 0o600
 _SIDE_FILES = ("", "-wal", "-shm")
 
 
-def make_private(path: Path, logger: logging.Logger = LOG) -> None:
+def make_private(path: Path) -> list[str]:
     """Create ``path`` empty with mode 0600 if missing, whatever the umask; and take group and
     others' access away from it and its ``-wal``/``-shm`` when this user owns them (files an
-    older srsd made 0644 in a directory every user can enter). SQLite gives the ``-wal`` and
-    ``-shm`` files it creates the database file's mode, so they follow."""
+    older srsd made 0644 in a directory every user can enter); returns what it changed, to
+    log. SQLite gives the ``-wal`` and ``-shm`` files it creates the database file's mode,
+    so they follow."""
+    notes: list[str] = []
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
     except FileExistsError:
@@ -274,19 +290,18 @@ def make_private(path: Path, logger: logging.Logger = LOG) -> None:
             os.fchmod(fd, PRIVATE_FILE)  # exactly 0600, even under a umask like 0277
         finally:
             os.close(fd)
-        return
+        return notes
     for suffix in _SIDE_FILES:
         side = path.with_name(path.name + suffix)
         with contextlib.suppress(FileNotFoundError):
             info = side.lstat()
             if info.st_uid == os.geteuid() and info.st_mode & 0o077 and side.is_file():
                 side.chmod(info.st_mode & 0o700)
-                logger.warning(
-                    "envelope database file %s was readable by other users (mode %04o): "
-                    "made it private",
-                    side,
-                    info.st_mode & 0o777,
+                notes.append(
+                    f"envelope database file {side} was readable by other users (mode "
+                    f"{info.st_mode & 0o777:04o}): made it private"
                 )
+    return notes
 
 
 class _NoReader(Exception):
@@ -340,13 +355,14 @@ class SQLiteStore(_ThreadedStore):
         self._limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
         self._closed = False
+        self._notes = []
 
     # -- worker-thread side ----------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
-        make_private(self.path)
+        self._notes.extend(make_private(self.path))
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout,
@@ -357,9 +373,7 @@ class SQLiteStore(_ThreadedStore):
             conn.text_factory = bytes  # values postsrsd wrote as TEXT come back as bytes
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
-            ).fetchone()
+            exists = conn.execute(_HAS_TABLE).fetchone()
             if exists is None:  # only then: a read-only file still serves lookups
                 conn.executescript(_SCHEMA)
         except BaseException:
@@ -379,9 +393,7 @@ class SQLiteStore(_ThreadedStore):
         )
         try:
             conn.text_factory = bytes
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'"
-            ).fetchone()
+            exists = conn.execute(_HAS_TABLE).fetchone()
         except BaseException:
             conn.close()
             raise
@@ -433,10 +445,8 @@ class SQLiteStore(_ThreadedStore):
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read on the read-only connection; through the writer (which creates the
         file and the table) while they do not exist."""
-        if self._closed:
-            raise StorageError(f"{self.description}: store is closed")
         try:
-            return await trio.to_thread.run_sync(self._read_call, op, limiter=self._read_limiter)
+            return await self._in_thread(self._read_call, op, self._read_limiter)
         except _NoReader:
             return await self._run(op)
 
@@ -645,6 +655,7 @@ class RedisStore(_ThreadedStore):
         self._ttl = max(1, math.ceil(lifetime))
         self._limiter = trio.CapacityLimiter(max_threads)
         self._closed = False
+        self._notes = []
         self._lock = threading.Lock()
         self._retried = 0
         self._restarts = 0
@@ -671,13 +682,13 @@ class RedisStore(_ThreadedStore):
         try:
             try:
                 result = op(self._redis)
-            except RedisConnectionError as err:
+            except RedisConnectionError:
                 # A pooled connection the server broke (it restarted, or dropped us): once
-                # more, on a new one. Counted: redis-py's own retry hid these.
+                # more, on a new one. A retry that works is counted here (redis-py's own
+                # retry hid these); one that fails is the caller's outage.
+                result = op(self._redis)
                 with self._lock:
                     self._retried += 1
-                LOG.info("envelope database %s: %s; retrying once", self.description, err)
-                result = op(self._redis)
         except Exception as err:
             raise StorageError(f"{self.description}: {err}") from err
         if self._connections.made != self._checked:
@@ -706,12 +717,10 @@ class RedisStore(_ThreadedStore):
             if before is None or before == run_id:
                 return
             self._restarts += 1
-        LOG.warning(
-            "envelope database %s restarted or failed over (run_id %s, was %s): entries "
-            "written before are checked again before srsd relies on them",
-            self.description,
-            run_id,
-            before,
+        self._notes.append(
+            f"envelope database {self.description} restarted or failed over (run_id "
+            f"{run_id}, was {before}): entries written before are checked again before srsd "
+            "relies on them"
         )
 
     async def put(self, key: bytes, sender: bytes, now: float) -> None:

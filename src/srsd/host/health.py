@@ -1,4 +1,4 @@
-# `srsd health`: a forward + reverse round trip against the running endpoints, one line out.
+# `srsd health`: map round trips and a milter negotiation against the running srsd, one line.
 """Check a running srsd the way Postfix uses it, for Docker, Nagios and Kubernetes probes.
 
 The endpoints come from the same settings as ``srsd serve`` (so the check finds what the
@@ -8,8 +8,11 @@ packaged unit's ``EnvironmentFile=``, see :mod:`srsd.config.service_env`), so th
 sees what the unit's srsd sees without sourcing anything. Neither the SRS domain nor the
 secret is needed: the server signs the probe. For each configured protocol, a probe sender
 is rewritten through the forward map and the answer decoded through the reverse map; the
-check passes when the round trip gives the probe back. A wildcard listen address is probed
-on loopback. Plain blocking sockets with a time-out: this runs once and exits.
+check passes when the round trip gives the probe back. The milter endpoint is probed as
+Postfix uses it: an option negotiation that must grant protocol 6 with CHGFROM, ADDRCPT and
+DELRCPT, then a test message (sender and recipient, answered ``continue``) that is aborted.
+A wildcard listen address is probed on loopback. Plain blocking sockets with a time-out:
+this runs once and exits.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import time
 from collections.abc import Callable
 
 from srsd.config.postfix import reachable_host
-from srsd.config.settings import Settings, UnixEndpoint
-from srsd.wire import socketmap, tcp_table
+from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
+from srsd.wire import milter, socketmap, tcp_table
 
 PROBE = b"srsd-health-probe@health.invalid"
 _REPLY_LIMIT = 200_000
@@ -46,14 +49,12 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
                 lambda: _tcp_table(host, settings, timeout),
             )
         )
-    spec = settings.socketmap
-    if spec is not None:
-        target: Address = (
-            spec.path.as_posix()
-            if isinstance(spec, UnixEndpoint)
-            else (reachable_host(spec.host), spec.port)
-        )
+    if settings.socketmap is not None:
+        target = _target(settings.socketmap)
         probes.append((f"socketmap {settings.socketmap}", lambda: _socketmap(target, timeout)))
+    if settings.milter is not None:
+        milter_target = _target(settings.milter)
+        probes.append((f"milter {settings.milter}", lambda: _milter(milter_target, timeout)))
     for name, probe in probes:
         try:
             results.append(f"{name}: {probe()}")
@@ -63,6 +64,48 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
     elapsed = (time.monotonic() - started) * 1000
     verdict = "OK" if healthy else "CRITICAL"
     return healthy, f"srsd {verdict}: {'; '.join(results)} ({elapsed:.0f} ms)"
+
+
+def _target(endpoint: InetEndpoint | UnixEndpoint) -> Address:
+    if isinstance(endpoint, UnixEndpoint):
+        return endpoint.path.as_posix()
+    return (reachable_host(endpoint.host), endpoint.port)
+
+
+def _milter(target: Address, timeout: float) -> str:
+    """Negotiate as Postfix does, send a test message's sender and recipient, abort it."""
+    with _connect(target, timeout) as sock:
+        sock.sendall(milter.negotiate())
+        [(code, data)] = _milter_replies(sock, 1)
+        if code != b"O" or len(data) < 12:
+            raise ProbeError(f"negotiation answered {code!r}")
+        version, actions = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
+        if version != milter.VERSION or milter.NEEDED_ACTIONS & ~actions:
+            raise ProbeError(f"negotiated version {version}, actions 0x{actions:x}")
+        sock.sendall(
+            milter.command(milter.MAIL, b"<" + PROBE + b">")
+            + milter.command(milter.RCPT, b"<" + PROBE + b">")
+        )
+        replies = _milter_replies(sock, 2)
+        if [code for code, _ in replies] != [milter.CONTINUE] * 2:
+            raise ProbeError(f"test message answered {[c for c, _ in replies]!r}")
+        sock.sendall(milter.command(milter.ABORT) + milter.command(milter.QUIT))
+    return f"negotiated version {version}, test message aborted"
+
+
+def _milter_replies(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    data = b""
+    while True:
+        try:
+            replies = milter.split_replies(data)
+        except ValueError:
+            replies = []
+        if len(replies) >= count:
+            return replies
+        chunk = sock.recv(8192)
+        if not chunk or len(data) > _REPLY_LIMIT:
+            raise ProbeError("connection closed without a complete reply")
+        data += chunk
 
 
 def _show(host: str, forward: int, reverse: int) -> str:

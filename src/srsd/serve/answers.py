@@ -1,16 +1,18 @@
 # Lookups: the policy and the envelope database decide; counts, log lines and replies follow.
 """Turn one request into its reply: everything srsd does between the wire and the socket.
 
-:class:`Lookups` decides a lookup (:meth:`Lookups.decide_now`, synchronous, for every
-lookup that needs no storage; :meth:`Lookups.decide`, asynchronous, when the envelope
-database must be read or written), counts it (the metrics), times it, logs it, and rate-
-limits the log lines of bad requests. It is callable from anywhere, not only from the
-connection loop (the milter decides forward rewrites with it too).
+:class:`Lookups` decides a lookup once: :meth:`Lookups.decide_now` (synchronous) asks the
+policy and, when the envelope database must be written or read, hands the policy's decision
+on as :class:`Pending` to :meth:`Lookups.finish` (asynchronous), which never decides again;
+a sender written lately needs no storage and is decided at once. It counts each lookup (the
+metrics), times it, logs it, and rate-limits the log lines of bad requests. It is callable
+from anywhere, not only from the connection loop (the milter decides with
+:meth:`Lookups.decide`, both steps in one).
 
-:class:`TcpTableService` and :class:`SocketmapService` are what the connection loop
-(:mod:`srsd.serve.loop`) asks for a reader and for the reply bytes of each event; turning
-a :class:`~srsd.srs.policy.Decision` into a wire reply happens here, so the wire modules know
-nothing of the policy.
+:class:`MapService` is what the connection loop (:mod:`srsd.serve.loop`) asks for a reader
+and for the reply bytes of each event, on a tcp_table or a socketmap endpoint alike (what
+differs by wire is one :class:`MapWire` each); turning a :class:`~srsd.srs.policy.Decision`
+into a wire reply happens here, so the wire modules know nothing of the policy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from srsd.config.settings import Settings
@@ -26,7 +30,7 @@ from srsd.envelope import EnvelopeMode, key_of, use_database
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.host.logs import LOGGER, line, show
 from srsd.host.metrics import Latency
-from srsd.serve.loop import Reader
+from srsd.serve.loop import Later, Reader
 from srsd.srs.policy import QUIET, Decision, Outcome, Policy, Role
 from srsd.wire import Wire, socketmap, tcp_table
 
@@ -40,6 +44,20 @@ _FORWARD = Role.FORWARD
 _REWRITTEN = Outcome.REWRITTEN
 _ERROR = Outcome.ERROR
 _DEBUG, _INFO = logging.DEBUG, logging.INFO
+#: The level of each outcome's log line, by the outcome's value.
+_LEVELS = {o.value: _DEBUG if o in QUIET else _INFO for o in Outcome}
+
+
+@dataclass(slots=True)  # not frozen: made on the hot path, and frozen costs a setattr each
+class Pending:
+    """A lookup the policy has decided whose answer needs the envelope database: the
+    decision, carried to :meth:`Lookups.finish` so that nothing is decided twice."""
+
+    role: Role
+    key: bytes
+    decision: Decision  # the policy's
+    policy: Policy  # that decided it (a reload may replace the current one meanwhile)
+    now: float
 
 
 class Lookups:
@@ -59,58 +77,70 @@ class Lookups:
         self.settings, self.policy = settings, policy
         self.envelopes.configure(settings.original_envelope, settings.envelope_write_limit)
 
-    def decide_now(self, role: Role, key: bytes, now: float) -> Decision | None:
-        """The decision for one lookup if it needs no storage, else None (then
-        :meth:`decide` it). Never raises: a bug answers :data:`INTERNAL_ERROR`."""
+    def decide_now(self, role: Role, key: bytes, now: float) -> Decision | Pending:
+        """The decision for one lookup, or, when the envelope database must be written or
+        read, the policy's decision as :class:`Pending` (then :meth:`finish` it). A sender
+        written lately is decided here (:meth:`EnvelopeDatabase.remembered`). Never
+        raises: a bug answers :data:`INTERNAL_ERROR`."""
         try:
+            policy = self.policy
             if role is _FORWARD:
-                decision = self.policy.forward(key, now)
-                mode = self.envelopes.mode
+                decision = policy.forward(key, now)
+                envelopes = self.envelopes
+                mode = envelopes.mode
                 if (
                     decision.value is not None
                     and mode is not _EMBEDDED
                     and use_database(mode, key, decision.value)
                 ):
-                    return None
+                    aliased = envelopes.remembered(policy, key, now)
+                    if aliased is None:
+                        return Pending(role, key, decision, policy, now)
+                    decision = aliased
             else:
-                decision = self.policy.reverse(key, now)
+                decision = policy.reverse(key, now)
                 if decision.value is not None and key_of(decision.value) is not None:
-                    return None
+                    return Pending(role, key, decision, policy, now)
         except Exception:
             LOGGER.exception("%s <%s>: internal error", role.value, show(key))
             return INTERNAL_ERROR
         return decision
 
+    async def finish(self, pending: Pending) -> Decision:
+        """The decision of a :class:`Pending` lookup, through the envelope database."""
+        try:
+            if pending.role is _FORWARD:
+                return await self.envelopes.forward(
+                    pending.policy, pending.key, pending.decision, pending.now
+                )
+            return await self.envelopes.reverse(pending.decision, pending.now)
+        except Exception:
+            LOGGER.exception("%s <%s>: internal error", pending.role.value, show(pending.key))
+            return INTERNAL_ERROR
+
     async def decide(self, role: Role, key: bytes) -> Decision:
         """The decision for one lookup, through the envelope database when it applies."""
-        now = time.time()
-        try:
-            if role is _FORWARD:
-                decision = self.policy.forward(key, now)
-                if decision.value is not None and self.envelopes.mode is not _EMBEDDED:
-                    decision = await self.envelopes.forward(self.policy, key, decision, now)
-            else:
-                decision = self.policy.reverse(key, now)
-                if decision.value is not None:
-                    decision = await self.envelopes.reverse(decision, now)
-        except Exception:
-            LOGGER.exception("%s <%s>: internal error", role.value, show(key))
-            decision = INTERNAL_ERROR
-        return decision
+        decided = self.decide_now(role, key, time.time())
+        if isinstance(decided, Pending):
+            return await self.finish(decided)
+        return decided
 
     def record(
         self, protocol: str, role: Role, key: bytes, decision: Decision, started: float
     ) -> None:
         """Count, time (from ``started``, a :func:`time.perf_counter` reading) and log one
         answered lookup (the log line is written at the next :func:`srsd.host.logs.flush`)."""
-        self.latency.observe(role.value, time.perf_counter() - started)
-        self.counts[(protocol, role.value, decision.outcome.value)] += 1
-        level = _DEBUG if decision.outcome in QUIET else _INFO
+        # Enum ``.value`` is a Python-level property and hashing a member a Python-level
+        # call: on this path, for every lookup, the plain attribute and a str key instead.
+        name, outcome = role._value_, decision.outcome._value_
+        self.latency.observe(name, time.perf_counter() - started)
+        self.counts[(protocol, name, outcome)] += 1
+        level = _LEVELS[outcome]
         if LOGGER.isEnabledFor(level):  # one line per lookup, as postsrsd: the fast way
             if decision.value is not None:
-                line(level, f"{role.value} <{show(key)}> rewritten as <{show(decision.value)}>")
+                line(level, f"{name} <{show(key)}> rewritten as <{show(decision.value)}>")
             else:
-                line(level, f"{role.value} <{show(key)}> not rewritten: {decision.reason}")
+                line(level, f"{name} <{show(key)}> not rewritten: {decision.reason}")
 
     def bad_request(self, protocol: str, name: str, reason: str) -> None:
         """Count a request that is not a lookup; log it, a few lines a second at most."""
@@ -151,112 +181,110 @@ def socketmap_reply(decision: Decision) -> bytes:
     return socketmap.not_found(decision.reason)
 
 
-# -- what the connection loop asks of an endpoint ------------------------------------------------
+# -- what the connection loop asks of a map endpoint ----------------------------------------
 
-_TCP_TABLE = Wire.TCP_TABLE.value
-_SOCKETMAP = Wire.SOCKETMAP.value
 _TcpRequest = tcp_table.Request
 _SocketmapRequest = socketmap.Request
 
 
-class _MapService:
-    """What the map endpoints share as services of the loop: no transactions, nothing
-    held beyond a connection's reader."""
+def _tcp_table_lookup(event: object, role: Role | None) -> tuple[Role, bytes] | None:
+    """The map and key ``event`` asks for on a tcp_table endpoint of map ``role``."""
+    if type(event) is _TcpRequest and role is not None:
+        return role, event.key
+    return None
 
-    transaction_limit = 0.0
+
+def _socketmap_lookup(event: object, role: Role | None) -> tuple[Role, bytes] | None:
+    """The map and key ``event`` asks for on a socketmap endpoint (the map by its name)."""
+    if type(event) is _SocketmapRequest and (named := MAP_NAMES.get(event.name)):
+        return named, event.key
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MapWire:
+    """What a map endpoint's wire format brings to :class:`MapService`."""
+
+    lookup: Callable[[object, Role | None], tuple[Role, bytes] | None]
+    reader: Callable[[int], Reader]  # of ``max_request`` bytes
+    reply: Callable[[Decision], bytes]
+    refusal: Callable[[str], bytes]  # the reply to what is not a lookup
+    idle_limit: Callable[[Settings], float]
+
+
+WIRES: Final = {
+    Wire.TCP_TABLE: MapWire(
+        _tcp_table_lookup,
+        tcp_table.RequestReader,
+        tcp_table_reply,
+        tcp_table.not_found,
+        lambda settings: settings.idle_timeout,
+    ),
+    Wire.SOCKETMAP: MapWire(
+        _socketmap_lookup,
+        socketmap.RequestReader,
+        socketmap_reply,
+        socketmap.permanent_failure,
+        lambda settings: settings.keep_alive,
+    ),
+}
+
+
+class MapService:
+    """A map endpoint of the connection loop: tcp_table, one map (``role``, chosen by the
+    port), or socketmap, both maps (by the name in each request, ``role`` None)."""
+
+    def __init__(self, lookups: Lookups, wire: Wire, role: Role | None = None) -> None:
+        if (wire is Wire.TCP_TABLE) != (role is not None):
+            raise ValueError("a tcp_table endpoint serves one map, a socketmap endpoint both")
+        self.lookups = lookups
+        self.wire = wire
+        self.role = role
+        self._protocol = wire.value
+        self._map = WIRES[wire]
+
+    @property
+    def idle_limit(self) -> float:
+        """Seconds a connection may stay without a complete request (``idle_timeout`` for
+        tcp_table, ``keep_alive`` for socketmap)."""
+        return self._map.idle_limit(self.lookups.settings)
+
+    transaction_limit = 0.0  # a lookup is one request: no transactions
+
+    def reader(self, owner: Hashable = None) -> Reader:
+        """A request reader for a new connection (of any owner)."""
+        return self._map.reader(self.lookups.settings.max_request)
 
     def in_transaction(self, reader: Reader) -> bool:
         """Never: a lookup is one request."""
         return False
 
     def discard(self, reader: Reader) -> None:
-        """Nothing to free."""
+        """Nothing to free beyond the reader."""
 
+    def answer(self, event: object) -> bytes | Later:
+        """The reply to ``event``, or, when it must wait for storage, what gives it."""
+        asked = self._map.lookup(event, self.role)
+        if asked is None:
+            return self._refuse(event)
+        role, key = asked
+        started = time.perf_counter()
+        lookups = self.lookups
+        decided = lookups.decide_now(role, key, time.time())
+        if isinstance(decided, Pending):
+            return partial(self._finish, decided, started)
+        lookups.record(self._protocol, role, key, decided, started)
+        return self._map.reply(decided)
 
-class TcpTableService(_MapService):
-    """A tcp_table endpoint of one map: its readers, idle limit and replies."""
-
-    def __init__(self, lookups: Lookups, role: Role) -> None:
-        self.lookups = lookups
-        self.role = role
-
-    @property
-    def idle_limit(self) -> float:
-        """Seconds a connection may stay without a complete request (``idle_timeout``)."""
-        return self.lookups.settings.idle_timeout
-
-    def reader(self, owner: Hashable = None) -> tcp_table.RequestReader:
-        """A request reader for a new connection."""
-        return tcp_table.RequestReader(self.lookups.settings.max_request)
-
-    def answer(self, event: object) -> bytes | None:
-        """The reply to ``event``, or None when it must wait for storage (:meth:`answer_later`)."""
-        if type(event) is _TcpRequest:
-            started = time.perf_counter()
-            lookups = self.lookups
-            decision = lookups.decide_now(self.role, event.key, time.time())
-            if decision is None:
-                return None
-            lookups.record(_TCP_TABLE, self.role, event.key, decision, started)
-            return tcp_table_reply(decision)
-        return self._refuse(event)
-
-    async def answer_later(self, event: object) -> bytes:
-        """The reply to ``event``, waiting for the envelope database if need be."""
-        if type(event) is _TcpRequest:
-            started = time.perf_counter()
-            decision = await self.lookups.decide(self.role, event.key)
-            self.lookups.record(_TCP_TABLE, self.role, event.key, decision, started)
-            return tcp_table_reply(decision)
-        return self._refuse(event)
-
-    def _refuse(self, event: object) -> bytes:
-        reason = getattr(event, "reason", "Invalid request")
-        self.lookups.bad_request(_TCP_TABLE, self.role.value, reason)
-        return tcp_table.not_found(reason)
-
-
-class SocketmapService(_MapService):
-    """A socketmap endpoint (both maps, by the name in each request)."""
-
-    def __init__(self, lookups: Lookups) -> None:
-        self.lookups = lookups
-
-    @property
-    def idle_limit(self) -> float:
-        """Seconds a connection may stay without a complete request (``keep_alive``)."""
-        return self.lookups.settings.keep_alive
-
-    def reader(self, owner: Hashable = None) -> socketmap.RequestReader:
-        """A request reader for a new connection."""
-        return socketmap.RequestReader(self.lookups.settings.max_request)
-
-    def answer(self, event: object) -> bytes | None:
-        """The reply to ``event``, or None when it must wait for storage (:meth:`answer_later`)."""
-        if type(event) is _SocketmapRequest and (role := MAP_NAMES.get(event.name)):
-            started = time.perf_counter()
-            lookups = self.lookups
-            decision = lookups.decide_now(role, event.key, time.time())
-            if decision is None:
-                return None
-            lookups.record(_SOCKETMAP, role, event.key, decision, started)
-            return socketmap_reply(decision)
-        return self._refuse(event)
-
-    async def answer_later(self, event: object) -> bytes:
-        """The reply to ``event``, waiting for the envelope database if need be."""
-        if type(event) is _SocketmapRequest and (role := MAP_NAMES.get(event.name)):
-            started = time.perf_counter()
-            decision = await self.lookups.decide(role, event.key)
-            self.lookups.record(_SOCKETMAP, role, event.key, decision, started)
-            return socketmap_reply(decision)
-        return self._refuse(event)
+    async def _finish(self, pending: Pending, started: float) -> bytes:
+        decision = await self.lookups.finish(pending)
+        self.lookups.record(self._protocol, pending.role, pending.key, decision, started)
+        return self._map.reply(decision)
 
     def _refuse(self, event: object) -> bytes:
         if isinstance(event, socketmap.Request):  # a configuration error on the Postfix side
-            reason = f"unknown map name {show(event.name)!r}"
-            self.lookups.bad_request(_SOCKETMAP, "-", reason)
-            return socketmap.permanent_failure("Unknown map name")
-        reason = getattr(event, "reason", "Invalid request")
-        self.lookups.bad_request(_SOCKETMAP, "-", reason)
-        return socketmap.permanent_failure(reason)
+            logged, sent = f"unknown map name {show(event.name)!r}", "Unknown map name"
+        else:
+            logged = sent = getattr(event, "reason", "Invalid request")
+        self.lookups.bad_request(self._protocol, self.role.value if self.role else "-", logged)
+        return self._map.refusal(sent)

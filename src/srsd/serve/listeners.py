@@ -236,6 +236,58 @@ def _unix_socket(path: Path, settings: Settings) -> socket.socket:
     return sock
 
 
+def socket_directory_problems(settings: Settings) -> list[str]:
+    """Why srsd could not create (or, as its ``run_as`` user, remove) its unix socket files:
+    for each unix endpoint without a socket file yet, its directory must exist, be on a
+    writable file system and be writable by the user that binds (this process) and the user
+    srsd runs as. A socket file already there (systemd's, or one to replace) is left to
+    :func:`bind`, which says what it finds."""
+    users = [("this user", os.geteuid(), os.getegid(), set(os.getgroups()))]
+    if settings.run_as and os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam(settings.run_as)
+        except KeyError:
+            return [f"run_as: no such user: {settings.run_as!r}"]
+        groups = {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
+        users.append((entry.pw_name, entry.pw_uid, entry.pw_gid, groups | {entry.pw_gid}))
+    problems = []
+    for name, endpoint in (("socketmap", settings.socketmap), ("milter", settings.milter)):
+        if not isinstance(endpoint, UnixEndpoint) or endpoint.path.is_socket():
+            continue
+        directory = endpoint.path.parent
+        try:
+            info = directory.stat()
+            read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+        except OSError as err:
+            problems.append(f"{name} unix:{endpoint.path}: {directory}: {err.strerror or err}")
+            continue
+        if read_only:
+            problems.append(
+                f"{name} unix:{endpoint.path}: {directory} is on a read-only file system"
+            )
+            continue
+        for who, uid, gid, groups in users:
+            if not _may_write(info, uid, gid, groups):
+                problems.append(
+                    f"{name} unix:{endpoint.path}: {who} (uid {uid}) cannot create files in "
+                    f"{directory}"
+                )
+    return problems
+
+
+def _may_write(info: os.stat_result, uid: int, gid: int, groups: set[int]) -> bool:
+    """Whether ``uid`` may create and remove entries in a directory (mode bits; root may)."""
+    if uid == 0:
+        return True
+    if info.st_uid == uid:
+        bits = stat.S_IWUSR | stat.S_IXUSR
+    elif info.st_gid == gid or info.st_gid in groups:
+        bits = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        bits = stat.S_IWOTH | stat.S_IXOTH
+    return info.st_mode & bits == bits
+
+
 def close_all(endpoints: list[Endpoint]) -> None:
     """Close ``endpoints`` and remove the unix socket files srsd created (and only those)."""
     for endpoint in endpoints:

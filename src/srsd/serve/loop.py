@@ -18,7 +18,8 @@ of that reader into reply bytes. The loop owns the sockets:
   one read's worth of requests in srsd's memory;
 * three slow paths take a connection out of the readiness set into an ordinary trio task of
   the loop's nursery, which puts it back when it is done: a request whose answer must wait
-  (:meth:`Service.answer` returned None: the envelope database); replies the client does not
+  (:meth:`Service.answer` returned a :data:`Later` instead of bytes: the envelope database;
+  the task awaits it); replies the client does not
   read (the rest is sent as room appears, for at most :data:`SEND_TIMEOUT` seconds; accepted
   TCP sockets keep at most :data:`NOTSENT_LOWAT` unsent bytes in the kernel, so such a client
   feels back-pressure early); and lingering after a protocol error (:func:`linger`);
@@ -70,8 +71,8 @@ import logging
 import os
 import selectors
 import socket
-from collections.abc import Callable, Hashable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Protocol, TypeAlias
 
 import trio
 
@@ -102,6 +103,9 @@ ACCEPT_RETRY_DELAY = 0.1
 FAULT_LOG_INTERVAL = 1.0
 _READ = selectors.EVENT_READ
 _NOTHING: tuple[object, ...] = ()
+#: What :meth:`Service.answer` returns for a request whose reply must wait: called and
+#: awaited off the loop, it gives the reply bytes (what was decided already is carried in it).
+Later: TypeAlias = Callable[[], Awaitable[bytes]]
 
 
 class Reader(Protocol):
@@ -152,13 +156,9 @@ class Service(Protocol):
         """The connection of ``reader`` ended: free what it holds."""
         ...
 
-    def answer(self, event: object) -> bytes | None:
-        """The reply bytes for one event, or None when the answer must wait
-        (:meth:`answer_later` then gives it, off the loop)."""
-        ...
-
-    async def answer_later(self, event: object) -> bytes:
-        """The reply bytes for one event, waiting (for storage) if need be."""
+    def answer(self, event: object) -> bytes | Later:
+        """The reply bytes for one event, or, when the answer must wait, a :data:`Later`
+        that gives them (awaited off the loop)."""
         ...
 
 
@@ -235,6 +235,7 @@ class Connection:
         "events",
         "gate",
         "last",
+        "later",
         "limit",
         "next",
         "opened",
@@ -270,6 +271,7 @@ class Connection:
         self.last = now  # trio time of the last complete request (or of the accept)
         self.events: Sequence[object] = _NOTHING  # received, answered up to ``next``
         self.next = 0
+        self.later: Later | None = None  # what gives the reply to ``events[next]``, if waiting
         self.eof = False  # the client closed its side
         self.detached = False  # on a slow path: out of the readiness set, in a task
         self.closed = False
@@ -537,15 +539,17 @@ class ConnectionLoop:
         answer = conn.service.answer
         if end - first == 1:  # the usual case: one request per read
             out = answer(events[first])
-            if out is None:
+            if not isinstance(out, bytes):
+                conn.later = out
                 self._detach(conn, b"")
                 return
         else:
             replies: list[bytes] = []
             for i in range(first, end):
                 reply = answer(events[i])
-                if reply is None:  # must wait: answer it and the rest off the loop
+                if not isinstance(reply, bytes):  # must wait: answer it and the rest off the loop
                     conn.next = i
+                    conn.later = reply
                     self._detach(conn, b"".join(replies))
                     return
                 replies.append(reply)
@@ -648,10 +652,8 @@ class ConnectionLoop:
         end = min(len(conn.events), conn.next + ANSWERS_PER_PASS)
         replies = []
         for event in conn.events[conn.next : end]:
-            reply = service.answer(event)
-            if reply is None:
-                reply = await service.answer_later(event)
-            replies.append(reply)
+            reply, conn.later = conn.later or service.answer(event), None
+            replies.append(reply if isinstance(reply, bytes) else await reply())
             conn.next += 1
         for hook in self.after_pass:
             hook()

@@ -94,10 +94,6 @@ class MetricsService:
             )
         return _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
 
-    async def answer_later(self, event: object) -> bytes:
-        """As :meth:`answer` (never needed: every answer is immediate)."""
-        return self.answer(event)
-
 
 class Capped:
     """A gate that admits at most ``limit`` connections at once, whoever they are from."""

@@ -44,6 +44,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -51,7 +52,7 @@ from srsd.config.settings import Settings
 from srsd.host.logs import LOGGER, RateLimited, show
 from srsd.serve.answers import Lookups
 from srsd.serve.delivery import PostfixDelivery
-from srsd.serve.loop import Reader
+from srsd.serve.loop import Later, Reader
 from srsd.srs.policy import Decision, DomainSet, Outcome, Role
 from srsd.wire import Wire, milter
 
@@ -294,8 +295,9 @@ class MilterService:
             self.recipients_refused += reader.session.refused
             reader.session.release()
 
-    def answer(self, event: object) -> bytes | None:
-        """The reply to one action; None for the end of a message (:meth:`answer_later`)."""
+    def answer(self, event: object) -> bytes | Later:
+        """The reply to one action; for the end of a message or a recipient to classify,
+        what gives it off the loop (:meth:`_later`)."""
         if not isinstance(event, _Step):
             raise TypeError(f"not a milter step: {event!r}")
         action = event.action
@@ -309,7 +311,7 @@ class MilterService:
                 )
             return action.data
         if isinstance(action, milter.Decide | milter.Classify):
-            return None
+            return partial(self._later, event)
         if action.reason is not None:
             self.messages["protocol error"] += 1
             self._log.log(
@@ -320,11 +322,9 @@ class MilterService:
             )
         return b""
 
-    async def answer_later(self, event: object) -> bytes:
+    async def _later(self, event: _Step) -> bytes:
         """The reply to the end of a message (the verdict) or to a recipient to classify,
         and then to the packets that came in behind that recipient."""
-        if not isinstance(event, _Step):
-            raise TypeError(f"not a milter step: {event!r}")
         session = event.session
         replies: list[bytes] = []
         pending = deque([event.action])
@@ -345,7 +345,8 @@ class MilterService:
                     )
                 pending.extend(session.feed(b""))  # what came in behind that recipient
             else:
-                replies.append(self.answer(_Step(session, action)) or b"")
+                reply = self.answer(_Step(session, action))
+                replies.append(reply if isinstance(reply, bytes) else await reply())
         return b"".join(replies)
 
     async def _classify(self, session: milter.Session, recipient: bytes) -> bool | None:

@@ -39,6 +39,7 @@ import dataclasses
 import os
 import resource
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -60,10 +61,16 @@ from srsd.serve.answers import (
     BAD_REQUEST_LOG_RATE,
     MAP_NAMES,
     Lookups,
-    SocketmapService,
-    TcpTableService,
+    MapService,
 )
-from srsd.serve.listeners import ACTIVATION_NAMES, Endpoint, StartError, bind, close_all
+from srsd.serve.listeners import (
+    ACTIVATION_NAMES,
+    Endpoint,
+    StartError,
+    bind,
+    close_all,
+    socket_directory_problems,
+)
 from srsd.serve.loop import Connection, ConnectionLoop, Gate, Service
 from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS, Capped, MetricsService
 from srsd.serve.privileges import drop_privileges, leave_root
@@ -278,8 +285,8 @@ class Server:
     def service(self, endpoint: Endpoint) -> Service:
         """What answers ``endpoint``'s requests."""
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
-            return SocketmapService(self.lookup)
-        return TcpTableService(self.lookup, endpoint.role)
+            return MapService(self.lookup, Wire.SOCKETMAP)
+        return MapService(self.lookup, Wire.TCP_TABLE, endpoint.role)
 
     async def check_storage(self) -> None:
         """At start, in database modes: say at once whether the envelope database works.
@@ -472,6 +479,11 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
     for warning in settings.warnings:
         LOGGER.warning("%s", warning)
     if check:
+        problems = socket_directory_problems(settings)
+        for problem in problems:
+            print(f"srsd: configuration error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
         print(
             f"srsd: configuration OK: domain {settings.domain}, {len(settings.secrets)} "
             f"secret(s) from {settings.secrets_file}, {len(settings.excluded)} excluded "

@@ -6,14 +6,16 @@ Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` open one connection per SMTP
 command byte, then the command byte and its data; strings are NUL-terminated. srsd takes
 part in four steps only: option negotiation (``O``), the envelope sender (``M``), each
 envelope recipient (``R``) and the end of the message (``E``), where it may change the
-sender (``e``, CHGFROM) and replace recipients (``-`` DELRCPT, ``+`` ADDRCPT). Every other
-step is switched off in the negotiation (``SMFIP_NOCONNECT``, ``NOHELO``, ``NOHDRS``,
-``NOEOH``, ``NOBODY``, ``NODATA``, ``NOUNKNOWN``), and answered ``continue`` when an MTA
-sends it anyway. Macros (``D``) are read for the queue id (``i``) only.
+sender (``e``, CHGFROM) and replace recipients (``-`` DELRCPT, ``+`` ADDRCPT), plus the
+connect step (``C``) for its client port when it splits mixed transactions (below). Every
+other step is switched off in the negotiation (``SMFIP_NOCONNECT`` unless splitting,
+``NOHELO``, ``NOHDRS``, ``NOEOH``, ``NOBODY``, ``NODATA``, ``NOUNKNOWN``), and answered
+``continue`` when an MTA sends it anyway. Macros (``D``) are read for the queue id (``i``)
+only.
 
-:class:`Session` turns received bytes into :class:`Send`, :class:`Decide` and
-:class:`Close` actions; :meth:`Session.verdict` turns the decision for a message into the
-reply bytes. Rules:
+:class:`Session` turns received bytes into :class:`Send`, :class:`Decide`,
+:class:`Classify` and :class:`Close` actions; :meth:`Session.verdict` turns the decision for
+a message into the reply bytes. Rules:
 
 * a packet length of 0 or over ``max_packet`` (:data:`MAX_PACKET`) is refused as soon as its
   four bytes are in, before any payload is read: the session buffers at most one packet;
@@ -76,6 +78,7 @@ ITEM_OVERHEAD = 64
 #: The milter protocol version srsd speaks (Postfix: ``milter_protocol = 6``).
 VERSION = 6
 _LENGTH = struct.Struct("!I")
+_unpack_length = _LENGTH.unpack_from
 _NEGOTIATION = struct.Struct("!III")
 
 # MTA commands (libmilter mfdef.h, SMFIC_*).
@@ -245,6 +248,13 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+_CLOSED = _State.CLOSED
+# Replies that never change, made once.
+_SEND_CONTINUE = Send(packet(CONTINUE))
+_SEND_TEMPFAIL = Send(packet(TEMPORARY_FAILURE))
+_CONTINUE_PACKET = _SEND_CONTINUE.data
+
+
 class Session:
     """One milter connection, as a state machine fed with the bytes received."""
 
@@ -259,6 +269,7 @@ class Session:
         "_message_bytes",
         "_recipient_limit",
         "_recipients",
+        "_rewrites",
         "_sender",
         "_split",
         "_state",
@@ -301,6 +312,7 @@ class Session:
         #: The protocol version and actions agreed on (0 before the negotiation).
         self.version = 0
         self.actions = Action(0)
+        self._rewrites = False
         #: The latest queue id the MTA sent (macro ``i``), empty if none.
         self.queue_id = b""
         #: Recipients answered "too many" so far (a metric).
@@ -349,36 +361,46 @@ class Session:
     @property
     def can_rewrite(self) -> bool:
         """Whether the MTA offered every action srsd needs."""
-        return NEEDED_ACTIONS in self.actions
+        return self._rewrites
 
     def feed(self, data: bytes | bytearray) -> list[MilterAction]:
         """Take the next bytes received; return what to do, in order."""
-        if self._state is _State.CLOSED:
+        if self._state is _CLOSED:
             return []
-        self._buf += data
         out: list[MilterAction] = []
-        buf = self._buf
-        if self._classifying is not None:
-            if len(buf) > 4 + self._max_packet:
-                self._fail(out, "input while a recipient is being classified")
-                self._buf = bytearray()
-            return out
-        start = 0
-        while len(buf) - start >= 4 and not self.closed and self._classifying is None:
-            (length,) = _LENGTH.unpack_from(buf, start)
-            if not 1 <= length <= self._max_packet:
-                self._fail(out, f"packet length {length} out of range 1..{self._max_packet}")
+        held = self._buf
+        buffered = bool(held) or self._classifying is not None
+        if buffered:
+            held += data
+            buf: bytes | bytearray = held
+            if self._classifying is not None:
+                if len(buf) > 4 + self._max_packet:
+                    self._fail(out, "input while a recipient is being classified")
+                    self._buf = bytearray()
+                return out
+        else:
+            buf = data  # the usual case, nothing held: the packets are read where they came
+        start, size, most = 0, len(buf), self._max_packet
+        handle = self._handle
+        while size - start >= 4:
+            (length,) = _unpack_length(buf, start)
+            if not 1 <= length <= most:
+                self._fail(out, f"packet length {length} out of range 1..{most}")
                 break
             end = start + 4 + length
-            if len(buf) < end:
+            if size < end:
                 break
             command, payload = buf[start + 4], bytes(buf[start + 5 : end])
             start = end
-            self._handle(command, payload, out)
-        if self.closed:
+            handle(command, payload, out)
+            if self._state is _CLOSED or self._classifying is not None:
+                break
+        if self._state is _CLOSED:
             self._buf = bytearray()
-        else:
-            del buf[:start]
+        elif buffered:
+            del held[:start]
+        elif start < size:
+            held += buf[start:]
         return out
 
     def feed_eof(self) -> list[MilterAction]:
@@ -405,7 +427,7 @@ class Session:
             return packet(REPLY_CODE, _TOO_MANY + b"\x00")
         self._here = here
         self._recipients.append(recipient)
-        return packet(CONTINUE)
+        return _CONTINUE_PACKET
 
     def verdict(self, verdict: Verdict) -> bytes:
         """The reply to the end of a message: the changes, then ``continue``. The message's
@@ -413,14 +435,18 @@ class Session:
         if self._deciding:
             self._allowance.give(self._deciding.popleft())
         if verdict.tempfail:
-            return packet(TEMPORARY_FAILURE)
+            return _SEND_TEMPFAIL.data
+        if not verdict.replace:  # the usual case: a new sender or none
+            if verdict.sender is None:
+                return _CONTINUE_PACKET
+            return packet(CHANGE_SENDER, verdict.sender + b"\x00") + _CONTINUE_PACKET
         parts = []
         for old, new in verdict.replace:
             parts.append(packet(DELETE_RECIPIENT, old + b"\x00"))
             parts.append(packet(ADD_RECIPIENT, new + b"\x00"))
         if verdict.sender is not None:
             parts.append(packet(CHANGE_SENDER, verdict.sender + b"\x00"))
-        parts.append(packet(CONTINUE))
+        parts.append(_CONTINUE_PACKET)
         return b"".join(parts)
 
     # -- one packet -------------------------------------------------------------------------
@@ -445,7 +471,7 @@ class Session:
                 self._reset()  # a new SMTP session or EHLO ends any message
             if command == CONNECT:
                 self.client_port = _client_port(data)
-            out.append(Send(packet(CONTINUE)))
+            out.append(_SEND_CONTINUE)
         elif command == RCPT and state is _State.MESSAGE:
             self._rcpt(data, out)
         elif command == END_OF_MESSAGE and state is _State.MESSAGE:
@@ -484,6 +510,7 @@ class Session:
             return
         self.version = min(version, VERSION)
         self.actions = Action(offered_actions & NEEDED_ACTIONS)
+        self._rewrites = NEEDED_ACTIONS in self.actions  # asked at every sender: once here
         steps = offered_steps & skipped
         self._state = _State.READY
         reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
@@ -497,9 +524,9 @@ class Session:
         if strings is None or len(strings) % 2:
             self._fail(out, "malformed macro packet")
             return
-        for name, value in zip(strings[::2], strings[1::2], strict=True):
-            if name in _QUEUE_ID_MACROS:
-                self.queue_id = value
+        for i in range(0, len(strings), 2):
+            if strings[i] in _QUEUE_ID_MACROS:
+                self.queue_id = strings[i + 1]
 
     def _mail(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -514,7 +541,7 @@ class Session:
         self._held = size
         self._state = _State.MESSAGE
         self._sender = args[0]
-        out.append(Send(packet(CONTINUE if self.can_rewrite else TEMPORARY_FAILURE)))
+        out.append(_SEND_CONTINUE if self._rewrites else _SEND_TEMPFAIL)
 
     def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -539,7 +566,7 @@ class Session:
             out.append(Classify(args[0]))
             return
         self._recipients.append(args[0])
-        out.append(Send(packet(CONTINUE)))
+        out.append(_SEND_CONTINUE)
 
 
 def _client_port(data: bytes) -> int | None:

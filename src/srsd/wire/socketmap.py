@@ -95,33 +95,49 @@ class RequestReader:
         """Take the next bytes received; return an event for each netstring they complete."""
         if self._closed:
             return []
-        self._buf += data
+        held = self._buf
+        if held:
+            held += data
+            buf: bytes | bytearray = held
+        else:
+            buf = data  # the usual case, nothing held: parse the chunk as it came
         events: list[Event] = []
-        buf = self._buf
-        start = 0
-        while start < len(buf):
+        start, size = 0, len(buf)
+        max_length, widest = self._max_length, self._max_digits
+        while start < size:
+            # The usual netstring, whole and well-formed, in a few C-level steps; anything
+            # else (split, malformed, over the bound) is decided digit by digit below.
+            colon = buf.find(b":", start, start + widest + 1)
+            if colon > start:
+                digits = buf[start:colon]
+                if digits.isdigit() and (length := int(digits)) <= max_length:
+                    end = colon + 1 + length
+                    if end < size and buf[end] == 0x2C:  # ","
+                        name, _, key = bytes(buf[colon + 1 : end]).partition(b" ")
+                        events.append(Request(name, key))
+                        start = end + 1
+                        continue
             # Digit by digit, so that the verdict does not depend on how the bytes were split.
             length, colon = 0, start
-            while colon < len(buf) and buf[colon] in _DIGITS:
+            while colon < size and buf[colon] in _DIGITS:
                 length = length * 10 + buf[colon] - 0x30
                 colon += 1
-                if length > self._max_length:
+                if length > max_length:
                     return self._fail(events, _TOO_BIG)
-                if colon - start > self._max_digits:
+                if colon - start > widest:
                     return self._fail(events, _BAD_LENGTH)
-            if colon == len(buf):
+            if colon == size:
                 break  # the length is not complete yet
             if colon == start or buf[colon] != 0x3A:  # ":"
                 return self._fail(events, _BAD_LENGTH)
             end = colon + 1 + length
-            if len(buf) <= end:
+            if size <= end:
                 break  # payload or comma still to come
-            if buf[end] != 0x2C:  # ","
-                return self._fail(events, _NO_COMMA)
-            name, _, key = bytes(buf[colon + 1 : end]).partition(b" ")
-            events.append(Request(name, key))
-            start = end + 1
-        del buf[:start]
+            return self._fail(events, _NO_COMMA)
+        if held:
+            del held[:start]
+        elif start < size:
+            held += buf[start:]
         return events
 
     def feed_eof(self) -> list[Event]:
