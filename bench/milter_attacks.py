@@ -5,7 +5,7 @@
 
 Each scenario starts ``srsd serve`` from this work tree (``$SRSD_BENCH_SRC`` for another
 tree) with tcp_table, the milter and metrics on free loopback ports, runs
-``tests/milter_attacker.py`` as user ``nobody`` and, as root meanwhile, good clients:
+``tests/attacker.py`` (its milter modes) as user ``nobody`` and, as root meanwhile, good clients:
 
 * ``hold-idle`` / ``hold-message``: ``nobody`` keeps 2,000 milter sessions open (idle
   between messages, or inside a message that never ends); good milter sessions (a fresh
@@ -28,7 +28,6 @@ import os
 import pwd
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -39,22 +38,18 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 SRC = Path(os.environ.get("SRSD_BENCH_SRC", REPO / "src")).resolve()
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO / "src"))
 
-from harness import free_ports  # noqa: E402
+from harness import free_ports, status_kib  # noqa: E402
 
-ATTACKER = (REPO / "tests" / "milter_attacker.py").read_text()
+from srsd.wire import milter  # noqa: E402
+
+ATTACKER = (REPO / "tests" / "attacker.py").read_text()
 NOBODY = pwd.getpwnam("nobody").pw_uid
 HOLD_SESSIONS = 2000
 MEASURE_SECONDS = 5.0
 WARM_UP = 4.0
 ANSWER_WITHIN = 1.0
-
-
-def packet(command: bytes, data: bytes = b"") -> bytes:
-    return struct.pack("!I", len(data) + 1) + command + data
-
-
-NEGOTIATE = packet(b"O", struct.pack("!III", 6, 0x1FF, 0x1FFFFF))
 
 
 def start_srsd(
@@ -116,7 +111,7 @@ def stop(proc: subprocess.Popen[bytes]) -> int | None:
 
 def attacker(mode: str, port: int, sessions: int, seconds: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["nice", "-n", "10", "/usr/bin/python3", "-c", ATTACKER, mode, "127.0.0.1",
+        ["nice", "-n", "10", "/usr/bin/python3", "-c", ATTACKER, f"milter-{mode}", "127.0.0.1",
          str(port), str(sessions), str(seconds)],
         user=NOBODY, group=NOBODY, extra_groups=[], stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
@@ -144,10 +139,10 @@ def good_milter_session(port: int) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN) as sock:
             sock.settimeout(ANSWER_WITHIN)
             sock.sendall(
-                NEGOTIATE
-                + packet(b"M", b"<good@example.org>\0")
-                + packet(b"R", b"<someone@elsewhere.example>\0")
-                + packet(b"E")
+                milter.negotiate()
+                + milter.command(milter.MAIL, b"<good@example.org>")
+                + milter.command(milter.RCPT, b"<someone@elsewhere.example>")
+                + milter.command(milter.END_OF_MESSAGE)
             )
             data = b""
             while not (b"eSRS0=" in data and data.endswith(b"\x00\x00\x00\x01c")):
@@ -213,16 +208,6 @@ def measure_good(ports: dict[str, int], seconds: float) -> dict[str, Any]:
         "good milter sessions answered within 1 s": f"{milter[1]}/{milter[0]}",
         "fresh tcp_table lookups answered within 1 s": f"{lookups[1]}/{lookups[0]}",
     }
-
-
-def status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def hold(workdir: Path, mode: str) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_steps_the_mta_cannot_skip_are_answered_continue() -> None:
             command(milter.HEADER, b"Subject", b"hi"),
             command(milter.END_OF_HEADERS),
             command(milter.BODY, b"body"),
-            command(milter.UNKNOWN, b"XFOO"),
+            command(milter.UNKNOWN_COMMAND, b"XFOO"),
             command(milter.END_OF_MESSAGE),
         ]
     )

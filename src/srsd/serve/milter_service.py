@@ -61,13 +61,14 @@ DECIDE_SECONDS = 30.0
 #: At most one log line per kind (protocol error, no room, ...) per this many seconds.
 LOG_INTERVAL = 1.0
 
-Lookup = Callable[[bytes], Awaitable[Decision]]
+#: Decides one address (a sender forward, a recipient reverse), as the map endpoints do.
+Decider = Callable[[bytes], Awaitable[Decision]]
 _TEMPFAIL = milter.Verdict(tempfail=True)
 _TEMPFAIL_PACKET = milter.packet(milter.TEMPORARY_FAILURE)
 
 
 @dataclass(frozen=True, slots=True)
-class MessageDecision:
+class MessageOutcome:
     """What happened to one message, for the log and the counters."""
 
     verdict: milter.Verdict
@@ -76,8 +77,12 @@ class MessageDecision:
 
 
 async def decide(
-    transaction: milter.Transaction, *, forward: Lookup, reverse: Lookup, delivery: PostfixDelivery
-) -> MessageDecision:
+    transaction: milter.Transaction,
+    *,
+    forward: Decider,
+    reverse: Decider,
+    delivery: PostfixDelivery,
+) -> MessageOutcome:
     """The verdict for one message (see the module docstring)."""
     replace: list[tuple[bytes, bytes]] = []
     finals: list[bytes] = []
@@ -86,7 +91,7 @@ async def decide(
         restored = await reverse(recipient)
         if restored.outcome is Outcome.ERROR:
             reason = f"recipient <{show(recipient)}>: {restored.reason}"
-            return MessageDecision(_TEMPFAIL, "tempfail", reason)
+            return MessageOutcome(_TEMPFAIL, "tempfail", reason)
         if restored.outcome is Outcome.REWRITTEN and restored.value is not None:
             replace.append((raw, restored.value))
             finals.append(restored.value)
@@ -95,20 +100,20 @@ async def decide(
     kept = milter.Verdict(replace=tuple(replace))
     sender = milter.unbracket(transaction.sender)
     if not sender:
-        return MessageDecision(kept, "not rewritten", "null sender")
+        return MessageOutcome(kept, "not rewritten", "null sender")
     if await delivery.all_delivered_here(finals):
-        return MessageDecision(kept, "delivered here", "every recipient is delivered here")
+        return MessageOutcome(kept, "delivered here", "every recipient is delivered here")
     forwarded = await forward(sender)
     if forwarded.outcome is Outcome.ERROR:
-        return MessageDecision(_TEMPFAIL, "tempfail", forwarded.reason)
+        return MessageOutcome(_TEMPFAIL, "tempfail", forwarded.reason)
     if forwarded.outcome is Outcome.REWRITTEN and forwarded.value is not None:
         rewritten = milter.Verdict(forwarded.value, tuple(replace))
-        return MessageDecision(rewritten, "rewritten", "forwarded")
-    return MessageDecision(kept, "not rewritten", forwarded.reason)
+        return MessageOutcome(rewritten, "rewritten", "forwarded")
+    return MessageOutcome(kept, "not rewritten", forwarded.reason)
 
 
 async def delivered_here(
-    recipient: bytes, *, reverse: Lookup, delivery: PostfixDelivery
+    recipient: bytes, *, reverse: Decider, delivery: PostfixDelivery
 ) -> bool | None:
     """Whether one recipient (as the MTA sent it) is delivered on this host, SRS addresses
     restored first; None when that cannot be known now (the recipient is deferred)."""
@@ -127,7 +132,7 @@ def delivery_for(settings: Settings) -> PostfixDelivery:
     return PostfixDelivery(rewrite_local=settings.rewrite_local, local_domains=local)
 
 
-def lookups_for(lookups: Lookups) -> tuple[Lookup, Lookup]:
+def lookups_for(lookups: Lookups) -> tuple[Decider, Decider]:
     """The forward and reverse decisions of the map endpoints (policy, envelope database),
     counted and logged under the protocol ``milter``."""
 
@@ -238,8 +243,8 @@ class MilterService:
     def __init__(
         self,
         *,
-        forward: Lookup,
-        reverse: Lookup,
+        forward: Decider,
+        reverse: Decider,
         delivery: PostfixDelivery,
         recipient_limit: int = milter.MAX_RECIPIENTS,
         message_bytes: int = milter.MESSAGE_BYTES,
@@ -370,7 +375,7 @@ class MilterService:
     async def _decide(self, transaction: milter.Transaction) -> milter.Verdict:
         started = time.perf_counter()
         queue_id = show(transaction.queue_id) or "-"
-        outcome: MessageDecision
+        outcome: MessageOutcome
         try:
             with trio.fail_after(DECIDE_SECONDS):
                 outcome = await decide(
@@ -378,10 +383,10 @@ class MilterService:
                 )
         except trio.TooSlowError:
             reason = f"no decision within {DECIDE_SECONDS:g} s"
-            outcome = MessageDecision(_TEMPFAIL, "tempfail", reason)
+            outcome = MessageOutcome(_TEMPFAIL, "tempfail", reason)
         except Exception:
             LOGGER.exception("milter %s: internal error", queue_id)
-            outcome = MessageDecision(_TEMPFAIL, "tempfail", "srsd internal error")
+            outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
         self.messages[outcome.label] += 1
         verdict = outcome.verdict
         level = logging.WARNING if verdict.tempfail else logging.INFO

@@ -402,24 +402,19 @@ class Server:
 
 
 def limits_of(settings: Settings) -> Limits:
-    """The admission limits ``settings`` describe (user names looked up now)."""
-    try:
-        return Gatekeeper.limits(
-            settings.max_connections, settings.max_connections_per_user, settings.allowed_users
-        )
-    except ValueError as err:  # a user removed since the settings were checked
-        raise ConfigError(f"allowed_users: {err}") from None
+    """The map endpoints' admission limits ``settings`` describe (user names looked up now)."""
+    return _limits(settings.max_connections, settings.max_connections_per_user, settings)
 
 
 def milter_limits_of(settings: Settings) -> Limits:
     """The milter's admission limits ``settings`` describe (user names looked up now)."""
+    return _limits(settings.milter_max_sessions, settings.milter_max_sessions_per_user, settings)
+
+
+def _limits(total: int, per_user: int, settings: Settings) -> Limits:
     try:
-        return Gatekeeper.limits(
-            settings.milter_max_sessions,
-            settings.milter_max_sessions_per_user,
-            settings.allowed_users,
-        )
-    except ValueError as err:
+        return Gatekeeper.limits(total, per_user, settings.allowed_users)
+    except ValueError as err:  # a user removed since the settings were checked
         raise ConfigError(f"allowed_users: {err}") from None
 
 

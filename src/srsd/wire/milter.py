@@ -96,7 +96,7 @@ NEGOTIATE = ord("O")
 QUIT = ord("Q")
 RCPT = ord("R")
 DATA = ord("T")
-UNKNOWN = ord("U")
+UNKNOWN_COMMAND = ord("U")
 
 # Filter replies (SMFIR_*).
 ADD_RECIPIENT = b"+"
@@ -141,7 +141,7 @@ SKIPPED_STEPS = (
     | Step.NO_DATA
 )
 #: Steps answered ``continue`` whatever they carry (sent when the MTA cannot skip them).
-_IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN})
+_IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN_COMMAND})
 _QUEUE_ID_MACROS = frozenset({b"i", b"{i}"})
 _TOO_MANY = b"452 4.5.3 Too many recipients"
 _NO_ROOM = b"452 4.3.1 Insufficient system storage"
