@@ -27,13 +27,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from srsd.admission.gatekeeper import Gatekeeper
-from srsd.admission.owners import REMOTE, UNKNOWN, Owner
+from srsd.admission.owners import REMOTE, UNKNOWN_OWNER, Owner
 from srsd.admission.rule import (
+    Action,
     Admission,
-    Connection,
-    Decision,
+    HeldConnection,
     Limits,
-    Verdict,
+    Ruling,
     decide,
     resolve_users,
 )
@@ -46,17 +46,17 @@ MACHINE = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN]
+OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN_OWNER]
 POSTFIX, FLOODER = 103, 65534
 
 
 class AdmissionMachine(RuleBasedStateMachine):
-    """A model (an ordered dict of :class:`Connection`, in the order connections last
+    """A model (an ordered dict of :class:`HeldConnection`, in the order connections last
     became idle) beside the incremental table, driven by the same steps."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.model: OrderedDict[int, Connection] = OrderedDict()
+        self.model: OrderedDict[int, HeldConnection] = OrderedDict()
         self.now = 0.0
         self.next_key = 0
         self.table: Admission[int]
@@ -82,24 +82,24 @@ class AdmissionMachine(RuleBasedStateMachine):
         got = self.table.admit(key, owner, self.now)
         assert got == expected
         assert self.asking.admit(key, owner, self.now) == expected
-        self.check_decision(got, owner, held)
+        self.check_ruling(got, owner, held)
         if got.victim is not None:
             del self.model[got.victim]
         if got.admitted:
-            self.model[key] = Connection(owner, self.now)
+            self.model[key] = HeldConnection(owner, self.now)
 
-    def check_decision(self, got: Decision[int], owner: Owner, held: Counter[Owner]) -> None:
+    def check_ruling(self, got: Ruling[int], owner: Owner, held: Counter[Owner]) -> None:
         allowed = not self.limits.allowed or owner in self.limits.allowed
-        assert (got.verdict is Verdict.REFUSE_USER) == (not allowed)
+        assert (got.action is Action.REFUSE_USER) == (not allowed)
         idle = [k for k, c in self.model.items() if not c.busy]
-        if got.verdict is Verdict.REFUSE_BUSY:  # nothing of owner's own could be evicted,
+        if got.action is Action.REFUSE_BUSY:  # nothing of owner's own could be evicted,
             # and no one else holds more than owner would
             assert not [k for k in idle if self.model[k].owner == owner]
             assert held[owner] >= self.limits.max_per_user or (
                 len(self.model) >= self.limits.max_connections
                 and all(held[self.model[k].owner] <= held[owner] + 1 for k in idle)
             )
-        if got.verdict is Verdict.ADMIT:
+        if got.action is Action.ADMIT:
             assert len(self.model) < self.limits.max_connections
             assert held[owner] < self.limits.max_per_user
         if got.victim is None:
@@ -124,7 +124,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = idle[pick % len(idle)]
             self.table.busy(key)
             old = self.model[key]
-            self.model[key] = Connection(old.owner, old.last, busy=True)
+            self.model[key] = HeldConnection(old.owner, old.last, busy=True)
 
     @rule(pick=st.integers(0, 1000), later=st.sampled_from([0.0, 0.5]))
     def answered(self, pick: int, later: float) -> None:
@@ -134,7 +134,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = busy[pick % len(busy)]
             self.table.idle(key, self.now)
             self.asking.idle(key, self.now)
-            self.model[key] = Connection(self.model[key].owner, self.now)
+            self.model[key] = HeldConnection(self.model[key].owner, self.now)
             self.model.move_to_end(key)
 
     @rule(pick=st.integers(0, 1000))
@@ -193,8 +193,8 @@ def test_flooders_never_shut_postfix_out(
     for step, (what, who, pick) in enumerate(steps):
         now += 0.01
         if len(postfix) < postfix_connections:
-            decision = table.admit(-step - 1, POSTFIX, now)
-            assert decision.admitted
+            ruling = table.admit(-step - 1, POSTFIX, now)
+            assert ruling.admitted
             postfix.append(-step - 1)
         if what == "postfix":  # Postfix looks something up on one of its connections
             key = postfix[pick % len(postfix)]
@@ -202,13 +202,13 @@ def test_flooders_never_shut_postfix_out(
             table.idle(key, now)
         mine = flooders[who]
         if what == "connect":
-            decision = table.admit(step, who, now)
-            assert decision.victim not in postfix
-            assert decision.admitted
+            ruling = table.admit(step, who, now)
+            assert ruling.victim not in postfix
+            assert ruling.admitted
             mine.append(step)
             for held in flooders.values():
-                if decision.victim in held:
-                    held.remove(decision.victim)
+                if ruling.victim in held:
+                    held.remove(ruling.victim)
         elif what == "close-own" and mine:
             table.closed(mine.pop(pick % len(mine)))
         elif what == "request" and mine:
@@ -225,26 +225,26 @@ def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
     limits = Limits(10, 5)
     table: Admission[str] = Admission(limits)
     for i in range(5):
-        assert table.admit(f"a{i}", 1001, float(i)).verdict is Verdict.ADMIT
-        assert table.admit(f"b{i}", 1002, float(i) + 0.5).verdict is Verdict.ADMIT
-    decision = table.admit("postfix", POSTFIX, 10.0)
-    assert decision == Decision(Verdict.EVICT, "a0", 1001)
+        assert table.admit(f"a{i}", 1001, float(i)).action is Action.ADMIT
+        assert table.admit(f"b{i}", 1002, float(i) + 0.5).action is Action.ADMIT
+    ruling = table.admit("postfix", POSTFIX, 10.0)
+    assert ruling == Ruling(Action.EVICT, "a0", 1001)
     # the flooder at its cap evicts its own, oldest first
-    assert table.admit("b5", 1002, 11.0) == Decision(Verdict.EVICT, "b0", 1002)
+    assert table.admit("b5", 1002, 11.0) == Ruling(Action.EVICT, "b0", 1002)
     # a flooder whose connections are all busy and at its cap is refused
     for key in ("b1", "b2", "b3", "b4", "b5"):
         table.busy(key)
-    assert table.admit("b6", 1002, 12.0).verdict is Verdict.REFUSE_BUSY
+    assert table.admit("b6", 1002, 12.0).action is Action.REFUSE_BUSY
     # Postfix holds 1, flooder 1001 holds 4: its connection is taken, not Postfix's
-    assert table.admit("postfix-2", POSTFIX, 13.0) == Decision(Verdict.EVICT, "a1", 1001)
+    assert table.admit("postfix-2", POSTFIX, 13.0) == Ruling(Action.EVICT, "a1", 1001)
 
 
 def test_allowed_users_refuse_everyone_else() -> None:
     table: Admission[int] = Admission(Limits(10, 5, frozenset({0, POSTFIX})))
-    assert table.admit(1, POSTFIX, 0.0).verdict is Verdict.ADMIT
-    assert table.admit(2, 0, 0.0).verdict is Verdict.ADMIT
-    for owner in (FLOODER, REMOTE, UNKNOWN):
-        assert table.admit(3, owner, 0.0).verdict is Verdict.REFUSE_USER
+    assert table.admit(1, POSTFIX, 0.0).action is Action.ADMIT
+    assert table.admit(2, 0, 0.0).action is Action.ADMIT
+    for owner in (FLOODER, REMOTE, UNKNOWN_OWNER):
+        assert table.admit(3, owner, 0.0).action is Action.REFUSE_USER
     assert len(table) == 2
 
 

@@ -660,6 +660,11 @@ def test_every_alias_answered_reverses_across_redis_crashes(
     redis.start()
     try:
         with Srsd(tmp_path / "srsd", *args, "--metrics-listen", f"127.0.0.1:{metrics}") as srsd:
+            # At start srsd says what a crash of this Redis would lose: without AOF, all.
+            deadline = time.monotonic() + TIMEOUT
+            while "srsd ready" not in srsd.my_log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srsd.count("runs without AOF") == (persistence == "none"), srsd.context()
             answers = Answers(srsd)
             senders = [long_sender(i) for i in range(20)]
             for sender in senders:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from srsd.config import settings
-from srsd.doctor import checks_host, checks_srsd, refs, run
+from srsd.config.postfix import Mode
+from srsd.doctor import checks_host, checks_postfix, checks_srsd, refs, run
 from srsd.doctor.facts import ClockFacts, ClockState, PostfixFacts, SecretFacts, Service
 from srsd.doctor.result import FixKind, Result, Status, healthy, render_json, render_text
 
@@ -187,3 +188,73 @@ def test_doctor_settings_parse(tmp_path: Path) -> None:
             settings.load(
                 {key: bad, "domain": "f.example"}, environ={}, config=empty, need_secrets=False
             )
+
+
+def _facts(raw: dict[str, str], expanded: dict[str, str] | None = None) -> PostfixFacts:
+    both = {"queue_directory": "/var/spool/postfix", **raw}
+    return PostfixFacts("/etc/postfix", both, {**both, **(expanded or {})})
+
+
+def _settings(tmp_path: Path) -> settings.Settings:
+    path = tmp_path / "srsd.toml"
+    path.write_text('domain = "forwarder.example"\n')
+    return settings.load({}, environ={}, config=path, need_secrets=False)
+
+
+def _check(facts: PostfixFacts, loaded: settings.Settings) -> dict[str, Result]:
+    ours = refs.endpoints(loaded)
+    return {r.check: r for r in checks_postfix.references_checks(facts, loaded, ours)}
+
+
+def test_swapped_ports_say_what_each_side_loses(tmp_path: Path) -> None:
+    loaded = _settings(tmp_path)
+    facts = _facts(
+        {
+            "sender_canonical_maps": "hash:/etc/postfix/canonical, tcp:127.0.0.1:10002",
+            "recipient_canonical_maps": "tcp:127.0.0.1:10001",
+        }
+    )
+    results = _check(facts, loaded)
+    sender = results["postfix:sender_canonical_maps"]
+    assert sender.status is Status.FAIL and "senders are never rewritten" in sender.summary
+    assert sender.fix is not None
+    assert sender.fix.lines == (
+        "postconf -e 'sender_canonical_maps = hash:/etc/postfix/canonical, tcp:127.0.0.1:10001'",
+        "postfix reload",
+    )
+    assert "SRS-encoded into unknown users" in results["postfix:recipient_canonical_maps"].summary
+
+
+def test_an_entry_named_through_a_variable_is_set_outright(tmp_path: Path) -> None:
+    loaded = _settings(tmp_path)
+    facts = _facts(
+        {"sender_canonical_maps": "$srs_map"}, {"sender_canonical_maps": "tcp:127.0.0.1:10002"}
+    )
+    result = _check(facts, loaded)["postfix:sender_canonical_maps"]
+    assert result.fix is not None
+    assert result.fix.lines[0] == "postconf -e 'sender_canonical_maps = tcp:127.0.0.1:10001'"
+
+
+def test_canonical_maps_cannot_use_srsd(tmp_path: Path) -> None:
+    loaded = _settings(tmp_path)
+    facts = _facts({"canonical_maps": "hash:/etc/postfix/c, tcp:127.0.0.1:10001"})
+    result = _check(facts, loaded)["postfix:canonical_maps"]
+    assert result.status is Status.FAIL and "alike" in result.summary
+    assert result.fix is not None
+    assert result.fix.lines[0] == "postconf -e 'canonical_maps = hash:/etc/postfix/c'"
+
+
+def test_a_milter_parameter_on_a_map_port_is_still_milter_mode(tmp_path: Path) -> None:
+    loaded = settings.load(
+        {"milter": "inet:127.0.0.1:10004"},
+        environ={},
+        config=_settings(tmp_path).config_file,
+        need_secrets=False,
+    )
+    facts = _facts({"smtpd_milters": "inet:127.0.0.1:10001"})
+    ours = refs.endpoints(loaded)
+    assert checks_postfix.mode_in_use(facts, ours) is Mode.MILTER
+    result = _check(facts, loaded)["postfix:smtpd_milters"]
+    assert "speaks the milter protocol to srsd's tcp_table forward map" in result.summary
+    assert result.fix is not None
+    assert result.fix.lines[0] == "postconf -e 'smtpd_milters = inet:127.0.0.1:10004'"

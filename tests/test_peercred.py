@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srsd.admission import owners as owner_wire
-from srsd.admission.owners import ABSENT, REMOTE, UNKNOWN, FourTuple, PeerError, PeerOwners
+from srsd.admission.owners import ABSENT, REMOTE, UNKNOWN_OWNER, FourTuple, PeerError, PeerOwners
 from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
 
 TIMEOUT = 10.0
@@ -137,7 +137,7 @@ def test_own_connections(owners: PeerOwners) -> None:
         conn, _ = server.accept()
         with conn:
             assert owners.owner(conn) == os.geteuid()
-            assert PeerOwners(methods=()).owner(conn) == UNKNOWN  # no way to ask
+            assert PeerOwners(methods=()).owner(conn) == UNKNOWN_OWNER  # no way to ask
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
@@ -154,8 +154,8 @@ def test_a_peer_that_closed_is_unknown_never_root(
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.close()
             time.sleep(0.05)
-            assert owners.owner(conn) == UNKNOWN
-            assert proc_owners.owner(conn) == UNKNOWN
+            assert owners.owner(conn) == UNKNOWN_OWNER
+            assert proc_owners.owner(conn) == UNKNOWN_OWNER
 
 
 def test_no_socket_with_that_4_tuple(owners: PeerOwners, proc_owners: PeerOwners) -> None:
@@ -174,7 +174,7 @@ def test_no_socket_with_that_4_tuple(owners: PeerOwners, proc_owners: PeerOwners
     for lookup in (owners, proc_owners, PeerOwners(methods=())):
         assert lookup.owner_of(elsewhere) == REMOTE
         assert lookup.owner_of(elsewhere6) == REMOTE
-        assert lookup.owner_of(gone) == UNKNOWN
+        assert lookup.owner_of(gone) == UNKNOWN_OWNER
     assert owners.failures == proc_owners.failures == 0
 
 
@@ -251,8 +251,10 @@ def test_diag_request_layout() -> None:
 def test_diag_replies() -> None:
     parse = owner_wire.parse_diag_reply
     assert parse(diag_message(PEER_TUPLE, 5, uid=65534), PEER_TUPLE, 5) == 65534
-    assert parse(diag_message(PEER_TUPLE, 5, uid=0, state=6, inode=0), PEER_TUPLE, 5) == UNKNOWN
-    assert parse(diag_message(PEER_TUPLE, 5, inode=0), PEER_TUPLE, 5) == UNKNOWN  # orphan
+    assert (
+        parse(diag_message(PEER_TUPLE, 5, uid=0, state=6, inode=0), PEER_TUPLE, 5) == UNKNOWN_OWNER
+    )
+    assert parse(diag_message(PEER_TUPLE, 5, inode=0), PEER_TUPLE, 5) == UNKNOWN_OWNER  # orphan
     assert parse(error_message(5, 2), PEER_TUPLE, 5) == ABSENT  # ENOENT
     assert parse(diag_message(PEER_TUPLE, 4), PEER_TUPLE, 5) is None  # stale
     stale_then_right = diag_message(PEER_TUPLE, 4, uid=1) + diag_message(PEER_TUPLE, 5, uid=2)
@@ -283,7 +285,7 @@ def test_proc_net_tcp_lines() -> None:
     if os.uname().machine not in ("x86_64", "aarch64"):
         pytest.skip("the lines above are little-endian")
     assert owner_wire.parse_proc_net_tcp(header + mine, PEER_TUPLE) == 65534
-    assert owner_wire.parse_proc_net_tcp(header + waiting, PEER_TUPLE) == UNKNOWN
+    assert owner_wire.parse_proc_net_tcp(header + waiting, PEER_TUPLE) == UNKNOWN_OWNER
     assert owner_wire.parse_proc_net_tcp(header, PEER_TUPLE) == ABSENT
     with pytest.raises(PeerError):
         owner_wire.parse_proc_net_tcp(header + mine[:60], PEER_TUPLE)
@@ -313,7 +315,7 @@ def test_any_netlink_bytes_give_an_owner_none_or_peer_error(
             got = owner_wire.parse_diag_reply(blob, PEER_TUPLE, seq)
         except PeerError:
             continue
-        assert got is None or got in (UNKNOWN, ABSENT) or (isinstance(got, int) and got >= 0)
+        assert got is None or got in (UNKNOWN_OWNER, ABSENT) or (isinstance(got, int) and got >= 0)
 
 
 @settings(max_examples=300, deadline=None)
@@ -325,4 +327,4 @@ def test_any_proc_text_gives_an_owner_or_peer_error(text: str) -> None:
             got = owner_wire.parse_proc_net_tcp(blob, PEER_TUPLE)
         except PeerError:
             continue
-        assert got in (UNKNOWN, ABSENT) or (isinstance(got, int) and got >= 0)
+        assert got in (UNKNOWN_OWNER, ABSENT) or (isinstance(got, int) and got >= 0)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 from srsd.admission.owners import Owner, PeerOwners
-from srsd.admission.rule import Admission, Limits, Verdict, resolve_users
+from srsd.admission.rule import Action, Admission, Limits, resolve_users
 from srsd.host.logs import RateLimited
 
 #: At most one log line per kind (refused user, full, evicted, timed out) per this many s.
@@ -89,26 +89,26 @@ class Gatekeeper(Generic[C]):
         ``conn.owner``); evicts a victim if the rule says so (before returning True)."""
         owner = self.owners.owner(conn.sock)
         conn.owner = owner
-        decision = self.table.admit(conn, owner, now)
-        verdict = decision.verdict
-        if verdict is Verdict.ADMIT:
+        ruling = self.table.admit(conn, owner, now)
+        action = ruling.action
+        if action is Action.ADMIT:
             return True
         total = self._names[0]
         limits = self.table.limits
-        if decision.victim is not None:
-            victim = decision.victim
+        if ruling.victim is not None:
+            victim = ruling.victim
             self._count(
                 "evicted",
                 f"evicted the longest idle {self._noun} of %s to admit one of "
                 f"%s ({total} %d, per user %d)",
-                _who(decision.victim_owner),
+                _who(ruling.victim_owner),
                 _who(owner),
                 limits.max_connections,
                 limits.max_per_user,
             )
             self._close(victim)
             return True
-        if verdict is Verdict.REFUSE_USER:
+        if action is Action.REFUSE_USER:
             self._count(
                 "refused user", f"refused a {self._noun} of %s: not in allowed_users", _who(owner)
             )

@@ -12,7 +12,7 @@ srsd shares its connections between users (:mod:`srsd.admission.rule`) and may a
 * :data:`REMOTE` when the kernel has no such socket and the peer address is not loopback:
   the peer is on another host (or in another network namespace), and all of those count as
   one user;
-* :data:`UNKNOWN` when it cannot be told: the peer closed its socket already (an orphaned
+* :data:`UNKNOWN_OWNER` when it cannot be told: the peer closed its socket already (an orphaned
   or TIME-WAIT socket has no owner: the kernel reports uid 0 for those, which must never
   pass for root), the lookup failed, or the platform offers no way.
 
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-#: The owner of a peer: a uid, or :data:`REMOTE` / :data:`UNKNOWN`.
+#: The owner of a peer: a uid, or :data:`REMOTE` / :data:`UNKNOWN_OWNER`.
 Owner = int | str
 #: Peers on other hosts (or network namespaces), all counted as one user.
 REMOTE: Final = "remote"
 #: Peers whose owner cannot be told (gone already, or no way to ask).
-UNKNOWN: Final = "unknown"
+UNKNOWN_OWNER: Final = "unknown"
 #: What the socket-table parsers return when no socket has the 4-tuple (never an owner).
 ABSENT: Final = "absent"
 
@@ -149,7 +149,7 @@ def diag_request(peer: FourTuple, seq: int) -> bytes:
 def parse_diag_reply(data: bytes, peer: FourTuple, seq: int) -> Owner | None:
     """The owner in one netlink datagram answering :func:`diag_request` ``seq``.
 
-    Returns the uid, :data:`UNKNOWN` (the socket exists but has no owner any more),
+    Returns the uid, :data:`UNKNOWN_OWNER` (the socket exists but has no owner any more),
     :data:`ABSENT` (the kernel has no such socket: ``ENOENT``), or None when the datagram
     answers another request (a stale reply: read on). Raises :class:`PeerError` for anything
     malformed or unexpected, the kernel's other errors included. Looks at no more than
@@ -191,7 +191,7 @@ def parse_diag_reply(data: bytes, peer: FourTuple, seq: int) -> Owner | None:
         ):
             raise PeerError("sock_diag answered for another socket")
         if state not in OWNED_STATES or inode == 0:
-            return UNKNOWN  # closed by its process: TIME-WAIT and orphans report uid 0
+            return UNKNOWN_OWNER  # closed by its process: TIME-WAIT and orphans report uid 0
         return int(uid)
     return None
 
@@ -208,7 +208,7 @@ def _proc_hex(address: bytes, port: int) -> str:
 def parse_proc_net_tcp(text: str, peer: FourTuple) -> Owner:
     """The owner of the peer's socket in the text of ``/proc/net/tcp`` (IPv4 addresses) or
     ``/proc/net/tcp6`` (IPv6); :data:`ABSENT` when no line has its 4-tuple. A TIME-WAIT or
-    orphaned socket (inode 0) is :data:`UNKNOWN`; a matching line that does not parse is
+    orphaned socket (inode 0) is :data:`UNKNOWN_OWNER`; a matching line that does not parse is
     :class:`PeerError`."""
     wanted = (
         f" {_proc_hex(peer.peer_addr, peer.peer_port)} "
@@ -223,7 +223,7 @@ def parse_proc_net_tcp(text: str, peer: FourTuple) -> Owner:
         state, uid, inode = int(fields[2], 16), int(fields[6]), int(fields[8])
     except (ValueError, IndexError):
         raise PeerError(f"unexpected /proc/net/tcp line: {fields[:9]}") from None
-    return uid if state in OWNED_STATES and inode != 0 else UNKNOWN
+    return uid if state in OWNED_STATES and inode != 0 else UNKNOWN_OWNER
 
 
 def parse_ucred(raw: bytes) -> int:
@@ -237,7 +237,7 @@ class PeerOwners:
     """Finds the owner of accepted connections; opened once per server, then cheap.
 
     ``method`` says how TCP peers are looked up: ``sock_diag``, ``proc`` or ``none``
-    (every TCP peer then counts as :data:`REMOTE`, or :data:`UNKNOWN` on loopback). The
+    (every TCP peer then counts as :data:`REMOTE`, or :data:`UNKNOWN_OWNER` on loopback). The
     method is chosen at start by looking up a loopback connection of our own, so a kernel
     without sock_diag (or a sandbox without ``AF_NETLINK``) falls back on its own.
     """
@@ -296,13 +296,13 @@ class PeerOwners:
                     conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
                 )
             except (OSError, AttributeError, PeerError):
-                return UNKNOWN
+                return UNKNOWN_OWNER
         if family not in (socket.AF_INET, socket.AF_INET6):
-            return UNKNOWN
+            return UNKNOWN_OWNER
         try:
             peer = FourTuple.of(conn)
         except (OSError, ValueError):
-            return UNKNOWN  # reset already
+            return UNKNOWN_OWNER  # reset already
         return self.owner_of(peer)
 
     def owner_of(self, peer: FourTuple) -> Owner:
@@ -316,9 +316,9 @@ class PeerOwners:
                 found = ABSENT  # no way to ask: only the address can tell
         except (OSError, PeerError):
             self.failures += 1
-            return UNKNOWN
+            return UNKNOWN_OWNER
         if found == ABSENT:  # no socket of this host has that 4-tuple
-            return UNKNOWN if peer.loopback else REMOTE  # gone already, or another host
+            return UNKNOWN_OWNER if peer.loopback else REMOTE  # gone already, or another host
         return found
 
     def _ask_kernel(self, peer: FourTuple) -> Owner:

@@ -44,27 +44,28 @@ from srsd.admission.owners import REMOTE, Owner
 K = TypeVar("K", bound=Hashable)
 
 
-class Verdict(enum.Enum):
+class Action(enum.Enum):
     """What to do with a new connection."""
 
     ADMIT = "admit"
-    EVICT = "evict"  # admit, and close ``Decision.victim``
+    EVICT = "evict"  # admit, and close ``Ruling.victim``
     REFUSE_USER = "refuse user"  # not in allowed_users
     REFUSE_BUSY = "refuse busy"  # full (or at its cap) and no connection may be evicted
 
 
 @dataclass(frozen=True, slots=True)
-class Decision(Generic[K]):
-    """A verdict, and the connection to close for :attr:`Verdict.EVICT` and its owner."""
+class Ruling(Generic[K]):
+    """The rule's ruling on a new connection: an action, and the connection to close for
+    :attr:`Action.EVICT` and its owner."""
 
-    verdict: Verdict
+    action: Action
     victim: K | None = None
     victim_owner: Owner | None = None
 
     @property
     def admitted(self) -> bool:
         """Whether the new connection is served."""
-        return self.verdict in (Verdict.ADMIT, Verdict.EVICT)
+        return self.action in (Action.ADMIT, Action.EVICT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
-class Connection:
+class HeldConnection:
     """One open connection as the reference rule sees it."""
 
     owner: Owner
@@ -90,7 +91,7 @@ class Connection:
     busy: bool = False  # a request is being answered
 
 
-def _longest_idle(connections: Mapping[K, Connection], owner: Owner) -> K | None:
+def _longest_idle(connections: Mapping[K, HeldConnection], owner: Owner) -> K | None:
     """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
     best: K | None = None
     for key, conn in connections.items():
@@ -103,16 +104,16 @@ def _longest_idle(connections: Mapping[K, Connection], owner: Owner) -> K | None
     return best
 
 
-def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) -> Decision[K]:
+def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits) -> Ruling[K]:
     """The rule (module docstring) for a new connection of ``owner``, over every open
     connection, in the order they last became idle (which breaks ties in idle time)."""
     if limits.allowed and owner not in limits.allowed:
-        return Decision(Verdict.REFUSE_USER)
+        return Ruling(Action.REFUSE_USER)
     held = Counter(conn.owner for conn in connections.values())
     if held[owner] >= limits.max_per_user:
         return _evicting(connections, _longest_idle(connections, owner))
     if len(connections) < limits.max_connections:
-        return Decision(Verdict.ADMIT)
+        return Ruling(Action.ADMIT)
     order = {key: index for index, key in enumerate(connections)}
     # The newcomer's owner competes too, evictable connection or not: ranked first on the
     # most held, then the newcomer's own, then the connection idle the longest.
@@ -134,10 +135,10 @@ def decide(connections: Mapping[K, Connection], owner: Owner, limits: Limits) ->
     return _evicting(connections, victim)
 
 
-def _evicting(connections: Mapping[K, Connection], victim: K | None) -> Decision[K]:
+def _evicting(connections: Mapping[K, HeldConnection], victim: K | None) -> Ruling[K]:
     if victim is None:
-        return Decision(Verdict.REFUSE_BUSY)
-    return Decision(Verdict.EVICT, victim, connections[victim].owner)
+        return Ruling(Action.REFUSE_BUSY)
+    return Ruling(Action.EVICT, victim, connections[victim].owner)
 
 
 class _Entry:
@@ -190,15 +191,15 @@ class Admission(Generic[K]):
         entry = self._entries.get(key)
         return None if entry is None else entry.owner
 
-    def decide(self, owner: Owner) -> Decision[K]:
+    def decide(self, owner: Owner) -> Ruling[K]:
         """What :func:`decide` says for a new connection of ``owner``, without applying it."""
         limits = self.limits
         if limits.allowed and owner not in limits.allowed:
-            return Decision(Verdict.REFUSE_USER)
+            return Ruling(Action.REFUSE_USER)
         if self._held[owner] >= limits.max_per_user:
             return self._evicting(self._oldest(owner))
         if len(self._entries) < limits.max_connections:
-            return Decision(Verdict.ADMIT)
+            return Ruling(Action.ADMIT)
         # Ranked as in decide(): the newcomer's owner wins ties, so another owner gives
         # way only when it holds more than the newcomer's owner would.
         victim = self._oldest(owner)
@@ -215,22 +216,22 @@ class Admission(Generic[K]):
                 best, victim = rank, key
         return self._evicting(victim)
 
-    def _evicting(self, victim: K | None) -> Decision[K]:
+    def _evicting(self, victim: K | None) -> Ruling[K]:
         if victim is None:
-            return Decision(Verdict.REFUSE_BUSY)
-        return Decision(Verdict.EVICT, victim, self._entries[victim].owner)
+            return Ruling(Action.REFUSE_BUSY)
+        return Ruling(Action.EVICT, victim, self._entries[victim].owner)
 
-    def admit(self, key: K, owner: Owner, now: float) -> Decision[K]:
-        """Decide for the new connection ``key`` of ``owner`` and apply the decision."""
-        decision = self.decide(owner)
-        if decision.victim is not None:
-            self.closed(decision.victim)
-        if decision.admitted:
+    def admit(self, key: K, owner: Owner, now: float) -> Ruling[K]:
+        """Decide for the new connection ``key`` of ``owner`` and apply the ruling."""
+        ruling = self.decide(owner)
+        if ruling.victim is not None:
+            self.closed(ruling.victim)
+        if ruling.admitted:
             self._seq += 1
             self._entries[key] = _Entry(owner, now, self._seq)
             self._held[owner] += 1
             self._idle.setdefault(owner, OrderedDict())[key] = None
-        return decision
+        return ruling
 
     def busy(self, key: K) -> None:
         """A request of ``key`` is being answered: it may not be evicted."""

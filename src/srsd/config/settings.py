@@ -48,6 +48,7 @@ from srsd.envelope.location import RedisTarget, StoreLocation, parse_location
 from srsd.host.systemd import SECRETS_CREDENTIAL, credential
 from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
+from srsd.wire import host_port
 
 DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
 SECRETS_NAME = "secrets"
@@ -82,7 +83,7 @@ class InetEndpoint:
     @property
     def host_port(self) -> str:
         """``HOST:PORT``, with an IPv6 host in brackets."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"inet:{self.host_port}"

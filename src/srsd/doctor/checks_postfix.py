@@ -3,8 +3,8 @@
 prints for the mode in use (:func:`srsd.config.postfix.wiring`), and the SMTP dialogue
 (:class:`SmtpFacts`) against what a bounce needs.
 
-The mode in use is read from Postfix: the milter mode when a milter parameter names srsd's
-milter, else the canonical mode when ``sender_canonical_maps`` names any srsd endpoint. Each
+The mode in use is read from Postfix: the milter mode when a milter parameter names an srsd
+endpoint, else the canonical mode when ``sender_canonical_maps`` names one. Each
 map or milter parameter that names an srsd endpoint is checked for its role (swapped ports,
 ``tcp:`` on the socketmap or milter port, a socketmap map name, an unreachable socket or one a
 chroot hides); each other step of the wiring is compared with the live value. Fixes are
@@ -13,6 +13,7 @@ chroot hides); each other step of the wiring is compared with the live value. Fi
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Sequence
 
@@ -63,13 +64,11 @@ def site(facts: PostfixFacts) -> Site:
 
 
 def mode_in_use(facts: PostfixFacts, ours: list[Endpoint]) -> Mode | None:
-    """The milter mode when a milter parameter names srsd's milter, the canonical mode when
+    """The milter mode when a milter parameter names an srsd endpoint, the canonical mode when
     ``sender_canonical_maps`` names an srsd endpoint, else None (Postfix does not use srsd)."""
     refs = [(r, hit(r, facts, ours)) for r in references(facts) if r.where == "main.cf"]
-    if any(
-        r.param in MILTER_PARAMETERS and e is not None and e.role is Role.MILTER for r, e in refs
-    ):
-        return Mode.MILTER
+    if any(r.param in MILTER_PARAMETERS and e is not None for r, e in refs):
+        return Mode.MILTER  # even when it names the wrong endpoint: that is reported by role
     if any(r.param == "sender_canonical_maps" and e is not None for r, e in refs):
         return Mode.CANONICAL
     return None
@@ -106,7 +105,7 @@ def _set(where: str, param: str, value: str) -> str:
 
 def _replaced(value: str, entry: str, right: str) -> str:
     items = [right if item == entry else item for item in split_list(value)]
-    return ", ".join(dict.fromkeys(items))
+    return ", ".join(dict.fromkeys(item for item in items if item))
 
 
 def _role_problem(ref: Ref, endpoint: Endpoint, wanted: Role | None) -> str | None:
@@ -136,9 +135,10 @@ def _role_problem(ref: Ref, endpoint: Endpoint, wanted: Role | None) -> str | No
     if endpoint.role is not wanted:
         if {endpoint.role, wanted} == {Role.FORWARD, Role.REVERSE}:
             effect = (
-                "recipients are SRS-encoded into unknown users and bounces vanish"
+                "senders are never rewritten, so forwarded mail fails SPF at the next hop"
                 if wanted is Role.FORWARD
-                else "bounces to SRS addresses are never decoded and are lost"
+                else "recipients are SRS-encoded into unknown users and bounces to SRS "
+                "addresses are never decoded: both are lost"
             )
             return (
                 f"{ref.entry} is srsd's {endpoint.role.value} map, but {ref.param} needs the "
@@ -172,7 +172,9 @@ def references_checks(
                 s.overrides for s in facts.services if f"master.cf {s.name}/{s.type}" == where
             )
         )
-        value = values.get(param, "") or facts.expanded.get(param, "")
+        value = values.get(param, "")
+        if not {ref.entry for ref, _ in pairs} <= set(split_list(value)):
+            value = facts.expanded.get(param, "")  # named through a $variable: set it outright
         problems = []
         for ref, endpoint in pairs:
             problem = _role_problem(ref, endpoint, wanted)
@@ -225,6 +227,9 @@ def wiring_checks(
     results = []
     for step in steps:
         problem = _step_problem(step, facts, refs, services, settings.domain)
+        if problem is not None and step.name in MAP_PARAMETERS:  # keep the tables there
+            value = postfix.extended(facts.raw.get(step.name, ""), step.value)
+            step = dataclasses.replace(step, value=value)  # noqa: PLW2901
         if problem is not None:
             status = Result.warn if step.kind != "main" else Result.fail
             results.append(

@@ -44,6 +44,7 @@ from srsd.doctor.refs import (
     show_target,
 )
 from srsd.host import health
+from srsd.wire import host_port
 
 #: Parameters doctor reads with ``postconf``.
 PARAMETERS = (
@@ -284,7 +285,7 @@ def smtp_facts(
 ) -> SmtpFacts:
     """``EHLO``, ``MAIL FROM:<>``, ``RCPT TO:<valid>``, ``RSET``, ``MAIL FROM:<>``,
     ``RCPT TO:<forged>``, ``RSET``, ``QUIT``: the replies a bounce would get."""
-    shown = f"[{where[0]}]:{where[1]}" if ":" in where[0] else f"{where[0]}:{where[1]}"
+    shown = host_port(*where)
     replies: list[tuple[int, str]] = []
     try:
         with smtplib.SMTP(where[0], where[1], local_hostname=helo, timeout=timeout) as smtp:

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from srsd.config.postfix import split_list
 from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
 from srsd.doctor.facts import PostfixFacts, Role
+from srsd.wire import host_port
 
 #: Parameters that take maps, with the srsd map each must use (None: none of srsd's).
 MAP_PARAMETERS: dict[str, Role | None] = {
@@ -67,7 +68,7 @@ def show_target(target: Target) -> str:
     if isinstance(target, str):
         return f"unix:{target}"
     host, port = target
-    return f"inet:[{host}]:{port}" if ":" in host else f"inet:{host}:{port}"
+    return f"inet:{host_port(host, port)}"
 
 
 def endpoints(settings: Settings) -> list[Endpoint]:

@@ -43,7 +43,7 @@ from srsd.host.logs import LOGGER
 from srsd.srs.policy import Decision, Outcome, Policy
 
 UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
-UNKNOWN = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")
+UNKNOWN_ALIAS = Decision(Outcome.UNKNOWN_ALIAS, reason="Unknown alias.")
 
 
 class EnvelopeDatabase:
@@ -150,7 +150,7 @@ class EnvelopeDatabase:
         if key is None:
             return decoded
         if self._no_database_yet():
-            return UNKNOWN  # embedded mode, and no database was ever written here
+            return UNKNOWN_ALIAS  # embedded mode, and no database was ever written here
         try:
             original = await self.store.get(key, now)
         except StorageError as err:
@@ -158,7 +158,7 @@ class EnvelopeDatabase:
             return UNAVAILABLE
         self.outage.succeeded()
         if original is None:
-            return UNKNOWN
+            return UNKNOWN_ALIAS
         return Decision(Outcome.REWRITTEN, original, "resolved through the envelope database")
 
 

@@ -19,6 +19,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srsd.wire import host_port
+
 #: File name of the default SQLite database inside the state directory.
 DEFAULT_SQLITE_NAME = "envelopes.sqlite"
 DEFAULT_REDIS_PORT = 6379
@@ -60,8 +62,7 @@ class RedisTarget:
         user = f"{self.username}@" if self.username else ""
         if self.unix_path is not None:
             return f"redis+unix://{user}{self.unix_path}?db={self.db}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"redis://{user}{host}:{self.port}/{self.db}"
+        return f"redis://{user}{host_port(str(self.host), self.port)}/{self.db}"
 
     @property
     def url(self) -> str:
@@ -72,8 +73,7 @@ class RedisTarget:
             if not self.unix_path.startswith("/"):  # postsrsd's relative socket path
                 return f"redis:{self.unix_path}"
             return f"redis+unix://{user}{urllib.parse.quote(self.unix_path)}?db={self.db}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"redis://{user}{host}:{self.port}/{self.db}"
+        return f"redis://{user}{host_port(str(self.host), self.port)}/{self.db}"
 
 
 #: What ``envelope_database`` can name.

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from srsd.config.postfix import reachable_host
 from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
-from srsd.wire import milter, socketmap, tcp_table
+from srsd.wire import host_port, milter, socketmap, tcp_table
 
 PROBE = b"srsd-health-probe@health.invalid"
 _REPLY_LIMIT = 200_000
@@ -109,8 +109,7 @@ def _milter_replies(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]
 
 
 def _show(host: str, forward: int, reverse: int) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{forward or '-'}/{reverse or '-'}"
+    return host_port(host, f"{forward or '-'}/{reverse or '-'}")
 
 
 def _tcp_table(host: str, settings: Settings, timeout: float) -> str:

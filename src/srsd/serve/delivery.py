@@ -146,7 +146,8 @@ class PostfixConfig:
         )
 
 
-Lookup = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
+#: Looks keys up in one Postfix table (``postmap -q -``): the values of those found.
+TableQuery = Callable[[str, Sequence[str]], Awaitable[dict[str, str]]]
 
 
 class Cache:
@@ -179,7 +180,7 @@ class Cache:
 class Resolver:
     """Answers "delivered here?" for one :class:`PostfixConfig` through ``lookup``."""
 
-    def __init__(self, config: PostfixConfig, lookup: Lookup, cache: Cache) -> None:
+    def __init__(self, config: PostfixConfig, lookup: TableQuery, cache: Cache) -> None:
         self.config = config
         self._lookup = lookup
         self._cache = cache

@@ -28,7 +28,7 @@ from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
 from srsd.host import systemd
 from srsd.host.logs import LOGGER
 from srsd.srs.policy import Role
-from srsd.wire import Wire
+from srsd.wire import Wire, host_port
 
 #: Names a socket-activated listener may carry (FileDescriptorName= in the .socket unit).
 ACTIVATION_NAMES = ("forward", "reverse", "socketmap", "milter", "metrics")
@@ -176,11 +176,7 @@ def _adopt(passed: list[systemd.PassedSocket]) -> Bound:
 
 def _where(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    return _host_port(str(host), int(port))
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(str(host), int(port))
 
 
 async def _tcp_sockets(host: str, port: int, what: str) -> list[socket.socket]:
@@ -189,7 +185,7 @@ async def _tcp_sockets(host: str, port: int, what: str) -> list[socket.socket]:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as err:
         reason = err.strerror or str(err)
-        where = _host_port(host, port)
+        where = host_port(host, port)
         raise StartError(f"cannot listen on {where} for {what}: {reason}") from None
     socks = [socket.socket(fileno=listener.socket.detach()) for listener in listeners]
     for sock in socks:
