@@ -5,7 +5,8 @@
 
 Each scenario starts ``srsd serve`` from this work tree (``$SRSD_BENCH_SRC`` for another
 tree) with tcp_table, the milter and metrics on free loopback ports, runs
-``tests/attacker.py`` (its milter modes) as user ``nobody`` and, as root meanwhile, good clients:
+``tests/harness/attacker.py`` (its milter modes) as user ``nobody`` and, as root
+meanwhile, good clients:
 
 * ``hold-idle`` / ``hold-message``: ``nobody`` keeps 2,000 milter sessions open (idle
   between messages, or inside a message that never ends); good milter sessions (a fresh
@@ -44,7 +45,7 @@ from harness import free_ports, status_kib  # noqa: E402
 
 from srsd.wire import milter  # noqa: E402
 
-ATTACKER = (REPO / "tests" / "attacker.py").read_text()
+ATTACKER = (REPO / "tests" / "harness" / "attacker.py").read_text()
 NOBODY = pwd.getpwnam("nobody").pw_uid
 HOLD_SESSIONS = 2000
 MEASURE_SECONDS = 5.0

@@ -15,7 +15,7 @@ reverse, plus socketmap with ``--socketmap``) and loops over a mix of:
 * reverse lookups of plain addresses (``500 Not an SRS address.``) and of forged SRS
   addresses (``500 Hash invalid ...``);
 * bad requests (another command, an empty key, a bad %-escape: ``500``, the connection
-  stays), over-long lines (``500 Request too long``, then srsd closes: reconnect);
+  stays), over-long lines (``500 Address too long``, then srsd closes: reconnect);
 * reconnects, and with ``--socketmap`` socketmap round trips and unknown map names
   (``PERM``).
 
@@ -227,8 +227,9 @@ class Client:
                 {b"PERM Unknown map name"},
             )
         elif r < 0.97:
-            self.fwd.send(b"get " + b"a" * (self.cfg["max_request"] + 10) + b"\n")
-            self.expect("over-long line", self.fwd.line(), {b"500 Request%20too%20long"})
+            # over the line bound (an address of max_request bytes, %-encoded): srsd closes
+            self.fwd.send(b"get " + b"a" * (3 * self.cfg["max_request"] + 10) + b"\n")
+            self.expect("over-long line", self.fwd.line(), {b"500 Address%20too%20long"})
             self.counts["closed by srsd"] += int(self.fwd.at_eof())
             self.connect()
         else:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import selectors
 import socket
 import struct
@@ -45,10 +44,10 @@ import trio
 from srsd.serve import loop
 from srsd.serve.server import Server
 from srsd.srs.codec import Codec
-from tests.local_users import NOBODY
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess, metric_samples
-from tests.test_admission_attacks import attackers
+from tests.harness.attacks import Target, attackers
+from tests.harness.clients import LineConn, MapConn, netstring
+from tests.harness.local_users import NOBODY
+from tests.harness.srsd_process import SECRET
 
 TIMEOUT = 10.0  # the bound on every single wait
 DOMAIN = b"forwarder.test"
@@ -64,84 +63,24 @@ CHUNK = 1 << 16
 GOOD_SENDER = b"good%d@example.org"
 
 
+LIMITS = (  # one user here: attackers and good client alike (the shares between users:
+    # tests/test_admission_attacks.py)
+    "--max-connections",
+    str(MAX_CONNECTIONS),
+    "--max-connections-per-user",
+    str(MAX_CONNECTIONS),
+    "--timeout",
+    str(IDLE),
+    "--keep-alive",
+    str(IDLE),
+)
+
 # -- srsd under attack ------------------------------------------------------------------------
-
-
-class Target(SrsdProcess):
-    """``srsd serve`` with a socketmap and a metrics endpoint, small limits, clean environment."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        self.socketmap_port = free_port("127.0.0.1")
-        self.metrics_port = free_port("127.0.0.1")
-        config = workdir / "empty.toml"
-        config.write_text("# no settings\n")
-        clean = {k: "" for k in os.environ if k.startswith("SRS_") and k != "SRS_ALLOW_ROOT"}
-        super().__init__(
-            workdir,
-            extra_args=[
-                "--config",
-                str(config),
-                "--socketmap",
-                f"inet:127.0.0.1:{self.socketmap_port}",
-                "--metrics-listen",
-                f"127.0.0.1:{self.metrics_port}",
-                "--max-connections",
-                str(MAX_CONNECTIONS),
-                # one user here: attackers and good client alike (the shares
-                # between users: tests/test_admission_attacks.py)
-                "--max-connections-per-user",
-                str(MAX_CONNECTIONS),
-                "--timeout",
-                str(IDLE),
-                "--keep-alive",
-                str(IDLE),
-                *extra,
-            ],
-            env=clean,
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def status(self, name: str) -> int:
-        """A ``/proc/PID/status`` figure in bytes (``VmRSS``, ``VmHWM``)."""
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(rf"^{name}:\s+(\d+) kB$", text, re.M)
-        assert match, text
-        return int(match[1]) * 1024
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of ``/metrics``, by its name with labels."""
-        return metric_samples(self.metrics_port, timeout=TIMEOUT)
-
-    def open_connections(self) -> int:
-        return int(self.metrics()["srsd_connections_open"])
-
-    def evicted(self) -> int:
-        return int(self.metrics()["srsd_connections_evicted_total"])
-
-    def rejected(self) -> int:
-        return int(self.metrics()["srsd_connections_rejected_total"])
-
-    def lookups(self) -> int:
-        return int(sum(v for k, v in self.metrics().items() if k.startswith("srsd_lookups_total")))
-
-    def wait_open(self, count: int) -> None:
-        """Wait (bounded) until srsd counts ``count`` open connections."""
-        deadline = time.monotonic() + TIMEOUT
-        while (now := self.open_connections()) != count:
-            assert time.monotonic() < deadline, f"{now} connections open, expected {count}"
-            time.sleep(0.05)
 
 
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Target]:
-    with Target(tmp_path) as srv:
+    with Target(tmp_path, *LIMITS) as srv:
         yield srv
         assert srv.alive(), srv.log()[-5000:]
         assert srv.stop(TIMEOUT) == 0, srv.log()[-5000:]
@@ -149,52 +88,6 @@ def target(tmp_path: Path) -> Iterator[Target]:
 
 
 # -- the well-behaved client ---------------------------------------------------------------------
-
-
-def netstring(payload: bytes) -> bytes:
-    return b"%d:%s," % (len(payload), payload)
-
-
-class LineConn:
-    """A tcp_table connection in lockstep, as Postfix keeps one."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
-
-    def ask(self, key: bytes) -> bytes:
-        self.sock.sendall(b"get " + key + b"\n")
-        line = self.file.readline()
-        if not line.endswith(b"\n"):
-            raise EOFError(f"connection closed after {line!r}")
-        return line[:-1]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-class MapConn:
-    """A socketmap connection in lockstep."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.buffer = b""
-
-    def ask(self, name: bytes, key: bytes) -> bytes:
-        self.sock.sendall(netstring(name + b" " + key))
-        while True:
-            length, colon, rest = self.buffer.partition(b":")
-            if colon and len(rest) > int(length):
-                payload, self.buffer = rest[: int(length)], rest[int(length) + 1 :]
-                return payload
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed after {self.buffer!r}")
-            self.buffer += chunk
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class GoodClient(threading.Thread):
@@ -588,7 +481,7 @@ def swarm_attack(attack: Attack, swarm: Swarm, seconds: float = ATTACK_SECONDS) 
 
 
 RANDOM = os.urandom(1 << 20)
-TOO_LONG = b"500 Request%20too%20long\n"
+TOO_LONG = b"500 Address%20too%20long\n"
 
 
 # -- tcp_table attacks --------------------------------------------------------------------------
@@ -610,7 +503,8 @@ def test_many_empty_lines_on_many_connections(target: Target) -> None:
 
 
 def test_over_long_lines(target: Target) -> None:
-    # A line over --max-request (4096) is refused as soon as 4097 bytes prove it; srsd then
+    # A line longer than any address of --max-request (4096) bytes can take, %-encoded
+    # (4 + 3 x 4096), is refused as soon as one byte more proves it; srsd then
     # discards up to 1 MB or 2 s of what follows and closes. These clients never stop
     # sending: after that 1 MB the close is a reset, which may destroy the reply in flight.
     endless = b"get " + b"a" * (CHUNK * 16)
@@ -655,7 +549,7 @@ def test_at_the_limit_a_new_connection_evicts_the_longest_idle(tmp_path: Path) -
     # holder. (One user: a newcomer evicting newcomers would take the good client's too,
     # were it to stall longer than they had been idle.)
     newcomers = 140  # fewer than the holders
-    with Target(tmp_path, "--timeout", "60") as srv:
+    with Target(tmp_path, *LIMITS, "--timeout", "60") as srv:
         attack = Attack("connection limit: 148 idle + 140 more, kept", srv)
         with attack:
             holders = Swarm(
@@ -699,7 +593,7 @@ def test_connection_flood_past_the_limit(target: Target) -> None:
     # 300 connections at a time (twice the limit), each asking one lookup and keeping the
     # connection for a second, replaced as soon as it ends: each new one evicts the one idle
     # the longest (which had its answer already); none is refused. The flood comes from
-    # another user (nobody, tests/attacker.py): had it come from the good client's user,
+    # another user (nobody, tests/harness/attacker.py): had it come from the good client's user,
     # any stall of the good client longer than the flood's connections live (tens of ms)
     # would make its connection the one idle the longest, and the rule would rightly take
     # it (tests/test_admission_attacks.py has more of this).
@@ -896,7 +790,7 @@ class StepWatch(trio.abc.Instrument):
 
 def answered(server: Server) -> int:
     """Requests answered so far (bad requests included)."""
-    return sum(server.lookups.values())
+    return sum(server.lookups.counts.values())
 
 
 async def test_a_chunk_of_many_requests_does_not_hold_the_event_loop(tmp_path: Path) -> None:
@@ -905,7 +799,7 @@ async def test_a_chunk_of_many_requests_does_not_hold_the_event_loop(tmp_path: P
     every other connection (a good lookup took 10 s under 100 of them) and each
     non-reading one held ~800 kB of replies. Now one pass of the connection loop (one task
     step) answers at most ANSWERS_PER_PASS requests of one connection."""
-    from tests.test_server import serving  # the in-process test server
+    from tests.harness.inprocess import serving
 
     config = tmp_path / "empty.toml"
     config.write_text("")

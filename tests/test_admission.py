@@ -19,7 +19,10 @@ from __future__ import annotations
 import os
 import pwd
 from collections import Counter, OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,15 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from srsd.admission.gatekeeper import Gatekeeper
 from srsd.admission.owners import REMOTE, UNKNOWN_OWNER, Owner
-from srsd.admission.rule import (
-    Action,
-    Admission,
-    HeldConnection,
-    Limits,
-    Ruling,
-    decide,
-    resolve_users,
-)
+from srsd.admission.rule import Action, Admission, Limits, Ruling, resolve_users
 from srsd.config import settings as srsd_settings
 
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
@@ -48,6 +43,70 @@ MACHINE = settings(
 )
 OWNERS: list[Owner] = [0, 103, 65534, 1000, REMOTE, UNKNOWN_OWNER]
 POSTFIX, FLOODER = 103, 65534
+
+
+# -- the reference: the rule of srsd.admission.rule's docstring as a plain function -----------
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldConnection:
+    """One open connection as the reference rule (:func:`decide`) sees it."""
+
+    owner: Owner
+    last: float  # time of the connect or of the last request answered
+    busy: bool = False  # a request is being answered
+
+
+def _longest_idle(connections: Mapping[K, HeldConnection], owner: Owner) -> K | None:
+    """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
+    best: K | None = None
+    for key, conn in connections.items():
+        if (
+            conn.owner == owner
+            and not conn.busy
+            and (best is None or conn.last < connections[best].last)
+        ):
+            best = key
+    return best
+
+
+def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits) -> Ruling[K]:
+    """The rule (module docstring) for a new connection of ``owner``, over every open
+    connection, in the order they last became idle (which breaks ties in idle time)."""
+    if limits.allowed and owner not in limits.allowed:
+        return Ruling(Action.REFUSE_USER)
+    held = Counter(conn.owner for conn in connections.values())
+    if held[owner] >= limits.max_per_user:
+        return _evicting(connections, _longest_idle(connections, owner))
+    if len(connections) < limits.max_connections:
+        return Ruling(Action.ADMIT)
+    order = {key: index for index, key in enumerate(connections)}
+    # The newcomer's owner competes too, evictable connection or not: ranked first on the
+    # most held, then the newcomer's own, then the connection idle the longest.
+    best: tuple[int, bool, float, int] | None = None
+    victim = None
+    for candidate in {*held, owner}:
+        key = _longest_idle(connections, candidate)
+        if key is None and candidate != owner:
+            continue
+        count = held[candidate] + (candidate == owner)
+        rank = (
+            -count,
+            candidate != owner,
+            0.0 if key is None else connections[key].last,
+            -1 if key is None else order[key],
+        )
+        if best is None or rank < best:
+            best, victim = rank, key
+    return _evicting(connections, victim)
+
+
+def _evicting(connections: Mapping[K, HeldConnection], victim: K | None) -> Ruling[K]:
+    if victim is None:
+        return Ruling(Action.REFUSE_BUSY)
+    return Ruling(Action.EVICT, victim, connections[victim].owner)
 
 
 class AdmissionMachine(RuleBasedStateMachine):

@@ -2,7 +2,7 @@
 """No local user can shut the good client out (issue 13, item 5).
 
 Each test starts ``srsd serve`` with a small ``max_connections`` (:data:`MAX_CONNECTIONS`)
-and runs an attacker (``tests/attacker.py``) as another uid (``nobody``, and a second uid
+and runs an attacker (``tests/harness/attacker.py``) as another uid (``nobody``, and a second uid
 for the tests that need two users to fill srsd), while two good clients run as root in
 this process: one that opens a fresh connection per lookup, as a newly started Postfix
 process does, and one that keeps its connection, as a running one does. Every answer is
@@ -19,61 +19,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from srsd.srs.codec import Codec
-from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess, metric_samples
-from tests.test_operations import health
+from tests.harness.attacks import ADMISSION_LIMITS, MAX_CONNECTIONS, Target, attackers
+from tests.harness.daemon import health
+from tests.harness.local_users import NOBODY, SECOND_UID, require_root
+from tests.harness.srsd_process import SECRET
 
 DOMAIN = b"forwarder.test"
-MAX_CONNECTIONS = 50
 REQUEST_TIMEOUT = 1.0  # --request-timeout: short, so that the test sees it act
-IDLE_TIMEOUT = 60.0  # long: the attacks must be handled by something else than idling
 ATTACK_SECONDS = 3.0
-WARM_UP = 0.5  # the attacker's head start before the good clients are measured
 #: The good clients' p99 bound (the issue's target), per client.
 P99_BOUND = 0.050
-#: The attackers' CPU priority below srsd's and the good clients'. What is tested is how
-#: srsd shares its connections; on a 2-CPU machine, attackers that reconnect in a busy
-#: loop at equal priority also take the CPUs from srsd and the clients (a local user can
-#: always do that, with or without srsd), and the latency would measure the scheduler.
-ATTACKER_NICE = 10
-ATTACKER_SECONDS = 60.0  # the bound on an attacker's life, should the test not stop it
 TIMEOUT = 5.0  # one good lookup may take at most this long before it counts as failed
-ATTACKER = (Path(__file__).parent / "attacker.py").read_text()
-
-
-class Target(SrsdProcess):
-    """srsd with small limits, a metrics endpoint and a clean environment."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        self.metrics_port = free_port("127.0.0.1")
-        config = workdir / "empty.toml"
-        config.write_text("# no settings\n")
-        super().__init__(
-            workdir,
-            extra_args=[
-                "--config",
-                str(config),
-                "--metrics-listen",
-                f"127.0.0.1:{self.metrics_port}",
-                "--max-connections",
-                str(MAX_CONNECTIONS),
-                "--timeout",
-                str(IDLE_TIMEOUT),
-                *extra,
-            ],
-        )
-
-    def metrics(self) -> dict[str, float]:
-        """Every sample of ``/metrics``, by its name with labels."""
-        return metric_samples(self.metrics_port, timeout=TIMEOUT)
 
 
 @dataclass
@@ -153,34 +116,6 @@ def good_clients(port: int) -> Iterator[list[GoodClient]]:
             thread.join(TIMEOUT * 2)
 
 
-@contextmanager
-def attackers(port: int, mode: str, *plan: tuple[int, int]) -> Iterator[list[dict[str, int]]]:
-    """``(uid, connections)`` attackers in ``mode`` on ``port`` while the body runs (at most
-    :data:`ATTACKER_SECONDS`); yields, after :data:`WARM_UP`, the list their counts land in
-    when they have stopped."""
-    require_root()
-    results: list[dict[str, int]] = []
-    with ExitStack() as stack:
-        children = []
-        for uid, size in plan:
-            child = run_as(
-                uid,
-                ATTACKER,
-                [mode, "127.0.0.1", str(port), str(size), str(ATTACKER_SECONDS)],
-                nice=ATTACKER_NICE,
-            )
-            stack.callback(child.kill)
-            children.append(child)
-        time.sleep(WARM_UP)
-        yield results
-        for child in children:
-            child.terminate()  # the attacker prints its counts and exits
-        for child in children:
-            out, err = child.communicate(timeout=TIMEOUT * 2)
-            assert child.returncode == 0, err.decode()
-            results.append(json.loads(out))
-
-
 def check_and_report(
     name: str,
     srv: Target,
@@ -215,7 +150,7 @@ def check_and_report(
 
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Target]:
-    with Target(tmp_path, "--request-timeout", str(REQUEST_TIMEOUT)) as srv:
+    with Target(tmp_path, *ADMISSION_LIMITS, "--request-timeout", str(REQUEST_TIMEOUT)) as srv:
         yield srv
 
 
@@ -310,7 +245,7 @@ def test_partial_requests_time_out(target: Target) -> None:
 
 def test_disallowed_user_is_refused(tmp_path: Path) -> None:
     # allowed_users = root: nobody's connections are closed at once, never answered.
-    with Target(tmp_path, "--allowed-users", "root") as srv:
+    with Target(tmp_path, *ADMISSION_LIMITS, "--allowed-users", "root") as srv:
         with (
             attackers(srv.forward_port, "ask", (NOBODY, MAX_CONNECTIONS)) as attacks,
             good_clients(srv.forward_port) as clients,
@@ -328,7 +263,7 @@ def test_srsd_health_as_root(tmp_path: Path, allowed: str, healthy: bool) -> Non
     # systemd's watchdog or a monitoring check) working; without root it reports the refusal.
     require_root()
     (tmp_path / "health").mkdir()
-    with Target(tmp_path, "--allowed-users", allowed) as srv:
+    with Target(tmp_path, *ADMISSION_LIMITS, "--allowed-users", allowed) as srv:
         # (the start-up probe's connect-and-close is refused: a peer gone before srsd asks
         # the kernel has no owner, and "unknown" is not allowed)
         before = srv.metrics()["srsd_connections_refused_user_total"]

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from srsd.srs.codec import Codec
-from tests import roots
+from tests.harness import roots
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT_README = REPO / "packaging" / "systemd" / "README.md"

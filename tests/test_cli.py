@@ -40,6 +40,7 @@ class Srsd:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(workdir / "home"),
             "PYTHONPATH": str(SRC),  # the srsd this test process imported
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         }
         self.config = workdir / "empty.toml"
         self.config.write_text("# no settings\n", encoding="utf-8")
@@ -644,4 +645,4 @@ def test_argument_with_a_line_break_is_a_usage_error(cli: Srsd) -> None:
     result = cli.run("encode", *cli.common(), "a@x.example", "b\n@y.example")
     assert result.returncode == 2
     assert result.stdout == b""
-    assert "line break" in text(result.stderr)
+    assert "not rewritten: Control character in address" in text(result.stderr)

@@ -1,6 +1,6 @@
 # The Debian package on a fresh Debian 12 root: build, apt install, serve, Postfix lookup, purge.
 """README's .deb steps, run as a postmaster would, on a freshly bootstrapped Debian 12 root
-(``tests.roots``: python3, postfix, sudo and git on debootstrap's minbase, nothing else).
+(``tests.harness.roots``: python3, postfix, sudo and git on debootstrap's minbase, nothing else).
 
 1. ``packaging/debian/build.sh`` builds the .deb on this host from a clean ``git clone`` of
    the repository (its committed state only, no venv).
@@ -40,8 +40,8 @@ from pathlib import Path
 import pytest
 
 from srsd.srs.codec import Codec
-from tests import roots
-from tests.ports import free_port
+from tests.harness import roots
+from tests.harness.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = re.search(

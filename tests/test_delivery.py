@@ -16,7 +16,7 @@ from srsd.config.postfix import split_list
 from srsd.serve import delivery
 from srsd.serve.delivery import PostfixDelivery, alias_keys, domain_keys
 from srsd.srs.policy import DomainSet
-from tests.postfix.instance import backdate, find_program
+from tests.harness.postfix import backdate, find_program
 
 ALIASES = (
     "inline:{ fwd@mailbox.test=carol@dest.test, self@mailbox.test=self@mailbox.test,"

@@ -28,11 +28,11 @@ import pytest
 from srsd.config import settings
 from srsd.doctor import checks_postfix, gather, run
 from srsd.doctor.result import FixKind, Result, Status
-from tests.dns_server import NsdServer
-from tests.ports import free_port
-from tests.postfix.conftest import SRS_DOMAIN
-from tests.postfix.instance import PostfixInstance
-from tests.server_process import SrsdProcess
+from tests.harness.dns_server import NsdServer
+from tests.harness.mail_flow import SRS_DOMAIN
+from tests.harness.ports import free_port
+from tests.harness.postfix import PostfixInstance
+from tests.harness.srsd_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

@@ -36,16 +36,19 @@ import pytest
 
 from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS
 from srsd.srs.codec import Codec
-from tests.immutable import immutable
-from tests.server_process import SECRET, SrsdProcess, lookup
-from tests.test_abuse import LineConn, Target
-from tests.test_serve_process import (
+from tests.harness.attacks import Target
+from tests.harness.clients import LineConn
+from tests.harness.immutable import immutable
+from tests.harness.srsd_process import (
     ALICE,
+    SECRET,
     TIMEOUT,
+    SrsdProcess,
     assert_clean_log,
-    clean_env,
+    child_env,
     empty_config,
     forward,
+    lookup,
     running,
     signed,
     srsd_command,
@@ -62,7 +65,7 @@ def newcomer(workdir: Path, *extra: str) -> SrsdProcess:
     srv = SrsdProcess(workdir, extra_args=["--config", str(empty_config(workdir)), *extra])
     at = srv.args.index("--secret-file")
     del srv.args[at : at + 2]
-    srv.env = clean_env(workdir)
+    srv.env = child_env(workdir / "home")
     return srv
 
 
@@ -89,7 +92,7 @@ def test_first_start_with_a_read_only_state_directory_is_one_clear_line(tmp_path
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
-            env=clean_env(tmp_path),
+            env=child_env(tmp_path / "home"),
             cwd=tmp_path,
         )
     assert time.monotonic() - started < TIMEOUT

@@ -8,6 +8,7 @@ A reload of an srsd that started with the environment file's values reads the fi
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,10 +18,10 @@ import pytest
 
 from srsd.config import service_env
 from srsd.host.systemd import parse_environment_file
-from tests.ports import free_port
-from tests.server_process import lookup
-from tests.test_operations import SRC, TIMEOUT, Daemon, child_env, write_secret
-from tests.test_systemd_units import UNITS, environment_file, one, parse_unit
+from tests.harness.daemon import TIMEOUT, Daemon, write_secret
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SRC, child_env, lookup
+from tests.harness.units import UNITS, environment_file, one, parse_unit
 
 # srsd health with the unit's environment file and the default TOML file moved.
 AS_ROOT_SHELL = r"""
@@ -44,6 +45,7 @@ def root_shell_health(
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/root",
             "PYTHONPATH": str(SRC),
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
             **env,
         },
         capture_output=True,
@@ -62,7 +64,20 @@ def serve(workdir: Path, env: dict[str, str], *args: str) -> Daemon:
 
 def test_the_unit_reads_the_file_health_reads() -> None:
     unit = parse_unit(UNITS / "srsd.service")
-    assert one(unit, "Service", "EnvironmentFile") == f"-{service_env.ENVIRONMENT_FILE}"
+    # srsd's own default, without the suite's SRSD_SYSCONFDIR (tests/conftest.py)
+    default = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from srsd.config import service_env; print(service_env.ENVIRONMENT_FILE)",
+        ],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    ).stdout.strip()
+    assert one(unit, "Service", "EnvironmentFile") == f"-{default}"
 
 
 def test_health_reads_the_units_environment_file(tmp_path: Path) -> None:

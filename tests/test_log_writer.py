@@ -28,8 +28,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srsd.host import logs
-from tests.ports import free_port
-from tests.test_operations import TIMEOUT, child_env, serve_args, write_secret
+from tests.harness.daemon import TIMEOUT, serve_args, write_secret
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import child_env
 
 OLD_PLAIN = "%(asctime)s srsd[%(process)d]: %(levelname)s: %(message)s"
 

@@ -18,8 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srsd.host import logs
-from tests.ports import free_port
-from tests.test_operations import SRC, TIMEOUT, write_secret
+from tests.harness.daemon import TIMEOUT, write_secret
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SRC
 
 MAIL_INFO = (2 << 3) | 6  # facility mail (2), severity info (6): "<22>"
 MAIL_WARNING = (2 << 3) | 4
@@ -101,6 +102,7 @@ def srsd_failing_to_start(tmp_path: Path, journal_stream: str | None) -> tuple[s
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),
             "PYTHONPATH": str(SRC),
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
             "SRS_ALLOW_ROOT": "yes",
             "SRS_PID_FILE": "/run/x.pid",
             "JOURNAL_STREAM": journal_stream,

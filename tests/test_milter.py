@@ -8,6 +8,7 @@ step srsd did not switch off, and sends ``A`` between messages and ``Q`` at the 
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -74,8 +75,16 @@ def test_negotiation_asks_only_for_what_is_needed_and_offered() -> None:
     [reply] = session.feed(negotiate(version=2, actions=0x0F, steps=0x13))
     assert reply == Send(packet(b"O", struct.pack("!III", 2, 0x0C, 0x13)))
     assert not session.can_rewrite
-    # Every sender then gets a temporary failure: srsd cannot rewrite through this MTA.
-    assert session.feed(command(milter.MAIL, b"<a@b.test>")) == [Send(packet(b"t"))]
+    # Every sender then gets a temporary failure: srsd cannot rewrite through this MTA, and
+    # the session says so, naming what is missing (for the postmaster's log line).
+    [event] = session.feed(command(milter.MAIL, b"<a@b.test>"))
+    assert event == milter.CannotRewrite(packet(b"t"), milter.Action.CHANGE_SENDER)
+    assert event.missing_names == "CHGFROM"
+    session = Session()
+    session.feed(negotiate(actions=0x01))  # ADDHDRS only
+    [event] = session.feed(command(milter.MAIL, b"<a@b.test>"))
+    assert event == milter.CannotRewrite(packet(b"t"), milter.NEEDED_ACTIONS)
+    assert event.missing_names == "CHGFROM, ADDRCPT, DELRCPT"
 
 
 def test_verdict_bytes() -> None:
@@ -201,6 +210,7 @@ def test_unbracket() -> None:
 
 # -- properties ---------------------------------------------------------------------------
 
+CONTROL = re.compile(rb"[\x00-\x1f\x7f]|\A\Z")  # written out here, independently of srsd
 addresses = st.binary(max_size=40).map(lambda b: b"<" + b.replace(b"\x00", b"") + b">")
 packets = st.one_of(
     addresses.map(lambda a: command(milter.MAIL, a)),
@@ -258,9 +268,27 @@ def test_any_bytes_give_actions_never_an_exception(data: bytes) -> None:
 def test_verdict_is_well_formed(replace: list[tuple[bytes, bytes]], sender: bytes | None) -> None:
     replies = split_replies(Session().verdict(Verdict(sender=sender, replace=tuple(replace))))
     assert replies[-1] == (b"c", b"")
-    changes = [b"-", b"+"] * len(replace) + [b"e"] * (sender is not None)
+    kept = [pair for pair in replace if not CONTROL.search(pair[1])]
+    written = sender is not None and not CONTROL.search(sender)
+    changes = [b"-", b"+"] * len(kept) + [b"e"] * written
     assert [c for c, _ in replies[:-1]] == changes
     assert all(data.endswith(b"\x00") and data.count(b"\x00") == 1 for _, data in replies[:-1])
+    assert not any(CONTROL.search(data[:-1]) for c, data in replies[:-1] if c in b"+e")
+
+
+@pytest.mark.parametrize(
+    "bad", [b"a\r\nb@x.example", b"a@x.example\r\nRCPT TO:<c@d>", b"a\0b@x.example", b"a\tb@x", b""]
+)
+def test_verdict_never_writes_control_bytes(bad: bytes) -> None:
+    # Such addresses are refused before any decision (address.refusal); a value that did
+    # not come from the input (an old envelope database entry) is still never written:
+    # that sender or recipient is left as it is.
+    good = b"ok@x.example"
+    verdict = Verdict(sender=bad, replace=((b"<r1>", bad), (b"<r2>", good)))
+    assert milter.writable(verdict) == Verdict(replace=((b"<r2>", good),))
+    replies = split_replies(Session().verdict(verdict))
+    assert replies == [(b"-", b"<r2>\x00"), (b"+", good + b"\x00"), (b"c", b"")]
+    assert milter.writable(Verdict(sender=good)) == Verdict(sender=good)
 
 
 # -- memory: bytes per message and the shared allowance ----------------------------------------
@@ -414,3 +442,66 @@ def test_input_while_classifying_is_bounded() -> None:
     assert session.feed(b"x" * 200) == [Close("input while a recipient is being classified")]
     with pytest.raises(RuntimeError):
         session.admit(True)
+
+
+def where(recipient: bytes) -> bool | None:
+    """A made-up class per recipient: here, not here, or cannot tell."""
+    return (True, False, None)[len(recipient) % 3]
+
+
+def feed_splitting(stream: bytes, cuts: list[int]) -> list[milter.MilterAction]:
+    """Feed ``stream`` in pieces to a splitting session, answering each Classify as a server
+    does (admit, then feed(b"") for what waited behind it)."""
+    session = Session(recipient_limit=3, max_packet=128, split=True)
+    actions: list[milter.MilterAction] = []
+
+    def take(new: list[milter.MilterAction]) -> None:
+        while new:
+            actions.extend(new)
+            last = new[-1]
+            new = []
+            if isinstance(last, milter.Classify) and not session.closed:
+                reply = session.admit(where(last.recipient))
+                assert split_replies(reply)
+                new = session.feed(b"")
+            assert session.buffered <= 4 + 128
+
+    last = 0
+    for cut in [*sorted(c % (len(stream) + 1) for c in cuts), len(stream)]:
+        take(session.feed(stream[last:cut]))
+        last = cut
+    take(session.feed_eof())
+    return actions
+
+
+messages = st.tuples(addresses, st.lists(addresses, max_size=5)).map(
+    lambda m: (
+        command(milter.MAIL, m[0])
+        + b"".join(command(milter.RCPT, r) for r in m[1])
+        + command(milter.END_OF_MESSAGE)
+    )
+)
+
+
+@PROPERTY
+@given(
+    st.lists(st.one_of(messages, packets), max_size=8),
+    st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_a_splitting_session_keeps_one_class_per_message(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    # One SMTP session throughout: no new connection (K) or connect step after the first.
+    kept = [p for p in parts if p[4:5] not in (b"K", b"C")]
+    stream = negotiate() + connect(2525) + b"".join(kept)
+    # Not the same actions for every cut: input piled up behind a recipient being classified
+    # (no MTA sends it) is refused once over one packet, which depends on how it came.
+    actions = feed_splitting(stream, cuts)
+    assert [type(a) for a in actions].count(Close) == 1 and isinstance(actions[-1], Close)
+    for action in actions:
+        if isinstance(action, Decide):
+            recipients = action.transaction.recipients
+            assert len(recipients) <= 3
+            if milter.unbracket(action.transaction.sender):
+                assert len({where(r) for r in recipients}) <= 1, recipients
+                assert None not in {where(r) for r in recipients}

@@ -2,8 +2,8 @@
 """No local user can shut Postfix's milter sessions out, nor crash srsd through them (issue 18).
 
 Each test starts ``srsd serve`` (tcp_table, the milter on TCP, metrics) and runs
-``tests/attacker.py`` (its milter modes) as ``nobody`` while this process, as root
-(Postfix's place), runs good milter sessions, each on a fresh connection (as Postfix's
+``tests/harness/attacker.py`` (its milter modes) as ``nobody`` while this process, as
+root (Postfix's place), runs good milter sessions, each on a fresh connection (as Postfix's
 smtpd opens one per SMTP session), and fresh tcp_table lookups. Asserted: every good
 session's message is answered and rewritten, every lookup answered right, during the whole
 attack; what srsd did to the attacker (evicted, refused, timed out, answered 452) shows in
@@ -18,8 +18,6 @@ import json
 import resource
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,49 +25,24 @@ import pytest
 
 from srsd.wire import milter
 from srsd.wire.milter import command, negotiate, split_replies
-from tests.local_users import NOBODY, require_root, run_as
-from tests.ports import free_port
-from tests.server_process import SrsdProcess, metric_samples
+from tests.harness.attacks import ATTACKER_SECONDS, Target, attackers
+from tests.harness.local_users import NOBODY
+from tests.harness.ports import free_port
 
-ATTACKER = (Path(__file__).parent / "attacker.py").read_text()
 MAX_SESSIONS = 40
 ATTACK_SECONDS = 3.0
-WARM_UP = 1.0
-ATTACKER_NICE = 10
-ATTACKER_SECONDS = 240.0  # the bound on an attacker's life, should the test not stop it
 TIMEOUT = 10.0
 
 
-class Target(SrsdProcess):
-    """srsd with the milter on a loopback port, metrics, and the given extra flags."""
+class MilterTarget(Target):
+    """:class:`Target` with the milter on a loopback port too (``local_domains`` fixed, so
+    that Postfix is not asked), and ``prefix`` before its command (``prlimit ...``)."""
 
     def __init__(self, workdir: Path, *extra: str, prefix: tuple[str, ...] = ()) -> None:
         self.milter_port = free_port("127.0.0.1")
-        self.metrics_port = free_port("127.0.0.1")
-        config = workdir / "empty.toml"
-        config.write_text("# no settings\n")
-        super().__init__(
-            workdir,
-            extra_args=[
-                "--config",
-                str(config),
-                "--milter",
-                f"inet:127.0.0.1:{self.milter_port}",
-                "--local-domains",
-                "mailbox.test",
-                "--metrics-listen",
-                f"127.0.0.1:{self.metrics_port}",
-                "--allow-root",
-                *extra,
-            ],
-        )
+        milter_args = ("--milter", f"inet:127.0.0.1:{self.milter_port}")
+        super().__init__(workdir, *milter_args, "--local-domains", "mailbox.test", *extra)
         self.args = [*prefix, *self.args]
-
-    def metrics(self) -> dict[str, float]:
-        return metric_samples(self.metrics_port, timeout=TIMEOUT)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 def good_session(port: int) -> str | None:
@@ -113,32 +86,7 @@ def good_lookup(port: int) -> str | None:
     return None if data.startswith(b"200 SRS0=") else repr(data)
 
 
-@contextmanager
-def attacker(port: int, mode: str, sessions: int) -> Iterator[dict[str, Any]]:
-    """``nobody`` attacking in ``mode`` with up to ``sessions`` sessions while the body
-    runs; the dict yielded receives its counts once it has stopped."""
-    require_root()
-    counts: dict[str, Any] = {}
-    child = run_as(
-        NOBODY,
-        ATTACKER,
-        [f"milter-{mode}", "127.0.0.1", str(port), str(sessions), str(ATTACKER_SECONDS)],
-        nice=ATTACKER_NICE,
-    )
-    try:
-        time.sleep(WARM_UP)
-        yield counts
-        child.terminate()  # it prints its counts and exits
-        out, err = child.communicate(timeout=TIMEOUT * 3)
-        assert child.returncode == 0, err.decode()
-        counts.update(json.loads(out))
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-
-
-def serve_good_clients(srv: Target, seconds: float) -> dict[str, Any]:
+def serve_good_clients(srv: MilterTarget, seconds: float) -> dict[str, Any]:
     """Good milter sessions and fresh lookups, alternating, for ``seconds``; every one
     must succeed."""
     sessions: list[str | None] = []
@@ -152,7 +100,7 @@ def serve_good_clients(srv: Target, seconds: float) -> dict[str, Any]:
     return {"good milter sessions": len(sessions), "fresh lookups": len(lookups)}
 
 
-def report(name: str, figures: dict[str, Any], srv: Target) -> dict[str, float]:
+def report(name: str, figures: dict[str, Any], srv: MilterTarget) -> dict[str, float]:
     metrics = srv.metrics()
     figures["srsd"] = {
         k.removeprefix("srsd_"): v for k, v in metrics.items() if k.startswith("srsd_milter")
@@ -169,7 +117,7 @@ def test_a_user_holding_milter_sessions_cannot_shut_postfix_out(tmp_path: Path, 
     own newcomers evict them at its share), inside messages that never end (refused at its
     share, closed at milter_message_timeout), or dribbling a packet (closed at
     request_timeout). Root's sessions and lookups get in all along."""
-    with Target(
+    with MilterTarget(
         tmp_path,
         "--milter-max-sessions",
         str(MAX_SESSIONS),
@@ -180,8 +128,9 @@ def test_a_user_holding_milter_sessions_cannot_shut_postfix_out(tmp_path: Path, 
         "--milter-idle-timeout",
         "600",
     ) as srv:
-        with attacker(srv.milter_port, mode, 5 * MAX_SESSIONS) as counts:
+        with attackers(srv.milter_port, f"milter-{mode}", (NOBODY, 5 * MAX_SESSIONS)) as done:
             figures = serve_good_clients(srv, ATTACK_SECONDS)
+        counts = done[0]
         figures["attacker"] = counts
         metrics = report(f"milter hold ({mode}), {5 * MAX_SESSIONS} sessions", figures, srv)
     assert counts["closed by srsd"] > MAX_SESSIONS
@@ -193,13 +142,6 @@ def test_a_user_holding_milter_sessions_cannot_shut_postfix_out(tmp_path: Path, 
         assert metrics["srsd_milter_sessions_evicted_total"] == 0  # never in a message
     else:
         assert metrics['srsd_milter_sessions_timed_out_total{what="request"}'] > 0
-
-
-def status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
 
 
 #: The bound of docs/reliability.md for S sessions: milter_memory, plus per session a
@@ -215,19 +157,19 @@ def test_recipient_flood_keeps_memory_bounded(tmp_path: Path) -> None:
     452), all sessions at most milter_memory: peak RSS stays below the documented bound,
     a good session is served meanwhile, srsd stays up."""
     memory, sessions = 16 << 20, 32
-    with Target(
+    with MilterTarget(
         tmp_path, "--milter-memory", str(memory), "--milter-max-sessions", str(sessions)
     ) as srv:
-        assert srv.proc is not None
-        base = status_kib(srv.proc.pid, "VmRSS:") * 1024
-        with attacker(srv.milter_port, "recipients", 16) as counts:
+        base = srv.status("VmRSS")
+        with attackers(srv.milter_port, "milter-recipients", (NOBODY, 16)) as done:
             deadline = time.monotonic() + ATTACKER_SECONDS
             while srv.metrics()["srsd_milter_sessions_open"] < 16:  # all 16 holding
                 assert time.monotonic() < deadline and srv.alive(), srv.log()[-3000:]
                 time.sleep(0.5)
             good = good_session(srv.milter_port)
             held = srv.metrics()["srsd_milter_memory_bytes"]
-        peak = status_kib(srv.proc.pid, "VmHWM:") * 1024
+        peak = srv.status("VmHWM")
+        counts = done[0]
         bound = base + memory + sessions * SESSION_BYTES + ALLOCATOR_SLACK
         figures = {
             "rss at start MiB": round(base / 2**20, 1),
@@ -250,14 +192,13 @@ def test_a_shell_start_under_ulimit_1024_survives_a_milter_flood(tmp_path: Path)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < 4096:
         pytest.skip(f"the hard open files limit ({hard}) is too low to show the raise")
-    with Target(tmp_path, prefix=("prlimit", f"--nofile=1024:{hard}", "--")) as srv:
-        assert srv.proc is not None
-        limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+    with MilterTarget(tmp_path, prefix=("prlimit", f"--nofile=1024:{hard}", "--")) as srv:
+        limits = Path(f"/proc/{srv.pid}/limits").read_text()
         soft = next(x for x in limits.splitlines() if x.startswith("Max open files")).split()[3]
-        with attacker(srv.milter_port, "idle", 2000) as counts:
+        with attackers(srv.milter_port, "milter-idle", (NOBODY, 2000)) as done:
             figures = serve_good_clients(srv, ATTACK_SECONDS)
             assert srv.metrics()["srsd_milter_sessions_open"] > 0  # scraped under the flood
-        figures.update(attacker=counts, soft_limit=soft)
+        figures.update(attacker=done[0], soft_limit=soft)
         report("start under ulimit -n 1024, 2,000 milter sessions", figures, srv)
         assert "accept failed" not in srv.log()
     assert int(soft) == hard or hard == resource.RLIM_INFINITY
@@ -266,7 +207,7 @@ def test_a_shell_start_under_ulimit_1024_survives_a_milter_flood(tmp_path: Path)
 def test_the_connection_limits_fit_the_open_files_limit(tmp_path: Path) -> None:
     """A hard limit too low for max_connections plus milter_max_sessions: srsd says so and
     serves fewer of each, in proportion, instead of running out of descriptors."""
-    with Target(tmp_path, prefix=("prlimit", "--nofile=512:512", "--")) as srv:
+    with MilterTarget(tmp_path, prefix=("prlimit", "--nofile=512:512", "--")) as srv:
         assert (
             "the open files limit (512) cannot hold max_connections 1000 and "
             "milter_max_sessions 1000: serving at most 224 connections and 224 milter "

@@ -8,6 +8,7 @@ in ``test_delivery.py`` and end to end in ``tests/postfix/test_milter_flow.py``)
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 import stat
@@ -32,18 +33,11 @@ from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
 from srsd.wire import Wire, milter
 from srsd.wire.milter import command, macros, negotiate, packet, split_replies
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess
-from tests.test_operations import (
-    Daemon,
-    activation_argv,
-    child_env,
-    labels,
-    samples,
-    scrape,
-    serve_args,
-    write_secret,
-)
+from tests.harness.daemon import Daemon, activation_argv, serve_args, write_secret
+from tests.harness.inprocess import CapturedLog
+from tests.harness.metrics import labels, samples, scrape
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SECRET, SrsdProcess, child_env
 
 DOMAIN = b"forwarder.test"
 POLICY = Policy(Codec([SECRET], DOMAIN))
@@ -178,6 +172,22 @@ def test_forwarded_mail_gets_srs0_and_local_mail_keeps_its_sender() -> None:
     assert svc.messages == {"rewritten": 3, "delivered here": 1, "not rewritten": 1}
 
 
+def test_recipients_answered_452_are_counted_when_the_session_ends() -> None:
+    svc = service(recipient_limit=1)
+
+    async def body(client: Client) -> None:
+        await client.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
+        assert await client.replies(1) == [CONTINUE]
+        for recipient in (b"<carol@dest.test>", b"<dave@dest.test>", b"<erin@dest.test>"):
+            await client.stream.send_all(command(milter.RCPT, recipient))
+        codes = [code for code, _ in await client.replies(3)]
+        assert codes == [b"c", b"y", b"y"]  # one accepted, two answered 452
+        assert svc.recipients_refused == 0  # the session has not ended
+
+    run(svc, body)
+    assert (svc.recipients_refused, svc.recipients_split) == (2, 0)
+
+
 def test_bounce_to_our_srs_address_is_restored_and_invalid_ones_stay() -> None:
     genuine = POLICY.forward(b"alice@origin.test", time.time()).value
     assert genuine is not None
@@ -236,6 +246,30 @@ def test_what_srsd_cannot_decide_is_deferred(
 
     run(svc, body)
     assert svc.messages == {"tempfail": 2}
+
+
+def test_an_mta_that_cannot_change_the_sender_defers_and_is_named(log: CapturedLog) -> None:
+    # The session's CannotRewrite event, not the bytes of its reply, makes the log line.
+    svc = service()
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.serve, listeners)
+            client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+            await client.stream.send_all(negotiate(actions=0x0C))  # ADDRCPT, DELRCPT only
+            [(code, _)] = await client.replies(1)
+            assert code == b"O"
+            await client.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
+            assert await client.replies(1) == [(b"t", b"")]
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert log.messages(logging.ERROR) == [
+        "milter: Postfix does not offer CHGFROM (set milter_protocol = 6): mail deferred"
+    ]
 
 
 def test_protocol_error_closes_the_connection() -> None:
@@ -332,6 +366,13 @@ def test_socket_activated_milter_and_its_metrics(tmp_path: Path) -> None:
         assert values[("srsd_milter_messages_total", labels(outcome="rewritten"))] == 1
         assert values[("srsd_milter_messages_total", labels(outcome="delivered here"))] == 1
         assert values[("srsd_milter_sessions_open", labels())] == 0
+        for counted in (  # exported, none so far
+            "srsd_milter_sessions_rejected_total",
+            "srsd_milter_recipients_refused_total",
+            "srsd_milter_recipients_split_total",
+            "srsd_milter_delivery_unknown_total",
+        ):
+            assert values[(counted, labels())] == 0, counted
         key = labels(map="forward", protocol="milter", outcome="rewritten")
         assert values[("srsd_lookups_total", key)] == 1
         assert daemon.stop() == 0

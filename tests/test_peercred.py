@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from srsd.admission import owners as owner_wire
 from srsd.admission.owners import ABSENT, REMOTE, UNKNOWN_OWNER, FourTuple, PeerError, PeerOwners
-from tests.local_users import NOBODY, SECOND_UID, require_root, run_as
+from tests.harness.local_users import NOBODY, SECOND_UID, require_root, run_as
 
 TIMEOUT = 10.0
 

@@ -20,7 +20,7 @@ import pytest
 from srsd import cli
 from srsd.config import postfix, service_env, settings
 from srsd.config.postfix import Mode, Site, Step
-from tests.postfix.instance import backdate, find_program
+from tests.harness.postfix import backdate, find_program
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "README.md", ROOT / "packaging" / "systemd" / "README.md")

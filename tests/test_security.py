@@ -21,8 +21,8 @@ import struct
 import time
 from pathlib import Path
 
-from tests.ports import free_port
-from tests.server_process import SrsdProcess, fd_targets, lookup
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SrsdProcess, fd_targets, lookup
 
 DOMAIN = b"forwarder.test"
 
@@ -92,7 +92,7 @@ def test_connections_ending_every_way_leak_no_descriptor(tmp_path: Path) -> None
                 assert read_until_closed(long).startswith(b"500 ")
             with socket.create_connection(("127.0.0.1", socketmap_port), timeout=10) as bad:
                 bad.sendall(b"12345678:")
-                assert read_until_closed(bad) == b"12:PERM Too big,"
+                assert read_until_closed(bad) == b"25:NOTFOUND Address too long,"
             # every connection of the round is gone, and its descriptor with it
             assert settle(pid, baseline) == baseline, f"round {round_}"
         # bursts past max_connections (8): the extra connections evict the older ones

@@ -13,139 +13,39 @@ and time-outs are tested in-process in ``test_server.py``.
 from __future__ import annotations
 
 import json
-import os
-import re
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
-import srsd
-from srsd.srs.codec import Codec
-from tests.local_users import NOBODY, require_root
-from tests.ports import free_port
-from tests.server_process import SECRET, SrsdProcess, lookup
+from tests.harness.clients import LineConn
+from tests.harness.local_users import NOBODY, require_root
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import (
+    ALICE,
+    NEW_SECRET,
+    SECRET,
+    TIMEOUT,
+    SrsdProcess,
+    assert_clean_log,
+    child_env,
+    empty_config,
+    forward,
+    lookup,
+    poll,
+    running,
+    signed,
+    srsd_command,
+    wait_log,
+)
 
-TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"
-NEW_SECRET = b"rotated-secret-9f8e7d6c5b4a"
-SRC = Path(srsd.__file__).resolve().parents[1]
-ALICE = b"alice@example.org"
-LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} srsd\[\d+\]: [A-Z]+: ")
-
-
-def clean_env(workdir: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir / "home"),
-        "PYTHONPATH": str(SRC),  # the srsd this test process imported
-        "SRS_ALLOW_ROOT": "yes",  # CI runs as root; the privilege-drop tests say otherwise
-    }
-
-
-def empty_config(workdir: Path) -> Path:
-    config = workdir / "empty.toml"
-    config.write_text("# no settings\n", encoding="utf-8")
-    return config
-
-
-def signed(
-    secret: bytes, sender: bytes, t0: float, t1: float, domain: bytes = DOMAIN
-) -> set[bytes]:
-    """The SRS address ``sender`` gets with ``secret`` as first secret, between t0 and t1."""
-    codec = Codec([secret], domain)
-    return {codec.forward(sender, t) for t in (t0, t1)}
-
-
-def forward(port: int, sender: bytes = ALICE) -> tuple[bytes, float, float]:
-    t0 = time.time()
-    reply = lookup(port, sender, timeout=TIMEOUT)
-    return reply, t0, time.time()
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def wait_log(srv: SrsdProcess, text: str, count: int = 1) -> None:
-    def logged() -> bool:
-        if srv.log().count(text) >= count:
-            return True
-        assert srv.proc is not None
-        if srv.proc.poll() is not None:
-            pytest.fail(
-                f"srsd exited ({srv.proc.returncode}) before logging {text!r}:\n{srv.log()}"
-            )
-        return False
-
-    poll(logged, f"{count} x {text!r} in the log:\n{srv.log()}")
-
-
-def assert_clean_log(log: str, *secrets: bytes) -> None:
-    """Every line is one log record (nothing forged), and no secret is in it."""
-    for secret in (SECRET, NEW_SECRET, *secrets):
-        assert secret.decode() not in log
-    for line in log.splitlines():
-        assert LOG_LINE.match(line), f"not a log record: {line!r}"
-
-
-@contextmanager
-def running(
-    tmp_path: Path,
-    *,
-    extra: Sequence[str] = (),
-    log_level: str = "info",
-    secrets: Sequence[bytes] = (SECRET,),
-) -> Iterator[SrsdProcess]:
-    """``srsd serve`` started, stopped at the end with exit status 0 and a clean log."""
-    srv = SrsdProcess(
-        tmp_path,
-        secrets=secrets,
-        extra_args=["--config", str(empty_config(tmp_path)), "--log-level", log_level, *extra],
-    )
-    srv.env = clean_env(tmp_path)
-    with srv:
-        yield srv
-        assert srv.stop(TIMEOUT) == 0, srv.log()
-    assert_clean_log(srv.log())
-
-
-class Conn:
-    """A tcp_table connection kept open across lookups."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
-
-    def ask(self, key: bytes) -> bytes:
-        return self.request(b"get " + key)
-
-    def request(self, line: bytes) -> bytes:
-        self.sock.sendall(line + b"\n")
-        line = self.file.readline()
-        assert line.endswith(b"\n"), line
-        return line[:-1]
-
-    def at_eof(self) -> bool:
-        try:
-            return self.file.read() == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def refused(port: int) -> bool:
@@ -167,7 +67,7 @@ def test_sighup_rotates_secrets(tmp_path: Path) -> None:
         assert old.startswith(b"200 ")
         old = old[4:]
         assert old in signed(SECRET, ALICE, t0, t1)
-        kept = Conn(srv.forward_port)  # a connection from before the reload
+        kept = LineConn(srv.forward_port)  # a connection from before the reload
         assert kept.ask(ALICE) == b"200 " + old
 
         srv.secret_file.write_bytes(NEW_SECRET + b"\n" + SECRET + b"\n")
@@ -306,7 +206,7 @@ def test_sighup_applies_logging_and_names_each_change_that_needs_a_restart(tmp_p
     config = tmp_path / "srsd.toml"
     config.write_text('log_level = "info"\n')
     srv = SrsdProcess(tmp_path, extra_args=["--config", str(config)])
-    srv.env = clean_env(tmp_path)
+    srv.env = child_env(tmp_path / "home")
     metrics = free_port()
     with srv:
         assert lookup(srv.forward_port, b"<>").startswith(b"500 ")  # quiet: debug level only
@@ -340,10 +240,10 @@ def test_signal_stops_promptly(tmp_path: Path, signum: signal.Signals) -> None:
     srv = SrsdProcess(
         tmp_path, extra_args=["--config", str(empty_config(tmp_path)), "--shutdown-grace", "3600"]
     )
-    srv.env = clean_env(tmp_path)
+    srv.env = child_env(tmp_path / "home")
     with srv:
         assert srv.proc is not None
-        idle = Conn(srv.forward_port)
+        idle = LineConn(srv.forward_port)
         assert idle.ask(b"bob").startswith(b"500 ")
         assert idle.ask(ALICE).startswith(b"200 ")
         srv.signal(signum)
@@ -387,10 +287,6 @@ def test_sigterm_gives_a_client_that_does_not_read_the_grace_period(tmp_path: Pa
 # -- start-up -----------------------------------------------------------------------------------
 
 
-def srsd_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "srsd", *args]
-
-
 def run_all(workdir: Path, runs: dict[str, list[str]]) -> dict[str, tuple[int, list[str]]]:
     """Run ``srsd`` with each argument list at once; the exit status and the non-empty lines
     of stdout + stderr of each."""
@@ -403,7 +299,7 @@ def run_all(workdir: Path, runs: dict[str, list[str]]) -> dict[str, tuple[int, l
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 text=True,
-                env=clean_env(workdir),
+                env=child_env(workdir / "home"),
                 cwd=workdir,
             )
         results = {}
@@ -571,7 +467,7 @@ def test_newcomer_gets_a_generated_secret(tmp_path: Path) -> None:
     del srv.args[at : at + 2]  # nothing but a domain and a state directory
     assert "--state-dir" in srv.args
     assert not state.exists()
-    srv.env = clean_env(tmp_path)
+    srv.env = child_env(tmp_path / "home")
     with srv:
         secrets = state / "secrets"
         assert secrets.stat().st_mode & 0o777 == 0o600
@@ -600,7 +496,7 @@ def test_newcomer_gets_a_generated_secret(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env=clean_env(tmp_path),
+        env=child_env(tmp_path / "home"),
         cwd=tmp_path,
     )
     assert check.returncode == 0, check.stderr
@@ -613,8 +509,8 @@ def test_newcomer_gets_a_generated_secret(tmp_path: Path) -> None:
 
 def test_log_at_debug_level(tmp_path: Path) -> None:
     with running(tmp_path, log_level="debug") as srv:
-        fwd = Conn(srv.forward_port)
-        rev = Conn(srv.reverse_port)
+        fwd = LineConn(srv.forward_port)
+        rev = LineConn(srv.reverse_port)
         rewritten = fwd.ask(ALICE)[4:]
         assert fwd.ask(b'""') == b"500 null%20sender"
         assert fwd.ask(b"bob@forwarder.test") == b"500 local%20domain"

@@ -1,9 +1,9 @@
 # Settings: precedence of defaults < TOML < environment < command line, validation, files.
 """Tests for :mod:`srsd.config.settings`.
 
-Every call passes an explicit ``environ`` so the machine's environment cannot leak in, and
-an autouse fixture points ``DEFAULT_CONFIG`` at a path that does not exist, so a real
-``/etc/srsd/srsd.toml`` cannot change the results.
+Every call passes an explicit ``environ`` so the machine's environment cannot leak in;
+``DEFAULT_CONFIG`` lies in the suite's private, empty configuration directory
+(``tests/conftest.py``), so a real ``/etc/srsd/srsd.toml`` cannot change the results.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ DOMAIN = "forwarder.example.net"
 SECRET = b"s3cr3t-for-settings"
 NOW = 1_577_836_860.0  # 2020-01-01 00:01:00 UTC
 DAY = 86400
-
-
-@pytest.fixture(autouse=True)
-def _no_default_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(settings, "DEFAULT_CONFIG", tmp_path / "absent" / "srsd.toml")
 
 
 @pytest.fixture
@@ -516,6 +511,44 @@ def test_system_secret_is_the_default_when_readable(
     assert s.secrets_file == state / "secrets"
 
 
+_HOST_PATHS = (
+    "from srsd.config import service_env, settings;"
+    "print(settings.DEFAULT_CONFIG, settings.SYSTEM_SECRETS, service_env.ENVIRONMENT_FILE)"
+)
+
+
+@pytest.mark.parametrize(
+    ("sysconfdir", "expected"),
+    [
+        (None, "/etc/srsd/srsd.toml /etc/srsd/secrets /etc/default/srsd"),
+        ("/opt/etc", "/opt/etc/srsd/srsd.toml /opt/etc/srsd/secrets /opt/etc/default/srsd"),
+    ],
+)
+def test_the_host_configuration_is_in_etc_unless_srsd_sysconfdir_moves_it(
+    sysconfdir: str | None, expected: str
+) -> None:
+    """srsd's own defaults are /etc's; ``SRSD_SYSCONFDIR`` moves all three (the suite's
+    conftest points it at an empty directory, so the host's files never count)."""
+    src = str(Path(settings.__file__).resolve().parents[2])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": src}
+    if sysconfdir is not None:
+        env["SRSD_SYSCONFDIR"] = sysconfdir
+    done = subprocess.run(
+        [sys.executable, "-c", _HOST_PATHS], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == expected.split()
+
+
+def test_the_suite_never_sees_the_hosts_configuration() -> None:
+    private = Path(os.environ["SRSD_SYSCONFDIR"])
+    assert private != Path("/etc") and not any(private.iterdir())
+    assert private / "srsd" / "srsd.toml" == settings.DEFAULT_CONFIG
+    assert private / "srsd" / "secrets" == settings.SYSTEM_SECRETS
+    names = {name for field in settings.FIELDS for name in field.env}
+    assert {n for n in os.environ if n in names} == {"SRS_ALLOW_ROOT"}
+    assert "CREDENTIALS_DIRECTORY" not in os.environ
+
+
 def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: Path) -> None:
     """A user who cannot read a root-only /etc/srsd/secrets is told so; srsd never falls
     back to another secret (after run_as, a reload would switch secrets quietly). Checked in a
@@ -540,7 +573,11 @@ def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: 
         )
         out = subprocess.run(
             ["/usr/bin/python3", "-c", child],
-            env={"PYTHONPATH": str(place), "PATH": "/usr/bin:/bin"},
+            env={
+                "PYTHONPATH": str(place),
+                "PATH": "/usr/bin:/bin",
+                "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],
+            },
             user="nobody",
             group="nogroup",
             extra_groups=[],

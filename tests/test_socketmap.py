@@ -34,7 +34,7 @@ from srsd.wire.socketmap import (
     temporary_failure,
 )
 
-TOO_BIG = TooBig("Too big")
+TOO_BIG = TooBig("Address too long")
 BAD_LENGTH = BadFraming("Invalid netstring length")
 NO_COMMA = BadFraming("Netstring not terminated by a comma")
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

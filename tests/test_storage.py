@@ -30,9 +30,9 @@ from srsd.envelope.store import (
     open_store,
 )
 from srsd.srs.codec import Codec
-from tests.immutable import immutable
-from tests.ports import free_port
-from tests.redis_server import RedisServer
+from tests.harness.immutable import immutable
+from tests.harness.ports import free_port
+from tests.harness.redis_server import RedisServer
 
 NOW = 1_700_000_000.0
 LIFETIME = 23 * 86400.0

@@ -28,32 +28,27 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from srsd.config import settings
-from srsd.serve import server
+from srsd.serve import listeners
 from srsd.srs.codec import Codec
-from tests.ports import free_port
-from tests.server_process import lookup
-from tests.test_operations import (
-    SRC,
+from tests.harness.daemon import (
     TIMEOUT,
     Daemon,
     NotifySocket,
     activation_argv,
-    empty_config,
     need_tool,
     proc_status,
     socketmap_query,
-    world_traversable_dir,
     write_secret,
 )
+from tests.harness.ports import free_port
+from tests.harness.srsd_process import SRC, empty_config, lookup
+from tests.harness.units import ROOT, UNITS, Unit, environment_file, one, parse_unit
 
-ROOT = Path(__file__).resolve().parents[1]
-UNITS = ROOT / "packaging" / "systemd"
 SERVICE = "srsd.service"
 SOCKETS = ("srsd-forward.socket", "srsd-reverse.socket", "srsd-socketmap.socket")
 INSTALLED_SRSD = "/usr/local/bin/srsd"
@@ -61,32 +56,6 @@ SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_MDWE = 65
 PR_MDWE_REFUSE_EXEC_GAIN = 1
-
-Unit = dict[str, dict[str, list[str]]]
-
-
-def parse_unit(path: Path) -> Unit:
-    """A unit file as {section: {key: [values in order]}} (keys may repeat)."""
-    unit: Unit = {}
-    section: dict[str, list[str]] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        assert not line.endswith("\\"), f"{path.name}: continuation lines are not expected"
-        if line.startswith("["):
-            section = unit.setdefault(line.strip("[]"), {})
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"{path.name}: not KEY=value: {line!r}"
-        section.setdefault(key.strip(), []).append(value.strip())
-    return unit
-
-
-def one(unit: Unit, section: str, key: str) -> str:
-    values = unit[section].get(key, [])
-    assert len(values) == 1, f"{key}= in [{section}]: {values}"
-    return values[0]
 
 
 def installed_srsd() -> str:
@@ -222,7 +191,7 @@ def test_socket_units_match_srsd() -> None:
     ):
         unit = parse_unit(UNITS / name)
         assert one(unit, "Socket", "FileDescriptorName") == fd_name
-        assert fd_name in server.ACTIVATION_NAMES
+        assert fd_name in listeners.ACTIVATION_NAMES
         assert one(unit, "Socket", "ListenStream") == listen
         assert one(unit, "Socket", "Service") == SERVICE
         assert one(unit, "Install", "WantedBy") == "sockets.target"
@@ -265,12 +234,6 @@ def exec_line(unit: Unit, key: str, config: Path) -> list[str]:
     return [sys.executable, "-m", "srsd", *argv[1:], "--config", str(config)]
 
 
-def environment_file() -> dict[str, str]:
-    """srsd.env.example read as systemd reads EnvironmentFile=: KEY=value lines."""
-    text = (UNITS / "srsd.env.example").read_text()
-    return dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.M))
-
-
 def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
     service = parse_unit(UNITS / SERVICE)
     sockets = {name: parse_unit(UNITS / name) for name in SOCKETS}
@@ -289,6 +252,7 @@ def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
         **environment_file(),
         "PATH": SYSTEMD_PATH,
         "HOME": "/",
+        "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         "STATE_DIRECTORY": str(state),
         "CREDENTIALS_DIRECTORY": str(credentials),
         "NOTIFY_SOCKET": notify.address,
@@ -363,12 +327,6 @@ def test_unit_command_lines_run_as_systemd_runs_them(tmp_path: Path) -> None:
 # -- bugs the unit's DynamicUser= met: unreadable places gave tracebacks -------------------------
 
 
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    with world_traversable_dir() as path:
-        yield path
-
-
 AS_NOBODY = r"""
 # imported before the drop: this python may live in /root, which nobody cannot read
 import argparse, gettext, locale, os, shutil, sys
@@ -389,7 +347,13 @@ def run_as_nobody(
         pytest.fail("this test needs root (to switch to nobody): run the suite as root")
     return subprocess.run(
         [sys.executable, "-c", AS_NOBODY, str(default_config), *args],
-        env={"PATH": SYSTEMD_PATH, "PYTHONPATH": str(SRC), "HOME": "/", **(env or {})},
+        env={
+            "PATH": SYSTEMD_PATH,
+            "PYTHONPATH": str(SRC),
+            "HOME": "/",
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -226,7 +226,6 @@ class TcpTableReaderMachine(RuleBasedStateMachine):
             assert isinstance(event, tcp_table.Request | tcp_table.BadRequest | tcp_table.TooLong)
             if isinstance(event, tcp_table.Request):
                 assert event.key
-                assert 0 not in event.key
 
     @invariant()
     def closing_is_last_and_when_the_model_says(self) -> None:

@@ -4,7 +4,10 @@
 ``srsd encode`` / ``srsd decode`` rewrite addresses given as arguments, or one per line
 on standard input (streamed, raw bytes allowed), printing exactly one line per input: the
 result, or the input unchanged when it is not rewritten (the reason goes to stderr), as
-Postfix does with a "not found". Exit status: 0 when every input was rewritten, 1 when
+Postfix does with a "not found"; what no endpoint accepts as an address (a NUL, a control
+character, more than ``max_request`` bytes) is refused with the same reason as on the
+others (an ADDRESS argument holding a line break, which no output line can echo, is also a
+usage error). Exit status: 0 when every input was rewritten, 1 when
 any was not, 2 on usage or configuration errors. ``srsd health`` exits 0 when the running
 server answers a forward + reverse round trip, 1 when it does not. ``srsd config`` prints
 the effective configuration as TOML (``--changed``: only what is not at its default).
@@ -26,6 +29,7 @@ from srsd import __version__
 from srsd.config import postfix, service_env, settings
 from srsd.host import health
 from srsd.host.logs import show
+from srsd.srs import address
 from srsd.srs.policy import Decision
 
 EXIT_OK, EXIT_NOT_REWRITTEN, EXIT_USAGE = 0, 1, 2
@@ -212,8 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(effective_config(loaded, changed=args.changed))
         return EXIT_OK
-    if any(b"\n" in a or b"\r" in a for a in map(os.fsencode, args.addresses)):
-        print("srsd: an ADDRESS argument contains a line break", file=sys.stderr)
+    for broken in (a for a in map(os.fsencode, args.addresses) if b"\n" in a):
+        # Refused as every endpoint refuses it, and a usage error: no line can echo it.
+        reason = address.refusal(broken, loaded.max_request)
+        print(f"srsd {args.command}: {show(broken)}: not rewritten: {reason}", file=sys.stderr)
         return EXIT_USAGE
     # Die quietly like cat(1) when the reader of our output goes away (`| head -1`).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

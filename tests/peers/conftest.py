@@ -1,7 +1,7 @@
 # Fixtures for the peer cross-checks: a real postsrsd 1.10 on free loopback ports, clock pinned.
 """Start Debian's postsrsd 1.10 in the foreground for the tests of this directory.
 
-It listens on two free loopback ports below 32768 (``tests.ports.free_port``), runs under
+It listens on two free loopback ports below 32768 (``tests.harness.ports.free_port``), runs under
 libfaketime (clock pinned to ``tests.peers.PINNED``, ticking), uses the same secrets as
 the srsd side, and is stopped at teardown together with the children it forked (one per
 connection): it runs in its own session, and only that process group is signalled.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.ports import free_port
 from tests.peers import (
     DOMAIN,
     PINNED,
@@ -29,7 +30,6 @@ from tests.peers import (
     require_postsrsd,
     wait_accepting,
 )
-from tests.ports import free_port
 
 
 class Postsrsd:

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from srsd.srs.codec import Alphabet, Codec
+from tests.harness.srsd_process import SrsdProcess, lookup
 from tests.peers import (
     DAY,
     DOMAIN,
@@ -53,7 +54,6 @@ from tests.peers import (
     swap_alphabet,
     tcp_encode,
 )
-from tests.server_process import SrsdProcess, lookup
 
 pytestmark = pytest.mark.peer
 
@@ -118,6 +118,9 @@ def _is_500(reply: Reply) -> bool:
     return reply.code == 500
 
 
+#: A control character (C0 or DEL): written out here, independently of srsd.
+CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
 DIFFERENCES: dict[str, Difference] = {
     # -- forward (sender_canonical_maps) --
     "own-domain": Difference(
@@ -147,6 +150,12 @@ DIFFERENCES: dict[str, Difference] = {
         "hop or opaque part, but re-signs an opaque part without a leading separator",
         lambda p, s, key: _is_500(s) and (p.code == 500 or p.text.startswith(b"SRS1=")),
     ),
+    "control-character": Difference(
+        "README 'What srsd answers' (issue 18): an address holding a control character (tab, "
+        "DEL, ...) is refused by every srsd endpoint alike, '500 Control character in "
+        "address'; postsrsd rewrites it",
+        lambda p, s, key: p.code == 200 and s == Reply(500, b"Control character in address"),
+    ),
     "empty-domain": Difference(
         f"{DIFFERS} bullet 4 (and srs-libraries.md section 7.5): srsd does not rewrite a "
         "sender with nothing after the last '@'; postsrsd mints 'SRS0=h=TT==user@D'",
@@ -174,6 +183,11 @@ DIFFERENCES: dict[str, Difference] = {
         f"{DIFFERS} bullet 1: the original local part contains '@'; postsrsd cuts the SRS "
         "address at the first '@' and the hash fails",
         lambda p, s, key: s.code == 200 and p.code == 500,
+    ),
+    "rev-control-character": Difference(
+        "README 'What srsd answers' (issue 18): postsrsd's SRS address of a sender holding a "
+        "control character holds it too; srsd refuses it as every such address",
+        lambda p, s, key: p.code == 200 and s == Reply(500, b"Control character in address"),
     ),
     "rev-no-domain": Difference(
         f"{DIFFERS} bullet 4 (srs-libraries.md section 7.6): an SRS address without '@' is "
@@ -213,6 +227,8 @@ DIFFERENCES: dict[str, Difference] = {
 
 def forward_difference(sender: bytes) -> str | None:
     """The documented category of disagreement for a sender, or None (must agree)."""
+    if CONTROL.search(sender):
+        return "control-character"
     category = deliberate_difference(sender)
     if category is not None:
         return category
@@ -226,6 +242,8 @@ def forward_difference(sender: bytes) -> str | None:
 
 def reverse_difference(address: bytes) -> str | None:
     """The documented category of disagreement for an SRS address to decode, or None."""
+    if CONTROL.search(address):
+        return "rev-control-character"
     if address.startswith(b'"'):
         return "rev-quoted"
     if len(b"get " + tcp_encode(address)) > 1022:
@@ -503,6 +521,7 @@ def test_forward_documented_differences(results: Results) -> None:
         "own-domain",
         "quoted",
         "at-in-local",
+        "control-character",
         "bare-srs-tag",
         "malformed-srs1",
         "empty-domain",

@@ -37,6 +37,7 @@ import sys
 import types
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -273,11 +274,17 @@ except AssertionError as err:
         (["-O"], "user@example.com"),
     ],
 )
-def test_pysrs_checks_are_asserts(pysrs: types.ModuleType, flags: list[str], expected: str) -> None:
+def test_pysrs_checks_are_asserts(
+    pysrs: types.ModuleType, flags: list[str], expected: str, tmp_path: Path
+) -> None:
     """README: pysrs validates with ``assert``: under ``python -O`` a forged address
-    reverses. srsd refuses it either way (``test_optimize.py`` runs srsd under -O)."""
+    reverses. srsd refuses it either way (``test_optimize.py`` runs srsd under -O).
+
+    pysrs is compiled here from its source (``pycache_prefix``: an empty cache of its own),
+    never taken from the .pyc files its install left: pip without ``wheel`` installs it the
+    legacy way, and those ``.opt-1.pyc`` keep the asserts."""
     proc = subprocess.run(
-        [sys.executable, *flags, "-c", _FORGERY_SCRIPT],
+        [sys.executable, "-X", f"pycache_prefix={tmp_path}", *flags, "-c", _FORGERY_SCRIPT],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -15,128 +15,35 @@ leaves loopback: every other destination goes to Postfix's ``error`` transport.
 
 from __future__ import annotations
 
-import re
-import smtplib
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
+    DELIVERY_TIMEOUT,
     SRS_DOMAIN,
+    MailFlow,
     PostfixPrograms,
     canonical_maps_flow,
     expected_srs0_candidates,
     tamper_hash,
 )
-from tests.postfix.instance import PostfixInstance
-from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.server_process import SrsdProcess
+from tests.harness.postfix import PostfixInstance
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 
-SMTP_TIMEOUT = 20.0
 # Delivery to the sink takes milliseconds; after this long the queue is flushed once.
-FIRST_WAIT = 3.0
-DELIVERY_TIMEOUT = 20.0
 # How long a bounce to a forged SRS address is given to (wrongly) show up at the sink: short
 # when smtpd refused it (it never entered the queue), longer when Postfix accepted it.
 FORGERY_WAIT_REFUSED = 1.0
 FORGERY_WAIT_ACCEPTED = 5.0
 # Warnings in the mail log that mean the maps misbehaved (dropped connection, bad reply...).
-MAP_TROUBLE = re.compile(
-    r"warning: .*(TCP map|tcp:127\.0\.0\.1|lookup error|map lookup problem|"
-    r"[Tt]emporary lookup failure|map nesting|non-address result|multi-valued)"
-)
-
-
-@dataclass
-class MailFlow:
-    """The running srsd, sink and Postfix, plus what has been sent through them."""
-
-    srsd: SrsdProcess
-    sink: SmtpSink
-    postfix: PostfixInstance
-    forwarded: dict[str, Delivery] = field(default_factory=dict)
-
-    def diagnostics(self) -> str:
-        deliveries = "\n".join(
-            f"  MAIL FROM:<{d.mail_from}> RCPT TO:{list(d.rcpt_tos)} {d.mail_options}"
-            for d in self.sink.deliveries
-        )
-        return (
-            f"\n--- sink deliveries ---\n{deliveries or '  (none)'}\n"
-            f"--- postqueue -p ---\n{self.postfix.queue()}\n"
-            f"{self.postfix.diagnostics()}\n"
-            f"--- srsd log ---\n{self.srsd.log()}"
-        )
-
-    def send(
-        self, sender: str, recipient: str, *, token: str, utf8: bool = False
-    ) -> tuple[int, bytes] | None:
-        """Send one message; None when accepted, else the (code, text) of the refusal."""
-        message = (
-            f"From: {'MAILER-DAEMON@origin.test' if sender == '' else sender}\r\n"
-            f"To: {recipient}\r\n"
-            f"Subject: srsd mail-flow test {token}\r\n"
-            f"Date: {formatdate()}\r\n"
-            f"Message-ID: <{token}@client.test>\r\n"
-            f"X-Test-Token: {token}\r\n"
-            "\r\n"
-            f"token {token}\r\n"
-        ).encode()
-        options = ["SMTPUTF8"] if utf8 else []
-        with smtplib.SMTP("127.0.0.1", self.postfix.smtpd_port, timeout=SMTP_TIMEOUT) as smtp:
-            smtp.ehlo("client.test")
-            if utf8:
-                assert smtp.has_extn("smtputf8"), "Postfix does not offer SMTPUTF8"
-            code, text = smtp.mail(sender, options)
-            if code != 250:
-                return code, text
-            code, text = smtp.rcpt(recipient)
-            if code not in (250, 251):
-                smtp.rset()
-                return code, text
-            code, text = smtp.data(message)
-            if code != 250:
-                return code, text
-        return None
-
-    def wait_for_token(self, token: str, timeout: float = DELIVERY_TIMEOUT) -> Delivery:
-        """The delivery carrying ``token``; flush the queue once if it is slow; bounded."""
-        match = self.sink.wait_for(lambda d: token in d.text(), min(FIRST_WAIT, timeout))
-        if match is None:
-            self.postfix.flush()
-            match = self.sink.wait_for(lambda d: token in d.text(), timeout - FIRST_WAIT)
-        if match is None:
-            pytest.fail(
-                f"no delivery with token {token} within {timeout} s" + self.diagnostics(),
-                pytrace=False,
-            )
-        return match
-
-    def assert_no_map_trouble(self, log_offset: int) -> None:
-        trouble = [
-            line
-            for line in self.postfix.log()[log_offset:].splitlines()
-            if MAP_TROUBLE.search(line)
-        ]
-        report = "\n".join(trouble)
-        assert not trouble, f"Postfix had trouble with the srsd maps:\n{report}{self.diagnostics()}"
-
-    def forward(self, sender: str, *, utf8: bool = False) -> Delivery:
-        """Mail ``sender`` → bob@forwarder.test (cached per sender): the delivery to carol."""
-        if sender not in self.forwarded:
-            token = uuid.uuid4().hex
-            refused = self.send(sender, f"bob@{SRS_DOMAIN}", token=token, utf8=utf8)
-            assert refused is None, f"Postfix refused the mail: {refused}" + self.diagnostics()
-            self.forwarded[sender] = self.wait_for_token(token)
-        return self.forwarded[sender]
 
 
 @pytest.fixture(scope="module")

@@ -31,18 +31,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
+    MAP_TROUBLE,
     SRS_DOMAIN,
+    MailFlow,
     PostfixPrograms,
     expected_srs0_candidates,
     srs_hash,
     stamps_around,
 )
-from tests.postfix.instance import PostfixInstance
-from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.postfix.test_mail_flow import MAP_TROUBLE, MailFlow
-from tests.server_process import SrsdProcess
+from tests.harness.ports import free_port
+from tests.harness.postfix import PostfixInstance
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

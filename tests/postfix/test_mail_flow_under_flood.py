@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.local_users import NOBODY, SECOND_UID
-from tests.postfix.conftest import (
+from tests.harness.attacks import ADMISSION_LIMITS, MAX_CONNECTIONS, Target, attackers
+from tests.harness.local_users import NOBODY, SECOND_UID
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
+    MailFlow,
     PostfixPrograms,
     canonical_maps_flow,
     expected_srs0_candidates,
 )
-from tests.postfix.instance import PostfixInstance
-from tests.postfix.smtp_sink import SmtpSink
-from tests.postfix.test_mail_flow import MailFlow
-from tests.test_admission_attacks import MAX_CONNECTIONS, Target, attackers
+from tests.harness.postfix import PostfixInstance
+from tests.harness.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.postfix
 
@@ -41,7 +41,7 @@ UNDEFERRED = 5.0
 @pytest.fixture
 def flooded_flow(postfix_programs: PostfixPrograms, tmp_path: Path) -> Iterator[MailFlow]:
     with ExitStack() as stack:
-        srsd = stack.enter_context(Target(tmp_path))
+        srsd = stack.enter_context(Target(tmp_path, *ADMISSION_LIMITS))
         sink = stack.enter_context(SmtpSink())
         main_cf = canonical_maps_flow(srsd.forward_port, srsd.reverse_port, sink.port)
         postfix = stack.enter_context(PostfixInstance(tmp_path / "postfix", main_cf=main_cf))

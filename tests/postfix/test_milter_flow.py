@@ -1,7 +1,7 @@
 # Mail through a throw-away Postfix whose only SRS is srsd's milter: forwarded mail only.
 """srsd as ``smtpd_milters`` and ``non_smtpd_milters`` of a real Postfix 3.x, no canonical maps.
 
-The instance (``tests/postfix/instance.py``) is set up as a small hosting server::
+The instance (``tests/harness/postfix.py``) is set up as a small hosting server::
 
     smtpd_milters = non_smtpd_milters = inet:127.0.0.1:MILTER
     milter_default_action = tempfail, milter_protocol = 6
@@ -16,6 +16,12 @@ directory), so it rewrites the sender only of mail that leaves: mail to dave kee
 sender in the Return-Path written by virtual(8); mail to fwd@mailbox.test, a local-domain
 address that a virtual alias sends to dest.test, gets SRS0 (postsrsd's milter does not);
 a bounce to the SRS0 address is given back to the original sender by the milter alone.
+
+This is deliberately not the wiring ``srsd postfix-config`` prints (that one, with
+``recipient_canonical_maps`` and the SRS domain as a virtual alias domain, is tested through
+Debian's chrooted master.cf in ``test_wiring_flow.py``): here no map restores a bounce, so
+the milter's own DELRCPT + ADDRCPT is what is tested, as set-ups written for README's
+earlier milter lines (the SRS domain in ``mydestination``) still run.
 """
 
 from __future__ import annotations
@@ -35,16 +41,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
     SmtpClient,
     expected_srs0_candidates,
 )
-from tests.postfix.instance import PostfixInstance, find_program
-from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.server_process import SECRET, SrsdProcess
+from tests.harness.ports import free_port
+from tests.harness.postfix import PostfixInstance, find_program
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SECRET, SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

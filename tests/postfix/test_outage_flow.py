@@ -38,15 +38,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
     canonical_maps_flow,
     expected_srs0_candidates,
 )
-from tests.postfix.instance import PostfixInstance, find_program
-from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.server_process import SECRET, SrsdProcess
+from tests.harness.postfix import PostfixInstance, find_program
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SECRET, SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
     day_stamp,
@@ -27,8 +27,8 @@ from tests.postfix.conftest import (
     srs_hash,
     tamper_hash,
 )
-from tests.postfix.instance import backdate
-from tests.server_process import SrsdProcess
+from tests.harness.postfix import backdate
+from tests.harness.srsd_process import SrsdProcess
 
 pytestmark = pytest.mark.postfix
 

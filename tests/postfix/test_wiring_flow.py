@@ -38,15 +38,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.postfix.conftest import (
+from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
     SmtpClient,
     expected_srs0_candidates,
 )
-from tests.postfix.instance import PostfixInstance, backdate, find_program
-from tests.postfix.smtp_sink import Delivery, SmtpSink
-from tests.server_process import SECRET, SrsdProcess
+from tests.harness.postfix import PostfixInstance, backdate, find_program
+from tests.harness.smtp_sink import Delivery, SmtpSink
+from tests.harness.srsd_process import SECRET, SrsdProcess
 
 pytestmark = pytest.mark.postfix
 
@@ -156,6 +156,7 @@ def postfix_config(mode: str, endpoints: list[str], config_dir: Path, workdir: P
             "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin",
             "MAIL_CONFIG": str(config_dir),
             "PYTHONPATH": str(SRC),
+            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
         },
     )
     return done.stdout

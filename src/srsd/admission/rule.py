@@ -6,7 +6,7 @@ Each connection has an owner (:mod:`srsd.admission.owners`: a uid, ``"remote"`` 
 another host, ``"unknown"``), the time of its last activity (the connect, or the last
 request answered) and whether srsd is answering a request of it right now and waits for its
 own work to do so (busy: the server says which, :mod:`srsd.serve.loop`). The rule, for
-a new connection of owner ``u`` (:func:`decide`):
+a new connection of owner ``u`` (:meth:`Admission.decide`):
 
 1. ``allowed_users`` is not empty and ``u`` is not in it: **refuse** (close at once).
 2. ``u`` already holds ``max_connections_per_user``: ``u`` gives way itself: **evict**
@@ -25,9 +25,10 @@ connection holds more. So a user who floods srsd reaches its own
 cap and from then on closes its own connections; while it holds more than Postfix, none of
 Postfix's connections is evicted (``tests/test_admission.py`` states these as properties).
 
-:func:`decide` is the rule as a plain function over all connections (the reference);
-:class:`Admission` applies the same rule incrementally, in time proportional to the number
-of owners, keeping per owner its idle connections in the order they became idle.
+:class:`Admission` applies the rule incrementally, in time proportional to the number of
+owners, keeping per owner its idle connections in the order they became idle
+(``tests/test_admission.py`` checks it against the rule written as a plain function over all
+connections, the reference).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import enum
 import pwd
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -80,65 +81,6 @@ class Limits:
     def default_per_user(cls, max_connections: int) -> int:
         """``max_connections_per_user`` when not set: half of ``max_connections``."""
         return max(1, max_connections // 2)
-
-
-@dataclass(frozen=True, slots=True)
-class HeldConnection:
-    """One open connection as the reference rule sees it."""
-
-    owner: Owner
-    last: float  # time of the connect or of the last request answered
-    busy: bool = False  # a request is being answered
-
-
-def _longest_idle(connections: Mapping[K, HeldConnection], owner: Owner) -> K | None:
-    """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
-    best: K | None = None
-    for key, conn in connections.items():
-        if (
-            conn.owner == owner
-            and not conn.busy
-            and (best is None or conn.last < connections[best].last)
-        ):
-            best = key
-    return best
-
-
-def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits) -> Ruling[K]:
-    """The rule (module docstring) for a new connection of ``owner``, over every open
-    connection, in the order they last became idle (which breaks ties in idle time)."""
-    if limits.allowed and owner not in limits.allowed:
-        return Ruling(Action.REFUSE_USER)
-    held = Counter(conn.owner for conn in connections.values())
-    if held[owner] >= limits.max_per_user:
-        return _evicting(connections, _longest_idle(connections, owner))
-    if len(connections) < limits.max_connections:
-        return Ruling(Action.ADMIT)
-    order = {key: index for index, key in enumerate(connections)}
-    # The newcomer's owner competes too, evictable connection or not: ranked first on the
-    # most held, then the newcomer's own, then the connection idle the longest.
-    best: tuple[int, bool, float, int] | None = None
-    victim = None
-    for candidate in {*held, owner}:
-        key = _longest_idle(connections, candidate)
-        if key is None and candidate != owner:
-            continue
-        count = held[candidate] + (candidate == owner)
-        rank = (
-            -count,
-            candidate != owner,
-            0.0 if key is None else connections[key].last,
-            -1 if key is None else order[key],
-        )
-        if best is None or rank < best:
-            best, victim = rank, key
-    return _evicting(connections, victim)
-
-
-def _evicting(connections: Mapping[K, HeldConnection], victim: K | None) -> Ruling[K]:
-    if victim is None:
-        return Ruling(Action.REFUSE_BUSY)
-    return Ruling(Action.EVICT, victim, connections[victim].owner)
 
 
 class _Entry:
@@ -192,7 +134,7 @@ class Admission(Generic[K]):
         return None if entry is None else entry.owner
 
     def decide(self, owner: Owner) -> Ruling[K]:
-        """What :func:`decide` says for a new connection of ``owner``, without applying it."""
+        """What the rule says for a new connection of ``owner``, without applying it."""
         limits = self.limits
         if limits.allowed and owner not in limits.allowed:
             return Ruling(Action.REFUSE_USER)
@@ -200,7 +142,7 @@ class Admission(Generic[K]):
             return self._evicting(self._oldest(owner))
         if len(self._entries) < limits.max_connections:
             return Ruling(Action.ADMIT)
-        # Ranked as in decide(): the newcomer's owner wins ties, so another owner gives
+        # Ranked as in the rule: the newcomer's owner wins ties, so another owner gives
         # way only when it holds more than the newcomer's owner would.
         victim = self._oldest(owner)
         best: tuple[int, bool, float, int] = (-(self._held[owner] + 1), False, 0.0, 0)

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from srsd.config.settings import ConfigError
+from srsd.config.settings import SYSCONFDIR, ConfigError
 from srsd.host.systemd import parse_environment_file
 
 #: The packaged unit's environment file (``EnvironmentFile=-/etc/default/srsd``).
-ENVIRONMENT_FILE = Path("/etc/default/srsd")
+ENVIRONMENT_FILE = SYSCONFDIR / "default" / "srsd"
 
 
 def read(path: Path | None = None) -> dict[str, str] | None:

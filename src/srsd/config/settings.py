@@ -46,16 +46,21 @@ from srsd.admission.rule import resolve_users
 from srsd.envelope.keys import EnvelopeMode
 from srsd.envelope.location import RedisTarget, StoreLocation, parse_location
 from srsd.host.systemd import SECRETS_CREDENTIAL, credential
+from srsd.srs.address import MAX_LENGTH
 from srsd.srs.codec import MAX_HASH_LENGTH, SECONDS_PER_DAY, SEPARATORS, Alphabet, Codec
 from srsd.srs.policy import DomainSet, Policy, is_domain_entry, is_domain_name
 from srsd.wire import host_port
 
-DEFAULT_CONFIG = Path("/etc/srsd/srsd.toml")
+#: The host's configuration directory, ``/etc``; the environment variable ``SRSD_SYSCONFDIR``
+#: (read once, at import) moves it, like a build's ``sysconfdir``: the test suite points it at
+#: an empty directory of its own, so that a host where srsd is configured changes nothing.
+SYSCONFDIR = Path(os.environ.get("SRSD_SYSCONFDIR") or "/etc")
+DEFAULT_CONFIG = SYSCONFDIR / "srsd" / "srsd.toml"
 SECRETS_NAME = "secrets"
 #: The secret the systemd units and the Debian package hand srsd as its credential: used when
 #: no secrets file is configured and no credential is passed, so that srsd run by hand on
 #: such a host signs and decodes with the service's secret.
-SYSTEM_SECRETS = Path("/etc/srsd/secrets")
+SYSTEM_SECRETS = SYSCONFDIR / "srsd" / SECRETS_NAME
 #: The largest settings, secrets or exclusion file read, in bytes.
 MAX_FILE_SIZE = 16 << 20
 #: The longest time a ``seconds`` setting may be, in seconds (a week).
@@ -287,23 +292,25 @@ def _mode(raw: object) -> int:
     return value
 
 
+def _ip(word: str) -> str | None:
+    """``word`` (``[brackets]`` allowed) as an IP address in its standard form, else None."""
+    try:
+        return str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        return None
+
+
 def _dns_servers(raw: object) -> tuple[InetEndpoint, ...]:
     """Resolver addresses, each ``ADDRESS`` (port 53) or ``ADDRESS:PORT`` (``[::1]:PORT``)."""
     servers = []
     for word in _words(raw):
-        try:
-            servers.append(InetEndpoint(str(ipaddress.ip_address(word)), 53))
-            continue
-        except ValueError:
-            pass
-        endpoint = parse_endpoint(f"inet:{word}") if ":" in word else None
-        try:
-            ok = isinstance(endpoint, InetEndpoint) and bool(ipaddress.ip_address(endpoint.host))
-        except ValueError:
-            ok = False
-        if not ok or not isinstance(endpoint, InetEndpoint):
+        host, _, port = word.rpartition(":")
+        if (address := _ip(word)) is not None:
+            servers.append(InetEndpoint(address, 53))
+        elif (address := _ip(host)) is not None and port.isdigit() and 0 < int(port) < 65536:
+            servers.append(InetEndpoint(address, int(port)))
+        else:
             raise ValueError(f"expected ADDRESS or ADDRESS:PORT (an IP address), got {word!r}")
-        servers.append(endpoint)
     return tuple(servers)
 
 
@@ -311,10 +318,9 @@ def _addresses(raw: object) -> tuple[str, ...]:
     """IP addresses, written back in their standard form."""
     found = []
     for word in _words(raw):
-        try:
-            found.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
-        except ValueError:
-            raise ValueError(f"not an IP address: {word!r}") from None
+        if (address := _ip(word)) is None:
+            raise ValueError(f"not an IP address: {word!r}")
+        found.append(address)
     return tuple(found)
 
 
@@ -322,12 +328,10 @@ def _hosts(raw: object) -> tuple[str, ...]:
     """Host names or IP addresses."""
     hosts = []
     for word in _words(raw):
-        try:
-            hosts.append(str(ipaddress.ip_address(word.removeprefix("[").removesuffix("]"))))
-        except ValueError:
-            if not is_domain_name(word.lower().rstrip(".")):
-                raise ValueError(f"not a host name or IP address: {word!r}") from None
-            hosts.append(word.lower().rstrip("."))
+        name = word.lower().rstrip(".")
+        if (address := _ip(word)) is None and not is_domain_name(name):
+            raise ValueError(f"not a host name or IP address: {word!r}")
+        hosts.append(address or name)
     return tuple(hosts)
 
 
@@ -750,10 +754,12 @@ class Settings:
     )
     max_request: int = setting(
         _int_in(256, 65536),
-        4096,
+        MAX_LENGTH,
         "SRS_MAX_REQUEST",
         "--max-request",
-        "longest request line, in bytes",
+        "longest address, in bytes: every endpoint refuses a longer one alike "
+        "(500 Address too long), however its wire encodes it",
+        common=True,
     )
     shutdown_grace: float = setting(
         _seconds,
@@ -863,7 +869,7 @@ class Settings:
 
     def policy(self) -> Policy:
         """The rewrite policy these settings describe."""
-        return Policy(self.codec(), self.excluded)
+        return Policy(self.codec(), self.excluded, max_length=self.max_request)
 
     def values(self) -> dict[str, Any]:
         """Every setting's value, by key (the table's fields only)."""

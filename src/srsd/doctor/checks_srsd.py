@@ -192,13 +192,9 @@ def _unreadable(name: str, facts: SecretFacts, user: str) -> Result:
     )
 
 
-def secret_in_use(
-    facts: SecretFacts, endpoints: Sequence[EndpointFacts], settings: Settings, user: str
-) -> Result:
-    """The running server signs with the first secret of this secrets file."""
-    if not facts.secrets:
-        return _unreadable("secret-in-use", facts, user)
-    answers = [
+def rewritten(endpoints: Sequence[EndpointFacts]) -> list[bytes]:
+    """The SRS addresses srsd's forward map and socketmap gave for the probe sender."""
+    return [
         look.answer
         for e in endpoints
         for look in e.lookups
@@ -206,6 +202,15 @@ def secret_in_use(
         and look.asked.endswith(PROBE)
         and look.status in ("200", "OK")
     ]
+
+
+def secret_in_use(
+    facts: SecretFacts, endpoints: Sequence[EndpointFacts], settings: Settings, user: str
+) -> Result:
+    """The running server signs with the first secret of this secrets file."""
+    if not facts.secrets:
+        return _unreadable("secret-in-use", facts, user)
+    answers = rewritten(endpoints)
     if not answers:
         return Result.warn(
             "secret-in-use",

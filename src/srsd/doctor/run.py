@@ -54,9 +54,7 @@ def _probe_all(settings: Settings, secret: SecretFacts, timeout: float) -> list[
             fresh = _local_srs(secret, settings)
         probes[endpoint.role] = gather.probe_endpoint(endpoint, fresh, timeout)
         if endpoint.role is Role.FORWARD:
-            answers = [
-                look.answer for look in probes[endpoint.role].lookups if look.status == "200"
-            ]
+            answers = checks_srsd.rewritten([probes[endpoint.role]])
             fresh = answers[0] if answers else None
     return [probes[e.role] for e in ours]
 
@@ -145,14 +143,7 @@ def _postfix_results(
     results.append(checks_postfix.srs_domain(postfix, settings))
     if mode is Mode.CANONICAL:
         results.append(checks_postfix.exclusions(postfix, settings))
-    forward = [
-        look.answer
-        for p in probes
-        for look in p.lookups
-        if p.role in (Role.FORWARD, Role.SOCKETMAP)
-        and look.asked.endswith(PROBE)
-        and look.status in ("200", "OK")
-    ]
+    forward = checks_srsd.rewritten(probes)
     valid = forward[0] if forward else _local_srs(secret, settings)
     where = gather.smtpd_address(postfix)
     if valid is None:

@@ -36,6 +36,8 @@ from srsd.wire import Wire, socketmap, tcp_table
 
 #: socketmap map names, as in ``socketmap:inet:127.0.0.1:10003:forward``.
 MAP_NAMES = {b"forward": Role.FORWARD, b"reverse": Role.REVERSE}
+#: What a socketmap request holds besides its key: the longest map name and a space.
+_NAME_ROOM = max(map(len, MAP_NAMES)) + 1
 #: Bad-request log lines per second at most (the rest are counted in one line).
 BAD_REQUEST_LOG_RATE = 10
 INTERNAL_ERROR: Final = Decision(Outcome.ERROR, reason="srsd internal error")
@@ -201,30 +203,38 @@ def _socketmap_lookup(event: object, role: Role | None) -> tuple[Role, bytes] | 
     return None
 
 
+def _socketmap_refusal(event: object, reason: str) -> bytes:
+    """``PERM`` for an unknown map name or broken framing; ``NOTFOUND`` for a request over
+    the bound: a sender's address controls that, and PERM would defer the mail."""
+    if isinstance(event, socketmap.TooBig):
+        return socketmap.not_found(reason)
+    return socketmap.permanent_failure(reason)
+
+
 @dataclass(frozen=True, slots=True)
 class MapWire:
     """What a map endpoint's wire format brings to :class:`MapService`."""
 
     lookup: Callable[[object, Role | None], tuple[Role, bytes] | None]
-    reader: Callable[[int], Reader]  # of ``max_request`` bytes
+    reader: Callable[[int], Reader]  # that carries any address of ``max_request`` bytes
     reply: Callable[[Decision], bytes]
-    refusal: Callable[[str], bytes]  # the reply to what is not a lookup
+    refusal: Callable[[object, str], bytes]  # the reply to what is not a lookup, and why
     idle_limit: Callable[[Settings], float]
 
 
 WIRES: Final = {
     Wire.TCP_TABLE: MapWire(
         _tcp_table_lookup,
-        tcp_table.RequestReader,
+        lambda max_request: tcp_table.RequestReader(tcp_table.line_limit(max_request)),
         tcp_table_reply,
-        tcp_table.not_found,
+        lambda _event, reason: tcp_table.not_found(reason),
         lambda settings: settings.idle_timeout,
     ),
     Wire.SOCKETMAP: MapWire(
         _socketmap_lookup,
-        socketmap.RequestReader,
+        lambda max_request: socketmap.RequestReader(max_request + _NAME_ROOM),
         socketmap_reply,
-        socketmap.permanent_failure,
+        _socketmap_refusal,
         lambda settings: settings.keep_alive,
     ),
 }
@@ -287,4 +297,4 @@ class MapService:
         else:
             logged = sent = getattr(event, "reason", "Invalid request")
         self.lookups.bad_request(self._protocol, self.role.value if self.role else "-", logged)
-        return self._map.refusal(sent)
+        return self._map.refusal(event, sent)

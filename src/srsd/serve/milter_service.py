@@ -64,7 +64,6 @@ LOG_INTERVAL = 1.0
 #: Decides one address (a sender forward, a recipient reverse), as the map endpoints do.
 Decider = Callable[[bytes], Awaitable[Decision]]
 _TEMPFAIL = milter.Verdict(tempfail=True)
-_TEMPFAIL_PACKET = milter.packet(milter.TEMPORARY_FAILURE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +261,13 @@ class MilterService:
         self.idle_limit = idle_limit
         self.transaction_limit = transaction_limit
         self.split = split
+        #: Recipients answered 452, of sessions that ended: of the other class
+        #: (:attr:`milter.Session.split`).
+        self.recipients_split = 0
         #: Messages decided, by outcome label; protocol errors under "protocol error".
         self.messages: Counter[str] = Counter()
-        #: Recipients answered 452 (too many, too many bytes, no room), of ended sessions.
+        #: Recipients answered 452 (too many, too many bytes, no room), of ended sessions
+        #: (:attr:`milter.Session.refused`).
         self.recipients_refused = 0
         self._log = RateLimited(LOG_INTERVAL)
 
@@ -298,6 +301,7 @@ class MilterService:
         """The connection ended: its bytes go back to the budget."""
         if isinstance(reader, MilterReader):
             self.recipients_refused += reader.session.refused
+            self.recipients_split += reader.session.split
             reader.session.release()
 
     def answer(self, event: object) -> bytes | Later:
@@ -307,13 +311,14 @@ class MilterService:
             raise TypeError(f"not a milter step: {event!r}")
         action = event.action
         if isinstance(action, milter.Send):
-            if action.data == _TEMPFAIL_PACKET and not event.session.can_rewrite:
-                self._log.log(
-                    logging.ERROR,
-                    "no chgfrom",
-                    "milter: Postfix does not offer CHGFROM, ADDRCPT and DELRCPT "
-                    "(set milter_protocol = 6): mail deferred",
-                )
+            return action.data
+        if isinstance(action, milter.CannotRewrite):
+            self._log.log(
+                logging.ERROR,
+                "cannot rewrite",
+                "milter: Postfix does not offer %s (set milter_protocol = 6): mail deferred",
+                action.missing_names,
+            )
             return action.data
         if isinstance(action, milter.Decide | milter.Classify):
             return partial(self._later, event)
@@ -388,7 +393,7 @@ class MilterService:
             LOGGER.exception("milter %s: internal error", queue_id)
             outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
         self.messages[outcome.label] += 1
-        verdict = outcome.verdict
+        verdict = milter.writable(outcome.verdict)  # what is sent, and so logged
         level = logging.WARNING if verdict.tempfail else logging.INFO
         if LOGGER.isEnabledFor(level):
             for old, new in verdict.replace:

@@ -55,16 +55,12 @@ from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.host import logs, systemd
 from srsd.host.logs import LOGGER, setup
-from srsd.host.metrics import Latency, registry_for
 from srsd.serve import hangups, milter_service
 from srsd.serve.answers import (
-    BAD_REQUEST_LOG_RATE,
-    MAP_NAMES,
     Lookups,
     MapService,
 )
 from srsd.serve.listeners import (
-    ACTIVATION_NAMES,
     Endpoint,
     StartError,
     bind,
@@ -72,24 +68,11 @@ from srsd.serve.listeners import (
     socket_directory_problems,
 )
 from srsd.serve.loop import Connection, ConnectionLoop, Gate, Service
-from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS, Capped, MetricsService
-from srsd.serve.privileges import drop_privileges, leave_root
-from srsd.srs.policy import Policy, Role
+from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS, Capped, MetricsService, registry_for
+from srsd.serve.privileges import leave_root
 from srsd.wire import Wire
 
-__all__ = [
-    "ACTIVATION_NAMES",
-    "BAD_REQUEST_LOG_RATE",
-    "MAP_NAMES",
-    "Endpoint",
-    "Role",
-    "Server",
-    "StartError",
-    "Wire",
-    "drop_privileges",
-    "leave_root",
-    "run",
-]
+__all__ = ["Server", "run"]
 
 #: Seconds between systemd STATUS= updates (when running under systemd).
 STATUS_INTERVAL = 30.0
@@ -113,7 +96,7 @@ class Server:
             store, settings.original_envelope, settings.envelope_write_limit
         )
         #: Decides, counts and logs every lookup (also for callers outside the loop).
-        self.lookup = Lookups(settings, settings.policy(), self.envelopes)
+        self.lookups = Lookups(settings, settings.policy(), self.envelopes)
         self.loop = ConnectionLoop()
         owners = PeerOwners()
         if owners.method != "sock_diag":
@@ -140,8 +123,9 @@ class Server:
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
         self.metrics_endpoints: list[Endpoint] = []
+        #: Reloads, by result (``ok``, ``failed``).
         self.reloads: Counter[str] = Counter()
-        forward, reverse = milter_service.lookups_for(self.lookup)
+        forward, reverse = milter_service.lookups_for(self.lookups)
         self.milter = milter_service.MilterService(
             forward=forward,
             reverse=reverse,
@@ -149,89 +133,6 @@ class Server:
         )
         self.milter.configure(settings)
         self.milter_endpoints: list[Endpoint] = []
-
-    @property
-    def policy(self) -> Policy:
-        """The policy lookups are decided with (replaced on reload)."""
-        return self.lookup.policy
-
-    @policy.setter
-    def policy(self, policy: Policy) -> None:
-        """Decide the next lookups with ``policy``."""
-        self.lookup.policy = policy
-
-    @property
-    def lookups(self) -> Counter[tuple[str, str, str]]:
-        """Answers given, by (protocol, map, outcome): the metrics read these."""
-        return self.lookup.counts
-
-    @property
-    def latency(self) -> Latency:
-        """Time from request to decision, per map (a metric)."""
-        return self.lookup.latency
-
-    @property
-    def open_connections(self) -> int:
-        """Map connections open now (a metric; milter sessions are counted apart)."""
-        return len(self.gate.table)
-
-    @property
-    def log_lines_dropped(self) -> int:
-        """Log lines dropped because stderr took none (a metric)."""
-        return logs.dropped_lines()
-
-    @property
-    def milter_messages(self) -> Counter[str]:
-        """Messages the milter decided, by outcome (a metric)."""
-        return self.milter.messages
-
-    @property
-    def milter_sessions(self) -> int:
-        """Milter connections open now (a metric)."""
-        return len(self.milter_gate.table)
-
-    @property
-    def milter_admission(self) -> Counter[str]:
-        """Milter sessions closed by admission control and time-outs, by kind (metrics)."""
-        return self.milter_gate.counts
-
-    @property
-    def milter_refused(self) -> Counter[str]:
-        """What the milter's memory bounds refused (metrics): recipients answered 452 by
-        ended sessions, takes refused by the memory budget."""
-        return Counter(
-            {"recipients": self.milter.recipients_refused, "memory": self.milter.budget.refused}
-        )
-
-    @property
-    def milter_memory(self) -> int:
-        """Bytes of senders and recipients the milter sessions keep now (a metric)."""
-        return self.milter.budget.used
-
-    @property
-    def internal_errors(self) -> int:
-        """Connections closed because serving them raised (a metric)."""
-        return self.loop.faults
-
-    @property
-    def admission(self) -> Counter[str]:
-        """Connections closed by admission control, by kind (metrics)."""
-        return self.gate.counts
-
-    @property
-    def rejected_connections(self) -> int:
-        """Connections closed at once: full, and nothing could be evicted."""
-        return self.gate.counts["refused full"]
-
-    @property
-    def database_errors(self) -> int:
-        """Envelope database failures so far, recovered ones included (a metric)."""
-        return self.envelopes.errors
-
-    @property
-    def database_writes_refused(self) -> int:
-        """Envelope database writes refused by the flood cap so far (a metric)."""
-        return self.envelopes.refused
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -285,8 +186,8 @@ class Server:
     def service(self, endpoint: Endpoint) -> Service:
         """What answers ``endpoint``'s requests."""
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
-            return MapService(self.lookup, Wire.SOCKETMAP)
-        return MapService(self.lookup, Wire.TCP_TABLE, endpoint.role)
+            return MapService(self.lookups, Wire.SOCKETMAP)
+        return MapService(self.lookups, Wire.TCP_TABLE, endpoint.role)
 
     async def check_storage(self) -> None:
         """At start, in database modes: say at once whether the envelope database works.
@@ -344,7 +245,7 @@ class Server:
         """A systemd ``STATUS=`` line with the counts that matter."""
         closed = self.gate.counts
         return (
-            f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
+            f"STATUS={sum(self.lookups.counts.values())} lookups, {len(self.loop.connections)} "
             f"connections open, {closed['evicted']} evicted, {closed['refused full']} "
             f"refused (limit), {closed['refused user']} refused (user), "
             f"{self.reloads['failed']} failed reloads"
@@ -386,8 +287,10 @@ class Server:
         if {"log_level", "log_format", "syslog"} & set(plan.applied):
             setup_logging(new)
         self.settings = new
-        self.lookup.configure(new, new.policy())
-        self.milter.delivery = milter_service.delivery_for(new)  # reads Postfix's config again
+        self.lookups.configure(new, new.policy())
+        delivery = milter_service.delivery_for(new)  # reads Postfix's config again
+        delivery.unknown = self.milter.delivery.unknown  # a metric counter: never back to 0
+        self.milter.delivery = delivery
         self.milter.configure(new)
         self.gate.configure(limits)
         self.milter_gate.configure(milter_limits)
@@ -505,6 +408,6 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
         len(settings.secrets),
     )
     await server.serve(endpoints)
-    LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.values()))
+    LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.counts.values()))
     logs.flush()
     return 0

@@ -1,5 +1,9 @@
-# Mail address bytes: splitting at the last "@", and RFC 5322 quoted local parts.
+# Mail address bytes: which are acceptable, splitting at the last "@", RFC 5322 quoting.
 """Pure helpers for the byte form of mail addresses as Postfix hands them over.
+
+:func:`refusal` is the one declaration of what srsd accepts as an address at all: every
+endpoint (tcp_table, socketmap, milter, ``srsd encode`` / ``decode``) refuses the same
+bytes with the same reason, through :class:`srsd.srs.policy.Policy`.
 
 Postfix gives canonical maps the *external* form of an address: a local part that is
 not a dot-atom arrives quoted (``"a b"@example.org``). srsd unquotes such a local part
@@ -23,6 +27,35 @@ _ATEXT = frozenset(
 _LITERAL = frozenset(b"[]:")
 _QUOTE = 0x22  # "
 _BACKSLASH = 0x5C  # \
+#: Bytes no envelope address holds, quoted or not (RFC 5321: qtextSMTP and quoted-pairSMTP
+#: are %d32-126, atext has no controls; RFC 6531 adds UTF-8 only): the C0 controls, NUL,
+#: CR and LF among them, and DEL. Nothing srsd answers (a CHGFROM above all) may hold one.
+CONTROLS = bytes(range(0x20)) + b"\x7f"
+#: Default for the longest address accepted, in bytes (setting ``max_request``).
+MAX_LENGTH = 4096
+#: The reasons :func:`refusal` gives, word for word on every endpoint.
+TOO_LONG = "Address too long"
+NUL_BYTE = "NUL byte in address"
+CONTROL_CHARACTER = "Control character in address"
+
+
+def refusal(address: bytes, max_length: int) -> str | None:
+    """Why ``address`` is no address srsd works on, or None when it is acceptable.
+
+    Over ``max_length`` bytes: :data:`TOO_LONG` (checked first, so that a wire reader that
+    gives up on a line too long for any acceptable address says the same); a NUL:
+    :data:`NUL_BYTE`; any other of :data:`CONTROLS`: :data:`CONTROL_CHARACTER`.
+    """
+    if len(address) > max_length:
+        return TOO_LONG
+    if not has_control(address):
+        return None
+    return NUL_BYTE if 0 in address else CONTROL_CHARACTER
+
+
+def has_control(data: bytes) -> bool:
+    """Whether ``data`` holds any of :data:`CONTROLS`."""
+    return len(data.translate(None, CONTROLS)) != len(data)
 
 
 def split(address: bytes) -> tuple[bytes, bytes] | None:

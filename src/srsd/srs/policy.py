@@ -5,6 +5,8 @@ The policy sits between a wire codec and the SRS codec. :meth:`Policy.forward` t
 sender as Postfix's ``sender_canonical_maps`` sends it; :meth:`Policy.reverse` takes a
 recipient as ``recipient_canonical_maps`` (and smtpd's RCPT check) sends it. Both return a
 :class:`Decision`: the new address, or the :class:`Outcome` that says why there is none.
+Both first refuse what is no address (:func:`srsd.srs.address.refusal`: a NUL, a control
+character, more than ``max_length`` bytes), so every endpoint answers those alike.
 Nothing here reads a clock, a file or a socket.
 """
 
@@ -38,6 +40,7 @@ class Outcome(enum.Enum):
     MALFORMED = "malformed"
     BAD_HASH = "bad hash"
     EXPIRED = "expired"
+    BAD_ADDRESS = "bad address"  # refused before any rewriting (address.refusal)
     UNKNOWN_ALIAS = "unknown alias"  # a database-mode address whose entry is gone
     ERROR = "error"  # srsd cannot decide now (storage down, internal error): defer
 
@@ -126,13 +129,24 @@ class DomainSet:
 class Policy:
     """What to do with a sender or recipient, given the codec and the exclusion list."""
 
-    def __init__(self, srs: codec.Codec, excluded: DomainSet | None = None) -> None:
+    def __init__(
+        self,
+        srs: codec.Codec,
+        excluded: DomainSet | None = None,
+        *,
+        max_length: int = address.MAX_LENGTH,
+    ) -> None:
         self.codec = srs
         self.excluded = excluded if excluded is not None else DomainSet(())
+        #: The longest address accepted, in bytes (``max_request``).
+        self.max_length = max_length
         self._own_domain = srs.domain.lower()
 
     def forward(self, sender: bytes, now: float) -> Decision:
         """Decide on a sender from ``sender_canonical_maps``."""
+        refused = address.refusal(sender, self.max_length)
+        if refused is not None:
+            return Decision(Outcome.BAD_ADDRESS, reason=refused)
         if sender in _NULL_SENDERS:
             return Decision(Outcome.NULL_SENDER, reason="null sender")
         parts = address.split(sender)
@@ -157,6 +171,9 @@ class Policy:
 
     def reverse(self, recipient: bytes, now: float) -> Decision:
         """Decide on a recipient from ``recipient_canonical_maps``: decode it if it is ours."""
+        refused = address.refusal(recipient, self.max_length)
+        if refused is not None:
+            return Decision(Outcome.BAD_ADDRESS, reason=refused)
         try:
             original = self.codec.reverse(recipient, now)
         except codec.SRSError as err:

@@ -14,8 +14,8 @@ other step is switched off in the negotiation (``SMFIP_NOCONNECT`` unless splitt
 only.
 
 :class:`Session` turns received bytes into :class:`Send`, :class:`Decide`,
-:class:`Classify` and :class:`Close` actions; :meth:`Session.verdict` turns the decision for
-a message into the reply bytes. Rules:
+:class:`Classify`, :class:`CannotRewrite` and :class:`Close` actions;
+:meth:`Session.verdict` turns the decision for a message into the reply bytes. Rules:
 
 * a packet length of 0 or over ``max_packet`` (:data:`MAX_PACKET`) is refused as soon as its
   four bytes are in, before any payload is read: the session buffers at most one packet;
@@ -42,9 +42,16 @@ a message into the reply bytes. Rules:
   sessions (sendmail, pickup) give port 0, and their client cannot send a recipient again
   (Postfix defers the whole submission), so they are never split; nor is a bounce (null
   sender, nothing to rewrite). While a recipient is being classified no further packet is
-  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on);
+  taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on); an MTA waits
+  for each reply, so more than one packet's worth behind it is a protocol error;
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
-  gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through.
+  gets a temporary failure for every sender, as a :class:`CannotRewrite` event that names
+  what is missing: srsd never lets mail it cannot rewrite through;
+* a change whose address is empty or holds a control byte (NUL, CR, LF, ...:
+  :data:`srsd.srs.address.CONTROLS`) is never written: :func:`writable` leaves that sender or
+  recipient as it is (a NUL would cut the string, a CR LF forge a line). Addresses with
+  those bytes are refused before any decision (:func:`srsd.srs.address.refusal`); this holds
+  even for a value that did not come from the input (an envelope database entry).
 
 Why not ``kilter-protocol`` (PyPI, 0.6.0, the one sans-IO milter codec for Python): under
 hostile input it fails in ways a server must not: a packet length of 0 leaves the command
@@ -59,12 +66,15 @@ part of the protocol srsd needs is small, so it is written here and fuzzed
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+
+from srsd.srs import address
 
 #: Longest packet accepted, counting the command byte (libmilter's MILTER_MAX_DATA_SIZE is
 #: 65535 bytes of data; srsd switches off the body and header steps that could need more).
@@ -128,6 +138,12 @@ class Step(enum.IntFlag):
     NO_DATA = 0x200
 
 
+#: The protocol's names of those actions (libmilter's smfi_chgfrom, smfi_addrcpt, ...).
+ACTION_NAMES = {
+    Action.CHANGE_SENDER: "CHGFROM",
+    Action.ADD_RECIPIENT: "ADDRCPT",
+    Action.DELETE_RECIPIENT: "DELRCPT",
+}
 #: The actions srsd needs, all of them: without one it cannot rewrite.
 NEEDED_ACTIONS = Action.CHANGE_SENDER | Action.ADD_RECIPIENT | Action.DELETE_RECIPIENT
 #: The steps srsd asks the MTA to leave out (when it offers to).
@@ -238,7 +254,22 @@ class Close:
     reason: str | None
 
 
-MilterAction = Send | Decide | Classify | Close
+@dataclass(frozen=True, slots=True)
+class CannotRewrite:
+    """A sender arrived and the MTA does not offer every action srsd needs to rewrite
+    (``milter_protocol`` below 6): send ``data``, a temporary failure, so that the message
+    is deferred, never let through unrewritten; and tell the postmaster what is ``missing``."""
+
+    data: bytes
+    missing: Action
+
+    @property
+    def missing_names(self) -> str:
+        """The missing actions as the protocol names them (``CHGFROM, DELRCPT``)."""
+        return ", ".join(name for action, name in ACTION_NAMES.items() if action in self.missing)
+
+
+MilterAction = Send | Decide | Classify | CannotRewrite | Close
 
 
 class _State(enum.Enum):
@@ -395,6 +426,10 @@ class Session:
             handle(command, payload, out)
             if self._state is _CLOSED or self._classifying is not None:
                 break
+        if self._classifying is not None and size - start > 4 + most:
+            out.pop()  # an MTA waits for each reply: that much input behind it is no MTA
+            self._classifying = None
+            self._fail(out, "input while a recipient is being classified")
         if self._state is _CLOSED:
             self._buf = bytearray()
         elif buffered:
@@ -436,6 +471,7 @@ class Session:
             self._allowance.give(self._deciding.popleft())
         if verdict.tempfail:
             return _SEND_TEMPFAIL.data
+        verdict = writable(verdict)
         if not verdict.replace:  # the usual case: a new sender or none
             if verdict.sender is None:
                 return _CONTINUE_PACKET
@@ -536,12 +572,15 @@ class Session:
         self._reset()
         size = len(args[0]) + ITEM_OVERHEAD
         if size > self._message_bytes or not self._allowance.take(size):
-            out.append(Send(packet(TEMPORARY_FAILURE)))  # no room: the client tries later
+            out.append(_SEND_TEMPFAIL)  # no room: the client tries later
             return
         self._held = size
         self._state = _State.MESSAGE
         self._sender = args[0]
-        out.append(_SEND_CONTINUE if self._rewrites else _SEND_TEMPFAIL)
+        if self._rewrites:
+            out.append(_SEND_CONTINUE)
+        else:
+            out.append(CannotRewrite(_SEND_TEMPFAIL.data, NEEDED_ACTIONS & ~self.actions))
 
     def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
@@ -567,6 +606,23 @@ class Session:
             return
         self._recipients.append(args[0])
         out.append(_SEND_CONTINUE)
+
+
+def _writable(value: bytes) -> bool:
+    """Whether ``value`` can be a CHGFROM / ADDRCPT argument: not empty, no control byte."""
+    return bool(value) and not address.has_control(value)
+
+
+def writable(verdict: Verdict) -> Verdict:
+    """``verdict`` without the changes no MTA should be given: a new sender or recipient
+    that is empty or holds a control byte (that sender or recipient is left as it is)."""
+    sender = verdict.sender
+    if sender is not None and not _writable(sender):
+        sender = None
+    kept = tuple(pair for pair in verdict.replace if _writable(pair[1]))
+    if sender is verdict.sender and len(kept) == len(verdict.replace):
+        return verdict
+    return dataclasses.replace(verdict, sender=sender, replace=kept)
 
 
 def _client_port(data: bytes) -> int | None:

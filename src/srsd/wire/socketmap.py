@@ -21,7 +21,9 @@ controls. ``OK`` with an empty value counts as not found, and a reply payload ov
 * LENGTH is one or more ASCII digits, no more than ``max_length`` has (leading zeros are
   allowed within that width); it may not exceed ``max_length``, and a length over the
   limit is :class:`TooBig` as soon as its digits prove it, so the reader never holds more
-  than the bound plus its framing, however the bytes are split. Anything else before
+  than the bound plus its framing, however the bytes are split; its reason is the one
+  every endpoint gives for a key over so many bytes (:data:`srsd.srs.address.TOO_LONG`), and
+  srsd answers it ``NOTFOUND`` (then closes), as a sender controls it. Anything else before
   ``:`` (more digits too), or a payload not followed by ``,``, is :class:`BadFraming`.
   Both close the reader: the framing can no longer be trusted.
 * The payload splits at its first space into the map name and the key; the key may be
@@ -31,6 +33,8 @@ controls. ``OK`` with an empty value counts as not found, and a reply payload ov
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from srsd.srs import address
 
 #: Default bound on a request payload, in bytes.
 MAX_REQUEST = 4096
@@ -55,14 +59,15 @@ class BadFraming:
 
 @dataclass(frozen=True, slots=True)
 class TooBig:
-    """A request over the length bound: answer ``PERM <reason>`` and close."""
+    """A request over the length bound: answer ``NOTFOUND <reason>`` and close (the
+    reader is closed: the rest of the netstring is not read)."""
 
     reason: str
 
 
 Event = Request | BadFraming | TooBig
 
-_TOO_BIG = TooBig("Too big")
+_TOO_BIG = TooBig(address.TOO_LONG)
 _BAD_LENGTH = BadFraming("Invalid netstring length")
 _NO_COMMA = BadFraming("Netstring not terminated by a comma")
 _DIGITS = frozenset(b"0123456789")

@@ -44,9 +44,13 @@ Precise rules implemented here:
   ``max_line + 1`` bytes (a full line plus a CR whose LF is still to come).
 * The line must start with exactly ``get`` and one space; everything after that space is
   the key, extra spaces included (``get  a@b`` has the key ``b" a@b"``, as in postsrsd).
-  An empty key, another command, a bad ``%`` escape or a NUL byte (raw or ``%00``: a NUL
-  is never part of an address) make a :class:`BadRequest`, and the reader carries on.
-  Other raw bytes in the key are taken as they are.
+  An empty key, another command or a bad ``%`` escape make a :class:`BadRequest`, and the
+  reader carries on. Other raw bytes in the key are taken as they are, NUL (raw or
+  ``%00``) and control bytes too: whether a key is an address at all is decided once for
+  every endpoint (:func:`srsd.srs.address.refusal`), not by this wire format.
+* :func:`line_limit` gives the line bound that carries every key of up to so many bytes
+  (an address of ``max_request`` bytes, %-encoded); a :class:`TooLong` then says the same
+  as a key over that many bytes does on every endpoint (:data:`srsd.srs.address.TOO_LONG`).
 * A last line without LF before EOF is still a request (postsrsd answers it too).
 * Replies encode every byte <= 0x20, >= 0x7F and ``%`` as ``%XX`` with upper-case hex,
   like Postfix's own ``hex_quote``, and end in a bare LF (Postfix would keep a CR).
@@ -55,6 +59,8 @@ Precise rules implemented here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from srsd.srs import address
 
 __all__ = [
     "MAX_REPLY",
@@ -67,20 +73,19 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "found",
+    "line_limit",
     "not_found",
     "parse_reply",
     "temporary_failure",
 ]
 
-#: Default limit on a request line, in bytes, its LF or CR LF ending not counted.
-MAX_REQUEST: int = 4096
 #: Postfix's bound on a reply line, in bytes, the LF included.
 MAX_REPLY: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A well-formed ``get KEY`` line; ``key`` is %-decoded, never empty, never has NUL."""
+    """A well-formed ``get KEY`` line; ``key`` is %-decoded and never empty."""
 
     key: bytes
 
@@ -101,17 +106,28 @@ class TooLong:
 
 Event = Request | BadRequest | TooLong
 
-_TOO_LONG = TooLong("Request too long")
+_TOO_LONG = TooLong(address.TOO_LONG)
+_GET = b"get "
 _BAD_COMMAND = BadRequest("Invalid request, expected 'get KEY'")
 _EMPTY_KEY = BadRequest("Empty key in request")
 _BAD_ESCAPE = BadRequest("Invalid %-escape in request")
-_NUL_KEY = BadRequest("NUL byte in request")
 
 _HEX = "0123456789abcdefABCDEF"
-# Every two-hex-digit pair, in any case, to the byte it stands for; "00" left out (NUL).
+# Every two-hex-digit pair, in any case, to the byte it stands for.
 _UNHEX: dict[bytes, bytes] = {
-    (h + lo).encode(): bytes((int(h + lo, 16),)) for h in _HEX for lo in _HEX if h + lo != "00"
+    (h + lo).encode(): bytes((int(h + lo, 16),)) for h in _HEX for lo in _HEX
 }
+
+
+def line_limit(max_key: int) -> int:
+    """The longest request line that carries every key of up to ``max_key`` bytes:
+    ``get``, a space and the key with each byte %-encoded (three bytes)."""
+    return len(_GET) + 3 * max_key
+
+
+#: Default limit on a request line, in bytes, its LF or CR LF ending not counted: the line
+#: of any key of :data:`srsd.srs.address.MAX_LENGTH` bytes.
+MAX_REQUEST: int = line_limit(address.MAX_LENGTH)
 
 
 def _parse(line: bytes) -> Event:
@@ -122,22 +138,20 @@ def _parse(line: bytes) -> Event:
         return _BAD_COMMAND
     if not key:
         return _EMPTY_KEY
-    if 0 in key:
-        return _NUL_KEY
     if 0x25 not in key:
         return Request(key)
     try:
         return Request(percent_decode(key))
-    except ValueError as err:
-        return _NUL_KEY if err.args[0] == b"00" else _BAD_ESCAPE
+    except ValueError:
+        return _BAD_ESCAPE
 
 
 def percent_decode(text: bytes) -> bytes:
     """``text`` with every ``%XX`` replaced by its byte (hex digits in either case).
 
     ValueError, whose argument is the two bytes after the ``%``, at the first escape that
-    is not two hex digits, and at ``%00``: a NUL never comes out. Requests and replies
-    (:func:`parse_reply`) are decoded by this one function.
+    is not two hex digits. Requests and replies (:func:`parse_reply`) are decoded by this
+    one function.
     """
     parts = text.split(b"%")
     out = [parts[0]]

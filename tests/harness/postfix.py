@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/sbin")
 COMMAND_TIMEOUT = 30.0

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 SINK_HOSTNAME = "sink.test"
 

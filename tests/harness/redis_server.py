@@ -1,7 +1,7 @@
 # A throw-away redis-server on a free loopback port, for the envelope storage tests.
 """Start Debian's ``redis-server`` in the foreground, without persistence, and stop it.
 
-It listens on 127.0.0.1 at a port below 32768 (``tests.ports.free_port``) and on a unix
+It listens on 127.0.0.1 at a port below 32768 (``tests.harness.ports.free_port``) and on a unix
 socket in its own directory; :meth:`RedisServer.stop` (or :meth:`RedisServer.kill`, a
 crash) and :meth:`RedisServer.start` can be called again to simulate an outage or a restart
 on the same port. ``appendonly=True`` runs it as README asks a fleet to (AOF with
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0

@@ -23,7 +23,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from tests.ports import free_port
+from tests.harness.ports import free_port
 
 START_TIMEOUT = 20.0
 SOA = "@ 3600 IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ 3600 IN NS ns.{zone}.\n"

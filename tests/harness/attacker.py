@@ -1,7 +1,7 @@
 # A hostile local client for the admission tests, run as another user (standard library only).
 """``python3 -c "$(cat attacker.py)" MODE HOST PORT CONNECTIONS SECONDS``: attack srsd.
 
-Run by :func:`tests.local_users.run_as` as another uid. Keeps up to CONNECTIONS open to
+Run by :func:`tests.harness.local_users.run_as` as another uid. Keeps up to CONNECTIONS open to
 HOST:PORT for SECONDS or until SIGTERM, replacing every connection that ends at once:
 
 * ``slowloris``: sends ``get slow`` and then one more byte of a line that never ends every

@@ -9,16 +9,22 @@ given, waits until both ports accept connections and stops the process with SIGT
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from tests.ports import free_port
+import pytest
+
+import srsd
+from srsd.srs.codec import Codec
+from tests.harness.ports import free_port
 
 SECRET = b"test-secret-0123456789abcdef"
 START_TIMEOUT = 20.0
@@ -165,16 +171,102 @@ def lookup(port: int, key: bytes, host: str = "127.0.0.1", timeout: float = 10.0
     return reply.rstrip(b"\n")
 
 
-def metric_samples(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:
-    """Every sample of srsd's ``/metrics`` on ``port``, by its name with labels."""
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    samples = {}
-    for line in data.partition(b"\r\n\r\n")[2].decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+TIMEOUT = 10.0  # the bound on every wait here
+NEW_SECRET = b"rotated-secret-9f8e7d6c5b4a"
+SRC = Path(srsd.__file__).resolve().parents[1]  # the srsd this test process imported
+ALICE = b"alice@example.org"
+DOMAIN = b"forwarder.test"  # SrsdProcess's default domain
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} srsd\[\d+\]: [A-Z]+: ")
+
+
+def child_env(home: Path, *, allow_root: bool = True, **extra: str) -> dict[str, str]:
+    """A clean environment for an srsd child: this srsd on PYTHONPATH, the suite's private
+    host configuration (``SRSD_SYSCONFDIR``, tests/conftest.py) and nothing else of this
+    machine's (no SRS_* variable leaks in)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "PYTHONPATH": str(SRC),
+        "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],
+    }
+    if allow_root:  # CI runs as root; the privilege tests say otherwise
+        env["SRS_ALLOW_ROOT"] = "yes"
+    env.update(extra)
+    return env
+
+
+def empty_config(workdir: Path) -> Path:
+    """An empty settings file everyone may read, for ``--config``."""
+    config = workdir / "empty.toml"
+    config.write_text("# no settings\n", encoding="utf-8")
+    config.chmod(0o644)
+    return config
+
+
+def forward(port: int, sender: bytes = ALICE) -> tuple[bytes, float, float]:
+    t0 = time.time()
+    reply = lookup(port, sender, timeout=TIMEOUT)
+    return reply, t0, time.time()
+
+
+def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_log(srv: SrsdProcess, text: str, count: int = 1) -> None:
+    def logged() -> bool:
+        if srv.log().count(text) >= count:
+            return True
+        assert srv.proc is not None
+        if srv.proc.poll() is not None:
+            pytest.fail(
+                f"srsd exited ({srv.proc.returncode}) before logging {text!r}:\n{srv.log()}"
+            )
+        return False
+
+    poll(logged, f"{count} x {text!r} in the log:\n{srv.log()}")
+
+
+def assert_clean_log(log: str, *secrets: bytes) -> None:
+    """Every line is one log record (nothing forged), and no secret is in it."""
+    for secret in (SECRET, NEW_SECRET, *secrets):
+        assert secret.decode() not in log
+    for line in log.splitlines():
+        assert LOG_LINE.match(line), f"not a log record: {line!r}"
+
+
+@contextmanager
+def running(
+    tmp_path: Path,
+    *,
+    extra: Sequence[str] = (),
+    log_level: str = "info",
+    secrets: Sequence[bytes] = (SECRET,),
+) -> Iterator[SrsdProcess]:
+    """``srsd serve`` started, stopped at the end with exit status 0 and a clean log."""
+    srv = SrsdProcess(
+        tmp_path,
+        secrets=secrets,
+        extra_args=["--config", str(empty_config(tmp_path)), "--log-level", log_level, *extra],
+    )
+    srv.env = child_env(tmp_path / "home")
+    with srv:
+        yield srv
+        assert srv.stop(TIMEOUT) == 0, srv.log()
+    assert_clean_log(srv.log())
+
+
+def srsd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "srsd", *args]
+
+
+def signed(
+    secret: bytes, sender: bytes, t0: float, t1: float, domain: bytes = DOMAIN
+) -> set[bytes]:
+    """The SRS address ``sender`` gets with ``secret`` as first secret, between t0 and t1."""
+    codec = Codec([secret], domain)
+    return {codec.forward(sender, t) for t in (t0, t1)}
