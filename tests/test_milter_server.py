@@ -253,10 +253,7 @@ def test_an_mta_that_cannot_change_the_sender_defers_and_is_named(log: CapturedL
     svc = service()
 
     async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(svc.serve, listeners)
+        async with serving(svc) as (_, port):
             client = Client(await trio.open_tcp_stream("127.0.0.1", port))
             await client.stream.send_all(negotiate(actions=0x0C))  # ADDRCPT, DELRCPT only
             [(code, _)] = await client.replies(1)
@@ -264,7 +261,6 @@ def test_an_mta_that_cannot_change_the_sender_defers_and_is_named(log: CapturedL
             await client.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
             assert await client.replies(1) == [(b"t", b"")]
             await client.stream.aclose()
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     assert log.messages(logging.ERROR) == [
