@@ -141,6 +141,22 @@ def test_forwarded_mail_gets_srs0_and_local_mail_keeps_its_sender() -> None:
     assert svc.messages == {"rewritten": 3, "delivered here": 1, "not rewritten": 1}
 
 
+def test_recipients_answered_452_are_counted_when_the_session_ends() -> None:
+    svc = service(recipient_limit=1)
+
+    async def body(client: Client) -> None:
+        await client.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
+        assert await client.replies(1) == [CONTINUE]
+        for recipient in (b"<carol@dest.test>", b"<dave@dest.test>", b"<erin@dest.test>"):
+            await client.stream.send_all(command(milter.RCPT, recipient))
+        codes = [code for code, _ in await client.replies(3)]
+        assert codes == [b"c", b"y", b"y"]  # one accepted, two answered 452
+        assert svc.recipients_refused == 0  # the session has not ended
+
+    run(svc, body)
+    assert (svc.recipients_refused, svc.recipients_split) == (2, 0)
+
+
 def test_bounce_to_our_srs_address_is_restored_and_invalid_ones_stay() -> None:
     genuine = POLICY.forward(b"alice@origin.test", time.time()).value
     assert genuine is not None
@@ -320,6 +336,13 @@ def test_socket_activated_milter_and_its_metrics(tmp_path: Path) -> None:
         assert values[("srsd_milter_messages_total", labels(outcome="rewritten"))] == 1
         assert values[("srsd_milter_messages_total", labels(outcome="delivered here"))] == 1
         assert values[("srsd_milter_sessions_open", labels())] == 0
+        for counted in (  # exported, none so far
+            "srsd_milter_sessions_rejected_total",
+            "srsd_milter_recipients_refused_total",
+            "srsd_milter_recipients_split_total",
+            "srsd_milter_delivery_unknown_total",
+        ):
+            assert values[(counted, labels())] == 0, counted
         key = labels(map="forward", protocol="milter", outcome="rewritten")
         assert values[("srsd_lookups_total", key)] == 1
         assert daemon.stop() == 0

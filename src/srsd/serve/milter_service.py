@@ -163,8 +163,14 @@ class MilterService:
         self.delivery = delivery
         self.recipient_limit = recipient_limit
         self.split = split
+        #: Milter connections open now.
         self.sessions = 0
+        #: Connections closed at once because :data:`MAX_SESSIONS` were open.
         self.refused_sessions = 0
+        #: Recipients answered 452, of sessions that ended: too many in one message
+        #: (:attr:`milter.Session.refused`), of the other class (:attr:`milter.Session.split`).
+        self.recipients_refused = 0
+        self.recipients_split = 0
         self._stopping = False
         self._active: dict[trio.CancelScope, milter.Session] = {}
         self._busy: set[trio.CancelScope] = set()  # answering what was received
@@ -238,6 +244,8 @@ class MilterService:
         finally:
             del self._active[scope]
             self.sessions -= 1
+            self.recipients_refused += session.refused
+            self.recipients_split += session.split
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 

@@ -46,7 +46,6 @@ from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import StorageError, expire_periodically, open_store
 from srsd.host import logs, systemd
 from srsd.host.logs import LOGGER, setup
-from srsd.host.metrics import Latency, registry_for
 from srsd.serve import hangups, milter_service
 from srsd.serve.answers import (
     Lookups,
@@ -60,7 +59,7 @@ from srsd.serve.listeners import (
     socket_directory_problems,
 )
 from srsd.serve.loop import Connection, ConnectionLoop, Service
-from srsd.serve.metrics_endpoint import serve_http
+from srsd.serve.metrics_endpoint import registry_for, serve_http
 from srsd.serve.privileges import leave_root
 from srsd.wire import Wire
 
@@ -84,7 +83,7 @@ class Server:
             store, settings.original_envelope, settings.envelope_write_limit
         )
         #: Decides, counts and logs every lookup (also for callers outside the loop).
-        self.lookup = Lookups(settings, settings.policy(), self.envelopes)
+        self.lookups = Lookups(settings, settings.policy(), self.envelopes)
         self.loop = ConnectionLoop()
         owners = PeerOwners()
         if owners.method != "sock_diag":
@@ -107,8 +106,9 @@ class Server:
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
         self.metrics_listeners: list[trio.SocketListener] = []
+        #: Reloads, by result (``ok``, ``failed``).
         self.reloads: Counter[str] = Counter()
-        forward, reverse = milter_service.lookups_for(self.lookup)
+        forward, reverse = milter_service.lookups_for(self.lookups)
         self.milter = milter_service.MilterService(
             forward=forward,
             reverse=reverse,
@@ -117,56 +117,6 @@ class Server:
             split=settings.split_mixed == "smtpd",
         )
         self.milter_endpoints: list[Endpoint] = []
-
-    @property
-    def lookups(self) -> Counter[tuple[str, str, str]]:
-        """Answers given, by (protocol, map, outcome): the metrics read these."""
-        return self.lookup.counts
-
-    @property
-    def latency(self) -> Latency:
-        """Time from request to decision, per map (a metric)."""
-        return self.lookup.latency
-
-    @property
-    def open_connections(self) -> int:
-        """Connections open now (a metric)."""
-        return len(self.loop.connections)
-
-    @property
-    def log_lines_dropped(self) -> int:
-        """Log lines dropped because stderr took none (a metric)."""
-        return logs.dropped_lines()
-
-    @property
-    def milter_messages(self) -> Counter[str]:
-        """Messages the milter decided, by outcome (a metric)."""
-        return self.milter.messages
-
-    @property
-    def milter_sessions(self) -> int:
-        """Milter connections open now (a metric)."""
-        return self.milter.sessions
-
-    @property
-    def admission(self) -> Counter[str]:
-        """Connections closed by admission control, by kind (metrics)."""
-        return self.gate.counts
-
-    @property
-    def rejected_connections(self) -> int:
-        """Connections closed at once: full, and nothing could be evicted."""
-        return self.gate.counts["refused full"]
-
-    @property
-    def database_errors(self) -> int:
-        """Envelope database failures so far, recovered ones included (a metric)."""
-        return self.envelopes.errors
-
-    @property
-    def database_writes_refused(self) -> int:
-        """Envelope database writes refused by the flood cap so far (a metric)."""
-        return self.envelopes.refused
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -222,8 +172,8 @@ class Server:
     def service(self, endpoint: Endpoint) -> Service:
         """What answers ``endpoint``'s requests."""
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
-            return MapService(self.lookup, Wire.SOCKETMAP)
-        return MapService(self.lookup, Wire.TCP_TABLE, endpoint.role)
+            return MapService(self.lookups, Wire.SOCKETMAP)
+        return MapService(self.lookups, Wire.TCP_TABLE, endpoint.role)
 
     def admit(self, conn: Connection) -> bool:
         """Whether to serve a connection just accepted (:class:`Gatekeeper`); at the
@@ -291,7 +241,7 @@ class Server:
         """A systemd ``STATUS=`` line with the counts that matter."""
         closed = self.gate.counts
         return (
-            f"STATUS={sum(self.lookups.values())} lookups, {self.open_connections} "
+            f"STATUS={sum(self.lookups.counts.values())} lookups, {len(self.loop.connections)} "
             f"connections open, {closed['evicted']} evicted, {closed['refused full']} "
             f"refused (limit), {closed['refused user']} refused (user), "
             f"{self.reloads['failed']} failed reloads"
@@ -332,8 +282,10 @@ class Server:
         if {"log_level", "log_format", "syslog"} & set(plan.applied):
             setup_logging(new)
         self.settings = new
-        self.lookup.configure(new, new.policy())
-        self.milter.delivery = milter_service.delivery_for(new)  # reads Postfix's config again
+        self.lookups.configure(new, new.policy())
+        delivery = milter_service.delivery_for(new)  # reads Postfix's config again
+        delivery.unknown = self.milter.delivery.unknown  # a metric counter: never back to 0
+        self.milter.delivery = delivery
         self.milter.recipient_limit = new.milter_recipient_limit
         self.milter.split = new.split_mixed == "smtpd"
         self.gate.configure(limits)
@@ -402,6 +354,6 @@ async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
         len(settings.secrets),
     )
     await server.serve(endpoints)
-    LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.values()))
+    LOGGER.info("stopped after %d lookup(s)", sum(server.lookups.counts.values()))
     logs.flush()
     return 0
