@@ -81,7 +81,7 @@ def feed(stream: bytes, cuts: list[int], bound: int, limit: int) -> list[milter.
             )
             if milter.split_replies(session.verdict(verdict))[-1] != (b"c", b""):
                 raise AssertionError("a verdict does not end in continue")
-        elif isinstance(action, milter.Send):
+        elif isinstance(action, milter.Send | milter.CannotRewrite):
             milter.split_replies(action.data)
         elif not isinstance(action, milter.Close):
             raise AssertionError(f"unexpected action {action!r}")

@@ -75,8 +75,16 @@ def test_negotiation_asks_only_for_what_is_needed_and_offered() -> None:
     [reply] = session.feed(negotiate(version=2, actions=0x0F, steps=0x13))
     assert reply == Send(packet(b"O", struct.pack("!III", 2, 0x0C, 0x13)))
     assert not session.can_rewrite
-    # Every sender then gets a temporary failure: srsd cannot rewrite through this MTA.
-    assert session.feed(command(milter.MAIL, b"<a@b.test>")) == [Send(packet(b"t"))]
+    # Every sender then gets a temporary failure: srsd cannot rewrite through this MTA, and
+    # the session says so, naming what is missing (for the postmaster's log line).
+    [event] = session.feed(command(milter.MAIL, b"<a@b.test>"))
+    assert event == milter.CannotRewrite(packet(b"t"), milter.Action.CHANGE_SENDER)
+    assert event.missing_names == "CHGFROM"
+    session = Session()
+    session.feed(negotiate(actions=0x01))  # ADDHDRS only
+    [event] = session.feed(command(milter.MAIL, b"<a@b.test>"))
+    assert event == milter.CannotRewrite(packet(b"t"), milter.NEEDED_ACTIONS)
+    assert event.missing_names == "CHGFROM, ADDRCPT, DELRCPT"
 
 
 def test_verdict_bytes() -> None:

@@ -7,6 +7,7 @@ discovery through Postfix is tested in ``test_delivery.py`` and end to end in
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import stat
@@ -26,6 +27,7 @@ from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
 from srsd.wire import milter
 from srsd.wire.milter import command, macros, negotiate, split_replies
 from tests.harness.daemon import Daemon, activation_argv, serve_args, write_secret
+from tests.harness.inprocess import CapturedLog
 from tests.harness.metrics import labels, samples, scrape
 from tests.harness.ports import free_port
 from tests.harness.srsd_process import SECRET, SrsdProcess, child_env
@@ -197,6 +199,30 @@ def test_what_srsd_cannot_decide_is_deferred(
 
     run(svc, body)
     assert svc.messages == {"tempfail": 2}
+
+
+def test_an_mta_that_cannot_change_the_sender_defers_and_is_named(log: CapturedLog) -> None:
+    # The session's CannotRewrite event, not the bytes of its reply, makes the log line.
+    svc = service()
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.serve, listeners)
+            client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+            await client.stream.send_all(negotiate(actions=0x0C))  # ADDRCPT, DELRCPT only
+            [(code, _)] = await client.replies(1)
+            assert code == b"O"
+            await client.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
+            assert await client.replies(1) == [(b"t", b"")]
+            await client.stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert log.messages(logging.ERROR) == [
+        "milter: Postfix does not offer CHGFROM (set milter_protocol = 6): mail deferred"
+    ]
 
 
 def test_protocol_error_closes_the_connection() -> None:

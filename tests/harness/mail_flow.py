@@ -21,6 +21,8 @@ from email.utils import formatdate
 
 import pytest
 
+from srsd.config import settings
+from srsd.config.postfix import Mode, wiring
 from tests.harness.postfix import PostfixInstance
 from tests.harness.smtp_sink import Delivery, SmtpSink
 from tests.harness.srsd_process import SECRET, SrsdProcess
@@ -40,16 +42,15 @@ class PostfixPrograms:
 
 
 def canonical_maps_flow(forward_port: int, reverse_port: int, sink_port: int) -> dict[str, str]:
-    """main.cf for mail through srsd's tcp_table maps, as README's "Postfix" section says:
-    bob@SRS_DOMAIN is a virtual alias forwarding to carol@dest.test, and dest.test and
-    origin.test are relayed to the SMTP sink on ``sink_port``."""
+    """main.cf for mail through srsd's tcp_table maps: the main.cf lines ``srsd
+    postfix-config --mode canonical`` prints for these ports (README's "Postfix"), then
+    bob@SRS_DOMAIN a virtual alias forwarding to carol@dest.test, and dest.test and
+    origin.test relayed to the SMTP sink on ``sink_port``."""
+    ports = {"forward_port": forward_port, "reverse_port": reverse_port}
+    srsd = settings.load({"domain": SRS_DOMAIN, **ports}, environ={}, need_secrets=False)
     relay = f"smtp:[127.0.0.1]:{sink_port}"
     return {
-        "sender_canonical_maps": f"tcp:127.0.0.1:{forward_port}",
-        "sender_canonical_classes": "envelope_sender",
-        "recipient_canonical_maps": f"tcp:127.0.0.1:{reverse_port}",
-        "recipient_canonical_classes": "envelope_recipient, header_recipient",
-        "virtual_alias_domains": SRS_DOMAIN,
+        **{s.name: s.value for s in wiring(srsd, Mode.CANONICAL) if s.kind == "main"},
         "virtual_alias_maps": f"inline:{{ bob@{SRS_DOMAIN}=carol@dest.test }}",
         "transport_maps": f"inline:{{ dest.test={relay}, origin.test={relay} }}",
     }

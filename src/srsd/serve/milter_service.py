@@ -252,11 +252,12 @@ class MilterService:
             action = pending.popleft()
             if isinstance(action, milter.Send):
                 reply = action.data
-                if action.data == milter.packet(milter.TEMPORARY_FAILURE):
-                    LOGGER.error(
-                        "milter: Postfix does not offer CHGFROM, ADDRCPT and DELRCPT "
-                        "(set milter_protocol = 6): mail deferred"
-                    )
+            elif isinstance(action, milter.CannotRewrite):
+                reply = action.data
+                LOGGER.error(
+                    "milter: Postfix does not offer %s (set milter_protocol = 6): mail deferred",
+                    action.missing_names,
+                )
             elif isinstance(action, milter.Decide):
                 reply = session.verdict(await self._decide(action.transaction))
             elif isinstance(action, milter.Classify):

@@ -14,8 +14,8 @@ other step is switched off in the negotiation (``SMFIP_NOCONNECT`` unless splitt
 only.
 
 :class:`Session` turns received bytes into :class:`Send`, :class:`Decide`,
-:class:`Classify` and :class:`Close` actions; :meth:`Session.verdict` turns the decision for
-a message into the reply bytes. Rules:
+:class:`Classify`, :class:`CannotRewrite` and :class:`Close` actions;
+:meth:`Session.verdict` turns the decision for a message into the reply bytes. Rules:
 
 * a packet length of 0 or over ``max_packet`` (:data:`MAX_PACKET`) is refused as soon as its
   four bytes are in, before any payload is read: the session buffers at most one packet;
@@ -38,7 +38,8 @@ a message into the reply bytes. Rules:
   taken from the input (:meth:`Session.feed` keeps it; ``feed(b"")`` goes on); an MTA waits
   for each reply, so more than one packet's worth behind it is a protocol error;
 * an MTA that does not offer CHGFROM, ADDRCPT and DELRCPT (``milter_protocol`` below 6)
-  gets a temporary failure for every sender: srsd never lets mail it cannot rewrite through;
+  gets a temporary failure for every sender, as a :class:`CannotRewrite` event that names
+  what is missing: srsd never lets mail it cannot rewrite through;
 * a change whose address is empty or holds a control byte (NUL, CR, LF, ...:
   :data:`srsd.srs.address.CONTROLS`) is never written: :func:`writable` leaves that sender or
   recipient as it is (a NUL would cut the string, a CR LF forge a line). Addresses with
@@ -124,6 +125,12 @@ class Step(enum.IntFlag):
     NO_DATA = 0x200
 
 
+#: The protocol's names of those actions (libmilter's smfi_chgfrom, smfi_addrcpt, ...).
+ACTION_NAMES = {
+    Action.CHANGE_SENDER: "CHGFROM",
+    Action.ADD_RECIPIENT: "ADDRCPT",
+    Action.DELETE_RECIPIENT: "DELRCPT",
+}
 #: The actions srsd needs, all of them: without one it cannot rewrite.
 NEEDED_ACTIONS = Action.CHANGE_SENDER | Action.ADD_RECIPIENT | Action.DELETE_RECIPIENT
 #: The steps srsd asks the MTA to leave out (when it offers to).
@@ -210,7 +217,22 @@ class Close:
     reason: str | None
 
 
-MilterAction = Send | Decide | Classify | Close
+@dataclass(frozen=True, slots=True)
+class CannotRewrite:
+    """A sender arrived and the MTA does not offer every action srsd needs to rewrite
+    (``milter_protocol`` below 6): send ``data``, a temporary failure, so that the message
+    is deferred, never let through unrewritten; and tell the postmaster what is ``missing``."""
+
+    data: bytes
+    missing: Action
+
+    @property
+    def missing_names(self) -> str:
+        """The missing actions as the protocol names them (``CHGFROM, DELRCPT``)."""
+        return ", ".join(name for action, name in ACTION_NAMES.items() if action in self.missing)
+
+
+MilterAction = Send | Decide | Classify | CannotRewrite | Close
 
 
 class _State(enum.Enum):
@@ -477,7 +499,10 @@ class Session:
         self._reset()
         self._state = _State.MESSAGE
         self._sender = args[0]
-        out.append(_SEND_CONTINUE if self._rewrites else _SEND_TEMPFAIL)
+        if self._rewrites:
+            out.append(_SEND_CONTINUE)
+        else:
+            out.append(CannotRewrite(_SEND_TEMPFAIL.data, NEEDED_ACTIONS & ~self.actions))
 
     def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
