@@ -250,7 +250,7 @@ async def serving(
 
 def counted(server: Server, *labels: str) -> int:
     """The lookups counted under every one of ``labels`` (whatever else the key holds)."""
-    return sum(n for key, n in server.lookups.items() if set(labels) <= set(key))
+    return sum(n for key, n in server.lookups.counts.items() if set(labels) <= set(key))
 
 
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -510,7 +510,7 @@ async def test_broken_framing_is_perm_then_close(
         assert await c.reply() == reply
         assert await c.eof() == b""  # half-closed by the server at once
         await c.aclose()  # (the server drains what a client still sends, then closes)
-        await wait_for(lambda: srv.server.open_connections == 0, "the connection to end")
+        await wait_for(lambda: len(srv.server.loop.connections) == 0, "the connection to end")
         assert counted(srv.server, "socketmap", "bad request") == 1
 
 
@@ -580,7 +580,7 @@ async def test_eof_mid_request_closes_quietly(tmp_path: Path) -> None:
         await c.send(b"25:forward alice")
         await c.stream.send_eof()
         assert await c.eof() == b""
-        await wait_for(lambda: srv.server.open_connections == 0, "the connection to end")
+        await wait_for(lambda: len(srv.server.loop.connections) == 0, "the connection to end")
 
 
 # -- limits ----------------------------------------------------------------------------------
@@ -622,7 +622,7 @@ async def test_connection_limit_is_shared_with_tcp_table(
         assert (await tcp.line(b"alice"))[:4] == b"500 "
         sm = await srv.connect()
         assert await sm.ask(b"forward", b"alice") == b"NOTFOUND no domain"
-        assert srv.server.open_connections == 2
+        assert len(srv.server.loop.connections) == 2
         # a third, socketmap: the tcp_table connection (idle the longest) gives way
         extra = await srv.connect()
         assert await extra.ask(b"reverse", b"x@y") == b"NOTFOUND Not an SRS address."
@@ -631,8 +631,8 @@ async def test_connection_limit_is_shared_with_tcp_table(
         extra_tcp = await srv.connect_tcp_table(Role.REVERSE)
         assert (await extra_tcp.line(b"alice"))[:4] == b"500 "
         assert await sm.eof() == b""
-        assert (srv.server.admission["evicted"], srv.server.rejected_connections) == (2, 0)
-        assert srv.server.open_connections == 2
+        assert (srv.server.gate.counts["evicted"], srv.server.gate.counts["refused full"]) == (2, 0)
+        assert len(srv.server.loop.connections) == 2
 
 
 async def test_shutdown_closes_idle_socketmap_connections(
@@ -643,7 +643,7 @@ async def test_shutdown_closes_idle_socketmap_connections(
         assert await c.ask(b"forward", b"alice") == b"NOTFOUND no domain"
         os.kill(os.getpid(), signal.SIGTERM)
         assert await c.eof() == b""
-        await wait_for(lambda: srv.server.open_connections == 0, "the drain")
+        await wait_for(lambda: len(srv.server.loop.connections) == 0, "the drain")
     if kind == "unix":
         assert not (sockdir / "srsd.sock").exists()
 
