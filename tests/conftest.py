@@ -8,7 +8,7 @@
   settings' ``SRS_*`` names, systemd's ``CREDENTIALS_DIRECTORY``, ``NOTIFY_SOCKET``,
   ``LISTEN_FDS`` ...) are removed. Child processes inherit both. A test that wants a host
   configuration writes it under its own directory and passes ``--config`` or sets the
-  variable for its child (``tests/harness/processes.py``: ``child_env``);
+  variable for its child (``child_env`` in ``tests/harness/srsd_process.py``);
   :func:`_private_host_configuration` checks after each test that the shared directory is
   still empty.
 * srsd refuses to serve as root without ``run_as`` or ``allow_root``. The tests run as root

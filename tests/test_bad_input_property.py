@@ -37,11 +37,10 @@ from srsd.envelope.store import SQLiteStore
 from srsd.serve import milter_service
 from srsd.serve.answers import Lookups, MapService
 from srsd.serve.delivery import PostfixDelivery
-from srsd.serve.listeners import Role, Wire
 from srsd.srs import address
 from srsd.srs.codec import Codec
-from srsd.srs.policy import Decision, DomainSet
-from srsd.wire import milter, socketmap, tcp_table
+from srsd.srs.policy import Decision, DomainSet, Role
+from srsd.wire import Wire, milter, socketmap, tcp_table
 
 DOMAIN = "forwarder.test"
 SECRET = b"property-secret-0123456789"

@@ -20,6 +20,7 @@ PROVIDERS = {
     "nc": "netcat-openbsd",
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
+    "slirp4netns": "slirp4netns",
     "systemd-analyze": "systemd",
     "faketime": "faketime",
     "postsrsd": "postsrsd",

@@ -36,7 +36,7 @@ class StepWatch(trio.abc.Instrument):
         self.most = 0
 
     def _answered(self) -> int:
-        return sum(self.server.lookups.values())
+        return sum(self.server.lookups.counts.values())
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.start = self._answered()
@@ -71,11 +71,11 @@ def wait_readable_now(socks: list[socket.socket]) -> None:
 
 async def open_idle(srv_port: int, count: int, server: Server) -> list[socket.socket]:
     """``count`` client sockets connected and accepted, nothing sent yet."""
-    before = server.open_connections
+    before = len(server.loop.connections)
     clients = [
         socket.create_connection(("127.0.0.1", srv_port), timeout=TIMEOUT) for _ in range(count)
     ]
-    await wait_for(lambda: server.open_connections == before + count, "the accepts")
+    await wait_for(lambda: len(server.loop.connections) == before + count, "the accepts")
     return clients
 
 
@@ -138,7 +138,7 @@ async def test_connections_closing_within_a_pass_disturb_nobody(tmp_path: Path) 
             assert await read_lines(sock, 1) == [b"500 Not%20an%20SRS%20address.\n"]
             with trio.fail_after(TIMEOUT):
                 assert await sock.recv(100) == b""
-        await wait_for(lambda: server.open_connections == len(staying), "the closes")
+        await wait_for(lambda: len(server.loop.connections) == len(staying), "the closes")
         # the connections that stayed are still served, and so is a new one
         now = time.time()
         for sock in staying:
@@ -146,7 +146,7 @@ async def test_connections_closing_within_a_pass_disturb_nobody(tmp_path: Path) 
             assert await read_lines(sock, 1) == [b"200 bob@example.net\n"]
         new = await srv.connect(Role.REVERSE)
         assert await new.ask(b"carol@example.org") == b"500 Not%20an%20SRS%20address.\n"
-        answered = server.lookups[("tcp_table", "reverse", "not SRS")]
+        answered = server.lookups.counts[("tcp_table", "reverse", "not SRS")]
         # two requests from each staying, one from each leaving and from the new connection,
         # and one from each reset one unless the reset came before it was read
         assert 20 + 10 + 1 <= answered <= 20 + 10 + 1 + 10
@@ -214,7 +214,7 @@ async def test_a_lookup_waiting_for_storage_holds_up_its_own_connection_only(
         assert waiting.buffer == b""
         with trio.move_on_after(0.2):  # nothing comes while the database has not answered
             assert await waiting.stream.receive_some(100) == b"", "answered too early"
-        assert server.lookups[("tcp_table", "forward", "rewritten")] == 0
+        assert server.lookups.counts[("tcp_table", "forward", "rewritten")] == 0
         gated.gate.set()
         first, second = await waiting.lines(2)
         assert first.startswith(b"200 SRS0=") and first.endswith(b"@forwarder.test\n")
@@ -222,7 +222,7 @@ async def test_a_lookup_waiting_for_storage_holds_up_its_own_connection_only(
         assert second == b"500 no%20domain\n"
         # back in the loop: the connection is served as before
         assert (await waiting.ask(b"carol@example.net")).startswith(b"200 SRS0=")
-        assert server.lookups[("tcp_table", "forward", "rewritten")] == 2
+        assert server.lookups.counts[("tcp_table", "forward", "rewritten")] == 2
 
 
 async def test_a_client_pipelining_thousands_does_not_starve_a_lockstep_one(
@@ -246,16 +246,16 @@ async def test_a_client_pipelining_thousands_does_not_starve_a_lockstep_one(
             nursery.start_soon(read_flood)
             # the flood is being answered before the lockstep client starts
             await wait_for(
-                lambda: server.lookups[("tcp_table", "forward", "rewritten")] > 0,
+                lambda: server.lookups.counts[("tcp_table", "forward", "rewritten")] > 0,
                 "the flood to be answered",
             )
             for _ in range(rounds):
                 assert await lockstep.ask(b"y@example.org") == b"500 Not%20an%20SRS%20address.\n"
-            flooded_at_end = server.lookups[("tcp_table", "forward", "rewritten")]
+            flooded_at_end = server.lookups.counts[("tcp_table", "forward", "rewritten")]
         t1 = time.time()  # all of the flood is answered, in order
         # the lockstep client was done while most of the flood was still to be answered
         assert flooded_at_end < requests // 2, flooded_at_end
         for i in (0, 1, requests // 2, requests - 1):
             user = b"p%d" % i
             assert replies[i] in forward_replies(user, b"example.org", t0, t1), i
-        assert server.lookups[("tcp_table", "forward", "rewritten")] == requests
+        assert server.lookups.counts[("tcp_table", "forward", "rewritten")] == requests

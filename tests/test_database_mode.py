@@ -43,7 +43,7 @@ import pytest
 import trio
 
 from srsd.config import settings as srsd_settings
-from srsd.envelope import EnvelopeMode
+from srsd.envelope import EnvelopeMode, keys
 from srsd.envelope.database import EnvelopeDatabase
 from srsd.envelope.store import RedisStore, SQLiteStore, StorageError
 from srsd.serve.answers import Lookups, MapService
@@ -867,6 +867,32 @@ def test_reloading_the_flood_cap_keeps_the_refused_count(tmp_path: Path) -> None
     envelopes.configure(EnvelopeMode.AUTO, 5)
     assert envelopes.limiter.max_per_minute == 5
     assert envelopes.refused == 1
+
+
+async def test_a_stored_sender_with_a_control_byte_is_never_answered(tmp_path: Path) -> None:
+    # Senders with a control byte are refused before anything is stored (issue 18); one
+    # stored before that, or written into the database by someone else, is refused on the
+    # way back alike, never handed to Postfix (a CR LF in a map answer or a milter ADDRCPT).
+    store = SQLiteStore(tmp_path / "db.sqlite", 60.0)
+    envelopes = EnvelopeDatabase(store, EnvelopeMode.DATABASE, 0)
+    policy = Policy(Codec([SECRET], DOMAIN))
+    now = time.time()
+    sender = b"alice@origin.test"
+    minted = await envelopes.forward(policy, sender, policy.forward(sender, now), now)
+    assert minted.value is not None
+    assert await envelopes.reverse(policy.reverse(minted.value, now), now) == Decision(
+        Outcome.REWRITTEN, sender, "resolved through the envelope database"
+    )
+    decoded = policy.reverse(minted.value, now).value
+    key = None if decoded is None else keys.key_of(decoded)  # the alias's key, as stored
+    assert key is not None
+    for bad, reason in (
+        (sender + b"\r\nRCPT TO:<x@evil.example>", "Control character in address"),
+        (b"a\0b@origin.test", "NUL byte in address"),
+    ):
+        await store.put(key, bad, now)
+        back = await envelopes.reverse(policy.reverse(minted.value, now), now)
+        assert back == Decision(Outcome.BAD_ADDRESS, reason=reason), back
 
 
 class CountingPolicy(Policy):

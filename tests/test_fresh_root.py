@@ -6,9 +6,11 @@ checkout's HEAD (uncommitted files do not leak in). Postfix's own client inside 
 then get an SRS0 address from the server the quick start left running in the foreground:
 ``postmap -q alice@origin.example tcp:127.0.0.1:10001``.
 
-Needs root, debootstrap, systemd-nspawn and the network (deb.debian.org and PyPI; the first
-run builds the cached base root, about a minute). The roots share the host's network, so the
-quick start's ports 10001/10002 must be free on this host. Bounded: each command has a
+Needs root, debootstrap, systemd-nspawn, slirp4netns and the network (deb.debian.org and PyPI;
+the first run builds the cached base root, about a minute). The root's containers run in a
+network namespace of their own (:class:`tests.harness.roots.PrivateNetwork`: the internet
+through slirp4netns, a loopback of their own), so the quick start's server takes ports
+10001/10002 there whatever listens on them on this host. Bounded: each command has a
 deadline, and every process started inside dies with its container.
 
 ``SRSD_FRESH_SUITE=trixie`` runs the same test on Debian 13 (by hand; CI runs Debian 12).
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -75,53 +76,35 @@ def test_readme_documents_install_upgrade_and_uninstall() -> None:
     assert uninstall == start.split(" && ")[0] + " --uninstall"
 
 
-def _port_free(address: tuple[str, int]) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(address)
-        except OSError:
-            return False
-    return True
-
-
-def require_free_ports() -> None:
-    busy = [f"{h}:{p}" for h, p in (FORWARD, REVERSE) if not _port_free((h, p))]
-    if busy:
-        pytest.fail(
-            f"{', '.join(busy)} in use on this host: the fresh root shares its network "
-            "and the quick start's server needs these ports"
-        )
-
-
-def _listening(address: tuple[str, int]) -> bool:
-    with socket.socket() as s:
-        s.settimeout(POLL)
-        return s.connect_ex(address) == 0
+@pytest.fixture(scope="module")
+def network() -> Iterator[roots.PrivateNetwork]:
+    with roots.PrivateNetwork() as private:
+        yield private
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def root(tmp_path_factory: pytest.TempPathFactory, network: roots.PrivateNetwork) -> Iterator[Path]:
     reason = roots.require_roots()
     if reason is not None:
         pytest.skip(reason)
-    require_free_ports()
     path = roots.fresh_root(tmp_path_factory.mktemp("fresh") / SUITE, SUITE)
+    network.use_in(path)
     make_upstream(path, tmp_path_factory.mktemp("snapshot"))
-    cloned = roots.run_in(path, f"git clone -q {ORIGIN} {CLONE}", timeout=COMMAND_TIMEOUT)
+    cloned = in_root(path, f"git clone -q {ORIGIN} {CLONE}", network)
     assert cloned.returncode == 0, cloned.stderr
     yield path
     roots.remove_root(path)
 
 
-def run_foreground(root: Path, command: str, log: Path) -> tuple[subprocess.Popen[str], float]:
+def run_foreground(
+    root: Path, command: str, log: Path, network: roots.PrivateNetwork
+) -> tuple[subprocess.Popen[str], float]:
     """Start README's foreground ``command`` in the clone; wait until srsd listens. Returns
     the container and the seconds it took; fails with the output if it stops first."""
-    require_free_ports()
     began = time.monotonic()
-    proc = roots.start_in(root, f"cd {CLONE} && {command}", log=log)
+    proc = roots.start_in(root, f"cd {CLONE} && {command}", log=log, network=network)
     deadline = began + START_TIMEOUT
-    while READY not in log.read_text() or not _listening(FORWARD):
+    while READY not in log.read_text() or not network.listening(FORWARD[1]):
         if proc.poll() is not None:
             pytest.fail(f"`{command}` exited {proc.returncode}:\n{log.read_text()}")
         if time.monotonic() > deadline:
@@ -151,26 +134,30 @@ def check_answers(server: subprocess.Popen[str]) -> str:
     return forward
 
 
-def stop_server(proc: subprocess.Popen[str]) -> None:
+def stop_server(proc: subprocess.Popen[str], network: roots.PrivateNetwork) -> None:
     roots.stop(proc)
     deadline = time.monotonic() + COMMAND_TIMEOUT
-    while _listening(FORWARD):  # the container and the server in it are gone
+    while network.listening(FORWARD[1]):  # the container and the server in it are gone
         assert time.monotonic() < deadline, "srsd still listens after its container stopped"
         time.sleep(POLL)
 
 
-def serve_and_check(root: Path, command: str, log: Path) -> tuple[str, float]:
+def serve_and_check(
+    root: Path, command: str, log: Path, network: roots.PrivateNetwork
+) -> tuple[str, float]:
     """Run README's foreground ``command``, check Postfix's answers, stop it. Returns the
     SRS address and the seconds until srsd listened."""
-    server, seconds = run_foreground(root, command, log)
+    server, seconds = run_foreground(root, command, log, network)
     try:
         return check_answers(server), seconds
     finally:
-        stop_server(server)
+        stop_server(server, network)
 
 
-def in_root(root: Path, command: str) -> subprocess.CompletedProcess[str]:
-    return roots.run_in(root, command, timeout=COMMAND_TIMEOUT)
+def in_root(
+    root: Path, command: str, network: roots.PrivateNetwork
+) -> subprocess.CompletedProcess[str]:
+    return roots.run_in(root, command, timeout=COMMAND_TIMEOUT, network=network)
 
 
 def make_upstream(root: Path, work: Path) -> None:
@@ -202,50 +189,56 @@ def commit_upstream(root: Path, work: Path, marker: str) -> None:
     subprocess.run([*GIT, "-C", str(work), "push", "-q", "origin", "main"], check=True)
 
 
-def test_quick_start_upgrade_and_uninstall_as_written(root: Path, tmp_path: Path) -> None:
+def test_quick_start_upgrade_and_uninstall_as_written(
+    root: Path, tmp_path: Path, network: roots.PrivateNetwork
+) -> None:
     start, upgrade, uninstall = documented()
     timings: dict[str, float] = {}
 
     # Nothing beforehand but what a fresh server has: no venv module, no srsd.
-    before = in_root(root, "python3 -c 'import ensurepip' 2>&1; command -v srsd pip pip3")
+    before = in_root(root, "python3 -c 'import ensurepip' 2>&1; command -v srsd pip pip3", network)
     assert "No module named 'ensurepip'" in before.stdout and "/srsd" not in before.stdout
 
     first, timings["quick start (until srsd listens)"] = serve_and_check(
-        root, start, tmp_path / "quickstart.log"
+        root, start, tmp_path / "quickstart.log", network
     )
     started = (tmp_path / "quickstart.log").read_text()
     assert "installed: /usr/local/bin/srsd -> /opt/srsd/bin/srsd" in started, started
     # The installer leaves the clone as it was: no root-owned build/ for `git pull` to trip on.
-    status = in_root(root, f"git -C {CLONE} status --porcelain --ignored")
+    status = in_root(root, f"git -C {CLONE} status --porcelain --ignored", network)
     assert status.returncode == 0 and status.stdout == "", status.stdout
-    secret = in_root(root, f"cat {SECRET}").stdout
+    secret = in_root(root, f"cat {SECRET}", network).stdout
     assert secret
     # srsd ran as a system user of its own, which owns its private state; not as nobody.
     assert "running as srsd (uid " in started, started
     assert "run_as nobody" not in started
-    user = in_root(root, "getent passwd srsd").stdout.strip().split(":")
+    user = in_root(root, "getent passwd srsd", network).stdout.strip().split(":")
     assert len(user) == 7 and int(user[2]) < 1000 and user[5] == "/var/lib/srsd", user
-    modes = in_root(root, f"stat -c '%U %a' {SECRET.parent} {SECRET}").stdout.split("\n")
+    modes = in_root(root, f"stat -c '%U %a' {SECRET.parent} {SECRET}", network).stdout.split("\n")
     assert modes[:2] == ["srsd 700", "srsd 600"], modes
 
     marker = f"upgrade-check-{time.time_ns()}"
     commit_upstream(root, tmp_path / "upstream", marker)
     again, timings["upgrade (until srsd listens)"] = serve_and_check(
-        root, upgrade, tmp_path / "upgrade.log"
+        root, upgrade, tmp_path / "upgrade.log", network
     )
-    installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py")
+    installed = in_root(root, "cat /opt/srsd/lib/python3*/site-packages/srsd/__init__.py", network)
     assert marker in installed.stdout, "the upgrade did not install the pulled code"
-    assert in_root(root, f"cat {SECRET}").stdout == secret  # the same secret after the upgrade
+    assert (
+        in_root(root, f"cat {SECRET}", network).stdout == secret
+    )  # the same secret after the upgrade
     assert again == first or again.split("=")[2] != first.split("=")[2]  # unless the day moved
 
     began = time.monotonic()
-    removed = in_root(root, f"cd {CLONE} && {uninstall}")
+    removed = in_root(root, f"cd {CLONE} && {uninstall}", network)
     timings["uninstall"] = time.monotonic() - began
     assert removed.returncode == 0, removed.stdout + removed.stderr
-    left = in_root(root, "command -v srsd || ls -d /opt/srsd || ls -d /usr/local/bin/srsd")
+    left = in_root(root, "command -v srsd || ls -d /opt/srsd || ls -d /usr/local/bin/srsd", network)
     assert left.returncode != 0, f"left after uninstall: {left.stdout}"
-    assert in_root(root, f"cat {SECRET}").stdout == secret  # kept: old bounces still decode
-    assert in_root(root, "id -u srsd").returncode == 0  # kept: it owns the secret
+    assert (
+        in_root(root, f"cat {SECRET}", network).stdout == secret
+    )  # kept: old bounces still decode
+    assert in_root(root, "id -u srsd", network).returncode == 0  # kept: it owns the secret
 
     for step, seconds in timings.items():  # shown with -s / -rP, and in the closing note
         print(f"{step}: {seconds:.1f} s")

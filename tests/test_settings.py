@@ -511,6 +511,44 @@ def test_system_secret_is_the_default_when_readable(
     assert s.secrets_file == state / "secrets"
 
 
+_HOST_PATHS = (
+    "from srsd.config import service_env, settings;"
+    "print(settings.DEFAULT_CONFIG, settings.SYSTEM_SECRETS, service_env.ENVIRONMENT_FILE)"
+)
+
+
+@pytest.mark.parametrize(
+    ("sysconfdir", "expected"),
+    [
+        (None, "/etc/srsd/srsd.toml /etc/srsd/secrets /etc/default/srsd"),
+        ("/opt/etc", "/opt/etc/srsd/srsd.toml /opt/etc/srsd/secrets /opt/etc/default/srsd"),
+    ],
+)
+def test_the_host_configuration_is_in_etc_unless_srsd_sysconfdir_moves_it(
+    sysconfdir: str | None, expected: str
+) -> None:
+    """srsd's own defaults are /etc's; ``SRSD_SYSCONFDIR`` moves all three (the suite's
+    conftest points it at an empty directory, so the host's files never count)."""
+    src = str(Path(settings.__file__).resolve().parents[2])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": src}
+    if sysconfdir is not None:
+        env["SRSD_SYSCONFDIR"] = sysconfdir
+    done = subprocess.run(
+        [sys.executable, "-c", _HOST_PATHS], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == expected.split()
+
+
+def test_the_suite_never_sees_the_hosts_configuration() -> None:
+    private = Path(os.environ["SRSD_SYSCONFDIR"])
+    assert private != Path("/etc") and not any(private.iterdir())
+    assert private / "srsd" / "srsd.toml" == settings.DEFAULT_CONFIG
+    assert private / "srsd" / "secrets" == settings.SYSTEM_SECRETS
+    names = {name for field in settings.FIELDS for name in field.env}
+    assert {n for n in os.environ if n in names} == {"SRS_ALLOW_ROOT"}
+    assert "CREDENTIALS_DIRECTORY" not in os.environ
+
+
 def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: Path) -> None:
     """A user who cannot read a root-only /etc/srsd/secrets is told so; srsd never falls
     back to another secret (after run_as, a reload would switch secrets quietly). Checked in a
@@ -893,6 +931,12 @@ milter = "unix:{dir}/milter.sock"     # smtpd_milters: rewrite forwarded mail on
 local_domains = ["example.net", ".hosted.example"]
 rewrite_local = false
 milter_recipient_limit = 500
+milter_message_bytes = 262144
+milter_memory = 33554432
+milter_max_sessions = 300
+milter_max_sessions_per_user = 100
+milter_idle_timeout = 400
+milter_message_timeout = 1800
 split_mixed = "off"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
@@ -939,6 +983,9 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
     assert s.local_domains == ("example.net", ".hosted.example")
+    assert (s.milter_message_bytes, s.milter_memory) == (262144, 32 << 20)
+    assert (s.milter_max_sessions, s.milter_max_sessions_per_user) == (300, 100)
+    assert (s.milter_idle_timeout, s.milter_message_timeout) == (400.0, 1800.0)
     assert (s.rewrite_local, s.milter_recipient_limit, s.split_mixed) == (False, 500, "off")
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0

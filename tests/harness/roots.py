@@ -19,10 +19,11 @@ API (for the fresh-root, .deb and booted-systemd tests):
   a ``policy-rc.d`` that forbids starting services, and this host's extra CA certificates.
 - ``run_in(root, command, timeout=...) -> CompletedProcess[str]``: run ``/bin/sh -c
   command`` as root inside, in a throw-away ``systemd-nspawn`` container (own PID, mount
-  and IPC namespaces; the HOST's network, so 127.0.0.1 inside is the host's loopback and
-  apt/pip reach the network). The command is PID 1 of its PID namespace: when it exits,
-  the kernel kills everything it left running, so a server started with ``&`` cannot
-  outlive the call. On timeout the container is killed and ``TimeoutExpired`` raised.
+  and IPC namespaces; the HOST's network unless ``network=`` (below), so 127.0.0.1 inside is
+  the host's loopback and apt/pip reach the network). The command is PID 1 of its PID
+  namespace: when it exits, the kernel kills everything it left running, so a server started
+  with ``&`` cannot outlive the call. On timeout the container is killed and
+  ``TimeoutExpired`` raised.
 - ``start_in(root, command, log=None) -> Popen[str]``: the same, in the background (its own
   process group; output piped, or written to the file ``log``); stop it with ``stop(proc)``:
   SIGTERM makes nspawn SIGKILL the container's PID 1, so everything inside dies with it.
@@ -30,6 +31,10 @@ API (for the fresh-root, .deb and booted-systemd tests):
   ``start_in`` (nspawn refuses a second container on the same directory): ``nsenter`` into
   the namespaces of its PID 1 (``leader(proc)``).
 - ``require_roots()``: the reason fresh roots cannot be built here, or None.
+- ``PrivateNetwork()``: a network namespace of the test's own, with the internet through
+  slirp4netns (user-mode NAT, no host configuration) and a loopback that is not the host's;
+  ``network=`` of ``run_in``/``start_in`` puts a container in it, so a server inside may take
+  the documented ports (10001/10002) whatever listens on them on this host.
 
 Booting a root with systemd (host PID 1 here is not systemd, so nspawn must not register
 with machined nor make a scope): build with ``extra=("systemd-sysv", "dbus")``, then
@@ -49,6 +54,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -219,7 +225,80 @@ def fresh_root(dest: Path, suite: str = "bookworm", extra: Iterable[str] = ()) -
     return dest
 
 
-def _nspawn(root: Path, command: str) -> list[str]:
+class PrivateNetwork:
+    """A network namespace with a loopback of its own and the internet through slirp4netns
+    (NAT in user space: nothing on the host is configured, the host's loopback is not
+    reachable from inside). A context manager; :attr:`path` names it for nspawn."""
+
+    #: slirp4netns's DNS forwarder, for roots whose host resolver is on the host's loopback.
+    DNS = "10.0.2.3"
+
+    def __init__(self) -> None:
+        self.holder: subprocess.Popen[bytes] | None = None
+        self.slirp: subprocess.Popen[bytes] | None = None
+
+    @property
+    def path(self) -> str:
+        assert self.holder is not None, "not entered"
+        return f"/proc/{self.holder.pid}/ns/net"
+
+    def __enter__(self) -> PrivateNetwork:
+        slirp = shutil.which("slirp4netns")
+        if slirp is None:
+            raise RuntimeError("slirp4netns not found: apt-get install slirp4netns")
+        # unshare execs sleep in the new namespace: the holder's pid is the namespace's.
+        self.holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"])
+        deadline = time.monotonic() + LEADER_TIMEOUT
+        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("unshare --net made no network namespace")
+            time.sleep(0.01)
+        read, write = os.pipe()
+        self.slirp = subprocess.Popen(
+            [
+                slirp,
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                f"--ready-fd={write}",
+                str(self.holder.pid),
+                "tap0",
+            ],
+            pass_fds=(write,),
+            stdout=subprocess.DEVNULL,
+        )
+        os.close(write)
+        with os.fdopen(read, "rb") as ready:
+            if ready.read(1) != b"1":
+                raise RuntimeError("slirp4netns did not configure the namespace")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in (self.slirp, self.holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(LEADER_TIMEOUT)
+
+    def use_in(self, root: Path) -> None:
+        """Point ``root``'s resolver at slirp4netns's when the host's is on its loopback."""
+        resolv = root / "etc" / "resolv.conf"
+        if "nameserver 127." in resolv.read_text():
+            resolv.write_text(f"nameserver {self.DNS}\n")
+
+    def listening(self, port: int, host: str = "127.0.0.1") -> bool:
+        """Whether something listens on ``host:port`` inside the namespace."""
+        probe = f"import socket; socket.create_connection(({host!r}, {port}), 1).close()"
+        done = subprocess.run(
+            ["nsenter", f"--net={self.path}", sys.executable, "-c", probe],
+            capture_output=True,
+            timeout=LEADER_TIMEOUT,
+            check=False,
+        )
+        return done.returncode == 0
+
+
+def _nspawn(root: Path, command: str, network: PrivateNetwork | None = None) -> list[str]:
+    joined = [] if network is None else [f"--network-namespace-path={network.path}"]
     return [
         "systemd-nspawn",
         "--quiet",
@@ -227,6 +306,7 @@ def _nspawn(root: Path, command: str) -> list[str]:
         "--keep-unit",
         "--pipe",
         "--as-pid2",
+        *joined,
         f"--hostname={HOSTNAME}",
         "-D",
         str(root),
@@ -240,10 +320,15 @@ def _nspawn(root: Path, command: str) -> list[str]:
 
 
 def run_in(
-    root: Path, command: str, timeout: float = RUN_TIMEOUT
+    root: Path,
+    command: str,
+    timeout: float = RUN_TIMEOUT,
+    *,
+    network: PrivateNetwork | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``/bin/sh -c command`` as root in ``root``; output captured, never raises on exit."""
-    proc = start_in(root, command)
+    """Run ``/bin/sh -c command`` as root in ``root``; output captured, never raises on exit.
+    ``network``: in that namespace, else on the host's network."""
+    proc = start_in(root, command, network=network)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -252,12 +337,14 @@ def run_in(
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def start_in(root: Path, command: str, log: Path | None = None) -> subprocess.Popen[str]:
+def start_in(
+    root: Path, command: str, log: Path | None = None, *, network: PrivateNetwork | None = None
+) -> subprocess.Popen[str]:
     """Start ``command`` in ``root`` in the background; see ``stop``. Its stdout and stderr
     go to pipes, or both to the file ``log`` (for a long-running command nobody reads)."""
     if log is None:
         return subprocess.Popen(
-            _nspawn(root, command),
+            _nspawn(root, command, network),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -266,7 +353,7 @@ def start_in(root: Path, command: str, log: Path | None = None) -> subprocess.Po
         )
     with log.open("w") as out:
         return subprocess.Popen(
-            _nspawn(root, command),
+            _nspawn(root, command, network),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -4,6 +4,12 @@
 ``SrsdProcess`` picks free loopback ports below 32768, writes a secrets file if none is
 given, waits until both ports accept connections and stops the process with SIGTERM
 (then SIGKILL) on exit. Its stderr goes to a log file the tests can read.
+
+Around it: :func:`running` (started with an empty config, stopped with status 0 and a clean
+log), :func:`wait_log` and :func:`poll` (bounded waits), :func:`lookup` (one tcp_table request),
+:func:`signed` (the SRS addresses a sender may get), :func:`child_env` (the environment of any
+srsd child: this srsd, the suite's private host configuration, nothing of the machine's) and
+:func:`empty_config`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,17 @@ from typing import Any
 import srsd
 
 SRC = str(Path(srsd.__file__).resolve().parent)
+#: The most lines one codec or policy call may run on an input of N bytes: a fixed amount,
+#: plus a few a byte for the one character scan the grammar needs (a quoted local part: 4 a
+#: byte). A loop on a field's value or length (pysrs's 32**n on a long stamp, postsrsd's
+#: CVE-2020-35573) goes far past it.
+CALL_LINES = 400
+LINES_PER_BYTE = 8
+
+
+def call_bound(size: int) -> int:
+    """:data:`CALL_LINES` + :data:`LINES_PER_BYTE` x ``size``."""
+    return CALL_LINES + LINES_PER_BYTE * size
 
 
 def lines_run(call: Callable[[], Any]) -> tuple[int, Any]:

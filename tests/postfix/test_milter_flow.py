@@ -16,6 +16,12 @@ directory), so it rewrites the sender only of mail that leaves: mail to dave kee
 sender in the Return-Path written by virtual(8); mail to fwd@mailbox.test, a local-domain
 address that a virtual alias sends to dest.test, gets SRS0 (postsrsd's milter does not);
 a bounce to the SRS0 address is given back to the original sender by the milter alone.
+
+This is deliberately not the wiring ``srsd postfix-config`` prints (that one, with
+``recipient_canonical_maps`` and the SRS domain as a virtual alias domain, is tested through
+Debian's chrooted master.cf in ``test_wiring_flow.py``): here no map restores a bounce, so
+the milter's own DELRCPT + ADDRCPT is what is tested, as set-ups written for README's
+earlier milter lines (the SRS domain in ``mydestination``) still run.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from srsd.envelope.keys import (
 )
 from srsd.envelope.store import EnvelopeStore, Outage, SQLiteStore, StorageError
 from srsd.host.logs import LOGGER
+from srsd.srs import address
 from srsd.srs.policy import Decision, Outcome, Policy
 
 UNAVAILABLE = Decision(Outcome.ERROR, reason="Envelope database unavailable")
@@ -159,6 +160,9 @@ class EnvelopeDatabase:
         self.outage.succeeded()
         if original is None:
             return UNKNOWN_ALIAS
+        refused = address.refusal(original, len(original))  # a control byte: no address
+        if refused is not None:  # stored before such senders were refused (or tampered with)
+            return Decision(Outcome.BAD_ADDRESS, reason=refused)
         return Decision(Outcome.REWRITTEN, original, "resolved through the envelope database")
 
 

@@ -12,7 +12,8 @@ Everything is asked of Postfix itself, the way its own commands find their confi
 ``postconf -xh mydestination virtual_mailbox_domains virtual_alias_maps ...`` once, then each
 table through ``postmap -q - TABLE`` (keys on standard input, so no key is ever taken for
 an option). Answers are cached for :data:`CACHE_SECONDS` and the configuration is read
-again on SIGHUP (:meth:`PostfixDelivery.refresh`) and every :data:`REFRESH_SECONDS`.
+again every :data:`REFRESH_SECONDS` and on SIGHUP (the server makes a new
+:class:`PostfixDelivery`).
 
 When an answer cannot be known (a command fails or times out, a table cannot be opened, an
 alias nests too deep), the recipient counts as *not* delivered here, so the sender is
@@ -302,16 +303,6 @@ class PostfixDelivery:
         #: Lookups that could not be answered (a metric).
         self.unknown = 0
         self._warned = -WARNING_INTERVAL
-
-    @property
-    def discovering(self) -> bool:
-        """True when the answers come from Postfix (no fixed list, no rewrite_local)."""
-        return not self.rewrite_local and self.local_domains is None
-
-    def refresh(self) -> None:
-        """Forget everything: the next question reads Postfix's configuration again."""
-        self._cache.clear()
-        self._resolver = None
 
     async def all_delivered_here(self, recipients: Iterable[bytes]) -> bool:
         """True when every recipient is delivered on this host (so nothing to rewrite)."""

@@ -26,6 +26,7 @@ _ATEXT = frozenset(
 #: local part: not atext, so such a local part is quoted as a whole (RFC 5321 Mailbox).
 _LITERAL = frozenset(b"[]:")
 _QUOTE = 0x22  # "
+_BACKSLASH = 0x5C  # \
 #: Bytes no envelope address holds, quoted or not (RFC 5321: qtextSMTP and quoted-pairSMTP
 #: are %d32-126, atext has no controls; RFC 6531 adds UTF-8 only): the C0 controls, NUL,
 #: CR and LF among them, and DEL. Nothing srsd answers (a CHGFROM above all) may hold one.
@@ -36,7 +37,6 @@ MAX_LENGTH = 4096
 TOO_LONG = "Address too long"
 NUL_BYTE = "NUL byte in address"
 CONTROL_CHARACTER = "Control character in address"
-_BACKSLASH = 0x5C  # \
 
 
 def refusal(address: bytes, max_length: int) -> str | None:

@@ -65,11 +65,6 @@ class Decision:
     value: bytes | None = None
     reason: str = ""
 
-    @property
-    def quiet(self) -> bool:
-        """True for routine outcomes that are not worth a log line at info level."""
-        return self.outcome in QUIET
-
 
 _REWRITTEN_REASON = "rewritten"
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
