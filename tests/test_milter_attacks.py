@@ -185,6 +185,23 @@ def test_recipient_flood_keeps_memory_bounded(tmp_path: Path) -> None:
     assert peak < bound, figures
 
 
+def test_the_recipient_flood_under_an_address_space_limit(tmp_path: Path) -> None:
+    """The crash of issue 18: under a 400 MB address-space limit the same flood made srsd
+    run out of memory and exit (tcp_table with it). With the default bounds it stays far
+    below: srsd stays up, a good session and a lookup are served, no MemoryError."""
+    with MilterTarget(tmp_path, prefix=("prlimit", "--as=400000000", "--")) as srv:
+        with attackers(srv.milter_port, "milter-recipients", (NOBODY, 16)) as done:
+            deadline = time.monotonic() + ATTACKER_SECONDS
+            while srv.metrics()["srsd_milter_sessions_open"] < 16:  # all 16 holding
+                assert time.monotonic() < deadline and srv.alive(), srv.log()[-3000:]
+                time.sleep(0.5)
+            assert good_session(srv.milter_port) is None
+            assert good_lookup(srv.forward_port) is None
+        metrics = report("recipient flood under --as=400MB", {"attacker": done[0]}, srv)
+        assert metrics["srsd_internal_errors_total"] == 0
+        assert "MemoryError" not in srv.log()
+
+
 def test_a_shell_start_under_ulimit_1024_survives_a_milter_flood(tmp_path: Path) -> None:
     """Started with a soft open files limit of 1,024 (a shell's) while ``nobody`` floods the
     milter with 2,000 sessions: srsd raises its soft limit to the hard one, so tcp_table

@@ -8,6 +8,7 @@ in ``test_delivery.py`` and end to end in ``tests/postfix/test_milter_flow.py``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -24,7 +25,12 @@ import trio
 from srsd.admission.gatekeeper import Gatekeeper
 from srsd.admission.owners import PeerOwners
 from srsd.admission.rule import Limits
+from srsd.config import settings as srsd_settings
+from srsd.envelope import EnvelopeMode
+from srsd.envelope.database import EnvelopeDatabase
+from srsd.envelope.store import SQLiteStore
 from srsd.serve import milter_service
+from srsd.serve.answers import Lookups
 from srsd.serve.delivery import PostfixDelivery
 from srsd.serve.listeners import Endpoint
 from srsd.serve.loop import AdmitAll, Connection, ConnectionLoop, Gate
@@ -581,3 +587,72 @@ def test_a_split_transaction_is_classified_off_the_loop_packets_behind_wait() ->
             assert svc.budget.used == 0
 
     trio.run(main)
+
+
+# -- the decision in the loop (issue 22): the same verdicts as off it, or none ----------------
+
+
+def lookups_in(tmp_path: Path, mode: EnvelopeMode) -> Lookups:
+    """The map endpoints' decisions (real settings, policy and envelope database)."""
+    secrets = tmp_path / "secrets"
+    secrets.write_bytes(SECRET + b"\n")
+    secrets.chmod(0o600)
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    loaded = srsd_settings.load(
+        {"domain": DOMAIN.decode(), "secrets_file": str(secrets)}, environ={}, config=config
+    )
+    store = SQLiteStore(tmp_path / "envelopes.sqlite", 60.0)
+    return Lookups(loaded, loaded.policy(), EnvelopeDatabase(store, mode, 0))
+
+
+def messages() -> list[milter.Transaction]:
+    """Forwarded, local, mixed, a bounce to our SRS address, a forged one, a null sender."""
+    ours = b"<" + POLICY.forward(b"alice@origin.test", time.time()).value + b">"  # type: ignore[operator]
+    forged = b"<SRS0=xxxx=AA=origin.test=bob@forwarder.test>"
+    return [
+        milter.Transaction(b"Q1", b"<bob@origin.test>", (b"<carol@dest.test>",)),
+        milter.Transaction(b"Q2", b"<bob@origin.test>", (b"<dave@mailbox.test>",)),
+        milter.Transaction(b"Q3", b"<bob@origin.test>", (b"<dave@mailbox.test>", b"<e@f.test>")),
+        milter.Transaction(b"Q4", b"<>", (ours,)),
+        milter.Transaction(b"Q5", b"<bob@origin.test>", (forged, b"<carol@dest.test>")),
+        milter.Transaction(b"Q6", b"<>", (b"<carol@dest.test>",)),
+    ]
+
+
+def test_a_message_that_needs_no_storage_is_decided_in_the_loop_as_off_it(
+    tmp_path: Path,
+) -> None:
+    lookups = lookups_in(tmp_path, EnvelopeMode.EMBEDDED)
+    delivery = PostfixDelivery(local_domains=DomainSet(["mailbox.test"]))
+    forward_lookup, reverse_lookup = milter_service.lookups_for(lookups)
+
+    def counted() -> int:
+        return sum(lookups.counts.values())
+
+    for transaction in messages():
+        before = counted()
+        now = milter_service.decide_now(transaction, lookups, delivery)
+        middle = counted()
+        later = trio.run(
+            functools.partial(
+                milter_service.decide,
+                transaction,
+                forward=forward_lookup,
+                reverse=reverse_lookup,
+                delivery=delivery,
+            )
+        )
+        assert now is not None and now == later, transaction
+        assert middle - before == counted() - middle > 0  # each lookup counted once
+
+
+def test_a_message_that_needs_storage_or_postfix_is_left_to_wait(tmp_path: Path) -> None:
+    fixed = PostfixDelivery(local_domains=DomainSet(["mailbox.test"]))
+    database = lookups_in(tmp_path, EnvelopeMode.DATABASE)
+    forwarded = messages()[0]
+    assert milter_service.decide_now(forwarded, database, fixed) is None
+    assert not database.counts  # nothing counted or logged for a message decided later
+    embedded = lookups_in(tmp_path, EnvelopeMode.EMBEDDED)
+    assert milter_service.decide_now(forwarded, embedded, PostfixDelivery()) is None
+    assert not embedded.counts

@@ -42,15 +42,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Generator, Hashable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import trio
 
 from srsd.config.settings import Settings
-from srsd.host.logs import LOGGER, RateLimited, show
-from srsd.serve.answers import Lookups
+from srsd.host.logs import LOGGER, RateLimited, line, show
+from srsd.serve.answers import Lookups, Pending
 from srsd.serve.delivery import PostfixDelivery
 from srsd.serve.loop import Later, Reader
 from srsd.srs.policy import Decision, DomainSet, Outcome, Role
@@ -64,6 +65,8 @@ LOG_INTERVAL = 1.0
 #: Decides one address (a sender forward, a recipient reverse), as the map endpoints do.
 Decider = Callable[[bytes], Awaitable[Decision]]
 _TEMPFAIL = milter.Verdict(tempfail=True)
+_MILTER = Wire.MILTER.value
+_INFO = logging.INFO
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +78,23 @@ class MessageOutcome:
     reason: str
 
 
-async def decide(
-    transaction: milter.Transaction,
-    *,
-    forward: Decider,
-    reverse: Decider,
-    delivery: PostfixDelivery,
-) -> MessageOutcome:
-    """The verdict for one message (see the module docstring)."""
+class _Here(list[bytes]):
+    """A question of :func:`_steps`: is every one of these recipients delivered here?"""
+
+
+_Question = tuple[Role, bytes] | _Here
+_Answer = Decision | bool | None
+
+
+def _steps(transaction: milter.Transaction) -> Generator[_Question, _Answer, MessageOutcome]:
+    """The decision for one message (see the module docstring), written once as the
+    questions it asks: :func:`decide` answers them, waiting where it must, :func:`decide_now`
+    when no answer has to wait."""
     replace: list[tuple[bytes, bytes]] = []
     finals: list[bytes] = []
     for raw in transaction.recipients:
         recipient = milter.unbracket(raw)
-        restored = await reverse(recipient)
+        restored = cast(Decision, (yield (Role.REVERSE, recipient)))
         if restored.outcome is Outcome.ERROR:
             reason = f"recipient <{show(recipient)}>: {restored.reason}"
             return MessageOutcome(_TEMPFAIL, "tempfail", reason)
@@ -100,15 +107,67 @@ async def decide(
     sender = milter.unbracket(transaction.sender)
     if not sender:
         return MessageOutcome(kept, "not rewritten", "null sender")
-    if await delivery.all_delivered_here(finals):
+    if (yield _Here(finals)):
         return MessageOutcome(kept, "delivered here", "every recipient is delivered here")
-    forwarded = await forward(sender)
+    forwarded = cast(Decision, (yield (Role.FORWARD, sender)))
     if forwarded.outcome is Outcome.ERROR:
         return MessageOutcome(_TEMPFAIL, "tempfail", forwarded.reason)
     if forwarded.outcome is Outcome.REWRITTEN and forwarded.value is not None:
         rewritten = milter.Verdict(forwarded.value, tuple(replace))
         return MessageOutcome(rewritten, "rewritten", "forwarded")
     return MessageOutcome(kept, "not rewritten", forwarded.reason)
+
+
+async def decide(
+    transaction: milter.Transaction,
+    *,
+    forward: Decider,
+    reverse: Decider,
+    delivery: PostfixDelivery,
+) -> MessageOutcome:
+    """The verdict for one message (see the module docstring)."""
+    steps = _steps(transaction)
+    answer: _Answer = None
+    try:
+        while True:
+            question = steps.send(answer)
+            if isinstance(question, _Here):
+                answer = await delivery.all_delivered_here(question)
+            else:
+                role, address = question
+                answer = await (forward if role is Role.FORWARD else reverse)(address)
+    except StopIteration as done:
+        return cast(MessageOutcome, done.value)
+
+
+def decide_now(
+    transaction: milter.Transaction, lookups: Lookups, delivery: PostfixDelivery
+) -> MessageOutcome | None:
+    """The verdict for one message without waiting, in the connection loop; None when an
+    answer must wait (the envelope database, Postfix), then :func:`decide` it. The lookups
+    are counted and logged only when the whole message was decided here."""
+    steps = _steps(transaction)
+    answer: _Answer = None
+    made: list[tuple[Role, bytes, Decision, float]] = []
+    try:
+        while True:
+            question = steps.send(answer)
+            if isinstance(question, _Here):
+                answer = delivery.delivered_here_now(question)
+                if answer is None:
+                    return None
+            else:
+                role, address = question
+                started = time.perf_counter()
+                decision = lookups.decide_now(role, address, time.time())
+                if isinstance(decision, Pending):
+                    return None
+                made.append((role, address, decision, started))
+                answer = decision
+    except StopIteration as done:
+        for role, address, decision, started in made:
+            lookups.record(_MILTER, role, address, decision, started)
+        return cast(MessageOutcome, done.value)
 
 
 async def delivered_here(
@@ -251,7 +310,11 @@ class MilterService:
         idle_limit: float = 600.0,
         transaction_limit: float = 3600.0,
         split: bool = False,
+        lookups: Lookups | None = None,
     ) -> None:
+        #: With them, a message whose decision needs no storage and no answer from Postfix
+        #: is decided in the loop (:func:`decide_now`), not off it.
+        self.lookups = lookups
         self.forward = forward
         self.reverse = reverse
         self.delivery = delivery
@@ -320,6 +383,10 @@ class MilterService:
                 action.missing_names,
             )
             return action.data
+        if isinstance(action, milter.Decide):
+            verdict = self._decide_now(action.transaction)
+            if verdict is not None:
+                return event.session.verdict(verdict)
         if isinstance(action, milter.Decide | milter.Classify):
             return partial(self._later, event)
         if action.reason is not None:
@@ -377,9 +444,20 @@ class MilterService:
             )
         return here
 
+    def _decide_now(self, transaction: milter.Transaction) -> milter.Verdict | None:
+        """The verdict when the message is decided without waiting, else None."""
+        if self.lookups is None:
+            return None
+        started = time.perf_counter()
+        try:
+            outcome = decide_now(transaction, self.lookups, self.delivery)
+        except Exception:
+            LOGGER.exception("milter %s: internal error", show(transaction.queue_id) or "-")
+            outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
+        return None if outcome is None else self._report(transaction, outcome, started)
+
     async def _decide(self, transaction: milter.Transaction) -> milter.Verdict:
         started = time.perf_counter()
-        queue_id = show(transaction.queue_id) or "-"
         outcome: MessageOutcome
         try:
             with trio.fail_after(DECIDE_SECONDS):
@@ -390,31 +468,32 @@ class MilterService:
             reason = f"no decision within {DECIDE_SECONDS:g} s"
             outcome = MessageOutcome(_TEMPFAIL, "tempfail", reason)
         except Exception:
-            LOGGER.exception("milter %s: internal error", queue_id)
+            LOGGER.exception("milter %s: internal error", show(transaction.queue_id) or "-")
             outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
+        return self._report(transaction, outcome, started)
+
+    def _report(
+        self, transaction: milter.Transaction, outcome: MessageOutcome, started: float
+    ) -> milter.Verdict:
+        """Count and log one decided message (``started``: a :func:`time.perf_counter`
+        reading); the verdict to send."""
         self.messages[outcome.label] += 1
         verdict = milter.writable(outcome.verdict)  # what is sent, and so logged
-        level = logging.WARNING if verdict.tempfail else logging.INFO
-        if LOGGER.isEnabledFor(level):
-            for old, new in verdict.replace:
-                LOGGER.log(
-                    level,
-                    "milter %s: recipient %s restored as <%s>",
-                    queue_id,
-                    show(old),
-                    show(new),
-                )
+        queue_id = show(transaction.queue_id) or "-"
+        if verdict.tempfail:
             sender = show(transaction.sender)
-            if verdict.tempfail:
-                LOGGER.warning("milter %s: %s deferred: %s", queue_id, sender, outcome.reason)
-            elif verdict.sender is not None:
-                LOGGER.info(
-                    "milter %s: sender %s rewritten as <%s> (%.1f ms)",
-                    queue_id,
-                    sender,
-                    show(verdict.sender),
-                    (time.perf_counter() - started) * 1000,
+            LOGGER.warning("milter %s: %s deferred: %s", queue_id, sender, outcome.reason)
+        elif LOGGER.isEnabledFor(_INFO):  # a line per message: the fast way, as lookups
+            for old, new in verdict.replace:
+                line(_INFO, f"milter {queue_id}: recipient {show(old)} restored as <{show(new)}>")
+            sender = show(transaction.sender)
+            if verdict.sender is not None:
+                ms = (time.perf_counter() - started) * 1000
+                line(
+                    _INFO,
+                    f"milter {queue_id}: sender {sender} rewritten as <{show(verdict.sender)}> "
+                    f"({ms:.1f} ms)",
                 )
             else:
-                LOGGER.info("milter %s: sender %s kept: %s", queue_id, sender, outcome.reason)
+                line(_INFO, f"milter {queue_id}: sender {sender} kept: {outcome.reason}")
         return verdict

@@ -130,6 +130,7 @@ class Server:
             forward=forward,
             reverse=reverse,
             delivery=milter_service.delivery_for(settings),
+            lookups=self.lookups,
         )
         self.milter.configure(settings)
         self.milter_endpoints: list[Endpoint] = []
