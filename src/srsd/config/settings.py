@@ -247,7 +247,7 @@ def _socketmap(raw: object) -> InetEndpoint | UnixEndpoint | None:
     return parse_endpoint(_text(raw))
 
 
-def _host_port(raw: object) -> InetEndpoint | None:
+def _parse_host_port(raw: object) -> InetEndpoint | None:
     value = _text(raw)
     try:
         return metrics_endpoint(value)
@@ -787,7 +787,7 @@ class Settings:
         _bool, False, "SRS_SYSLOG", "--syslog", "also log to syslog, mail facility"
     )
     metrics_listen: InetEndpoint | None = setting(
-        _host_port,
+        _parse_host_port,
         None,
         "SRS_METRICS_LISTEN",
         "--metrics-listen",
