@@ -102,7 +102,13 @@ class Bench:
         self.srsd = srsd("info", "srsd")  # the default level: a line per rewrite, to /dev/null
         self.warning = srsd("warning", "srsd-warning") if not args.no_warning else None
         self.postsrsd = h.postsrsd2_server(secret, workdir)
-        self.servers = [x for x in (self.srsd, self.postsrsd, self.warning) if x is not None]
+        self.baseline = None
+        if args.baseline:  # another tree's srsd at info: before -> after in the same rounds
+            self.baseline = srsd("info", "srsd-baseline")
+            assert self.baseline.env is not None
+            self.baseline.env["PYTHONPATH"] = str(Path(args.baseline).resolve())
+        others = (self.postsrsd, self.warning, self.baseline)
+        self.servers = [x for x in (self.srsd, *others) if x is not None]
 
     def start(self) -> None:
         for server in self.servers:
@@ -138,8 +144,8 @@ class Bench:
                 raise RuntimeError(f"minting keys with {server.name} failed: {done.stderr!r}")
             minted[server.name] = path.read_bytes()
             self.keys[f"reverse:{server.name}"] = path
-        if self.warning is not None:
-            self.keys["reverse:srsd-warning"] = self.keys["reverse:srsd"]
+        for twin in ("srsd-warning", "srsd-baseline"):  # the same secret and alphabet
+            self.keys[f"reverse:{twin}"] = self.keys["reverse:srsd"]
         checks = {}
         for server in pair:
             for origin in minted:
@@ -225,15 +231,14 @@ class Bench:
             order = pair[::-1] if flip else pair
             flip = not flip
             cells += [self.cell(server, row) for server in order]
-            if self.warning is not None:
-                cells.append(self.cell(self.warning, row))
+            cells += [self.cell(x, row) for x in (self.warning, self.baseline) if x is not None]
         return summarize(row, cells)
 
 
 def summarize(row: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians per server, and the srsd/postsrsd ratio of each round's pair."""
     out: dict[str, Any] = {"row": row, "cells": cells, "servers": {}}
-    for name in ("srsd", "postsrsd2", "srsd-warning"):
+    for name in ("srsd", "postsrsd2", "srsd-warning", "srsd-baseline"):
         mine = [c for c in cells if c["server"] == name]
         if not mine:
             continue
@@ -250,6 +255,10 @@ def summarize(row: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [s["rate"] / p["rate"] for s, p in zip(srsd, peer, strict=False) if p["rate"]]
     if ratios:
         out["ratio"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    before = [c for c in cells if c["server"] == "srsd-baseline"]
+    gains = [s["rate"] / b["rate"] for s, b in zip(srsd, before, strict=False) if b["rate"]]
+    if gains:  # this tree's srsd over the baseline's, round by round
+        out["gain"] = {"median": statistics.median(gains), "min": min(gains), "max": max(gains)}
     return out
 
 
@@ -337,14 +346,22 @@ def table_line(r: dict[str, Any]) -> str:
     spread = f"{ratio['min']:.3g}-{ratio['max']:.3g}" if ratio else "-"
     other = [x.get("other_load_pct") for x in (s, w, p) if x.get("other_load_pct") is not None]
     worst = max((x.get("max_other_load_pct") or 0) for x in (s, w, p) if x)
-    ok = all(x.get("all_ok", True) for x in (s, w, p))
+    b = r["servers"].get("srsd-baseline")
+    ok = all(x.get("all_ok", True) for x in (s, w, p, b or {}))
+    gain = r.get("gain")
+    before = (
+        f" | baseline {_n(b.get('rate')):>7}/s {_n(b.get('cpu_us'), '.1f'):>6} us; srsd/baseline "
+        f"{gain['median']:.2f} ({gain['min']:.2f}-{gain['max']:.2f})"
+        if b and gain
+        else ""
+    )
     return (
         f"{r['row']:26}|{_n(s.get('rate')):>10}{_n(w.get('rate')):>10}{_n(p.get('rate')):>10}"
         f"{'':6}|{_n(ratio and ratio['median'], '.2f'):>8}{spread:>12} |"
         f"{_lat(s.get('p50_us')):>8}{_lat(p.get('p50_us')):>8} |"
         f"{_lat(s.get('p99_us')):>8}{_lat(p.get('p99_us')):>8} |"
         f"{_n(s.get('cpu_us'), '.1f'):>7}{_n(p.get('cpu_us'), '.1f'):>7} |"
-        f"{_n(_median(other)):>4}{worst:>4.0f}| {'yes' if ok else 'NO'}"
+        f"{_n(_median(other)):>4}{worst:>4.0f}| {'yes' if ok else 'NO'}{before}"
     )
 
 
@@ -438,6 +455,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rows", help="only rows starting with these, e.g. socketmap:16,milter:1:16:quickack"
     )
     parser.add_argument("--no-warning", action="store_true", help="no srsd at log level warning")
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also an srsd from this src/ directory (at info) in every round: before -> after",
+    )
 
 
 def settle(args: argparse.Namespace) -> None:

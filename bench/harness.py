@@ -200,7 +200,7 @@ def core_busy_seconds(cpu: int) -> float:
     return 0.0
 
 
-def _status_kib(pid: int, key: str) -> int:
+def status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key):
@@ -236,7 +236,7 @@ class Memory:
 def memory(pid: int, *, with_children: bool) -> Memory:
     """RSS (and PSS) of ``pid``, summed over its children when ``with_children``."""
     pids = [pid, *(children(pid) if with_children else ())]
-    rss = sum(_status_kib(p, "VmRSS:") for p in pids)
+    rss = sum(status_kib(p, "VmRSS:") for p in pids)
     pss = sum(_pss_kib(p) for p in pids)
     return Memory(rss, pss, len(pids))
 

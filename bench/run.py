@@ -523,6 +523,7 @@ def _endpoint_args(args: argparse.Namespace, rows: list[str]) -> argparse.Namesp
         quick=args.quick,
         rows=",".join(rows),
         no_warning=False,
+        baseline=None,
     )
     endpoints.settle(ns)
     return ns

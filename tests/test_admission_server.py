@@ -90,7 +90,10 @@ class HeldService:
         self.inner = inner
         self.release = release
         self.idle_limit = inner.idle_limit
+        self.transaction_limit = inner.transaction_limit
         self.reader = inner.reader
+        self.in_transaction = inner.in_transaction
+        self.discard = inner.discard
 
     def answer(self, event: object) -> bytes | Later:
         if getattr(event, "key", None) == b"hold":

@@ -291,15 +291,85 @@ def test_verdict_never_writes_control_bytes(bad: bytes) -> None:
     assert milter.writable(Verdict(sender=good)) == Verdict(sender=good)
 
 
+# -- memory: bytes per message and the shared allowance ----------------------------------------
+
+
+class Pool:
+    """An allowance of ``room`` bytes that records what is taken and given."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.room:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        assert self.used >= 0
+
+
+TOO_MANY = Send(packet(b"y", b"452 4.5.3 Too many recipients\x00"))
+NO_ROOM = Send(packet(b"y", b"452 4.3.1 Insufficient system storage\x00"))
+TEMPFAIL = Send(packet(b"t"))
+
+
+def test_recipients_past_the_message_bytes_are_answered_452_and_not_kept() -> None:
+    big = b"<" + b"x" * 988 + b"@d.test>"  # 998 bytes: 1,062 counted
+    session = Session(message_bytes=4000)
+    actions = session.feed(conversation(*[big] * 5))
+    sender = len(b"<alice@origin.test>") + milter.ITEM_OVERHEAD
+    assert 3 * (len(big) + milter.ITEM_OVERHEAD) + sender <= 4000
+    assert actions[1:7] == [CONTINUE, CONTINUE, CONTINUE, CONTINUE, TOO_MANY, TOO_MANY]
+    decide = actions[-1]
+    assert isinstance(decide, Decide) and len(decide.transaction.recipients) == 3
+    assert session.refused == 2
+
+
+def test_the_shared_allowance_bounds_what_sessions_keep_and_gets_it_back() -> None:
+    pool = Pool(3000)
+    one, two = Session(allowance=pool), Session(allowance=pool)
+    big = b"<" + b"y" * 988 + b"@d.test>"
+    first = one.feed(negotiate() + command(milter.MAIL, b"<a@b>") + command(milter.RCPT, big) * 2)
+    assert first[1:] == [CONTINUE, CONTINUE, CONTINUE]
+    assert one.held == pool.used == 2 * (len(big) + 64) + len(b"<a@b>") + 64
+    # the other session finds no room for a big recipient: 452 4.3.1, nothing kept
+    second = two.feed(negotiate() + command(milter.MAIL, b"<c@d>") + command(milter.RCPT, big))
+    assert second[1:] == [CONTINUE, NO_ROOM]
+    assert two.held == len(b"<c@d>") + 64
+    # no room even for a sender: a temporary failure for MAIL, the session goes on
+    pool.room = one.held  # room for what the first session keeps, no more
+    assert two.feed(command(milter.ABORT) + command(milter.MAIL, b"<e@f>")) == [TEMPFAIL]
+    assert not two.in_message and two.held == 0
+    # the end of a message keeps its bytes until its verdict is rendered
+    pool.room = 3000
+    [decide] = one.feed(command(milter.END_OF_MESSAGE))
+    assert isinstance(decide, Decide) and pool.used == one.held > 0
+    one.verdict(Verdict())
+    assert pool.used == one.held == 0
+    # a session that ends gives back all it keeps
+    one.feed(command(milter.MAIL, b"<a@b>") + command(milter.RCPT, big))
+    assert pool.used > 0
+    one.release()
+    assert pool.used == one.held == 0
+
+
+def test_a_sender_over_the_message_bytes_is_a_temporary_failure() -> None:
+    session = Session(message_bytes=1024)
+    actions = session.feed(negotiate() + command(milter.MAIL, b"<" + b"s" * 2000 + b"@x>"))
+    assert actions[1:] == [TEMPFAIL]
+    assert not session.in_message and session.held == 0
+
+
 # -- splitting mixed transactions ----------------------------------------------------------
 
 
 def connect(port: int, family: bytes = b"4") -> bytes:
     """Postfix's connect step: host name, family, port, address (port 0: sendmail/pickup)."""
     return packet(b"C", b"client.test\x00" + family + struct.pack("!H", port) + b"127.0.0.1\x00")
-
-
-TOO_MANY = Send(packet(b"y", b"452 4.5.3 Too many recipients\x00"))
 
 
 def test_a_splitting_session_asks_for_the_connect_step() -> None:

@@ -1,31 +1,44 @@
 # The milter endpoint in-process over real loopback sockets: decisions, failures, time-outs.
-"""A :class:`srsd.serve.milter_service.MilterService` on a real TCP listener, driven by a milter
-client speaking what Postfix 3.7 sends (``milter_protocol = 6``). The policy and codec are
-the real ones; where recipients are delivered is a fixed ``local_domains`` list here (the
-discovery through Postfix is tested in ``test_delivery.py`` and end to end in
-``tests/postfix/test_milter_flow.py``)."""
+"""A :class:`srsd.serve.milter_service.MilterService` served by the connection loop on a
+real TCP listener, driven by a milter client speaking what Postfix 3.7 sends
+(``milter_protocol = 6``). The policy and codec are the real ones; where recipients are
+delivered is a fixed ``local_domains`` list here (the discovery through Postfix is tested
+in ``test_delivery.py`` and end to end in ``tests/postfix/test_milter_flow.py``)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import signal
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from srsd.admission.gatekeeper import Gatekeeper
+from srsd.admission.owners import PeerOwners
+from srsd.admission.rule import Limits
+from srsd.config import settings as srsd_settings
+from srsd.envelope import EnvelopeMode
+from srsd.envelope.database import EnvelopeDatabase
+from srsd.envelope.store import SQLiteStore
 from srsd.serve import milter_service
+from srsd.serve.answers import Lookups
 from srsd.serve.delivery import PostfixDelivery
-from srsd.serve.milter_service import MilterService
+from srsd.serve.listeners import Endpoint
+from srsd.serve.loop import AdmitAll, Connection, ConnectionLoop, Gate
+from srsd.serve.milter_service import MemoryBudget, MilterReader, MilterService
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, DomainSet, Outcome, Policy
-from srsd.wire import milter
-from srsd.wire.milter import command, macros, negotiate, split_replies
+from srsd.wire import Wire, milter
+from srsd.wire.milter import command, macros, negotiate, packet, split_replies
 from tests.harness.daemon import Daemon, activation_argv, serve_args, write_secret
 from tests.harness.inprocess import CapturedLog
 from tests.harness.metrics import labels, samples, scrape
@@ -97,12 +110,33 @@ class Client:
         return out
 
 
-def run(svc: MilterService, body: Callable[[Client], Awaitable[None]]) -> None:
-    async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
+@asynccontextmanager
+async def serving(
+    svc: MilterService, gate: Callable[[ConnectionLoop], Gate] = lambda _: AdmitAll()
+) -> AsyncIterator[tuple[ConnectionLoop, int]]:
+    """``svc`` served by a connection loop on a loopback port (the loop, the port), behind
+    the gate ``gate`` makes for the loop (default: admit all)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    loop = ConnectionLoop()
+    loop.request_timeout = 10.0
+    try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(svc.serve, listeners)
+            endpoint = Endpoint(Wire.MILTER, None, sock, "test")
+            await nursery.start(loop.serve, [(endpoint, svc, gate(loop))])
+            yield loop, sock.getsockname()[1]
+            nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+
+
+def run(svc: MilterService, body: Callable[[Client], Awaitable[None]]) -> ConnectionLoop:
+    """Serve ``svc``, run ``body`` with a negotiated client; the loop, for its counts."""
+    served: list[ConnectionLoop] = []
+
+    async def main() -> None:
+        async with serving(svc) as (loop, port):
+            served.append(loop)
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             client = Client(stream)
             await stream.send_all(negotiate())
@@ -110,9 +144,12 @@ def run(svc: MilterService, body: Callable[[Client], Awaitable[None]]) -> None:
             assert code == b"O" and data[4:8] == b"\x00\x00\x00\x4c"
             await body(client)
             await stream.aclose()
-            nursery.cancel_scope.cancel()
+            with trio.fail_after(5):
+                while loop.connections:  # the loop sees the close
+                    await trio.sleep(0.01)
 
     trio.run(main)
+    return served[0]
 
 
 def test_forwarded_mail_gets_srs0_and_local_mail_keeps_its_sender() -> None:
@@ -222,10 +259,7 @@ def test_an_mta_that_cannot_change_the_sender_defers_and_is_named(log: CapturedL
     svc = service()
 
     async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(svc.serve, listeners)
+        async with serving(svc) as (_, port):
             client = Client(await trio.open_tcp_stream("127.0.0.1", port))
             await client.stream.send_all(negotiate(actions=0x0C))  # ADDRCPT, DELRCPT only
             [(code, _)] = await client.replies(1)
@@ -233,7 +267,6 @@ def test_an_mta_that_cannot_change_the_sender_defers_and_is_named(log: CapturedL
             await client.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
             assert await client.replies(1) == [(b"t", b"")]
             await client.stream.aclose()
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     assert log.messages(logging.ERROR) == [
@@ -248,20 +281,19 @@ def test_protocol_error_closes_the_connection() -> None:
         await client.stream.send_all(command(milter.RCPT, b"<x@y>") + b"more garbage")
         assert await client.replies(1) == []  # EOF, no reply
 
-    run(svc, body)
-    assert svc.messages == {"protocol error": 1} and svc.sessions == 0
+    loop = run(svc, body)
+    assert svc.messages == {"protocol error": 1} and not loop.connections
 
 
-def test_idle_connection_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(milter_service, "IDLE_SECONDS", 0.3)
-    svc = service()
+def test_idle_connection_is_closed() -> None:
+    svc = service(idle_limit=0.3)
 
     async def body(client: Client) -> None:
         with trio.fail_after(5):
             assert await client.replies(1) == []
 
-    run(svc, body)
-    assert svc.sessions == 0
+    loop = run(svc, body)
+    assert not loop.connections
 
 
 # -- a real srsd process: the unix socket endpoint, SIGHUP --------------------------------
@@ -353,30 +385,25 @@ def test_stop_closes_idle_sessions_and_lets_a_message_in_flight_finish() -> None
     svc = service()
 
     async def main() -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as sessions:
-            async with trio.open_nursery() as accepting:
-                await accepting.start(svc.serve, listeners, sessions)
-                idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
-                busy = Client(await trio.open_tcp_stream("127.0.0.1", port))
-                for client in (idle, busy):
-                    await client.stream.send_all(negotiate())
-                    assert [c for c, _ in await client.replies(1)] == [b"O"]
-                await busy.stream.send_all(
-                    command(milter.MAIL, b"<alice@origin.test>")
-                    + command(milter.RCPT, b"<carol@dest.test>")
-                )
-                assert await busy.replies(2) == [CONTINUE, CONTINUE]
-                accepting.cancel_scope.cancel()  # what SIGTERM does to the accept loops
-            svc.stop(5.0)
+        async with serving(svc) as (loop, port):
+            idle = Client(await trio.open_tcp_stream("127.0.0.1", port))
+            busy = Client(await trio.open_tcp_stream("127.0.0.1", port))
+            for client in (idle, busy):
+                await client.stream.send_all(negotiate())
+                assert [c for c, _ in await client.replies(1)] == [b"O"]
+            await busy.stream.send_all(
+                command(milter.MAIL, b"<alice@origin.test>")
+                + command(milter.RCPT, b"<carol@dest.test>")
+            )
+            assert await busy.replies(2) == [CONTINUE, CONTINUE]
+            loop.stop(5.0)  # what SIGTERM does
             with trio.fail_after(5):
                 assert await idle.replies(1) == []  # closed at once: between messages
             await busy.stream.send_all(command(milter.END_OF_MESSAGE))
             replies = await busy.replies(2)
             assert [c for c, _ in replies] == [b"e", b"c"]  # the message in flight finished
             assert await busy.replies(1) == []  # then the session ends
-        assert svc.sessions == 0
+            assert not loop.connections
 
     trio.run(main)
 
@@ -409,3 +436,223 @@ def test_sigterm_lets_a_message_in_flight_finish(tmp_path: Path) -> None:
             assert [c for c, _ in split_replies(data)] == [b"e", b"c"]
         assert srsd.proc is not None and srsd.proc.wait(10) == 0
     assert not path.exists()
+
+
+# -- admission, time-outs, containment ------------------------------------------------------
+
+
+async def negotiated(port: int) -> Client:
+    client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.stream.send_all(negotiate())
+    assert [c for c, _ in await client.replies(1)] == [b"O"]
+    return client
+
+
+def test_a_session_in_the_middle_of_a_message_is_never_evicted() -> None:
+    """Full (two sessions, one user): a newcomer evicts the longest idle session between
+    messages, never the older one that is inside a message."""
+    svc = service()
+
+    def gate(loop: ConnectionLoop) -> Gatekeeper[Connection]:
+        return Gatekeeper(Limits(2, 2), PeerOwners(), loop.close, lambda c: c.busy)
+
+    async def main() -> None:
+        async with serving(svc, gate) as (_, port):
+            busy = await negotiated(port)
+            await busy.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
+            assert await busy.replies(1) == [CONTINUE]
+            idle = await negotiated(port)
+            newcomer = await negotiated(port)
+            assert await idle.replies(1) == []  # evicted: between messages
+            last = await negotiated(port)
+            assert await newcomer.replies(1) == []  # evicted in turn
+            await busy.stream.send_all(command(milter.RCPT, b"<carol@dest.test>"))
+            assert await busy.replies(1) == [CONTINUE]
+            await busy.stream.send_all(command(milter.END_OF_MESSAGE))
+            assert [c for c, _ in await busy.replies(2)] == [b"e", b"c"]
+            await last.stream.aclose()
+            await busy.stream.aclose()
+
+    trio.run(main)
+
+
+def test_neither_dribbled_bytes_nor_recipients_extend_a_session() -> None:
+    """A packet must end within request_timeout of its first byte, a message within
+    milter_message_timeout of its MAIL, however the bytes come."""
+    svc = service(transaction_limit=0.6)
+
+    async def main() -> None:
+        async with serving(svc) as (loop, port):
+            loop.request_timeout = 0.6
+            dribbler = await negotiated(port)
+            messenger = await negotiated(port)
+            await messenger.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
+            assert await messenger.replies(1) == [CONTINUE]
+            partial = packet(b"R", b"<" + b"d" * 100 + b">\x00")
+            started = trio.current_time()
+            with trio.fail_after(5):
+                for i in range(len(partial) - 1):
+                    if not loop.connections:
+                        break
+                    with contextlib.suppress(trio.BrokenResourceError):  # closed by srsd
+                        await dribbler.stream.send_all(partial[i : i + 1])
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        rcpt = command(milter.RCPT, b"<r%d@dest.test>" % i)
+                        await messenger.stream.send_all(rcpt)
+                    await trio.sleep(0.05)
+            assert not loop.connections, "a session outlived its time-outs"
+            assert trio.current_time() - started < 3
+            assert await dribbler.replies(1) == []
+            await messenger.replies(100)  # the continues, then EOF
+
+    trio.run(main)
+
+
+class FailingReader(MilterReader):
+    """Runs out of memory on a packet holding ``boom``."""
+
+    def feed(self, data: bytes) -> list[Any]:
+        if b"boom" in data:
+            raise MemoryError
+        return super().feed(data)
+
+
+class FailingService(MilterService):
+    def reader(self, owner: object) -> MilterReader:
+        return FailingReader(super().reader(owner).session)
+
+
+def test_an_exception_in_one_session_ends_that_session_only() -> None:
+    svc = FailingService(forward=forward, reverse=reverse, delivery=service().delivery)
+
+    async def main() -> None:
+        async with serving(svc) as (loop, port):
+            good = await negotiated(port)
+            bad = await negotiated(port)
+            await bad.stream.send_all(command(milter.MAIL, b"<boom@origin.test>"))
+            assert await bad.replies(1) == []  # closed
+            assert loop.faults == 1
+            replies = await good.message(b"<alice@origin.test>", b"<carol@dest.test>")
+            assert [c for c, _ in replies] == [b"e", b"c"]
+            fresh = await negotiated(port)  # still accepting
+            await fresh.stream.aclose()
+            await good.stream.aclose()
+
+    trio.run(main)
+
+
+def test_the_memory_budget_gives_each_owner_half() -> None:
+    budget = MemoryBudget(1000)
+    mallory, postfix = budget.allowance(65534), budget.allowance(0)
+    assert mallory.take(500) and not mallory.take(1)
+    assert postfix.take(400) and postfix.take(100) and not postfix.take(1)
+    assert (budget.used, budget.refused) == (1000, 2)
+    mallory.give(500)
+    postfix.give(500)
+    assert budget.used == 0 and not budget.by_owner
+
+
+def test_a_split_transaction_is_classified_off_the_loop_packets_behind_wait() -> None:
+    """split_mixed: each recipient is classified off the loop; the packets that came in the
+    same read behind it are answered after it, in order; the bytes kept go back to the
+    budget when the session ends."""
+    svc = service(split=True)
+    connect = packet(b"C", b"client.test\x00" + b"4" + (40000).to_bytes(2) + b"127.0.0.1\x00")
+
+    async def main() -> None:
+        async with serving(svc) as (loop, port):
+            client = await negotiated(port)
+            await client.stream.send_all(
+                connect
+                + command(milter.MAIL, b"<alice@origin.test>")
+                + command(milter.RCPT, b"<carol@dest.test>")
+                + command(milter.RCPT, b"<dave@mailbox.test>")
+                + command(milter.END_OF_MESSAGE)
+            )
+            replies = await client.replies(6)
+            too_many = (b"y", b"452 4.5.3 Too many recipients\x00")
+            assert replies[:4] == [CONTINUE, CONTINUE, CONTINUE, too_many]
+            assert [c for c, _ in replies[4:]] == [b"e", b"c"]  # rewritten: it leaves
+            assert svc.budget.used == 0  # the message was decided
+            await client.stream.send_all(
+                command(milter.MAIL, b"<alice@origin.test>")
+                + command(milter.RCPT, b"<dave@mailbox.test>")
+            )
+            assert await client.replies(2) == [CONTINUE, CONTINUE]
+            assert svc.budget.used > 0
+            await client.stream.aclose()
+            with trio.fail_after(5):
+                while loop.connections:
+                    await trio.sleep(0.01)
+            assert svc.budget.used == 0
+
+    trio.run(main)
+
+
+# -- the decision in the loop (issue 22): the same verdicts as off it, or none ----------------
+
+
+def lookups_in(tmp_path: Path, mode: EnvelopeMode) -> Lookups:
+    """The map endpoints' decisions (real settings, policy and envelope database)."""
+    secrets = tmp_path / "secrets"
+    secrets.write_bytes(SECRET + b"\n")
+    secrets.chmod(0o600)
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    loaded = srsd_settings.load(
+        {"domain": DOMAIN.decode(), "secrets_file": str(secrets)}, environ={}, config=config
+    )
+    store = SQLiteStore(tmp_path / "envelopes.sqlite", 60.0)
+    return Lookups(loaded, loaded.policy(), EnvelopeDatabase(store, mode, 0))
+
+
+def messages() -> list[milter.Transaction]:
+    """Forwarded, local, mixed, a bounce to our SRS address, a forged one, a null sender."""
+    ours = b"<" + POLICY.forward(b"alice@origin.test", time.time()).value + b">"  # type: ignore[operator]
+    forged = b"<SRS0=xxxx=AA=origin.test=bob@forwarder.test>"
+    return [
+        milter.Transaction(b"Q1", b"<bob@origin.test>", (b"<carol@dest.test>",)),
+        milter.Transaction(b"Q2", b"<bob@origin.test>", (b"<dave@mailbox.test>",)),
+        milter.Transaction(b"Q3", b"<bob@origin.test>", (b"<dave@mailbox.test>", b"<e@f.test>")),
+        milter.Transaction(b"Q4", b"<>", (ours,)),
+        milter.Transaction(b"Q5", b"<bob@origin.test>", (forged, b"<carol@dest.test>")),
+        milter.Transaction(b"Q6", b"<>", (b"<carol@dest.test>",)),
+    ]
+
+
+def test_a_message_that_needs_no_storage_is_decided_in_the_loop_as_off_it(
+    tmp_path: Path,
+) -> None:
+    lookups = lookups_in(tmp_path, EnvelopeMode.EMBEDDED)
+    delivery = PostfixDelivery(local_domains=DomainSet(["mailbox.test"]))
+    forward_lookup, reverse_lookup = milter_service.lookups_for(lookups)
+
+    def counted() -> int:
+        return sum(lookups.counts.values())
+
+    for transaction in messages():
+        before = counted()
+        now = milter_service.decide_now(transaction, lookups, delivery)
+        middle = counted()
+        later = trio.run(
+            functools.partial(
+                milter_service.decide,
+                transaction,
+                forward=forward_lookup,
+                reverse=reverse_lookup,
+                delivery=delivery,
+            )
+        )
+        assert now is not None and now == later, transaction
+        assert middle - before == counted() - middle > 0  # each lookup counted once
+
+
+def test_a_message_that_needs_storage_or_postfix_is_left_to_wait(tmp_path: Path) -> None:
+    fixed = PostfixDelivery(local_domains=DomainSet(["mailbox.test"]))
+    database = lookups_in(tmp_path, EnvelopeMode.DATABASE)
+    forwarded = messages()[0]
+    assert milter_service.decide_now(forwarded, database, fixed) is None
+    assert not database.counts  # nothing counted or logged for a message decided later
+    embedded = lookups_in(tmp_path, EnvelopeMode.EMBEDDED)
+    assert milter_service.decide_now(forwarded, embedded, PostfixDelivery()) is None
+    assert not embedded.counts

@@ -192,3 +192,22 @@ def test_the_default_mode_follows_the_milter_setting_and_a_missing_endpoint_is_a
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "milter mode needs srsd's milter endpoint (setting milter)" in captured.err
+
+
+def test_the_live_postfix_is_read_where_mail_config_says(
+    defaults_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = tmp_path / "main.cf"
+    main.write_text(
+        "compatibility_level = 3.6\nqueue_directory = /srv/queue\n"
+        "mydestination = $mydomain, localhost\nmydomain = forwarder.example\n"
+        "smtpd_milters = inet:127.0.0.1:8891\n"
+    )
+    backdate(main)
+    argv = ["postfix-config", "--domain", "forwarder.example", "--config", str(defaults_only)]
+    argv += ["--socketmap", "unix:/srv/queue/srsd/srsd.sock", "--milter", "inet:[::1]:10004"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "postconf -e recipient_canonical_maps=socketmap:unix:srsd/srsd.sock:reverse" in out
+    assert "'smtpd_milters=inet:127.0.0.1:8891, inet:[::1]:10004'" in out
+    assert "virtual_alias_domains" not in out  # $mydomain, expanded, is the SRS domain

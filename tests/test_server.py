@@ -291,12 +291,15 @@ class ObservedServer(Server):
         self.sockets: list[socket.socket] = []
         self.nodelay: list[int] = []
         self.received: list[int] = []
+        admit = self.gate.admit
 
-    def admit(self, conn: Connection) -> bool:
-        self.sockets.append(conn.sock)
-        self.nodelay.append(conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        conn.sock = Recorder(conn.sock, self.received)  # type: ignore[assignment]
-        return super().admit(conn)
+        def observe(conn: Connection, now: float) -> bool:
+            self.sockets.append(conn.sock)
+            self.nodelay.append(conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            conn.sock = Recorder(conn.sock, self.received)  # type: ignore[assignment]
+            return admit(conn, now)
+
+        self.gate.admit = observe  # type: ignore[method-assign]
 
 
 async def test_requests_dribbled_one_byte_at_a_time(tmp_path: Path) -> None:

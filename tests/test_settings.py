@@ -931,6 +931,12 @@ milter = "unix:{dir}/milter.sock"     # smtpd_milters: rewrite forwarded mail on
 local_domains = ["example.net", ".hosted.example"]
 rewrite_local = false
 milter_recipient_limit = 500
+milter_message_bytes = 262144
+milter_memory = 33554432
+milter_max_sessions = 300
+milter_max_sessions_per_user = 100
+milter_idle_timeout = 400
+milter_message_timeout = 1800
 split_mixed = "off"
 keep_alive = 60
 idle_timeout = 300                    # an integer is fine for seconds
@@ -977,6 +983,9 @@ def test_full_toml_example(tmp_path: Path) -> None:
     assert s.metrics_listen == settings.InetEndpoint("127.0.0.1", 9187)
     assert s.milter == settings.UnixEndpoint(tmp_path / "milter.sock")
     assert s.local_domains == ("example.net", ".hosted.example")
+    assert (s.milter_message_bytes, s.milter_memory) == (262144, 32 << 20)
+    assert (s.milter_max_sessions, s.milter_max_sessions_per_user) == (300, 100)
+    assert (s.milter_idle_timeout, s.milter_message_timeout) == (400.0, 1800.0)
     assert (s.rewrite_local, s.milter_recipient_limit, s.split_mixed) == (False, 500, "off")
     assert (s.socketmap_mode, s.socketmap_owner, s.keep_alive) == (0o660, "postfix:postfix", 60.0)
     assert s.idle_timeout == 300.0

@@ -315,8 +315,8 @@ def live_site(environ: Mapping[str, str]) -> tuple[postfix.Site, str]:
     lists = list(postfix.LIST_DEFAULTS)
     domains = ("mydestination", "virtual_mailbox_domains", "relay_domains")
     try:
-        plain = _postconf(["-h", "queue_directory", *lists], environ)
-        expanded = _postconf(["-xh", *domains], environ)
+        plain = _postconf(["-h", *lists], environ)
+        queue, *expanded = _postconf(["-xh", "queue_directory", *domains], environ)
     except (OSError, subprocess.SubprocessError, ValueError) as err:
         return postfix.Site(), f"cannot ask postconf ({err})"
     names = {
@@ -325,7 +325,7 @@ def live_site(environ: Mapping[str, str]) -> tuple[postfix.Site, str]:
         for item in postfix.split_list(value)
         if ":" not in item and not item.startswith(("/", "!"))
     }
-    return postfix.Site(plain[0], dict(zip(lists, plain[1:], strict=True)), frozenset(names)), ""
+    return postfix.Site(queue, dict(zip(lists, plain, strict=True)), frozenset(names)), ""
 
 
 def _postconf(args: list[str], environ: Mapping[str, str]) -> list[str]:

@@ -16,21 +16,48 @@ HOST:PORT for SECONDS or until SIGTERM, replacing every connection that ends at 
 * ``pipeline``: writes requests without end and never reads a reply (a small receive
   buffer: srsd's replies back up at once); a connection ends when a write fails.
 
+And against the milter endpoint, each session starting with the option negotiation:
+
+* ``milter-idle``: then nothing (a session held between messages);
+* ``milter-drip``: starts a message (``MAIL``), then sends one byte of a recipient packet
+  that never ends every :data:`DRIP` seconds;
+* ``milter-message``: starts a message, then one complete recipient every :data:`DRIP`
+  seconds, never ending the message;
+* ``milter-recipients``: starts a message, sends :data:`RECIPIENTS` recipients of
+  :data:`RECIPIENT_BYTES` bytes each as fast as srsd reads them, then holds the session;
+  CONNECTIONS sessions in all, none replaced (the memory attack).
+
 Prints one JSON object of counts on stdout when done: connections opened, closed by srsd
-(EOF or reset), answer lines received, and how long connections that srsd closed had
-lived (min, max, median).
+(EOF or reset), answer lines received (milter: reply bytes, and temporary failures:
+``452`` replies and ``t`` packets), and how long connections that srsd closed had lived
+(min, max, median).
 """
 
 import json
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 
 DRIP = 0.5
 HOLD = 1.0
 CONNECT_TIMEOUT = 1.0
+RECIPIENTS = 1000
+RECIPIENT_BYTES = 65000
+
+
+def packet(command: bytes, data: bytes = b"") -> bytes:
+    """A milter packet: length (command byte included), command, data."""
+    return struct.pack("!I", len(data) + 1) + command + data
+
+
+NEGOTIATE = packet(b"O", struct.pack("!III", 6, 0x1FF, 0x1FFFFF))
+MAIL = packet(b"M", b"<attacker@example.org>\0")
+RCPT = packet(b"R", b"<dribble@example.org>\0")
+BIG_RCPT = packet(b"R", b"<" + b"x" * (RECIPIENT_BYTES - 14) + b"@example.org>\0")
+DRIPPED = struct.pack("!I", 60000) + b"R<" + b"d" * 59997  # a packet that takes hours
 
 
 def main() -> None:
@@ -43,7 +70,12 @@ def main() -> None:
         "flood": b"get flood@example.org\n",
         "ask": b"get ask@example.org\n",
         "pipeline": b"",
+        "milter-idle": NEGOTIATE,
+        "milter-drip": NEGOTIATE + MAIL,
+        "milter-message": NEGOTIATE + MAIL,
+        "milter-recipients": NEGOTIATE + MAIL,
     }[mode]
+    milter = mode.startswith("milter-")
     pipelined = b"get pipelined@example.org\n" * 2000
     stats = {
         "connections": 0,
@@ -52,10 +84,13 @@ def main() -> None:
         "answers": 0,
         "wrong answers": 0,
     }
+    if milter:
+        stats.update({"reply bytes": 0, "temporary failures": 0})
     lifetimes = []
     sel = selectors.DefaultSelector()
-    conns = {}  # socket -> [opened, last drip, answers]
+    conns = {}  # socket -> [opened, last drip, answers, bytes of DRIPPED sent]
     deadline = time.monotonic() + float(seconds)
+    opened_total = 0
 
     def stop(signum: int, frame: object) -> None:
         nonlocal deadline
@@ -64,6 +99,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
 
     def open_one() -> None:
+        nonlocal opened_total
+        opened_total += 1
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             if mode == "pipeline":
@@ -78,15 +115,35 @@ def main() -> None:
         try:
             if opening:
                 sock.sendall(opening)
+            if mode == "milter-recipients":
+                sock.settimeout(60.0)
+                for _ in range(RECIPIENTS):
+                    sock.sendall(BIG_RCPT)
+                    drain(sock)
         except OSError:
             sock.close()
             stats["closed by srsd"] += 1
             return
         sock.setblocking(False)
         now = time.monotonic()
-        conns[sock] = [now, now, 0]
+        conns[sock] = [now, now, 0, 0]
         if mode != "pipeline":  # a pipelining attacker never reads
             sel.register(sock, selectors.EVENT_READ)
+
+    def drain(sock: socket.socket) -> None:
+        """Read the replies waiting (so that srsd's replies never fill the buffers)."""
+        sock.setblocking(False)
+        try:
+            while data := sock.recv(65536):
+                count_milter(data)
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
+
+    def count_milter(data: bytes) -> None:
+        stats["reply bytes"] += len(data)
+        stats["temporary failures"] += data.count(b"y452") + data.count(b"\x00\x00\x00\x01t")
 
     def end(sock: socket.socket, by_srsd: bool) -> None:
         opened = conns.pop(sock)[0]
@@ -99,6 +156,8 @@ def main() -> None:
 
     while (now := time.monotonic()) < deadline:
         for _ in range(int(size) - len(conns)):
+            if mode == "milter-recipients" and opened_total >= int(size):
+                break  # the memory attack holds its sessions, replaces none
             open_one()
             if time.monotonic() >= deadline:
                 break
@@ -115,6 +174,9 @@ def main() -> None:
             if not data:
                 end(sock, True)
                 continue
+            if milter:
+                count_milter(data)
+                continue
             lines = data.count(b"\n")
             stats["answers"] += lines
             if mode == "flood":
@@ -130,8 +192,17 @@ def main() -> None:
                 except OSError:
                     end(sock, True)
         now = time.monotonic()
-        for sock, (opened, dripped, answers) in list(conns.items()):
-            if mode == "slowloris" and now - dripped >= DRIP:
+        for sock, (opened, dripped, answers, sent) in list(conns.items()):
+            if mode in ("milter-drip", "milter-message") and now - dripped >= DRIP:
+                conns[sock][1] = now
+                piece = RCPT
+                if mode == "milter-drip":
+                    piece, conns[sock][3] = DRIPPED[sent : sent + 1], sent + 1
+                try:
+                    sock.send(piece)
+                except OSError:
+                    end(sock, True)
+            elif mode == "slowloris" and now - dripped >= DRIP:
                 conns[sock][1] = now
                 try:
                     sock.send(b"w")

@@ -11,7 +11,7 @@ the other daemons chrooted in the queue directory) and is a small host::
     virtual_alias_maps: fwd@local.test -> carol@dest.test, fwd-refused@ -> x@refuse.test
                       (the next hop answers 550), fwd-silent@ -> x@silent.test (a next hop
                       that never greets; smtp_helo_timeout = 2s, delay_warning_time = 1s,
-                      maximal_queue_lifetime = 3s: a delay notice, then a bounce)
+                      maximal_queue_lifetime = 8s: a delay notice, then a bounce)
     transport_maps  : dest.test, origin.test, refuse.test -> the SMTP sink; silent.test -> a
                       listening socket nobody answers on
 
@@ -205,10 +205,11 @@ def flow(
                 f"inline:{{ dest.test={relay}, origin.test={relay}, refuse.test={relay}, "
                 f"silent.test={quiet} }}"
             ),
-            # A next hop that times out: a delay notice after the first attempt, a bounce
-            # after the second.
-            "maximal_queue_lifetime": "3s",
-            "bounce_queue_lifetime": "3s",
+            # A next hop that times out: a delay notice after the first attempt (qmgr checks
+            # the lifetime first: the first attempt, 2 s, must end well within it), a bounce
+            # once the lifetime is over.
+            "maximal_queue_lifetime": "8s",
+            "bounce_queue_lifetime": "8s",
             "delay_warning_time": "1s",
             "smtp_helo_timeout": "2s",
             "smtp_connect_timeout": "2s",

@@ -643,6 +643,55 @@ class Settings:
         "--milter-recipient-limit",
         "milter: recipients per message; each one beyond is answered 452 (sent again later)",
     )
+    milter_message_bytes: int = setting(
+        _int_in(1024, 1 << 30),
+        512 * 1024,
+        "SRS_MILTER_MESSAGE_BYTES",
+        "--milter-message-bytes",
+        "milter: bytes of sender and recipients kept per message (64 more counted per "
+        "address); a recipient beyond is answered 452 (sent again later)",
+    )
+    milter_memory: int = setting(
+        _int_in(1 << 20, 1 << 40),
+        64 << 20,
+        "SRS_MILTER_MEMORY",
+        "--milter-memory",
+        "milter: bytes of senders and recipients kept by all sessions together, each user at "
+        "most half; a recipient beyond is answered 452 (sent again later)",
+    )
+    milter_max_sessions: int = setting(
+        _int_in(1, 100_000),
+        1000,
+        "SRS_MILTER_MAX_SESSIONS",
+        "--milter-max-sessions",
+        "milter: concurrent sessions (apart from `max_connections`); at the limit a new one "
+        "evicts the longest idle session between messages of the user who holds the most",
+    )
+    milter_max_sessions_per_user: int = setting(
+        _int_in(0, 100_000),
+        0,
+        "SRS_MILTER_MAX_SESSIONS_PER_USER",
+        "--milter-max-sessions-per-user",
+        "milter: sessions one local user may hold; a new one beyond evicts that user's "
+        "longest idle one (0: half of `milter_max_sessions`)",
+        doc_default="`0`: half of `milter_max_sessions`",
+    )
+    milter_idle_timeout: float = setting(
+        _seconds,
+        600.0,
+        "SRS_MILTER_IDLE_TIMEOUT",
+        "--milter-idle-timeout",
+        "milter: seconds a session may go without a complete packet (Postfix's "
+        "`smtpd_timeout` is 300)",
+    )
+    milter_message_timeout: float = setting(
+        _seconds,
+        3600.0,
+        "SRS_MILTER_MESSAGE_TIMEOUT",
+        "--milter-message-timeout",
+        "milter: seconds from a message's `MAIL` to its end; then the session is closed "
+        "(Postfix defers that message)",
+    )
     split_mixed: str = setting(
         _one_of("smtpd", "off"),
         "smtpd",

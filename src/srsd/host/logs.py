@@ -30,6 +30,7 @@ written directly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -409,3 +410,27 @@ def show(value: bytes, limit: int = 512) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class RateLimited:
+    """At most one log line per kind and ``interval`` seconds, saying how many were left
+    out since the last one: a flood of refusals or errors costs a few lines, not one each."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
+        """Log ``message % args`` at ``level`` unless a line of ``kind`` was logged less
+        than ``interval`` seconds ago (then only count it). Never raises (out of memory,
+        the line is lost)."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -self.interval) < self.interval:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        self._logged[kind] = now
+        more = self._unlogged.pop(kind, 0)
+        suffix = f" ({more} more since the last such line)" if more else ""
+        with contextlib.suppress(Exception):
+            LOGGER.log(level, message + suffix, *args)

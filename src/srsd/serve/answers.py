@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -259,9 +259,18 @@ class MapService:
         tcp_table, ``keep_alive`` for socketmap)."""
         return self._map.idle_limit(self.lookups.settings)
 
-    def reader(self) -> Reader:
-        """A request reader for a new connection."""
+    transaction_limit = 0.0  # a lookup is one request: no transactions
+
+    def reader(self, owner: Hashable = None) -> Reader:
+        """A request reader for a new connection (of any owner)."""
         return self._map.reader(self.lookups.settings.max_request)
+
+    def in_transaction(self, reader: Reader) -> bool:
+        """Never: a lookup is one request."""
+        return False
+
+    def discard(self, reader: Reader) -> None:
+        """Nothing to free beyond the reader."""
 
     def answer(self, event: object) -> bytes | Later:
         """The reply to ``event``, or, when it must wait for storage, what gives it."""

@@ -304,14 +304,22 @@ class PostfixDelivery:
         self.unknown = 0
         self._warned = -WARNING_INTERVAL
 
+    def delivered_here_now(self, recipients: Sequence[bytes]) -> bool | None:
+        """:meth:`all_delivered_here` when no answer from Postfix is needed
+        (``rewrite_local`` or a fixed ``local_domains`` list), else None."""
+        if self.rewrite_local or not recipients:
+            return False
+        if self.local_domains is not None:
+            return all(self._in_fixed(r) for r in recipients)
+        return None
+
     async def all_delivered_here(self, recipients: Iterable[bytes]) -> bool:
         """True when every recipient is delivered on this host (so nothing to rewrite)."""
         recipients = list(recipients)
-        if self.rewrite_local or not recipients:
-            return False
+        known = self.delivered_here_now(recipients)
+        if known is not None:
+            return known
         try:
-            if self.local_domains is not None:
-                return all(self._in_fixed(r) for r in recipients)
             with trio.fail_after(ANSWER_TIMEOUT):
                 resolver = await self._current()
                 for recipient in recipients:

@@ -57,19 +57,19 @@ class Endpoint:
         return 0 if self.sock.family == socket.AF_UNIX else int(self.sock.getsockname()[1])
 
     def __str__(self) -> str:
-        if self.wire is Wire.MILTER:
-            return f"milter on {self.where}"
+        if self.wire in (Wire.MILTER, Wire.METRICS):
+            return f"{self.wire.value} on {self.where}"
         name = self.role.value if self.role else "forward+reverse"
         return f"{self.wire.value} {name} on {self.where}"
 
 
 @dataclass
 class Bound:
-    """Everything :func:`bind` opened: the lookup endpoints, the metrics listeners and the
+    """Everything :func:`bind` opened: the lookup endpoints, the metrics endpoints and the
     milter endpoints."""
 
     endpoints: list[Endpoint]
-    metrics: list[trio.SocketListener]
+    metrics: list[Endpoint]
     milter: list[Endpoint] = field(default_factory=list)
 
 
@@ -94,10 +94,8 @@ async def bind(settings: Settings) -> Bound:
     try:
         metrics = settings.metrics_listen
         if metrics is not None:
-            bound.metrics = [
-                trio.SocketListener(trio.socket.from_stdlib_socket(x))
-                for x in await _tcp_sockets(metrics.host, metrics.port, "metrics")
-            ]
+            opened = await _tcp_sockets(metrics.host, metrics.port, "metrics")
+            bound.metrics = [Endpoint(Wire.METRICS, None, x, _where(x)) for x in opened]
         for role, port in (
             (Role.FORWARD, settings.forward_port),
             (Role.REVERSE, settings.reverse_port),
@@ -140,8 +138,7 @@ async def bind(settings: Settings) -> Bound:
     except BaseException:
         close_all(endpoints)
         close_all(bound.milter)
-        for listener in bound.metrics:
-            await listener.aclose()
+        close_all(bound.metrics)
         raise
     if not endpoints and not bound.milter:
         raise StartError(
@@ -161,10 +158,6 @@ def _adopt(passed: list[systemd.PassedSocket]) -> Bound:
                 "FileDescriptorName="
             )
         sock = socket.socket(fileno=item.fd)
-        if item.name == "metrics":
-            tsock = trio.socket.from_stdlib_socket(sock)
-            bound.metrics.append(trio.SocketListener(tsock))
-            continue
         sock.setblocking(False)
         unix = sock.family == socket.AF_UNIX
         where = f"unix:{sock.getsockname()}" if unix else _where(sock)
@@ -172,6 +165,8 @@ def _adopt(passed: list[systemd.PassedSocket]) -> Bound:
             bound.endpoints.append(Endpoint(Wire.SOCKETMAP, None, sock, where))
         elif item.name == "milter":
             bound.milter.append(Endpoint(Wire.MILTER, None, sock, where))
+        elif item.name == "metrics":
+            bound.metrics.append(Endpoint(Wire.METRICS, None, sock, where))
         else:
             bound.endpoints.append(Endpoint(Wire.TCP_TABLE, Role(item.name), sock, where))
     if not bound.endpoints and not bound.milter:

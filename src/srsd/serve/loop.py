@@ -36,31 +36,54 @@ of that reader into reply bytes. The loop owns the sockets:
   :meth:`ConnectionLoop.stop` closes the idle connections at once and gives the others a
   grace period to finish what they were answering.
 
-Seams for admission control (:mod:`srsd.admission.gatekeeper`): :attr:`ConnectionLoop.admit` is
-asked about every accepted connection before it is served (the default admits all);
-:attr:`ConnectionLoop.on_answered` hears when a connection has answered all it
-received, :attr:`ConnectionLoop.on_close` when one ends, however, and
-:attr:`ConnectionLoop.on_timeout` when the sweep closes one for its request time-out; a
-:class:`Connection` records when it opened, when its last complete request came
+This is the one accept path of srsd: tcp_table, socketmap and the milter are all
+served here (a milter session is a connection whose service keeps a transaction open
+between MAIL and the end of the message, :meth:`Service.in_transaction`). Why the loop's
+own accept and not trio's ``serve_listeners`` with a cap: admission must decide before a
+connection costs anything more than its descriptor (``serve_listeners`` starts a task per
+connection, then the task would have to ask), the decision needs what only the loop knows
+(which connections are idle, which are being answered or inside a message: the victims
+of an eviction), and the map endpoints are served from the readiness set anyway.
+
+Every listener comes with a :class:`Gate` (:mod:`srsd.admission.gatekeeper`, one per
+endpoint kind): asked about every accepted connection before it is served (:class:`AdmitAll`
+admits all), told when a connection has answered all it received, when one ends,
+however, and when the sweep closes one for a time-out. A :class:`Connection` records its
+owner (set by the gate), when it opened, when its last complete request came
 (:attr:`Connection.last`), whether a request is in progress
-(:attr:`Connection.in_progress`) or being answered (:attr:`Connection.answering`);
-:meth:`ConnectionLoop.close` closes any connection, in the loop or on a slow path.
+(:attr:`Connection.in_progress`), being answered (:attr:`Connection.answering`), or a
+transaction is open (:attr:`Connection.busy`); :meth:`ConnectionLoop.close` closes any
+connection, in the loop or on a slow path.
+
+Time-outs that dribbling bytes cannot extend: idleness counts from the last *complete*
+request; a request must end within :attr:`ConnectionLoop.request_timeout` of its first
+byte; a transaction (a milter message) must end within its service's
+:attr:`Service.transaction_limit` of its start.
+
+Containment: an exception while serving one connection (a ``MemoryError``, a bug) is
+logged, at most :data:`FAULT_LOG_INTERVAL` apart, and closes that connection only
+(:attr:`ConnectionLoop.faults` counts them). ``accept()`` failing for want of resources
+(``EMFILE``, ``ENFILE``, ``ENOMEM``, ``ENOBUFS``) pauses that listener for
+:data:`ACCEPT_RETRY_DELAY` seconds and is logged, rate-limited; any other error is a bug
+and is raised. srsd sizes its limits so that descriptors do not run out
+(:mod:`srsd.serve.server`), this is the last line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import selectors
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from time import perf_counter
 from typing import Protocol, TypeAlias
 
 import trio
 
-from srsd.host.logs import LOGGER
-from srsd.serve.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.host.logs import LOGGER, RateLimited
 from srsd.serve.listeners import Endpoint
 
 #: Bytes read from a connection at once; the requests in them are answered in order.
@@ -79,6 +102,12 @@ SWEEP_INTERVAL = 1.0
 #: After a protocol error, how long and how much input to discard before closing.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
+#: errno values of accept() after which the listener pauses and accepting is tried again.
+ACCEPT_RETRY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: Seconds a listener pauses after one of those.
+ACCEPT_RETRY_DELAY = 0.1
+#: At most one log line per this many seconds for accept failures and for faults.
+FAULT_LOG_INTERVAL = 1.0
 #: After a pass, how long the loop keeps polling its readiness set before it sleeps in trio:
 #: a lockstep client's next request (one round trip on loopback) is then served without a
 #: trio wake-up (trio's epoll_wait, the re-arm of the selector, a task switch), which costs
@@ -123,14 +152,90 @@ class Service(Protocol):
         """Seconds a connection may go without a complete request."""
         ...
 
-    def reader(self) -> Reader:
-        """A reader for a new connection."""
+    @property
+    def transaction_limit(self) -> float:
+        """Seconds a transaction may stay open (0: the service has none)."""
+        ...
+
+    def reader(self, owner: Hashable) -> Reader:
+        """A reader for a new connection of ``owner`` (as its gate saw it)."""
+        ...
+
+    def in_transaction(self, reader: Reader) -> bool:
+        """Whether ``reader`` is inside a transaction (asked only when
+        :attr:`transaction_limit` is set)."""
+        ...
+
+    def discard(self, reader: Reader) -> None:
+        """The connection of ``reader`` ended: free what it holds."""
         ...
 
     def answer(self, event: object) -> bytes | Later:
         """The reply bytes for one event, or, when the answer must wait, a :data:`Later`
         that gives them (awaited off the loop)."""
         ...
+
+
+class Gate(Protocol):
+    """Admission control of one kind of endpoint (:class:`srsd.admission.gatekeeper.Gatekeeper`)."""
+
+    @property
+    def full(self) -> bool:
+        """At its limit: the loop first reads the connections that are ready (those that
+        closed then free their place) before asking about a new one."""
+        ...
+
+    def admit(self, conn: Connection, now: float) -> bool:
+        """Whether to serve ``conn``, just accepted; sets :attr:`Connection.owner`."""
+        ...
+
+    def answered(self, conn: Connection, now: float) -> None:
+        """``conn`` has answered every request it received, at ``now``."""
+        ...
+
+    def closed(self, conn: Connection) -> None:
+        """``conn`` ended, however."""
+        ...
+
+    def timed_out(self, conn: Connection, what: str, seconds: float) -> None:
+        """The sweep closes ``conn``: its ``what`` ("request", "transaction") did not end
+        within ``seconds``."""
+        ...
+
+
+class AdmitAll:
+    """A gate that admits every connection and counts nothing."""
+
+    full = False
+
+    def admit(self, conn: Connection, now: float) -> bool:
+        """Always True."""
+        return True
+
+    def answered(self, conn: Connection, now: float) -> None:
+        """Nothing to note."""
+
+    def closed(self, conn: Connection) -> None:
+        """Nothing to note."""
+
+    def timed_out(self, conn: Connection, what: str, seconds: float) -> None:
+        """Nothing to note."""
+
+
+class _NoReader:
+    """The reader of a connection not admitted yet: reads nothing."""
+
+    closed = True
+    buffered = 0
+
+    def feed(self, data: bytes) -> Sequence[object]:
+        return _NOTHING
+
+    def feed_eof(self) -> Sequence[object]:
+        return _NOTHING
+
+
+_NO_READER = _NoReader()
 
 
 class Connection:
@@ -142,27 +247,40 @@ class Connection:
         "endpoint",
         "eof",
         "events",
+        "gate",
         "last",
         "later",
         "limit",
         "next",
         "opened",
+        "owner",
         "partial_since",
         "reader",
         "scope",
         "service",
         "sock",
         "stalled",
+        "tracks",
+        "transaction_since",
     )
 
     def __init__(
-        self, sock: socket.socket, endpoint: Endpoint, service: Service, now: float
+        self,
+        sock: socket.socket,
+        endpoint: Endpoint,
+        service: Service,
+        now: float,
+        gate: Gate | None = None,
     ) -> None:
         self.sock = sock
         self.endpoint = endpoint
         self.service = service
-        self.reader = service.reader()
+        self.gate: Gate = gate or _ADMIT_ALL
+        self.owner: Hashable = None  # set by the gate
+        self.reader: Reader = _NO_READER  # the service's, once admitted
         self.limit = service.idle_limit  # seconds allowed without a complete request
+        self.tracks = service.transaction_limit > 0  # whether to follow its transactions
+        self.transaction_since: float | None = None  # trio time the open transaction began
         self.opened = now  # trio time of the accept
         self.last = now  # trio time of the last complete request (or of the accept)
         self.events: Sequence[object] = _NOTHING  # received, answered up to ``next``
@@ -189,24 +307,26 @@ class Connection:
         loop's next passes (Postfix sends one request at a time, answered within a pass)."""
         return self.detached and not self.stalled
 
+    @property
+    def busy(self) -> bool:
+        """Never evicted: being :attr:`answering`, or inside a transaction (a milter
+        session in the middle of a message; :attr:`Service.transaction_limit` bounds it)."""
+        return self.transaction_since is not None or (self.detached and not self.stalled)
+
+
+_ADMIT_ALL = AdmitAll()
+
 
 class _Listening:
     """A listening endpoint registered in the loop."""
 
-    __slots__ = ("endpoint", "service", "tcp")
+    __slots__ = ("endpoint", "gate", "service", "tcp")
 
-    def __init__(self, endpoint: Endpoint, service: Service) -> None:
+    def __init__(self, endpoint: Endpoint, service: Service, gate: Gate) -> None:
         self.endpoint = endpoint
         self.service = service
+        self.gate = gate
         self.tcp = endpoint.sock.family != socket.AF_UNIX
-
-
-def _admit_all(conn: Connection) -> bool:
-    return True
-
-
-def _ignore(conn: Connection, *_: float) -> None:
-    pass
 
 
 class ConnectionLoop:
@@ -215,20 +335,14 @@ class ConnectionLoop:
     def __init__(self) -> None:
         #: Open connections, in the loop or on a slow path.
         self.connections: set[Connection] = set()
-        #: Asked about each accepted connection before it is served; False closes it at once.
-        self.admit: Callable[[Connection], bool] = _admit_all
         #: Called after every pass and every batch answered off the loop (e.g. to write the
         #: log lines the answers rendered).
         self.after_pass: list[Callable[[], None]] = []
-        #: Told when a connection has answered every request it received, and when.
-        self.on_answered: Callable[[Connection, float], None] = _ignore
-        #: Told when a connection ends (closed by either side, evicted, timed out).
-        self.on_close: Callable[[Connection], None] = _ignore
-        #: Told when the sweep closes a connection whose request did not end in time,
-        #: with the time-out (:attr:`request_timeout`).
-        self.on_timeout: Callable[[Connection, float], None] = _ignore
         #: Seconds a request may take from its first byte to its end (0: no limit).
         self.request_timeout = 0.0
+        #: Connections closed because serving them raised (a metric).
+        self.faults = 0
+        self._log = RateLimited(FAULT_LOG_INTERVAL)
         self._selector: selectors.DefaultSelector | None = None
         self._wake: socket.socket | None = None  # written to wake the loop up
         self._listening: list[_Listening] = []
@@ -242,7 +356,7 @@ class ConnectionLoop:
 
     async def serve(
         self,
-        listeners: Sequence[tuple[Endpoint, Service]],
+        listeners: Sequence[tuple[Endpoint, Service, Gate]],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -253,11 +367,11 @@ class ConnectionLoop:
             woken.setblocking(False)
             self._wake.setblocking(False)
             selector.register(woken, _READ, None)
-            for endpoint, service in listeners:
-                listening = _Listening(endpoint, service)
+            for endpoint, service, gate in listeners:
+                listening = _Listening(endpoint, service, gate)
                 self._listening.append(listening)
                 selector.register(endpoint.sock, _READ, listening)
-            limits = [service.idle_limit for _, service in listeners]
+            limits = [service.idle_limit for _, service, _ in listeners]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._sweep, min([SWEEP_INTERVAL, *(x / 4 for x in limits)]))
@@ -286,7 +400,7 @@ class ConnectionLoop:
             if self._backlog:
                 await trio.lowlevel.checkpoint()  # requests left: let the others run, come back
                 ready, turns = select(0), 0
-            elif self._stopping:
+            elif self._stopping and not self._in_transactions():
                 return  # nothing left in the loop; the slow paths finish in the nursery
             else:
                 ready = select(0)  # what came during the last pass, or right after it
@@ -310,7 +424,10 @@ class ConnectionLoop:
                 target = key.data
                 if type(target) is Connection:
                     if target.next == len(target.events):  # else it waits in the backlog
-                        self._receive(target, now)
+                        try:
+                            self._receive(target, now)
+                        except Exception as err:  # one connection, never srsd
+                            self._fault(target, err)
                 elif target is None:
                     with contextlib.suppress(OSError):
                         woken.recv(64)
@@ -318,7 +435,10 @@ class ConnectionLoop:
                     accepting.append(target)
             for conn in backlog:
                 if not conn.closed:
-                    self._answer(conn, now)
+                    try:
+                        self._answer(conn, now)
+                    except Exception as err:
+                        self._fault(conn, err)
             for listening in accepting:  # last: the connections that closed made room
                 self._accept(listening, now)
             for hook in self.after_pass:
@@ -331,6 +451,7 @@ class ConnectionLoop:
 
     def _accept(self, listening: _Listening, now: float) -> None:
         sock = listening.endpoint.sock
+        gate = listening.gate
         for _ in range(ACCEPT_BATCH):
             try:
                 accepted, _ = sock.accept()
@@ -339,22 +460,46 @@ class ConnectionLoop:
             except OSError as err:
                 if err.errno not in ACCEPT_RETRY_ERRNOS:
                     raise
-                LOGGER.error("accept failed: %s; retrying", os.strerror(err.errno))
+                self._log.log(
+                    logging.ERROR,
+                    "accept",
+                    "%s: accept failed: %s; retrying",
+                    listening.endpoint.wire.value,
+                    os.strerror(err.errno or 0),
+                )
                 self._pause(listening)
                 return
             accepted.setblocking(False)
-            if listening.tcp:  # one small reply per request: never wait for Nagle; and keep
-                # at most NOTSENT_LOWAT unsent bytes in the kernel, so a client that does
-                # not read feels back-pressure early (as trio's streams do)
-                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                accepted.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
-            conn = Connection(accepted, listening.endpoint, listening.service, now)
-            if not self.admit(conn):
-                accepted.close()
-                continue
-            self.connections.add(conn)
-            self._serving()[0].register(accepted, _READ, conn)
-            self._receive(conn, now)  # the request often came with the connection
+            conn = Connection(accepted, listening.endpoint, listening.service, now, gate)
+            try:
+                if listening.tcp:  # one small reply per request: never wait for Nagle; and
+                    # keep at most NOTSENT_LOWAT unsent bytes in the kernel, so a client that
+                    # does not read feels back-pressure early (as trio's streams do)
+                    accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    accepted.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+                if gate.full:
+                    self.reap()
+                if not gate.admit(conn, now):
+                    accepted.close()
+                    continue
+                conn.reader = listening.service.reader(conn.owner)
+                self.connections.add(conn)
+                self._serving()[0].register(accepted, _READ, conn)
+                self._receive(conn, now)  # the request often came with the connection
+            except Exception as err:  # one connection, never srsd
+                if conn in self.connections:
+                    self._fault(conn, err)
+                else:
+                    self.faults += 1
+                    accepted.close()
+                    gate.closed(conn)
+                    self._log.log(
+                        logging.ERROR,
+                        "fault",
+                        "closed a connection: %s: %s",
+                        type(err).__name__,
+                        err,
+                    )
 
     def reap(self) -> None:
         """Read every connection that is ready now, so that those which closed free their
@@ -370,7 +515,10 @@ class ConnectionLoop:
                 and not target.closed
                 and target.next == len(target.events)
             ):
-                self._receive(target, now)
+                try:
+                    self._receive(target, now)
+                except Exception as err:  # one connection, never srsd
+                    self._fault(target, err)
 
     def _pause(self, listening: _Listening) -> None:
         """Stop accepting on ``listening`` for a moment (descriptors or memory ran out)."""
@@ -402,6 +550,8 @@ class ConnectionLoop:
             conn.partial_since = None
         elif events or conn.partial_since is None:  # a request began in these bytes
             conn.partial_since = now
+        if conn.tracks:
+            _track(conn, now)
         if events:
             conn.last = now
             conn.events = events
@@ -450,8 +600,12 @@ class ConnectionLoop:
             conn.events = _NOTHING
             conn.next = 0
             conn.last = now
-            self.on_answered(conn, now)
-            if conn.eof or conn.reader.closed or self._stopping:
+            conn.gate.answered(conn, now)
+            if (
+                conn.eof
+                or conn.reader.closed
+                or (self._stopping and conn.transaction_since is None)
+            ):
                 self._finish(conn)
 
     def _finish(self, conn: Connection) -> None:
@@ -479,6 +633,8 @@ class ConnectionLoop:
                 back = await self._complete(conn, unsent)
         except OSError:
             pass  # the client reset or closed the connection: nothing to answer
+        except Exception as err:  # one connection, never srsd
+            self._fault(conn, err)
         finally:
             if back and not conn.closed and not self._stopping and self._selector is not None:
                 conn.detached = False
@@ -509,14 +665,16 @@ class ConnectionLoop:
         conn.events = _NOTHING
         conn.next = 0
         conn.last = trio.current_time()
-        self.on_answered(conn, conn.last)
+        if conn.tracks:  # answering may have taken packets that were held back
+            _track(conn, conn.last)
+        conn.gate.answered(conn, conn.last)
         if conn.eof:
             return False
         if conn.reader.closed:
             conn.stalled = True
             await linger(conn.sock)
             return False
-        return not self._stopping
+        return not self._stopping or conn.transaction_since is not None
 
     async def _answer_later(self, conn: Connection) -> bytes:
         """The replies to the next requests of ``conn``, waiting where an answer must."""
@@ -549,7 +707,27 @@ class ConnectionLoop:
                 self._selector.unregister(conn.sock)
         self.connections.discard(conn)
         conn.sock.close()
-        self.on_close(conn)
+        try:
+            conn.service.discard(conn.reader)
+        finally:
+            conn.gate.closed(conn)
+
+    def _fault(self, conn: Connection, err: Exception) -> None:
+        """Serving ``conn`` raised: close it (only it), log at a bounded rate."""
+        self.faults += 1
+        self._close(conn)
+        self._log.log(
+            logging.ERROR,
+            "fault",
+            "%s: closed a connection after an internal error: %s: %s",
+            conn.endpoint.wire.value,
+            type(err).__name__,
+            err,
+        )
+
+    def _in_transactions(self) -> bool:
+        """Whether a connection in the loop is inside a transaction (stopping waits)."""
+        return any(c.transaction_since is not None and not c.detached for c in self.connections)
 
     async def _sweep(self, interval: float) -> None:
         """Close connections that sent no complete request within their idle limit, and
@@ -563,8 +741,12 @@ class ConnectionLoop:
                     if conn.detached or conn.next < len(conn.events):
                         continue  # being answered
                     started = conn.partial_since
+                    began = conn.transaction_since
                     if deadline and started is not None and now - started > deadline:
-                        self.on_timeout(conn, deadline)
+                        conn.gate.timed_out(conn, "request", deadline)
+                        self._close(conn)
+                    elif began is not None and now - began > conn.service.transaction_limit:
+                        conn.gate.timed_out(conn, "transaction", conn.service.transaction_limit)
                         self._close(conn)
                     elif now - conn.last > conn.limit:
                         self._close(conn)
@@ -583,13 +765,25 @@ class ConnectionLoop:
                     selector.unregister(listening.endpoint.sock)
         self._listening.clear()
         for conn in list(self.connections):
-            if not conn.detached and conn.next >= len(conn.events):
+            if (
+                not conn.detached
+                and conn.next >= len(conn.events)
+                and conn.transaction_since is None
+            ):
                 self._close(conn)  # waiting for a request: nothing in flight
         if self._nursery is not None:
             self._nursery.cancel_scope.deadline = trio.current_time() + grace
         if self._wake is not None:
             with contextlib.suppress(OSError):
                 self._wake.send(b"\0")  # the loop may be waiting: let it see it is done
+
+
+def _track(conn: Connection, now: float) -> None:
+    """Note whether ``conn``'s reader is inside a transaction now, and since when."""
+    if not conn.service.in_transaction(conn.reader):
+        conn.transaction_since = None
+    elif conn.transaction_since is None:
+        conn.transaction_since = now
 
 
 async def send_all(sock: socket.socket, data: bytes) -> bool:

@@ -1,21 +1,23 @@
-# The metrics endpoint: the counters as Prometheus families, GET /metrics over a small trio server.
+# The metrics endpoint: the counters as Prometheus families, GET /metrics as a loop service.
 """Serve srsd's metrics at ``metrics_listen`` in the Prometheus text format.
 
 :class:`ServerCollector` reads every counter from the component that keeps it (the lookups,
 the connection loop, admission control, the envelope database, the log writer, the milter
 service) when scraped and says, once, under which metric name and help text each is
-exported; :func:`serve_http` answers ``GET /metrics``: one request per connection, at most
-:data:`HTTP_CONNECTIONS` connections at once, each bounded by :data:`HTTP_TIMEOUT` and
-:data:`HTTP_HEAD_LIMIT`: the endpoint must not let anyone spend the descriptors or the time
-the lookups need.
+exported. :class:`MetricsService` answers ``GET /metrics`` as a service of the connection
+loop (:mod:`srsd.serve.loop`), srsd's one accept path, behind a gate of its own
+(:class:`Capped`): at most :data:`HTTP_CONNECTIONS` connections at once, more are closed at
+once; a scraper is not Postfix, so ``allowed_users`` and the per-user shares do not apply.
+One request per connection, its head at most :data:`HTTP_HEAD_LIMIT` bytes, sent within
+:data:`HTTP_TIMEOUT` seconds: the endpoint must not let anyone spend the descriptors or the
+time the lookups need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING
 
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from srsd.host import logs
 from srsd.host.metrics import BUCKETS
-from srsd.serve.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
+from srsd.serve.loop import Connection, Reader
 
 if TYPE_CHECKING:
     from srsd.serve.server import Server
@@ -66,7 +68,7 @@ class ServerCollector(Collector):
             latency.add_metric([name], buckets, observed.sums[name])
         yield latency
         yield GaugeMetricFamily(
-            "srsd_connections_open", "Connections open now", value=len(s.loop.connections)
+            "srsd_connections_open", "Map connections open now", value=len(s.gate.table)
         )
         closed = s.gate.counts
         yield CounterMetricFamily(
@@ -119,16 +121,49 @@ class ServerCollector(Collector):
             messages.add_metric([outcome], count)
         yield messages
         yield GaugeMetricFamily(
-            "srsd_milter_sessions_open", "Milter connections open now", value=milter.sessions
+            "srsd_milter_sessions_open",
+            "Milter connections open now",
+            value=len(s.milter_gate.table),
         )
+        admitted = s.milter_gate.counts
         yield CounterMetricFamily(
             "srsd_milter_sessions_rejected",
-            "Milter connections closed at once: max sessions were open",
-            value=milter.refused_sessions,
+            "Milter sessions closed at once: the limit was reached and nothing could be evicted",
+            value=admitted["refused full"],
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_sessions_evicted",
+            "Milter sessions closed to admit a new one (the longest idle between messages "
+            "of the user who holds the most)",
+            value=admitted["evicted"],
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_sessions_refused_user",
+            "Milter sessions closed at once: their user is not in allowed_users",
+            value=admitted["refused user"],
+        )
+        timed_out = CounterMetricFamily(
+            "srsd_milter_sessions_timed_out",
+            "Milter sessions closed because a packet or a message did not end in time",
+            labels=["what"],
+        )
+        timed_out.add_metric(["request"], admitted["timed out"])
+        timed_out.add_metric(["message"], admitted["transaction timed out"])
+        yield timed_out
+        yield GaugeMetricFamily(
+            "srsd_milter_memory_bytes",
+            "Bytes of senders and recipients the milter sessions keep now",
+            value=milter.budget.used,
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_memory_refused",
+            "Senders or recipients refused because the milter memory budget was full",
+            value=milter.budget.refused,
         )
         yield CounterMetricFamily(
             "srsd_milter_recipients_refused",
-            "Recipients the milter answered 452: too many in one message (ended sessions)",
+            "Recipients the milter answered 452: too many, too many bytes or no room in one "
+            "message (ended sessions)",
             value=milter.recipients_refused,
         )
         yield CounterMetricFamily(
@@ -143,6 +178,11 @@ class ServerCollector(Collector):
             "delivered here (their sender was then rewritten)",
             value=milter.delivery.unknown,
         )
+        yield CounterMetricFamily(
+            "srsd_internal_errors",
+            "Connections closed because serving them raised (that connection only)",
+            value=s.loop.faults,
+        )
 
 
 def registry_for(server: Server) -> CollectorRegistry:
@@ -152,66 +192,104 @@ def registry_for(server: Server) -> CollectorRegistry:
     return registry
 
 
-async def serve_http(listener: trio.SocketListener, registry: CollectorRegistry) -> None:
-    """Answer ``GET /metrics`` on ``listener`` until cancelled, one request per connection.
+class HeadReader:
+    """The head of one HTTP request, sans-IO: its bytes as one event once complete; closed
+    then, or when the head grows past :data:`HTTP_HEAD_LIMIT` (answered with nothing)."""
 
-    At most :data:`HTTP_CONNECTIONS` at once: the endpoint must not let anyone spend the
-    descriptors the lookups need. When descriptors run out anyway, accepting waits and
-    retries, as the lookup listeners do: a scrape never takes srsd down.
-    """
-    active = 0
+    __slots__ = ("_head", "closed")
 
-    async def handle(stream: trio.SocketStream) -> None:
-        nonlocal active
-        try:
-            await _handle(stream, registry)
-        finally:
-            active -= 1
+    def __init__(self) -> None:
+        self._head = b""
+        self.closed = False
 
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as err:
-                if err.errno not in ACCEPT_RETRY_ERRNOS:
-                    raise
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            if active >= HTTP_CONNECTIONS:
-                await stream.aclose()
-                continue
-            active += 1
-            nursery.start_soon(handle, stream)
+    @property
+    def buffered(self) -> int:
+        """Bytes of a head not complete yet."""
+        return len(self._head)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The head, once ``data`` completes it."""
+        if self.closed:
+            return []
+        self._head += data
+        if b"\r\n\r\n" in self._head or b"\n\n" in self._head:
+            head, self._head, self.closed = self._head, b"", True
+            return [head]
+        if len(self._head) > HTTP_HEAD_LIMIT:
+            self._head, self.closed = b"", True
+        return []
+
+    def feed_eof(self) -> list[bytes]:
+        """Nothing: a head cut short is not answered."""
+        self._head, self.closed = b"", True
+        return []
 
 
-async def _handle(stream: trio.SocketStream, registry: CollectorRegistry) -> None:
-    async with stream:
-        with trio.move_on_after(HTTP_TIMEOUT):
-            head = b""
-            while b"\r\n\r\n" not in head and b"\n\n" not in head:
-                chunk = await stream.receive_some(HTTP_HEAD_LIMIT)
-                if not chunk or len(head) > HTTP_HEAD_LIMIT:
-                    return
-                head += chunk
-            method, _, rest = head.partition(b" ")
-            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                await stream.send_all(
-                    _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
-                )
-            elif path == b"/metrics":
-                await stream.send_all(
-                    _response(
-                        b"200 OK",
-                        CONTENT_TYPE_LATEST.encode(),
-                        generate_latest(registry),
-                        head=method == b"HEAD",
-                    )
-                )
-            else:
-                await stream.send_all(
-                    _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
-                )
+class MetricsService:
+    """The metrics endpoint as a service of the connection loop."""
+
+    idle_limit = HTTP_TIMEOUT
+    transaction_limit = 0.0
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def reader(self, owner: Hashable) -> HeadReader:
+        """A reader for a new connection."""
+        return HeadReader()
+
+    def in_transaction(self, reader: Reader) -> bool:
+        """Never: one request per connection."""
+        return False
+
+    def discard(self, reader: Reader) -> None:
+        """Nothing to free."""
+
+    def answer(self, event: object) -> bytes:
+        """The response to one request head: the metrics for ``GET /metrics``."""
+        head = event if isinstance(event, bytes) else b""
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            return _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
+        if path == b"/metrics":
+            return _response(
+                b"200 OK",
+                CONTENT_TYPE_LATEST.encode(),
+                generate_latest(self.registry),
+                head=method == b"HEAD",
+            )
+        return _response(b"404 Not Found", b"text/plain", b"srsd: metrics are at /metrics\n")
+
+
+class Capped:
+    """A gate that admits at most ``limit`` connections at once, whoever they are from."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: set[Connection] = set()
+
+    @property
+    def full(self) -> bool:
+        """At the limit."""
+        return len(self.open) >= self.limit
+
+    def admit(self, conn: Connection, now: float) -> bool:
+        """Whether there is room for ``conn``."""
+        if len(self.open) >= self.limit:
+            return False
+        self.open.add(conn)
+        return True
+
+    def answered(self, conn: Connection, now: float) -> None:
+        """Nothing to note."""
+
+    def closed(self, conn: Connection) -> None:
+        """A connection ended: room for another."""
+        self.open.discard(conn)
+
+    def timed_out(self, conn: Connection, what: str, seconds: float) -> None:
+        """Nothing to note (the connection is closed)."""
 
 
 def _response(status: bytes, content_type: bytes, body: bytes, *, head: bool = False) -> bytes:

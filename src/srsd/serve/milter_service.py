@@ -1,9 +1,13 @@
-# The milter endpoint: one trio task per Postfix milter connection, and the end-of-message decision.
+# The milter endpoint: a service of the connection loop, its memory budget, the decision.
 """Serve Postfix's ``smtpd_milters`` / ``non_smtpd_milters`` connections.
 
-Milter connections are few and long (one per SMTP session, or per local submission), so
-each is an ordinary trio task reading a :class:`srsd.wire.milter.Session`, outside the lookup
-reactor. At the end of each message :func:`decide` says what to change:
+Milter connections are served by the connection loop (:mod:`srsd.serve.loop`) like the
+map endpoints, under their own admission control (``milter_max_sessions``, per user
+``milter_max_sessions_per_user``, ``allowed_users``): :class:`MilterService` is the loop's
+:class:`~srsd.serve.loop.Service` for them. Each connection reads a
+:class:`srsd.wire.milter.Session`; every reply is answered in the loop, the end of a message off
+it (the decision may wait for the envelope database). At the end of each message
+:func:`decide` says what to change:
 
 1. each recipient that is a valid SRS address of ours is replaced by the original address
    (DELRCPT + ADDRCPT); one srsd cannot decode now (its database entry unreadable) makes
@@ -18,14 +22,19 @@ reactor. At the end of each message :func:`decide` says what to change:
 With ``split_mixed = "smtpd"`` each recipient of an SMTP transaction is classified as it
 arrives (:func:`delivered_here`: restored when it is an SRS address, then asked of Postfix):
 one of the other class than the transaction's first recipient is answered ``452 4.5.3`` and
-sent again by the client in a transaction of its own, so step 2 sees one class only.
+sent again by the client in a transaction of its own, so step 2 sees one class only. Such
+a recipient, like the end of a message, is answered off the loop.
 
-Time-outs: a connection idle for :data:`IDLE_SECONDS` (longer than Postfix's
-``smtpd_timeout``) is closed, so is one whose replies are not read within
-:data:`SEND_SECONDS`; at most :data:`MAX_SESSIONS` connections are served at once (more are
-closed at once, and Postfix applies ``milter_default_action``). On SIGTERM
-(:meth:`MilterService.stop`) a connection between messages is closed at once, one in the
-middle of a message may finish it within ``shutdown_grace`` seconds.
+Limits (each a setting): a session that sends no complete packet for
+``milter_idle_timeout`` seconds (longer than Postfix's ``smtpd_timeout``) is closed, so is
+one whose packet does not end within ``request_timeout`` of its first byte, or whose
+message does not end within ``milter_message_timeout`` of its ``MAIL`` (bytes dribbled
+extend none of these); a session in the middle of a message is never evicted, and on
+SIGTERM may finish that message within ``shutdown_grace`` seconds. Memory: a message keeps
+at most ``milter_recipient_limit`` recipients and ``milter_message_bytes`` bytes, and all
+sessions together at most ``milter_memory`` bytes, each user at most half of it
+(:class:`MemoryBudget`); past a bound the recipient is answered ``452`` (the client sends
+it again later), nothing grows. An exception in one session closes that session only.
 """
 
 from __future__ import annotations
@@ -33,33 +42,31 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Hashable
 from dataclasses import dataclass
+from functools import partial
+from typing import cast
 
 import trio
 
 from srsd.config.settings import Settings
-from srsd.host.logs import LOGGER, show
-from srsd.serve.accept import ACCEPT_RETRY_DELAY, ACCEPT_RETRY_ERRNOS
-from srsd.serve.answers import Lookups
+from srsd.host.logs import LOGGER, RateLimited, line, show
+from srsd.serve.answers import Lookups, Pending
 from srsd.serve.delivery import PostfixDelivery
+from srsd.serve.loop import Later, Reader
 from srsd.srs.policy import Decision, DomainSet, Outcome, Role
 from srsd.wire import Wire, milter
 
-#: Seconds a milter connection may stay silent (Postfix's smtpd_timeout is 300 s).
-IDLE_SECONDS = 600.0
 #: Seconds the decision for one message may take (Postfix waits milter_content_timeout, 300 s).
 DECIDE_SECONDS = 30.0
-#: Seconds a reply may take to be sent.
-SEND_SECONDS = 30.0
-#: Milter connections served at once.
-MAX_SESSIONS = 1024
-#: Bytes read from a milter connection at once.
-RECEIVE_SIZE = 65536
+#: At most one log line per kind (protocol error, no room, ...) per this many seconds.
+LOG_INTERVAL = 1.0
 
 #: Decides one address (a sender forward, a recipient reverse), as the map endpoints do.
 Decider = Callable[[bytes], Awaitable[Decision]]
 _TEMPFAIL = milter.Verdict(tempfail=True)
+_MILTER = Wire.MILTER.value
+_INFO = logging.INFO
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +78,23 @@ class MessageOutcome:
     reason: str
 
 
-async def decide(
-    transaction: milter.Transaction,
-    *,
-    forward: Decider,
-    reverse: Decider,
-    delivery: PostfixDelivery,
-) -> MessageOutcome:
-    """The verdict for one message (see the module docstring)."""
+class _Here(list[bytes]):
+    """A question of :func:`_steps`: is every one of these recipients delivered here?"""
+
+
+_Question = tuple[Role, bytes] | _Here
+_Answer = Decision | bool | None
+
+
+def _steps(transaction: milter.Transaction) -> Generator[_Question, _Answer, MessageOutcome]:
+    """The decision for one message (see the module docstring), written once as the
+    questions it asks: :func:`decide` answers them, waiting where it must, :func:`decide_now`
+    when no answer has to wait."""
     replace: list[tuple[bytes, bytes]] = []
     finals: list[bytes] = []
     for raw in transaction.recipients:
         recipient = milter.unbracket(raw)
-        restored = await reverse(recipient)
+        restored = cast(Decision, (yield (Role.REVERSE, recipient)))
         if restored.outcome is Outcome.ERROR:
             reason = f"recipient <{show(recipient)}>: {restored.reason}"
             return MessageOutcome(_TEMPFAIL, "tempfail", reason)
@@ -96,15 +107,67 @@ async def decide(
     sender = milter.unbracket(transaction.sender)
     if not sender:
         return MessageOutcome(kept, "not rewritten", "null sender")
-    if await delivery.all_delivered_here(finals):
+    if (yield _Here(finals)):
         return MessageOutcome(kept, "delivered here", "every recipient is delivered here")
-    forwarded = await forward(sender)
+    forwarded = cast(Decision, (yield (Role.FORWARD, sender)))
     if forwarded.outcome is Outcome.ERROR:
         return MessageOutcome(_TEMPFAIL, "tempfail", forwarded.reason)
     if forwarded.outcome is Outcome.REWRITTEN and forwarded.value is not None:
         rewritten = milter.Verdict(forwarded.value, tuple(replace))
         return MessageOutcome(rewritten, "rewritten", "forwarded")
     return MessageOutcome(kept, "not rewritten", forwarded.reason)
+
+
+async def decide(
+    transaction: milter.Transaction,
+    *,
+    forward: Decider,
+    reverse: Decider,
+    delivery: PostfixDelivery,
+) -> MessageOutcome:
+    """The verdict for one message (see the module docstring)."""
+    steps = _steps(transaction)
+    answer: _Answer = None
+    try:
+        while True:
+            question = steps.send(answer)
+            if isinstance(question, _Here):
+                answer = await delivery.all_delivered_here(question)
+            else:
+                role, address = question
+                answer = await (forward if role is Role.FORWARD else reverse)(address)
+    except StopIteration as done:
+        return cast(MessageOutcome, done.value)
+
+
+def decide_now(
+    transaction: milter.Transaction, lookups: Lookups, delivery: PostfixDelivery
+) -> MessageOutcome | None:
+    """The verdict for one message without waiting, in the connection loop; None when an
+    answer must wait (the envelope database, Postfix), then :func:`decide` it. The lookups
+    are counted and logged only when the whole message was decided here."""
+    steps = _steps(transaction)
+    answer: _Answer = None
+    made: list[tuple[Role, bytes, Decision, float]] = []
+    try:
+        while True:
+            question = steps.send(answer)
+            if isinstance(question, _Here):
+                answer = delivery.delivered_here_now(question)
+                if answer is None:
+                    return None
+            else:
+                role, address = question
+                started = time.perf_counter()
+                decision = lookups.decide_now(role, address, time.time())
+                if isinstance(decision, Pending):
+                    return None
+                made.append((role, address, decision, started))
+                answer = decision
+    except StopIteration as done:
+        for role, address, decision, started in made:
+            lookups.record(_MILTER, role, address, decision, started)
+        return cast(MessageOutcome, done.value)
 
 
 async def delivered_here(
@@ -146,8 +209,94 @@ def lookups_for(lookups: Lookups) -> tuple[Decider, Decider]:
     return forward, reverse
 
 
+class MemoryBudget:
+    """The bytes all milter sessions may keep together (``milter_memory``), each owner of
+    sessions at most half of them: one user filling it cannot take the other half."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.by_owner: Counter[Hashable] = Counter()
+        #: Takes refused for want of room (a metric).
+        self.refused = 0
+
+    @property
+    def per_owner(self) -> int:
+        """What one owner's sessions may keep together."""
+        return max(1, self.total // 2)
+
+    def allowance(self, owner: Hashable) -> _OwnerAllowance:
+        """What a session of ``owner`` takes from and gives back to."""
+        return _OwnerAllowance(self, owner)
+
+
+class _OwnerAllowance:
+    __slots__ = ("budget", "owner")
+
+    def __init__(self, budget: MemoryBudget, owner: Hashable) -> None:
+        self.budget = budget
+        self.owner = owner
+
+    def take(self, size: int) -> bool:
+        budget = self.budget
+        held = budget.by_owner[self.owner]
+        if budget.used + size > budget.total or held + size > budget.per_owner:
+            budget.refused += 1
+            return False
+        budget.used += size
+        budget.by_owner[self.owner] = held + size
+        return True
+
+    def give(self, size: int) -> None:
+        budget = self.budget
+        budget.used -= size
+        left = budget.by_owner[self.owner] - size
+        if left > 0:
+            budget.by_owner[self.owner] = left
+        else:
+            del budget.by_owner[self.owner]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One action of a session, as the loop hands it back to be answered."""
+
+    session: milter.Session
+    action: milter.MilterAction
+
+
+class MilterReader:
+    """A milter session as the loop reads it: its actions become :class:`_Step` events."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: milter.Session) -> None:
+        self.session = session
+
+    @property
+    def closed(self) -> bool:
+        """After QUIT, EOF or a protocol error."""
+        return self.session.closed
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a packet not complete yet."""
+        return self.session.buffered
+
+    def feed(self, data: bytes) -> list[_Step]:
+        """The actions ``data`` completes."""
+        session = self.session
+        return [_Step(session, action) for action in session.feed(data)]
+
+    def feed_eof(self) -> list[_Step]:
+        """The actions left at EOF."""
+        session = self.session
+        return [_Step(session, action) for action in session.feed_eof()]
+
+
 class MilterService:
-    """The milter endpoint's state: how to decide, limits, counters."""
+    """The milter endpoint as a service of the connection loop: how to decide, the limits
+    of a session, the memory budget, counters."""
 
     def __init__(
         self,
@@ -156,121 +305,114 @@ class MilterService:
         reverse: Decider,
         delivery: PostfixDelivery,
         recipient_limit: int = milter.MAX_RECIPIENTS,
+        message_bytes: int = milter.MESSAGE_BYTES,
+        memory: int = 64 << 20,
+        idle_limit: float = 600.0,
+        transaction_limit: float = 3600.0,
         split: bool = False,
+        lookups: Lookups | None = None,
     ) -> None:
+        #: With them, a message whose decision needs no storage and no answer from Postfix
+        #: is decided in the loop (:func:`decide_now`), not off it.
+        self.lookups = lookups
         self.forward = forward
         self.reverse = reverse
         self.delivery = delivery
         self.recipient_limit = recipient_limit
+        self.message_bytes = message_bytes
+        self.budget = MemoryBudget(memory)
+        self.idle_limit = idle_limit
+        self.transaction_limit = transaction_limit
         self.split = split
-        #: Milter connections open now.
-        self.sessions = 0
-        #: Connections closed at once because :data:`MAX_SESSIONS` were open.
-        self.refused_sessions = 0
-        #: Recipients answered 452, of sessions that ended: too many in one message
-        #: (:attr:`milter.Session.refused`), of the other class (:attr:`milter.Session.split`).
-        self.recipients_refused = 0
+        #: Recipients answered 452, of sessions that ended: of the other class
+        #: (:attr:`milter.Session.split`).
         self.recipients_split = 0
-        self._stopping = False
-        self._active: dict[trio.CancelScope, milter.Session] = {}
-        self._busy: set[trio.CancelScope] = set()  # answering what was received
         #: Messages decided, by outcome label; protocol errors under "protocol error".
         self.messages: Counter[str] = Counter()
+        #: Recipients answered 452 (too many, too many bytes, no room), of ended sessions
+        #: (:attr:`milter.Session.refused`).
+        self.recipients_refused = 0
+        self._log = RateLimited(LOG_INTERVAL)
 
-    async def serve(
-        self,
-        listeners: Sequence[trio.SocketListener],
-        sessions: trio.Nursery | None = None,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Accept on ``listeners`` until cancelled; each connection is one task, in
-        ``sessions`` when given (so that it outlives the accepting, see :meth:`stop`)."""
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept, listener, sessions or nursery)
-            task_status.started()
+    def configure(self, settings: Settings) -> None:
+        """Apply ``settings`` (at start and on reload) to the next sessions."""
+        self.recipient_limit = settings.milter_recipient_limit
+        self.message_bytes = settings.milter_message_bytes
+        self.budget.total = settings.milter_memory
+        self.idle_limit = settings.milter_idle_timeout
+        self.transaction_limit = settings.milter_message_timeout
+        self.split = settings.split_mixed == "smtpd"
 
-    def stop(self, grace: float) -> None:
-        """Shutting down: close connections between messages now; let one in the middle of
-        a message finish it within ``grace`` seconds, then close it."""
-        self._stopping = True
-        deadline = trio.current_time() + grace
-        for scope, session in list(self._active.items()):
-            if session.in_message or scope in self._busy:
-                scope.deadline = min(scope.deadline, deadline)
-            else:
-                scope.cancel()
+    # -- the loop's Service -----------------------------------------------------------------
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as err:  # out of descriptors: wait a little, keep serving
-                if err.errno not in ACCEPT_RETRY_ERRNOS:
-                    raise
-                LOGGER.warning("milter: accept failed: %s", err.strerror or err)
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            if self.sessions >= MAX_SESSIONS:
-                self.refused_sessions += 1
-                await stream.aclose()
-                continue
-            nursery.start_soon(self.converse, stream)
+    def reader(self, owner: Hashable) -> MilterReader:
+        """A session for a new connection of ``owner``, keeping its bytes in the budget."""
+        return MilterReader(
+            milter.Session(
+                recipient_limit=self.recipient_limit,
+                message_bytes=self.message_bytes,
+                allowance=self.budget.allowance(owner),
+                split=self.split,
+            )
+        )
 
-    async def converse(self, stream: trio.abc.Stream) -> None:
-        """Serve one milter connection until QUIT, EOF, a protocol error or a time-out."""
-        self.sessions += 1
-        session = milter.Session(recipient_limit=self.recipient_limit, split=self.split)
-        scope = trio.CancelScope()
-        self._active[scope] = session
-        try:
-            with scope:
-                while not session.closed and not (self._stopping and not session.in_message):
-                    with trio.move_on_after(IDLE_SECONDS) as idle:
-                        data = await stream.receive_some(RECEIVE_SIZE)
-                    if idle.cancelled_caught:
-                        LOGGER.info("milter: connection idle for %g s: closing", IDLE_SECONDS)
-                        return
-                    actions = session.feed(data) if data else session.feed_eof()
-                    self._busy.add(scope)
-                    try:
-                        if not await self._act(stream, session, actions):
-                            return
-                    finally:
-                        self._busy.discard(scope)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # Postfix went away: nothing to answer
-        finally:
-            del self._active[scope]
-            self.sessions -= 1
-            self.recipients_refused += session.refused
-            self.recipients_split += session.split
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
+    def in_transaction(self, reader: Reader) -> bool:
+        """Whether the session is in the middle of a message (from ``MAIL`` to its end)."""
+        return isinstance(reader, MilterReader) and reader.session.in_message
 
-    async def _act(
-        self,
-        stream: trio.abc.Stream,
-        session: milter.Session,
-        actions: Sequence[milter.MilterAction],
-    ) -> bool:
-        pending = deque(actions)
+    def discard(self, reader: Reader) -> None:
+        """The connection ended: its bytes go back to the budget."""
+        if isinstance(reader, MilterReader):
+            self.recipients_refused += reader.session.refused
+            self.recipients_split += reader.session.split
+            reader.session.release()
+
+    def answer(self, event: object) -> bytes | Later:
+        """The reply to one action; for the end of a message or a recipient to classify,
+        what gives it off the loop (:meth:`_later`)."""
+        if not isinstance(event, _Step):
+            raise TypeError(f"not a milter step: {event!r}")
+        action = event.action
+        if isinstance(action, milter.Send):
+            return action.data
+        if isinstance(action, milter.CannotRewrite):
+            self._log.log(
+                logging.ERROR,
+                "cannot rewrite",
+                "milter: Postfix does not offer %s (set milter_protocol = 6): mail deferred",
+                action.missing_names,
+            )
+            return action.data
+        if isinstance(action, milter.Decide):
+            verdict = self._decide_now(action.transaction)
+            if verdict is not None:
+                return event.session.verdict(verdict)
+        if isinstance(action, milter.Decide | milter.Classify):
+            return partial(self._later, event)
+        if action.reason is not None:
+            self.messages["protocol error"] += 1
+            self._log.log(
+                logging.WARNING,
+                "protocol error",
+                "milter: protocol error: %s; closing",
+                action.reason,
+            )
+        return b""
+
+    async def _later(self, event: _Step) -> bytes:
+        """The reply to the end of a message (the verdict) or to a recipient to classify,
+        and then to the packets that came in behind that recipient."""
+        session = event.session
+        replies: list[bytes] = []
+        pending = deque([event.action])
         while pending:
             action = pending.popleft()
-            if isinstance(action, milter.Send):
-                reply = action.data
-            elif isinstance(action, milter.CannotRewrite):
-                reply = action.data
-                LOGGER.error(
-                    "milter: Postfix does not offer %s (set milter_protocol = 6): mail deferred",
-                    action.missing_names,
-                )
-            elif isinstance(action, milter.Decide):
-                reply = session.verdict(await self._decide(action.transaction))
+            if isinstance(action, milter.Decide):
+                replies.append(session.verdict(await self._decide(action.transaction)))
             elif isinstance(action, milter.Classify):
                 before = session.split
-                reply = session.admit(await self._classify(session, action.recipient))
+                here = await self._classify(session, action.recipient)
+                replies.append(session.admit(here))
                 if session.split > before:
                     LOGGER.info(
                         "milter %s: recipient %s answered 452 4.5.3: not of the class of "
@@ -278,21 +420,11 @@ class MilterService:
                         show(session.queue_id) or "-",
                         show(action.recipient),
                     )
-            else:
-                if action.reason is not None:
-                    self.messages["protocol error"] += 1
-                    LOGGER.warning("milter: protocol error: %s; closing", action.reason)
-                return False
-            with trio.move_on_after(SEND_SECONDS) as sending:
-                await stream.send_all(reply)
-            if sending.cancelled_caught:
-                LOGGER.warning(
-                    "milter: Postfix did not read its replies for %g s: closing", SEND_SECONDS
-                )
-                return False
-            if isinstance(action, milter.Classify):
                 pending.extend(session.feed(b""))  # what came in behind that recipient
-        return True
+            else:
+                reply = self.answer(_Step(session, action))
+                replies.append(reply if isinstance(reply, bytes) else await reply())
+        return b"".join(replies)
 
     async def _classify(self, session: milter.Session, recipient: bytes) -> bool | None:
         """Where ``recipient`` is delivered, for :meth:`milter.Session.admit`."""
@@ -312,9 +444,20 @@ class MilterService:
             )
         return here
 
+    def _decide_now(self, transaction: milter.Transaction) -> milter.Verdict | None:
+        """The verdict when the message is decided without waiting, else None."""
+        if self.lookups is None:
+            return None
+        started = time.perf_counter()
+        try:
+            outcome = decide_now(transaction, self.lookups, self.delivery)
+        except Exception:
+            LOGGER.exception("milter %s: internal error", show(transaction.queue_id) or "-")
+            outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
+        return None if outcome is None else self._report(transaction, outcome, started)
+
     async def _decide(self, transaction: milter.Transaction) -> milter.Verdict:
         started = time.perf_counter()
-        queue_id = show(transaction.queue_id) or "-"
         outcome: MessageOutcome
         try:
             with trio.fail_after(DECIDE_SECONDS):
@@ -325,31 +468,32 @@ class MilterService:
             reason = f"no decision within {DECIDE_SECONDS:g} s"
             outcome = MessageOutcome(_TEMPFAIL, "tempfail", reason)
         except Exception:
-            LOGGER.exception("milter %s: internal error", queue_id)
+            LOGGER.exception("milter %s: internal error", show(transaction.queue_id) or "-")
             outcome = MessageOutcome(_TEMPFAIL, "tempfail", "srsd internal error")
+        return self._report(transaction, outcome, started)
+
+    def _report(
+        self, transaction: milter.Transaction, outcome: MessageOutcome, started: float
+    ) -> milter.Verdict:
+        """Count and log one decided message (``started``: a :func:`time.perf_counter`
+        reading); the verdict to send."""
         self.messages[outcome.label] += 1
         verdict = milter.writable(outcome.verdict)  # what is sent, and so logged
-        level = logging.WARNING if verdict.tempfail else logging.INFO
-        if LOGGER.isEnabledFor(level):
-            for old, new in verdict.replace:
-                LOGGER.log(
-                    level,
-                    "milter %s: recipient %s restored as <%s>",
-                    queue_id,
-                    show(old),
-                    show(new),
-                )
+        queue_id = show(transaction.queue_id) or "-"
+        if verdict.tempfail:
             sender = show(transaction.sender)
-            if verdict.tempfail:
-                LOGGER.warning("milter %s: %s deferred: %s", queue_id, sender, outcome.reason)
-            elif verdict.sender is not None:
-                LOGGER.info(
-                    "milter %s: sender %s rewritten as <%s> (%.1f ms)",
-                    queue_id,
-                    sender,
-                    show(verdict.sender),
-                    (time.perf_counter() - started) * 1000,
+            LOGGER.warning("milter %s: %s deferred: %s", queue_id, sender, outcome.reason)
+        elif LOGGER.isEnabledFor(_INFO):  # a line per message: the fast way, as lookups
+            for old, new in verdict.replace:
+                line(_INFO, f"milter {queue_id}: recipient {show(old)} restored as <{show(new)}>")
+            sender = show(transaction.sender)
+            if verdict.sender is not None:
+                ms = (time.perf_counter() - started) * 1000
+                line(
+                    _INFO,
+                    f"milter {queue_id}: sender {sender} rewritten as <{show(verdict.sender)}> "
+                    f"({ms:.1f} ms)",
                 )
             else:
-                LOGGER.info("milter %s: sender %s kept: %s", queue_id, sender, outcome.reason)
+                line(_INFO, f"milter {queue_id}: sender {sender} kept: {outcome.reason}")
         return verdict

@@ -9,16 +9,23 @@ request. The parts:
 
 * :mod:`srsd.serve.listeners` opens the listening sockets (or adopts systemd's);
 * :mod:`srsd.serve.privileges` then leaves root;
-* :mod:`srsd.serve.loop` serves every connection from one readiness set, a pass at a time,
-  with slow paths as trio tasks (storage waits, back-pressure, lingering), idle and
-  request time-outs and the drain;
+* :mod:`srsd.serve.loop` serves every connection of every endpoint (tcp_table,
+  socketmap, milter) from one readiness set, a pass at a time, with slow paths as trio
+  tasks (storage waits, back-pressure, lingering), idle, request and transaction
+  time-outs and the drain; it is srsd's one accept path;
 * :mod:`srsd.admission.gatekeeper` admits each new connection by its peer's user
   (:mod:`srsd.admission.rule`: ``allowed_users``, ``max_connections``,
-  ``max_connections_per_user``), evicting the longest idle connection of the user who
-  holds the most when full;
+  ``max_connections_per_user`` for the maps; ``milter_max_sessions``,
+  ``milter_max_sessions_per_user`` for the milter, a gatekeeper of its own), evicting the
+  longest idle connection of the user who holds the most when full;
 * :mod:`srsd.serve.answers` decides, counts, logs and builds the replies;
-* :mod:`srsd.serve.milter_service` serves the milter endpoint (``smtpd_milters``), one trio task per
-  connection outside the loop, deciding through the same lookups;
+* :mod:`srsd.serve.milter_service` is the milter endpoint's service (``smtpd_milters``),
+  deciding through the same lookups, with its memory budget;
+* descriptors: at start srsd raises its soft ``RLIMIT_NOFILE`` to the hard limit and, if
+  ``max_connections`` plus ``milter_max_sessions`` plus :data:`RESERVED_DESCRIPTORS` do not
+  fit in it, lowers both in proportion (with a warning): every limit is then reached
+  before the descriptors run out, so a flood on one endpoint cannot stop another from
+  accepting (:func:`fit_descriptors`);
 * this module runs them: :class:`Server` binds, serves until SIGTERM/SIGINT, then stops
   accepting, lets replies in flight finish within ``shutdown_grace`` seconds and exits 0;
   SIGHUP reloads settings, secrets and exclusions, keeping the old ones when anything is
@@ -28,7 +35,9 @@ request. The parts:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
 import signal
 import sys
 import time
@@ -58,8 +67,8 @@ from srsd.serve.listeners import (
     close_all,
     socket_directory_problems,
 )
-from srsd.serve.loop import Connection, ConnectionLoop, Service
-from srsd.serve.metrics_endpoint import registry_for, serve_http
+from srsd.serve.loop import Connection, ConnectionLoop, Gate, Service
+from srsd.serve.metrics_endpoint import HTTP_CONNECTIONS, Capped, MetricsService, registry_for
 from srsd.serve.privileges import leave_root
 from srsd.wire import Wire
 
@@ -69,6 +78,10 @@ __all__ = ["Server", "run"]
 STATUS_INTERVAL = 30.0
 #: Longest time a rendered log line waits to be written when no pass of the loop comes.
 LOG_FLUSH_INTERVAL = 0.5
+#: Descriptors kept apart from the connection limits: listeners, the selector, the envelope
+#: database, logs, metrics connections, ``postconf`` pipes, accepts about to be refused
+#: (half the limit when that is less).
+RESERVED_DESCRIPTORS = 64
 
 
 class Server:
@@ -95,17 +108,21 @@ class Server:
                 else "cannot be told apart",
             )
         self.gate: Gatekeeper[Connection] = Gatekeeper(
-            limits_of(settings), owners, self.loop.close, _answering
+            limits_of(settings), owners, self.loop.close, _busy
         )
-        self.loop.admit = self.admit
+        self.milter_gate: Gatekeeper[Connection] = Gatekeeper(
+            milter_limits_of(settings),
+            owners,
+            self.loop.close,
+            _busy,
+            noun="milter session",
+            names=("milter_max_sessions", "request_timeout", "milter_message_timeout"),
+        )
         self.loop.after_pass.append(logs.flush)  # the lookups' log lines, once per pass
-        self.loop.on_answered = self.gate.answered
-        self.loop.on_close = self.gate.closed
-        self.loop.on_timeout = self.gate.timed_out
         self.loop.request_timeout = settings.request_timeout
         self._reload = reload
         self.notifier = systemd.Notifier(os.environ)
-        self.metrics_listeners: list[trio.SocketListener] = []
+        self.metrics_endpoints: list[Endpoint] = []
         #: Reloads, by result (``ok``, ``failed``).
         self.reloads: Counter[str] = Counter()
         forward, reverse = milter_service.lookups_for(self.lookups)
@@ -113,9 +130,9 @@ class Server:
             forward=forward,
             reverse=reverse,
             delivery=milter_service.delivery_for(settings),
-            recipient_limit=settings.milter_recipient_limit,
-            split=settings.split_mixed == "smtpd",
+            lookups=self.lookups,
         )
+        self.milter.configure(settings)
         self.milter_endpoints: list[Endpoint] = []
 
     # -- start-up -----------------------------------------------------------------------------
@@ -124,7 +141,7 @@ class Server:
         """Open every configured listener (or adopt systemd's); raise :class:`StartError`
         with one clear line."""
         bound = await bind(self.settings)
-        self.metrics_listeners = bound.metrics
+        self.metrics_endpoints = bound.metrics
         self.milter_endpoints = bound.milter
         return bound.endpoints
 
@@ -137,7 +154,14 @@ class Server:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation), then drain and return."""
-        services = [(endpoint, self.service(endpoint)) for endpoint in endpoints]
+        services: list[tuple[Endpoint, Service, Gate]] = [
+            (endpoint, self.service(endpoint), self.gate) for endpoint in endpoints
+        ]
+        services += [
+            (endpoint, self.milter, self.milter_gate) for endpoint in self.milter_endpoints
+        ]
+        metrics, scrapers = MetricsService(registry_for(self)), Capped(HTTP_CONNECTIONS)
+        services += [(e, metrics, scrapers) for e in self.metrics_endpoints]
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as connections:
                 await connections.start(self.loop.serve, services)
@@ -149,18 +173,9 @@ class Server:
                                 loops.start_soon(
                                     expire_periodically, self.envelopes.store, self.envelopes.outage
                                 )
-                            registry = registry_for(self)
-                            for listener in self.metrics_listeners:
-                                loops.start_soon(serve_http, listener, registry)
                             if self.notifier.enabled:
                                 loops.start_soon(self._report_status)
                             loops.start_soon(self._flush_log)
-                            if self.milter_endpoints:
-                                listeners = [
-                                    trio.SocketListener(trio.socket.from_stdlib_socket(e.sock))
-                                    for e in self.milter_endpoints
-                                ]
-                                loops.start_soon(self.milter.serve, listeners, connections)
                             self.notifier.notify("READY=1", self.status())
                             task_status.started()
                 finally:
@@ -174,14 +189,6 @@ class Server:
         if endpoint.wire is Wire.SOCKETMAP or endpoint.role is None:
             return MapService(self.lookups, Wire.SOCKETMAP)
         return MapService(self.lookups, Wire.TCP_TABLE, endpoint.role)
-
-    def admit(self, conn: Connection) -> bool:
-        """Whether to serve a connection just accepted (:class:`Gatekeeper`); at the
-        limit, connections closed since the pass began are reaped first, so that they,
-        not an idle one, make room."""
-        if len(self.loop.connections) >= self.settings.max_connections:
-            self.loop.reap()
-        return self.gate.admit(conn, conn.opened)
 
     async def check_storage(self) -> None:
         """At start, in database modes: say at once whether the envelope database works.
@@ -213,9 +220,7 @@ class Server:
         self.loop.stop(self.settings.shutdown_grace)
         close_all(endpoints)
         close_all(self.milter_endpoints)
-        self.milter.stop(self.settings.shutdown_grace)  # a message in flight may finish
-        for listener in self.metrics_listeners:
-            await listener.aclose()
+        close_all(self.metrics_endpoints)
 
     async def _watch_signals(
         self, signals: AsyncIterator[int], accepting: trio.CancelScope
@@ -263,8 +268,9 @@ class Server:
     def reload(self) -> bool:
         """Re-read settings, secrets and exclusions; keep the old ones if anything is wrong."""
         try:
-            new = self._reload()
+            new = fit_descriptors(self._reload(), descriptor_limit())
             limits = limits_of(new)
+            milter_limits = milter_limits_of(new)
         except ConfigError as err:
             self.reloads["failed"] += 1
             LOGGER.error("reload failed, keeping the previous configuration: %s", err)
@@ -286,9 +292,9 @@ class Server:
         delivery = milter_service.delivery_for(new)  # reads Postfix's config again
         delivery.unknown = self.milter.delivery.unknown  # a metric counter: never back to 0
         self.milter.delivery = delivery
-        self.milter.recipient_limit = new.milter_recipient_limit
-        self.milter.split = new.split_mixed == "smtpd"
+        self.milter.configure(new)
         self.gate.configure(limits)
+        self.milter_gate.configure(milter_limits)
         self.loop.request_timeout = new.request_timeout
         self.reloads["ok"] += 1
         LOGGER.info(
@@ -300,17 +306,65 @@ class Server:
 
 
 def limits_of(settings: Settings) -> Limits:
-    """The admission limits ``settings`` describe (user names looked up now)."""
+    """The map endpoints' admission limits ``settings`` describe (user names looked up now)."""
+    return _limits(settings.max_connections, settings.max_connections_per_user, settings)
+
+
+def milter_limits_of(settings: Settings) -> Limits:
+    """The milter's admission limits ``settings`` describe (user names looked up now)."""
+    return _limits(settings.milter_max_sessions, settings.milter_max_sessions_per_user, settings)
+
+
+def _limits(total: int, per_user: int, settings: Settings) -> Limits:
     try:
-        return Gatekeeper.limits(
-            settings.max_connections, settings.max_connections_per_user, settings.allowed_users
-        )
+        return Gatekeeper.limits(total, per_user, settings.allowed_users)
     except ValueError as err:  # a user removed since the settings were checked
         raise ConfigError(f"allowed_users: {err}") from None
 
 
-def _answering(conn: Connection) -> bool:
-    return conn.answering
+def _busy(conn: Connection) -> bool:
+    return conn.busy
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (a shell's 1,024 is far below
+    what the connection limits need); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as err:
+            LOGGER.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, err)
+    return descriptor_limit()
+
+
+def descriptor_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` (a large number when unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 30 if soft == resource.RLIM_INFINITY else soft
+
+
+def fit_descriptors(settings: Settings, limit: int) -> Settings:
+    """``settings`` with ``max_connections`` and ``milter_max_sessions`` lowered in
+    proportion when, with :data:`RESERVED_DESCRIPTORS`, they need more than ``limit``
+    descriptors (a warning says so); unchanged otherwise."""
+    milter = settings.milter_max_sessions if settings.milter is not None else 0
+    wanted = settings.max_connections + milter
+    room = limit - min(RESERVED_DESCRIPTORS, limit // 2)
+    if wanted <= room:
+        return settings
+    maps = max(1, settings.max_connections * room // wanted)
+    sessions = max(1, milter * room // wanted) if milter else settings.milter_max_sessions
+    LOGGER.warning(
+        "the open files limit (%d) cannot hold max_connections %d%s: serving at most %d "
+        "connections%s (raise LimitNOFILE= or ulimit -Hn)",
+        limit,
+        settings.max_connections,
+        f" and milter_max_sessions {milter}" if milter else "",
+        maps,
+        f" and {sessions} milter sessions" if milter else "",
+    )
+    return dataclasses.replace(settings, max_connections=maps, milter_max_sessions=sessions)
 
 
 def setup_logging(settings: Settings) -> None:
@@ -339,6 +393,7 @@ def run(settings: Settings, reload: Callable[[], Settings], *, check: bool = Fal
 
 
 async def _main(settings: Settings, reload: Callable[[], Settings]) -> int:
+    settings = fit_descriptors(settings, raise_descriptor_limit())
     server = Server(settings, reload)
     try:
         endpoints = await server.bind()

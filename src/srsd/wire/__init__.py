@@ -21,3 +21,4 @@ class Wire(enum.Enum):
     TCP_TABLE = "tcp_table"
     SOCKETMAP = "socketmap"
     MILTER = "milter"  # served by srsd.serve.milter_service
+    METRICS = "metrics"  # HTTP, served by srsd.serve.metrics_endpoint

@@ -23,9 +23,16 @@ only.
   end of a message outside one, a second negotiation), an unknown command or a malformed
   packet is a protocol error: the session says why in :class:`Close` and takes no more
   input. Postfix then applies ``milter_default_action`` (``tempfail``) to that SMTP session;
-* at most ``recipient_limit`` recipients are kept per message; each one over it is answered
-  ``452 4.5.3 Too many recipients``, so the client sends it again in a later transaction and
-  every recipient srsd decides on is one Postfix accepted;
+* at most ``recipient_limit`` recipients and ``message_bytes`` bytes of sender and
+  recipients (each counted with :data:`ITEM_OVERHEAD` bytes more, what Python adds) are kept
+  per message; each recipient over either is answered ``452 4.5.3 Too many recipients``, so
+  the client sends it again in a later transaction and every recipient srsd decides on is
+  one Postfix accepted;
+* the bytes a session keeps are also taken from an :class:`Allowance` shared with other
+  sessions (the server's memory budget): a recipient it refuses is answered ``452 4.3.1
+  Insufficient system storage``, a sender ``t`` (temporary failure); both are retried by
+  the client later. The bytes of a message go back to the allowance when its verdict is
+  rendered (:meth:`Session.verdict`), or at :meth:`Session.release` when the session ends;
 * a session that splits (``split=True``, setting ``split_mixed``) and serves an SMTP client
   keeps one class of recipient per message: each recipient is handed out as
   :class:`Classify`, the caller says whether it is delivered on this host, and
@@ -62,8 +69,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from srsd.srs import address
 
@@ -72,6 +81,10 @@ from srsd.srs import address
 MAX_PACKET = 65536
 #: Default recipients kept per message (postsrsd's ``milter-recipient-limit``).
 MAX_RECIPIENTS = 1000
+#: Default bytes of sender and recipients kept per message.
+MESSAGE_BYTES = 512 * 1024
+#: Bytes counted for each address kept beyond its length (a bytes object and its list slot).
+ITEM_OVERHEAD = 64
 #: The milter protocol version srsd speaks (Postfix: ``milter_protocol = 6``).
 VERSION = 6
 _LENGTH = struct.Struct("!I")
@@ -147,6 +160,30 @@ SKIPPED_STEPS = (
 _IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN_COMMAND})
 _QUEUE_ID_MACROS = frozenset({b"i", b"{i}"})
 _TOO_MANY = b"452 4.5.3 Too many recipients"
+_NO_ROOM = b"452 4.3.1 Insufficient system storage"
+
+
+class Allowance(Protocol):
+    """Bytes a session may keep, shared with other sessions."""
+
+    def take(self, size: int) -> bool:
+        """Take ``size`` bytes; False (nothing taken) when there is no room."""
+        ...
+
+    def give(self, size: int) -> None:
+        """Give back ``size`` bytes taken before."""
+        ...
+
+
+class Unlimited:
+    """An allowance that always has room."""
+
+    def take(self, size: int) -> bool:
+        """Always True."""
+        return True
+
+    def give(self, size: int) -> None:
+        """Nothing to give back."""
 
 
 def packet(command: bytes, data: bytes = b"") -> bytes:
@@ -253,10 +290,14 @@ class Session:
     """One milter connection, as a state machine fed with the bytes received."""
 
     __slots__ = (
+        "_allowance",
         "_buf",
         "_classifying",
+        "_deciding",
+        "_held",
         "_here",
         "_max_packet",
+        "_message_bytes",
         "_recipient_limit",
         "_recipients",
         "_rewrites",
@@ -276,12 +317,20 @@ class Session:
         *,
         recipient_limit: int = MAX_RECIPIENTS,
         max_packet: int = MAX_PACKET,
+        message_bytes: int = MESSAGE_BYTES,
+        allowance: Allowance | None = None,
         split: bool = False,
     ) -> None:
-        if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET:
-            raise ValueError("recipient_limit must be >= 1, max_packet 13..MAX_PACKET")
+        if recipient_limit < 1 or not 13 <= max_packet <= MAX_PACKET or message_bytes < 1:
+            raise ValueError(
+                "recipient_limit and message_bytes must be >= 1, max_packet 13..MAX_PACKET"
+            )
         self._recipient_limit = recipient_limit
         self._max_packet = max_packet
+        self._message_bytes = message_bytes
+        self._allowance: Allowance = allowance or Unlimited()
+        self._held = 0  # bytes of the message now received, taken from the allowance
+        self._deciding: deque[int] = deque()  # bytes of the messages awaiting their verdict
         self._buf = bytearray()
         self._state = _State.NEGOTIATE
         self._sender = b""
@@ -316,6 +365,19 @@ class Session:
     def buffered(self) -> int:
         """Bytes held for an incomplete packet (at most four plus ``max_packet``)."""
         return len(self._buf)
+
+    @property
+    def held(self) -> int:
+        """Bytes of sender and recipients kept (overhead counted), decided messages included."""
+        return self._held + sum(self._deciding)
+
+    def release(self) -> None:
+        """The session is over: give every byte it keeps back to the allowance."""
+        self._allowance.give(self.held)
+        self._held = 0
+        self._deciding.clear()
+        self._sender = b""
+        self._recipients = []
 
     @property
     def splitting(self) -> bool:
@@ -390,9 +452,12 @@ class Session:
         recipient, self._classifying = self._classifying, None
         if recipient is None or self._state is not _State.MESSAGE:
             raise RuntimeError("admit() without a recipient being classified")
-        if here is None:
-            return packet(TEMPORARY_FAILURE)
-        if self._here is not None and here is not self._here:
+        if here is None or (self._here is not None and here is not self._here):
+            size = len(recipient) + ITEM_OVERHEAD  # taken in _rcpt, not kept after all
+            self._held -= size
+            self._allowance.give(size)
+            if here is None:
+                return packet(TEMPORARY_FAILURE)
             self.split += 1
             return packet(REPLY_CODE, _TOO_MANY + b"\x00")
         self._here = here
@@ -400,7 +465,10 @@ class Session:
         return _CONTINUE_PACKET
 
     def verdict(self, verdict: Verdict) -> bytes:
-        """The reply to the end of a message: the changes, then ``continue``."""
+        """The reply to the end of a message: the changes, then ``continue``. The message's
+        bytes go back to the allowance (verdicts come in the order of the messages)."""
+        if self._deciding:
+            self._allowance.give(self._deciding.popleft())
         if verdict.tempfail:
             return _SEND_TEMPFAIL.data
         verdict = writable(verdict)
@@ -444,6 +512,8 @@ class Session:
             self._rcpt(data, out)
         elif command == END_OF_MESSAGE and state is _State.MESSAGE:
             transaction = Transaction(self.queue_id, self._sender, tuple(self._recipients))
+            self._deciding.append(self._held)  # given back by verdict()
+            self._held = 0
             self._reset()
             out.append(Decide(transaction))
         elif command in (ABORT, QUIT_NEW_CONNECTION):
@@ -457,6 +527,9 @@ class Session:
             self._fail(out, f"{_name(command)} out of place ({state.value})")
 
     def _reset(self) -> None:
+        if self._held:
+            self._allowance.give(self._held)
+            self._held = 0
         self._state = _State.READY
         self._sender = b""
         self._recipients = []
@@ -497,6 +570,11 @@ class Session:
             self._fail(out, "malformed sender packet")
             return
         self._reset()
+        size = len(args[0]) + ITEM_OVERHEAD
+        if size > self._message_bytes or not self._allowance.take(size):
+            out.append(_SEND_TEMPFAIL)  # no room: the client tries later
+            return
+        self._held = size
         self._state = _State.MESSAGE
         self._sender = args[0]
         if self._rewrites:
@@ -509,10 +587,19 @@ class Session:
         if args is None:
             self._fail(out, "malformed recipient packet")
             return
-        if len(self._recipients) >= self._recipient_limit:
+        size = len(args[0]) + ITEM_OVERHEAD
+        if (
+            len(self._recipients) >= self._recipient_limit
+            or self._held + size > self._message_bytes
+        ):
             self.refused += 1
             out.append(Send(packet(REPLY_CODE, _TOO_MANY + b"\x00")))
             return
+        if not self._allowance.take(size):
+            self.refused += 1
+            out.append(Send(packet(REPLY_CODE, _NO_ROOM + b"\x00")))
+            return
+        self._held += size
         if self.splitting:
             self._classifying = args[0]
             out.append(Classify(args[0]))
