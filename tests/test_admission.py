@@ -3,7 +3,7 @@
 closes by a few owners (hypothesis state machine), checked after every step:
 
 * the incremental :class:`~srsd.admission.rule.Admission` decides exactly what the reference
-  :func:`~srsd.admission.rule.decide` decides over the model's connections, both when busy
+  :func:`decide` (here) decides over the model's connections, both when busy
   connections are reported to it and when it asks ``is_busy``;
 * never more than ``max_connections`` open, nor more than the cap for any one owner;
 * a busy connection is never evicted; a disallowed owner is never admitted; an allowed
@@ -31,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from srsd.admission.gatekeeper import Gatekeeper
 from srsd.admission.owners import REMOTE, UNKNOWN_OWNER, Owner
-from srsd.admission.rule import Action, Admission, Limits, Ruling, resolve_users
+from srsd.admission.rule import Admission, Disposition, Limits, Ruling, resolve_users
 from srsd.config import settings as srsd_settings
 
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
@@ -76,12 +76,12 @@ def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits
     """The rule (module docstring) for a new connection of ``owner``, over every open
     connection, in the order they last became idle (which breaks ties in idle time)."""
     if limits.allowed and owner not in limits.allowed:
-        return Ruling(Action.REFUSE_USER)
+        return Ruling(Disposition.REFUSE_USER)
     held = Counter(conn.owner for conn in connections.values())
     if held[owner] >= limits.max_per_user:
         return _evicting(connections, _longest_idle(connections, owner))
     if len(connections) < limits.max_connections:
-        return Ruling(Action.ADMIT)
+        return Ruling(Disposition.ADMIT)
     order = {key: index for index, key in enumerate(connections)}
     # The newcomer's owner competes too, evictable connection or not: ranked first on the
     # most held, then the newcomer's own, then the connection idle the longest.
@@ -105,8 +105,8 @@ def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits
 
 def _evicting(connections: Mapping[K, HeldConnection], victim: K | None) -> Ruling[K]:
     if victim is None:
-        return Ruling(Action.REFUSE_BUSY)
-    return Ruling(Action.EVICT, victim, connections[victim].owner)
+        return Ruling(Disposition.REFUSE_BUSY)
+    return Ruling(Disposition.EVICT, victim, connections[victim].owner)
 
 
 class AdmissionMachine(RuleBasedStateMachine):
@@ -149,16 +149,16 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     def check_ruling(self, got: Ruling[int], owner: Owner, held: Counter[Owner]) -> None:
         allowed = not self.limits.allowed or owner in self.limits.allowed
-        assert (got.action is Action.REFUSE_USER) == (not allowed)
+        assert (got.disposition is Disposition.REFUSE_USER) == (not allowed)
         idle = [k for k, c in self.model.items() if not c.busy]
-        if got.action is Action.REFUSE_BUSY:  # nothing of owner's own could be evicted,
+        if got.disposition is Disposition.REFUSE_BUSY:  # nothing of owner's own could be evicted,
             # and no one else holds more than owner would
             assert not [k for k in idle if self.model[k].owner == owner]
             assert held[owner] >= self.limits.max_per_user or (
                 len(self.model) >= self.limits.max_connections
                 and all(held[self.model[k].owner] <= held[owner] + 1 for k in idle)
             )
-        if got.action is Action.ADMIT:
+        if got.disposition is Disposition.ADMIT:
             assert len(self.model) < self.limits.max_connections
             assert held[owner] < self.limits.max_per_user
         if got.victim is None:
@@ -284,26 +284,26 @@ def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
     limits = Limits(10, 5)
     table: Admission[str] = Admission(limits)
     for i in range(5):
-        assert table.admit(f"a{i}", 1001, float(i)).action is Action.ADMIT
-        assert table.admit(f"b{i}", 1002, float(i) + 0.5).action is Action.ADMIT
+        assert table.admit(f"a{i}", 1001, float(i)).disposition is Disposition.ADMIT
+        assert table.admit(f"b{i}", 1002, float(i) + 0.5).disposition is Disposition.ADMIT
     ruling = table.admit("postfix", POSTFIX, 10.0)
-    assert ruling == Ruling(Action.EVICT, "a0", 1001)
+    assert ruling == Ruling(Disposition.EVICT, "a0", 1001)
     # the flooder at its cap evicts its own, oldest first
-    assert table.admit("b5", 1002, 11.0) == Ruling(Action.EVICT, "b0", 1002)
+    assert table.admit("b5", 1002, 11.0) == Ruling(Disposition.EVICT, "b0", 1002)
     # a flooder whose connections are all busy and at its cap is refused
     for key in ("b1", "b2", "b3", "b4", "b5"):
         table.busy(key)
-    assert table.admit("b6", 1002, 12.0).action is Action.REFUSE_BUSY
+    assert table.admit("b6", 1002, 12.0).disposition is Disposition.REFUSE_BUSY
     # Postfix holds 1, flooder 1001 holds 4: its connection is taken, not Postfix's
-    assert table.admit("postfix-2", POSTFIX, 13.0) == Ruling(Action.EVICT, "a1", 1001)
+    assert table.admit("postfix-2", POSTFIX, 13.0) == Ruling(Disposition.EVICT, "a1", 1001)
 
 
 def test_allowed_users_refuse_everyone_else() -> None:
     table: Admission[int] = Admission(Limits(10, 5, frozenset({0, POSTFIX})))
-    assert table.admit(1, POSTFIX, 0.0).action is Action.ADMIT
-    assert table.admit(2, 0, 0.0).action is Action.ADMIT
+    assert table.admit(1, POSTFIX, 0.0).disposition is Disposition.ADMIT
+    assert table.admit(2, 0, 0.0).disposition is Disposition.ADMIT
     for owner in (FLOODER, REMOTE, UNKNOWN_OWNER):
-        assert table.admit(3, owner, 0.0).action is Action.REFUSE_USER
+        assert table.admit(3, owner, 0.0).disposition is Disposition.REFUSE_USER
     assert len(table) == 2
 
 

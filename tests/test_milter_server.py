@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from srsd.admission.gatekeeper import Gatekeeper
 from srsd.admission.owners import PeerOwners
@@ -68,6 +69,11 @@ def service(**overrides: Any) -> MilterService:
     return MilterService(**args)
 
 
+#: The bound on waiting for srsd's replies: longer than srsd's own bound on a decision, so
+#: that on the autojump clock srsd's time-out comes first.
+REPLY_TIMEOUT = milter_service.DECIDE_SECONDS + 10
+
+
 class Client:
     """The MTA side of one milter connection."""
 
@@ -78,7 +84,7 @@ class Client:
     async def replies(self, count: int) -> list[tuple[bytes, bytes]]:
         """Read until ``count`` replies have come; [] at EOF."""
         out: list[tuple[bytes, bytes]] = []
-        with trio.fail_after(10):
+        with trio.fail_after(REPLY_TIMEOUT):
             while len(out) < count:
                 while len(self.buf) >= 4 and len(self.buf) >= 4 + int.from_bytes(self.buf[:4]):
                     size = 4 + int.from_bytes(self.buf[:4])
@@ -130,8 +136,12 @@ async def serving(
         sock.close()
 
 
-def run(svc: MilterService, body: Callable[[Client], Awaitable[None]]) -> ConnectionLoop:
-    """Serve ``svc``, run ``body`` with a negotiated client; the loop, for its counts."""
+def run(
+    svc: MilterService, body: Callable[[Client], Awaitable[None]], *, autojump: bool = False
+) -> ConnectionLoop:
+    """Serve ``svc``, run ``body`` with a negotiated client; the loop, for its counts.
+    ``autojump``: on trio's autojump clock (service and client run in this trio loop), so that
+    srsd's own time-outs, at their real figures, take no real time."""
     served: list[ConnectionLoop] = []
 
     async def main() -> None:
@@ -148,7 +158,7 @@ def run(svc: MilterService, body: Callable[[Client], Awaitable[None]]) -> Connec
                 while loop.connections:  # the loop sees the close
                     await trio.sleep(0.01)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0) if autojump else None)
     return served[0]
 
 
@@ -239,10 +249,7 @@ async def hanging(_: bytes) -> Decision:
     [{"forward": failing}, {"reverse": failing}, {"forward": crashing}, {"forward": hanging}],
     ids=["forward-error", "reverse-error", "forward-crash", "forward-hangs"],
 )
-def test_what_srsd_cannot_decide_is_deferred(
-    overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(milter_service, "DECIDE_SECONDS", 0.5)
+def test_what_srsd_cannot_decide_is_deferred(overrides: dict[str, Any]) -> None:
     svc = service(**overrides)
 
     async def body(client: Client) -> None:
@@ -250,7 +257,7 @@ def test_what_srsd_cannot_decide_is_deferred(
         # The session goes on: the next message is decided again.
         assert await client.message(b"<alice@origin.test>", b"<carol@dest.test>") == [(b"t", b"")]
 
-    run(svc, body)
+    run(svc, body, autojump=True)  # a hanging decision waits DECIDE_SECONDS, virtually
     assert svc.messages == {"tempfail": 2}
 
 
@@ -286,13 +293,15 @@ def test_protocol_error_closes_the_connection() -> None:
 
 
 def test_idle_connection_is_closed() -> None:
-    svc = service(idle_limit=0.3)
+    idle = 20.0
+    svc = service(idle_limit=idle)
 
     async def body(client: Client) -> None:
-        with trio.fail_after(5):
-            assert await client.replies(1) == []
+        began = trio.current_time()
+        assert await client.replies(1) == []
+        assert idle <= trio.current_time() - began < REPLY_TIMEOUT
 
-    loop = run(svc, body)
+    loop = run(svc, body, autojump=True)
     assert not loop.connections
 
 

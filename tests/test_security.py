@@ -21,6 +21,7 @@ import struct
 import time
 from pathlib import Path
 
+from srsd.wire import tcp_table
 from tests.harness.ports import free_port
 from tests.harness.srsd_process import SrsdProcess, fd_targets, lookup
 
@@ -86,9 +87,9 @@ def test_connections_ending_every_way_leak_no_descriptor(tmp_path: Path) -> None
             half = socket.create_connection(("127.0.0.1", port))
             half.sendall(b"get half-a-requ")
             reset(half)
-            # a protocol error: srsd answers, lingers and closes
+            # a protocol error (a line longer than any request): srsd answers, lingers, closes
             with socket.create_connection(("127.0.0.1", port), timeout=10) as long:
-                long.sendall(b"get " + b"x" * 5000 + b"\n")
+                long.sendall(b"get " + b"x" * tcp_table.MAX_REQUEST + b"\n")
                 assert read_until_closed(long).startswith(b"500 ")
             with socket.create_connection(("127.0.0.1", socketmap_port), timeout=10) as bad:
                 bad.sendall(b"12345678:")

@@ -549,16 +549,22 @@ def test_the_suite_never_sees_the_hosts_configuration() -> None:
     assert "CREDENTIALS_DIRECTORY" not in os.environ
 
 
-def test_an_unreadable_system_secret_is_an_error_never_another_secret(tmp_path: Path) -> None:
-    """A user who cannot read a root-only /etc/srsd/secrets is told so; srsd never falls
-    back to another secret (after run_as, a reload would switch secrets quietly). Checked in a
-    child running as nobody, with Debian's python3 and a copy of the sources in a directory
-    nobody can reach (the checkout may be root-only)."""
+@pytest.mark.parametrize("hidden", [False, True], ids=["file-0600", "directory-0700"])
+def test_an_unreadable_system_secret_is_an_error_never_another_secret(
+    tmp_path: Path, hidden: bool
+) -> None:
+    """A user who cannot read a root-only /etc/srsd/secrets, or cannot even look into a
+    root-only /etc/srsd, is told so; srsd never falls back to another secret (after run_as, a
+    reload would switch secrets quietly). Checked in a child running as nobody, with Debian's
+    python3 and a copy of the sources in a directory nobody can reach (the checkout may be
+    root-only)."""
     place = Path(tempfile.mkdtemp(prefix="srsd-nobody-"))
     try:
         place.chmod(0o755)
         shutil.copytree(Path(settings.__file__).parent.parent, place / "srsd")
-        system = write_secret(place / "system-secrets", b"root-only")
+        etc = place / "etc"
+        etc.mkdir(mode=0o700 if hidden else 0o755)
+        system = write_secret(etc / "system-secrets", b"root-only")
         state = place / "nobody-state"
         state.mkdir()
         write_secret(state / "secrets", b"nobody-secret")

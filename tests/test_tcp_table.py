@@ -21,7 +21,6 @@ from srsd.wire.tcp_table import (
     Request,
     RequestReader,
     TooLong,
-    encode_reply,
     encode_request,
     found,
     line_limit,
@@ -275,18 +274,6 @@ def test_long_reason_is_cut_between_escapes(reply: Callable[[str], bytes], lead:
     assert MAX_REPLY - 3 <= len(line) <= MAX_REPLY
     assert reason.encode().startswith(text)
     assert len(reply("y" * 10_000)) == MAX_REPLY
-
-
-def test_encode_reply() -> None:
-    assert encode_reply(200, b"a b") == b"200 a%20b\n"
-    assert encode_reply(500, b"") == b"500 \n"
-    assert encode_reply(400, b"%") == b"400 %25\n"
-    assert len(encode_reply(200, b"k" * (MAX_REPLY - 5))) == MAX_REPLY
-    with pytest.raises(ValueError, match="longer"):
-        encode_reply(200, b"k" * (MAX_REPLY - 4))
-    for code in (99, 1000, -200):
-        with pytest.raises(ValueError, match="three digits"):
-            encode_reply(code, b"x")
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,17 @@ DEVIATIONS: dict[tuple[str, bytes], tuple[str, Answer]] = {
         "references emit SRS1=vfUI=hop1.example=AbCd=...",
         Answer("refused", why=Outcome.MALFORMED.name),
     ),
+    ("forward", b"user\x7f@example.com"): (
+        "issue 18, one answer for one input: every endpoint refuses an address holding a "
+        "control character (DEL here) with the same reason; RFC 5321 allows none, the "
+        "references rewrite it",
+        Answer("refused", why=Outcome.BAD_ADDRESS.name),
+    ),
+    ("forward", b"user\x01@example.com"): (
+        "issue 18, one answer for one input: an address holding a control character (U+0001) "
+        "is refused by every endpoint; the references rewrite it",
+        Answer("refused", why=Outcome.BAD_ADDRESS.name),
+    ),
     ("forward", b"user@[192.0.2.1]"): (
         "README 'What srsd answers' (issue 11): an address literal's '[', ']' and ':' are not "
         "atext, so the SRS local part is quoted as a whole to stay an RFC 5321 mailbox; the "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from srsd import __version__
 from srsd.config import postfix, service_env, settings
 from srsd.host import health
 from srsd.host.logs import show
+from srsd.host.programs import find_program
 from srsd.srs import address
 from srsd.srs.policy import Decision
 
@@ -329,7 +329,7 @@ def live_site(environ: Mapping[str, str]) -> tuple[postfix.Site, str]:
 
 
 def _postconf(args: list[str], environ: Mapping[str, str]) -> list[str]:
-    program = shutil.which("postconf", path=f"{environ.get('PATH', '')}:/usr/sbin:/sbin")
+    program = find_program("postconf", environ)
     if program is None:
         raise ValueError("postconf not found")
     done = subprocess.run(

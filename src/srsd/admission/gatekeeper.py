@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 from srsd.admission.owners import Owner, PeerOwners
-from srsd.admission.rule import Action, Admission, Limits, resolve_users
+from srsd.admission.rule import Admission, Disposition, Limits, resolve_users
 from srsd.host.logs import RateLimited
 
 #: At most one log line per kind (refused user, full, evicted, timed out) per this many s.
@@ -90,8 +90,8 @@ class Gatekeeper(Generic[C]):
         owner = self.owners.owner(conn.sock)
         conn.owner = owner
         ruling = self.table.admit(conn, owner, now)
-        action = ruling.action
-        if action is Action.ADMIT:
+        disposition = ruling.disposition
+        if disposition is Disposition.ADMIT:
             return True
         total = self._names[0]
         limits = self.table.limits
@@ -108,7 +108,7 @@ class Gatekeeper(Generic[C]):
             )
             self._close(victim)
             return True
-        if action is Action.REFUSE_USER:
+        if disposition is Disposition.REFUSE_USER:
             self._count(
                 "refused user", f"refused a {self._noun} of %s: not in allowed_users", _who(owner)
             )

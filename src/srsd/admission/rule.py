@@ -45,7 +45,7 @@ from srsd.admission.owners import REMOTE, Owner
 K = TypeVar("K", bound=Hashable)
 
 
-class Action(enum.Enum):
+class Disposition(enum.Enum):
     """What to do with a new connection."""
 
     ADMIT = "admit"
@@ -56,17 +56,17 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Ruling(Generic[K]):
-    """The rule's ruling on a new connection: an action, and the connection to close for
-    :attr:`Action.EVICT` and its owner."""
+    """The rule's ruling on a new connection: a disposition, and the connection to close for
+    :attr:`Disposition.EVICT` and its owner."""
 
-    action: Action
+    disposition: Disposition
     victim: K | None = None
     victim_owner: Owner | None = None
 
     @property
     def admitted(self) -> bool:
         """Whether the new connection is served."""
-        return self.action in (Action.ADMIT, Action.EVICT)
+        return self.disposition in (Disposition.ADMIT, Disposition.EVICT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +137,11 @@ class Admission(Generic[K]):
         """What the rule says for a new connection of ``owner``, without applying it."""
         limits = self.limits
         if limits.allowed and owner not in limits.allowed:
-            return Ruling(Action.REFUSE_USER)
+            return Ruling(Disposition.REFUSE_USER)
         if self._held[owner] >= limits.max_per_user:
             return self._evicting(self._oldest(owner))
         if len(self._entries) < limits.max_connections:
-            return Ruling(Action.ADMIT)
+            return Ruling(Disposition.ADMIT)
         # Ranked as in the rule: the newcomer's owner wins ties, so another owner gives
         # way only when it holds more than the newcomer's owner would.
         victim = self._oldest(owner)
@@ -160,8 +160,8 @@ class Admission(Generic[K]):
 
     def _evicting(self, victim: K | None) -> Ruling[K]:
         if victim is None:
-            return Ruling(Action.REFUSE_BUSY)
-        return Ruling(Action.EVICT, victim, self._entries[victim].owner)
+            return Ruling(Disposition.REFUSE_BUSY)
+        return Ruling(Disposition.EVICT, victim, self._entries[victim].owner)
 
     def admit(self, key: K, owner: Owner, now: float) -> Ruling[K]:
         """Decide for the new connection ``key`` of ``owner`` and apply the ruling."""

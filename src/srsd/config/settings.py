@@ -247,7 +247,7 @@ def _socketmap(raw: object) -> InetEndpoint | UnixEndpoint | None:
     return parse_endpoint(_text(raw))
 
 
-def _host_port(raw: object) -> InetEndpoint | None:
+def _parse_host_port(raw: object) -> InetEndpoint | None:
     value = _text(raw)
     try:
         return metrics_endpoint(value)
@@ -787,7 +787,7 @@ class Settings:
         _bool, False, "SRS_SYSLOG", "--syslog", "also log to syslog, mail facility"
     )
     metrics_listen: InetEndpoint | None = setting(
-        _host_port,
+        _parse_host_port,
         None,
         "SRS_METRICS_LISTEN",
         "--metrics-listen",
@@ -1077,7 +1077,11 @@ def _default_secrets_file(
     if found is not None:
         sources["secrets_file"] = f"systemd credential {SECRETS_CREDENTIAL}"
         return found
-    if SYSTEM_SECRETS.is_file():
+    try:
+        system = SYSTEM_SECRETS.is_file()
+    except OSError as err:  # /etc/srsd not searchable: it may hold the service's secret
+        raise ConfigError(f"secrets_file: cannot read {SYSTEM_SECRETS}: {err.strerror}") from None
+    if system:
         return SYSTEM_SECRETS  # still the default rule: the source stays "default"
     path = state_dir / SECRETS_NAME
     if create and not path.exists():
