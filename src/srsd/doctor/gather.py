@@ -4,9 +4,12 @@
 fact. Nothing here changes anything or sends mail: the SMTP dialogue ends with ``RSET`` and
 ``QUIT`` before any ``DATA``.
 
-Endpoints are asked the way ``srsd health`` asks them (its probes are reused: the milter
-gets a negotiation and a test message it aborts); Postfix with ``postconf`` as this user, so
-``MAIL_CONFIG`` applies as it does to Postfix's own commands.
+Endpoints are asked the way ``srsd health`` asks them (its public probes are reused: the
+milter gets a negotiation and a test message it aborts), and one that does not answer on TCP
+gets the program holding its port named when that is not srsd (:mod:`srsd.host.holders`);
+Postfix with ``postconf`` as this user, so ``MAIL_CONFIG`` applies as it does to Postfix's own
+commands; an installed ``srsd.service`` (and its drop-ins) for the source of its
+``LoadCredential=srsd-secrets:`` (:func:`credential_facts`).
 """
 
 from __future__ import annotations
