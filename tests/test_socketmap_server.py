@@ -36,6 +36,7 @@ from srsd.serve.server import Server
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Role
 from srsd.wire import Wire
+from tests.harness.clients import hex_quote, unquote
 from tests.harness.inprocess import (
     DAY,
     DOMAIN,
@@ -59,17 +60,6 @@ KINDS = ["inet", "unix"]
 def srs0_around(user: bytes, host: bytes, t0: float) -> set[bytes]:
     """The address for a lookup made between ``t0`` and now (the day may turn)."""
     return {srs0(user, host, t) for t in (t0, time.time())}
-
-
-def hex_quote(key: bytes) -> bytes:
-    """Postfix's tcp_table key encoding: %XX for %, white space, controls and 8-bit bytes."""
-    return b"".join(
-        b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
-    )
-
-
-def unquote(text: bytes) -> bytes:
-    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
 
 
 # -- a running server -----------------------------------------------------------------------

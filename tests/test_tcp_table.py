@@ -27,6 +27,7 @@ from srsd.wire.tcp_table import (
     not_found,
     temporary_failure,
 )
+from tests.harness.clients import hex_quote
 
 BAD_ESCAPE = BadRequest("Invalid %-escape in request")
 TOO_LONG = TooLong("Address too long")
@@ -37,13 +38,6 @@ def feed_all(chunks: list[bytes], max_line: int = MAX_REQUEST, *, eof: bool = Fa
     reader = RequestReader(max_line)
     events = [event for chunk in chunks for event in reader.feed(chunk)]
     return events + reader.feed_eof() if eof else events
-
-
-def hex_quote(key: bytes, hexcase: str = "%%%02X") -> bytes:
-    """Postfix's hex_quote(): %XX for %, white space, controls, DEL and bytes >= 0x80."""
-    return b"".join(
-        (hexcase % c).encode() if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
-    )
 
 
 REPLY = re.compile(rb"(\d{3}) ((?:[\x21-\x24\x26-\x7e]|%[0-9A-F]{2})*)\n")

@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         parents=[common],
-        help="run the tcp_table server",
-        description="Answer Postfix's sender_canonical_maps (forward) "
-        "and recipient_canonical_maps (reverse) over tcp_table.",
+        help="run the server (tcp_table, socketmap, milter)",
+        description="Answer Postfix's sender_canonical_maps (forward) and "
+        "recipient_canonical_maps (reverse) over tcp_table and socketmap, and its milters, "
+        "at the endpoints the settings name.",
     )
     _add_settings(serve, _SERVE)
     serve.add_argument("--check", action="store_true", help="validate the configuration and exit")
