@@ -17,6 +17,7 @@ import pytest
 from srsd.host import holders
 from tests.harness.local_users import NOBODY, require_root
 from tests.harness.ports import free_port
+from tests.harness.srsd_process import SrsdProcess
 
 TABLE = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -85,3 +86,11 @@ def test_a_free_port_cannot_be_told() -> None:
     said = holders.describe(free_port("127.0.0.1"))
     assert said.startswith("who holds it cannot be told")
     assert holders.held_by_another(free_port("127.0.0.1")) == ""
+
+
+def test_srsd_holding_its_own_port_is_not_another_program(tmp_path: Path) -> None:
+    require_root()
+    with SrsdProcess(tmp_path) as server:
+        said = holders.describe(server.forward_port)
+        assert said.startswith("held by ") and f"pid {server.proc.pid}" in said  # type: ignore[union-attr]
+        assert holders.held_by_another(server.forward_port) == ""

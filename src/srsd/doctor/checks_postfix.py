@@ -384,14 +384,14 @@ def bounce_path(facts: SmtpFacts | None, fix: Sequence[str]) -> Result:
             FixKind.TEXT,
             "check master.cf's smtp inet service",
         )
-    if facts.error is not None:
+    if facts.error is not None or facts.valid_reply is None or facts.forged_reply is None:
         return Result.fail(
             "bounce-path",
-            f"this host's smtpd at {facts.where} did not complete the dialogue: {facts.error}",
+            f"this host's smtpd at {facts.where} did not complete the dialogue: "
+            f"{facts.error or 'no reply to RCPT'}",
             FixKind.TEXT,
             "start Postfix (systemctl start postfix) and check its log",
         )
-    assert facts.valid_reply is not None and facts.forged_reply is not None
     code, text = facts.valid_reply
     if code // 100 != 2:
         cause = "srsd or Postfix is failing now" if code // 100 == 4 else "they would be refused"

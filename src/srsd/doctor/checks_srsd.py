@@ -273,17 +273,25 @@ def credential_source(facts: CredentialFacts | None, user: str) -> Result | None
             FixKind.TEXT,
             "run doctor as root",
         )
-    what = "does not exist" if facts.missing else f"cannot be read ({facts.error})"
-    fix = (
-        (f"install -d -m 0755 {PurePosixPath(facts.source).parent}", f"srsd keygen {facts.source}")
-        if facts.missing
-        else (f"chown root:root {facts.source}", f"chmod 600 {facts.source}")
+    summary = (
+        f"{facts.unit} loads srsd's secret from {facts.source} (LoadCredential=), which "
+        f"{'does not exist' if facts.missing else f'cannot be read ({facts.error})'}: systemd "
+        "refuses to start srsd, and says only 'status=243/CREDENTIALS'"
     )
+    if not facts.missing:  # a directory, a dangling link...: what to do depends on it
+        return Result.fail(
+            name,
+            summary,
+            FixKind.TEXT,
+            f"make {facts.source} a file holding srsd's secret (srsd keygen writes one), "
+            "then systemctl restart srsd",
+        )
+    parent = PurePosixPath(facts.source).parent
     return Result.fail(
         name,
-        f"{facts.unit} loads srsd's secret from {facts.source} (LoadCredential=), which {what}: "
-        "systemd refuses to start srsd, and says only 'status=243/CREDENTIALS'",
+        summary,
         FixKind.SHELL,
-        *fix,
+        f"install -d -m 0755 {parent}",
+        f"srsd keygen {facts.source}",
         "systemctl restart srsd",
     )

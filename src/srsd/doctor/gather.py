@@ -376,6 +376,20 @@ def environment_user() -> str:
     return _user_name(os.geteuid())
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # not ours to look into: as if absent
+        return False
+
+
+def _drop_ins(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.glob("*.conf"))
+    except OSError:
+        return []
+
+
 #: Where systemd looks for srsd.service and its drop-ins (``srsd.service.d/*.conf``), in
 #: systemd's order of precedence (systemd.unit(5)).
 UNIT_DIRECTORIES = (
@@ -393,11 +407,11 @@ def credential_facts(directories: tuple[str, ...] | None = None) -> CredentialFa
     after the unit file), and whether root can read it as systemd will at start; None when
     no srsd.service is installed or it loads no such credential."""
     dirs = [Path(d) for d in (UNIT_DIRECTORIES if directories is None else directories)]
-    unit = next((d / UNIT for d in dirs if (d / UNIT).is_file()), None)
+    unit = next((d / UNIT for d in dirs if _is_file(d / UNIT)), None)
     if unit is None:
         return None
     drop_ins = sorted(
-        {p.name: p for d in reversed(dirs) for p in (d / f"{UNIT}.d").glob("*.conf")}.items()
+        {p.name: p for d in reversed(dirs) for p in _drop_ins(d / f"{UNIT}.d")}.items()
     )
     source = None
     where = unit
