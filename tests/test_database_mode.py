@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import os
 import re
 import shutil
@@ -50,6 +49,7 @@ from srsd.serve.answers import Lookups, MapService
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Outcome, Policy, Role
 from srsd.wire import Wire
+from tests import srsref
 from tests.harness.clients import hex_quote as quote
 from tests.harness.clients import unquote
 from tests.harness.immutable import immutable
@@ -61,8 +61,6 @@ from tests.harness.srsd_process import SECRET, SrsdProcess, lookup
 
 TIMEOUT = 10.0  # the bound on every wait in this file
 DOMAIN = b"forwarder.test"
-DAY = 86400
-B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 DB_NAME = "envelopes.sqlite"
 UNAVAILABLE = "envelope database unavailable"  # the first line of an outage
 BACK = re.compile(r"envelope database \S+ is back after")
@@ -80,20 +78,8 @@ def long_sender(n: int | str) -> bytes:
 # -- an independent oracle ---------------------------------------------------------------------
 
 
-def stamp(when: float) -> bytes:
-    day = int(when // DAY)
-    return bytes((B32[(day >> 5) & 31], B32[day & 31]))
-
-
-def srs_hash(*fields: bytes, secret: bytes = SECRET) -> bytes:
-    """First 4 characters of base64url(HMAC-SHA1(secret, lower-cased fields))."""
-    mac = hmac.new(secret, b"".join(fields).lower(), hashlib.sha1).digest()
-    return base64.urlsafe_b64encode(mac)[:4]
-
-
 def srs0(local: bytes, host: bytes, when: float) -> bytes:
-    ts = stamp(when)
-    return b"SRS0=%s=%s=%s=%s@%s" % (srs_hash(ts, host, local), ts, host, local, DOMAIN)
+    return srsref.srs0_local(SECRET, local, host, when, url=True) + b"@" + DOMAIN
 
 
 def key_of(sender: bytes) -> bytes:

@@ -10,9 +10,6 @@ tests/conftest.py), and :func:`srs0` computes the expected SRS addresses from th
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import re
 import socket
@@ -30,6 +27,7 @@ from srsd.config.settings import Settings
 from srsd.serve.listeners import Endpoint, StartError
 from srsd.serve.server import Server
 from srsd.srs.policy import Role
+from tests import srsref
 from tests.harness.ports import free_port
 
 SECRET = b"in-process-secret-7f3a9c0d"
@@ -44,10 +42,7 @@ DOMAIN = "forwarder.test"
 TIMEOUT = 10.0  # the bound on every wait in this file
 
 
-DAY = 86400
-
-
-B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+DAY = srsref.DAY
 
 
 WELL_FORMED = re.compile(rb"[245]\d\d (?:[!-$&-~]|%[0-9A-F]{2})*\n")
@@ -57,12 +52,8 @@ BRIEF_SHAPE = re.compile(rb"^[245]\d\d [^\s]*\n$")
 
 
 def srs0(user: bytes, host: bytes, when: float, secret: bytes = SECRET) -> bytes:
-    """The SRS0 address srsd must give ``user@host`` on the day of ``when``."""
-    day = int(when // DAY)
-    stamp = bytes((B32[(day >> 5) & 31], B32[day & 31]))
-    mac = hmac.new(secret, (stamp + host + user).lower(), hashlib.sha1).digest()
-    tag = base64.urlsafe_b64encode(mac)[:4]
-    return b"=".join((b"SRS0=" + tag, stamp, host, user)) + b"@" + DOMAIN.encode()
+    """The SRS0 address srsd must give ``user@host`` on the day of ``when`` (base64url)."""
+    return srsref.srs0_local(secret, user, host, when, url=True) + b"@" + DOMAIN.encode()
 
 
 def forward_replies(
