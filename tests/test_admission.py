@@ -323,6 +323,29 @@ def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
     assert table.admit("postfix-2", POSTFIX, 13.0) == Ruling(Disposition.EVICT, "a1", 1001)
 
 
+def test_two_users_holding_their_shares_in_transactions_still_let_postfix_in() -> None:
+    # Two users fill srsd with their shares, every connection inside a transaction (milter
+    # sessions in messages that never end): Postfix's newcomer evicts the longest idle of
+    # a biggest holder, inside a transaction, rather than being refused; of two holding as
+    # many, the one with a connection between transactions gives way first.
+    table: Admission[str] = Admission(Limits(10, 5))
+    for i in range(5):
+        table.admit(f"a{i}", 1001, float(i))
+        table.admit(f"b{i}", 1002, float(i) + 0.5)
+        table.transaction(f"a{i}", True, float(i))
+        table.transaction(f"b{i}", True, float(i) + 0.5)
+    table.busy("a0")  # being answered: never the victim
+    assert table.admit("postfix", POSTFIX, 10.0) == Ruling(Disposition.EVICT, "b0", 1002, True)
+    table.closed("postfix")
+    table.admit("b5", 1002, 11.0)  # 1002 holds 5 again, b5 between transactions
+    assert table.admit("postfix", POSTFIX, 12.0) == Ruling(Disposition.EVICT, "b5", 1002)
+    table.closed("postfix")
+    table.admit("b6", 1002, 13.0)
+    table.transaction("b6", True, 13.0)
+    table.transaction("a1", False, 14.0)  # 1001 now has one between transactions, newer
+    assert table.admit("postfix", POSTFIX, 15.0) == Ruling(Disposition.EVICT, "a1", 1001)
+
+
 def test_allowed_users_refuse_everyone_else() -> None:
     table: Admission[int] = Admission(Limits(10, 5, frozenset({0, POSTFIX})))
     assert table.admit(1, POSTFIX, 0.0).disposition is Disposition.ADMIT

@@ -290,6 +290,9 @@ class Capped:
     def answered(self, conn: Connection, now: float) -> None:
         """Nothing to note."""
 
+    def transaction(self, conn: Connection, inside: bool, now: float) -> None:
+        """Nothing to note (HTTP has no transactions)."""
+
     def closed(self, conn: Connection) -> None:
         """A connection ended: room for another."""
         self.open.discard(conn)
