@@ -61,7 +61,7 @@ SEEDS = [
 def check(result: object, *, may_be_none: bool) -> None:
     if result is None and may_be_none:
         return
-    if result in (owners.UNKNOWN, owners.ABSENT):
+    if result in (owners.UNKNOWN_OWNER, owners.ABSENT):
         return
     if not isinstance(result, int) or not 0 <= result < 2**32:
         raise AssertionError(f"not an owner: {result!r}")

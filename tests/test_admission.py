@@ -3,7 +3,7 @@
 closes by a few owners (hypothesis state machine), checked after every step:
 
 * the incremental :class:`~srsd.admission.rule.Admission` decides exactly what the reference
-  :func:`~srsd.admission.rule.decide` decides over the model's connections, both when busy
+  :func:`decide` (here) decides over the model's connections, both when busy
   connections are reported to it and when it asks ``is_busy``;
 * never more than ``max_connections`` open, nor more than the cap for any one owner;
 * a busy connection is never evicted; a disallowed owner is never admitted; an allowed

@@ -3,7 +3,7 @@
 same new address, or none for the same reason (issue 18, deliverable 6). In-process, so
 that Hypothesis can try many keys: the bytes of a tcp_table request line, of a socketmap
 netstring and of a milter conversation go through the real readers and the services the
-server uses (:mod:`srsd.lookups`, :func:`srsd.milter_service.decide`); the CLI is
+server uses (:mod:`srsd.serve.answers`, :func:`srsd.serve.milter_service.decide`); the CLI is
 :func:`srsd.cli.main` with its standard streams replaced. The same endpoints over real
 sockets and as real commands: ``test_bad_input.py``.
 

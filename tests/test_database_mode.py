@@ -50,6 +50,8 @@ from srsd.serve.answers import Lookups, MapService
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Decision, Outcome, Policy, Role
 from srsd.wire import Wire
+from tests.harness.clients import hex_quote as quote
+from tests.harness.clients import unquote
 from tests.harness.immutable import immutable
 from tests.harness.local_users import SECOND_UID, require_root, run_as
 from tests.harness.metrics import metric_samples
@@ -121,17 +123,6 @@ def local_part(address: bytes) -> bytes:
 
 
 # -- a real srsd with a socketmap endpoint -----------------------------------------------------
-
-
-def quote(key: bytes) -> bytes:
-    """Postfix's tcp_table key encoding: %XX for %, white space, controls and 8-bit bytes."""
-    return b"".join(
-        b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
-    )
-
-
-def unquote(text: bytes) -> bytes:
-    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
 
 
 def socketmap_lookup(port: int, name: bytes, key: bytes) -> bytes:

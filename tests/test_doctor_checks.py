@@ -6,16 +6,20 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from srsd.config import settings
 from srsd.config.postfix import Mode
-from srsd.doctor import checks_host, checks_postfix, checks_srsd, refs, run
+from srsd.doctor import checks_host, checks_postfix, checks_srsd, gather, refs, run
 from srsd.doctor.facts import ClockFacts, ClockState, PostfixFacts, SecretFacts, Service
 from srsd.doctor.result import FixKind, Result, Status, healthy, render_json, render_text
+from tests.harness.local_users import NOBODY, require_root
 
 
 @pytest.mark.parametrize(
@@ -258,3 +262,40 @@ def test_a_milter_parameter_on_a_map_port_is_still_milter_mode(tmp_path: Path) -
     assert "speaks the milter protocol to srsd's tcp_table forward map" in result.summary
     assert result.fix is not None
     assert result.fix.lines[0] == "postconf -e 'smtpd_milters = inet:127.0.0.1:10004'"
+
+
+def test_the_unit_s_credential_source_as_a_user_and_as_a_directory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """As a user who cannot see the source (root's 0700 directory) the check says it cannot
+    tell (!), never that it is missing; as root, a directory where the file should be is ✗;
+    no unit, or a unit without the credential, is no check at all."""
+    require_root()
+    secret_dir = tmp_path / "private"
+    secret_dir.mkdir(mode=0o700)
+    (secret_dir / "secrets").write_bytes(secrets.token_hex(16).encode() + b"\n")
+    units = Path(tempfile.mkdtemp(prefix="srsd-units-"))  # readable by nobody
+    units.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(units))
+    assert gather.credential_facts((str(units),)) is None
+    unit = units / "srsd.service"
+    unit.write_text("[Service]\nExecStart=/usr/bin/srsd serve\n")
+    assert gather.credential_facts((str(units),)) is None
+    unit.write_text(f"[Service]\nLoadCredential=srsd-secrets:{secret_dir}/secrets\n")
+    assert checks_srsd.credential_source(gather.credential_facts((str(units),)), "root") == (
+        Result.ok(
+            "credential-source", f"the secret srsd's unit loads ({secret_dir}/secrets) is readable"
+        )
+    )
+    os.seteuid(NOBODY)
+    try:
+        facts = gather.credential_facts((str(units),))
+    finally:
+        os.seteuid(0)
+    result = checks_srsd.credential_source(facts, "nobody")
+    assert result is not None and result.status is Status.WARN, result
+    assert "nobody cannot read" in result.summary
+    unit.write_text(f"[Service]\nLoadCredential=srsd-secrets:{secret_dir}\n")
+    result = checks_srsd.credential_source(gather.credential_facts((str(units),)), "root")
+    assert result is not None and result.status is Status.FAIL, result
+    assert "Is a directory" in result.summary and "243/CREDENTIALS" in result.summary

@@ -61,10 +61,12 @@ class Host:
     postfix: Instance
     config: Path  # srsd's settings file, as doctor reads it
     lines: dict[str, str]
+    units: Path  # where doctor looks for srsd.service (empty: no unit installed)
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "MAIL_CONFIG": str(self.postfix.config_dir)}
+        path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"  # srsd keygen
+        return {**os.environ, "MAIL_CONFIG": str(self.postfix.config_dir), "PATH": path}
 
     def sh(self, text: str) -> None:
         subprocess.run(["sh", "-eu"], input=text, text=True, env=self.env, check=True, timeout=60)
@@ -76,6 +78,7 @@ class Host:
 
     def doctor(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, Result]:
         monkeypatch.setenv("MAIL_CONFIG", str(self.postfix.config_dir))
+        monkeypatch.setattr(gather, "UNIT_DIRECTORIES", (str(self.units),))  # not the host's
         loaded = settings.load({}, environ={}, config=self.config, need_secrets=False)
         return {r.check: r for r in run.run(loaded, timeout=5.0)}
 
@@ -152,7 +155,8 @@ def make_host(root: Path, srsd: SrsdProcess, nsd: NsdServer, mode: str) -> Itera
     }
     postfix = Instance(root / "postfix", main_cf={"mydestination": HOSTED})
     with postfix:
-        host = Host(srsd, postfix, root / "srsd.toml", lines)
+        (root / "units").mkdir()
+        host = Host(srsd, postfix, root / "srsd.toml", lines, root / "units")
         host.write_settings()
         host.wire(mode)
         yield host
@@ -415,3 +419,186 @@ def test_postfix_not_there(
     results = {r.check: r for r in run.run(loaded, timeout=5.0)}
     assert results["postfix"].status is Status.FAIL
     assert "postconf failed" in results["postfix"].summary
+
+
+def failing(results: dict[str, Result]) -> set[str]:
+    return {k for k, r in results.items() if r.status is Status.FAIL}
+
+
+def test_secret_in_use_differs_from_the_file(
+    canonical: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secrets file replaced while srsd runs: srsd still signs with the old secret, and
+    after its next restart every bounce to an address it handed out before is refused. The
+    printed fix is a restart; here (no systemd) the test restarts the srsd process itself."""
+    secret = canonical.srsd.secret_file
+    before = secret.read_bytes()
+    secret.write_bytes(b"another-secret-0123456789abcdefghij\n")
+    try:
+        broken = canonical.doctor(monkeypatch)
+        assert failing(broken) == {"secret-in-use"}, not_ok(broken)
+        assert "signs with another secret" in broken["secret-in-use"].summary
+        fix = broken["secret-in-use"].fix
+        assert fix is not None and fix.lines == ("systemctl restart srsd",)
+        canonical.srsd.stop()  # = systemctl restart srsd
+        canonical.srsd.start()
+        assert not_ok(canonical.doctor(monkeypatch)) == {}
+    finally:
+        secret.write_bytes(before)
+        canonical.srsd.stop()
+        canonical.srsd.start()
+
+
+def test_srsd_down(canonical: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """srsd stopped under a wired Postfix: each endpoint ✗ with 'start srsd', Postfix's
+    tables unreachable, the bounce path failing; starting srsd (the printed fix, done here by
+    the harness: no systemd) turns it all ✓."""
+    canonical.srsd.stop()
+    try:
+        broken = canonical.doctor(monkeypatch)
+        ends = {"endpoint-forward", "endpoint-reverse", "endpoint-socketmap", "endpoint-milter"}
+        assert ends | {"bounce-path"} <= failing(broken), not_ok(broken)
+        for name in ends:
+            assert "no answer from srsd's" in broken[name].summary, broken[name]
+            assert "Connection refused" in broken[name].summary
+            fix = broken[name].fix
+            assert fix is not None and any("systemctl start srsd" in line for line in fix.lines)
+        assert "Postfix cannot reach" in broken["postfix:sender_canonical_maps"].summary
+        assert broken["secret-in-use"].status is Status.WARN
+    finally:
+        canonical.srsd.start()
+    assert not_ok(canonical.doctor(monkeypatch)) == {}
+
+
+def test_another_program_holds_srsd_s_port(
+    canonical: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """srsd down and another process listening on its forward port: `srsd serve` cannot
+    start and names that process; doctor's endpoint check names it too (not 'srsd is down').
+    The fix: stop that program, start srsd."""
+    port = canonical.srsd.forward_port
+    canonical.srsd.stop()
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "listening\n"
+        name = Path(f"/proc/{other.pid}/comm").read_text().strip()  # python or python3
+        with pytest.raises(RuntimeError) as start:
+            canonical.srsd.start()
+        assert (
+            f"cannot listen on 127.0.0.1:{port} for tcp_table forward: Address already in use "
+            f"(held by {name} (pid {other.pid}, user root))" in str(start.value)
+        ), start.value
+        # srsd's other endpoints stay down with it; only the held one names a holder.
+        broken = canonical.doctor(monkeypatch)
+        result = broken["endpoint-forward"]
+        assert result.status is Status.FAIL
+        assert f"is held by {name} (pid {other.pid}, user root)" in result.summary, result
+        assert result.fix is not None and "stop that program" in result.fix.lines[0]
+        assert "held by" not in broken["endpoint-reverse"].summary
+        other.terminate()  # = stop that program
+        other.wait(timeout=10)
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+        canonical.srsd.start()  # = start srsd
+    assert not_ok(canonical.doctor(monkeypatch)) == {}
+
+
+#: Another program: listens on the port given, accepts and closes each connection.
+HOLDER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("listening", flush=True)
+while True:
+    s.accept()[0].close()
+"""
+
+
+def test_postfix_not_wired_to_srsd(milter: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No parameter names srsd: doctor says so and prints what `srsd postfix-config | sh`
+    does; running it wires Postfix and doctor is all ✓."""
+    broken = break_and_fix(
+        milter,
+        monkeypatch,
+        "postconf -X smtpd_milters non_smtpd_milters",
+        {"postfix-wiring"},
+    )
+    result = broken["postfix-wiring"]
+    assert "does not use srsd" in result.summary
+    assert result.fix is not None and result.fix.kind is FixKind.SHELL
+    assert "srsd postfix-config --mode milter | sh" in result.fix.lines[0]
+    assert any(line.startswith("postconf -e") for line in result.fix.lines)
+    assert result.fix.lines[-1] == "postfix reload"
+
+
+@pytest.mark.parametrize(
+    ("breaking", "check", "status"),
+    [
+        # local still hands its mail to cleanup-srs: its forwards are deferred (✗).
+        ("postconf -MX cleanup-srs/unix", "postfix:cleanup-srs/unix", Status.FAIL),
+        # local uses the common cleanup: its forwards leave unrewritten (!: mail flows).
+        (
+            "postconf -PX local/unix/cleanup_service_name",
+            "postfix:local/unix/cleanup_service_name",
+            Status.WARN,
+        ),
+    ],
+)
+def test_milter_mode_master_cf_steps(
+    milter: Host, monkeypatch: pytest.MonkeyPatch, breaking: str, check: str, status: Status
+) -> None:
+    """Milter mode's master.cf wiring (local's own cleanup, cleanup-srs, whose
+    sender_canonical_maps rewrites local forwards) missing: reported with the postconf
+    lines that restore it (with the service, its -o lines); applying them turns it ✓."""
+    milter.sh(breaking + "\npostfix reload\n")
+    broken = milter.doctor(monkeypatch)
+    assert broken[check].status is status, not_ok(broken)
+    assert all(name.startswith(check) for name in not_ok(broken)), not_ok(broken)
+    for name in not_ok(broken):
+        milter.apply(broken[name])
+    assert not_ok(milter.doctor(monkeypatch)) == {}
+
+
+UNIT = Path(__file__).parent.parent / "packaging" / "systemd" / "srsd.service"
+
+
+def test_the_unit_s_credential_source_missing(
+    canonical: Host, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The packaged unit (LoadCredential=srsd-secrets:SOURCE) whose source does not exist:
+    systemd would refuse to start srsd with only '243/CREDENTIALS'; doctor says so in
+    those words, and its fix (keygen there) turns it ✓. The restart the fix ends with is
+    not run (no systemd here)."""
+    source = tmp_path / "etc-srsd" / "secrets"
+    unit = UNIT.read_text().replace("/etc/srsd/secrets", str(source))
+    assert f"LoadCredential=srsd-secrets:{source}" in unit
+    (canonical.units / "srsd.service").write_text(unit)
+    try:
+        broken = canonical.doctor(monkeypatch)
+        assert failing(broken) == {"credential-source"}, not_ok(broken)
+        result = broken["credential-source"]
+        assert f"loads srsd's secret from {source} (LoadCredential=), which does not exist" in (
+            result.summary
+        )
+        assert "243/CREDENTIALS" in result.summary
+        assert result.fix is not None and result.fix.lines[-1] == "systemctl restart srsd"
+        canonical.sh("\n".join(result.fix.lines[:-1]) + "\n")
+        assert source.stat().st_mode & 0o777 == 0o600
+        fixed = canonical.doctor(monkeypatch)
+        assert fixed["credential-source"].status is Status.OK
+        assert not_ok(fixed) == {}
+        # A drop-in pointing elsewhere wins over the unit file's line.
+        dropin = canonical.units / "srsd.service.d"
+        dropin.mkdir()
+        (dropin / "secret.conf").write_text(
+            f"[Service]\nLoadCredential=\nLoadCredential=srsd-secrets:{tmp_path}/nope\n"
+        )
+        assert f"{tmp_path}/nope" in canonical.doctor(monkeypatch)["credential-source"].summary
+    finally:
+        for path in sorted(canonical.units.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()

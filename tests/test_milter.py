@@ -375,7 +375,7 @@ def connect(port: int, family: bytes = b"4") -> bytes:
 def test_a_splitting_session_asks_for_the_connect_step() -> None:
     [reply] = Session(split=True).feed(negotiate())
     steps = struct.unpack("!III", reply.data[5:])[2]  # type: ignore[union-attr]
-    assert not steps & milter.Step.NO_CONNECT and steps & milter.Step.NO_HELO
+    assert not steps & milter.ProtocolFlag.NO_CONNECT and steps & milter.ProtocolFlag.NO_HELO
 
 
 def test_recipients_of_the_other_class_get_452_and_the_message_keeps_one_class() -> None:

@@ -52,7 +52,7 @@ from tests.harness.daemon import (
 )
 from tests.harness.metrics import labels, samples, scrape
 from tests.harness.ports import free_port
-from tests.harness.srsd_process import child_env, empty_config, fd_targets, lookup
+from tests.harness.srsd_process import child_env, empty_config, fd_targets, lookup, poll
 
 ALICE = b"alice@example.org"
 
@@ -77,14 +77,6 @@ def forge(srs: bytes) -> bytes:
     not another case: hashes are checked case-insensitively, so "a" to "A" forges nothing."""
     changed = b"A" if srs[5:6].upper() != b"A" else b"B"
     return srs[:5] + changed + srs[6:]
-
-
-def poll(predicate: object, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def bindable(port: int) -> bool:

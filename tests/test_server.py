@@ -15,7 +15,6 @@ import fcntl
 import logging
 import os
 import random
-import re
 import signal
 import socket
 import struct
@@ -58,11 +57,6 @@ TOO_LONG = b"500 Address%20too%20long\n"
 
 
 # -- an independent SRS oracle -------------------------------------------------------------
-
-
-def unquote(text: bytes) -> bytes:
-    """Undo the %XX encoding of a reply text."""
-    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
 
 
 # -- a running server -----------------------------------------------------------------------

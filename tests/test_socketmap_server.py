@@ -9,11 +9,8 @@ by :data:`TIMEOUT`. Expected SRS addresses come from an independent HMAC oracle.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import grp
-import hashlib
-import hmac
 import os
 import pwd
 import re
@@ -25,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,51 +30,36 @@ from typing import Any
 import pytest
 import trio
 
-from srsd.config import settings as srsd_settings
 from srsd.config.settings import Settings
 from srsd.serve.listeners import Endpoint, StartError
 from srsd.serve.server import Server
 from srsd.srs.codec import Codec
 from srsd.srs.policy import Role
 from srsd.wire import Wire
+from tests.harness.clients import hex_quote, unquote
+from tests.harness.inprocess import (
+    DAY,
+    DOMAIN,
+    SECRET,
+    TIMEOUT,
+    Stream,
+    make_settings,
+    srs0,
+    wait_for,
+)
 from tests.harness.ports import free_port
 
-SECRET = b"socketmap-secret-5e1d0a77"
-DOMAIN = "forwarder.test"
-TIMEOUT = 10.0  # the bound on every wait in this file
-DAY = 86400
-B32 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 NETSTRING = re.compile(rb"(0|[1-9][0-9]{0,5}):")
 STATUS = re.compile(rb"(OK|NOTFOUND|TEMP|PERM) (.*)", re.DOTALL)
 KINDS = ["inet", "unix"]
 
 
-# -- an independent SRS oracle and tcp_table helpers ---------------------------------------
-
-
-def srs0(user: bytes, host: bytes, when: float, secret: bytes = SECRET) -> bytes:
-    """The SRS0 address srsd must give ``user@host`` on the day of ``when``."""
-    day = int(when // DAY)
-    stamp = bytes((B32[(day >> 5) & 31], B32[day & 31]))
-    mac = hmac.new(secret, (stamp + host + user).lower(), hashlib.sha1).digest()
-    tag = base64.urlsafe_b64encode(mac)[:4]
-    return b"=".join((b"SRS0=" + tag, stamp, host, user)) + b"@" + DOMAIN.encode()
+# -- the SRS oracle's window and tcp_table helpers -------------------------------------------
 
 
 def srs0_around(user: bytes, host: bytes, t0: float) -> set[bytes]:
     """The address for a lookup made between ``t0`` and now (the day may turn)."""
     return {srs0(user, host, t) for t in (t0, time.time())}
-
-
-def hex_quote(key: bytes) -> bytes:
-    """Postfix's tcp_table key encoding: %XX for %, white space, controls and 8-bit bytes."""
-    return b"".join(
-        b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
-    )
-
-
-def unquote(text: bytes) -> bytes:
-    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
 
 
 # -- a running server -----------------------------------------------------------------------
@@ -98,31 +80,8 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    secrets = tmp_path / "secrets"
-    if not secrets.exists():
-        secrets.write_bytes(SECRET + b"\n")
-        secrets.chmod(0o600)
-    cli = {
-        "domain": DOMAIN,
-        "secrets_file": str(secrets),
-        "listen": ["127.0.0.1"],
-        "exclude_domains": ["excluded.example"],
-        **overrides,
-    }
-    return srsd_settings.load(cli=cli, environ={}, config=None)
-
-
-class Client:
+class Client(Stream):
     """One socketmap connection; every operation bounded by :data:`TIMEOUT`."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def send(self, data: bytes) -> None:
-        with trio.fail_after(TIMEOUT):
-            await self.stream.send_all(data)
 
     async def reply(self) -> bytes:
         """The payload of the next reply netstring (EOFError if the server closes first)."""
@@ -148,19 +107,8 @@ class Client:
         return await self.reply()
 
     async def eof(self) -> bytes:
-        """Everything up to the server's close; fails if it does not close within TIMEOUT."""
-        with trio.fail_after(TIMEOUT):
-            try:
-                while data := await self.stream.receive_some(65536):
-                    self.buffer += data
-            except trio.BrokenResourceError:
-                pass  # a reset is a close too
-        rest = bytes(self.buffer)
-        self.buffer.clear()
-        return rest
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
+        """Everything up to the server's close (a reset is a close too)."""
+        return await self.rest(reset_ok=True)
 
 
 class LineClient(Client):
@@ -251,15 +199,6 @@ async def serving(
 def counted(server: Server, *labels: str) -> int:
     """The lookups counted under every one of ``labels`` (whatever else the key holds)."""
     return sum(n for key, n in server.lookups.counts.items() if set(labels) <= set(key))
-
-
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` until true, failing after :data:`TIMEOUT`."""
-    with trio.move_on_after(TIMEOUT):
-        while not predicate():
-            await trio.sleep(0.01)
-        return
-    pytest.fail(f"timed out waiting for {what}")
 
 
 # -- endpoints -------------------------------------------------------------------------------

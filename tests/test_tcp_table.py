@@ -21,13 +21,13 @@ from srsd.wire.tcp_table import (
     Request,
     RequestReader,
     TooLong,
-    encode_reply,
     encode_request,
     found,
     line_limit,
     not_found,
     temporary_failure,
 )
+from tests.harness.clients import hex_quote
 
 BAD_ESCAPE = BadRequest("Invalid %-escape in request")
 TOO_LONG = TooLong("Address too long")
@@ -38,13 +38,6 @@ def feed_all(chunks: list[bytes], max_line: int = MAX_REQUEST, *, eof: bool = Fa
     reader = RequestReader(max_line)
     events = [event for chunk in chunks for event in reader.feed(chunk)]
     return events + reader.feed_eof() if eof else events
-
-
-def hex_quote(key: bytes, hexcase: str = "%%%02X") -> bytes:
-    """Postfix's hex_quote(): %XX for %, white space, controls, DEL and bytes >= 0x80."""
-    return b"".join(
-        (hexcase % c).encode() if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
-    )
 
 
 REPLY = re.compile(rb"(\d{3}) ((?:[\x21-\x24\x26-\x7e]|%[0-9A-F]{2})*)\n")
@@ -275,18 +268,6 @@ def test_long_reason_is_cut_between_escapes(reply: Callable[[str], bytes], lead:
     assert MAX_REPLY - 3 <= len(line) <= MAX_REPLY
     assert reason.encode().startswith(text)
     assert len(reply("y" * 10_000)) == MAX_REPLY
-
-
-def test_encode_reply() -> None:
-    assert encode_reply(200, b"a b") == b"200 a%20b\n"
-    assert encode_reply(500, b"") == b"500 \n"
-    assert encode_reply(400, b"%") == b"400 %25\n"
-    assert len(encode_reply(200, b"k" * (MAX_REPLY - 5))) == MAX_REPLY
-    with pytest.raises(ValueError, match="longer"):
-        encode_reply(200, b"k" * (MAX_REPLY - 4))
-    for code in (99, 1000, -200):
-        with pytest.raises(ValueError, match="three digits"):
-            encode_reply(code, b"x")
 
 
 @pytest.mark.parametrize(

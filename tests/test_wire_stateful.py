@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from srsd.wire import socketmap, tcp_table
+from tests.harness.clients import hex_quote
 
 #: Examples per machine; ``SRSD_STATEFUL_EXAMPLES=20000`` for a long run by hand.
 EXAMPLES = int(os.environ.get("SRSD_STATEFUL_EXAMPLES", "300"))
@@ -42,13 +43,6 @@ key_bodies = st.binary(min_size=0, max_size=30).map(
     lambda b: b.replace(b"#", b"").replace(b"\0", b"")
 )
 sizes = st.integers(1, 64) | st.integers(1, 5000)
-
-
-def hex_quote(key: bytes) -> bytes:
-    """Postfix's hex_quote(): %XX for %, white space, controls, DEL and bytes >= 0x80."""
-    return b"".join(
-        b"%%%02X" % c if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
-    )
 
 
 def tcp_overlong_at(stream: bytes, max_line: int) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from srsd import __version__
 from srsd.config import postfix, service_env, settings
 from srsd.host import health
 from srsd.host.logs import show
+from srsd.host.programs import find_program
 from srsd.srs import address
 from srsd.srs.policy import Decision
 
@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         parents=[common],
-        help="run the tcp_table server",
-        description="Answer Postfix's sender_canonical_maps (forward) "
-        "and recipient_canonical_maps (reverse) over tcp_table.",
+        help="run the server (tcp_table, socketmap, milter)",
+        description="Answer Postfix's sender_canonical_maps (forward) and "
+        "recipient_canonical_maps (reverse) over tcp_table and socketmap, and its milters, "
+        "at the endpoints the settings name.",
     )
     _add_settings(serve, _SERVE)
     serve.add_argument("--check", action="store_true", help="validate the configuration and exit")
@@ -329,7 +330,7 @@ def live_site(environ: Mapping[str, str]) -> tuple[postfix.Site, str]:
 
 
 def _postconf(args: list[str], environ: Mapping[str, str]) -> list[str]:
-    program = shutil.which("postconf", path=f"{environ.get('PATH', '')}:/usr/sbin:/sbin")
+    program = find_program("postconf", environ)
     if program is None:
         raise ValueError("postconf not found")
     done = subprocess.run(

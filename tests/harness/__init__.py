@@ -10,8 +10,8 @@ other. Nothing here is a test; nothing in ``src/`` imports it.
   packaged systemd units as data);
 * talking to it: :mod:`.clients` (tcp_table and socketmap), :mod:`.metrics` (``/metrics``),
   :mod:`.work` (how much of srsd's code a call runs);
-* the world around it: :mod:`.ports`, :mod:`.local_users`, :mod:`.attacks` and
-  :mod:`.attacker`, :mod:`.postfix`, :mod:`.smtp_sink`, :mod:`.mail_flow`,
-  :mod:`.redis_server`, :mod:`.dns_server`, :mod:`.immutable`, :mod:`.roots` (fresh Debian
-  roots, and a network namespace of their own).
+* the world around it: :mod:`.child` (what every child process here shares), :mod:`.ports`,
+  :mod:`.local_users`, :mod:`.attacks` and :mod:`.attacker`, :mod:`.postfix`,
+  :mod:`.smtp_sink`, :mod:`.mail_flow`, :mod:`.redis_server`, :mod:`.dns_server`,
+  :mod:`.immutable`, :mod:`.roots` (fresh Debian roots, and a network namespace of their own).
 """

@@ -1,14 +1,28 @@
 # Line and netstring clients of srsd's tcp_table and socketmap, in lockstep as Postfix keeps them.
 """Blocking clients for tests against a running srsd: :class:`LineConn` (tcp_table, one
 request then its reply, as Postfix's tcp_table client) and :class:`MapConn` (socketmap); both
-raise EOFError when srsd closes the connection before replying.
+raise EOFError when srsd closes the connection before replying. :func:`hex_quote` and
+:func:`unquote` are tcp_table's %-encoding, written here from Postfix's rules, not srsd's code.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 
 TIMEOUT = 10.0  # the bound on every connect, send and receive
+
+
+def hex_quote(key: bytes, hexcase: str = "%%%02X") -> bytes:
+    """Postfix's hex_quote(): %XX for %, white space, controls, DEL and bytes >= 0x80."""
+    return b"".join(
+        (hexcase % c).encode() if c == 0x25 or c <= 0x20 or c >= 0x7F else bytes((c,)) for c in key
+    )
+
+
+def unquote(text: bytes) -> bytes:
+    """Undo the %XX encoding of a reply text."""
+    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m[1], 16),)), text)
 
 
 def netstring(payload: bytes) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -22,11 +21,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
 from srsd.wire import socketmap
+from tests.harness.child import Started, read_log, spawn, terminate
 from tests.harness.srsd_process import child_env, empty_config
 
 TIMEOUT = 10.0  # the bound on every wait here
@@ -79,7 +78,7 @@ def proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
 
-class Daemon:
+class Daemon(Started):
     """A child process (srsd, or systemd-socket-activate exec'ing srsd) logging to a file."""
 
     def __init__(
@@ -98,20 +97,13 @@ class Daemon:
         return self.proc.pid
 
     def start(self) -> Daemon:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=self.env,
-                cwd=self.workdir,
-                umask=self.umask,
-            )
+        self.proc = spawn(
+            self.argv, self.log_path, env=self.env, cwd=self.workdir, umask=self.umask
+        )
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def wait_log(self, text: str, count: int = 1, timeout: float = TIMEOUT) -> None:
         """Wait until ``text`` appears ``count`` times; fail early if the process exits."""
@@ -140,27 +132,7 @@ class Daemon:
 
     def stop(self) -> int:
         """SIGTERM, a bounded wait, SIGKILL if needed; returns the exit status."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(TIMEOUT)
-        return self.proc.returncode
-
-    def __enter__(self) -> Daemon:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return 0 if self.proc is None else terminate(self.proc, TIMEOUT)
 
 
 class NotifySocket:

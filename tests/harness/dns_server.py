@@ -11,18 +11,17 @@ package to install, never skips it.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rdatatype
 
+from tests.harness.child import Started, read_log, spawn, terminate
 from tests.harness.ports import free_port
 
 START_TIMEOUT = 20.0
@@ -37,7 +36,7 @@ def nsd_program() -> str:
     return found
 
 
-class NsdServer:
+class NsdServer(Started):
     """NSD serving ``zones`` (zone name -> records in zone-file syntax, names relative)."""
 
     def __init__(self, workdir: Path, zones: Mapping[str, str]) -> None:
@@ -77,13 +76,9 @@ class NsdServer:
     def start(self) -> NsdServer:
         """Write the configuration and zones, start NSD, wait until it answers."""
         self._write()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [nsd_program(), "-d", "-c", str(self.workdir / "nsd.conf")],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+        self.proc = spawn(
+            [nsd_program(), "-d", "-c", str(self.workdir / "nsd.conf")], self.log_path
+        )
         deadline = time.monotonic() + START_TIMEOUT
         zone = next(iter(self.zones))
         while time.monotonic() < deadline:
@@ -108,31 +103,15 @@ class NsdServer:
 
     def stop(self) -> None:
         """Stop NSD (SIGTERM, then SIGKILL)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
 
     def log(self) -> str:
         """NSD's log so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     @property
     def server(self) -> str:
         """The ``dns_servers`` entry for this server."""
         return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> NsdServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

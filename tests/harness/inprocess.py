@@ -104,8 +104,9 @@ def make_settings(
     return srsd_settings.load(cli=cli, environ={}, config=config)
 
 
-class Client:
-    """One tcp_table connection, every operation bounded by :data:`TIMEOUT`."""
+class Stream:
+    """One connection to the server, whatever its wire: bytes sent, bytes received kept in
+    :attr:`buffer`, every operation bounded by :data:`TIMEOUT`."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -114,6 +115,26 @@ class Client:
     async def send(self, data: bytes) -> None:
         with trio.fail_after(TIMEOUT):
             await self.stream.send_all(data)
+
+    async def rest(self, *, reset_ok: bool = False) -> bytes:
+        """Everything up to EOF (a reset ends it too when ``reset_ok``)."""
+        with trio.fail_after(TIMEOUT):
+            try:
+                while data := await self.stream.receive_some(65536):
+                    self.buffer += data
+            except trio.BrokenResourceError:
+                if not reset_ok:
+                    raise
+        rest = bytes(self.buffer)
+        self.buffer.clear()
+        return rest
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class Client(Stream):
+    """One tcp_table connection, every reply checked against Postfix's grammar."""
 
     async def line(self) -> bytes:
         """The next reply line, LF included (EOFError if the server closes first)."""
@@ -133,22 +154,6 @@ class Client:
     async def ask(self, key: bytes) -> bytes:
         await self.send(b"get " + key + b"\n")
         return await self.line()
-
-    async def rest(self, *, reset_ok: bool = False) -> bytes:
-        """Everything up to EOF (a reset ends it too when ``reset_ok``)."""
-        with trio.fail_after(TIMEOUT):
-            try:
-                while data := await self.stream.receive_some(65536):
-                    self.buffer += data
-            except trio.BrokenResourceError:
-                if not reset_ok:
-                    raise
-        rest = bytes(self.buffer)
-        self.buffer.clear()
-        return rest
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 @dataclass

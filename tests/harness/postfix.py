@@ -41,8 +41,8 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from tests.harness.child import Started
 from tests.harness.ports import free_port
 
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/sbin")
@@ -180,7 +180,7 @@ class PostfixError(RuntimeError):
     """A ``postfix`` command failed; the message carries its output and the mail log."""
 
 
-class PostfixInstance:
+class PostfixInstance(Started):
     """A Postfix instance with everything under ``root`` (use as a context manager).
 
     ``main_cf`` entries override or extend the defaults written by :meth:`write_config`.
@@ -427,18 +427,3 @@ class PostfixInstance:
             f"--- postfix commands ---\n{commands}\n"
             f"--- postfix log ({self.log_path}) ---\n{self.log()}"
         )
-
-    def __enter__(self) -> PostfixInstance:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

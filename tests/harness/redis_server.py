@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.child import spawn, terminate
 from tests.harness.ports import free_port
 
 START_TIMEOUT = 10.0
@@ -92,10 +93,7 @@ class RedisServer:
             "warning",
             *self.extra,
         ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+        self.proc = spawn(args, self.log_path, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -138,9 +136,4 @@ class RedisServer:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGCONT)  # in case it was paused
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)

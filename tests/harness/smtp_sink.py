@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from tests.harness.child import Started
 from tests.harness.ports import free_port
 
 SINK_HOSTNAME = "sink.test"
@@ -75,7 +75,7 @@ class _Recorder:
         return "250 2.0.0 OK: recorded by the test sink"
 
 
-class SmtpSink:
+class SmtpSink(Started):
     """An aiosmtpd server on 127.0.0.1:``port`` (context manager) recording deliveries."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
@@ -126,14 +126,3 @@ class SmtpSink:
         if self._started:
             self._started = False
             self._controller.stop()
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,19 +23,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
 import srsd
 from srsd.srs.codec import Codec
+from tests.harness.child import Started, read_log, spawn, terminate
 from tests.harness.ports import free_port
 
 SECRET = b"test-secret-0123456789abcdef"
 START_TIMEOUT = 20.0
 
 
-class SrsdProcess:
+class SrsdProcess(Started):
     """A running ``srsd serve`` on 127.0.0.1 (use as a context manager)."""
 
     def __init__(
@@ -86,15 +85,7 @@ class SrsdProcess:
 
     def spawn(self) -> SrsdProcess:
         """Start the server process; return at once (see :meth:`wait_ready`)."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=self.env,
-                cwd=self.workdir,
-            )
+        self.proc = spawn(self.args, self.log_path, env=self.env, cwd=self.workdir)
         return self
 
     def wait_ready(self) -> SrsdProcess:
@@ -125,31 +116,11 @@ class SrsdProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait, SIGKILL if needed; returns the exit status."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return 0 if self.proc is None else terminate(self.proc, timeout)
 
     def log(self) -> str:
         """Everything the server wrote to stdout/stderr so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> SrsdProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return read_log(self.log_path)
 
 
 def fd_targets(pid: int) -> dict[int, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.child import read_log, spawn, terminate
 from tests.harness.ports import free_port
 from tests.peers import (
     DOMAIN,
@@ -69,15 +70,12 @@ class Postsrsd:
         self.clients: list[TcpTableClient] = []
 
     def start(self) -> Postsrsd:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=faketime_env(PINNED, frozen=False),
-                start_new_session=True,
-            )
+        self.proc = spawn(
+            self.args,
+            self.log_path,
+            env=faketime_env(PINNED, frozen=False),
+            start_new_session=True,
+        )
         try:
             wait_accepting((self.forward_port, self.reverse_port), self.proc, "postsrsd")
         except RuntimeError as err:
@@ -97,20 +95,14 @@ class Postsrsd:
         return self.reverse_client.get(recipient)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def stop(self) -> None:
         for client in self.clients:
             client.close()  # the forked children exit on EOF
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(TIMEOUT)
+        terminate(self.proc, TIMEOUT)
         # Children forked per connection share the session we created: end them too.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from srsd.config import postfix
 from srsd.config.postfix import Mode, Site, Step, split_list, wiring
 from srsd.config.settings import Settings
-from srsd.doctor.facts import PostfixFacts, Role, Service, SmtpFacts
+from srsd.doctor.facts import EndpointRole, PostfixFacts, Service, SmtpFacts
 from srsd.doctor.refs import (
     MAP_PARAMETERS,
     MILTER_PARAMETERS,
-    Endpoint,
+    ConfiguredEndpoint,
     Ref,
     chrooted,
     hit,
@@ -36,16 +36,16 @@ from srsd.doctor.result import FixKind, Result
 
 RELOAD = "postfix reload"
 _KIND_OF = {
-    Role.FORWARD: "tcp",
-    Role.REVERSE: "tcp",
-    Role.SOCKETMAP: "socketmap",
-    Role.MILTER: "milter",
+    EndpointRole.FORWARD: "tcp",
+    EndpointRole.REVERSE: "tcp",
+    EndpointRole.SOCKETMAP: "socketmap",
+    EndpointRole.MILTER: "milter",
 }
 _WORDS = {
-    Role.FORWARD: "tcp_table forward map",
-    Role.REVERSE: "tcp_table reverse map",
-    Role.SOCKETMAP: "socketmap",
-    Role.MILTER: "milter",
+    EndpointRole.FORWARD: "tcp_table forward map",
+    EndpointRole.REVERSE: "tcp_table reverse map",
+    EndpointRole.SOCKETMAP: "socketmap",
+    EndpointRole.MILTER: "milter",
 }
 
 
@@ -63,7 +63,7 @@ def site(facts: PostfixFacts) -> Site:
     )
 
 
-def mode_in_use(facts: PostfixFacts, ours: list[Endpoint]) -> Mode | None:
+def mode_in_use(facts: PostfixFacts, ours: list[ConfiguredEndpoint]) -> Mode | None:
     """The milter mode when a milter parameter names an srsd endpoint, the canonical mode when
     ``sender_canonical_maps`` names an srsd endpoint, else None (Postfix does not use srsd)."""
     refs = [(r, hit(r, facts, ours)) for r in references(facts) if r.where == "main.cf"]
@@ -74,21 +74,21 @@ def mode_in_use(facts: PostfixFacts, ours: list[Endpoint]) -> Mode | None:
     return None
 
 
-def right_entries(settings: Settings, where: Site) -> dict[Role, str]:
+def right_entries(settings: Settings, where: Site) -> dict[EndpointRole, str]:
     """srsd's forward, reverse and milter entries as ``srsd postfix-config`` writes them."""
-    found: dict[Role, str] = {}
+    found: dict[EndpointRole, str] = {}
     try:
         steps = wiring(settings, Mode.CANONICAL, where)
     except postfix.WiringError:
         steps = []
     for step in steps:
         if step.name == "sender_canonical_maps":
-            found[Role.FORWARD] = step.value
+            found[EndpointRole.FORWARD] = step.value
         elif step.name == "recipient_canonical_maps":
-            found[Role.REVERSE] = step.value
+            found[EndpointRole.REVERSE] = step.value
     try:
         bare = Site(where.queue_directory, dict.fromkeys(MILTER_PARAMETERS, ""), where.domains)
-        found[Role.MILTER] = next(
+        found[EndpointRole.MILTER] = next(
             s.value for s in wiring(settings, Mode.MILTER, bare) if s.name == "smtpd_milters"
         )
     except postfix.WiringError:
@@ -108,7 +108,9 @@ def _replaced(value: str, entry: str, right: str) -> str:
     return ", ".join(dict.fromkeys(item for item in items if item))
 
 
-def _role_problem(ref: Ref, endpoint: Endpoint, wanted: Role | None) -> str | None:
+def _role_problem(
+    ref: Ref, endpoint: ConfiguredEndpoint, wanted: EndpointRole | None
+) -> str | None:
     """What is wrong with ``ref`` reaching ``endpoint`` where ``wanted`` is needed."""
     port = show_target(endpoint.target)
     if wanted is None:
@@ -125,7 +127,7 @@ def _role_problem(ref: Ref, endpoint: Endpoint, wanted: Role | None) -> str | No
             f"({port}): every lookup fails (Postfix logs 'text longer than 4096' or a "
             "protocol error) and mail is deferred"
         )
-    if endpoint.role is Role.SOCKETMAP:
+    if endpoint.role is EndpointRole.SOCKETMAP:
         if ref.name != wanted.value:
             return (
                 f"{ref.entry} asks srsd's socketmap for the map {ref.name!r} where "
@@ -133,10 +135,10 @@ def _role_problem(ref: Ref, endpoint: Endpoint, wanted: Role | None) -> str | No
             )
         return None
     if endpoint.role is not wanted:
-        if {endpoint.role, wanted} == {Role.FORWARD, Role.REVERSE}:
+        if {endpoint.role, wanted} == {EndpointRole.FORWARD, EndpointRole.REVERSE}:
             effect = (
                 "senders are never rewritten, so forwarded mail fails SPF at the next hop"
-                if wanted is Role.FORWARD
+                if wanted is EndpointRole.FORWARD
                 else "recipients are SRS-encoded into unknown users and bounces to SRS "
                 "addresses are never decoded: both are lost"
             )
@@ -152,19 +154,19 @@ def _role_problem(ref: Ref, endpoint: Endpoint, wanted: Role | None) -> str | No
 
 
 def references_checks(
-    facts: PostfixFacts, settings: Settings, ours: list[Endpoint]
+    facts: PostfixFacts, settings: Settings, ours: list[ConfiguredEndpoint]
 ) -> list[Result]:
     """Each Postfix parameter that names an srsd endpoint names the right one, reachably."""
     right = right_entries(settings, site(facts))
     results: list[Result] = []
-    grouped: dict[tuple[str, str], list[tuple[Ref, Endpoint]]] = {}
+    grouped: dict[tuple[str, str], list[tuple[Ref, ConfiguredEndpoint]]] = {}
     for ref in references(facts):
         endpoint = hit(ref, facts, ours)
         if endpoint is not None:
             grouped.setdefault((ref.where, ref.param), []).append((ref, endpoint))
     for (where, param), pairs in grouped.items():
         name = f"postfix:{param}" if where == "main.cf" else f"postfix:{where[10:]}/{param}"
-        wanted = Role.MILTER if param in MILTER_PARAMETERS else MAP_PARAMETERS[param]
+        wanted = EndpointRole.MILTER if param in MILTER_PARAMETERS else MAP_PARAMETERS[param]
         values = (
             facts.raw
             if where == "main.cf"
@@ -212,7 +214,7 @@ def _step_fix(steps: Sequence[Step]) -> tuple[str, ...]:
 
 
 def wiring_checks(
-    facts: PostfixFacts, settings: Settings, ours: list[Endpoint], mode: Mode
+    facts: PostfixFacts, settings: Settings, ours: list[ConfiguredEndpoint], mode: Mode
 ) -> list[Result]:
     """The steps of ``srsd postfix-config`` for ``mode`` that the live Postfix lacks."""
     where = site(facts)
@@ -231,23 +233,40 @@ def wiring_checks(
             value = postfix.extended(facts.raw.get(step.name, ""), step.value)
             step = dataclasses.replace(step, value=value)  # noqa: PLW2901
         if problem is not None:
-            status = Result.warn if step.kind != "main" else Result.fail
+            status = Result.fail if step.kind == "main" or _needed(step, facts) else Result.warn
             results.append(
                 status(f"postfix:{step.name}", problem, FixKind.SHELL, *_step_fix([step]))
             )
     return results
 
 
+def _needed(step: Step, facts: PostfixFacts) -> bool:
+    """A missing master.cf service that another service's ``cleanup_service_name`` names:
+    that service's mail (local's forwards) is deferred until it exists."""
+    service = step.name.partition("/")[0]
+    return step.kind == "master" and any(
+        s.overrides.get("cleanup_service_name") == service for s in facts.services
+    )
+
+
 def _step_problem(
     step: Step,
     facts: PostfixFacts,
-    refs: list[tuple[Ref, Endpoint | None]],
+    refs: list[tuple[Ref, ConfiguredEndpoint | None]],
     services: dict[str, Service],
     domain: str,
 ) -> str | None:
     if step.kind == "master":
         if step.name not in services:
-            return f"master.cf has no {step.name} service: {step.why}"
+            problem = f"master.cf has no {step.name} service: {step.why}"
+            users = [
+                f"{s.name}/{s.type}"
+                for s in facts.services
+                if s.overrides.get("cleanup_service_name") == step.name.partition("/")[0]
+            ]
+            if users:
+                problem += f"; {', '.join(users)} hands its mail to it, which is deferred meanwhile"
+            return problem
         return None
     if step.kind == "master_param":
         service, _, param = step.name.rpartition("/")
@@ -365,14 +384,14 @@ def bounce_path(facts: SmtpFacts | None, fix: Sequence[str]) -> Result:
             FixKind.TEXT,
             "check master.cf's smtp inet service",
         )
-    if facts.error is not None:
+    if facts.error is not None or facts.valid_reply is None or facts.forged_reply is None:
         return Result.fail(
             "bounce-path",
-            f"this host's smtpd at {facts.where} did not complete the dialogue: {facts.error}",
+            f"this host's smtpd at {facts.where} did not complete the dialogue: "
+            f"{facts.error or 'no reply to RCPT'}",
             FixKind.TEXT,
             "start Postfix (systemctl start postfix) and check its log",
         )
-    assert facts.valid_reply is not None and facts.forged_reply is not None
     code, text = facts.valid_reply
     if code // 100 != 2:
         cause = "srsd or Postfix is failing now" if code // 100 == 4 else "they would be refused"

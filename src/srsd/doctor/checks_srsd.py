@@ -11,9 +11,10 @@ import math
 import string
 import time
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 
 from srsd.config.settings import Settings
-from srsd.doctor.facts import EndpointFacts, Role, SecretFacts
+from srsd.doctor.facts import CredentialFacts, EndpointFacts, EndpointRole, SecretFacts
 from srsd.doctor.result import FixKind, Result
 from srsd.host.health import PROBE
 from srsd.srs.codec import Codec, SRSError
@@ -50,6 +51,16 @@ def secret_bits(secret: bytes) -> float:
 
 
 def _no_answer(result_name: str, facts: EndpointFacts, user: str) -> Result:
+    if facts.holder:
+        return Result.fail(
+            result_name,
+            f"srsd's {facts.role.value} endpoint {facts.where} is {facts.holder}, which does not "
+            f"answer as srsd ({facts.error}): another program has srsd's port, so srsd cannot "
+            "start there",
+            FixKind.TEXT,
+            "stop that program (or give srsd and Postfix's wiring another port)",
+            "start srsd (systemctl start srsd; journalctl -u srsd says why it stopped)",
+        )
     return Result.fail(
         result_name,
         f"no answer from srsd's {facts.role.value} endpoint {facts.where}: {facts.error}",
@@ -65,15 +76,15 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
     domain = settings.domain.encode()
     if facts.error is not None and not facts.lookups:
         return _no_answer(name, facts, user)
-    if facts.role is Role.MILTER:
+    if facts.role is EndpointRole.MILTER:
         said = facts.lookups[0].answer.decode(errors="replace")
         return Result.ok(name, f"milter {facts.where}: {said}")
     found = {
-        look.asked.partition(b" ")[0] if facts.role is Role.SOCKETMAP else b"": look
+        look.asked.partition(b" ")[0] if facts.role is EndpointRole.SOCKETMAP else b"": look
         for look in facts.lookups
     }
-    if facts.role in (Role.FORWARD, Role.SOCKETMAP):
-        look = found.get(b"forward" if facts.role is Role.SOCKETMAP else b"")
+    if facts.role in (EndpointRole.FORWARD, EndpointRole.SOCKETMAP):
+        look = found.get(b"forward" if facts.role is EndpointRole.SOCKETMAP else b"")
         if look is None or look.status not in ("200", "OK"):
             what = f"{look.status} {look.answer[:80]!r}" if look else facts.error
             return Result.fail(
@@ -82,7 +93,11 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
                 "mail would leave unrewritten or be deferred",
                 FixKind.TEXT,
                 "check that this port is srsd's "
-                + ("socketmap" if facts.role is Role.SOCKETMAP else "tcp_table forward port")
+                + (
+                    "socketmap"
+                    if facts.role is EndpointRole.SOCKETMAP
+                    else "tcp_table forward port"
+                )
                 + " and that srsd runs with this configuration (srsd config --changed)",
             )
         if not look.answer.upper().startswith(
@@ -96,13 +111,13 @@ def endpoint(facts: EndpointFacts, settings: Settings, user: str) -> Result:
                 FixKind.SHELL,
                 "systemctl restart srsd",
             )
-        if facts.role is Role.FORWARD:
+        if facts.role is EndpointRole.FORWARD:
             return Result.ok(name, f"tcp_table {facts.where} rewrites a test sender to SRS0")
-    look = found.get(b"reverse" if facts.role is Role.SOCKETMAP else b"")
+    look = found.get(b"reverse" if facts.role is EndpointRole.SOCKETMAP else b"")
     if look is None:
         return _no_answer(name, facts, user)
     if look.status in ("200", "OK") and look.answer == PROBE:
-        kind = "socketmap" if facts.role is Role.SOCKETMAP else "tcp_table"
+        kind = "socketmap" if facts.role is EndpointRole.SOCKETMAP else "tcp_table"
         return Result.ok(name, f"{kind} {facts.where} decodes a fresh SRS address of ours")
     if b"@doctor.invalid" in look.asked and look.status in ("500", "NOTFOUND"):
         return Result.warn(
@@ -198,7 +213,7 @@ def rewritten(endpoints: Sequence[EndpointFacts]) -> list[bytes]:
         look.answer
         for e in endpoints
         for look in e.lookups
-        if e.role in (Role.FORWARD, Role.SOCKETMAP)
+        if e.role in (EndpointRole.FORWARD, EndpointRole.SOCKETMAP)
         and look.asked.endswith(PROBE)
         and look.status in ("200", "OK")
     ]
@@ -238,4 +253,45 @@ def secret_in_use(
         )
     return Result.ok(
         "secret-in-use", f"the running srsd signs with the first secret of {facts.path}"
+    )
+
+
+def credential_source(facts: CredentialFacts | None, user: str) -> Result | None:
+    """The secret srsd's unit loads with ``LoadCredential=`` exists and root can read it:
+    else systemd refuses to start srsd, and says only ``243/CREDENTIALS``. None when no
+    installed unit loads one."""
+    if facts is None:
+        return None
+    name = "credential-source"
+    if facts.error is None:
+        return Result.ok(name, f"the secret srsd's unit loads ({facts.source}) is readable")
+    if not facts.checked:
+        return Result.warn(
+            name,
+            f"cannot check the secret srsd's unit loads: {user} cannot read {facts.source} "
+            f"({facts.error})",
+            FixKind.TEXT,
+            "run doctor as root",
+        )
+    summary = (
+        f"{facts.unit} loads srsd's secret from {facts.source} (LoadCredential=), which "
+        f"{'does not exist' if facts.missing else f'cannot be read ({facts.error})'}: systemd "
+        "refuses to start srsd, and says only 'status=243/CREDENTIALS'"
+    )
+    if not facts.missing:  # a directory, a dangling link...: what to do depends on it
+        return Result.fail(
+            name,
+            summary,
+            FixKind.TEXT,
+            f"make {facts.source} a file holding srsd's secret (srsd keygen writes one), "
+            "then systemctl restart srsd",
+        )
+    parent = PurePosixPath(facts.source).parent
+    return Result.fail(
+        name,
+        summary,
+        FixKind.SHELL,
+        f"install -d -m 0755 {parent}",
+        f"srsd keygen {facts.source}",
+        "systemctl restart srsd",
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class Role(enum.Enum):
+class EndpointRole(enum.Enum):
     """What an srsd endpoint is for."""
 
     FORWARD = "forward"  # tcp_table forward map (sender_canonical_maps)
@@ -37,10 +37,13 @@ class Lookup:
 class EndpointFacts:
     """One configured srsd endpoint as probed: ``where`` is ``inet:HOST:PORT`` or ``unix:PATH``."""
 
-    role: Role
+    role: EndpointRole
     where: str
     lookups: tuple[Lookup, ...] = ()
     error: str | None = None
+    #: When it did not answer, on TCP: who holds its port when that is not srsd
+    #: (:func:`srsd.host.holders.held_by_another`), else "".
+    holder: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,18 @@ class SecretFacts:
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     error: str | None = None  # why it could not be read (then ``secrets`` is empty)
     missing: bool = False  # it does not exist (else an error means: not readable by this user)
+
+
+@dataclass(frozen=True)
+class CredentialFacts:
+    """The secret srsd's systemd unit loads (``LoadCredential=srsd-secrets:SOURCE``): the
+    unit file naming it, the source, and why systemd could not read it (None: it can)."""
+
+    unit: str
+    source: str
+    error: str | None = None
+    missing: bool = False  # the source does not exist
+    checked: bool = True  # False: this user cannot tell (not root, and the source is hidden)
 
 
 @dataclass(frozen=True)

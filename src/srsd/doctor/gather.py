@@ -4,9 +4,12 @@
 fact. Nothing here changes anything or sends mail: the SMTP dialogue ends with ``RSET`` and
 ``QUIT`` before any ``DATA``.
 
-Endpoints are asked the way ``srsd health`` asks them (its probes are reused: the milter
-gets a negotiation and a test message it aborts); Postfix with ``postconf`` as this user, so
-``MAIL_CONFIG`` applies as it does to Postfix's own commands.
+Endpoints are asked the way ``srsd health`` asks them (its public probes are reused: the
+milter gets a negotiation and a test message it aborts), and one that does not answer on TCP
+gets the program holding its port named when that is not srsd (:mod:`srsd.host.holders`);
+Postfix with ``postconf`` as this user, so ``MAIL_CONFIG`` applies as it does to Postfix's own
+commands; an installed ``srsd.service`` (and its drop-ins) for the source of its
+``LoadCredential=srsd-secrets:`` (:func:`credential_facts`).
 """
 
 from __future__ import annotations
@@ -17,25 +20,26 @@ import ipaddress
 import json
 import os
 import pwd
-import shutil
 import smtplib
 import socket
 import subprocess
+from pathlib import Path
 
 from srsd.config.settings import ConfigError, Settings, read_secrets
 from srsd.doctor.facts import (
     ClockFacts,
     ClockState,
+    CredentialFacts,
     EndpointFacts,
+    EndpointRole,
     Lookup,
     PostfixFacts,
-    Role,
     SecretFacts,
     Service,
     SmtpFacts,
 )
 from srsd.doctor.refs import (
-    Endpoint,
+    ConfiguredEndpoint,
     Target,
     chrooted,
     hit,
@@ -43,7 +47,9 @@ from srsd.doctor.refs import (
     references,
     show_target,
 )
-from srsd.host import health
+from srsd.host import health, holders
+from srsd.host.programs import find_program
+from srsd.host.systemd import SECRETS_CREDENTIAL
 from srsd.wire import host_port
 
 #: Parameters doctor reads with ``postconf``.
@@ -107,31 +113,36 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def probe_endpoint(endpoint: Endpoint, fresh: bytes | None, timeout: float) -> EndpointFacts:
+def probe_endpoint(
+    endpoint: ConfiguredEndpoint, fresh: bytes | None, timeout: float
+) -> EndpointFacts:
     """Ask ``endpoint`` what Postfix would: the forward map a probe sender, the reverse map
     ``fresh`` (an SRS address of ours, when known), the socketmap both, the milter what
     ``srsd health`` asks it."""
     lookups: list[Lookup] = []
     try:
-        if endpoint.role is Role.FORWARD:
-            code, answer = health._tcp_lookup(_inet(endpoint.target), health.PROBE, timeout)
+        if endpoint.role is EndpointRole.FORWARD:
+            code, answer = health.tcp_lookup(_inet(endpoint.target), health.PROBE, timeout)
             lookups.append(Lookup(health.PROBE, str(code), answer))
-        elif endpoint.role is Role.REVERSE:
+        elif endpoint.role is EndpointRole.REVERSE:
             asked = fresh or b"not-an-srs-address@doctor.invalid"
-            code, answer = health._tcp_lookup(_inet(endpoint.target), asked, timeout)
+            code, answer = health.tcp_lookup(_inet(endpoint.target), asked, timeout)
             lookups.append(Lookup(asked, str(code), answer))
-        elif endpoint.role is Role.SOCKETMAP:
-            with health._connect(endpoint.target, timeout) as sock:
-                status, answer = health._socketmap_lookup(sock, b"forward " + health.PROBE)
+        elif endpoint.role is EndpointRole.SOCKETMAP:
+            with health.connect(endpoint.target, timeout) as sock:
+                status, answer = health.socketmap_lookup(sock, b"forward " + health.PROBE)
                 lookups.append(Lookup(b"forward " + health.PROBE, status.decode(), answer))
                 asked = b"reverse " + (answer if status == b"OK" else fresh or b"x@doctor.invalid")
-                status, answer = health._socketmap_lookup(sock, asked)
+                status, answer = health.socketmap_lookup(sock, asked)
                 lookups.append(Lookup(asked, status.decode(), answer))
         else:
-            said = health._milter(endpoint.target, timeout)  # as srsd health probes it
+            said = health.probe_milter(endpoint.target, timeout)  # as srsd health probes it
             lookups.append(Lookup(b"negotiate", "ok", said.encode()))
     except (OSError, health.ProbeError, ValueError) as err:
-        return EndpointFacts(endpoint.role, endpoint.where, tuple(lookups), _reason(err))
+        holder = ""
+        if isinstance(endpoint.target, tuple):
+            holder = holders.held_by_another(endpoint.target[1])
+        return EndpointFacts(endpoint.role, endpoint.where, tuple(lookups), _reason(err), holder)
     return EndpointFacts(endpoint.role, endpoint.where, tuple(lookups))
 
 
@@ -142,8 +153,8 @@ def _inet(target: Target) -> tuple[str, int]:
 
 
 def _program(name: str) -> str:
-    """A Postfix program, found on PATH or in the sbin directories (not on a user's PATH)."""
-    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or name
+    """A Postfix program (:func:`find_program`), or its bare name (the error then says so)."""
+    return find_program(name) or name
 
 
 def _reason(err: BaseException) -> str:
@@ -152,7 +163,7 @@ def _reason(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def postfix_facts(ours: list[Endpoint], timeout: float = COMMAND_TIMEOUT) -> PostfixFacts:
+def postfix_facts(ours: list[ConfiguredEndpoint], timeout: float = COMMAND_TIMEOUT) -> PostfixFacts:
     """Postfix's parameters (as written and expanded), its master.cf services, and whether
     each srsd endpoint Postfix names can be reached where its daemons will look."""
     postconf = _program("postconf")
@@ -227,7 +238,7 @@ def _reachable(target: Target, facts: PostfixFacts, timeout: float) -> str | Non
             user.pw_uid, user.pw_gid, queue, chroot=chrooted(facts), path=target, timeout=timeout
         )
     try:
-        health._connect(opened_target(target, facts), timeout).close()
+        health.connect(opened_target(target, facts), timeout).close()
     except OSError as err:
         return _reason(err)
     return None
@@ -248,7 +259,7 @@ def _connect_as(
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
-            health._connect(path, timeout).close()
+            health.connect(path, timeout).close()
         except OSError as err:
             code = err.errno or 255
         except BaseException:
@@ -363,3 +374,68 @@ def sending_addresses(
 def environment_user() -> str:
     """Who runs doctor, for messages about what it could not read."""
     return _user_name(os.geteuid())
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # not ours to look into: as if absent
+        return False
+
+
+def _drop_ins(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.glob("*.conf"))
+    except OSError:
+        return []
+
+
+#: Where systemd looks for srsd.service and its drop-ins (``srsd.service.d/*.conf``), in
+#: systemd's order of precedence (systemd.unit(5)).
+UNIT_DIRECTORIES = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
+UNIT = "srsd.service"
+
+
+def credential_facts(directories: tuple[str, ...] | None = None) -> CredentialFacts | None:
+    """The source of the unit's ``LoadCredential=srsd-secrets:...`` (the last one set, drop-ins
+    after the unit file), and whether root can read it as systemd will at start; None when
+    no srsd.service is installed or it loads no such credential."""
+    dirs = [Path(d) for d in (UNIT_DIRECTORIES if directories is None else directories)]
+    unit = next((d / UNIT for d in dirs if _is_file(d / UNIT)), None)
+    if unit is None:
+        return None
+    drop_ins = sorted(
+        {p.name: p for d in reversed(dirs) for p in _drop_ins(d / f"{UNIT}.d")}.items()
+    )
+    source = None
+    where = unit
+    for path in [unit, *(p for _, p in drop_ins)]:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if not sep or key.strip() != "LoadCredential":
+                continue
+            name, _, path_text = value.strip().partition(":")
+            if not value.strip():
+                source = None  # an empty assignment resets the list
+            elif name == SECRETS_CREDENTIAL:
+                source, where = path_text, path
+    if not source or not source.startswith("/"):
+        return None  # none, or one from systemd's credential store
+    try:
+        with open(source, "rb"):
+            pass
+    except FileNotFoundError:
+        return CredentialFacts(str(where), source, "it does not exist", missing=True)
+    except OSError as err:
+        return CredentialFacts(str(where), source, _reason(err), checked=os.geteuid() == 0)
+    return CredentialFacts(str(where), source)

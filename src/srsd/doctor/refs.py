@@ -17,15 +17,15 @@ from pathlib import PurePosixPath
 
 from srsd.config.postfix import split_list
 from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
-from srsd.doctor.facts import PostfixFacts, Role
+from srsd.doctor.facts import EndpointRole, PostfixFacts
 from srsd.wire import host_port
 
 #: Parameters that take maps, with the srsd map each must use (None: none of srsd's).
-MAP_PARAMETERS: dict[str, Role | None] = {
-    "sender_canonical_maps": Role.FORWARD,
-    "recipient_canonical_maps": Role.REVERSE,
-    "local_recipient_maps": Role.REVERSE,
-    "relay_recipient_maps": Role.REVERSE,
+MAP_PARAMETERS: dict[str, EndpointRole | None] = {
+    "sender_canonical_maps": EndpointRole.FORWARD,
+    "recipient_canonical_maps": EndpointRole.REVERSE,
+    "local_recipient_maps": EndpointRole.REVERSE,
+    "relay_recipient_maps": EndpointRole.REVERSE,
     "canonical_maps": None,  # senders and recipients alike: neither map fits
 }
 MILTER_PARAMETERS = ("smtpd_milters", "non_smtpd_milters")
@@ -38,10 +38,10 @@ Target = tuple[str, int] | str  # (host, port) or a unix socket path
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class ConfiguredEndpoint:
     """One srsd listener: its role and where it listens."""
 
-    role: Role
+    role: EndpointRole
     target: Target
 
     @property
@@ -71,25 +71,28 @@ def show_target(target: Target) -> str:
     return f"inet:{host_port(host, port)}"
 
 
-def endpoints(settings: Settings) -> list[Endpoint]:
+def endpoints(settings: Settings) -> list[ConfiguredEndpoint]:
     """srsd's configured endpoints, a wildcard listen address shown as loopback."""
     host = settings.listen[0]
     if host in _WILDCARDS:
         host = "::1" if host == "::" else "127.0.0.1"
     found = [
-        Endpoint(role, (host, port))
+        ConfiguredEndpoint(role, (host, port))
         for role, port in (
-            (Role.FORWARD, settings.forward_port),
-            (Role.REVERSE, settings.reverse_port),
+            (EndpointRole.FORWARD, settings.forward_port),
+            (EndpointRole.REVERSE, settings.reverse_port),
         )
         if port
     ]
-    for role, spec in ((Role.SOCKETMAP, settings.socketmap), (Role.MILTER, settings.milter)):
+    for role, spec in (
+        (EndpointRole.SOCKETMAP, settings.socketmap),
+        (EndpointRole.MILTER, settings.milter),
+    ):
         if isinstance(spec, UnixEndpoint):
-            found.append(Endpoint(role, spec.path.as_posix()))
+            found.append(ConfiguredEndpoint(role, spec.path.as_posix()))
         elif isinstance(spec, InetEndpoint):
             spec_host = spec.host if spec.host not in _WILDCARDS else "127.0.0.1"
-            found.append(Endpoint(role, (spec_host, spec.port)))
+            found.append(ConfiguredEndpoint(role, (spec_host, spec.port)))
     return found
 
 
@@ -156,7 +159,7 @@ def opened_target(target: Target, facts: PostfixFacts) -> Target:
     return path.as_posix()
 
 
-def hit(ref: Ref, facts: PostfixFacts, ours: list[Endpoint]) -> Endpoint | None:
+def hit(ref: Ref, facts: PostfixFacts, ours: list[ConfiguredEndpoint]) -> ConfiguredEndpoint | None:
     """The srsd endpoint ``ref`` reaches, if any: the same port, or the same socket path as
     the daemons open it (srsd's own path read outside any chroot)."""
     target = opened_target(ref.target, facts)

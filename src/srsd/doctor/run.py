@@ -15,7 +15,7 @@ from srsd.config.postfix import Mode, WiringError, script, wiring
 from srsd.config.settings import Settings
 from srsd.doctor import checks_host, checks_postfix, checks_srsd, gather
 from srsd.doctor.dns import dns_facts
-from srsd.doctor.facts import EndpointFacts, PostfixFacts, Role, SecretFacts
+from srsd.doctor.facts import EndpointFacts, EndpointRole, PostfixFacts, SecretFacts
 from srsd.doctor.refs import endpoints
 from srsd.doctor.result import FixKind, Result
 from srsd.host.health import PROBE
@@ -48,12 +48,12 @@ def _local_srs(secret: SecretFacts, settings: Settings) -> bytes | None:
 def _probe_all(settings: Settings, secret: SecretFacts, timeout: float) -> list[EndpointFacts]:
     ours = endpoints(settings)
     fresh = None
-    probes: dict[Role, EndpointFacts] = {}
-    for endpoint in sorted(ours, key=lambda e: e.role is not Role.FORWARD):
-        if endpoint.role is Role.REVERSE and fresh is None:
+    probes: dict[EndpointRole, EndpointFacts] = {}
+    for endpoint in sorted(ours, key=lambda e: e.role is not EndpointRole.FORWARD):
+        if endpoint.role is EndpointRole.REVERSE and fresh is None:
             fresh = _local_srs(secret, settings)
         probes[endpoint.role] = gather.probe_endpoint(endpoint, fresh, timeout)
-        if endpoint.role is Role.FORWARD:
+        if endpoint.role is EndpointRole.FORWARD:
             answers = checks_srsd.rewritten([probes[endpoint.role]])
             fresh = answers[0] if answers else None
     return [probes[e.role] for e in ours]
@@ -79,6 +79,9 @@ def run(settings: Settings, timeout: float = 5.0) -> list[Result]:
         checks_srsd.secret_strength(secret, user),
         checks_srsd.secret_in_use(secret, probes, settings, user),
     ]
+    credential = checks_srsd.credential_source(gather.credential_facts(), user)
+    if credential is not None:
+        results.append(credential)
     ours = endpoints(settings)
     postfix = gather.postfix_facts(ours)
     if postfix.error is not None:
@@ -129,6 +132,7 @@ def _postfix_results(
                 f"Postfix ({postfix.config_dir}) does not use srsd: no sender_canonical_maps or "
                 "milter names an srsd endpoint, so nothing is rewritten",
                 FixKind.SHELL,
+                f"# what `srsd postfix-config --mode {default.value} | sh` does:",
                 *lines,
                 checks_postfix.RELOAD,
             )

@@ -3,6 +3,8 @@
 
 * :mod:`srsd.envelope.keys` - pure: why and how a sender is stored, the key scheme, when
   to alias, the flood cap (no I/O, no clock);
+* :mod:`srsd.envelope.location` - pure: the ``envelope_database`` setting parsed (which
+  store, where);
 * :mod:`srsd.envelope.store` - the stores (SQLite, Redis) behind one async interface;
 * :mod:`srsd.envelope.database` - the database between the policy and the wire at lookup
   time (aliasing, resolving, the flood cap, outages).

@@ -130,12 +130,11 @@ class Outage:
     """Log a storage outage once: its first failure and its end, nothing in between.
 
     Call :meth:`failed` with each StorageError and :meth:`succeeded` after each successful
-    operation, both saying whether the operation wrote; :attr:`down` says whether the store
-    is failing now and :attr:`failures` counts every failure (a metric). One tracker per
-    store, shared by every caller. An outage of writes (a read-only file, a full disk, a
-    Redis replica) ends only with a write that works, not with the reads that go on working
-    meanwhile, so it is logged once however reads and writes alternate; a write that works
-    ends any outage (what can write can read).
+    operation, both saying whether the operation wrote; :attr:`failures` counts every
+    failure (a metric). One tracker per store, shared by every caller. An outage of writes
+    (a read-only file, a full disk, a Redis replica) ends only with a write that works, not
+    with the reads that go on working meanwhile, so it is logged once however reads and
+    writes alternate; a write that works ends any outage (what can write can read).
     """
 
     def __init__(self, description: str, logger: logging.Logger = LOG) -> None:
@@ -144,11 +143,6 @@ class Outage:
         self.failures = 0
         self._failing: set[bool] = set()  # the kinds failing now: True for writes
         self._since = 0.0
-
-    @property
-    def down(self) -> bool:
-        """True from a failure until the operations that failed work again."""
-        return bool(self._failing)
 
     def failed(self, err: StorageError, *, write: bool = False) -> None:
         """Count a failure; log a warning if it starts an outage."""

@@ -13,6 +13,13 @@ Postfix uses it: an option negotiation that must grant protocol 6 with CHGFROM, 
 DELRCPT, then a test message (sender and recipient, answered ``continue``) that is aborted.
 A wildcard listen address is probed on loopback. Plain blocking sockets with a time-out:
 this runs once and exits.
+
+The probes are public, for ``srsd doctor`` (:mod:`srsd.doctor.gather`), which asks the same
+questions and judges the answers itself: :func:`connect` (a connected socket to an
+``inet`` or ``unix`` target), :func:`tcp_lookup` (one tcp_table request and its reply),
+:func:`socketmap_lookup` (one socketmap request on an open connection) and
+:func:`probe_milter` (the negotiation and aborted test message above). Each raises
+:class:`OSError` for the connection, :class:`ProbeError` for an answer no srsd would give.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ def check(settings: Settings, timeout: float = 5.0) -> tuple[bool, str]:
         probes.append((f"socketmap {settings.socketmap}", lambda: _socketmap(target, timeout)))
     if settings.milter is not None:
         milter_target = _target(settings.milter)
-        probes.append((f"milter {settings.milter}", lambda: _milter(milter_target, timeout)))
+        probes.append((f"milter {settings.milter}", lambda: probe_milter(milter_target, timeout)))
     for name, probe in probes:
         try:
             results.append(f"{name}: {probe()}")
@@ -72,9 +79,9 @@ def _target(endpoint: InetEndpoint | UnixEndpoint) -> Address:
     return (reachable_host(endpoint.host), endpoint.port)
 
 
-def _milter(target: Address, timeout: float) -> str:
+def probe_milter(target: Address, timeout: float) -> str:
     """Negotiate as Postfix does, send a test message's sender and recipient, abort it."""
-    with _connect(target, timeout) as sock:
+    with connect(target, timeout) as sock:
         sock.sendall(milter.negotiate())
         [(code, data)] = _milter_replies(sock, 1)
         if code != b"O" or len(data) < 12:
@@ -114,14 +121,14 @@ def _show(host: str, forward: int, reverse: int) -> str:
 
 def _tcp_table(host: str, settings: Settings, timeout: float) -> str:
     if settings.forward_port:
-        code, srs = _tcp_lookup((host, settings.forward_port), PROBE, timeout)
+        code, srs = tcp_lookup((host, settings.forward_port), PROBE, timeout)
         if code != 200 or not srs.upper().startswith((b"SRS0", b'"SRS0')):
             raise ProbeError(f"forward answered {code} {srs[:80]!r}")
         if not settings.reverse_port:
             return "forward ok"
     else:
         srs = b"not-an-srs-address@health.invalid"
-    code, original = _tcp_lookup((host, settings.reverse_port), srs, timeout)
+    code, original = tcp_lookup((host, settings.reverse_port), srs, timeout)
     if not settings.forward_port:
         if code != 500:
             raise ProbeError(f"reverse answered {code} for a non-SRS address")
@@ -132,11 +139,11 @@ def _tcp_table(host: str, settings: Settings, timeout: float) -> str:
 
 
 def _socketmap(target: Address, timeout: float) -> str:
-    with _connect(target, timeout) as sock:
-        status, srs = _socketmap_lookup(sock, b"forward " + PROBE)
+    with connect(target, timeout) as sock:
+        status, srs = socketmap_lookup(sock, b"forward " + PROBE)
         if status != b"OK":
             raise ProbeError(f"forward answered {status.decode(errors='replace')} {srs[:80]!r}")
-        status, original = _socketmap_lookup(sock, b"reverse " + srs)
+        status, original = socketmap_lookup(sock, b"reverse " + srs)
         if status != b"OK" or original != PROBE:
             raise ProbeError(
                 f"reverse answered {status.decode(errors='replace')} {original[:80]!r}"
@@ -144,7 +151,9 @@ def _socketmap(target: Address, timeout: float) -> str:
     return "round trip ok"
 
 
-def _connect(target: Address, timeout: float) -> socket.socket:
+def connect(target: Address, timeout: float) -> socket.socket:
+    """A blocking socket connected to ``target`` (``(host, port)`` or a unix socket path),
+    with ``timeout`` on every operation; :class:`OSError` when it cannot connect."""
     if isinstance(target, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -157,8 +166,10 @@ def _connect(target: Address, timeout: float) -> socket.socket:
     return socket.create_connection(target, timeout=timeout)
 
 
-def _tcp_lookup(target: tuple[str, int], key: bytes, timeout: float) -> tuple[int, bytes]:
-    with _connect(target, timeout) as sock:
+def tcp_lookup(target: tuple[str, int], key: bytes, timeout: float) -> tuple[int, bytes]:
+    """Ask the tcp_table server at ``target`` for ``key`` on a connection of its own: the
+    reply's code (200, 400, 500) and text, decoded."""
+    with connect(target, timeout) as sock:
         sock.sendall(tcp_table.encode_request(key))
         reply = b""
         while not reply.endswith(b"\n"):
@@ -169,7 +180,9 @@ def _tcp_lookup(target: tuple[str, int], key: bytes, timeout: float) -> tuple[in
     return tcp_table.parse_reply(reply)
 
 
-def _socketmap_lookup(sock: socket.socket, payload: bytes) -> tuple[bytes, bytes]:
+def socketmap_lookup(sock: socket.socket, payload: bytes) -> tuple[bytes, bytes]:
+    """Send ``payload`` (``NAME KEY``) as one socketmap request on ``sock``: the reply's
+    status (``OK``, ``NOTFOUND``, ``TEMP``...) and value."""
     sock.sendall(socketmap.netstring(payload))
     data = b""
     while (parsed := socketmap.parse_netstring(data)) is None:

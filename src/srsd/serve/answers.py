@@ -1,4 +1,4 @@
-# Lookups: the policy and the envelope database decide; counts, log lines and replies follow.
+# Answers: the policy and the envelope database decide a lookup; counts, logs, replies follow.
 """Turn one request into its reply: everything srsd does between the wire and the socket.
 
 :class:`Lookups` decides a lookup once: :meth:`Lookups.decide_now` (synchronous) asks the

@@ -27,7 +27,6 @@ by :data:`COMMAND_TIMEOUT`, so the event loop never waits for them.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import trio
 
 from srsd.config.postfix import split_list
 from srsd.host.logs import LOGGER, show
+from srsd.host.programs import find_program
 from srsd.srs import address
 from srsd.srs.policy import DomainSet
 
@@ -412,11 +412,7 @@ class PostfixDelivery:
 
 
 def _program(name: str) -> str:
-    found = shutil.which(
-        name,
-        path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]),
-    )
-    return found or name
+    return find_program(name) or name
 
 
 def _read_text(path: str) -> str:

@@ -8,12 +8,14 @@ socketmap and the milter on TCP or on a unix socket file (a stale file from a cr
 replaced, a live one never), and the metrics endpoint; or, under socket activation,
 adopts the sockets systemd passed, by their ``FileDescriptorName=``. :func:`close_all`
 closes endpoints and removes the unix socket files srsd created. Every failure is one
-:class:`StartError` line.
+:class:`StartError` line; a TCP port in use names who holds it where that can be known
+(:func:`srsd.host.holders.describe`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
@@ -25,7 +27,7 @@ from pathlib import Path
 import trio
 
 from srsd.config.settings import InetEndpoint, Settings, UnixEndpoint
-from srsd.host import systemd
+from srsd.host import holders, systemd
 from srsd.host.logs import LOGGER
 from srsd.srs.policy import Role
 from srsd.wire import Wire, host_port
@@ -185,6 +187,8 @@ async def _tcp_sockets(host: str, port: int, what: str) -> list[socket.socket]:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as err:
         reason = err.strerror or str(err)
+        if err.errno == errno.EADDRINUSE:
+            reason += f" ({holders.describe(port)})"
         where = host_port(host, port)
         raise StartError(f"cannot listen on {where} for {what}: {reason}") from None
     socks = [socket.socket(fileno=listener.socket.detach()) for listener in listeners]

@@ -1,5 +1,5 @@
 # The server's lifecycle: bind, drop privileges, serve, signals, reload, drain, exit.
-"""``srsd serve``: answer Postfix's canonical-map lookups over tcp_table and socketmap.
+"""``srsd serve``: answer Postfix's canonical-map lookups (tcp_table, socketmap) and milter.
 
 Data flows one way: bytes in, the wire decoder (:mod:`srsd.wire.tcp_table` or
 :mod:`srsd.wire.socketmap`), the decision (:mod:`srsd.serve.answers`: the policy and the envelope

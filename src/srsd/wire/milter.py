@@ -126,7 +126,7 @@ class Action(enum.IntFlag):
     CHANGE_SENDER = 0x40
 
 
-class Step(enum.IntFlag):
+class ProtocolFlag(enum.IntFlag):
     """Protocol flags (SMFIP_*): steps the MTA may leave out."""
 
     NO_CONNECT = 0x001
@@ -148,13 +148,13 @@ ACTION_NAMES = {
 NEEDED_ACTIONS = Action.CHANGE_SENDER | Action.ADD_RECIPIENT | Action.DELETE_RECIPIENT
 #: The steps srsd asks the MTA to leave out (when it offers to).
 SKIPPED_STEPS = (
-    Step.NO_CONNECT
-    | Step.NO_HELO
-    | Step.NO_BODY
-    | Step.NO_HEADERS
-    | Step.NO_END_OF_HEADERS
-    | Step.NO_UNKNOWN
-    | Step.NO_DATA
+    ProtocolFlag.NO_CONNECT
+    | ProtocolFlag.NO_HELO
+    | ProtocolFlag.NO_BODY
+    | ProtocolFlag.NO_HEADERS
+    | ProtocolFlag.NO_END_OF_HEADERS
+    | ProtocolFlag.NO_UNKNOWN
+    | ProtocolFlag.NO_DATA
 )
 #: Steps answered ``continue`` whatever they carry (sent when the MTA cannot skip them).
 _IGNORED_STEPS = frozenset({CONNECT, HELO, DATA, HEADER, END_OF_HEADERS, BODY, UNKNOWN_COMMAND})
@@ -540,7 +540,7 @@ class Session:
             self._fail(out, f"option negotiation of {len(data)} bytes")
             return
         version, offered_actions, offered_steps = _NEGOTIATION.unpack_from(data)
-        skipped = SKIPPED_STEPS & ~Step.NO_CONNECT if self._split else SKIPPED_STEPS
+        skipped = SKIPPED_STEPS & ~ProtocolFlag.NO_CONNECT if self._split else SKIPPED_STEPS
         if version < 2:
             self._fail(out, f"milter protocol version {version} (2 to {VERSION} supported)")
             return

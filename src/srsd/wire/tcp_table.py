@@ -70,7 +70,6 @@ __all__ = [
     "Request",
     "RequestReader",
     "TooLong",
-    "encode_reply",
     "encode_request",
     "found",
     "line_limit",
@@ -284,21 +283,6 @@ def _quote(text: bytes) -> bytes:
     for c in distinct:
         text = text.replace(bytes((c,)), _ESCAPE[c])
     return text
-
-
-def encode_reply(code: int, text: bytes) -> bytes:
-    """The reply line ``NNN SP %-encoded-text LF``.
-
-    The low-level builder: it does not shorten anything and raises :class:`ValueError`
-    for a code outside 100..999 or a line longer than :data:`MAX_REPLY`. Prefer
-    :func:`found`, :func:`not_found` and :func:`temporary_failure`, which never raise.
-    """
-    if not 100 <= code <= 999:
-        raise ValueError(f"reply code must have three digits: {code}")
-    quoted = _quote(text)
-    if len(quoted) > _MAX_TEXT:
-        raise ValueError(f"reply longer than {MAX_REPLY} bytes")
-    return b"%d %s\n" % (code, quoted)
 
 
 # Replies with a reason, by reason: the reasons are a small fixed set of strings, and the
