@@ -24,11 +24,11 @@ import pytest
 import srsd
 from srsd.config import settings
 from srsd.srs.codec import Alphabet, Codec
+from tests.harness.srsd_process import child_env
 
 TIMEOUT = 20.0
 DOMAIN = "forwarder.example.net"
 SECRET = b"cli-test-secret-0123456789"
-SRC = Path(srsd.__file__).resolve().parents[1]
 
 
 class Srsd:
@@ -36,12 +36,7 @@ class Srsd:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(workdir / "home"),
-            "PYTHONPATH": str(SRC),  # the srsd this test process imported
-            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
-        }
+        self.env = child_env(workdir / "home", allow_root=False)
         self.config = workdir / "empty.toml"
         self.config.write_text("# no settings\n", encoding="utf-8")
         self.secret = self.secret_file("srsd.secret", SECRET)

@@ -8,7 +8,6 @@ A reload of an srsd that started with the environment file's values reads the fi
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -41,13 +40,9 @@ def root_shell_health(
     """``srsd health ARGS`` from a shell with nothing of srsd's in its environment."""
     return subprocess.run(
         [sys.executable, "-c", AS_ROOT_SHELL, str(default_config), str(env_file), *args],
-        env={
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/root",
-            "PYTHONPATH": str(SRC),
-            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
-            **env,
-        },
+        env=child_env(
+            Path("/root"), allow_root=False, **{"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
+        ),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from srsd.host import logs
 from tests.harness.daemon import TIMEOUT, write_secret
 from tests.harness.ports import free_port
-from tests.harness.srsd_process import SRC
+from tests.harness.srsd_process import child_env
 
 MAIL_INFO = (2 << 3) | 6  # facility mail (2), severity info (6): "<22>"
 MAIL_WARNING = (2 << 3) | 4
@@ -98,15 +98,7 @@ def srsd_failing_to_start(tmp_path: Path, journal_stream: str | None) -> tuple[s
         if journal_stream is None:
             status = os.fstat(out.fileno())
             journal_stream = f"{status.st_dev}:{status.st_ino}"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "PYTHONPATH": str(SRC),
-            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
-            "SRS_ALLOW_ROOT": "yes",
-            "SRS_PID_FILE": "/run/x.pid",
-            "JOURNAL_STREAM": journal_stream,
-        }
+        env = child_env(tmp_path, SRS_PID_FILE="/run/x.pid", JOURNAL_STREAM=journal_stream)
         child = subprocess.run(
             [
                 sys.executable,

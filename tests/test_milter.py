@@ -64,7 +64,7 @@ def test_postfix_conversation_gives_exact_actions() -> None:
             )
         ),
     ]
-    assert session.version == 6 and session.can_rewrite
+    assert session.version == 6 and milter.NEEDED_ACTIONS in session.actions
     assert session.feed(command(milter.ABORT) + command(milter.QUIT)) == [Close(None)]
     assert session.closed and session.feed(conversation()) == []
 
@@ -74,7 +74,7 @@ def test_negotiation_asks_only_for_what_is_needed_and_offered() -> None:
     session = Session()
     [reply] = session.feed(negotiate(version=2, actions=0x0F, steps=0x13))
     assert reply == Send(packet(b"O", struct.pack("!III", 2, 0x0C, 0x13)))
-    assert not session.can_rewrite
+    assert milter.NEEDED_ACTIONS not in session.actions
     # Every sender then gets a temporary failure: srsd cannot rewrite through this MTA, and
     # the session says so, naming what is missing (for the postmaster's log line).
     [event] = session.feed(command(milter.MAIL, b"<a@b.test>"))

@@ -47,6 +47,7 @@ from tests.harness.inprocess import (
     srs0,
     wait_for,
 )
+from tests.harness.inprocess import Client as TcpTableClient
 from tests.harness.ports import free_port
 
 NETSTRING = re.compile(rb"(0|[1-9][0-9]{0,5}):")
@@ -106,25 +107,13 @@ class Client(Stream):
         await self.send(b"%d:%s," % (len(payload), payload))
         return await self.reply()
 
-    async def eof(self) -> bytes:
-        """Everything up to the server's close (a reset is a close too)."""
-        return await self.rest(reset_ok=True)
 
+class LineClient(TcpTableClient):
+    """One tcp_table connection; :meth:`get` %-encodes the key as Postfix does."""
 
-class LineClient(Client):
-    """One tcp_table connection."""
-
-    async def line(self, key: bytes) -> bytes:
-        await self.send(b"get " + hex_quote(key) + b"\n")
-        with trio.fail_after(TIMEOUT):
-            while (end := self.buffer.find(b"\n")) < 0:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    raise EOFError(f"EOF after {bytes(self.buffer)!r}")
-                self.buffer += data
-        line = bytes(self.buffer[:end])
-        del self.buffer[: end + 1]
-        return line
+    async def get(self, key: bytes) -> bytes:
+        """The reply line to ``get KEY``, without its LF."""
+        return (await self.ask(hex_quote(key)))[:-1]
 
 
 @dataclass
@@ -225,7 +214,7 @@ async def test_socketmap_listens_beside_both_tcp_table_ports(
         assert (await sm.ask(b"forward", b"alice@example.org"))[3:] in srs0_around(
             b"alice", b"example.org", t0
         )
-        assert (await fwd.line(b"alice@example.org"))[4:] in srs0_around(
+        assert (await fwd.get(b"alice@example.org"))[4:] in srs0_around(
             b"alice", b"example.org", t0
         )
 
@@ -334,7 +323,7 @@ async def test_same_decisions_as_tcp_table(tmp_path: Path, kind: str, sockdir: P
         cases += [(Role.REVERSE, k) for k in reverse_keys(now)]
         seen = set()
         for role, key in cases:
-            line = await tcp[role].line(key)
+            line = await tcp[role].get(key)
             reply = await sm.ask(role.value.encode(), key)
             code, text = line[:3], unquote(line[4:])
             word = {b"200": b"OK", b"500": b"NOTFOUND"}[code]
@@ -447,7 +436,7 @@ async def test_broken_framing_is_perm_then_close(
         assert await c.ask(b"forward", b"alice") == b"NOTFOUND no domain"
         await c.send(data)
         assert await c.reply() == reply
-        assert await c.eof() == b""  # half-closed by the server at once
+        assert await c.rest(reset_ok=True) == b""  # half-closed by the server at once
         await c.aclose()  # (the server drains what a client still sends, then closes)
         await wait_for(lambda: len(srv.server.loop.connections) == 0, "the connection to end")
         assert counted(srv.server, "socketmap", "bad request") == 1
@@ -468,7 +457,7 @@ async def test_perm_reply_survives_a_client_that_keeps_sending(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_sending)
             assert await c.reply() == b"PERM Invalid netstring length"
-            assert await c.eof() == b""
+            assert await c.rest(reset_ok=True) == b""
 
 
 async def test_requests_before_broken_framing_are_answered(tmp_path: Path) -> None:
@@ -478,7 +467,7 @@ async def test_requests_before_broken_framing_are_answered(tmp_path: Path) -> No
         assert await c.reply() == b"NOTFOUND no domain"
         assert await c.reply() == b"NOTFOUND Not an SRS address."
         assert await c.reply() == b"PERM Invalid netstring length"
-        assert await c.eof() == b""
+        assert await c.rest(reset_ok=True) == b""
 
 
 @pytest.mark.parametrize(
@@ -496,7 +485,7 @@ async def test_over_long_request_is_refused_before_its_payload(
         c = await srv.connect()
         await c.send(prefix)
         assert await c.reply() == b"NOTFOUND Address too long"
-        assert await c.eof() == b""
+        assert await c.rest(reset_ok=True) == b""
 
 
 @pytest.mark.parametrize("max_request", [256, 4096])
@@ -510,7 +499,7 @@ async def test_request_at_the_bound_is_answered(tmp_path: Path, max_request: int
         )
         # one byte more: over the netstring bound too; refused as on every endpoint, closed
         assert await c.ask(b"forward", user + b"u@origin.test") == b"NOTFOUND Address too long"
-        assert await c.eof() == b""
+        assert await c.rest(reset_ok=True) == b""
 
 
 async def test_eof_mid_request_closes_quietly(tmp_path: Path) -> None:
@@ -518,7 +507,7 @@ async def test_eof_mid_request_closes_quietly(tmp_path: Path) -> None:
         c = await srv.connect()
         await c.send(b"25:forward alice")
         await c.stream.send_eof()
-        assert await c.eof() == b""
+        assert await c.rest(reset_ok=True) == b""
         await wait_for(lambda: len(srv.server.loop.connections) == 0, "the connection to end")
 
 
@@ -535,7 +524,7 @@ async def test_keep_alive_closes_idle_socketmap_connections_only(
         c = await srv.connect()
         assert await c.ask(b"reverse", b"a@b.example") == b"NOTFOUND Not an SRS address."
         answered = trio.current_time()
-        assert await c.eof() == b""
+        assert await c.rest(reset_ok=True) == b""
         assert trio.current_time() - answered >= keep_alive
         # a request that never completes does not keep a connection alive either
         partial = await srv.connect()
@@ -543,10 +532,10 @@ async def test_keep_alive_closes_idle_socketmap_connections_only(
         opened = trio.current_time()
         await trio.sleep(keep_alive / 2)
         await partial.send(b"ice")
-        assert await partial.eof() == b""
+        assert await partial.rest(reset_ok=True) == b""
         assert keep_alive <= trio.current_time() - opened < keep_alive * 1.5
         # the tcp_table connection has its own (long) idle time-out
-        assert await tcp.line(b"a@b.example") == b"500 Not%20an%20SRS%20address."
+        assert await tcp.get(b"a@b.example") == b"500 Not%20an%20SRS%20address."
 
 
 async def test_connection_limit_is_shared_with_tcp_table(
@@ -558,18 +547,18 @@ async def test_connection_limit_is_shared_with_tcp_table(
         tmp_path, kind, sockdir, max_connections=2, max_connections_per_user=2
     ) as srv:
         tcp = await srv.connect_tcp_table(Role.FORWARD)
-        assert (await tcp.line(b"alice"))[:4] == b"500 "
+        assert (await tcp.get(b"alice"))[:4] == b"500 "
         sm = await srv.connect()
         assert await sm.ask(b"forward", b"alice") == b"NOTFOUND no domain"
         assert len(srv.server.loop.connections) == 2
         # a third, socketmap: the tcp_table connection (idle the longest) gives way
         extra = await srv.connect()
         assert await extra.ask(b"reverse", b"x@y") == b"NOTFOUND Not an SRS address."
-        assert await tcp.eof() == b""
+        assert await tcp.rest(reset_ok=True) == b""
         # a fourth, tcp_table: the first socketmap connection gives way
         extra_tcp = await srv.connect_tcp_table(Role.REVERSE)
-        assert (await extra_tcp.line(b"alice"))[:4] == b"500 "
-        assert await sm.eof() == b""
+        assert (await extra_tcp.get(b"alice"))[:4] == b"500 "
+        assert await sm.rest(reset_ok=True) == b""
         assert (srv.server.gate.counts["evicted"], srv.server.gate.counts["refused full"]) == (2, 0)
         assert len(srv.server.loop.connections) == 2
 
@@ -581,7 +570,7 @@ async def test_shutdown_closes_idle_socketmap_connections(
         c = await srv.connect()
         assert await c.ask(b"forward", b"alice") == b"NOTFOUND no domain"
         os.kill(os.getpid(), signal.SIGTERM)
-        assert await c.eof() == b""
+        assert await c.rest(reset_ok=True) == b""
         await wait_for(lambda: len(srv.server.loop.connections) == 0, "the drain")
     if kind == "unix":
         assert not (sockdir / "srsd.sock").exists()

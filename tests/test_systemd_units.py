@@ -46,7 +46,7 @@ from tests.harness.daemon import (
     write_secret,
 )
 from tests.harness.ports import free_port
-from tests.harness.srsd_process import SRC, empty_config, lookup
+from tests.harness.srsd_process import SRC, child_env, empty_config, lookup
 from tests.harness.units import ROOT, UNITS, Unit, environment_file, one, parse_unit
 
 SERVICE = "srsd.service"
@@ -347,13 +347,7 @@ def run_as_nobody(
         pytest.fail("this test needs root (to switch to nobody): run the suite as root")
     return subprocess.run(
         [sys.executable, "-c", AS_NOBODY, str(default_config), *args],
-        env={
-            "PATH": SYSTEMD_PATH,
-            "PYTHONPATH": str(SRC),
-            "HOME": "/",
-            "SRSD_SYSCONFDIR": os.environ["SRSD_SYSCONFDIR"],  # the suite's empty /etc (conftest)
-            **(env or {}),
-        },
+        env=child_env(Path("/"), allow_root=False, **{"PATH": SYSTEMD_PATH, **(env or {})}),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -161,8 +161,16 @@ class Running:
     server: Server
     settings: Settings
     endpoints: list[Endpoint]
-    forward: int
-    reverse: int
+
+    @property
+    def forward(self) -> int:
+        """The forward tcp_table port."""
+        return self.settings.forward_port
+
+    @property
+    def reverse(self) -> int:
+        """The reverse tcp_table port."""
+        return self.settings.reverse_port
 
     async def connect(self, role: Role = Role.FORWARD, host: str = "127.0.0.1") -> Client:
         port = self.forward if role is Role.FORWARD else self.reverse
@@ -205,7 +213,7 @@ async def serving(
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, endpoints)
         try:
-            yield Running(server, settings, endpoints, settings.forward_port, settings.reverse_port)
+            yield Running(server, settings, endpoints)
         finally:
             nursery.cancel_scope.cancel()
 

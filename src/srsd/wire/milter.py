@@ -389,11 +389,6 @@ class Session:
             and unbracket(self._sender) != b""
         )
 
-    @property
-    def can_rewrite(self) -> bool:
-        """Whether the MTA offered every action srsd needs."""
-        return self._rewrites
-
     def feed(self, data: bytes | bytearray) -> list[MilterAction]:
         """Take the next bytes received; return what to do, in order."""
         if self._state is _CLOSED:
