@@ -12,6 +12,9 @@ meanwhile, good clients:
   between messages, or inside a message that never ends); good milter sessions (a fresh
   connection, one message each) count as served when answered within 1 s; fresh
   tcp_table lookups count as answered when right within 1 s;
+* ``hold-users``: two users, ``nobody`` and uid 64123, each keep their share (half of
+  ``milter_max_sessions``) of sessions inside messages that never end, ``nobody`` silent
+  after ``MAIL``, the other sending a recipient every 0.5 s; good clients as above;
 * ``flood``: 16 sessions of ``nobody`` each send 1,000 recipients of 65,000 bytes and
   hold; srsd's peak RSS (``VmHWM``), whether it is alive, and a good milter session after;
 * ``ulimit``: srsd started with a soft ``RLIMIT_NOFILE`` of 1,024 (as from a shell) under
@@ -47,6 +50,8 @@ from srsd.wire import milter  # noqa: E402
 
 ATTACKER = (REPO / "tests" / "harness" / "attacker.py").read_text()
 NOBODY = pwd.getpwnam("nobody").pw_uid
+SECOND_UID = 64123  # a second user, without a name (as tests/harness/local_users.py)
+MAX_SESSIONS = 1000  # milter_max_sessions' default: each user's share is half of it
 HOLD_SESSIONS = 2000
 MEASURE_SECONDS = 5.0
 WARM_UP = 4.0
@@ -110,11 +115,13 @@ def stop(proc: subprocess.Popen[bytes]) -> int | None:
     return alive
 
 
-def attacker(mode: str, port: int, sessions: int, seconds: float) -> subprocess.Popen[bytes]:
+def attacker(
+    mode: str, port: int, sessions: int, seconds: float, uid: int = NOBODY
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["nice", "-n", "10", "/usr/bin/python3", "-c", ATTACKER, f"milter-{mode}", "127.0.0.1",
          str(port), str(sessions), str(seconds)],
-        user=NOBODY, group=NOBODY, extra_groups=[], stdin=subprocess.DEVNULL,
+        user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
         env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
@@ -224,6 +231,25 @@ def hold(workdir: Path, mode: str) -> dict[str, Any]:
     return {"scenario": f"hold-{mode}", **figures}
 
 
+def hold_users(workdir: Path) -> dict[str, Any]:
+    proc, ports = start_srsd(workdir)
+    seconds = WARM_UP + MEASURE_SECONDS + 30
+    share = MAX_SESSIONS // 2
+    figures: dict[str, Any] = {}
+    try:
+        silent = attacker("mail", ports["milter"], share, seconds)
+        dribbling = attacker("message", ports["milter"], share, seconds, SECOND_UID)
+        time.sleep(WARM_UP)
+        figures["milter sessions open"] = scrape(ports["metrics"]).get("srsd_milter_sessions_open")
+        figures.update(measure_good(ports, MEASURE_SECONDS))
+        figures["metrics"] = scrape(ports["metrics"])
+        figures["attacker nobody (silent after MAIL)"] = attacker_counts(silent)
+        figures["attacker 64123 (a recipient every 0.5 s)"] = attacker_counts(dribbling)
+    finally:
+        figures["srsd exit (None: alive)"] = stop(proc)
+    return {"scenario": "hold-users", **figures}
+
+
 def flood(workdir: Path) -> dict[str, Any]:
     proc, ports = start_srsd(workdir)
     figures: dict[str, Any] = {"rss at start MiB": round(status_kib(proc.pid, "VmRSS:") / 1024, 1)}
@@ -286,7 +312,7 @@ def ulimit(workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "milter_attacks.json")
-    parser.add_argument("--only", default="hold-idle,hold-message,flood,ulimit")
+    parser.add_argument("--only", default="hold-idle,hold-message,hold-users,flood,ulimit")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (the attacker runs as nobody)")
@@ -299,7 +325,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"srsd-{name}-") as tmp:
             workdir = Path(tmp)
             os.chmod(workdir, 0o755)
-            if name.startswith("hold-"):
+            if name == "hold-users":
+                result = hold_users(workdir)
+            elif name.startswith("hold-"):
                 result = hold(workdir, name.removeprefix("hold-"))
             elif name == "flood":
                 result = flood(workdir)

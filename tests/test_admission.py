@@ -8,8 +8,9 @@ closes by a few owners (hypothesis state machine), checked after every step:
 * never more than ``max_connections`` open, nor more than the cap for any one owner;
 * a busy connection is never evicted; a disallowed owner is never admitted; an allowed
   owner is refused only when no connection could be evicted;
-* the victim is the longest idle of its owner, and its owner holds the most (counting the
-  newcomer) among the owners with a connection that could be evicted;
+* the victim is the longest idle of its owner between transactions, else (none is) the
+  longest idle inside one, and its owner holds the most (counting the newcomer) among the
+  owners with a connection that could be evicted;
 
 and the scenario the rule is for: a steady Postfix next to a user who floods.
 """
@@ -57,16 +58,19 @@ class HeldConnection:
     owner: Owner
     last: float  # time of the connect or of the last request answered
     busy: bool = False  # a request is being answered
+    in_transaction: bool = False  # between a transaction's start and its end
 
 
 def _longest_idle(connections: Mapping[K, HeldConnection], owner: Owner) -> K | None:
-    """``owner``'s connection idle the longest, not busy; ties: the first in ``connections``."""
+    """``owner``'s connection idle the longest between transactions, else inside one, not
+    busy; ties: the first in ``connections``."""
     best: K | None = None
     for key, conn in connections.items():
-        if (
-            conn.owner == owner
-            and not conn.busy
-            and (best is None or conn.last < connections[best].last)
+        if conn.owner != owner or conn.busy:
+            continue
+        if best is None or (conn.in_transaction, conn.last) < (
+            connections[best].in_transaction,
+            connections[best].last,
         ):
             best = key
     return best
@@ -84,8 +88,9 @@ def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits
         return Ruling(Disposition.ADMIT)
     order = {key: index for index, key in enumerate(connections)}
     # The newcomer's owner competes too, evictable connection or not: ranked first on the
-    # most held, then the newcomer's own, then the connection idle the longest.
-    best: tuple[int, bool, float, int] | None = None
+    # most held, then the newcomer's own, then a victim between transactions, then the
+    # connection idle the longest.
+    best: tuple[int, bool, bool, float, int] | None = None
     victim = None
     for candidate in {*held, owner}:
         key = _longest_idle(connections, candidate)
@@ -95,6 +100,7 @@ def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits
         rank = (
             -count,
             candidate != owner,
+            key is not None and connections[key].in_transaction,
             0.0 if key is None else connections[key].last,
             -1 if key is None else order[key],
         )
@@ -106,7 +112,8 @@ def decide(connections: Mapping[K, HeldConnection], owner: Owner, limits: Limits
 def _evicting(connections: Mapping[K, HeldConnection], victim: K | None) -> Ruling[K]:
     if victim is None:
         return Ruling(Disposition.REFUSE_BUSY)
-    return Ruling(Disposition.EVICT, victim, connections[victim].owner)
+    conn = connections[victim]
+    return Ruling(Disposition.EVICT, victim, conn.owner, conn.in_transaction)
 
 
 class AdmissionMachine(RuleBasedStateMachine):
@@ -165,9 +172,10 @@ class AdmissionMachine(RuleBasedStateMachine):
             return
         victim = self.model[got.victim]
         assert not victim.busy
-        assert victim.last == min(
-            self.model[k].last for k in idle if self.model[k].owner == victim.owner
-        )
+        own = [self.model[k] for k in idle if self.model[k].owner == victim.owner]
+        if victim.in_transaction:  # only when none of its owner's is between transactions
+            assert all(c.in_transaction for c in own)
+        assert victim.last == min(c.last for c in own if c.in_transaction == victim.in_transaction)
         if victim.owner != owner:  # taken from someone else: the biggest holder
             assert held[owner] < self.limits.max_per_user
             count = held[victim.owner]
@@ -183,7 +191,23 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = idle[pick % len(idle)]
             self.table.busy(key)
             old = self.model[key]
-            self.model[key] = HeldConnection(old.owner, old.last, busy=True)
+            self.model[key] = HeldConnection(old.owner, old.last, True, old.in_transaction)
+
+    @rule(pick=st.integers(0, 1000), later=st.sampled_from([0.0, 0.5]))
+    def transaction(self, pick: int, later: float) -> None:
+        """A connection starts a transaction, or ends its own (a request: activity)."""
+        if self.model:
+            self.now += later
+            key = list(self.model)[pick % len(self.model)]
+            old = self.model[key]
+            inside = not old.in_transaction
+            self.table.transaction(key, inside, self.now)
+            self.asking.transaction(key, inside, self.now)
+            if old.busy:  # idle, and so ordered, once answered
+                self.model[key] = HeldConnection(old.owner, old.last, True, inside)
+            else:
+                self.model[key] = HeldConnection(old.owner, self.now, False, inside)
+                self.model.move_to_end(key)
 
     @rule(pick=st.integers(0, 1000), later=st.sampled_from([0.0, 0.5]))
     def answered(self, pick: int, later: float) -> None:
@@ -193,7 +217,8 @@ class AdmissionMachine(RuleBasedStateMachine):
             key = busy[pick % len(busy)]
             self.table.idle(key, self.now)
             self.asking.idle(key, self.now)
-            self.model[key] = HeldConnection(self.model[key].owner, self.now)
+            old = self.model[key]
+            self.model[key] = HeldConnection(old.owner, self.now, False, old.in_transaction)
             self.model.move_to_end(key)
 
     @rule(pick=st.integers(0, 1000))
@@ -296,6 +321,29 @@ def test_two_flooders_fill_srsd_and_postfix_still_gets_in() -> None:
     assert table.admit("b6", 1002, 12.0).disposition is Disposition.REFUSE_BUSY
     # Postfix holds 1, flooder 1001 holds 4: its connection is taken, not Postfix's
     assert table.admit("postfix-2", POSTFIX, 13.0) == Ruling(Disposition.EVICT, "a1", 1001)
+
+
+def test_two_users_holding_their_shares_in_transactions_still_let_postfix_in() -> None:
+    # Two users fill srsd with their shares, every connection inside a transaction (milter
+    # sessions in messages that never end): Postfix's newcomer evicts the longest idle of
+    # a biggest holder, inside a transaction, rather than being refused; of two holding as
+    # many, the one with a connection between transactions gives way first.
+    table: Admission[str] = Admission(Limits(10, 5))
+    for i in range(5):
+        table.admit(f"a{i}", 1001, float(i))
+        table.admit(f"b{i}", 1002, float(i) + 0.5)
+        table.transaction(f"a{i}", True, float(i))
+        table.transaction(f"b{i}", True, float(i) + 0.5)
+    table.busy("a0")  # being answered: never the victim
+    assert table.admit("postfix", POSTFIX, 10.0) == Ruling(Disposition.EVICT, "b0", 1002, True)
+    table.closed("postfix")
+    table.admit("b5", 1002, 11.0)  # 1002 holds 5 again, b5 between transactions
+    assert table.admit("postfix", POSTFIX, 12.0) == Ruling(Disposition.EVICT, "b5", 1002)
+    table.closed("postfix")
+    table.admit("b6", 1002, 13.0)
+    table.transaction("b6", True, 13.0)
+    table.transaction("a1", False, 14.0)  # 1001 now has one between transactions, newer
+    assert table.admit("postfix", POSTFIX, 15.0) == Ruling(Disposition.EVICT, "a1", 1001)
 
 
 def test_allowed_users_refuse_everyone_else() -> None:

@@ -320,13 +320,27 @@ def test_install_steps_start_the_service(booted: Booted) -> None:
     assert re.search(r"Overall exposure level for srsd\.service: \d\.\d OK", security), security
 
 
-def test_dynamic_user_without_capabilities(booted: Booted) -> None:
+def test_unprivileged_user_without_capabilities(booted: Booted) -> None:
+    """The service runs as the system user srsd where install.sh made it (DynamicUser=
+    takes a static user of the unit's name), else as a dynamic user; never with privileges."""
     fields = dict(
         line.split(":\t", 1)
         for line in booted.ok(f"cat /proc/{booted.main_pid()}/status").splitlines()
     )
     uids = set(fields["Uid"].split())
-    assert len(uids) == 1 and 61184 <= int(uids.pop()) <= 65519, fields["Uid"]  # DynamicUser=
+    assert len(uids) == 1, fields["Uid"]
+    uid = int(uids.pop())
+    accounts = {
+        entry[0]: int(entry[2])
+        for entry in (
+            line.split(":") for line in (booted.root / "etc/passwd").read_text().splitlines()
+        )
+        if len(entry) > 2
+    }
+    if booted.install == "install.sh":
+        assert uid == accounts["srsd"], (uid, accounts.get("srsd"))
+    else:  # the .deb makes no account: DynamicUser= allocates one
+        assert "srsd" not in accounts and 61184 <= uid <= 65519, fields["Uid"]
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(fields[cap], 16) == 0, (cap, fields[cap])
     assert fields["NoNewPrivs"].strip() == "1"

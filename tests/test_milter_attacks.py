@@ -26,7 +26,7 @@ import pytest
 from srsd.wire import milter
 from srsd.wire.milter import command, negotiate, split_replies
 from tests.harness.attacks import ATTACKER_SECONDS, Target, attackers
-from tests.harness.local_users import NOBODY
+from tests.harness.local_users import NOBODY, SECOND_UID
 from tests.harness.ports import free_port
 
 MAX_SESSIONS = 40
@@ -111,12 +111,24 @@ def report(name: str, figures: dict[str, Any], srv: MilterTarget) -> dict[str, f
     return metrics
 
 
-@pytest.mark.parametrize("mode", ["idle", "message", "drip"])
-def test_a_user_holding_milter_sessions_cannot_shut_postfix_out(tmp_path: Path, mode: str) -> None:
-    """``nobody`` keeps 5 x milter_max_sessions sessions open: idle between messages (its
-    own newcomers evict them at its share), inside messages that never end (refused at its
-    share, closed at milter_message_timeout), or dribbling a packet (closed at
-    request_timeout). Root's sessions and lookups get in all along."""
+@pytest.mark.parametrize(
+    ("mode", "sessions"),
+    [
+        ("idle", 5 * MAX_SESSIONS),
+        ("message", 5 * MAX_SESSIONS),
+        ("drip", 5 * MAX_SESSIONS),
+        ("message", MAX_SESSIONS // 2),
+        ("drip", MAX_SESSIONS // 2),
+    ],
+)
+def test_a_user_holding_milter_sessions_cannot_shut_postfix_out(
+    tmp_path: Path, mode: str, sessions: int
+) -> None:
+    """``nobody`` keeps sessions open: idle between messages, inside messages that never
+    end, or dribbling a packet inside a message. Asking 5 x milter_max_sessions, it reaches
+    its share and its own newcomers evict its own sessions (between messages first, else in
+    a message); asking its share, nothing needs evicting and the time-outs close them
+    (milter_message_timeout, request_timeout). Root's sessions and lookups get in all along."""
     with MilterTarget(
         tmp_path,
         "--milter-max-sessions",
@@ -128,20 +140,50 @@ def test_a_user_holding_milter_sessions_cannot_shut_postfix_out(tmp_path: Path, 
         "--milter-idle-timeout",
         "600",
     ) as srv:
-        with attackers(srv.milter_port, f"milter-{mode}", (NOBODY, 5 * MAX_SESSIONS)) as done:
+        with attackers(srv.milter_port, f"milter-{mode}", (NOBODY, sessions)) as done:
             figures = serve_good_clients(srv, ATTACK_SECONDS)
         counts = done[0]
         figures["attacker"] = counts
-        metrics = report(f"milter hold ({mode}), {5 * MAX_SESSIONS} sessions", figures, srv)
-    assert counts["closed by srsd"] > MAX_SESSIONS
-    if mode == "idle":
-        assert metrics["srsd_milter_sessions_evicted_total"] > 0
-    elif mode == "message":
-        assert metrics["srsd_milter_sessions_rejected_total"] > 0
-        assert metrics['srsd_milter_sessions_timed_out_total{what="message"}'] > 0
-        assert metrics["srsd_milter_sessions_evicted_total"] == 0  # never in a message
-    else:
-        assert metrics['srsd_milter_sessions_timed_out_total{what="request"}'] > 0
+        metrics = report(f"milter hold ({mode}), {sessions} sessions", figures, srv)
+    evicted = metrics["srsd_milter_sessions_evicted_total"]
+    in_message = metrics["srsd_milter_sessions_evicted_in_message_total"]
+    if sessions <= MAX_SESSIONS // 2:  # within its share: the time-outs
+        assert counts["closed by srsd"] >= sessions and evicted == 0
+        what = "message" if mode == "message" else "request"
+        assert metrics[f'srsd_milter_sessions_timed_out_total{{what="{what}"}}'] > 0
+    elif mode == "idle":
+        assert counts["closed by srsd"] > MAX_SESSIONS
+        assert evicted > 0 and in_message == 0
+    else:  # none between messages: its own newcomers take them, before any time-out
+        assert counts["closed by srsd"] > MAX_SESSIONS
+        assert in_message > 0
+
+
+def test_two_users_holding_their_shares_in_messages_cannot_shut_postfix_out(
+    tmp_path: Path,
+) -> None:
+    """Two users fill the milter with their shares (half of milter_max_sessions each) of
+    sessions inside messages that never end, ``nobody`` silent after MAIL, the other sending
+    a recipient every 0.5 s; milter_message_timeout (an hour) closes none of them. Root's
+    sessions evict one of the biggest holder's, idle the longest in its message: every one
+    is answered and rewritten, and the lookups too."""
+    share = MAX_SESSIONS // 2
+    with MilterTarget(tmp_path, "--milter-max-sessions", str(MAX_SESSIONS)) as srv:
+        plan_silent, plan_dribbling = (NOBODY, share), (SECOND_UID, share)
+        with (
+            attackers(srv.milter_port, "milter-mail", plan_silent) as silent,
+            attackers(srv.milter_port, "milter-message", plan_dribbling) as dribbling,
+        ):
+            deadline = time.monotonic() + ATTACKER_SECONDS
+            while srv.metrics()["srsd_milter_sessions_open"] < MAX_SESSIONS:  # all held
+                assert time.monotonic() < deadline and srv.alive(), srv.log()[-3000:]
+                time.sleep(0.2)
+            figures = serve_good_clients(srv, ATTACK_SECONDS)
+        figures["attacker nobody (silent)"] = silent[0]
+        figures["attacker 64123 (dribbling)"] = dribbling[0]
+        metrics = report(f"two users, {share} sessions each in messages", figures, srv)
+    assert metrics["srsd_milter_sessions_evicted_in_message_total"] > 0
+    assert metrics['srsd_milter_sessions_timed_out_total{what="message"}'] == 0
 
 
 #: The bound of docs/reliability.md for S sessions: milter_memory, plus per session a

@@ -457,30 +457,56 @@ async def negotiated(port: int) -> Client:
     return client
 
 
-def test_a_session_in_the_middle_of_a_message_is_never_evicted() -> None:
-    """Full (two sessions, one user): a newcomer evicts the longest idle session between
-    messages, never the older one that is inside a message."""
-    svc = service()
+def test_eviction_takes_sessions_between_messages_first_never_one_srsd_is_answering() -> None:
+    """Full (three sessions, one user): a newcomer evicts a session between messages first,
+    the newest though it is; when none is, the one idle the longest in the middle of a
+    message waiting for the MTA; never the one whose end of message srsd is deciding (its
+    decision held open), the oldest though it is. It is answered when the decision comes."""
+    released = trio.Event()
+
+    async def held(sender: bytes) -> Decision:
+        await released.wait()
+        return await forward(sender)
+
+    svc = service(forward=held)
+    gates: list[Gatekeeper[Connection]] = []
 
     def gate(loop: ConnectionLoop) -> Gatekeeper[Connection]:
-        return Gatekeeper(Limits(2, 2), PeerOwners(), loop.close, lambda c: c.busy)
+        gates.append(Gatekeeper(Limits(3, 3), PeerOwners(), loop.close, lambda c: c.answering))
+        return gates[0]
+
+    async def in_message(port: int) -> Client:
+        client = await negotiated(port)
+        await client.stream.send_all(command(milter.MAIL, b"<bob@origin.test>"))
+        assert await client.replies(1) == [CONTINUE]
+        return client
 
     async def main() -> None:
-        async with serving(svc, gate) as (_, port):
-            busy = await negotiated(port)
-            await busy.stream.send_all(command(milter.MAIL, b"<alice@origin.test>"))
-            assert await busy.replies(1) == [CONTINUE]
-            idle = await negotiated(port)
-            newcomer = await negotiated(port)
-            assert await idle.replies(1) == []  # evicted: between messages
-            last = await negotiated(port)
-            assert await newcomer.replies(1) == []  # evicted in turn
-            await busy.stream.send_all(command(milter.RCPT, b"<carol@dest.test>"))
-            assert await busy.replies(1) == [CONTINUE]
-            await busy.stream.send_all(command(milter.END_OF_MESSAGE))
-            assert [c for c, _ in await busy.replies(2)] == [b"e", b"c"]
-            await last.stream.aclose()
-            await busy.stream.aclose()
+        async with serving(svc, gate) as (loop, port):
+            answering = await in_message(port)
+            await answering.stream.send_all(
+                command(milter.RCPT, b"<carol@dest.test>") + command(milter.END_OF_MESSAGE)
+            )
+            assert await answering.replies(1) == [CONTINUE]
+            with trio.fail_after(5):
+                while not any(c.answering for c in loop.connections):
+                    await trio.sleep(0.01)
+            waiting = await in_message(port)
+            between = await negotiated(port)
+            newcomer = await negotiated(port)  # full: evicts
+            assert await between.replies(1) == []  # between messages: first
+            await newcomer.stream.send_all(command(milter.MAIL, b"<bob@origin.test>"))
+            assert await newcomer.replies(1) == [CONTINUE]
+            last = await in_message(port)  # none between messages: in a message, longest idle
+            assert await waiting.replies(1) == []
+            after = await negotiated(port)
+            assert await newcomer.replies(1) == []  # and then the next in a message
+            assert gates[0].counts["evicted in transaction"] == 2
+            assert gates[0].counts["evicted"] == 3
+            released.set()  # the oldest, being answered, was never the victim
+            assert [c for c, _ in await answering.replies(2)] == [b"e", b"c"]
+            for client in (answering, last, after):
+                await client.stream.aclose()
 
     trio.run(main)
 

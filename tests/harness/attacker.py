@@ -19,6 +19,8 @@ HOST:PORT for SECONDS or until SIGTERM, replacing every connection that ends at 
 And against the milter endpoint, each session starting with the option negotiation:
 
 * ``milter-idle``: then nothing (a session held between messages);
+* ``milter-mail``: starts a message (``MAIL``), then nothing (a message that never ends,
+  silent);
 * ``milter-drip``: starts a message (``MAIL``), then sends one byte of a recipient packet
   that never ends every :data:`DRIP` seconds;
 * ``milter-message``: starts a message, then one complete recipient every :data:`DRIP`
@@ -71,6 +73,7 @@ def main() -> None:
         "ask": b"get ask@example.org\n",
         "pipeline": b"",
         "milter-idle": NEGOTIATE,
+        "milter-mail": NEGOTIATE + MAIL,
         "milter-drip": NEGOTIATE + MAIL,
         "milter-message": NEGOTIATE + MAIL,
         "milter-recipients": NEGOTIATE + MAIL,

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pytest
 
+from srsd.wire.milter import negotiate
 from tests.harness.mail_flow import (
     SRS_DOMAIN,
     PostfixPrograms,
@@ -313,5 +314,55 @@ def test_srsd_stopped_defers_mail_then_it_is_delivered(flow: Flow) -> None:
     flow.postfix.flush()
     assert flow.send(ALICE, FWD, token=smtp_token) is None, flow.diagnostics()  # the retry
     for token in (smtp_token, sendmail_token):
+        delivery = flow.at_sink(token)
+        assert delivery.mail_from in expected and delivery.rcpt_tos == (CAROL,), flow.diagnostics()
+
+
+def _data(smtp: smtplib.SMTP, message: bytes) -> int:
+    """The reply code to DATA and the message (a refusal of DATA itself included)."""
+    try:
+        return smtp.data(message)[0]
+    except smtplib.SMTPDataError as err:
+        return err.smtp_code
+
+
+def test_a_message_whose_milter_session_is_evicted_is_deferred_then_delivered(
+    flow: Flow,
+) -> None:
+    """The milter full (``milter_max_sessions`` 2) of two SMTP sessions stalled after RCPT
+    (messages that do not end): a new milter session evicts the one idle the longest in its
+    message. Postfix answers that message 4xx (``milter_default_action = tempfail``), the
+    other message goes through, and the deferred one sent again is delivered with SRS0."""
+    expected = expected_srs0_candidates("alice", "origin.test", time.time())
+    evicted, kept = uuid.uuid4().hex, uuid.uuid4().hex
+    args = list(flow.srsd.args)
+    flow.srsd.stop()
+    flow.srsd.args += ["--milter-max-sessions", "2", "--milter-max-sessions-per-user", "2"]
+    try:
+        flow.srsd.start()
+        flow.wait_milter()
+        port = flow.postfix.smtpd_port
+        with (
+            smtplib.SMTP("127.0.0.1", port, timeout=SMTP_TIMEOUT) as first,
+            smtplib.SMTP("127.0.0.1", port, timeout=SMTP_TIMEOUT) as second,
+        ):
+            for smtp in (first, second):
+                smtp.ehlo("client.test")
+                assert smtp.mail(ALICE)[0] == 250, flow.diagnostics()
+                assert smtp.rcpt(FWD)[0] in (250, 251), flow.diagnostics()
+            with socket.create_connection(("127.0.0.1", flow.milter_port), timeout=10) as sock:
+                sock.sendall(negotiate())
+                assert sock.recv(65536)[4:5] == b"O", flow.diagnostics()  # admitted
+                code = _data(first, flow.message(evicted, FWD))
+                assert 400 <= code < 500, f"{code}" + flow.diagnostics()
+                assert _data(second, flow.message(kept, FWD)) == 250, flow.diagnostics()
+    finally:
+        flow.srsd.stop()
+        flow.srsd.args[:] = args
+        flow.srsd.start()
+        flow.wait_milter()
+    assert "in the middle of a transaction" in flow.srsd.log(), flow.diagnostics()
+    assert flow.send(ALICE, FWD, token=evicted) is None, flow.diagnostics()  # the retry
+    for token in (kept, evicted):
         delivery = flow.at_sink(token)
         assert delivery.mail_from in expected and delivery.rcpt_tos == (CAROL,), flow.diagnostics()

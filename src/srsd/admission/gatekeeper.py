@@ -7,8 +7,9 @@ the other). For every accepted connection it learns the owner of the peer
 (:class:`srsd.admission.owners.PeerOwners`: one ``SO_PEERCRED`` or sock_diag round trip),
 asks the admission table, closes the victim of an eviction, and counts and logs what it
 did: connections refused because their user is not in ``allowed_users``, refused because
-nothing could be evicted, evicted, and requests or transactions that timed out half-way
-(``request_timeout``, ``milter_message_timeout``, enforced by the loop's sweep). Log lines
+nothing could be evicted, evicted (and of those, evicted inside a transaction), and requests
+or transactions that timed out half-way (``request_timeout``, ``milter_message_timeout``,
+enforced by the loop's sweep). Log lines
 are rate-limited: at most one line per kind and :data:`LOG_INTERVAL` seconds, with the
 count since the last one, so a flood costs a few lines, not one per connection.
 """
@@ -97,9 +98,13 @@ class Gatekeeper(Generic[C]):
         limits = self.table.limits
         if ruling.victim is not None:
             victim = ruling.victim
+            kind, where = "evicted", ""
+            if ruling.in_transaction:  # counted in both: "evicted" is every eviction
+                self.counts["evicted"] += 1
+                kind, where = "evicted in transaction", " (in the middle of a transaction)"
             self._count(
-                "evicted",
-                f"evicted the longest idle {self._noun} of %s to admit one of "
+                kind,
+                f"evicted the longest idle {self._noun} of %s{where} to admit one of "
                 f"%s ({total} %d, per user %d)",
                 _who(ruling.victim_owner),
                 _who(owner),
@@ -126,6 +131,11 @@ class Gatekeeper(Generic[C]):
     def answered(self, conn: C, now: float) -> None:
         """``conn`` answered its requests at ``now``: idle since then."""
         self.table.idle(conn, now)
+
+    def transaction(self, conn: C, inside: bool, now: float) -> None:
+        """``conn`` entered (``inside``) or left a transaction at ``now`` (a milter message:
+        evicted only after its owner's sessions between messages)."""
+        self.table.transaction(conn, inside, now)
 
     def closed(self, conn: C) -> None:
         """``conn`` ended, however."""

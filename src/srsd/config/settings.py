@@ -665,7 +665,9 @@ class Settings:
         "SRS_MILTER_MAX_SESSIONS",
         "--milter-max-sessions",
         "milter: concurrent sessions (apart from `max_connections`); at the limit a new one "
-        "evicts the longest idle session between messages of the user who holds the most",
+        "evicts the longest idle session of the user who holds the most: between messages "
+        "first, else one waiting for Postfix in the middle of a message (Postfix defers "
+        "that message), never one srsd is answering",
     )
     milter_max_sessions_per_user: int = setting(
         _int_in(0, 100_000),
@@ -690,7 +692,9 @@ class Settings:
         "SRS_MILTER_MESSAGE_TIMEOUT",
         "--milter-message-timeout",
         "milter: seconds from a message's `MAIL` to its end; then the session is closed "
-        "(Postfix defers that message)",
+        "(Postfix defers that message). Postfix bounds no whole message, only each read "
+        "(`smtpd_timeout` 300 s): 3600 s lets a 10 MB message (`message_size_limit`) "
+        "come at 23 kbit/s",
     )
     split_mixed: str = setting(
         _one_of("smtpd", "off"),

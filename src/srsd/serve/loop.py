@@ -51,9 +51,11 @@ admits all), told when a connection has answered all it received, when one ends,
 however, and when the sweep closes one for a time-out. A :class:`Connection` records its
 owner (set by the gate), when it opened, when its last complete request came
 (:attr:`Connection.last`), whether a request is in progress
-(:attr:`Connection.in_progress`), being answered (:attr:`Connection.answering`), or a
-transaction is open (:attr:`Connection.busy`); :meth:`ConnectionLoop.close` closes any
-connection, in the loop or on a slow path.
+(:attr:`Connection.in_progress`), being answered (:attr:`Connection.answering`: never
+evicted), or a transaction is open (:attr:`Connection.transaction_since`, reported to the
+gate as it opens and ends: such a connection is evicted only after those between
+transactions); :meth:`ConnectionLoop.close` closes any connection, in the loop or on a
+slow path.
 
 Time-outs that dribbling bytes cannot extend: idleness counts from the last *complete*
 request; a request must end within :attr:`ConnectionLoop.request_timeout` of its first
@@ -193,6 +195,10 @@ class Gate(Protocol):
         """``conn`` has answered every request it received, at ``now``."""
         ...
 
+    def transaction(self, conn: Connection, inside: bool, now: float) -> None:
+        """``conn`` entered (``inside``) or left a transaction at ``now``."""
+        ...
+
     def closed(self, conn: Connection) -> None:
         """``conn`` ended, however."""
         ...
@@ -213,6 +219,9 @@ class AdmitAll:
         return True
 
     def answered(self, conn: Connection, now: float) -> None:
+        """Nothing to note."""
+
+    def transaction(self, conn: Connection, inside: bool, now: float) -> None:
         """Nothing to note."""
 
     def closed(self, conn: Connection) -> None:
@@ -306,12 +315,6 @@ class Connection:
         error (the client holds things up), nor while pipelined requests wait for the
         loop's next passes (Postfix sends one request at a time, answered within a pass)."""
         return self.detached and not self.stalled
-
-    @property
-    def busy(self) -> bool:
-        """Never evicted: being :attr:`answering`, or inside a transaction (a milter
-        session in the middle of a message; :attr:`Service.transaction_limit` bounds it)."""
-        return self.transaction_since is not None or (self.detached and not self.stalled)
 
 
 _ADMIT_ALL = AdmitAll()
@@ -779,11 +782,13 @@ class ConnectionLoop:
 
 
 def _track(conn: Connection, now: float) -> None:
-    """Note whether ``conn``'s reader is inside a transaction now, and since when."""
-    if not conn.service.in_transaction(conn.reader):
-        conn.transaction_since = None
-    elif conn.transaction_since is None:
-        conn.transaction_since = now
+    """Note whether ``conn``'s reader is inside a transaction now, and since when; tell the
+    gate when that changes."""
+    inside = conn.service.in_transaction(conn.reader)
+    if inside == (conn.transaction_since is not None):
+        return
+    conn.transaction_since = now if inside else None
+    conn.gate.transaction(conn, inside, now)
 
 
 async def send_all(sock: socket.socket, data: bytes) -> bool:

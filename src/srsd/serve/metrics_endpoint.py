@@ -133,9 +133,15 @@ class ServerCollector(Collector):
         )
         yield CounterMetricFamily(
             "srsd_milter_sessions_evicted",
-            "Milter sessions closed to admit a new one (the longest idle between messages "
-            "of the user who holds the most)",
+            "Milter sessions closed to admit a new one (the longest idle of the user who "
+            "holds the most, between messages first)",
             value=admitted["evicted"],
+        )
+        yield CounterMetricFamily(
+            "srsd_milter_sessions_evicted_in_message",
+            "Of the evicted milter sessions, those in the middle of a message waiting for "
+            "Postfix (it defers that message)",
+            value=admitted["evicted in transaction"],
         )
         yield CounterMetricFamily(
             "srsd_milter_sessions_refused_user",
@@ -283,6 +289,9 @@ class Capped:
 
     def answered(self, conn: Connection, now: float) -> None:
         """Nothing to note."""
+
+    def transaction(self, conn: Connection, inside: bool, now: float) -> None:
+        """Nothing to note (HTTP has no transactions)."""
 
     def closed(self, conn: Connection) -> None:
         """A connection ended: room for another."""

@@ -29,12 +29,15 @@ Limits (each a setting): a session that sends no complete packet for
 ``milter_idle_timeout`` seconds (longer than Postfix's ``smtpd_timeout``) is closed, so is
 one whose packet does not end within ``request_timeout`` of its first byte, or whose
 message does not end within ``milter_message_timeout`` of its ``MAIL`` (bytes dribbled
-extend none of these); a session in the middle of a message is never evicted, and on
-SIGTERM may finish that message within ``shutdown_grace`` seconds. Memory: a message keeps
-at most ``milter_recipient_limit`` recipients and ``milter_message_bytes`` bytes, and all
-sessions together at most ``milter_memory`` bytes, each user at most half of it
-(:class:`MemoryBudget`); past a bound the recipient is answered ``452`` (the client sends
-it again later), nothing grows. An exception in one session closes that session only.
+extend none of these). When the milter is full, a new session evicts one of the user who
+holds the most: idle between messages first, else the one idle the longest in the middle of
+a message, waiting for Postfix (Postfix then defers that message, a temporary failure the
+client retries); never one whose message srsd is answering (:mod:`srsd.admission.rule`).
+On SIGTERM a session may finish its message within ``shutdown_grace`` seconds. Memory: a
+message keeps at most ``milter_recipient_limit`` recipients and ``milter_message_bytes``
+bytes, and all sessions together at most ``milter_memory`` bytes, each user at most half
+of it (:class:`MemoryBudget`); past a bound the recipient is answered ``452`` (the client
+sends it again later), nothing grows. An exception in one session closes that session only.
 """
 
 from __future__ import annotations

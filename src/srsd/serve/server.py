@@ -323,7 +323,7 @@ def _limits(total: int, per_user: int, settings: Settings) -> Limits:
 
 
 def _busy(conn: Connection) -> bool:
-    return conn.busy
+    return conn.answering
 
 
 def raise_descriptor_limit() -> int:
