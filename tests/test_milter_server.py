@@ -59,14 +59,27 @@ async def reverse(recipient: bytes) -> Decision:
     return POLICY.reverse(recipient, time.time())
 
 
+#: srsd's default settings (the milter's limits come from them).
+SETTINGS = srsd_settings.load({"domain": DOMAIN.decode()}, environ={}, need_secrets=False)
+#: What a test may set beyond the settings: the deciders, the delivery.
+WIRING = ("forward", "reverse", "delivery", "lookups")
+
+
 def service(**overrides: Any) -> MilterService:
+    """A service with the default settings; ``overrides`` of its limits (e.g.
+    ``recipient_limit``) are set on it as :meth:`MilterService.configure` would."""
     args: dict[str, Any] = {
         "forward": forward,
         "reverse": reverse,
         "delivery": PostfixDelivery(local_domains=DomainSet(["mailbox.test", DOMAIN.decode()])),
     }
-    args.update(overrides)
-    return MilterService(**args)
+    args.update({k: v for k, v in overrides.items() if k in WIRING})
+    made = MilterService(SETTINGS, **args)
+    for name, value in overrides.items():
+        if name not in WIRING:
+            assert hasattr(made, name), name
+            setattr(made, name, value)
+    return made
 
 
 #: The bound on waiting for srsd's replies: longer than srsd's own bound on a decision, so
@@ -558,7 +571,7 @@ class FailingService(MilterService):
 
 
 def test_an_exception_in_one_session_ends_that_session_only() -> None:
-    svc = FailingService(forward=forward, reverse=reverse, delivery=service().delivery)
+    svc = FailingService(SETTINGS, forward=forward, reverse=reverse, delivery=service().delivery)
 
     async def main() -> None:
         async with serving(svc) as (loop, port):

@@ -74,7 +74,6 @@ _UCRED = struct.Struct("=iII")  # pid, uid, gid
 _ALL_STATES = 0xFFFFFFFF
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 REQUEST_SIZE: Final = _NLMSGHDR.size + _REQ_HEAD.size + _SOCKID.size  # 72
-MSG_SIZE: Final = _MSG.size  # 72
 
 
 class PeerError(Exception):

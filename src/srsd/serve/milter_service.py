@@ -303,16 +303,11 @@ class MilterService:
 
     def __init__(
         self,
+        settings: Settings,
         *,
         forward: Decider,
         reverse: Decider,
         delivery: PostfixDelivery,
-        recipient_limit: int = milter.MAX_RECIPIENTS,
-        message_bytes: int = milter.MESSAGE_BYTES,
-        memory: int = 64 << 20,
-        idle_limit: float = 600.0,
-        transaction_limit: float = 3600.0,
-        split: bool = False,
         lookups: Lookups | None = None,
     ) -> None:
         #: With them, a message whose decision needs no storage and no answer from Postfix
@@ -321,12 +316,10 @@ class MilterService:
         self.forward = forward
         self.reverse = reverse
         self.delivery = delivery
-        self.recipient_limit = recipient_limit
-        self.message_bytes = message_bytes
-        self.budget = MemoryBudget(memory)
-        self.idle_limit = idle_limit
-        self.transaction_limit = transaction_limit
-        self.split = split
+        self.budget = MemoryBudget(settings.milter_memory)
+        # The limits of the next sessions: recipient_limit, message_bytes, idle_limit,
+        # transaction_limit, split, all from the settings.
+        self.configure(settings)
         #: Recipients answered 452, of sessions that ended: of the other class
         #: (:attr:`milter.Session.split`).
         self.recipients_split = 0

@@ -127,12 +127,12 @@ class Server:
         self.reloads: Counter[str] = Counter()
         forward, reverse = milter_service.lookups_for(self.lookups)
         self.milter = milter_service.MilterService(
+            settings,
             forward=forward,
             reverse=reverse,
             delivery=milter_service.delivery_for(settings),
             lookups=self.lookups,
         )
-        self.milter.configure(settings)
         self.milter_endpoints: list[Endpoint] = []
 
     # -- start-up -----------------------------------------------------------------------------
