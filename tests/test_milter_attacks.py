@@ -28,6 +28,7 @@ from srsd.wire.milter import command, negotiate, split_replies
 from tests.harness.attacks import ATTACKER_SECONDS, Target, attackers
 from tests.harness.local_users import NOBODY, SECOND_UID
 from tests.harness.ports import free_port
+from tests.harness.srsd_process import lookup
 
 MAX_SESSIONS = 40
 ATTACK_SECONDS = 3.0
@@ -73,14 +74,7 @@ def good_session(port: int) -> str | None:
 def good_lookup(port: int) -> str | None:
     """A fresh tcp_table lookup; None when answered with an SRS address."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-            sock.sendall(b"get good@example.org\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+        data = lookup(port, b"good@example.org", timeout=TIMEOUT)
     except OSError as err:
         return repr(err)
     return None if data.startswith(b"200 SRS0=") else repr(data)
