@@ -48,6 +48,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from dataclasses import dataclass
 from functools import partial
+from time import perf_counter
 from typing import cast
 
 import trio
@@ -70,6 +71,8 @@ Decider = Callable[[bytes], Awaitable[Decision]]
 _TEMPFAIL = milter.Verdict(tempfail=True)
 _MILTER = Wire.MILTER.value
 _INFO = logging.INFO
+_FORWARD, _REVERSE = Role.FORWARD, Role.REVERSE
+_ERROR, _REWRITTEN = Outcome.ERROR, Outcome.REWRITTEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,28 +100,28 @@ def _steps(transaction: milter.Transaction) -> Generator[_Question, _Answer, Mes
     finals: list[bytes] = []
     for raw in transaction.recipients:
         recipient = milter.unbracket(raw)
-        restored = cast(Decision, (yield (Role.REVERSE, recipient)))
-        if restored.outcome is Outcome.ERROR:
+        restored = cast(Decision, (yield (_REVERSE, recipient)))
+        if restored.outcome is _ERROR:
             reason = f"recipient <{show(recipient)}>: {restored.reason}"
             return MessageOutcome(_TEMPFAIL, "tempfail", reason)
-        if restored.outcome is Outcome.REWRITTEN and restored.value is not None:
+        if restored.outcome is _REWRITTEN and restored.value is not None:
             replace.append((raw, restored.value))
             finals.append(restored.value)
         else:
             finals.append(recipient)
-    kept = milter.Verdict(replace=tuple(replace))
+    replaced = tuple(replace)
     sender = milter.unbracket(transaction.sender)
     if not sender:
-        return MessageOutcome(kept, "not rewritten", "null sender")
+        return MessageOutcome(milter.Verdict(replace=replaced), "not rewritten", "null sender")
     if (yield _Here(finals)):
-        return MessageOutcome(kept, "delivered here", "every recipient is delivered here")
-    forwarded = cast(Decision, (yield (Role.FORWARD, sender)))
-    if forwarded.outcome is Outcome.ERROR:
+        here = "every recipient is delivered here"
+        return MessageOutcome(milter.Verdict(replace=replaced), "delivered here", here)
+    forwarded = cast(Decision, (yield (_FORWARD, sender)))
+    if forwarded.outcome is _ERROR:
         return MessageOutcome(_TEMPFAIL, "tempfail", forwarded.reason)
-    if forwarded.outcome is Outcome.REWRITTEN and forwarded.value is not None:
-        rewritten = milter.Verdict(forwarded.value, tuple(replace))
-        return MessageOutcome(rewritten, "rewritten", "forwarded")
-    return MessageOutcome(kept, "not rewritten", forwarded.reason)
+    if forwarded.outcome is _REWRITTEN and forwarded.value is not None:
+        return MessageOutcome(milter.Verdict(forwarded.value, replaced), "rewritten", "forwarded")
+    return MessageOutcome(milter.Verdict(replace=replaced), "not rewritten", forwarded.reason)
 
 
 async def decide(
@@ -149,27 +152,29 @@ def decide_now(
     """The verdict for one message without waiting, in the connection loop; None when an
     answer must wait (the envelope database, Postfix), then :func:`decide` it. The lookups
     are counted and logged only when the whole message was decided here."""
-    steps = _steps(transaction)
+    send = _steps(transaction).send
     answer: _Answer = None
     made: list[tuple[Role, bytes, Decision, float]] = []
+    lookup, now = lookups.decide_now, time.time()  # one message, one moment
     try:
         while True:
-            question = steps.send(answer)
-            if isinstance(question, _Here):
+            question = send(answer)
+            if type(question) is _Here:
                 answer = delivery.delivered_here_now(question)
                 if answer is None:
                     return None
             else:
-                role, address = question
-                started = time.perf_counter()
-                decision = lookups.decide_now(role, address, time.time())
+                role, address = cast(tuple[Role, bytes], question)
+                started = perf_counter()
+                decision = lookup(role, address, now)
                 if isinstance(decision, Pending):
                     return None
                 made.append((role, address, decision, started))
                 answer = decision
     except StopIteration as done:
+        record = lookups.record
         for role, address, decision, started in made:
-            lookups.record(_MILTER, role, address, decision, started)
+            record(_MILTER, role, address, decision, started)
         return cast(MessageOutcome, done.value)
 
 
@@ -260,16 +265,24 @@ class _OwnerAllowance:
             del budget.by_owner[self.owner]
 
 
-@dataclass(frozen=True, slots=True)
 class _Step:
-    """One action of a session, as the loop hands it back to be answered."""
+    """One action of a session, as the loop hands it back to be answered (a plain class: a
+    frozen dataclass's ``__init__`` costs a Python call per field, per packet)."""
 
-    session: milter.Session
-    action: milter.MilterAction
+    __slots__ = ("action", "session")
+
+    def __init__(self, session: milter.Session, action: milter.MilterAction) -> None:
+        self.session = session
+        self.action = action
+
+
+_Send, _Decide = milter.Send, milter.Decide
 
 
 class MilterReader:
-    """A milter session as the loop reads it: its actions become :class:`_Step` events."""
+    """A milter session as the loop reads it: its actions become :class:`_Step` events, but
+    a reply known already (:class:`milter.Send`: ``continue`` to MAIL and RCPT, ...) is its
+    bytes, which the service answers as they are."""
 
     __slots__ = ("session",)
 
@@ -286,12 +299,15 @@ class MilterReader:
         """Bytes held of a packet not complete yet."""
         return self.session.buffered
 
-    def feed(self, data: bytes) -> list[_Step]:
+    def feed(self, data: bytes) -> list[_Step | bytes]:
         """The actions ``data`` completes."""
         session = self.session
-        return [_Step(session, action) for action in session.feed(data)]
+        return [
+            action.data if type(action) is _Send else _Step(session, action)
+            for action in session.feed(data)
+        ]
 
-    def feed_eof(self) -> list[_Step]:
+    def feed_eof(self) -> list[_Step | bytes]:
         """The actions left at EOF."""
         session = self.session
         return [_Step(session, action) for action in session.feed_eof()]
@@ -366,9 +382,16 @@ class MilterService:
     def answer(self, event: object) -> bytes | Later:
         """The reply to one action; for the end of a message or a recipient to classify,
         what gives it off the loop (:meth:`_later`)."""
+        if type(event) is bytes:  # the reply itself (MilterReader.feed)
+            return event
         if not isinstance(event, _Step):
             raise TypeError(f"not a milter step: {event!r}")
         action = event.action
+        if type(action) is _Decide:  # the end of a message, decided here when it can be
+            verdict = self._decide_now(action.transaction)
+            if verdict is not None:
+                return event.session.verdict(verdict)
+            return partial(self._later, event)
         if isinstance(action, milter.Send):
             return action.data
         if isinstance(action, milter.CannotRewrite):
@@ -379,10 +402,6 @@ class MilterService:
                 action.missing_names,
             )
             return action.data
-        if isinstance(action, milter.Decide):
-            verdict = self._decide_now(action.transaction)
-            if verdict is not None:
-                return event.session.verdict(verdict)
         if isinstance(action, milter.Decide | milter.Classify):
             return partial(self._later, event)
         if action.reason is not None:

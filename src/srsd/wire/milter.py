@@ -611,11 +611,11 @@ def _writable(value: bytes) -> bool:
 def writable(verdict: Verdict) -> Verdict:
     """``verdict`` without the changes no MTA should be given: a new sender or recipient
     that is empty or holds a control byte (that sender or recipient is left as it is)."""
-    sender = verdict.sender
+    sender, replace = verdict.sender, verdict.replace
     if sender is not None and not _writable(sender):
         sender = None
-    kept = tuple(pair for pair in verdict.replace if _writable(pair[1]))
-    if sender is verdict.sender and len(kept) == len(verdict.replace):
+    kept = tuple(pair for pair in replace if _writable(pair[1])) if replace else replace
+    if sender is verdict.sender and len(kept) == len(replace):
         return verdict
     return dataclasses.replace(verdict, sender=sender, replace=kept)
 
