@@ -286,6 +286,9 @@ def test_proc_net_tcp_lines() -> None:
         pytest.skip("the lines above are little-endian")
     assert owner_wire.parse_proc_net_tcp(header + mine, PEER_TUPLE) == 65534
     assert owner_wire.parse_proc_net_tcp(header + waiting, PEER_TUPLE) == UNKNOWN_OWNER
+    # a TIME-WAIT line of the same 4-tuple, before or after the live one (loopback reuse)
+    assert owner_wire.parse_proc_net_tcp(header + waiting + mine, PEER_TUPLE) == 65534
+    assert owner_wire.parse_proc_net_tcp(header + mine + waiting, PEER_TUPLE) == 65534
     assert owner_wire.parse_proc_net_tcp(header, PEER_TUPLE) == ABSENT
     with pytest.raises(PeerError):
         owner_wire.parse_proc_net_tcp(header + mine[:60], PEER_TUPLE)

@@ -172,7 +172,7 @@ def test_main_cf_snippet_is_the_canonical_wiring() -> None:
 def test_without_postconf_the_defaults_are_assumed(
     defaults_only: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "find_program", lambda *a, **k: None)
     argv = ["postfix-config", "--domain", "forwarder.example", "--config", str(defaults_only)]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()

@@ -207,22 +207,29 @@ def _proc_hex(address: bytes, port: int) -> str:
 def parse_proc_net_tcp(text: str, peer: FourTuple) -> Owner:
     """The owner of the peer's socket in the text of ``/proc/net/tcp`` (IPv4 addresses) or
     ``/proc/net/tcp6`` (IPv6); :data:`ABSENT` when no line has its 4-tuple. A TIME-WAIT or
-    orphaned socket (inode 0) is :data:`UNKNOWN_OWNER`; a matching line that does not parse is
+    orphaned socket (inode 0) is :data:`UNKNOWN_OWNER`, unless a live socket of the same
+    4-tuple is listed too (on loopback a new connection may reuse a TIME-WAIT 4-tuple, and
+    both lines can be seen in one read); a matching line that does not parse is
     :class:`PeerError`."""
     wanted = (
         f" {_proc_hex(peer.peer_addr, peer.peer_port)} "
         f"{_proc_hex(peer.local_addr, peer.local_port)} "
     )
+    owner: Owner = ABSENT
     found = text.find(wanted)
-    if found < 0:
-        return ABSENT
-    line_end = text.find("\n", found)
-    fields = text[found : len(text) if line_end < 0 else line_end].split()
-    try:
-        state, uid, inode = int(fields[2], 16), int(fields[6]), int(fields[8])
-    except (ValueError, IndexError):
-        raise PeerError(f"unexpected /proc/net/tcp line: {fields[:9]}") from None
-    return uid if state in OWNED_STATES and inode != 0 else UNKNOWN_OWNER
+    while found >= 0:
+        line_end = text.find("\n", found)
+        end = len(text) if line_end < 0 else line_end
+        fields = text[found:end].split()
+        try:
+            state, uid, inode = int(fields[2], 16), int(fields[6]), int(fields[8])
+        except (ValueError, IndexError):
+            raise PeerError(f"unexpected /proc/net/tcp line: {fields[:9]}") from None
+        if state in OWNED_STATES and inode != 0:
+            return uid
+        owner = UNKNOWN_OWNER
+        found = text.find(wanted, end)
+    return owner
 
 
 def parse_ucred(raw: bytes) -> int:
