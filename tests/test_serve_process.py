@@ -382,9 +382,9 @@ def test_check_fails_when_srsd_could_not_create_its_unix_socket(tmp_path: Path) 
     secret.chmod(0o600)
     rooted = tmp_path / "root-only"  # 0755 root: root may bind, nobody may not remove
     rooted.mkdir(mode=0o755)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
     base = ["serve", "--check", "--config", str(empty_config(tmp_path)), "--domain", "f.test"]
     base += ["--secret-file", str(secret), "--forward-port", "0", "--reverse-port", "0"]
     nobody = ["--run-as", "nobody"]
@@ -392,7 +392,7 @@ def test_check_fails_when_srsd_could_not_create_its_unix_socket(tmp_path: Path) 
         "missing": [*base, "--socketmap", f"unix:{tmp_path}/no/such/dir/s.sock"],
         "root only, run as nobody": [*base, *nobody, "--milter", f"unix:{rooted}/m.sock"],
         "root only, as root": [*base, "--allow-root", "--milter", f"unix:{rooted}/m.sock"],
-        "shared": [*base, *nobody, "--socketmap", f"unix:{shared}/s.sock"],
+        "sticky": [*base, *nobody, "--socketmap", f"unix:{sticky}/s.sock"],
     }
     results = run_all(tmp_path, runs)
     status, lines = results["missing"]
@@ -400,7 +400,7 @@ def test_check_fails_when_srsd_could_not_create_its_unix_socket(tmp_path: Path) 
     status, lines = results["root only, run as nobody"]
     assert status == 2, lines
     assert f"milter unix:{rooted}/m.sock: nobody (uid {NOBODY}) cannot create files" in lines[-1]
-    for name in ("root only, as root", "shared"):
+    for name in ("root only, as root", "sticky"):
         status, lines = results[name]
         assert status == 0 and "configuration OK" in lines[-1], (name, lines)
 
