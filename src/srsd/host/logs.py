@@ -78,18 +78,24 @@ class PlainFormat(LineFormat):
 
     def __init__(self) -> None:
         self._second, self._stamp = -1, ""  # the last second rendered, and its text
+        # The last millisecond, level and pid rendered, and their text up to the message:
+        # the lines of one pass of the connection loop mostly share it.
+        self._head_key, self._head = (-1, 0, 0), ""
 
     def render(
         self, level: int, message: str, created: float, pid: int, exception: str | None = None
     ) -> str:
         """Time with milliseconds, pid, level name, message, then any traceback."""
-        second = int(created)
-        if second != self._second:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
-            self._second, self._stamp = second, stamp
-        stamp = self._stamp
-        millis = int((created - second) * 1000)
-        line = f"{stamp},{millis:03d} srsd[{pid}]: {logging.getLevelName(level)}: {message}"
+        key = (int(created * 1000), level, pid)
+        if key != self._head_key:
+            second = int(created)
+            if second != self._second:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+                self._second, self._stamp = second, stamp
+            millis = int((created - second) * 1000)
+            name = logging.getLevelName(level)
+            self._head_key, self._head = key, f"{self._stamp},{millis:03d} srsd[{pid}]: {name}: "
+        line = self._head + message
         return f"{line}\n{exception}" if exception else line
 
 

@@ -9,9 +9,13 @@ of that reader into reply bytes. The loop owns the sockets:
   :class:`selectors.DefaultSelector` (epoll on Linux, kqueue on the BSDs). One trio task
   waits until the selector's own descriptor is readable
   (:func:`trio.lowlevel.wait_readable`), then, in one pass, accepts on every ready
-  listener and, for every ready connection, reads once, feeds its reader, has the service
-  answer each complete request, and sends the replies in one ``send``. Nothing on that path
-  registers a descriptor, switches tasks or opens a cancel scope per request;
+  listener and, for every ready connection, reads once, feeds its reader and has the
+  service answer each complete request; then it sends each connection's replies in one
+  ``send``, all connections' sends back to back at the end of the pass (the clients woken
+  by the first replies are still running when the next ones arrive: at 16 busy connections
+  that saves the kernel a wake-up per reply, 6-36 % of srsd's CPU per request measured).
+  Nothing on that path registers a descriptor, switches tasks or opens a cancel scope per
+  request;
 * before it sleeps in trio again the task polls the selector once more, and for at most
   :data:`SPIN_SECONDS` after a pass, so requests that came during the pass, or right after
   it (a lockstep client's next one), are served without a trio wake-up; at most
@@ -350,6 +354,7 @@ class ConnectionLoop:
         self._wake: socket.socket | None = None  # written to wake the loop up
         self._listening: list[_Listening] = []
         self._backlog: list[Connection] = []  # connections with requests left to answer
+        self._outbox: list[tuple[Connection, bytes]] = []  # replies to send at the pass's end
         self._pipelined = False  # a pass answered several requests of one connection
         self._nursery: trio.Nursery | None = None
         self._sweeper = trio.CancelScope()
@@ -442,8 +447,10 @@ class ConnectionLoop:
                         self._answer(conn, now)
                     except Exception as err:
                         self._fault(conn, err)
+            self._send_outbox(now)  # before accepting: admission never evicts an unsent reply
             for listening in accepting:  # last: the connections that closed made room
                 self._accept(listening, now)
+            self._send_outbox(now)  # the requests that came with the new connections
             for hook in self.after_pass:
                 hook()
 
@@ -522,6 +529,7 @@ class ConnectionLoop:
                     self._receive(target, now)
                 except Exception as err:  # one connection, never srsd
                     self._fault(target, err)
+        self._send_outbox(now)
 
     def _pause(self, listening: _Listening) -> None:
         """Stop accepting on ``listening`` for a moment (descriptors or memory ran out)."""
@@ -564,7 +572,8 @@ class ConnectionLoop:
             self._finish(conn)
 
     def _answer(self, conn: Connection, now: float) -> None:
-        """Answer the next requests of ``conn`` (at most :data:`ANSWERS_PER_PASS`) and send."""
+        """Answer the next requests of ``conn`` (at most :data:`ANSWERS_PER_PASS`); the
+        replies go out at the end of the pass (:meth:`_send_outbox`)."""
         events, first = conn.events, conn.next
         count = len(events)
         end = min(count, first + ANSWERS_PER_PASS)
@@ -588,6 +597,23 @@ class ConnectionLoop:
                 replies.append(reply)
             out = b"".join(replies)
         conn.next = end
+        self._outbox.append((conn, out))
+
+    def _send_outbox(self, now: float) -> None:
+        """Send the replies of this pass, each connection's in one ``send``."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        for conn, out in outbox:
+            if not conn.closed:
+                try:
+                    self._send(conn, out, now)
+                except Exception as err:  # one connection, never srsd
+                    self._fault(conn, err)
+
+    def _send(self, conn: Connection, out: bytes, now: float) -> None:
+        """Send ``out``, the replies to ``conn``'s requests up to ``conn.next``; what the
+        socket does not take goes out on a slow path."""
         try:
             sent = conn.sock.send(out)
         except BlockingIOError:
@@ -597,7 +623,7 @@ class ConnectionLoop:
             return
         if sent < len(out):
             self._detach(conn, out[sent:])
-        elif end < count:
+        elif conn.next < len(conn.events):
             self._backlog.append(conn)
         else:
             conn.events = _NOTHING

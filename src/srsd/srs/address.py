@@ -24,7 +24,7 @@ _ATEXT = frozenset(
 ) | frozenset(range(0x80, 0x100))
 #: Bytes an address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) brings into an SRS
 #: local part: not atext, so such a local part is quoted as a whole (RFC 5321 Mailbox).
-_LITERAL = frozenset(b"[]:")
+_LITERAL = b"[]:"
 _QUOTE = 0x22  # "
 _BACKSLASH = 0x5C  # \
 #: Bytes no envelope address holds, quoted or not (RFC 5321: qtextSMTP and quoted-pairSMTP
@@ -114,7 +114,8 @@ def needs_quotes(local: bytes, *, was_quoted: bool) -> bool:
     unquoted input gives unquoted bytes, as postsrsd's."""
     if was_quoted or not local:
         return True
-    return not _LITERAL.isdisjoint(local) and unquote(local) is None
+    # translate() scans in C; a frozenset's isdisjoint makes an int object per byte
+    return len(local.translate(None, _LITERAL)) != len(local) and unquote(local) is None
 
 
 def quote(local: bytes) -> bytes:

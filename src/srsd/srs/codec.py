@@ -169,8 +169,13 @@ class Codec:
         parts = address.split(sender)
         if parts is None:
             raise Malformed("No at sign in sender address")
-        local, host = parts
-        user, quoted = address.plain_local(local)
+        user, quoted = address.plain_local(parts[0])
+        return self.forward_split(user, quoted, parts[1], now)
+
+    def forward_split(self, user: bytes, quoted: bool, host: bytes, now: float) -> bytes:
+        """:meth:`forward` of a sender already split at its last ``@``: ``user`` is its
+        local part as :func:`srsd.srs.address.plain_local` gives it (``quoted``: it was a
+        quoted-string), ``host`` its domain."""
         tag = srs_tag(user)
         if tag is not None:
             if tag == 1:  # bounces go straight to the first hop: keep it, re-sign

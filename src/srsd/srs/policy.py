@@ -152,7 +152,8 @@ class Policy:
             return Decision(Outcome.LOCAL, reason="local domain")
         if domain in self.excluded:
             return Decision(Outcome.EXCLUDED, reason="excluded domain")
-        if codec.srs_tag(address.plain_local(parts[0])[0]) is not None:
+        user, quoted = address.plain_local(parts[0])
+        if codec.srs_tag(user) is not None:
             try:
                 self.codec.reverse(sender, now)
             except codec.SRSError:
@@ -160,7 +161,8 @@ class Policy:
             else:
                 return Decision(Outcome.ALREADY_SRS, reason="already rewritten")
         try:
-            return Decision(Outcome.REWRITTEN, self.codec.forward(sender, now), _REWRITTEN_REASON)
+            rewritten = self.codec.forward_split(user, quoted, parts[1], now)
+            return Decision(Outcome.REWRITTEN, rewritten, _REWRITTEN_REASON)
         except codec.SRSError as err:
             return Decision(_ERROR_OUTCOMES[type(err)], reason=err.reason)
 
