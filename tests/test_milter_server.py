@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import signal
 import socket
 import stat
@@ -693,6 +694,41 @@ def test_a_message_that_needs_no_storage_is_decided_in_the_loop_as_off_it(
         )
         assert now is not None and now == later, transaction
         assert middle - before == counted() - middle > 0  # each lookup counted once
+
+
+def test_a_message_is_logged_in_one_line_its_lookups_at_debug(
+    tmp_path: Path, log: CapturedLog
+) -> None:
+    # The message's line says what the lookups rewrote: their own lines are debug; a lookup
+    # the message line does not report (a forged SRS recipient) keeps its info line.
+    genuine = POLICY.forward(b"alice@origin.test", time.time()).value
+    assert genuine is not None
+    forged = genuine.replace(b"=alice@", b"=mallory@")
+
+    async def body(client: Client) -> None:
+        await client.message(b"<alice@origin.test>", b"<carol@dest.test>")
+        await client.message(b"<>", b"<" + genuine + b">", b"<" + forged + b">")
+
+    lookups = lookups_in(tmp_path, EnvelopeMode.EMBEDDED)
+    forward_lookup, reverse_lookup = milter_service.lookups_for(lookups)
+    run(service(forward=forward_lookup, reverse=reverse_lookup, lookups=lookups), body)
+    assert lookups.counts == {  # every lookup counted as ever
+        ("milter", "forward", "rewritten"): 1,
+        ("milter", "reverse", "not SRS"): 1,  # carol@dest.test: is it delivered here?
+        ("milter", "reverse", "rewritten"): 1,
+        ("milter", "reverse", "bad hash"): 1,
+    }
+    lines = log.messages()
+    info = log.messages(logging.INFO)
+    assert len(info) == 4, lines
+    head = r"milter QID1: sender <alice@origin\.test> rewritten as <SRS0=[^>]*@forwarder\.test>"
+    assert re.fullmatch(head + r" \([0-9.]+ ms\)", info[0])
+    assert info[1] == f"reverse <{forged.decode()}> not rewritten: Hash invalid in SRS address."
+    assert info[2] == f"milter QID1: recipient <{genuine.decode()}> restored as <alice@origin.test>"
+    assert info[3] == "milter QID1: sender <> kept: null sender"
+    assert any(m.startswith("forward <alice@origin.test> rewritten as <SRS0=") for m in lines)
+    assert f"reverse <{genuine.decode()}> rewritten as <alice@origin.test>" in lines
+    assert set(lines) - set(info) == set(log.messages(logging.DEBUG))
 
 
 def test_a_message_that_needs_storage_or_postfix_is_left_to_wait(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -48,6 +48,10 @@ _ERROR = Outcome.ERROR
 _DEBUG, _INFO = logging.DEBUG, logging.INFO
 #: The level of each outcome's log line, by the outcome's value.
 _LEVELS = {o.value: _DEBUG if o in QUIET else _INFO for o in Outcome}
+#: The same for a lookup made for a milter message: a rewrite is said in the message's own
+#: line (``sender ... rewritten as``, ``recipient ... restored as``), so its lookup line
+#: is debug; any other outcome keeps its level (the message line does not say it).
+MESSAGE_LEVELS: Final = {**_LEVELS, Outcome.REWRITTEN.value: _DEBUG}
 
 
 @dataclass(slots=True)  # not frozen: made on the hot path, and frozen costs a setattr each
@@ -128,16 +132,24 @@ class Lookups:
         return decided
 
     def record(
-        self, protocol: str, role: Role, key: bytes, decision: Decision, started: float
+        self,
+        protocol: str,
+        role: Role,
+        key: bytes,
+        decision: Decision,
+        started: float,
+        *,
+        levels: Mapping[str, int] = _LEVELS,
     ) -> None:
         """Count, time (from ``started``, a :func:`time.perf_counter` reading) and log one
-        answered lookup (the log line is written at the next :func:`srsd.host.logs.flush`)."""
+        answered lookup (the log line is written at the next :func:`srsd.host.logs.flush`)
+        at its outcome's level in ``levels`` (:data:`MESSAGE_LEVELS` for the milter)."""
         # Enum ``.value`` is a Python-level property and hashing a member a Python-level
         # call: on this path, for every lookup, the plain attribute and a str key instead.
         name, outcome = role._value_, decision.outcome._value_
         self.latency.observe(name, time.perf_counter() - started)
         self.counts[(protocol, name, outcome)] += 1
-        level = _LEVELS[outcome]
+        level = levels[outcome]
         if LOGGER.isEnabledFor(level):  # one line per lookup, as postsrsd: the fast way
             if decision.value is not None:
                 line(level, f"{name} <{show(key)}> rewritten as <{show(decision.value)}>")

@@ -55,7 +55,7 @@ import trio
 
 from srsd.config.settings import Settings
 from srsd.host.logs import LOGGER, RateLimited, line, show
-from srsd.serve.answers import Lookups, Pending
+from srsd.serve.answers import MESSAGE_LEVELS, Lookups, Pending
 from srsd.serve.delivery import PostfixDelivery
 from srsd.serve.loop import Later, Reader
 from srsd.srs.policy import Decision, DomainSet, Outcome, Role
@@ -174,7 +174,7 @@ def decide_now(
     except StopIteration as done:
         record = lookups.record
         for role, address, decision, started in made:
-            record(_MILTER, role, address, decision, started)
+            record(_MILTER, role, address, decision, started, levels=MESSAGE_LEVELS)
         return cast(MessageOutcome, done.value)
 
 
@@ -200,18 +200,22 @@ def delivery_for(settings: Settings) -> PostfixDelivery:
 
 def lookups_for(lookups: Lookups) -> tuple[Decider, Decider]:
     """The forward and reverse decisions of the map endpoints (policy, envelope database),
-    counted and logged under the protocol ``milter``."""
+    counted under the protocol ``milter`` and logged at :data:`MESSAGE_LEVELS`."""
 
     async def forward(sender: bytes) -> Decision:
         started = time.perf_counter()
         decision = await lookups.decide(Role.FORWARD, sender)
-        lookups.record(Wire.MILTER.value, Role.FORWARD, sender, decision, started)
+        lookups.record(
+            Wire.MILTER.value, Role.FORWARD, sender, decision, started, levels=MESSAGE_LEVELS
+        )
         return decision
 
     async def reverse(recipient: bytes) -> Decision:
         started = time.perf_counter()
         decision = await lookups.decide(Role.REVERSE, recipient)
-        lookups.record(Wire.MILTER.value, Role.REVERSE, recipient, decision, started)
+        lookups.record(
+            Wire.MILTER.value, Role.REVERSE, recipient, decision, started, levels=MESSAGE_LEVELS
+        )
         return decision
 
     return forward, reverse
