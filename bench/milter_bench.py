@@ -45,19 +45,24 @@ START_TIMEOUT = 20.0
 CONNECTIONS = (1, 4, 16)
 
 
-def read_reply(sock: socket.socket, buf: bytearray) -> bytes:
-    """One reply packet's command byte (the rest is skipped)."""
+def read_packet(sock: socket.socket, buf: bytearray) -> tuple[bytes, bytes]:
+    """One reply packet: its command byte and its data."""
     while True:
         if len(buf) >= 4:
             size = 4 + int.from_bytes(buf[:4], "big")
             if len(buf) >= size:
-                code = bytes(buf[4:5])
+                code, data = bytes(buf[4:5]), bytes(buf[5:size])
                 del buf[:size]
-                return code
+                return code, data
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("srsd closed the milter connection")
         buf += chunk
+
+
+def read_reply(sock: socket.socket, buf: bytearray) -> bytes:
+    """One reply packet's command byte (the rest is skipped)."""
+    return read_packet(sock, buf)[0]
 
 
 def client(port: int, cell: str, seconds: float, worker: int, out: multiprocessing.Queue) -> None:
@@ -65,7 +70,10 @@ def client(port: int, cell: str, seconds: float, worker: int, out: multiprocessi
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray()
     sock.sendall(milter.negotiate())
-    assert read_reply(sock, buf) == b"O"
+    code, options = read_packet(sock, buf)
+    assert code == b"O"
+    steps = int.from_bytes(options[8:12], "big")  # as Postfix: MAIL's reply if not declined
+    mail_replied = not steps & milter.ProtocolFlag.NO_REPLY_MAIL
     bounce_to = Codec([SECRET], DOMAIN.encode()).forward(b"alice@origin.test", time.time())
     recipient = {
         "forwarded": b"<carol@dest.test>",
@@ -81,7 +89,8 @@ def client(port: int, cell: str, seconds: float, worker: int, out: multiprocessi
     while time.monotonic() < deadline:
         sender = b"<>" if cell == "bounce" else b"<u%d.%d@origin.test>" % (worker, done)
         sock.sendall(milter.command(milter.MAIL, sender))
-        assert read_reply(sock, buf) == b"c"
+        if mail_replied:
+            assert read_reply(sock, buf) == b"c"
         sock.sendall(milter.command(milter.RCPT, recipient))
         assert read_reply(sock, buf) == b"c"
         sock.sendall(eom)

@@ -33,7 +33,9 @@ from srsd.wire.milter import (
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONTINUE = Send(b"\x00\x00\x00\x01c")
-OPTNEG_REPLY = Send(b"\x00\x00\x00\x0dO" + struct.pack("!III", 6, 0x4C, 0x373))
+# Postfix offers every step flag, SMFIP_NR_MAIL among them: srsd takes it (0x4000).
+OPTNEG_REPLY = Send(b"\x00\x00\x00\x0dO" + struct.pack("!III", 6, 0x4C, 0x4373))
+NO_NR_MAIL = 0x1FFFFF & ~milter.ProtocolFlag.NO_REPLY_MAIL  # an MTA that always waits
 
 
 def conversation(*recipients: bytes, sender: bytes = b"<alice@origin.test>") -> bytes:
@@ -54,8 +56,7 @@ def test_postfix_conversation_gives_exact_actions() -> None:
     session = Session()
     actions = session.feed(conversation(b"<carol@dest.test>", b"<dave@mailbox.test>"))
     assert actions == [
-        OPTNEG_REPLY,
-        CONTINUE,
+        OPTNEG_REPLY,  # MAIL: no reply, Postfix does not wait for one
         CONTINUE,
         CONTINUE,
         Decide(
@@ -65,8 +66,23 @@ def test_postfix_conversation_gives_exact_actions() -> None:
         ),
     ]
     assert session.version == 6 and milter.NEEDED_ACTIONS in session.actions
+    assert not session.mail_replied
     assert session.feed(command(milter.ABORT) + command(milter.QUIT)) == [Close(None)]
     assert session.closed and session.feed(conversation()) == []
+
+
+def test_mail_is_answered_when_the_mta_waits_for_it() -> None:
+    # An MTA that does not offer SMFIP_NR_MAIL, or one without the actions srsd needs (its
+    # MAIL gets a temporary failure, which only a reply can say), waits for MAIL's reply.
+    session = Session()
+    [reply] = session.feed(negotiate(steps=NO_NR_MAIL))
+    assert reply == Send(packet(b"O", struct.pack("!III", 6, 0x4C, 0x373)))
+    assert session.mail_replied
+    assert session.feed(command(milter.MAIL, b"<a@b.test>")) == [CONTINUE]
+    session = Session()
+    [reply] = session.feed(negotiate(actions=0x0C))  # no CHGFROM, NR_MAIL offered
+    assert reply == Send(packet(b"O", struct.pack("!III", 6, 0x0C, 0x373)))
+    assert session.mail_replied
 
 
 def test_negotiation_asks_only_for_what_is_needed_and_offered() -> None:
@@ -136,7 +152,7 @@ def test_abort_and_new_connection_reset_the_message() -> None:
     session.feed(negotiate() + command(milter.MAIL, b"<a@b.test>"))
     assert session.feed(command(milter.QUIT_NEW_CONNECTION)) == []
     actions = session.feed(command(milter.MAIL, b"<x@y.test>") + command(milter.END_OF_MESSAGE))
-    assert actions == [CONTINUE, Decide(Transaction(b"", b"<x@y.test>", ()))]
+    assert actions == [Decide(Transaction(b"", b"<x@y.test>", ()))]
 
 
 def test_recipient_limit_answers_452_and_keeps_the_first_ones() -> None:
@@ -144,8 +160,8 @@ def test_recipient_limit_answers_452_and_keeps_the_first_ones() -> None:
     rcpts = [b"<r%d@d.test>" % i for i in range(4)]
     actions = session.feed(conversation(*rcpts))
     too_many = Send(packet(b"y", b"452 4.5.3 Too many recipients\x00"))
-    assert actions[1:6] == [CONTINUE, CONTINUE, CONTINUE, too_many, too_many]
-    assert actions[6] == Decide(Transaction(b"4Xq1A", b"<alice@origin.test>", tuple(rcpts[:2])))
+    assert actions[1:5] == [CONTINUE, CONTINUE, too_many, too_many]
+    assert actions[5] == Decide(Transaction(b"4Xq1A", b"<alice@origin.test>", tuple(rcpts[:2])))
     assert session.refused == 2
 
 
@@ -188,7 +204,7 @@ def test_hostile_length_is_refused_before_its_payload() -> None:
     ]
     # The largest allowed packet is buffered whole, and no more.
     session = Session()
-    session.feed(negotiate() + struct.pack("!I", MAX_PACKET) + b"M")
+    session.feed(negotiate(steps=NO_NR_MAIL) + struct.pack("!I", MAX_PACKET) + b"M")
     session.feed(b"x" * (MAX_PACKET - 2))
     assert session.buffered == 4 + MAX_PACKET - 1
     assert session.feed(b"\x00") == [CONTINUE] and session.buffered == 0
@@ -323,7 +339,7 @@ def test_recipients_past_the_message_bytes_are_answered_452_and_not_kept() -> No
     actions = session.feed(conversation(*[big] * 5))
     sender = len(b"<alice@origin.test>") + milter.ITEM_OVERHEAD
     assert 3 * (len(big) + milter.ITEM_OVERHEAD) + sender <= 4000
-    assert actions[1:7] == [CONTINUE, CONTINUE, CONTINUE, CONTINUE, TOO_MANY, TOO_MANY]
+    assert actions[1:6] == [CONTINUE, CONTINUE, CONTINUE, TOO_MANY, TOO_MANY]
     decide = actions[-1]
     assert isinstance(decide, Decide) and len(decide.transaction.recipients) == 3
     assert session.refused == 2
@@ -334,16 +350,27 @@ def test_the_shared_allowance_bounds_what_sessions_keep_and_gets_it_back() -> No
     one, two = Session(allowance=pool), Session(allowance=pool)
     big = b"<" + b"y" * 988 + b"@d.test>"
     first = one.feed(negotiate() + command(milter.MAIL, b"<a@b>") + command(milter.RCPT, big) * 2)
-    assert first[1:] == [CONTINUE, CONTINUE, CONTINUE]
+    assert first[1:] == [CONTINUE, CONTINUE]
     assert one.held == pool.used == 2 * (len(big) + 64) + len(b"<a@b>") + 64
     # the other session finds no room for a big recipient: 452 4.3.1, nothing kept
     second = two.feed(negotiate() + command(milter.MAIL, b"<c@d>") + command(milter.RCPT, big))
-    assert second[1:] == [CONTINUE, NO_ROOM]
+    assert second[1:] == [NO_ROOM]
     assert two.held == len(b"<c@d>") + 64
-    # no room even for a sender: a temporary failure for MAIL, the session goes on
+    # no room even for a sender: MAIL has no reply (Postfix does not wait for one), so
+    # each of its recipients is answered 452 4.3.1 (the client tries later) and an end of
+    # the message (no MTA sends one without a recipient) a temporary failure
     pool.room = one.held  # room for what the first session keeps, no more
-    assert two.feed(command(milter.ABORT) + command(milter.MAIL, b"<e@f>")) == [TEMPFAIL]
+    assert two.feed(command(milter.ABORT) + command(milter.MAIL, b"<e@f>")) == []
+    refused = two.refused
+    assert two.feed(command(milter.RCPT, b"<g@h>") * 2) == [NO_ROOM, NO_ROOM]
+    assert two.refused == refused + 2 and two.held == 0
+    assert two.feed(command(milter.END_OF_MESSAGE)) == [TEMPFAIL]
     assert not two.in_message and two.held == 0
+    # an MTA that waits for MAIL's reply hears it there
+    three = Session(allowance=pool)
+    three.feed(negotiate(steps=NO_NR_MAIL))
+    assert three.feed(command(milter.MAIL, b"<e@f>")) == [TEMPFAIL]
+    assert not three.in_message and three.held == 0
     # the end of a message keeps its bytes until its verdict is rendered
     pool.room = 3000
     [decide] = one.feed(command(milter.END_OF_MESSAGE))
@@ -359,9 +386,14 @@ def test_the_shared_allowance_bounds_what_sessions_keep_and_gets_it_back() -> No
 
 def test_a_sender_over_the_message_bytes_is_a_temporary_failure() -> None:
     session = Session(message_bytes=1024)
-    actions = session.feed(negotiate() + command(milter.MAIL, b"<" + b"s" * 2000 + b"@x>"))
+    mail = command(milter.MAIL, b"<" + b"s" * 2000 + b"@x>")
+    actions = session.feed(negotiate(steps=NO_NR_MAIL) + mail)
     assert actions[1:] == [TEMPFAIL]
     assert not session.in_message and session.held == 0
+    # Postfix, not waiting for MAIL's reply, hears it at each recipient
+    session = Session(message_bytes=1024)
+    actions = session.feed(negotiate() + mail + command(milter.RCPT, b"<r@x>"))
+    assert actions[1:] == [NO_ROOM] and session.held == 0
 
 
 # -- splitting mixed transactions ----------------------------------------------------------

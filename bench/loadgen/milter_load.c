@@ -5,11 +5,13 @@
  * as Postfix does), then sends messages one after the other, each command
  * answered before the next is sent, the way Postfix's smtpd drives a milter:
  *
- *   D(M) i, {mail_addr}  M <uC.N@origin.test>   -> c
+ *   D(M) i, {mail_addr}  M <uC.N@origin.test>   -> c       (none if SMFIP_NR_MAIL)
  *   D(R) {rcpt_addr}     R <rcptK@dest.test>    -> c       (x recipients)
  *   D(E) i               E                      -> e <SRS0=...=origin.test=uC.N@DOMAIN>, a|c
  *
- * A macro packet and its command go out in one write. Every reply is checked:
+ * A macro packet and its command go out in one write. A filter that asks for no
+ * reply to MAIL in the negotiation (SMFIP_NR_MAIL) gets none awaited, as Postfix
+ * does: the first recipient follows at once. Every reply is checked:
  * MAIL and RCPT must be answered "continue", the end of the message must bring
  * exactly one CHGFROM whose address is an SRS0 address of DOMAIN wrapping this
  * message's sender, then accept or continue; anything else (a tempfail, a
@@ -51,6 +53,7 @@ enum { PH_NEGOTIATE, PH_MAIL, PH_RCPT, PH_EOM };
 
 typedef struct {
     int fd, phase, rcpt, saw_chgfrom, bad;
+    int nr_mail; /* the filter asked for no reply to MAIL (SMFIP_NR_MAIL): Postfix honours it */
     uint64_t seq, started, last_send;
     unsigned char rbuf[RBUF_SIZE];
     size_t rlen;
@@ -184,6 +187,9 @@ static size_t put_macros(unsigned char *out, char stage, int pairs, ...)
     return put_packet(out, 'D', data, d);
 }
 
+static int send_rcpt(conn_t *c);
+static int send_eom(conn_t *c, int index);
+
 static int send_mail(conn_t *c, int index)
 {
     unsigned char out[1024];
@@ -197,7 +203,12 @@ static int send_mail(conn_t *c, int index)
     c->saw_chgfrom = 0;
     c->bad = 0;
     c->started = now_ns();
-    return send_all(c, out, n);
+    if (send_all(c, out, n))
+        return -1;
+    if (!c->nr_mail)
+        return 0;
+    /* no reply to wait for: on to the first recipient, in a write of its own (as Postfix) */
+    return cfg.rcpts > 0 ? send_rcpt(c) : send_eom(c, index);
 }
 
 static int send_rcpt(conn_t *c)
@@ -247,6 +258,7 @@ static int on_reply(conn_t *c, int index, char cmd, const unsigned char *data, s
             st.errors++;
             return 0;
         }
+        c->nr_mail = (data[10] & 0x40) != 0; /* protocol flags, big-endian: 0x4000 */
         return send_mail(c, index) == 0;
     case PH_MAIL:
     case PH_RCPT:

@@ -89,12 +89,14 @@ def probe_milter(target: Address, timeout: float) -> str:
         version, actions = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
         if version != milter.VERSION or milter.NEEDED_ACTIONS & ~actions:
             raise ProbeError(f"negotiated version {version}, actions 0x{actions:x}")
-        sock.sendall(
+        steps = int.from_bytes(data[8:12], "big")
+        expected = 1 if steps & milter.ProtocolFlag.NO_REPLY_MAIL else 2  # as Postfix: no
+        sock.sendall(  # wait for MAIL's reply when the milter asked for none
             milter.command(milter.MAIL, b"<" + PROBE + b">")
             + milter.command(milter.RCPT, b"<" + PROBE + b">")
         )
-        replies = _milter_replies(sock, 2)
-        if [code for code, _ in replies] != [milter.CONTINUE] * 2:
+        replies = _milter_replies(sock, expected)
+        if [code for code, _ in replies] != [milter.CONTINUE] * expected:
             raise ProbeError(f"test message answered {[c for c, _ in replies]!r}")
         sock.sendall(milter.command(milter.ABORT) + milter.command(milter.QUIT))
     return f"negotiated version {version}, test message aborted"

@@ -11,7 +11,9 @@ connect step (``C``) for its client port when it splits mixed transactions (belo
 other step is switched off in the negotiation (``SMFIP_NOCONNECT`` unless splitting,
 ``NOHELO``, ``NOHDRS``, ``NOEOH``, ``NOBODY``, ``NODATA``, ``NOUNKNOWN``), and answered
 ``continue`` when an MTA sends it anyway. Macros (``D``) are read for the queue id (``i``)
-only.
+only. When the MTA offers it (Postfix does, with ``milter_protocol = 6``) and grants every
+action srsd needs, srsd also asks for no reply to MAIL (``SMFIP_NR_MAIL``): that reply
+would be ``continue``, and the MTA saves a round trip per message.
 
 :class:`Session` turns received bytes into :class:`Send`, :class:`Decide`,
 :class:`Classify`, :class:`CannotRewrite` and :class:`Close` actions;
@@ -30,8 +32,9 @@ only.
   one Postfix accepted;
 * the bytes a session keeps are also taken from an :class:`Allowance` shared with other
   sessions (the server's memory budget): a recipient it refuses is answered ``452 4.3.1
-  Insufficient system storage``, a sender ``t`` (temporary failure); both are retried by
-  the client later. The bytes of a message go back to the allowance when its verdict is
+  Insufficient system storage``, a sender ``t`` (temporary failure) when the MTA waits for
+  MAIL's reply, else each recipient of that message ``452 4.3.1`` (and an end of it,
+  which no MTA sends without a recipient, ``t``); all are retried by the client later. The bytes of a message go back to the allowance when its verdict is
   rendered (:meth:`Session.verdict`), or at :meth:`Session.release` when the session ends;
 * a session that splits (``split=True``, setting ``split_mixed``) and serves an SMTP client
   keeps one class of recipient per message: each recipient is handed out as
@@ -136,6 +139,7 @@ class ProtocolFlag(enum.IntFlag):
     NO_END_OF_HEADERS = 0x040
     NO_UNKNOWN = 0x100
     NO_DATA = 0x200
+    NO_REPLY_MAIL = 0x4000  # SMFIP_NR_MAIL: the MTA goes on without waiting for a reply
 
 
 #: The protocol's names of those actions (libmilter's smfi_chgfrom, smfi_addrcpt, ...).
@@ -300,12 +304,14 @@ class Session:
         "_message_bytes",
         "_recipient_limit",
         "_recipients",
+        "_refusal",
         "_rewrites",
         "_sender",
         "_split",
         "_state",
         "actions",
         "client_port",
+        "mail_replied",
         "queue_id",
         "refused",
         "split",
@@ -344,6 +350,12 @@ class Session:
         self.version = 0
         self.actions = Action(0)
         self._rewrites = False
+        #: Whether MAIL is answered: False once the MTA agreed not to wait for that reply
+        #: (``SMFIP_NR_MAIL``: asked for when the MTA offers it and grants every action).
+        self.mail_replied = True
+        #: The reply to each recipient of a message whose sender found no room (no reply
+        #: to MAIL can say so), else None.
+        self._refusal: bytes | None = None
         #: The latest queue id the MTA sent (macro ``i``), empty if none.
         self.queue_id = b""
         #: Recipients answered "too many" so far (a metric).
@@ -505,6 +517,9 @@ class Session:
             out.append(_SEND_CONTINUE)
         elif command == RCPT and state is _State.MESSAGE:
             self._rcpt(data, out)
+        elif command == END_OF_MESSAGE and state is _State.MESSAGE and self._refusal:
+            self._reset()  # every recipient was refused: an MTA sends no such message
+            out.append(_SEND_TEMPFAIL)
         elif command == END_OF_MESSAGE and state is _State.MESSAGE:
             transaction = Transaction(self.queue_id, self._sender, tuple(self._recipients))
             self._deciding.append(self._held)  # given back by verdict()
@@ -529,6 +544,7 @@ class Session:
         self._sender = b""
         self._recipients = []
         self._here = None
+        self._refusal = None
 
     def _negotiate(self, data: bytes, out: list[MilterAction]) -> None:
         if len(data) < _NEGOTIATION.size:
@@ -543,6 +559,9 @@ class Session:
         self.actions = Action(offered_actions & NEEDED_ACTIONS)
         self._rewrites = NEEDED_ACTIONS in self.actions  # asked at every sender: once here
         steps = offered_steps & skipped
+        if self._rewrites and offered_steps & ProtocolFlag.NO_REPLY_MAIL:
+            steps |= ProtocolFlag.NO_REPLY_MAIL  # MAIL's reply would be continue: skip it
+            self.mail_replied = False
         self._state = _State.READY
         reply = _NEGOTIATION.pack(self.version, int(self.actions), steps)
         out.append(Send(packet(b"O", reply)))
@@ -567,20 +586,28 @@ class Session:
         self._reset()
         size = len(args[0]) + ITEM_OVERHEAD
         if size > self._message_bytes or not self._allowance.take(size):
-            out.append(_SEND_TEMPFAIL)  # no room: the client tries later
+            if self.mail_replied:
+                out.append(_SEND_TEMPFAIL)  # no room: the client tries later
+            else:  # the MTA did not wait: each recipient hears it, the client tries later
+                self._state = _State.MESSAGE
+                self._refusal = packet(REPLY_CODE, _NO_ROOM + b"\x00")
             return
         self._held = size
         self._state = _State.MESSAGE
         self._sender = args[0]
-        if self._rewrites:
-            out.append(_SEND_CONTINUE)
-        else:
+        if not self._rewrites:
             out.append(CannotRewrite(_SEND_TEMPFAIL.data, NEEDED_ACTIONS & ~self.actions))
+        elif self.mail_replied:
+            out.append(_SEND_CONTINUE)
 
     def _rcpt(self, data: bytes, out: list[MilterAction]) -> None:
         args = _strings(data)
         if args is None:
             self._fail(out, "malformed recipient packet")
+            return
+        if self._refusal is not None:
+            self.refused += 1
+            out.append(Send(self._refusal))
             return
         size = len(args[0]) + ITEM_OVERHEAD
         if (
