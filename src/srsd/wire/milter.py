@@ -34,8 +34,9 @@ would be ``continue``, and the MTA saves a round trip per message.
   sessions (the server's memory budget): a recipient it refuses is answered ``452 4.3.1
   Insufficient system storage``, a sender ``t`` (temporary failure) when the MTA waits for
   MAIL's reply, else each recipient of that message ``452 4.3.1`` (and an end of it,
-  which no MTA sends without a recipient, ``t``); all are retried by the client later. The bytes of a message go back to the allowance when its verdict is
-  rendered (:meth:`Session.verdict`), or at :meth:`Session.release` when the session ends;
+  which no MTA sends without a recipient, ``t``); all are retried by the client later.
+  The bytes of a message go back to the allowance when its verdict is rendered
+  (:meth:`Session.verdict`), or at :meth:`Session.release` when the session ends;
 * a session that splits (``split=True``, setting ``split_mixed``) and serves an SMTP client
   keeps one class of recipient per message: each recipient is handed out as
   :class:`Classify`, the caller says whether it is delivered on this host, and
