@@ -12,8 +12,9 @@ of that reader into reply bytes. The loop owns the sockets:
   listener and, for every ready connection, reads once, feeds its reader and has the
   service answer each complete request; then it sends each connection's replies in one
   ``send``, all connections' sends back to back at the end of the pass (the clients woken
-  by the first replies are still running when the next ones arrive: at 16 busy connections
-  that saves the kernel a wake-up per reply, 6-36 % of srsd's CPU per request measured).
+  by the first replies are still running when the next ones arrive, so the kernel wakes a
+  client once per pass, not once per reply: at 16 and 64 busy socketmap connections srsd
+  answered 1.14-1.19x the requests a second of sending each reply as soon as it was made).
   Nothing on that path registers a descriptor, switches tasks or opens a cancel scope per
   request;
 * before it sleeps in trio again the task polls the selector once more, and for at most
