@@ -72,8 +72,7 @@ def client(port: int, cell: str, seconds: float, worker: int, out: multiprocessi
     sock.sendall(milter.negotiate())
     code, options = read_packet(sock, buf)
     assert code == b"O"
-    steps = int.from_bytes(options[8:12], "big")  # as Postfix: MAIL's reply if not declined
-    mail_replied = not steps & milter.ProtocolFlag.NO_REPLY_MAIL
+    mail_replied = milter.mail_replied(options)  # as Postfix: no wait if the milter declined
     bounce_to = Codec([SECRET], DOMAIN.encode()).forward(b"alice@origin.test", time.time())
     recipient = {
         "forwarded": b"<carol@dest.test>",

@@ -106,8 +106,7 @@ class Client:
                     out += split_replies(self.buf[:size])
                     self.buf = self.buf[size:]
                     if out[-1][0] == b"O":  # as Postfix: no wait for MAIL's reply if asked
-                        steps = int.from_bytes(out[-1][1][8:12])
-                        self.mail_replied = not steps & milter.ProtocolFlag.NO_REPLY_MAIL
+                        self.mail_replied = milter.mail_replied(out[-1][1])
                 if len(out) >= count:
                     break
                 data = await self.stream.receive_some(65536)

@@ -670,6 +670,13 @@ def negotiate(version: int = VERSION, actions: int = 0x1FF, steps: int = 0x1FFFF
     return packet(b"O", _NEGOTIATION.pack(version, actions, steps))
 
 
+def mail_replied(options: bytes) -> bool:
+    """From the data of the filter's option negotiation reply (``O``), as the MTA reads it:
+    whether MAIL will be answered (not when the filter asked for ``SMFIP_NR_MAIL``)."""
+    steps = int.from_bytes(options[8:12], "big")
+    return not steps & ProtocolFlag.NO_REPLY_MAIL
+
+
 def command(code: int, *strings: bytes) -> bytes:
     """An MTA packet whose data is NUL-terminated strings (``M``, ``R``, ``D`` take these)."""
     return packet(bytes([code]), b"".join(s + b"\x00" for s in strings))
