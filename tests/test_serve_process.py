@@ -547,3 +547,13 @@ def test_log_at_debug_level(tmp_path: Path) -> None:
     assert one("srsd ready: ")
     assert one("stopped after 7 lookup(s)")
     assert_clean_log(log)
+
+
+def test_the_harness_never_hands_out_a_port_twice() -> None:
+    """Ports picked before any is bound (a tcp_table pair, then a socketmap port) are distinct:
+    a server once failed to start because its socketmap port was its own reverse port."""
+    picked: list[int] = []
+    for i in range(1000):
+        base = free_port(count=1 + i % 2)
+        picked.extend(range(base, base + 1 + i % 2))
+    assert len(set(picked)) == len(picked)
