@@ -547,7 +547,8 @@ def test_at_the_limit_a_new_connection_evicts_the_longest_idle(tmp_path: Path) -
     # good client's connections, busy with a lookup every millisecond, are never the ones
     # idle the longest: 140 newcomers, kept open, are all served, each evicting the oldest
     # holder. (One user: a newcomer evicting newcomers would take the good client's too,
-    # were it to stall longer than they had been idle.)
+    # were it to stall longer than they had been idle; so the holders idle a second before
+    # the first newcomer, longer than any stall of the good client seen under load.)
     newcomers = 140  # fewer than the holders
     with Target(tmp_path, *LIMITS, "--timeout", "60") as srv:
         attack = Attack("connection limit: 148 idle + 140 more, kept", srv)
@@ -562,6 +563,7 @@ def test_at_the_limit_a_new_connection_evicts_the_longest_idle(tmp_path: Path) -
             try:
                 holders.fill()
                 srv.wait_open(MAX_CONNECTIONS)
+                time.sleep(1.0)
                 took = []
                 for i in range(newcomers):  # each is served at once, evicting one
                     started = time.monotonic()
