@@ -25,6 +25,7 @@ from srsd.srs.codec import (
     NotSRS,
     SRSError,
     day_stamp,
+    may_be_srs,
     srs_tag,
 )
 from tests import srsref as ref
@@ -1170,3 +1171,16 @@ def test_anything_into_the_codec_gives_bytes_or_srs_error_fast(data: bytes) -> N
         else:
             assert isinstance(outcome, bytes), outcome
         assert lines <= call_bound(len(data)), (call, lines, len(data))
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=GARBAGE)
+@example(data=b'"SRS0=h=TT=x=u"@x')
+@example(data=b"sRs1=h=x==y=z@x")
+def test_what_may_be_srs_rules_out_is_not_srs(data: bytes) -> None:
+    # Policy.reverse answers "not SRS" without the codec when may_be_srs() says so: the
+    # codec must say the same, for any bytes.
+    event(f"may be SRS: {may_be_srs(data)}")
+    if not may_be_srs(data):
+        with pytest.raises(NotSRS):
+            URL.reverse(data, NOW)

@@ -59,6 +59,10 @@ class NotSRS(SRSError):
     """The address is not an SRS address at all."""
 
 
+#: The reason of :class:`NotSRS`.
+NOT_SRS = "Not an SRS address."
+
+
 class Malformed(SRSError):
     """The address looks like SRS but its fields are missing or invalid."""
 
@@ -82,6 +86,14 @@ def day_stamp(now: float) -> bytes:
     """The two-character base32 timestamp for the UTC day containing ``now``."""
     day = int(now // SECONDS_PER_DAY)
     return bytes((B32[(day >> 5) & 31], B32[day & 31]))
+
+
+def may_be_srs(srs_address: bytes) -> bool:
+    """False when ``srs_address`` cannot be an SRS address, told from its first bytes: an
+    unquoted local part that does not start ``SRS`` (any case); :meth:`Codec.reverse`
+    would raise :class:`NotSRS` for it. Lets a caller skip that exception for the
+    usual recipient."""
+    return srs_address[:3].upper() == b"SRS" or srs_address[:1] == b'"'
 
 
 def srs_tag(local: bytes) -> int | None:
@@ -207,7 +219,7 @@ class Codec:
         user, quoted = address.plain_local(srs_address if parts is None else parts[0])
         tag = srs_tag(user)
         if tag is None:
-            raise NotSRS("Not an SRS address.")
+            raise NotSRS(NOT_SRS)
         if parts is None or not parts[1]:  # the domain is not checked, but it must be there
             raise Malformed("No domain in SRS address.")
         if tag == 0:

@@ -67,6 +67,7 @@ class Decision:
 
 
 _REWRITTEN_REASON = "rewritten"
+_NOT_SRS = Decision(Outcome.NOT_SRS, reason=codec.NOT_SRS)
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
@@ -171,6 +172,8 @@ class Policy:
         refused = address.refusal(recipient, self.max_length)
         if refused is not None:
             return Decision(Outcome.BAD_ADDRESS, reason=refused)
+        if not codec.may_be_srs(recipient):  # the usual recipient: no exception to raise
+            return _NOT_SRS
         try:
             original = self.codec.reverse(recipient, now)
         except codec.SRSError as err:
