@@ -164,7 +164,7 @@ def decide_now(
                 if answer is None:
                     return None
             else:
-                role, address = cast(tuple[Role, bytes], question)
+                role, address = cast("tuple[Role, bytes]", question)  # a str: no alias per call
                 started = perf_counter()
                 decision = lookup(role, address, now)
                 if isinstance(decision, Pending):

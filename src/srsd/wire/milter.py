@@ -284,7 +284,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-_CLOSED = _State.CLOSED
+_CLOSED, _MESSAGE = _State.CLOSED, _State.MESSAGE
 # Replies that never change, made once.
 _SEND_CONTINUE = Send(packet(CONTINUE))
 _SEND_TEMPFAIL = Send(packet(TEMPORARY_FAILURE))
@@ -508,25 +508,25 @@ class Session:
                 self._negotiate(data, out)
             else:
                 self._fail(out, f"{_name(command)} before the option negotiation")
+        elif command == RCPT and state is _MESSAGE:  # the steps of every message first
+            self._rcpt(data, out)
         elif command == MAIL:
             self._mail(data, out)
+        elif command == END_OF_MESSAGE and state is _MESSAGE and self._refusal:
+            self._reset()  # every recipient was refused: an MTA sends no such message
+            out.append(_SEND_TEMPFAIL)
+        elif command == END_OF_MESSAGE and state is _MESSAGE:
+            transaction = Transaction(self.queue_id, self._sender, tuple(self._recipients))
+            self._deciding.append(self._held)  # given back by verdict()
+            self._held = 0
+            self._reset()
+            out.append(Decide(transaction))
         elif command in _IGNORED_STEPS:
             if command in (CONNECT, HELO):
                 self._reset()  # a new SMTP session or EHLO ends any message
             if command == CONNECT:
                 self.client_port = _client_port(data)
             out.append(_SEND_CONTINUE)
-        elif command == RCPT and state is _State.MESSAGE:
-            self._rcpt(data, out)
-        elif command == END_OF_MESSAGE and state is _State.MESSAGE and self._refusal:
-            self._reset()  # every recipient was refused: an MTA sends no such message
-            out.append(_SEND_TEMPFAIL)
-        elif command == END_OF_MESSAGE and state is _State.MESSAGE:
-            transaction = Transaction(self.queue_id, self._sender, tuple(self._recipients))
-            self._deciding.append(self._held)  # given back by verdict()
-            self._held = 0
-            self._reset()
-            out.append(Decide(transaction))
         elif command in (ABORT, QUIT_NEW_CONNECTION):
             self._reset()  # no reply; K: the MTA reuses the connection for a new session
             if command == QUIT_NEW_CONNECTION:
