@@ -46,10 +46,9 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Generator, Hashable
-from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
-from typing import cast
+from typing import NamedTuple, cast
 
 import trio
 
@@ -75,8 +74,7 @@ _FORWARD, _REVERSE = Role.FORWARD, Role.REVERSE
 _ERROR, _REWRITTEN = Outcome.ERROR, Outcome.REWRITTEN
 
 
-@dataclass(frozen=True, slots=True)
-class MessageOutcome:
+class MessageOutcome(NamedTuple):  # made once per message: a tuple's is the cheapest __init__
     """What happened to one message, for the log and the counters."""
 
     verdict: milter.Verdict
@@ -226,16 +224,17 @@ class MemoryBudget:
     sessions at most half of them: one user filling it cannot take the other half."""
 
     def __init__(self, total: int) -> None:
-        self.total = total
         self.used = 0
         self.by_owner: Counter[Hashable] = Counter()
         #: Takes refused for want of room (a metric).
         self.refused = 0
+        self.resize(total)
 
-    @property
-    def per_owner(self) -> int:
-        """What one owner's sessions may keep together."""
-        return max(1, self.total // 2)
+    def resize(self, total: int) -> None:
+        """Keep at most ``total`` bytes from now on (a reload)."""
+        self.total = total
+        #: What one owner's sessions may keep together.
+        self.per_owner = max(1, total // 2)
 
     def allowance(self, owner: Hashable) -> _OwnerAllowance:
         """What a session of ``owner`` takes from and gives back to."""
@@ -251,7 +250,7 @@ class _OwnerAllowance:
 
     def take(self, size: int) -> bool:
         budget = self.budget
-        held = budget.by_owner[self.owner]
+        held = budget.by_owner.get(self.owner, 0)  # not Counter's __missing__, a Python call
         if budget.used + size > budget.total or held + size > budget.per_owner:
             budget.refused += 1
             return False
@@ -354,7 +353,7 @@ class MilterService:
         """Apply ``settings`` (at start and on reload) to the next sessions."""
         self.recipient_limit = settings.milter_recipient_limit
         self.message_bytes = settings.milter_message_bytes
-        self.budget.total = settings.milter_memory
+        self.budget.resize(settings.milter_memory)
         self.idle_limit = settings.milter_idle_timeout
         self.transaction_limit = settings.milter_message_timeout
         self.split = settings.split_mixed == "smtpd"

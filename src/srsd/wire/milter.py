@@ -70,13 +70,12 @@ part of the protocol srsd needs is small, so it is written here and fuzzed
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from srsd.srs import address
 
@@ -210,8 +209,7 @@ def unbracket(address: bytes) -> bytes:
     return address
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(NamedTuple):  # made once per message: a tuple's is the cheapest __init__
     """One message at its end: the queue id, the sender and recipients as the MTA sent them
     (``<...>`` included; see :func:`unbracket`)."""
 
@@ -220,8 +218,7 @@ class Transaction:
     recipients: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What to do with a message: a new sender, recipients to replace (as sent, new), or a
     temporary failure (nothing changed, the MTA defers the message)."""
 
@@ -237,8 +234,7 @@ class Send:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Decide:
+class Decide(NamedTuple):  # made once per message: a tuple's is the cheapest __init__
     """A message ended: decide, then send :meth:`Session.verdict`'s bytes."""
 
     transaction: Transaction
@@ -645,7 +641,7 @@ def writable(verdict: Verdict) -> Verdict:
     kept = tuple(pair for pair in replace if _writable(pair[1])) if replace else replace
     if sender is verdict.sender and len(kept) == len(replace):
         return verdict
-    return dataclasses.replace(verdict, sender=sender, replace=kept)
+    return verdict._replace(sender=sender, replace=kept)
 
 
 def _client_port(data: bytes) -> int | None:
