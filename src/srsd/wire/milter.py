@@ -425,9 +425,9 @@ class Session:
             end = start + 4 + length
             if size < end:
                 break
-            command, payload = buf[start + 4], bytes(buf[start + 5 : end])
+            command, payload = buf[start + 4], buf[start + 5 : end]
             start = end
-            handle(command, payload, out)
+            handle(command, payload if isinstance(payload, bytes) else bytes(payload), out)
             if self._state is _CLOSED or self._classifying is not None:
                 break
         if self._classifying is not None and size - start > 4 + most:
