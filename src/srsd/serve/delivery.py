@@ -309,9 +309,14 @@ class PostfixDelivery:
         (``rewrite_local`` or a fixed ``local_domains`` list), else None."""
         if self.rewrite_local or not recipients:
             return False
-        if self.local_domains is not None:
-            return all(self._in_fixed(r) for r in recipients)
-        return None
+        local = self.local_domains
+        if local is None:
+            return None
+        for recipient in recipients:  # a loop, not all(): no generator per message
+            parts = address.split(recipient)
+            if parts is None or parts[1] not in local:  # DomainSet ignores case
+                return False
+        return True
 
     async def all_delivered_here(self, recipients: Iterable[bytes]) -> bool:
         """True when every recipient is delivered on this host (so nothing to rewrite)."""
@@ -339,14 +344,6 @@ class PostfixDelivery:
                 )
             return False
         return True
-
-    def _in_fixed(self, recipient: bytes) -> bool:
-        parts = address.split(recipient)
-        return (
-            parts is not None
-            and self.local_domains is not None
-            and parts[1].lower() in self.local_domains
-        )
 
     async def _current(self) -> Resolver:
         async with self._lock:
