@@ -577,8 +577,7 @@ class ConnectionLoop:
         """Answer the next requests of ``conn`` (at most :data:`ANSWERS_PER_PASS`); the
         replies go out at the end of the pass (:meth:`_send_outbox`)."""
         events, first = conn.events, conn.next
-        count = len(events)
-        end = min(count, first + ANSWERS_PER_PASS)
+        end = len(events)
         answer = conn.service.answer
         if end - first == 1:  # the usual case: one request per read
             out = answer(events[first])
@@ -587,6 +586,7 @@ class ConnectionLoop:
                 self._detach(conn, b"")
                 return
         else:
+            end = min(end, first + ANSWERS_PER_PASS)
             self._pipelined = True  # several requests at once: trio runs before the next pass
             replies: list[bytes] = []
             for i in range(first, end):

@@ -638,7 +638,9 @@ def writable(verdict: Verdict) -> Verdict:
     sender, replace = verdict.sender, verdict.replace
     if sender is not None and not _writable(sender):
         sender = None
-    kept = tuple(pair for pair in replace if _writable(pair[1])) if replace else replace
+    if not replace:  # the usual verdict: a new sender, or nothing
+        return verdict if sender is verdict.sender else verdict._replace(sender=None)
+    kept = tuple(pair for pair in replace if _writable(pair[1]))
     if sender is verdict.sender and len(kept) == len(replace):
         return verdict
     return verdict._replace(sender=sender, replace=kept)
