@@ -46,7 +46,7 @@ import pwd
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from srsd.admission.owners import REMOTE, Owner
 
@@ -93,14 +93,17 @@ class Limits:
 
 
 class _Entry:
-    __slots__ = ("busy", "in_transaction", "last", "owner", "seq")
+    __slots__ = ("busy", "in_transaction", "last", "owner", "queue", "seq")
 
-    def __init__(self, owner: Owner, last: float, seq: int) -> None:
+    def __init__(self, owner: Owner, last: float, seq: int, queue: OrderedDict[Any, None]) -> None:
         self.owner = owner
         self.last = last
         self.busy = False
         self.in_transaction = False
         self.seq = seq  # order of becoming idle: breaks ties in ``last``
+        #: The owner's queue of its kind (:meth:`Admission._queue`), kept here: it is asked
+        #: at every request answered, and changes only with ``in_transaction``.
+        self.queue = queue
 
 
 class Admission(Generic[K]):
@@ -191,9 +194,10 @@ class Admission(Generic[K]):
             self.closed(ruling.victim)
         if ruling.admitted:
             self._seq += 1
-            self._entries[key] = _Entry(owner, now, self._seq)
+            queue = self._idle.setdefault(owner, OrderedDict())
+            self._entries[key] = _Entry(owner, now, self._seq, queue)
             self._held[owner] += 1
-            self._idle.setdefault(owner, OrderedDict())[key] = None
+            queue[key] = None
         return ruling
 
     def busy(self, key: K) -> None:
@@ -201,7 +205,7 @@ class Admission(Generic[K]):
         entry = self._entries.get(key)
         if entry is not None and not entry.busy:
             entry.busy = True
-            self._queue(entry).pop(key, None)
+            entry.queue.pop(key, None)
 
     def idle(self, key: K, now: float) -> None:
         """``key`` answered its requests at ``now``: evictable again, idle since ``now``."""
@@ -209,7 +213,7 @@ class Admission(Generic[K]):
         if entry is not None:
             self._seq += 1
             entry.busy, entry.last, entry.seq = False, now, self._seq
-            queue = self._queue(entry)
+            queue = entry.queue
             queue[key] = None
             queue.move_to_end(key)
 
@@ -219,12 +223,13 @@ class Admission(Generic[K]):
         entry = self._entries.get(key)
         if entry is None or entry.in_transaction == inside:
             return
-        self._queue(entry).pop(key, None)
+        entry.queue.pop(key, None)
         entry.in_transaction = inside
+        entry.queue = self._queue(entry)
         if not entry.busy:
             self.idle(key, now)
 
-    def _queue(self, entry: _Entry) -> OrderedDict[K, None]:
+    def _queue(self, entry: _Entry) -> OrderedDict[Any, None]:
         """The idle connections of ``entry``'s owner of its kind (inside a transaction or not)."""
         queues = self._waiting if entry.in_transaction else self._idle
         queue = queues.get(entry.owner)
@@ -239,7 +244,7 @@ class Admission(Generic[K]):
             return
         owner = entry.owner
         self._held[owner] -= 1
-        self._queue(entry).pop(key, None)
+        entry.queue.pop(key, None)
         if not self._held[owner]:
             del self._held[owner]
             self._idle.pop(owner, None)
