@@ -204,7 +204,10 @@ def test_pipelining_without_reading_by_two_users(target: Target) -> None:
     # evict them like idle ones: every good lookup is answered, right. Their latency is
     # not bounded here: 100 connections each handing srsd hundreds of requests per read
     # take its CPU (as the garbage floods of test_abuse.py do), which admission does not
-    # share out.
+    # share out. So the attack lasts until each good client has its 10 answers (a fresh
+    # connection's takes 150-230 ms here, ~20 in the 3 s), at most three times as long on
+    # a slow machine: starved clients still fail.
+    lookups = 10
     with (
         attackers(
             target.forward_port,
@@ -215,12 +218,15 @@ def test_pipelining_without_reading_by_two_users(target: Target) -> None:
         good_clients(target.forward_port) as clients,
     ):
         time.sleep(ATTACK_SECONDS)
+        deadline = time.monotonic() + 2 * ATTACK_SECONDS
+        while time.monotonic() < deadline and any(len(c.latencies) < lookups for c in clients):
+            time.sleep(0.1)
     metrics = check_and_report(
         "pipelining without reading, 2 users x 50",
         target,
         clients,
         attacks,
-        lookups=10,
+        lookups=lookups,
         p99_bound=None,
     )
     assert metrics["srsd_connections_evicted_total"] > 0
