@@ -89,8 +89,9 @@ def probe_milter(target: Address, timeout: float) -> str:
         version, actions = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
         if version != milter.VERSION or milter.NEEDED_ACTIONS & ~actions:
             raise ProbeError(f"negotiated version {version}, actions 0x{actions:x}")
-        expected = 2 if milter.mail_replied(data) else 1  # as Postfix: no wait for MAIL's
-        sock.sendall(  # reply when the milter asked for none
+        # As Postfix: no wait for MAIL's reply when the milter asked for none.
+        expected = 2 if milter.mail_replied(data) else 1
+        sock.sendall(
             milter.command(milter.MAIL, b"<" + PROBE + b">")
             + milter.command(milter.RCPT, b"<" + PROBE + b">")
         )

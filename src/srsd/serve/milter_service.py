@@ -200,23 +200,16 @@ def lookups_for(lookups: Lookups) -> tuple[Decider, Decider]:
     """The forward and reverse decisions of the map endpoints (policy, envelope database),
     counted under the protocol ``milter`` and logged at :data:`MESSAGE_LEVELS`."""
 
-    async def forward(sender: bytes) -> Decision:
-        started = time.perf_counter()
-        decision = await lookups.decide(Role.FORWARD, sender)
-        lookups.record(
-            Wire.MILTER.value, Role.FORWARD, sender, decision, started, levels=MESSAGE_LEVELS
-        )
-        return decision
+    def decider(role: Role) -> Decider:
+        async def decide(address: bytes) -> Decision:
+            started = time.perf_counter()
+            decision = await lookups.decide(role, address)
+            lookups.record(_MILTER, role, address, decision, started, levels=MESSAGE_LEVELS)
+            return decision
 
-    async def reverse(recipient: bytes) -> Decision:
-        started = time.perf_counter()
-        decision = await lookups.decide(Role.REVERSE, recipient)
-        lookups.record(
-            Wire.MILTER.value, Role.REVERSE, recipient, decision, started, levels=MESSAGE_LEVELS
-        )
-        return decision
+        return decide
 
-    return forward, reverse
+    return decider(Role.FORWARD), decider(Role.REVERSE)
 
 
 class MemoryBudget:

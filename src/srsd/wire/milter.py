@@ -368,7 +368,7 @@ class Session:
     @property
     def in_message(self) -> bool:
         """True between a sender and the end of its message (or an abort)."""
-        return self._state is _State.MESSAGE
+        return self._state is _MESSAGE
 
     @property
     def buffered(self) -> int:
@@ -394,7 +394,7 @@ class Session:
         return (
             self._split
             and bool(self.client_port)
-            and self._state is _State.MESSAGE
+            and self._state is _MESSAGE
             and unbracket(self._sender) != b""
         )
 
@@ -454,7 +454,7 @@ class Session:
         """The reply to the recipient of the last :class:`Classify`: ``here`` says whether it
         is delivered on this host (None: cannot tell, a temporary failure for it)."""
         recipient, self._classifying = self._classifying, None
-        if recipient is None or self._state is not _State.MESSAGE:
+        if recipient is None or self._state is not _MESSAGE:
             raise RuntimeError("admit() without a recipient being classified")
         if here is None or (self._here is not None and here is not self._here):
             size = len(recipient) + ITEM_OVERHEAD  # taken in _rcpt, not kept after all
@@ -586,11 +586,11 @@ class Session:
             if self.mail_replied:
                 out.append(_SEND_TEMPFAIL)  # no room: the client tries later
             else:  # the MTA did not wait: each recipient hears it, the client tries later
-                self._state = _State.MESSAGE
+                self._state = _MESSAGE
                 self._refusal = packet(REPLY_CODE, _NO_ROOM + b"\x00")
             return
         self._held = size
-        self._state = _State.MESSAGE
+        self._state = _MESSAGE
         self._sender = args[0]
         if not self._rewrites:
             out.append(CannotRewrite(_SEND_TEMPFAIL.data, NEEDED_ACTIONS & ~self.actions))
