@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srsd.srs.codec import Alphabet, Codec
-from srsd.srs.policy import QUIET, Decision, DomainSet, Outcome, Policy, is_domain_name
+from srsd.srs.policy import (
+    NOT_SRS,
+    QUIET,
+    Decision,
+    DomainSet,
+    Outcome,
+    Policy,
+    is_domain_name,
+)
 from tests import srsref as ref
 from tests.srsref import DAY, DOMAIN, NOW, SECRET
 
@@ -215,6 +223,25 @@ def test_reverse_rewritten(recipient: bytes, original: bytes) -> None:
     assert decision.outcome not in QUIET
 
 
+@pytest.mark.parametrize(
+    ("recipient", "plain"),
+    [
+        (b"bob@forwarder.test", True),
+        (b"", True),
+        (b"Sr@forwarder.test", True),
+        (b"SRS0@forwarder.test", False),  # reverse says "not SRS", but only the codec can
+        (b"srs0=S3fv=IL=example.com=user@forwarder.test", False),
+        (b'"SRS0=S3fv=IL=example.com=user"@forwarder.test', False),  # quoted: may be
+        (b"bob\x01@forwarder.test", False),  # a bad address, not "not SRS"
+        (b"b" * 5000 + b"@forwarder.test", False),  # too long
+    ],
+)
+def test_plainly_not_srs(recipient: bytes, plain: bool) -> None:
+    assert POLICY.plainly_not_srs(recipient) is plain
+    if plain:
+        assert POLICY.reverse(recipient, NOW) is NOT_SRS
+
+
 def test_round_trip_through_the_policy() -> None:
     for sender in (b"alice@origin.example", b'"a b"@origin.example', b"caf\xe9@ex.example"):
         minted = forward(sender).value
@@ -302,3 +329,6 @@ def test_policy_never_raises(data: bytes) -> None:
         assert isinstance(decision.outcome, Outcome)
         assert (decision.value is not None) == (decision.outcome is Outcome.REWRITTEN)
         assert decision.reason
+    # a caller skips the lookup of what plainly_not_srs() names: reverse must agree, always
+    if POLICY.plainly_not_srs(data):
+        assert POLICY.reverse(data, NOW) == NOT_SRS

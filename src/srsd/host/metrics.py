@@ -5,7 +5,8 @@ Every counter srsd exports lives in the component that counts it (a ``Counter`` 
 or a plain integer on the hot path); :mod:`srsd.serve.metrics_endpoint` reads them from
 those components and turns them into metric families only when scraped, so metrics cost
 nothing measurable per lookup. The histogram is the one counter with a structure of its
-own: :class:`Latency`, a bucket count per map, observed once per lookup.
+own: :class:`Latency`, a bucket count per map, observed once per lookup (a milter recipient
+that cannot be an SRS address is answered without one, and counted in the first bucket).
 """
 
 from __future__ import annotations
@@ -30,3 +31,12 @@ class Latency:
             counts = self.counts[name] = [0] * (len(BUCKETS) + 1)
         counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.sums[name] = self.sums.get(name, 0.0) + seconds
+
+    def observe_instant(self, name: str, count: int) -> None:
+        """Count ``count`` lookups of map ``name`` answered without any work (a fraction of a
+        microsecond each): in the first bucket, adding nothing to the sum."""
+        counts = self.counts.get(name)
+        if counts is None:
+            counts = self.counts[name] = [0] * (len(BUCKETS) + 1)
+        counts[0] += count
+        self.sums.setdefault(name, 0.0)

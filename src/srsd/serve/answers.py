@@ -43,6 +43,7 @@ BAD_REQUEST_LOG_RATE = 10
 INTERNAL_ERROR: Final = Decision(Outcome.ERROR, reason="srsd internal error")
 _EMBEDDED = EnvelopeMode.EMBEDDED
 _FORWARD = Role.FORWARD
+_REVERSE_NAME, _NOT_SRS_NAME = Role.REVERSE.value, Outcome.NOT_SRS.value
 _REWRITTEN = Outcome.REWRITTEN
 _ERROR = Outcome.ERROR
 _DEBUG, _INFO = logging.DEBUG, logging.INFO
@@ -155,6 +156,14 @@ class Lookups:
                 line(level, f"{name} <{show(key)}> rewritten as <{show(decision.value)}>")
             else:
                 line(level, f"{name} <{show(key)}> not rewritten: {decision.reason}")
+
+    def plainly_not_srs(self, protocol: str, count: int) -> None:
+        """Count ``count`` reverse lookups of ``protocol`` answered "not SRS" from the address
+        alone (:meth:`Policy.plainly_not_srs`), with no lookup made: as :meth:`record` counts
+        them, in the latency histogram's first bucket, without their debug lines (a caller
+        takes this way only while debug is off)."""
+        self.counts[(protocol, _REVERSE_NAME, _NOT_SRS_NAME)] += count
+        self.latency.observe_instant(_REVERSE_NAME, count)
 
     def bad_request(self, protocol: str, name: str, reason: str) -> None:
         """Count a request that is not a lookup; log it, a few lines a second at most."""

@@ -57,7 +57,7 @@ from srsd.host.logs import LOGGER, RateLimited, line, show
 from srsd.serve.answers import MESSAGE_LEVELS, Lookups, Pending
 from srsd.serve.delivery import PostfixDelivery
 from srsd.serve.loop import Later, Reader
-from srsd.srs.policy import Decision, DomainSet, Outcome, Role
+from srsd.srs.policy import NOT_SRS, Decision, DomainSet, Outcome, Role
 from srsd.wire import Wire, milter
 
 #: Seconds the decision for one message may take (Postfix waits milter_content_timeout, 300 s).
@@ -69,7 +69,7 @@ LOG_INTERVAL = 1.0
 Decider = Callable[[bytes], Awaitable[Decision]]
 _TEMPFAIL = milter.Verdict(tempfail=True)
 _MILTER = Wire.MILTER.value
-_INFO = logging.INFO
+_DEBUG, _INFO = logging.DEBUG, logging.INFO
 _FORWARD, _REVERSE = Role.FORWARD, Role.REVERSE
 _ERROR, _REWRITTEN = Outcome.ERROR, Outcome.REWRITTEN
 
@@ -149,11 +149,17 @@ def decide_now(
 ) -> MessageOutcome | None:
     """The verdict for one message without waiting, in the connection loop; None when an
     answer must wait (the envelope database, Postfix), then :func:`decide` it. The lookups
-    are counted and logged only when the whole message was decided here."""
+    are counted and logged only when the whole message was decided here; a recipient that
+    cannot be an SRS address (:meth:`Policy.plainly_not_srs`) needs none, and is counted
+    as its lookup would be."""
     send = _steps(transaction).send
     answer: _Answer = None
     made: list[tuple[Role, bytes, Decision, float]] = []
     lookup, now = lookups.decide_now, time.time()  # one message, one moment
+    # The usual recipient cannot be an SRS address: answered without a lookup and counted
+    # with the others of the message (while debug is off: each lookup has its debug line).
+    plain = None if LOGGER.isEnabledFor(_DEBUG) else lookups.policy.plainly_not_srs
+    unlooked = 0
     try:
         while True:
             question = send(answer)
@@ -163,6 +169,10 @@ def decide_now(
                     return None
             else:
                 role, address = cast("tuple[Role, bytes]", question)  # a str: no alias per call
+                if role is _REVERSE and plain is not None and plain(address):
+                    unlooked += 1
+                    answer = NOT_SRS
+                    continue
                 started = perf_counter()
                 decision = lookup(role, address, now)
                 if isinstance(decision, Pending):
@@ -173,6 +183,8 @@ def decide_now(
         record = lookups.record
         for role, address, decision, started in made:
             record(_MILTER, role, address, decision, started, levels=MESSAGE_LEVELS)
+        if unlooked:
+            lookups.plainly_not_srs(_MILTER, unlooked)
         return cast(MessageOutcome, done.value)
 
 

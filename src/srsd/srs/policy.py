@@ -16,6 +16,7 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from srsd.srs import address, codec
 
@@ -67,7 +68,8 @@ class Decision:
 
 
 _REWRITTEN_REASON = "rewritten"
-_NOT_SRS = Decision(Outcome.NOT_SRS, reason=codec.NOT_SRS)
+#: What :meth:`Policy.reverse` answers for an address that is not an SRS address.
+NOT_SRS: Final = Decision(Outcome.NOT_SRS, reason=codec.NOT_SRS)
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
@@ -167,13 +169,21 @@ class Policy:
         except codec.SRSError as err:
             return Decision(_ERROR_OUTCOMES[type(err)], reason=err.reason)
 
+    def plainly_not_srs(self, recipient: bytes) -> bool:
+        """Whether :meth:`reverse` answers :data:`NOT_SRS` for ``recipient`` whatever the
+        time, told from its form alone (a valid address whose local part cannot begin an
+        SRS address): a caller deciding many recipients may skip those lookups."""
+        if codec.may_be_srs(recipient):
+            return False
+        return address.refusal(recipient, self.max_length) is None
+
     def reverse(self, recipient: bytes, now: float) -> Decision:
         """Decide on a recipient from ``recipient_canonical_maps``: decode it if it is ours."""
         refused = address.refusal(recipient, self.max_length)
         if refused is not None:
             return Decision(Outcome.BAD_ADDRESS, reason=refused)
         if not codec.may_be_srs(recipient):  # the usual recipient: no exception to raise
-            return _NOT_SRS
+            return NOT_SRS
         try:
             original = self.codec.reverse(recipient, now)
         except codec.SRSError as err:
