@@ -59,7 +59,7 @@ replace(milter_service.MilterService, "_report", lambda self, t, o, s: milter.wr
     "counting": """
 from srsd.serve import answers
 replace(answers.Lookups, "record", lambda self, *args, **kwargs: None)
-replace(answers.Lookups, "plainly_not_srs", lambda self, protocol, count: None)
+replace(answers.Lookups, "count_plainly_not_srs", lambda self, protocol, count: None)
 """,
     "log line": """
 from srsd.host import logs

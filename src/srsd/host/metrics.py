@@ -35,8 +35,5 @@ class Latency:
     def observe_instant(self, name: str, count: int) -> None:
         """Count ``count`` lookups of map ``name`` answered without any work (a fraction of a
         microsecond each): in the first bucket, adding nothing to the sum."""
-        counts = self.counts.get(name)
-        if counts is None:
-            counts = self.counts[name] = [0] * (len(BUCKETS) + 1)
-        counts[0] += count
-        self.sums.setdefault(name, 0.0)
+        self.observe(name, 0.0)
+        self.counts[name][0] += count - 1

@@ -157,7 +157,7 @@ class Lookups:
             else:
                 line(level, f"{name} <{show(key)}> not rewritten: {decision.reason}")
 
-    def plainly_not_srs(self, protocol: str, count: int) -> None:
+    def count_plainly_not_srs(self, protocol: str, count: int) -> None:
         """Count ``count`` reverse lookups of ``protocol`` answered "not SRS" from the address
         alone (:meth:`Policy.plainly_not_srs`), with no lookup made: as :meth:`record` counts
         them, in the latency histogram's first bucket, without their debug lines (a caller

@@ -184,7 +184,7 @@ def decide_now(
         for role, address, decision, started in made:
             record(_MILTER, role, address, decision, started, levels=MESSAGE_LEVELS)
         if unlooked:
-            lookups.plainly_not_srs(_MILTER, unlooked)
+            lookups.count_plainly_not_srs(_MILTER, unlooked)
         return cast(MessageOutcome, done.value)
 
 
